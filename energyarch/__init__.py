@@ -1,0 +1,33 @@
+"""energyarch: turn energy functions into Transformer layers (Hyper-SET).
+
+Declare an energy from primitives, compile it to an ``nn.Module`` update step, inspect the derived
+operator and the emitted source, and verify it against ``torch.func.grad``:
+
+>>> import energyarch as ea
+>>> E = ea.Attention(f="log(x)/beta", K="exp(beta*s)", heads=4) + ea.FeedForward(g="x", h="relu(x)**2/2")
+>>> step = ea.compile(E, d=64)
+>>> ea.verify(step).ok
+True
+"""
+
+from .compile import EnergyStep as EnergyStep
+from .compile import compile as compile  # noqa: A001 - the toolkit's verb
+from .compile import energy_graph as energy_graph
+from .derive import Derivation as Derivation
+from .derive import derive as derive
+from .energy import Attention as Attention
+from .energy import Energy as Energy
+from .energy import FeedForward as FeedForward
+from .energy import Sphere as Sphere
+from .errors import EnergyArchError as EnergyArchError
+from .primitives import Kernel as Kernel
+from .primitives import Scalar as Scalar
+from .runtime import TermUpdate as TermUpdate
+from .verify import verify as verify
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Attention", "Derivation", "Energy", "EnergyArchError", "EnergyStep", "FeedForward", "Kernel", "Scalar",
+    "Sphere", "TermUpdate", "compile", "derive", "energy_graph", "verify",
+]

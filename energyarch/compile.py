@@ -1,0 +1,212 @@
+"""Compile an energy into an ``nn.Module`` update step, scheduled from the energy's graph.
+
+    declaration (Energy) → derivation (symbolic | autodiff, cached) → emitted source → TermUpdate modules
+    → EnergyStep (composition; schedule derived from a networkx graph of variables and terms)
+
+>>> import energyarch as ea, torch
+>>> step = ea.compile(ea.Attention(f="log(x)/beta", K="exp(beta*s)", heads=2) + ea.FeedForward(g="x", h="relu(x)**2/2"), d=8)
+>>> step(torch.randn(3, 5, 8), steps={"attn": 0.1, "ff": 0.1}).shape
+torch.Size([3, 5, 8])
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+from typing import Mapping, Optional, Sequence, Union
+
+import networkx as nx
+import torch
+from torch import Tensor, nn
+
+from .derive import Derivation, autodiff_derivation, derive
+from .emit import emit, emit_source
+from .energy import Attention, Energy, Term, as_energy
+from .errors import CompileError, ShapeError
+from .runtime import MODES, TermUpdate
+
+Steps = Union[float, Tensor, Mapping[str, Union[float, Tensor]], Sequence[Union[float, Tensor]]]
+SCHEDULES = ("sequential", "joint")
+
+
+def energy_graph(energy: Energy) -> nx.DiGraph:
+    """The energy as a graph: the state variable ``X`` and one node per term.
+
+    An edge ``X → term`` means the term reads X; ``term → X`` means its gradient step updates X.
+    Node attributes carry the family, so schedules and drawings can be derived from the graph.
+    """
+    graph = nx.DiGraph(name="energy")
+    graph.add_node("X", kind="variable", label="X ∈ R^{N×d}")
+    for order, term in enumerate(energy.terms):
+        graph.add_node(term.name, kind="term", family=term.family, order=order)
+        graph.add_edge("X", term.name, role="reads")
+        graph.add_edge(term.name, "X", role="updates")
+    return graph
+
+
+def schedule(graph: nx.DiGraph, kind: str = "sequential") -> list[list[str]]:
+    """Stages of the update: each stage is a list of terms stepped jointly from the same X.
+
+    ``'sequential'`` is the paper's splitting (Sec. 4.1.3: attention step, then feed-forward step, each
+    on the X the previous one produced); ``'joint'`` takes one step on the sum of the terms.
+    """
+    if kind not in SCHEDULES:
+        raise CompileError(f"schedule={kind!r}: choose one of {SCHEDULES}")
+    updaters = sorted((n for n in graph.predecessors("X") if graph.nodes[n]["kind"] == "term"),
+                      key=lambda n: graph.nodes[n]["order"])
+    return [[n] for n in updaters] if kind == "sequential" else [updaters]
+
+
+class EnergyStep(nn.Module):
+    """One iteration of gradient descent on a whole energy (all terms, in the derived schedule).
+
+    Attributes:
+        terms: ``nn.ModuleDict`` of per-term :class:`~energyarch.runtime.TermUpdate` modules.
+        derivations: the :class:`~energyarch.derive.Derivation` of each term.
+        graph: the networkx graph of the energy; ``stages`` the schedule derived from it.
+    """
+
+    def __init__(self, energy: Energy, terms: Mapping[str, TermUpdate], derivations: Mapping[str, Derivation],
+                 schedule_kind: str = "sequential"):
+        super().__init__()
+        self.energy_decl = energy
+        self.terms = nn.ModuleDict(terms)
+        self.derivations = dict(derivations)
+        self.graph = energy_graph(energy)
+        self.schedule_kind = schedule_kind
+        self.stages = schedule(self.graph, schedule_kind)
+
+    @property
+    def names(self) -> list[str]:
+        return list(self.terms.keys())
+
+    @property
+    def d(self) -> int:
+        return next(iter(self.terms.values())).d
+
+    def _steps(self, steps: Steps) -> dict[str, Union[float, Tensor]]:
+        names = self.names
+        if isinstance(steps, Mapping):
+            unknown = set(steps) - set(names)
+            missing = set(names) - set(steps)
+            if unknown or missing:
+                raise ShapeError(
+                    f"steps: got keys {sorted(steps)}, expected exactly the term names {names}"
+                    + (f" (unknown: {sorted(unknown)})" if unknown else "")
+                    + (f" (missing: {sorted(missing)})" if missing else "")
+                )
+            return dict(steps)
+        if isinstance(steps, (list, tuple)):
+            if len(steps) != len(names):
+                raise ShapeError(f"steps: got {len(steps)} values for {len(names)} terms {names}; give one per term")
+            return dict(zip(names, steps))
+        return {n: steps for n in names}
+
+    def forward(self, X: Tensor, steps: Steps = 1.0, weights: Optional[Mapping[str, Tensor]] = None) -> Tensor:
+        """Apply one iteration. ``steps``: a scalar/tensor for all terms, a mapping name → step, or a
+        sequence in term order. ``weights`` optionally overrides a term's basis (e.g. with depth-wise LoRA)."""
+        steps = self._steps(steps)
+        weights = weights or {}
+        for stage in self.stages:
+            if len(stage) == 1:
+                name = stage[0]
+                X = self.terms[name](X, steps[name], weights.get(name))
+            else:
+                X = X + sum(steps[n] * self.terms[n].direction(X, weights.get(n)) for n in stage)
+        return X
+
+    def energies(self, X: Tensor, weights: Optional[Mapping[str, Tensor]] = None) -> dict[str, Tensor]:
+        """Energy of each term at the constrained point, each of shape ``X.shape[:-2]``."""
+        weights = weights or {}
+        return {n: m.energy(X, weights.get(n)) for n, m in self.terms.items()}
+
+    def energy(self, X: Tensor, weights: Optional[Mapping[str, Tensor]] = None) -> Tensor:
+        """Total energy (sum of :meth:`energies`)."""
+        return sum(self.energies(X, weights).values())
+
+    @property
+    def source(self) -> str:
+        """The emitted source of every term module, concatenated."""
+        return "\n\n".join(emit_source(self.derivations[n]) for n in self.names)
+
+    def save_source(self, path: Union[str, Path]) -> Path:
+        """Write the emitted source to ``path`` (one file per term: ``<stem>_<term>.py``)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        for n in self.names:
+            (path.parent / f"{path.stem}_{n}.py").write_text(emit_source(self.derivations[n]))
+        return path.parent
+
+    def report(self) -> str:
+        """Markdown summary: per term, the pattern, the path taken and why, and −∇E in LaTeX."""
+        lines = [f"schedule: {self.schedule_kind} {self.stages}"]
+        for n in self.names:
+            dv, m = self.derivations[n], self.terms[n]
+            lines.append(f"- **{n}** ({dv.family}, mode={m.mode}): pattern *{dv.pattern}*, {dv.path} path: {dv.reason}")
+            if dv.latex:
+                lines.append(f"  $${dv.latex}$$")
+        return "\n".join(lines)
+
+    def extra_repr(self) -> str:
+        return f"schedule={self.schedule_kind!r}, stages={self.stages}"
+
+
+@functools.lru_cache(maxsize=256)
+def _term_class(term: Term, d: int, path: str) -> tuple[type, Derivation]:
+    if path == "autodiff":
+        dv = autodiff_derivation(term, d)
+    else:
+        dv = derive(term, d)
+        if path == "symbolic" and dv.path != "symbolic":
+            raise CompileError(
+                f"term {term.name!r}: path='symbolic' was requested but no closed form is available "
+                f"({dv.reason}); use path='auto' to fall back to autodiff"
+            )
+    return emit(dv), dv
+
+
+def compile(energy, d: int, *, mode: str = "paper", path: str = "auto", schedule: str = "sequential",
+            sdpa_threshold: int = 512, dtype: Optional[torch.dtype] = None) -> EnergyStep:
+    """Compile ``energy`` (an :class:`~energyarch.energy.Energy` or a single term) for width ``d``.
+
+    Args:
+        energy: the declared energy.
+        d: model width.
+        mode: constraint semantics: ``'paper'`` (gradient w.r.t. the projected coordinates at the
+            normalised point, mapped back with W, Eqs. 8–11), ``'exact'`` (the true gradient of
+            E(RMSNorm(XW)) w.r.t. X), or ``'riemannian'`` (the tangent part of the paper's gradient).
+        path: ``'auto'`` (closed form when a pattern is recognised, else autodiff), ``'symbolic'``
+            (error if no closed form), or ``'autodiff'`` (``torch.func.grad`` always).
+        schedule: ``'sequential'`` (the paper's splitting) or ``'joint'``.
+        sdpa_threshold: sequence length above which bi-softmax uses the memory-linear SDPA kernel.
+        dtype: parameter dtype (default: torch's default dtype).
+    """
+    energy = as_energy(energy)
+    if mode not in MODES:
+        raise CompileError(f"mode={mode!r}: choose one of {MODES}")
+    if path not in ("auto", "symbolic", "autodiff"):
+        raise CompileError(f"path={path!r}: choose 'auto', 'symbolic' or 'autodiff'")
+    if schedule not in SCHEDULES:
+        raise CompileError(f"schedule={schedule!r}: choose one of {SCHEDULES}")
+    if not isinstance(d, int) or isinstance(d, bool) or d < 1:
+        raise CompileError(f"d={d!r} must be a positive integer (the model width)")
+    modules, derivations = {}, {}
+    for term in energy.terms:
+        cls, dv = _term_class(term, d, path)
+        module = cls(d=d, heads=dv.dims.heads, head_dim=dv.dims.head_dim, radius=dv.dims.radius, mode=mode,
+                     eps=term.constraint.eps, sdpa_threshold=sdpa_threshold)
+        _attach_callables(module, term)
+        if dtype is not None:
+            module.to(dtype)
+        modules[term.name], derivations[term.name] = module, dv
+    return EnergyStep(energy, modules, derivations, schedule)
+
+
+def _attach_callables(module: TermUpdate, term: Term) -> None:
+    """Opaque primitives are referenced by the emitted code as ``self.f``, ``self.kernel``, ..."""
+    if isinstance(term, Attention):
+        module.f = term.f.fn
+        module.kernel = term.K.fn
+        module.phi = term.K.phi.fn if term.K.phi is not None else None
+    else:
+        module.g, module.h = term.g.fn, term.h.fn

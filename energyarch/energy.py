@@ -1,0 +1,217 @@
+"""Energies as data: attention and feed-forward terms on hyperspheres, which add.
+
+The two families of the paper (Eqs. 19–20), in the row-token convention ``X ∈ R^{N×d}``:
+
+    E_ATTN = Σ_h Σ_i f( Σ_j K(z_i^h, z_j^h) ),   z_i^h = W_hᵀ x_i on the sphere of radius √p   (Eq. 19, 4)
+    E_FF   = − Σ_i g( Σ_m h(d_mᵀ x_i) ),          u_i = Dᵀ x_i on the sphere of radius √M       (Eq. 20, 5)
+
+>>> E = Attention(f="log(x)/beta", K="exp(beta*s)", heads=4) + FeedForward(g="x", h="relu(x)**2/2")
+>>> [t.name for t in E.terms]
+['attn', 'ff']
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+from typing import Mapping, Optional, Union
+
+from .errors import DeclarationError
+from .primitives import Kernel, Scalar, as_kernel, as_scalar
+
+
+@dataclass(frozen=True)
+class Sphere:
+    """Hypersphere constraint ‖z‖ = radius, realised by RMSNorm (no gain) scaled to ``radius``.
+
+    ``radius=None`` means the paper's default: √p for attention coordinates, √M for feed-forward ones.
+    """
+
+    radius: Optional[float] = None
+    eps: float = 1e-6
+
+    def __post_init__(self):
+        if self.radius is not None and (not isinstance(self.radius, (int, float)) or not self.radius > 0):
+            raise DeclarationError(
+                f"Sphere: radius={self.radius!r} must be a positive number (or None for the default √p / √M)"
+            )
+        if not (isinstance(self.eps, (int, float)) and self.eps >= 0):
+            raise DeclarationError(f"Sphere: eps={self.eps!r} must be a number >= 0")
+
+    def resolve(self, dim: int) -> float:
+        return float(self.radius) if self.radius is not None else math.sqrt(dim)
+
+
+class _Term:
+    """Shared behaviour of energy terms: addition into an :class:`Energy`."""
+
+    name: str
+
+    def __add__(self, other: Union["_Term", "Energy"]) -> "Energy":
+        return Energy((self,)) + other
+
+    def __radd__(self, other):
+        if other == 0:  # lets sum([...]) work
+            return Energy((self,))
+        return NotImplemented
+
+    def renamed(self, name: str):
+        return replace(self, name=name)
+
+
+@dataclass(frozen=True)
+class Attention(_Term):
+    """E_ATTN = Σ_h Σ_i f(Σ_j K(z_i^h, z_j^h)) with H heads of width p = d/H (Eq. 19).
+
+    Args:
+        f: outer scalar function (expression in ``x``, sympy, :class:`Scalar` or torch callable).
+        K: kernel (expression in ``s`` or ``r``, :class:`Kernel`, or torch callable ``K(x, y)``).
+        heads: number of heads H; must divide the model width at compile time.
+        phi: optional elementwise feature map Φ for inner-product kernels.
+        constraint: the sphere of each head's coordinates (default radius √p).
+        beta: value of the symbol ``beta`` (default 1/√p).
+        name: term name (used for step sizes and energy breakdowns).
+    """
+
+    f: Scalar
+    K: Kernel
+    heads: int = 1
+    constraint: Sphere = Sphere()
+    beta: Optional[float] = None
+    name: str = "attn"
+
+    def __init__(self, f, K, heads: int = 1, phi=None, constraint: Optional[Sphere] = None,
+                 beta: Optional[float] = None, name: str = "attn", radius: Optional[float] = None):
+        kernel = as_kernel(K)
+        if phi is not None:
+            if kernel.kind != "inner":
+                raise DeclarationError(f"Attention: phi= needs an inner-product kernel (in s); K={kernel.name!r} is {kernel.kind}")
+            kernel = replace(kernel, phi=as_scalar(phi, "phi"))
+        if not isinstance(heads, int) or isinstance(heads, bool) or heads < 1:
+            raise DeclarationError(f"Attention: heads={heads!r} must be a positive integer")
+        if beta is not None and not (isinstance(beta, (int, float)) and beta > 0):
+            raise DeclarationError(f"Attention: beta={beta!r} must be a positive number or None (for 1/√p)")
+        if constraint is not None and radius is not None:
+            raise DeclarationError("Attention: give either constraint= or radius=, not both")
+        object.__setattr__(self, "f", as_scalar(f, "f"))
+        object.__setattr__(self, "K", kernel)
+        object.__setattr__(self, "heads", heads)
+        object.__setattr__(self, "constraint", constraint or Sphere(radius))
+        object.__setattr__(self, "beta", None if beta is None else float(beta))
+        object.__setattr__(self, "name", _check_name(name))
+
+    family = "attention"
+
+
+@dataclass(frozen=True)
+class FeedForward(_Term):
+    """E_FF = − Σ_i g(Σ_m h(d_mᵀ x_i)) with M basis vectors (Eq. 20).
+
+    Args:
+        g, h: scalar functions (expression in ``x``, sympy, :class:`Scalar` or torch callable).
+        width: M; default ``ratio * d``.
+        ratio: M / d when ``width`` is not given (paper: 1 for images, 4 for Sudoku).
+        constraint: the sphere of the coordinates ``Dᵀx`` (default radius √M).
+        name: term name.
+    """
+
+    g: Scalar
+    h: Scalar
+    width: Optional[int] = None
+    ratio: float = 1.0
+    constraint: Sphere = Sphere()
+    name: str = "ff"
+
+    def __init__(self, g, h, width: Optional[int] = None, ratio: float = 1.0,
+                 constraint: Optional[Sphere] = None, name: str = "ff", radius: Optional[float] = None):
+        if width is not None and (not isinstance(width, int) or isinstance(width, bool) or width < 1):
+            raise DeclarationError(f"FeedForward: width={width!r} must be a positive integer or None")
+        if not (isinstance(ratio, (int, float)) and ratio > 0):
+            raise DeclarationError(f"FeedForward: ratio={ratio!r} must be a positive number")
+        if constraint is not None and radius is not None:
+            raise DeclarationError("FeedForward: give either constraint= or radius=, not both")
+        object.__setattr__(self, "g", as_scalar(g, "g"))
+        object.__setattr__(self, "h", as_scalar(h, "h"))
+        object.__setattr__(self, "width", width)
+        object.__setattr__(self, "ratio", float(ratio))
+        object.__setattr__(self, "constraint", constraint or Sphere(radius))
+        object.__setattr__(self, "name", _check_name(name))
+
+    family = "feedforward"
+
+    def resolve_width(self, d: int) -> int:
+        return self.width if self.width is not None else max(1, int(round(self.ratio * d)))
+
+
+Term = Union[Attention, FeedForward]
+
+
+def _check_name(name: str) -> str:
+    if not isinstance(name, str) or not name.isidentifier():
+        raise DeclarationError(f"term name {name!r} must be a Python identifier such as 'attn' or 'ff'")
+    return name
+
+
+@dataclass(frozen=True)
+class Energy:
+    """A sum of named terms. ``E1 + E2`` concatenates terms; names are made unique (``attn``, ``attn_2``)."""
+
+    terms: tuple
+
+    def __post_init__(self):
+        if not self.terms:
+            raise DeclarationError("Energy: needs at least one term")
+        seen: dict[str, int] = {}
+        fixed = []
+        for t in self.terms:
+            if not isinstance(t, (Attention, FeedForward)):
+                raise DeclarationError(f"Energy: {t!r} is not an Attention or FeedForward term")
+            if t.name in seen:
+                seen[t.name] += 1
+                t = t.renamed(f"{t.name}_{seen[t.name]}")
+            seen.setdefault(t.name, 1)
+            fixed.append(t)
+        object.__setattr__(self, "terms", tuple(fixed))
+
+    def __add__(self, other) -> "Energy":
+        if isinstance(other, Energy):
+            return Energy(self.terms + other.terms)
+        if isinstance(other, (Attention, FeedForward)):
+            return Energy(self.terms + (other,))
+        return NotImplemented
+
+    def __iter__(self):
+        return iter(self.terms)
+
+    def __len__(self):
+        return len(self.terms)
+
+    def __getitem__(self, name: str) -> Term:
+        for t in self.terms:
+            if t.name == name:
+                return t
+        raise KeyError(f"no term named {name!r}; terms: {[t.name for t in self.terms]}")
+
+    @property
+    def names(self) -> list[str]:
+        return [t.name for t in self.terms]
+
+
+def as_energy(value) -> Energy:
+    if isinstance(value, Energy):
+        return value
+    if isinstance(value, (Attention, FeedForward)):
+        return Energy((value,))
+    raise DeclarationError(f"expected an Energy, Attention or FeedForward term, got {type(value).__name__}")
+
+
+def params_of(term: Term) -> Mapping[str, float]:
+    """User parameters declared on the term's primitives (merged)."""
+    out: dict[str, float] = {}
+    prims = [term.f, term.K, term.K.phi] if isinstance(term, Attention) else [term.g, term.h]
+    for prim in prims:
+        if prim is not None:
+            out.update(dict(prim.params))
+            if isinstance(prim, Kernel) and prim.phi is not None:
+                out.update(dict(prim.phi.params))
+    return out

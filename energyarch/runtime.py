@@ -1,0 +1,215 @@
+"""Runtime shared by every emitted update module: projection, constraint, step, energy.
+
+An emitted module subclasses :class:`TermUpdate` and supplies two methods derived from its energy term:
+
+- ``grad_Z(Z)``: ∇_Z E of the term at the constrained coordinates ``Z`` (shape ``(B, H, N, p)``);
+- ``energy_Z(Z)``: the term's energy, shape ``(B,)``.
+
+:class:`TermUpdate` does the rest (Eqs. 8–11 of the paper, DESIGN "What compile means")::
+
+    Z_raw = X W_h                    (B, H, N, p)
+    Z     = RMSNorm(Z_raw) · R/√p    on the sphere of radius R
+    G     = grad_Z(Z)                ∇_Z E at the constrained point
+    G     = constrain(G)             'paper': as is; 'riemannian': tangent part; 'exact': chain rule through RMSNorm
+    X'    = X − step ⊙ Σ_h G_h W_hᵀ
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional, Union
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .errors import ShapeError
+
+MODES = ("paper", "exact", "riemannian")
+
+
+def _step(x: Tensor) -> Tensor:
+    """Heaviside step with step(0) = 0 (the a.e. derivative of ReLU)."""
+    return (x > 0).to(x.dtype)
+
+
+def _logcosh(x: Tensor) -> Tensor:
+    """log cosh x, stable for large |x|."""
+    ax = x.abs()
+    return ax + torch.log1p(torch.exp(-2 * ax)) - math.log(2.0)
+
+
+def bisoftmax_sdpa(Phi: Tensor, b: float) -> Tensor:
+    """(P + Pᵀ) Φ with P = row-softmax(b ΦΦᵀ), without forming the N×N matrix.
+
+    Two calls of :func:`torch.nn.functional.scaled_dot_product_attention` with one extra coordinate and
+    one extra "sink" key (DESIGN, implementation facts):
+
+    1. ``P Φ`` and the row log-sum-exp ``L``: keys ``[Φ_j, 0]`` plus a sink ``[0, c/b]`` of score ``c``
+       (an upper bound of every score, so nothing underflows) with value ``[0, 1]``. The sink channel
+       of the output is ``e^c / (Σ_j e^{s_ij} + e^c)``, which gives ``L_i`` and un-normalises ``P Φ``.
+    2. ``Pᵀ Φ``: query ``[Φ_k, 1]``, keys ``[Φ_i, −L_i/b]`` so that the score is ``log P_ik``; the sink
+       (score 0, value ``[0, 1]``) recovers the column sum, since SDPA normalises over keys.
+
+    Memory is O(N·p) and gradients are exact (SDPA's own backward).
+    """
+    *batch, N, p = Phi.shape
+    ones = Phi.new_ones(*batch, N, 1)
+    zeros = Phi.new_zeros(*batch, N, 1)
+    with torch.no_grad():
+        bound = abs(b) * Phi.pow(2).sum(-1).amax()  # ≥ every score b Φ_i·Φ_j (Cauchy–Schwarz)
+    sink_value = Phi.new_zeros(*batch, 1, p + 1)
+    sink_value[..., 0, p] = 1.0
+    q = torch.cat([Phi, ones], dim=-1)                                   # (B, H, N, p+1)
+    v = torch.cat([torch.cat([Phi, zeros], dim=-1), sink_value], dim=-2)  # (B, H, N+1, p+1)
+
+    sink_key = Phi.new_zeros(*batch, 1, p + 1)
+    sink_key[..., 0, p] = bound / b
+    k1 = torch.cat([torch.cat([Phi, zeros], dim=-1), sink_key], dim=-2)
+    out1 = F.scaled_dot_product_attention(q, k1, v, scale=b)             # (B, H, N, p+1)
+    w_sink = out1[..., p:]                                               # e^c / (Σ_j e^{s_ij} + e^c)
+    P_Phi = out1[..., :p] / (1 - w_sink)
+    L = bound + torch.log1p(-w_sink) - torch.log(w_sink)                 # (B, H, N, 1) row log-sum-exp
+
+    k2 = torch.cat([torch.cat([Phi, -L / b], dim=-1), Phi.new_zeros(*batch, 1, p + 1)], dim=-2)
+    out2 = F.scaled_dot_product_attention(q, k2, v, scale=b)
+    Pt_Phi = out2[..., :p] / out2[..., p:]
+    return P_Phi + Pt_Phi
+
+
+def bisoftmax_dense(Phi: Tensor, b: float) -> Tensor:
+    """(P + Pᵀ) Φ with the N×N matrix P = row-softmax(b ΦΦᵀ) materialised (fast for short sequences)."""
+    P = torch.softmax(b * (Phi @ Phi.transpose(-1, -2)), dim=-1)  # (B, H, N, N)
+    return (P + P.transpose(-1, -2)) @ Phi
+
+
+class TermUpdate(nn.Module):
+    """One gradient step on one energy term: ``X ↦ X − step ⊙ Σ_h (∇_Z E)(Z_h) W_hᵀ``.
+
+    Args:
+        d: model width.
+        heads: number of subspaces H (1 for feed-forward terms).
+        head_dim: p (for feed-forward terms, M).
+        radius: radius of the constraint sphere of each head's coordinates.
+        mode: constraint semantics, one of ``'paper'`` (default), ``'exact'``, ``'riemannian'``.
+        eps: RMSNorm epsilon.
+        sdpa_threshold: sequence length above which memory-linear kernels are used where available.
+    """
+
+    #: set by the emitted subclass
+    term_name: str = "term"
+    pattern: str = "generic"
+    path: str = "symbolic"
+
+    def __init__(self, d: int, heads: int, head_dim: int, radius: float, mode: str = "paper",
+                 eps: float = 1e-6, sdpa_threshold: int = 512):
+        super().__init__()
+        if mode not in MODES:
+            raise ShapeError(f"mode={mode!r}: choose one of {MODES}")
+        self.d, self.heads, self.head_dim = d, heads, head_dim
+        self.radius = float(radius)
+        self.mode = mode
+        self.eps = float(eps)
+        self.sdpa_threshold = int(sdpa_threshold)
+        self.weight = nn.Parameter(torch.empty(d, heads * head_dim))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Orthogonal init: incoherent basis vectors spanning the space (paper Sec. 4.1)."""
+        nn.init.orthogonal_(self.weight)
+
+    def extra_repr(self) -> str:
+        return (f"{self.term_name}: pattern={self.pattern!r}, path={self.path!r}, d={self.d}, heads={self.heads}, "
+                f"head_dim={self.head_dim}, radius={self.radius:.4g}, mode={self.mode!r}")
+
+    # -- coordinates -----------------------------------------------------------------------------
+    def _check(self, X: Tensor, weight: Optional[Tensor]) -> Tensor:
+        if not isinstance(X, Tensor) or X.dim() < 2 or X.shape[-1] != self.d:
+            shape = tuple(X.shape) if isinstance(X, Tensor) else type(X).__name__
+            raise ShapeError(
+                f"{self.term_name}: X has shape {shape}; expected (..., N, d) with d={self.d} "
+                f"(tokens in rows, width last)"
+            )
+        W = self.weight if weight is None else weight
+        if W.shape != self.weight.shape:
+            raise ShapeError(f"{self.term_name}: weight has shape {tuple(W.shape)}; expected {tuple(self.weight.shape)}")
+        return W
+
+    def coords(self, X: Tensor, weight: Optional[Tensor] = None) -> Tensor:
+        """Raw subspace coordinates ``X W_h``, shape ``(..., H, N, p)``."""
+        W = self._check(X, weight)
+        Z = X @ W                                                       # (..., N, H·p)
+        return Z.unflatten(-1, (self.heads, self.head_dim)).transpose(-2, -3)
+
+    def normalize(self, Z_raw: Tensor) -> Tensor:
+        """RMSNorm without gain, scaled to the sphere of radius R (Eq. 8)."""
+        scale = self.radius / math.sqrt(self.head_dim)
+        return F.rms_norm(Z_raw, (self.head_dim,), eps=self.eps) * scale
+
+    def constrain(self, G: Tensor, Z: Tensor, Z_raw: Tensor) -> Tensor:
+        """Apply the constraint mode to ∇_Z E evaluated at the normalised point ``Z``."""
+        if self.mode == "paper":
+            return G
+        radial = (G * Z).sum(-1, keepdim=True) / (self.radius**2)
+        tangent = G - radial * Z                                         # G minus its part along z
+        if self.mode == "riemannian":
+            return tangent
+        # exact: Jᵀ G for n(z) = c z / sqrt(‖z‖²/p + eps), c = R/√p
+        c = self.radius / math.sqrt(self.head_dim)
+        q = Z_raw.pow(2).mean(-1, keepdim=True) + self.eps
+        return c * q.rsqrt() * (G - Z_raw * (Z_raw * G).sum(-1, keepdim=True) / (self.head_dim * q))
+
+    # -- the step ----------------------------------------------------------------------------------
+    def direction(self, X: Tensor, weight: Optional[Tensor] = None) -> Tensor:
+        """The descent direction ``−Σ_h G_h W_hᵀ`` in token space, shape like ``X``."""
+        W = self._check(X, weight)
+        Z_raw = self.coords(X, W)
+        Z = self.normalize(Z_raw)
+        G = self.constrain(self.grad_Z(Z), Z, Z_raw)                      # (..., H, N, p)
+        return -(G.transpose(-2, -3).flatten(-2) @ W.transpose(0, 1))    # (..., N, d)
+
+    def forward(self, X: Tensor, step: Union[float, Tensor] = 1.0, weight: Optional[Tensor] = None) -> Tensor:
+        """One step ``X + step ⊙ direction(X)``; ``step`` broadcasts against ``(..., N, d)``."""
+        D = self.direction(X, weight)
+        if isinstance(step, Tensor):
+            try:
+                torch.broadcast_shapes(step.shape, D.shape)
+            except RuntimeError:
+                raise ShapeError(
+                    f"{self.term_name}: step size of shape {tuple(step.shape)} does not broadcast against "
+                    f"X of shape {tuple(D.shape)}; use a scalar, (d,), or (..., N, d)"
+                ) from None
+        return X + step * D
+
+    def energy(self, X: Tensor, weight: Optional[Tensor] = None) -> Tensor:
+        """The term's energy at the constrained point, shape ``X.shape[:-2]`` (Fig. 5 convention)."""
+        return self.energy_Z(self.normalize(self.coords(X, weight)))
+
+    # -- supplied by emitted subclasses ---------------------------------------------------------------
+    def grad_Z(self, Z: Tensor) -> Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def energy_Z(self, Z: Tensor) -> Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    @property
+    def source(self) -> str:
+        """The emitted Python source of this module."""
+        import inspect
+
+        return inspect.getsource(type(self))
+
+
+def pairwise_kernel(K, Z: Tensor) -> Tensor:
+    """``K(z_i, z_j)`` for an opaque kernel on single vectors, shape ``(..., N, N)`` (vmap, N×N memory)."""
+    flat = Z.reshape(-1, *Z.shape[-2:])
+    rows = torch.vmap(torch.vmap(K, in_dims=(None, 0)), in_dims=(0, None))  # (N, p), (N, p) -> (N, N)
+    return torch.vmap(lambda z: rows(z, z))(flat).reshape(*Z.shape[:-1], Z.shape[-2])
+
+
+def pairwise_kernel_grad(K, Z: Tensor) -> Tensor:
+    """``∂₁K(z_k, z_j)`` for an opaque kernel, shape ``(..., N, N, p)``, by ``torch.func.grad``."""
+    flat = Z.reshape(-1, *Z.shape[-2:])
+    dK = torch.func.grad(K, argnums=0)
+    rows = torch.vmap(torch.vmap(dK, in_dims=(None, 0)), in_dims=(0, None))
+    return torch.vmap(lambda z: rows(z, z))(flat).reshape(*Z.shape[:-1], Z.shape[-2], Z.shape[-1])
