@@ -90,7 +90,7 @@ class VerificationReport:
                    for t in self.terms)
 
     def table(self) -> str:
-        rows = ["| term | pattern | path | max|Δ∇| | max|ΔX'| | E before | E after | descends |",
+        rows = ["| term | pattern | path | max abs Δ∇ | max abs ΔX' | E before | E after | descends |",
                 "|---|---|---|---|---|---|---|---|"]
         for t in self.terms:
             rows.append(f"| {t.name} | {t.pattern} | {t.path} | {t.grad_max_abs_diff:.2e} | {t.update_max_abs_diff:.2e} "
