@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .errors import ShapeError
+from .errors import CompileError, ShapeError
 
 MODES = ("paper", "exact", "riemannian")
 
@@ -105,7 +105,7 @@ class TermUpdate(nn.Module):
                  eps: float = 1e-6, sdpa_threshold: int = 512):
         super().__init__()
         if mode not in MODES:
-            raise ShapeError(f"mode={mode!r}: choose one of {MODES}")
+            raise CompileError(f"mode={mode!r}: choose one of {MODES}")
         self.d, self.heads, self.head_dim = d, heads, head_dim
         self.radius = float(radius)
         self.mode = mode

@@ -1,0 +1,108 @@
+"""The Hyper-SET backbone: L distinct compiled energy layers, each iterated T times (Sec. 4, App. D).
+
+Per layer ℓ and iteration t (weights shared across t)::
+
+    steps = stepnet_ℓ(t, x(0) or x(t))                     α_t, γ_t ∈ R^d per token (Eq. 12)
+    W_t   = W + s · A_t B_t                                 depth-wise LoRA, when lora_rank > 0 (App. G.2)
+    X     ← step_ℓ(X, steps, W_t)                           one descent step per term (Eqs. 9, 11)
+
+>>> import torch
+>>> from energyarch.models import ModelConfig
+>>> net = HyperSET(ModelConfig(d=16, heads=2, iters=3, time_freq=8))
+>>> X = torch.randn(2, 5, 16)
+>>> torch.equal(net(X), X)      # zero-initialised step sizes: the identity at initialisation
+True
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Optional
+
+from torch import Tensor, nn
+
+from ..compile import EnergyStep, compile as compile_energy
+from ..energy import Attention
+from .config import ModelConfig
+from .diagnostics import TraceRecorder
+from .lora import DepthLoRA
+from .stepsizes import FixedSteps, StepSizeNet
+
+
+class HyperSETLayer(nn.Module):
+    """One layer with unique parameters: a compiled :class:`EnergyStep`, its step sizes and optional LoRA.
+
+    Each layer has its own step-size network; ``t`` counts from 0 within the layer, and ``condition='x0'``
+    means the layer's own input (the tokenizer output for the first layer).
+    """
+
+    def __init__(self, step: EnergyStep, cfg: ModelConfig):
+        super().__init__()
+        self.step = step
+        names = step.names
+        if cfg.step_sizes == "learned":
+            self.stepnet = StepSizeNet(cfg.d, names, cfg.time_freq)
+        else:
+            self.stepnet = FixedSteps(names, cfg.fixed_step)
+        self.condition = cfg.condition
+        self.lora = (DepthLoRA({n: tuple(m.weight.shape) for n, m in step.terms.items()}, cfg.iters,
+                               cfg.lora_rank, cfg.lora_scale) if cfg.lora_rank else None)
+        decl = step.energy_decl
+        #: terms whose per-head coordinates the diagnostics look at (the subspace/attention terms)
+        self.subspace_terms = [t.name for t in decl.terms if isinstance(t, Attention)]
+
+    def weights(self, t: int) -> Optional[dict[str, Tensor]]:
+        """The bases used at iteration ``t``: None (the shared W) without LoRA, else ``W + s A_t B_t``."""
+        if self.lora is None:
+            return None
+        return self.lora.weights(t, {n: m.weight for n, m in self.step.terms.items()})
+
+    def head_coords(self, X: Tensor, weights: Optional[dict] = None) -> dict[str, Tensor]:
+        """Normalised per-head coordinates ``RMSNorm(X W_h)`` of each attention term: name → (B, H, N, p)."""
+        weights = weights or {}
+        return {n: self.step.terms[n].normalize(self.step.terms[n].coords(X, weights.get(n)))
+                for n in self.subspace_terms}
+
+    def forward(self, X: Tensor, iters: int, recorder: Optional[TraceRecorder] = None, index: int = 0) -> Tensor:
+        X0 = X                                                          # (B, N, d)
+        for t in range(iters):
+            W = self.weights(t)
+            steps = self.stepnet(t, X0 if self.condition == "x0" else X)
+            if recorder is None:
+                X = self.step(X, steps, W)
+                continue
+            before = self.step.energies(X, W)
+            coords = self.head_coords(X, W)
+            X = self.step(X, steps, W)
+            recorder.add(index, t, before, self.step.energies(X, W), coords)
+        return X
+
+
+class HyperSET(nn.Module):
+    """L distinct compiled layers (deep copies of one compiled step, each re-initialised), each applied T times.
+
+    Args:
+        cfg: the model config; uses d, heads, layers, iters, attention, feedforward, ff_ratio, step_sizes,
+            fixed_step, condition, time_freq, lora_rank, lora_scale, mode.
+    """
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.iters = cfg.iters
+        step = compile_energy(cfg.energy(), d=cfg.d, mode=cfg.mode)
+        layers = []
+        for _ in range(cfg.layers):
+            own = copy.deepcopy(step)
+            for term in own.terms.values():
+                term.reset_parameters()
+            layers.append(HyperSETLayer(own, cfg))
+        self.layers = nn.ModuleList(layers)
+
+    def forward(self, X: Tensor, iters: Optional[int] = None, record: bool = False):
+        """Run every layer ``iters`` times (default: the training T). Returns X, or ``(X, Trace)`` if record."""
+        iters = self.iters if iters is None else iters
+        recorder = TraceRecorder() if record else None
+        for index, layer in enumerate(self.layers):
+            X = layer(X, iters, recorder, index)
+        return (X, recorder.finish()) if record else X

@@ -1,0 +1,82 @@
+"""Vanilla Transformer baseline in the same harness (Sec. 5): pre-norm RMSNorm, no bias, no dropout,
+MLP ratio 4, SDPA attention; L distinct blocks, each applied T times with shared weights.
+
+    X ← X + Attn(RMSNorm(X))
+    X ← X + W₂ GELU(W₁ RMSNorm(X))
+
+>>> import torch
+>>> from energyarch.models import ModelConfig
+>>> Transformer(ModelConfig(arch="transformer", d=16, heads=2, iters=2))(torch.randn(2, 5, 16)).shape
+torch.Size([2, 5, 16])
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .config import ModelConfig
+from .diagnostics import TraceRecorder
+
+MLP_RATIO = 4
+
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention without bias, via ``F.scaled_dot_product_attention``."""
+
+    def __init__(self, d: int, heads: int):
+        super().__init__()
+        self.heads = heads
+        self.qkv = nn.Linear(d, 3 * d, bias=False)
+        self.proj = nn.Linear(d, d, bias=False)
+
+    def split(self, X: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        q, k, v = self.qkv(X).chunk(3, dim=-1)                               # (B, N, d) each
+        return tuple(z.unflatten(-1, (self.heads, -1)).transpose(-2, -3) for z in (q, k, v))  # (B, H, N, p)
+
+    def forward(self, X: Tensor) -> Tensor:
+        q, k, v = self.split(X)
+        out = F.scaled_dot_product_attention(q, k, v)                        # (B, H, N, p)
+        return self.proj(out.transpose(-2, -3).flatten(-2))
+
+
+class Block(nn.Module):
+    """Pre-norm Transformer block (RMSNorm with learnable gain, no bias anywhere)."""
+
+    def __init__(self, d: int, heads: int):
+        super().__init__()
+        self.norm1 = nn.RMSNorm(d)
+        self.attn = SelfAttention(d, heads)
+        self.norm2 = nn.RMSNorm(d)
+        self.mlp = nn.Sequential(nn.Linear(d, MLP_RATIO * d, bias=False), nn.GELU(),
+                                 nn.Linear(MLP_RATIO * d, d, bias=False))
+
+    def head_coords(self, X: Tensor) -> dict[str, Tensor]:
+        """Per-head query coordinates of the normalised tokens, for the diagnostics: (B, H, N, p)."""
+        return {"attn": self.attn.split(self.norm1(X))[0]}
+
+    def forward(self, X: Tensor) -> Tensor:
+        X = X + self.attn(self.norm1(X))
+        return X + self.mlp(self.norm2(X))
+
+
+class Transformer(nn.Module):
+    """L distinct pre-norm blocks, each applied ``iters`` times with shared weights."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.iters = cfg.iters
+        self.layers = nn.ModuleList(Block(cfg.d, cfg.heads) for _ in range(cfg.layers))
+
+    def forward(self, X: Tensor, iters: Optional[int] = None, record: bool = False):
+        """Returns X, or ``(X, Trace)`` with per-head diagnostics (no energies) when ``record``."""
+        iters = self.iters if iters is None else iters
+        recorder = TraceRecorder() if record else None
+        for index, block in enumerate(self.layers):
+            for t in range(iters):
+                if recorder is not None:
+                    recorder.add(index, t, coords=block.head_coords(X))
+                X = block(X)
+        return (X, recorder.finish()) if record else X
