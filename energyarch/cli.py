@@ -27,7 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
         try:
             module = importlib.import_module(name)
         except ModuleNotFoundError as err:
-            if err.name != name:
+            if err.name != name and not name.startswith(err.name + "."):
                 raise
             continue
         module.register(sub)

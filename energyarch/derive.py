@@ -339,9 +339,11 @@ def _latex_attention(pattern: str, consts: Mapping[str, sp.Expr], pieces: Mappin
         a, c1, c2 = consts["a"], consts["c1"], consts["c2"]
         parts = []
         if c2 != 0:
-            parts.append(r"%s\, %s %s^\top %s" % (_lx(4 * a * c2), Phi, Phi, Phi))
+            coef = sp.simplify(4 * a * c2)
+            parts.append(("" if coef == 1 else _lx(coef) + r"\, ") + r"%s %s^\top %s" % (Phi, Phi, Phi))
         if c1 != 0:
-            parts.append(r"%s\, %s \mathbf{1}\mathbf{1}^\top" % (_lx(2 * a * c1), Phi))
+            coef = sp.simplify(2 * a * c1)
+            parts.append(("" if coef == 1 else _lx(coef) + r"\, ") + r"%s \mathbf{1}\mathbf{1}^\top" % Phi)
         body = " + ".join(parts) or "0"
     else:
         if pattern == "kernel attention":
@@ -378,7 +380,8 @@ def _latex_ff(pattern: str, consts: Mapping[str, sp.Expr], pieces: Mapping[str, 
             a = consts["a"]
             body = ("" if a == 1 else _lx(a) + r"\,") + dh
         else:
-            body = r"g'\!\left(\mathbf{1}^\top %s\right) \odot %s" % (sp.latex(pieces["h"].xreplace({X: uu})), dh)
+            sigma = sp.Symbol(r"\mathbf{1}^\top " + sp.latex(pieces["h"].xreplace({X: uu})))
+            body = r"\left[%s\right] \odot %s" % (sp.latex(pieces["dg"].xreplace({X: sigma})), dh)
         body = body + r",\quad \mathbf{U} = %s" % U
     return r"-\nabla_{\mathbf{X}} E = \mathbf{D}\, %s" % body
 

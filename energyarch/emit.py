@@ -81,7 +81,7 @@ def _attention_energy(dv: Derivation) -> list[str]:
     if dv.pattern == "bi-softmax":
         a, b, c = dv.constants["a"], dv.constants["b"], dv.constants["c"]
         logc = sp.simplify(sp.expand_log(sp.log(c), force=True))
-        shift = "" if logc == 0 else f" + {_code(logc)}"
+        shift = "" if logc == 0 else (f" - {_code(-logc)}" if logc.could_extract_minus_sign() else f" + {_code(logc)}")
         return [
             *_phi_lines(dv, with_derivative=False),
             "G = Phi @ Phi.transpose(-1, -2)                     # (B, H, N, N)",
@@ -120,7 +120,7 @@ def _ff_energy(dv: Derivation) -> list[str]:
         a, b = dv.constants["a"], dv.constants["b"]
         c = sp.simplify(dv.pieces["h"] / sp.exp(b * X))
         logc = sp.simplify(sp.expand_log(sp.log(c), force=True))
-        shift = "" if logc == 0 else f" + {_code(logc)}"
+        shift = "" if logc == 0 else (f" - {_code(-logc)}" if logc.could_extract_minus_sign() else f" + {_code(logc)}")
         return [f"log_Sigma = torch.logsumexp({_scaled(b, 'U')}, dim=-1){shift}   # log Σ_m h(u_m), stable",
                 f"return -({_scaled(a, 'log_Sigma')}).sum(dim=(-1, -2))"]
     h = "self.h(U)" if not t.h.symbolic else _code(dv.pieces["h"], X, "U")

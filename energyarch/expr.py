@@ -26,6 +26,11 @@ from .errors import ParseError
 # --------------------------------------------------------------------------------------------
 
 
+def _pow_latex(printer, exp, text: str) -> str:
+    """LaTeX of a named function, raised to ``exp`` when sympy prints a power of it."""
+    return text if exp is None else r"\left(%s\right)^{%s}" % (text, exp)
+
+
 class sigmoid(sp.Function):  # noqa: N801 - sympy naming convention
     """Logistic function σ(x) = 1 / (1 + e^{-x}), with σ' = σ(1 - σ)."""
 
@@ -33,8 +38,8 @@ class sigmoid(sp.Function):  # noqa: N801 - sympy naming convention
         s = sigmoid(self.args[0])
         return s * (1 - s)
 
-    def _latex(self, printer):
-        return r"\sigma\left(%s\right)" % printer._print(self.args[0])
+    def _latex(self, printer, exp=None):
+        return _pow_latex(printer, exp, r"\sigma\left(%s\right)" % printer._print(self.args[0]))
 
     def _eval_rewrite_as_exp(self, x, **kwargs):
         return 1 / (1 + sp.exp(-x))
@@ -46,8 +51,8 @@ class relu(sp.Function):  # noqa: N801
     def fdiff(self, argindex=1):
         return step(self.args[0])
 
-    def _latex(self, printer):
-        return r"\operatorname{ReLU}\left(%s\right)" % printer._print(self.args[0])
+    def _latex(self, printer, exp=None):
+        return _pow_latex(printer, exp, r"\operatorname{ReLU}\left(%s\right)" % printer._print(self.args[0]))
 
 
 class step(sp.Function):  # noqa: N801
@@ -56,8 +61,8 @@ class step(sp.Function):  # noqa: N801
     def fdiff(self, argindex=1):
         return sp.Integer(0)
 
-    def _latex(self, printer):
-        return r"\mathbb{1}\left[%s > 0\right]" % printer._print(self.args[0])
+    def _latex(self, printer, exp=None):
+        return _pow_latex(printer, exp, r"\mathbb{1}\left[%s > 0\right]" % printer._print(self.args[0]))
 
 
 class softplus(sp.Function):  # noqa: N801
@@ -66,8 +71,8 @@ class softplus(sp.Function):  # noqa: N801
     def fdiff(self, argindex=1):
         return sigmoid(self.args[0])
 
-    def _latex(self, printer):
-        return r"\operatorname{softplus}\left(%s\right)" % printer._print(self.args[0])
+    def _latex(self, printer, exp=None):
+        return _pow_latex(printer, exp, r"\operatorname{softplus}\left(%s\right)" % printer._print(self.args[0]))
 
 
 class logcosh(sp.Function):  # noqa: N801
@@ -76,8 +81,8 @@ class logcosh(sp.Function):  # noqa: N801
     def fdiff(self, argindex=1):
         return sp.tanh(self.args[0])
 
-    def _latex(self, printer):
-        return r"\log\cosh\left(%s\right)" % printer._print(self.args[0])
+    def _latex(self, printer, exp=None):
+        return _pow_latex(printer, exp, r"\log\cosh\left(%s\right)" % printer._print(self.args[0]))
 
 
 #: Functions a user may call in an expression string, by name.
@@ -280,6 +285,7 @@ def tidy(expr: sp.Expr) -> sp.Expr:
             return e
         steps = [a for a in e.args if isinstance(a, step)]
         relus = {a.args[0] for a in e.args if isinstance(a, relu)}
+        relus |= {a.base.args[0] for a in e.args if a.is_Pow and isinstance(a.base, relu) and a.exp.is_positive}
         keep = [a for a in e.args if not (isinstance(a, step) and a.args[0] in relus)]
         return sp.Mul(*keep) if len(keep) != len(e.args) or steps else e
 

@@ -1,0 +1,255 @@
+"""The catalog: every entry compiles and verifies; paper entries equal paper_sign × what the paper printed."""
+
+import json
+
+import pytest
+import torch
+
+import energyarch as ea
+from energyarch import catalog
+from energyarch.errors import DeclarationError
+
+ENTRIES = catalog.load_catalog()
+PAPER = [e for e in ENTRIES.values() if e.in_paper]
+D = 16  # 4 heads of p = 4; feed-forward M = 64
+
+
+def _X(seed: int = 0, tokens: int = 9) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randn(2, tokens, D, generator=gen, dtype=torch.float64)
+
+
+def test_catalog_holds_the_paper_rows_and_at_least_four_beyond():
+    rows = {(e.table, e.row): e.name for e in ENTRIES.values()}
+    assert rows[("19", 1)] == "bi-softmax" and rows[("19", 2)] == "sigmoid-softmax"
+    assert rows[("19", 3)] == "linear-attention"
+    assert rows[("20", 1)] == "relu-ff" and rows[("20", 2)] == "softmax-ff" and rows[("20", 3)] == "gated-ff"
+    beyond = {e.name for e in ENTRIES.values() if e.table == "beyond"}
+    assert {"rbf-softmax", "softplus-ff", "logcosh-ff"} <= beyond and len(beyond) >= 4
+    assert beyond & {"tanh-kernel", "polynomial-kernel"}
+
+
+@pytest.mark.parametrize("name", list(ENTRIES))
+def test_entry_compiles_to_its_pattern_verifies_and_descends(name):
+    entry = ENTRIES[name]
+    step = entry.compile(D)
+    assert step.derivations[entry.term_name].pattern == entry.pattern
+    check = ea.verify(step, raise_on_fail=False).terms[0]
+    assert check.grad_max_abs_diff <= 1e-9
+    assert check.update_max_abs_diff <= 1e-9
+    assert check.energy_after < check.energy_before
+
+
+# The paper's energy column, written out by hand (Eq. 3, Table 19/20 "E" cells) on coordinates in rows.
+PAPER_ENERGIES = {
+    "bi-softmax": lambda Z, b: torch.logsumexp(b * Z @ Z.T, dim=-1).sum() / b,
+    "sigmoid-softmax": lambda Z, b: 0.5 * torch.sigmoid(b * Z @ Z.T).sum() / b,
+    "linear-attention": lambda Z, b: 0.25 * ((b * torch.sigmoid(Z) @ torch.sigmoid(Z).T) ** 2).sum() / b,
+    "relu-ff": lambda U, b: -0.5 * (torch.relu(U) ** 2).sum(),
+    "softmax-ff": lambda U, b: -torch.logsumexp(U, dim=-1).sum(),
+    "gated-ff": lambda U, b: -0.5 * (torch.sigmoid(U).sum(dim=-1) ** 2).sum(),
+}
+
+
+@pytest.mark.parametrize("entry", PAPER, ids=lambda e: e.name)
+def test_paper_sign_is_derived_from_the_paper_energy(entry):
+    # independent of the compiler: −∇ of the paper's own E column vs the printed −∇E column
+    Z = torch.randn(11, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    beta = 0.37
+    minus_grad = -torch.func.grad(lambda Z_: PAPER_ENERGIES[entry.name](Z_, beta))(Z)
+    printed = catalog.paper_reference(entry, Z, beta=beta)
+    assert (minus_grad - entry.paper_sign * printed).abs().max() <= 1e-12
+    assert (minus_grad + entry.paper_sign * printed).abs().max() > 1e-3  # the other sign is wrong
+
+
+def test_paper_signs_the_catalog_records():
+    signs = {e.name: e.paper_sign for e in PAPER}
+    assert signs == {"bi-softmax": 1, "sigmoid-softmax": -1, "linear-attention": -1,
+                     "relu-ff": 1, "softmax-ff": 1, "gated-ff": 1}
+
+
+@pytest.mark.parametrize("entry", PAPER, ids=lambda e: e.name)
+def test_emitted_operator_is_paper_sign_times_printed_formula(entry):
+    step = entry.compile(D, dtype=torch.float64)
+    module = step.terms[entry.term_name]
+    X = _X()
+    with torch.no_grad():
+        Z = module.normalize(module.coords(X))                      # constrained point (Eq. 8)
+        emitted = -module.grad_Z(Z)                                 # −∇_Z E, emitted code
+        printed = catalog.paper_reference(entry, Z, beta=module.beta)
+        assert (emitted - entry.paper_sign * printed).abs().max() <= 1e-12
+        assert (emitted + entry.paper_sign * printed).abs().max() > 1e-3
+        # token space: the update direction equals paper_sign × Σ_h W_h (printed)
+        direction = module.direction(X)
+        expected = entry.paper_sign * catalog.paper_direction(entry, module, X)
+        assert (direction - expected).abs().max() <= 1e-12
+    check = catalog.compare_with_paper(entry)
+    assert check.ok and check.measured_sign == entry.paper_sign
+
+
+def test_memory_linear_bisoftmax_path_also_equals_eq7():
+    entry = ENTRIES["bi-softmax"]
+    module = entry.compile(D, dtype=torch.float64, sdpa_threshold=4).terms["attn"]   # N = 9 > 4: SDPA kernel
+    X = _X(2)
+    with torch.no_grad():
+        Z = module.normalize(module.coords(X))
+        assert (-module.grad_Z(Z) - catalog.paper_reference(entry, Z, beta=module.beta)).abs().max() <= 1e-12
+
+
+def test_rbf_entry_is_bisoftmax_with_beta_two_gamma():
+    rbf, bisoftmax = ENTRIES["rbf-softmax"], ENTRIES["bi-softmax"]
+    gamma = dict(rbf.params)["gamma"]
+    dv = ea.derive(rbf.term(D), D)
+    assert dv.pattern == "bi-softmax"
+    assert float(dv.constants["b"]) == pytest.approx(2 * gamma)
+    assert float(dv.constants["a"] * dv.constants["b"]) == pytest.approx(1.0)
+    step = rbf.compile(D, dtype=torch.float64)
+    reference = ea.compile(bisoftmax.term(D, beta=2 * gamma), D, dtype=torch.float64)
+    assert reference.terms["attn"].beta == 2 * gamma != 1 / 2  # not the default β = 1/√p at p = 4
+    reference.load_state_dict(step.state_dict())
+    X = _X(1)
+    rbf_m, ref_m = step.terms["attn"], reference.terms["attn"]
+    with torch.no_grad():
+        Z = rbf_m.normalize(rbf_m.coords(X))
+        assert (rbf_m.grad_Z(Z) - ref_m.grad_Z(Z)).abs().max() <= 1e-12
+        assert (-rbf_m.grad_Z(Z) - catalog.paper_reference(bisoftmax, Z, beta=2 * gamma)).abs().max() <= 1e-12
+        assert (step(X, 0.1) - reference(X, 0.1)).abs().max() <= 1e-12
+        # same energy up to the constant H·N·p (per batch element)
+        H, N, p = rbf_m.heads, X.shape[-2], rbf_m.head_dim
+        assert torch.allclose(step.energy(X) - reference.energy(X), torch.full((2,), -H * N * p, dtype=torch.float64))
+
+
+def test_tables_contain_every_entry_with_its_derived_operator():
+    md = catalog.tables_markdown(d=D)
+    t19, rest = md.split("## Table 20")
+    t20, beyond = rest.split("## Beyond the paper")
+    assert "## Table 19" in t19
+    for e in ENTRIES.values():
+        section = {"19": t19, "20": t20, "beyond": beyond}[e.table]
+        line = next(ln for ln in section.splitlines() if ln.startswith(f"| {e.title} |"))
+        latex = ea.derive(e.term(D), D).latex.split("E = ", 1)[1]
+        assert latex in line
+        assert f"| {e.pattern} |" in line
+        if e.in_paper:
+            word = "matches the printed form" if e.paper_sign == 1 else "differs in sign"
+            assert word in line and "paper_sign" not in line and "DIFFERS" not in line
+            assert catalog.printed_formula(e) in line
+
+
+# ---------------------------------------------------------------------------------------------
+# validation and safety
+# ---------------------------------------------------------------------------------------------
+
+BASE = {"name": "bad", "title": "Bad", "family": "attention", "table": "beyond", "row": 1,
+        "pattern": "bi-softmax", "f": "log(x)/beta", "K": "exp(beta*s)", "heads": 2,
+        "constraint": "sqrt(p)", "notes": "test entry", "citation": "none"}
+
+
+def _toml(data: dict) -> str:
+    def value(v):
+        if isinstance(v, dict):
+            return "{ " + ", ".join(f"{k} = {value(x)}" for k, x in v.items()) + " }"
+        return json.dumps(v)  # TOML basic strings, ints and floats read like JSON
+    return "\n".join(f"{k} = {value(v)}" for k, v in data.items()) + "\n"
+
+
+def _write(folder, name="bad", **changes):
+    data = {**BASE, "name": name, **changes}
+    data = {k: v for k, v in data.items() if v is not None}
+    path = folder / f"{name}.toml"
+    path.write_text(_toml(data))
+    return path
+
+
+MALICIOUS = [
+    "__import__('os').system('touch {marker}')",
+    "().__class__",
+    "().__class__.__base__.__subclasses__()",
+    "open('{marker}', 'w').write('x')",
+    "exp(x).__class__.__init__.__globals__",
+    "[c for c in ().__class__.__mro__]",
+    "(lambda: __import__('os'))()",
+    "exp(x)[0]",
+]
+
+
+@pytest.mark.parametrize("key", ["f", "K", "phi", "constraint"])
+@pytest.mark.parametrize("text", MALICIOUS)
+def test_malicious_expressions_are_rejected_without_side_effect(tmp_path, key, text):
+    marker = tmp_path / "pwned"
+    path = _write(tmp_path, **{key: text.format(marker=marker)})
+    with pytest.raises(DeclarationError) as info:
+        catalog.load_entry(path)
+    message = str(info.value)
+    assert str(path) in message and repr(key) in message
+    assert not marker.exists()
+    with pytest.raises(DeclarationError):
+        catalog.load_catalog(tmp_path)
+    assert not marker.exists()
+
+
+PAPER_KEYS = {"table": "19", "paper_formula": "x", "paper_operator": "eq7_bisoftmax", "paper_sign": 1}
+
+
+@pytest.mark.parametrize("changes, key, words", [
+    ({"haeds": 2}, "haeds", "did you mean 'heads'"),
+    ({"citation": None}, "citation", "missing"),
+    ({"K": None}, "K", "missing"),
+    ({"g": "x"}, "g", "feedforward"),
+    ({"heads": "4"}, "heads", "expected int"),
+    ({"table": 19}, "table", "expected str"),
+    ({"table": "21"}, "table", "one of"),
+    ({"family": "conv"}, "family", "one of"),
+    ({"pattern": "softmax"}, "pattern", "not a compiler pattern"),
+    ({"paper_sign": 1}, "paper_sign", "only entries of the paper"),
+    ({"table": "19"}, "paper_formula", "missing"),
+    ({**PAPER_KEYS, "paper_sign": 2}, "paper_sign", "+1 or -1"),
+    ({**PAPER_KEYS, "paper_operator": "eq99"}, "paper_operator", "known"),
+    ({**PAPER_KEYS, "paper_operator": "eq10_relu_ff"}, "paper_operator", "feedforward"),
+    ({"params": {"gamma": "big"}}, "params", "must be a number"),
+    ({"f": "log(x)/gamma"}, "f", "unknown symbol"),
+    ({"constraint": "-sqrt(p)"}, "constraint", "positive radius"),
+    ({"row": 0}, "row", ">= 1"),
+])
+def test_invalid_entries_name_the_file_and_the_key(tmp_path, changes, key, words):
+    path = _write(tmp_path, **changes)
+    with pytest.raises(DeclarationError) as info:
+        catalog.load_entry(path)
+    message = str(info.value)
+    assert str(path) in message and f"key {key!r}" in message and words in message
+
+
+def test_name_must_match_file_and_rows_must_be_unique(tmp_path):
+    path = _write(tmp_path, name="good")
+    path.rename(tmp_path / "other.toml")
+    with pytest.raises(DeclarationError, match="file name"):
+        catalog.load_entry(tmp_path / "other.toml")
+    (tmp_path / "other.toml").unlink()
+    _write(tmp_path, name="one")
+    _write(tmp_path, name="two")
+    with pytest.raises(DeclarationError, match="row 1 is also taken"):
+        catalog.load_catalog(tmp_path)
+
+
+def test_invalid_toml_and_missing_folder(tmp_path):
+    (tmp_path / "broken.toml").write_text('name = "broken\n')
+    with pytest.raises(DeclarationError, match="not valid TOML"):
+        catalog.load_entry(tmp_path / "broken.toml")
+    with pytest.raises(DeclarationError, match="does not exist"):
+        catalog.load_catalog(tmp_path / "nowhere")
+
+
+def test_constraint_rule_sets_the_radius(tmp_path):
+    entry = catalog.load_entry(_write(tmp_path, constraint="2*sqrt(p)"))
+    with pytest.raises(DeclarationError, match="pass d="):
+        entry.term()
+    assert entry.term(16).constraint.radius == pytest.approx(2 * 8 ** 0.5)   # heads = 2, p = 8
+    assert catalog.load_entry(_write(tmp_path, constraint="1")).term().constraint.radius == 1.0
+    assert catalog.load_entry(_write(tmp_path)).term().constraint.radius is None  # the paper's √p
+
+
+def test_lookup_errors_teach():
+    with pytest.raises(DeclarationError, match="Did you mean 'bi-softmax'"):
+        catalog.get("bisoftmax")
+    with pytest.raises(DeclarationError, match="beyond the paper"):
+        catalog.paper_reference("softplus-ff", torch.zeros(3, 4))
