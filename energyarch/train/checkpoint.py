@@ -1,0 +1,285 @@
+"""Checkpoints: tensors in safetensors, everything else in JSON, both written atomically.
+
+A checkpoint in ``out_dir`` is two files::
+
+    checkpoint-00000120.safetensors   model state ("model/<name>") + optimizer state ("optim/<param>/<key>")
+    checkpoint.json                   epoch, step, scheduler, RNG states (lists), config, metrics history,
+                                      architecture signature, optimizer hyper-parameters, tensor file + sha256
+
+The tensor file is written first (temporary file, then ``os.replace``) and ``checkpoint.json`` last, so the JSON
+always points at a complete tensor file: it is the commit point, and a crash in between leaves the previous
+checkpoint in force. Nothing is pickled; loading never executes code.
+
+>>> import tempfile, torch
+>>> from torch import nn
+>>> model = nn.Linear(3, 2)
+>>> d = tempfile.mkdtemp()
+>>> _ = save_checkpoint(d, model, state={"step": 7})
+>>> load_checkpoint(d, nn.Linear(3, 2))["step"]
+7
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import tempfile
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from ..errors import CheckpointError
+from .config import atomic_write_text
+
+STATE_FILE = "checkpoint.json"
+FORMAT = "energyarch-checkpoint-1"
+
+
+# -------------------------------------------------------------------------------------------------------------
+# architecture signature
+# -------------------------------------------------------------------------------------------------------------
+
+#: ModelConfig fields that do not define the architecture (test-time iterations may differ from training)
+NON_ARCH_FIELDS = ("iters",)
+
+
+def architecture_signature(model: nn.Module) -> dict:
+    """What must match to load weights: the model/task configs (when known) and every tensor's shape."""
+    sig: dict[str, Any] = {"class": type(model).__name__,
+                           "tensors": {k: list(v.shape) for k, v in model.state_dict().items()}}
+    cfg, task = getattr(model, "cfg", None), getattr(model, "task", None)
+    if cfg is not None:
+        sig["model"] = {k: (v if isinstance(v, (str, int, float, bool)) else repr(v))
+                        for k, v in vars(cfg).items() if k not in NON_ARCH_FIELDS}
+    if task is not None:
+        sig["task"] = {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(task).items()}
+    return sig
+
+
+def compare_signatures(saved: dict, current: dict, where: str) -> None:
+    """Raise :class:`CheckpointError` listing every tensor (and config field) that differs."""
+    st, ct = saved.get("tensors", {}), current["tensors"]
+    problems = []
+    missing = [k for k in ct if k not in st]
+    unexpected = [k for k in st if k not in ct]
+    shapes = [f"{k}: checkpoint {st[k]} vs model {ct[k]}" for k in ct if k in st and list(st[k]) != list(ct[k])]
+    if shapes:
+        problems.append("shape mismatch: " + _few(shapes))
+    if missing:
+        problems.append("in the model but not in the checkpoint: " + _few(missing))
+    if unexpected:
+        problems.append("in the checkpoint but not in the model: " + _few(unexpected))
+    for part in ("model", "task"):
+        a, b = saved.get(part), current.get(part)
+        if a is not None and b is not None:
+            diffs = [f"{part}.{k}: checkpoint {a.get(k)!r} vs model {b.get(k)!r}" for k in sorted(set(a) | set(b))
+                     if a.get(k) != b.get(k)]
+            if diffs:
+                problems.append("configuration differs: " + _few(diffs))
+    if problems:
+        raise CheckpointError(f"checkpoint {where} was saved from a different architecture; "
+                              + "; ".join(problems)
+                              + ". Build the model with the checkpoint's [model] settings (see its config in "
+                                f"{STATE_FILE}), or train into a new out_dir")
+
+
+def _few(items: list, n: int = 8) -> str:
+    more = f", ... ({len(items) - n} more)" if len(items) > n else ""
+    return ", ".join(items[:n]) + more
+
+
+# -------------------------------------------------------------------------------------------------------------
+# RNG states as JSON lists
+# -------------------------------------------------------------------------------------------------------------
+
+
+def rng_state() -> dict:
+    """torch (CPU and CUDA), numpy and python RNG states as plain lists."""
+    np_state = np.random.get_state()
+    py_state = random.getstate()
+    out = {"torch": torch.get_rng_state().tolist(),
+           "numpy": [np_state[0], np_state[1].tolist(), int(np_state[2]), int(np_state[3]), float(np_state[4])],
+           "python": [py_state[0], list(py_state[1]), py_state[2]]}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        out["cuda"] = [s.tolist() for s in torch.cuda.get_rng_state_all()]
+    return out
+
+
+def set_rng_state(state: dict) -> None:
+    """Inverse of :func:`rng_state`."""
+    torch.set_rng_state(torch.tensor(state["torch"], dtype=torch.uint8))
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([torch.tensor(s, dtype=torch.uint8) for s in state["cuda"]])
+
+
+# -------------------------------------------------------------------------------------------------------------
+# optimizer state <-> named tensors
+# -------------------------------------------------------------------------------------------------------------
+
+
+def optimizer_param_names(model: nn.Module, optimizer: torch.optim.Optimizer) -> list[str]:
+    """Parameter names in the optimizer's own order (the indices of ``optimizer.state_dict()``)."""
+    names = {id(p): n for n, p in model.named_parameters()}
+    out = []
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            if id(p) not in names:
+                raise CheckpointError("the optimizer holds a parameter that is not in the model; build the optimizer "
+                                      "from model.parameters()")
+            out.append(names[id(p)])
+    return out
+
+
+def _split_optimizer(model, optimizer) -> tuple[dict, dict]:
+    sd = optimizer.state_dict()
+    names = optimizer_param_names(model, optimizer)
+    tensors, scalars = {}, {}
+    for idx, entry in sd["state"].items():
+        for key, value in entry.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"optim/{names[idx]}/{key}"] = value
+            else:
+                scalars.setdefault(names[idx], {})[key] = value
+    groups = [{k: (list(v) if isinstance(v, tuple) else v) for k, v in g.items() if k != "params"}
+              | {"params": [names[i] for i in g["params"]]} for g in sd["param_groups"]]
+    return tensors, {"param_groups": groups, "scalars": scalars}
+
+
+def _merge_optimizer(model, optimizer, tensors: dict, meta: dict, where: str) -> None:
+    names = optimizer_param_names(model, optimizer)
+    index = {n: i for i, n in enumerate(names)}
+    saved_groups = meta["param_groups"]
+    current = optimizer.state_dict()["param_groups"]
+    if [g["params"] for g in saved_groups] != [[names[i] for i in g["params"]] for g in current]:
+        raise CheckpointError(f"checkpoint {where}: the optimizer's parameter groups differ from this model's; "
+                              f"resume with the same model and optimizer settings")
+    state: dict[int, dict] = {}
+    for key, value in tensors.items():
+        _, rest = key.split("/", 1)
+        pname, skey = rest.rsplit("/", 1)
+        if pname not in index:
+            raise CheckpointError(f"checkpoint {where}: optimizer state for unknown parameter {pname!r}")
+        state.setdefault(index[pname], {})[skey] = value
+    for pname, entry in meta.get("scalars", {}).items():
+        state.setdefault(index[pname], {}).update(entry)
+    groups = []
+    for g in saved_groups:
+        g = dict(g)
+        g["params"] = [index[n] for n in g["params"]]
+        if "betas" in g:
+            g["betas"] = tuple(g["betas"])
+        groups.append(g)
+    optimizer.load_state_dict({"state": state, "param_groups": groups})
+
+
+# -------------------------------------------------------------------------------------------------------------
+# save / load
+# -------------------------------------------------------------------------------------------------------------
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def save_checkpoint(out_dir: str | os.PathLike, model: nn.Module, optimizer: Optional[torch.optim.Optimizer] = None,
+                    state: Optional[dict] = None, keep: int = 1) -> Path:
+    """Write model (+ optimizer) tensors and the JSON ``state``; returns the path of ``checkpoint.json``.
+
+    ``state`` is any JSON-serialisable dict (epoch, step, config, history, ...); the architecture signature,
+    optimizer hyper-parameters and RNG states are added here. Older tensor files beyond ``keep`` are removed.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    state = dict(state or {})
+    tensors = {f"model/{k}": v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
+    if optimizer is not None:
+        opt_tensors, opt_meta = _split_optimizer(model, optimizer)
+        tensors.update({k: v.detach().cpu().contiguous().clone() for k, v in opt_tensors.items()})
+        state["optimizer"] = opt_meta
+    name = f"checkpoint-{int(state.get('step', 0)):08d}.safetensors"
+    fd, tmp = tempfile.mkstemp(prefix=name + ".", suffix=".tmp", dir=out)
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata={"format": FORMAT})
+        os.replace(tmp, out / name)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    state.update(format=FORMAT, tensors_file=name, sha256=_sha256(out / name),
+                 signature=architecture_signature(model), rng=rng_state())
+    atomic_write_text(out / STATE_FILE, json.dumps(state, indent=1, allow_nan=True))
+    tensor_files = sorted(out.glob("checkpoint-*.safetensors"))
+    for old in tensor_files[: max(0, len(tensor_files) - keep)]:
+        if old.name != name:
+            old.unlink()
+    return out / STATE_FILE
+
+
+def read_state(path: str | os.PathLike) -> tuple[dict, Path]:
+    """The JSON state of the checkpoint at ``path`` (a run folder or its ``checkpoint.json``) and its folder."""
+    p = Path(path)
+    state_path = p / STATE_FILE if p.is_dir() else p
+    if not state_path.is_file():
+        raise CheckpointError(f"checkpoint {str(path)!r}: no {STATE_FILE} there; pass the out_dir of a training run "
+                              f"(it holds {STATE_FILE} and checkpoint-*.safetensors)")
+    try:
+        state = json.loads(state_path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as err:
+        raise CheckpointError(f"checkpoint {state_path}: cannot read the JSON state ({err}); the file is corrupt, "
+                              f"delete the folder or train again") from err
+    if not isinstance(state, dict) or state.get("format") != FORMAT or "tensors_file" not in state:
+        raise CheckpointError(f"checkpoint {state_path}: not an energyarch checkpoint (format "
+                              f"{state.get('format') if isinstance(state, dict) else None!r}, expected {FORMAT!r})")
+    return state, state_path.parent
+
+
+def load_checkpoint(path: str | os.PathLike, model: nn.Module, optimizer: Optional[torch.optim.Optimizer] = None,
+                    restore_rng: bool = False) -> dict:
+    """Load weights (and optimizer state, RNG states) into ``model``; returns the JSON state.
+
+    Raises :class:`CheckpointError` when files are missing or corrupt, or when the checkpoint's architecture
+    signature differs from ``model``'s (the message names the mismatching tensors and config fields).
+    """
+    state, folder = read_state(path)
+    tensor_path = folder / state["tensors_file"]
+    if not tensor_path.is_file():
+        raise CheckpointError(f"checkpoint {folder}: {STATE_FILE} points at {state['tensors_file']}, which is missing")
+    if _sha256(tensor_path) != state.get("sha256"):
+        raise CheckpointError(f"checkpoint {tensor_path}: sha256 differs from the one recorded in {STATE_FILE}; the "
+                              f"file is truncated or was changed")
+    compare_signatures(state.get("signature", {}), architecture_signature(model), str(folder))
+    try:
+        tensors = load_file(str(tensor_path), device="cpu")
+    except (SafetensorError, OSError) as err:
+        raise CheckpointError(f"checkpoint {tensor_path}: cannot read the tensors ({err})") from err
+    model_sd = {k[len("model/"):]: v for k, v in tensors.items() if k.startswith("model/")}
+    current = model.state_dict()
+    for k, v in model_sd.items():
+        if v.dtype != current[k].dtype:
+            raise CheckpointError(f"checkpoint {tensor_path}: tensor {k} is {v.dtype}, the model's is "
+                                  f"{current[k].dtype}; convert the model with .to({v.dtype}) first")
+    model.load_state_dict(model_sd, strict=True)
+    if optimizer is not None:
+        if "optimizer" not in state:
+            raise CheckpointError(f"checkpoint {folder}: holds no optimizer state; load it for evaluation only")
+        opt = {k: v for k, v in tensors.items() if k.startswith("optim/")}
+        _merge_optimizer(model, optimizer, opt, state["optimizer"], str(folder))
+    if restore_rng and "rng" in state:
+        set_rng_state(state["rng"])
+    return state

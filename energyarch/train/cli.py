@@ -1,0 +1,180 @@
+"""``energyarch train | eval | demo``.
+
+    energyarch train --config digits.toml [--set model.d=128 --set lr=3e-4 ...] [--resume] [--out DIR]
+    energyarch eval --checkpoint DIR [--iters 8,16,32] [--out DIR]
+    energyarch demo [--task digits|sudoku] [--out DIR]
+
+``--config`` takes a path or the name of a packaged config (``digits``, ``sudoku_small``, ``fashion_mnist``,
+``cifar10``, ``sudoku_paper``). The same ``train`` command runs data-parallel under
+``torchrun --nproc_per_node=N -m energyarch train ...``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from importlib import resources
+from pathlib import Path
+from typing import Optional
+
+from ..errors import ConfigError
+from .config import TrainConfig
+
+log = logging.getLogger("energyarch.train")
+
+
+def packaged_configs() -> dict[str, Path]:
+    """Name → path of the example configs shipped in ``energyarch/train/configs``."""
+    folder = resources.files("energyarch.train") / "configs"
+    return {Path(str(p)).stem: Path(str(p)) for p in folder.iterdir() if str(p).endswith(".toml")}
+
+
+def resolve_config(name: str) -> Path:
+    """A path to a config file, or the name of a packaged one (``digits`` → configs/digits.toml)."""
+    p = Path(name)
+    if p.is_file():
+        return p
+    known = packaged_configs()
+    if name in known or p.stem in known and not p.parent.parts:
+        return known[p.stem]
+    raise ConfigError(f"--config {name!r}: no such file; give a path to a .toml file or one of the packaged "
+                      f"configs: {', '.join(sorted(known))}")
+
+
+class _TqdmHandler(logging.Handler):
+    def emit(self, record):
+        from tqdm import tqdm
+
+        try:
+            tqdm.write(self.format(record))
+        except Exception:  # pragma: no cover - logging must not raise
+            self.handleError(record)
+
+
+def setup_logging(quiet: bool = False) -> None:
+    """INFO messages of energyarch.train on stderr, through tqdm so that progress bars stay intact."""
+    if not log.handlers:
+        handler = _TqdmHandler()
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        log.addHandler(handler)
+        log.propagate = False
+    log.setLevel(logging.WARNING if quiet else logging.INFO)
+
+
+def _parse_iters(text: Optional[str]) -> Optional[list[int]]:
+    if text is None:
+        return None
+    try:
+        values = [int(v) for v in text.replace(" ", "").split(",") if v]
+    except ValueError as err:
+        raise ConfigError(f"--iters {text!r}: give comma-separated iteration counts, e.g. --iters 8,16,32") from err
+    if not values or min(values) < 1:
+        raise ConfigError(f"--iters {text!r}: give iteration counts >= 1, e.g. --iters 8,16,32")
+    return values
+
+
+def _print_summary(summary: dict, metric: str) -> None:
+    final = summary.get("final", {})
+    if f"test_{metric}" in final:
+        print(f"test {metric}: {100 * final[f'test_{metric}']:.2f}%  (epoch {final['epoch']}, step {final['step']}, "
+              f"{summary.get('parameters', 0):,} parameters)")
+    for row in summary.get("sweep", []):
+        values = "  ".join(f"{k}={100 * v:.2f}%" for k, v in row.items() if k not in ("iters", "loss"))
+        print(f"  iters={row['iters']:>3}  {values}  loss={row['loss']:.4f}")
+    for name, path in summary.get("plots", {}).items():
+        print(f"plot {name}: {path}")
+    print(f"run folder: {summary.get('out_dir')}")
+
+
+# -------------------------------------------------------------------------------------------------------------
+# commands
+# -------------------------------------------------------------------------------------------------------------
+
+
+def cmd_train(args) -> int:
+    from .trainer import train
+
+    setup_logging(args.quiet)
+    cfg = TrainConfig.load(resolve_config(args.config))
+    overrides = list(args.set or [])
+    if args.out:
+        overrides.append(f"out_dir={json.dumps(args.out)}")
+    if args.quiet:
+        overrides.append("progress=false")
+    if overrides:
+        cfg = cfg.with_overrides(overrides)
+    summary = train(cfg, resume=args.resume, report=not args.no_report)
+    if int(os.environ.get("RANK", "0")) == 0:
+        metric = "board_acc" if cfg.task == "sudoku" else "top1"
+        _print_summary(summary, metric)
+        if not summary.get("finished"):
+            print(f"stopped before the last epoch (max_steps={cfg.max_steps}); continue with --resume")
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from .evaluate import evaluate_checkpoint
+
+    setup_logging()
+    overrides = {}
+    if args.data_dir is not None:
+        overrides["data_dir"] = args.data_dir
+    if args.limit_test is not None:
+        overrides["limit_test"] = args.limit_test
+    result = evaluate_checkpoint(args.checkpoint, iters=_parse_iters(args.iters), out_dir=args.out,
+                                 device=args.device, **overrides)
+    print(f"checkpoint {args.checkpoint} (epoch {result['epoch']}, step {result['step']})")
+    _print_summary({"sweep": result["sweep"], "plots": result["plots"], "out_dir": args.out or args.checkpoint},
+                   result["metric"])
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from .demo import run_demo
+
+    setup_logging(args.quiet)
+    return run_demo(task=args.task, out_dir=args.out, epochs=args.epochs, progress=not args.quiet,
+                    overrides=args.set or ())
+
+
+def register(subparsers) -> None:
+    """Add ``train``, ``eval`` and ``demo`` to the ``energyarch`` command."""
+    p = subparsers.add_parser("train", help="train a model from a TOML config",
+                              description="Train a model from a TOML config (a path or a packaged name: "
+                                          "digits, sudoku_small, fashion_mnist, cifar10, sudoku_paper). Runs "
+                                          "data-parallel under torchrun.")
+    p.add_argument("--config", required=True, help="TOML file, or a packaged config name such as 'digits'")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override a setting, e.g. --set model.d=128 --set lr=3e-4 (repeatable)")
+    p.add_argument("--resume", action="store_true", help="continue from the checkpoint in the output folder")
+    p.add_argument("--out", help="output folder (overrides out_dir)")
+    p.add_argument("--no-report", action="store_true", help="skip the iteration sweep and plots after training")
+    p.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch messages")
+    p.set_defaults(func=cmd_train)
+
+    p = subparsers.add_parser("eval", help="sweep test-time iterations of a trained run and draw its plots",
+                              description="Evaluate a run's checkpoint at several test-time iteration counts "
+                                          "(Fig. 3b) and draw energies, effective rank / angle and training curves.")
+    p.add_argument("--checkpoint", required=True, help="the run folder (holds checkpoint.json)")
+    p.add_argument("--iters", help="comma-separated iteration counts, e.g. 8,16,32 (default T/4 .. 2T)")
+    p.add_argument("--out", help="folder for eval.json and plots/ (default: the run folder)")
+    p.add_argument("--data-dir", help="dataset folder, if it moved since training")
+    p.add_argument("--limit-test", type=int, help="evaluate on the first N test examples only")
+    p.add_argument("--device", default="cpu", choices=("cpu", "cuda", "auto"))
+    p.set_defaults(func=cmd_eval)
+
+    p = subparsers.add_parser("demo", help="compile + verify the Hyper-SET energy, train on embedded digits (CPU)",
+                              description="Compile the bi-softmax + ReLU feed-forward energy, print its "
+                                          "verification table, train a small Hyper-SET on scikit-learn's "
+                                          "digits (nothing to download) and print test accuracy and plots.")
+    p.add_argument("--task", default="digits", choices=("digits", "sudoku"),
+                   help="digits (default) or a small generated Sudoku run")
+    p.add_argument("--out", help="output folder (default runs/demo-<task>)")
+    p.add_argument("--epochs", type=int, help="override the number of epochs")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a setting of the demo config")
+    p.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch messages")
+    p.set_defaults(func=cmd_demo)
+
+
+__all__ = ["packaged_configs", "register", "resolve_config", "setup_logging"]

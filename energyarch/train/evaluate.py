@@ -1,0 +1,124 @@
+"""Evaluation after training: test-time iteration sweep (Fig. 3b), diagnostics (Figs. 5-6), plots.
+
+With one layer, the state after t iterations does not depend on how many follow, so a single pass at the
+largest T gives the metrics of every smaller T (states captured by forward hooks; checked in the tests against
+separate passes). With several layers each T needs its own pass.
+
+>>> default_sweep(8)
+[2, 4, 6, 8, 10, 12, 14, 16]
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Optional, Sequence
+
+import torch
+from torch import nn
+
+from ..errors import ConfigError
+from . import plots
+from .config import TrainConfig, atomic_write_text
+from .iterates import capture_states
+from .tasks import Task
+
+log = logging.getLogger("energyarch.train")
+
+EVAL_FILE = "eval.json"
+
+
+def default_sweep(train_iters: int) -> list[int]:
+    """T/4, T/2, ..., 2T (Fig. 3b goes to twice the training iterations)."""
+    return sorted({max(1, round(train_iters * k / 4)) for k in range(1, 9)})
+
+
+def _device(model: nn.Module) -> torch.device:
+    p = next(model.parameters(), None)
+    return p.device if p is not None else torch.device("cpu")
+
+
+@torch.no_grad()
+def sweep_iterations(model: nn.Module, task: Task, dataset, iters: Sequence[int], batch_size: int = 256) -> list[dict]:
+    """Metrics at each test-time iteration count in ``iters``: a list of ``{'iters': k, **metrics}``."""
+    iters = sorted({int(k) for k in iters})
+    if not iters or iters[0] < 1:
+        raise ConfigError(f"sweep_iterations: iters={list(iters)!r}: give iteration counts >= 1, e.g. [8, 16, 32]")
+    device, was_training = _device(model), model.training
+    model.eval()
+    one_pass = getattr(getattr(model, "cfg", None), "layers", None) == 1
+    sums: dict[int, dict[str, float]] = {k: {} for k in iters}
+    for start in range(0, len(dataset), batch_size):
+        batch = dataset[list(range(start, min(start + batch_size, len(dataset))))]
+        inputs = task.inputs(batch, device)
+        if one_pass:
+            with capture_states(model) as states:
+                model(inputs, iters=iters[-1])
+            per_k = {k: model.readout(states[k - 1]) for k in iters}
+        else:
+            per_k = {k: model(inputs, iters=k) for k in iters}
+        for k, logits in per_k.items():
+            for name, v in task.sums(logits, batch).items():
+                sums[k][name] = sums[k].get(name, 0.0) + v
+    model.train(was_training)
+    return [{"iters": k, **task.finalize(sums[k])} for k in iters]
+
+
+@torch.no_grad()
+def diagnostics(model: nn.Module, task: Task, dataset, iters: int, samples: int = 256) -> dict:
+    """Per-iteration energies per term and per-head effective rank / angle on the first ``samples`` examples."""
+    n = min(samples, len(dataset))
+    if n == 0:
+        return {}
+    batch = dataset[list(range(n))]
+    was_training = model.training
+    model.eval()
+    _, trace = model(task.inputs(batch, _device(model)), iters=iters, record=True)
+    model.train(was_training)
+    return trace.to_dict()
+
+
+def report(model: nn.Module, task: Task, cfg: TrainConfig, out_dir: str | os.PathLike,
+           history: Optional[list] = None, iters: Optional[Sequence[int]] = None, dataset=None) -> dict:
+    """Sweep, diagnostics and plots into ``out_dir`` (``eval.json`` and ``plots/*.png``).
+
+    Returns ``{'sweep': [...], 'plots': {name: path}, 'eval_file': path}``.
+    """
+    out = Path(out_dir)
+    T = getattr(getattr(model, "cfg", None), "iters", cfg.model.iters)
+    iters = sorted(set(iters or cfg.eval_iters or default_sweep(T)))
+    data = dataset if dataset is not None else task.test_set
+    bs = cfg.eval_batch_size or 2 * cfg.batch_size
+    sweep = sweep_iterations(model, task, data, iters, batch_size=bs)
+    trace = diagnostics(model, task, data, max(iters), cfg.diagnostics_samples) if cfg.diagnostics_samples else {}
+    metric = task.primary
+    extra = ("cell_acc",) if metric == "board_acc" else ()
+    name = f"{cfg.model.arch} on {cfg.task}"
+    made = {
+        "sweep": plots.plot_sweep(sweep, metric, T, out / "plots" / "sweep.png", extra=extra,
+                                  title=f"{name}: test-time iterations"),
+        "energies": plots.plot_energies(trace, out / "plots" / "energies.png", T) if trace else None,
+        "rank_angle": plots.plot_rank_angle(trace, out / "plots" / "rank_angle.png", T) if trace else None,
+        "history": plots.plot_history(history or [], metric, out / "plots" / "history.png"),
+    }
+    made = {k: v for k, v in made.items() if v}
+    result = {"train_iters": T, "metric": metric, "sweep": sweep, "diagnostics": trace, "plots": made}
+    atomic_write_text(out / EVAL_FILE, json.dumps(result, indent=1, allow_nan=True))
+    return {"sweep": sweep, "plots": made, "eval_file": str(out / EVAL_FILE)}
+
+
+def evaluate_checkpoint(path: str | os.PathLike, iters: Optional[Sequence[int]] = None,
+                        out_dir: Optional[str | os.PathLike] = None, device: str = "cpu", **overrides) -> dict:
+    """Load a run's checkpoint, sweep ``iters`` (default: config's eval_iters or T/4..2T), write plots."""
+    from .trainer import load_run
+
+    model, task, cfg, state = load_run(path, device=device, **overrides)
+    folder = Path(path) if Path(path).is_dir() else Path(path).parent
+    result = report(model, task, cfg, out_dir or folder, history=state.get("history"), iters=iters)
+    result.update(step=state.get("step"), epoch=state.get("epoch"), metric=task.primary)
+    return result
+
+
+__all__ = ["default_sweep", "diagnostics", "evaluate_checkpoint", "report", "sweep_iterations"]

@@ -1,0 +1,442 @@
+"""The training loop: AdamW, linear warmup + cosine decay, gradient clipping, evaluation, exact resume, DDP.
+
+    for each epoch: seeded permutation (DistributedSampler, set_epoch) → batches of batch_size / world
+        logits of the last iteration (or of every iteration, loss_on='all') → task loss
+        non-finite loss or gradient → stop, keep the last good checkpoint, raise TrainingDivergedError
+        clip ‖g‖ ≤ grad_clip → lr(step) → AdamW step
+    evaluate every eval_every epochs; checkpoint at each epoch end (and every checkpoint_every steps)
+
+Resuming reloads weights, optimizer moments, step, position within the epoch, history and RNG states, so that
+training k steps, stopping and resuming for N − k steps gives the same weights as N steps in one go.
+
+>>> import tempfile
+>>> cfg = TrainConfig(task="digits", epochs=1, batch_size=32, limit_train=64, limit_test=32, progress=False,
+...                   out_dir=tempfile.mkdtemp(), model=ModelConfig(d=16, heads=2, iters=2, time_freq=8))
+>>> Trainer(cfg).fit()["epoch"]
+1
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+import warnings
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import BatchSampler, DataLoader, DistributedSampler
+from tqdm import tqdm
+
+from ..errors import ConfigError, EnergyArchError
+from ..models import ModelConfig, build_model, count_parameters
+from . import distributed
+from .checkpoint import STATE_FILE, load_checkpoint, read_state, save_checkpoint, set_rng_state
+from .config import TrainConfig, atomic_write_text
+from .iterates import forward_all
+from .tasks import Task, build_task
+
+log = logging.getLogger("energyarch.train")
+
+METRICS_FILE = "metrics.json"
+
+
+class TrainingDivergedError(EnergyArchError):
+    """The loss or the gradient became NaN/inf; training stopped and the last good checkpoint was kept."""
+
+
+def lr_at(step: int, cfg: TrainConfig, total_steps: int, warmup_steps: int) -> float:
+    """Learning rate of optimizer step ``step`` (0-based): linear warmup to ``lr``, then cosine to ``min_lr``.
+
+    >>> cfg = TrainConfig(lr=1.0, min_lr=0.0)
+    >>> [round(lr_at(s, cfg, total_steps=10, warmup_steps=2), 3) for s in (0, 1, 2, 6, 9)]
+    [0.5, 1.0, 1.0, 0.5, 0.038]
+    """
+    if step < warmup_steps:
+        return cfg.lr * (step + 1) / warmup_steps
+    span = max(1, total_steps - warmup_steps)
+    progress = min(1.0, (step - warmup_steps) / span)
+    return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1.0 + math.cos(math.pi * progress))
+
+
+def seed_everything(seed: int) -> None:
+    import random
+
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
+    """AdamW with weight decay on matrices and embeddings (dim ≥ 2), none on gains and biases (dim < 2)."""
+    decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr, betas=tuple(cfg.betas))
+
+
+class _SkipSampler(DistributedSampler):
+    """DistributedSampler that skips the first ``skip`` indices of this process's epoch order (exact resume)."""
+
+    skip = 0
+
+    def __iter__(self):
+        return iter(list(super().__iter__())[self.skip:])
+
+    def __len__(self):
+        return max(0, super().__len__() - self.skip)
+
+
+class Trainer:
+    """Train ``cfg.model`` on ``cfg.task``; ``model`` / ``task`` may be passed in (e.g. a custom energy).
+
+    Attributes:
+        model: the (unwrapped) model; ``task``: the :class:`Task`; ``history``: one dict per evaluation;
+        step / epoch / batch_in_epoch: progress; ``out_dir``: where checkpoints and metrics go.
+    """
+
+    def __init__(self, cfg: TrainConfig, model: Optional[nn.Module] = None, task: Optional[Task] = None):
+        if not isinstance(cfg, TrainConfig):
+            raise ConfigError(f"Trainer: cfg is a {type(cfg).__name__}; pass a TrainConfig")
+        self.cfg = cfg
+        self.dist = distributed.setup(cfg.device)
+        try:
+            self._build(model, task)
+        except BaseException:
+            distributed.teardown(self.dist)
+            raise
+
+    def _build(self, model, task):
+        cfg, info = self.cfg, self.dist
+        if cfg.batch_size % info.world:
+            raise ConfigError(f"TrainConfig.batch_size={cfg.batch_size}: must be divisible by the {info.world} "
+                              f"data-parallel processes (it is the global batch)")
+        seed_everything(cfg.seed)                       # same initial weights in every process
+        self.task = task if task is not None else build_task(cfg)
+        self.model = (model if model is not None else build_model(cfg.model, self.task.spec)).to(info.device)
+        self.optimizer = make_optimizer(self.model, cfg)
+        self.runner: nn.Module = self.model
+        if info.distributed:
+            # single-channel patch convolutions get grads with ambiguous (but equivalent) strides; DDP copies
+            # them into its buckets correctly and only warns about speed, so that one warning is silenced
+            warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
+            self.runner = DistributedDataParallel(self.model, device_ids=[info.device.index]
+                                                  if info.device.type == "cuda" else None)
+        self.out_dir = Path(cfg.out_dir)
+        self.batch = cfg.batch_size // info.world
+        n = len(self.task.train_set)
+        if n == 0:
+            raise ConfigError("the training set is empty; check limit_train / n_train")
+        per_rank = math.ceil(n / info.world)
+        self.steps_per_epoch = math.ceil(per_rank / self.batch)
+        self.total_steps = cfg.epochs * self.steps_per_epoch
+        self.warmup_steps = cfg.warmup_steps or int(round(cfg.warmup_epochs * self.steps_per_epoch))
+        self.step = self.epoch = self.batch_in_epoch = 0
+        self.epoch_loss = [0.0, 0]                      # running (sum, count) of this epoch's training loss
+        self.history: list[dict] = []
+        self.last_checkpoint_step: Optional[int] = None
+        self.elapsed = 0.0
+
+    # ---------------------------------------------------------------------------------------------------------
+    # state
+    # ---------------------------------------------------------------------------------------------------------
+
+    def state(self) -> dict:
+        """The JSON part of a checkpoint (RNG states and tensors are added by save_checkpoint)."""
+        return {"epoch": self.epoch, "step": self.step, "batch_in_epoch": self.batch_in_epoch,
+                "epoch_loss": list(self.epoch_loss), "elapsed_s": self.elapsed,
+                "scheduler": {"kind": "warmup_cosine", "step": self.step, "total_steps": self.total_steps,
+                              "warmup_steps": self.warmup_steps, "lr": self.cfg.lr, "min_lr": self.cfg.min_lr},
+                "world_size": self.dist.world, "config": self._config_dict(), "history": self.history,
+                "parameters": count_parameters(self.model)}
+
+    def _config_dict(self) -> dict:
+        """The config as data; a custom energy in cfg.model is kept as its repr (rebuild such models yourself)."""
+        try:
+            return self.cfg.to_dict()
+        except ConfigError:
+            data = {f: getattr(self.cfg, f) for f in self.cfg.__dataclass_fields__ if f != "model"}
+            data = {k: list(v) if isinstance(v, tuple) else v for k, v in data.items() if v is not None}
+            return {**data, "model": {k: v if isinstance(v, (int, float, str, bool)) else repr(v)
+                                      for k, v in vars(self.cfg.model).items()}}
+
+    def save(self) -> Optional[Path]:
+        """Checkpoint (main process only; every process waits for it)."""
+        path = None
+        digests = distributed.replica_digests(self.model, self.dist)     # collective: every process takes part
+        if self.dist.is_main:
+            state = self.state()
+            state["replica_digests"] = digests
+            path = save_checkpoint(self.out_dir, self.model, self.optimizer, state)
+            self.write_metrics()
+        distributed.barrier(self.dist)
+        self.last_checkpoint_step = self.step
+        return path
+
+    def write_metrics(self) -> Path:
+        """``metrics.json``: config, parameter count and the history (rank 0)."""
+        path = self.out_dir / METRICS_FILE
+        atomic_write_text(path, _json({"config": self._config_dict(), "parameters": count_parameters(self.model),
+                                       "steps_per_epoch": self.steps_per_epoch, "history": self.history}))
+        return path
+
+    def resume(self) -> bool:
+        """Load ``out_dir``'s checkpoint if there is one (weights, optimizer, progress, RNG); False if none."""
+        if not (self.out_dir / STATE_FILE).is_file():
+            return False
+        state = load_checkpoint(self.out_dir, self.model, self.optimizer)
+        self.step, self.epoch = int(state["step"]), int(state["epoch"])
+        self.batch_in_epoch = int(state["batch_in_epoch"])
+        self.epoch_loss = [float(state["epoch_loss"][0]), int(state["epoch_loss"][1])]
+        self.history = list(state.get("history", []))
+        self.elapsed = float(state.get("elapsed_s", 0.0))
+        self.last_checkpoint_step = self.step
+        if state.get("world_size", 1) != self.dist.world:
+            log.warning("resuming a %s-process run with %s processes: the data order differs from an "
+                        "uninterrupted run", state.get("world_size"), self.dist.world)
+        set_rng_state(state["rng"])
+        return True
+
+    # ---------------------------------------------------------------------------------------------------------
+    # data
+    # ---------------------------------------------------------------------------------------------------------
+
+    def _train_loader(self, epoch: int, skip_batches: int) -> DataLoader:
+        sampler = _SkipSampler(self.task.train_set, num_replicas=self.dist.world, rank=self.dist.rank, shuffle=True,
+                               seed=self.cfg.seed, drop_last=False)
+        sampler.set_epoch(epoch)
+        sampler.skip = skip_batches * self.batch
+        batches = BatchSampler(sampler, self.batch, drop_last=False)   # whole batches: one indexing per batch
+        # an own generator: the loader's worker base seed then depends on (seed, rank, epoch) only, and creating a
+        # loader (also mid-epoch, after a resume) does not draw from the global RNG
+        seed = np.random.SeedSequence([self.cfg.seed, self.dist.rank, epoch, 1]).generate_state(1)[0]
+        return DataLoader(self.task.train_set, batch_size=None, sampler=batches,
+                          generator=torch.Generator().manual_seed(int(seed)), num_workers=self.cfg.num_workers,
+                          pin_memory=self.dist.device.type == "cuda")
+
+    def _augment_generator(self) -> torch.Generator:
+        """Stateless per-step randomness (seed, rank, step): identical whether or not the run was resumed."""
+        seed = np.random.SeedSequence([self.cfg.seed, self.dist.rank, self.step]).generate_state(1)[0]
+        return torch.Generator().manual_seed(int(seed))
+
+    # ---------------------------------------------------------------------------------------------------------
+    # training
+    # ---------------------------------------------------------------------------------------------------------
+
+    def loss_fn(self, batch) -> torch.Tensor:
+        """Training loss of one batch (override to customise)."""
+        inputs = self.task.inputs(batch, self.dist.device, train=True, generator=self._augment_generator())
+        if self.cfg.loss_on == "all":
+            logits = forward_all(self.model, inputs, runner=self.runner)
+        else:
+            logits = [self.runner(inputs)]
+        return self.task.loss(logits, batch)
+
+    def _diverged(self, what: str, value: float) -> None:
+        where = (f"the last good checkpoint (step {self.last_checkpoint_step}) is kept in {self.out_dir}"
+                 if self.last_checkpoint_step is not None else
+                 "no checkpoint had been written yet (set checkpoint_every to keep earlier ones)")
+        raise TrainingDivergedError(
+            f"{what} is {value} at step {self.step} (epoch {self.epoch + 1}, batch {self.batch_in_epoch + 1}); "
+            f"training stopped without applying this update, {where}. Lower lr (now {self.cfg.lr:g}), set "
+            f"grad_clip (now {self.cfg.grad_clip:g}) or warmup, then resume with --resume")
+
+    def train_step(self, batch) -> float:
+        self.model.train()
+        loss = self.loss_fn(batch)
+        value = float(loss.detach())
+        if not distributed.all_true(math.isfinite(value), self.dist):
+            self._diverged("the training loss", value)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        params = [p for p in self.model.parameters() if p.grad is not None]
+        norm = float(torch.nn.utils.clip_grad_norm_(params, self.cfg.grad_clip or float("inf")))
+        if not math.isfinite(norm):
+            self.optimizer.zero_grad(set_to_none=True)
+            self._diverged("the gradient norm", norm)
+        lr = lr_at(self.step, self.cfg, self.total_steps, self.warmup_steps)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.optimizer.step()
+        self.step += 1
+        return value
+
+    def fit(self, resume: bool = False) -> dict:
+        """Train until ``epochs`` (or ``max_steps``); returns the last history entry (or progress info)."""
+        cfg, info = self.cfg, self.dist
+        if resume and self.resume():
+            log.info("resumed from %s at step %d (epoch %d, batch %d)", self.out_dir, self.step, self.epoch + 1,
+                     self.batch_in_epoch)
+        elif resume:
+            log.info("no checkpoint in %s: starting a new run", self.out_dir)
+        if info.is_main:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            try:
+                cfg.save(self.out_dir / "config.toml")
+            except ConfigError as err:                  # a custom energy in cfg.model: nothing to write
+                log.warning("config.toml not written: %s", err)
+            log.info("training %s on %s: %s parameters, %d steps per epoch, %d processes", cfg.model.arch, cfg.task,
+                     f"{count_parameters(self.model):,}", self.steps_per_epoch, info.world)
+        stopped = False
+        while self.epoch < cfg.epochs and not stopped:
+            stopped = self._run_epoch()
+        if not stopped and self.last_checkpoint_step != self.step:
+            self.save()
+        self.check_replicas()
+        return self.history[-1] if self.history else {"epoch": self.epoch, "step": self.step}
+
+    def check_replicas(self) -> list[str]:
+        """Digests of every process's weights; data-parallel replicas must be bitwise identical."""
+        digests = distributed.replica_digests(self.model, self.dist)
+        self.replicas = digests
+        if len(set(digests)) != 1:
+            raise TrainingDivergedError(f"data-parallel replicas hold different weights after step {self.step} "
+                                        f"(digests {digests}); this is a bug, please report it")
+        return digests
+
+    def _limit_reached(self) -> bool:
+        return bool(self.cfg.max_steps) and self.step >= self.cfg.max_steps
+
+    def _run_epoch(self) -> bool:
+        """One epoch from ``batch_in_epoch``; True when stopped early by ``max_steps``."""
+        cfg, info = self.cfg, self.dist
+        if self._limit_reached():
+            return True
+        loader = self._train_loader(self.epoch, self.batch_in_epoch)
+        bar = tqdm(total=self.steps_per_epoch, initial=self.batch_in_epoch,
+                   desc=f"epoch {self.epoch + 1}/{cfg.epochs}", disable=not (cfg.progress and info.is_main),
+                   leave=False, dynamic_ncols=True)
+        start, seen, elapsed_before = time.perf_counter(), 0, self.elapsed
+        try:
+            for batch in loader:
+                loss = self.train_step(batch)
+                self.batch_in_epoch += 1
+                self.epoch_loss[0] += loss
+                self.epoch_loss[1] += 1
+                seen += len(batch[0]) * info.world
+                rate = seen / max(time.perf_counter() - start, 1e-9)
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss:.4f}", samples_per_s=f"{rate:.1f}")
+                if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0:
+                    self._account(start)
+                    start, seen = time.perf_counter(), 0
+                    self.save()
+                if self._limit_reached():
+                    break
+        finally:
+            bar.close()
+        if self.batch_in_epoch < self.steps_per_epoch:           # stopped by max_steps within the epoch
+            self._account(start)
+            if self.last_checkpoint_step != self.step:
+                self.save()
+            log.info("stopped at max_steps=%d (epoch %d, batch %d of %d)", cfg.max_steps, self.epoch + 1,
+                     self.batch_in_epoch, self.steps_per_epoch)
+            return True
+        self._account(start)
+        epoch_time = self.elapsed - elapsed_before
+        train_loss = self.epoch_loss[0] / max(self.epoch_loss[1], 1)
+        self.epoch += 1
+        self.batch_in_epoch, self.epoch_loss = 0, [0.0, 0]
+        entry = {"epoch": self.epoch, "step": self.step, "train_loss": train_loss,
+                 "lr": self.optimizer.param_groups[0]["lr"], "elapsed_s": round(self.elapsed, 3),
+                 "epoch_samples_per_s": round(len(self.task.train_set) / max(epoch_time, 1e-9), 2)}
+        if (cfg.eval_every and self.epoch % cfg.eval_every == 0) or self.epoch == cfg.epochs:
+            entry.update({f"test_{k}": v for k, v in self.evaluate().items()})
+        self.history.append(entry)
+        if info.is_main:
+            log.info("epoch %d/%d  %s", self.epoch, cfg.epochs,
+                     "  ".join(f"{k}={v:.4g}" for k, v in entry.items() if isinstance(v, float)))
+        self.save()
+        return False
+
+    def _account(self, start: float) -> float:
+        spent = time.perf_counter() - start
+        self.elapsed += spent
+        return spent
+
+    # ---------------------------------------------------------------------------------------------------------
+    # evaluation
+    # ---------------------------------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def evaluate(self, iters: Optional[int] = None, dataset=None) -> dict:
+        """Metrics of the test split at ``iters`` iterations (default: the training T), summed over processes."""
+        return evaluate_dataset(self.model, self.task, dataset if dataset is not None else self.task.test_set,
+                                self.dist, self.cfg.eval_batch_size or 2 * self.cfg.batch_size, iters=iters)
+
+    def close(self) -> None:
+        distributed.teardown(self.dist)
+
+
+@torch.no_grad()
+def evaluate_dataset(model: nn.Module, task: Task, dataset, info: distributed.DistInfo, batch_size: int,
+                     iters: Optional[int] = None) -> dict:
+    """Task metrics of ``model`` on ``dataset``; each process takes every world-th example, sums are added."""
+    was_training = model.training
+    model.eval()
+    indices = list(range(info.rank, len(dataset), info.world))
+    sums: dict[str, float] = {}
+    for i in range(0, len(indices), batch_size):
+        batch = dataset[indices[i:i + batch_size]]
+        logits = model(task.inputs(batch, info.device), iters=iters)
+        for k, v in task.sums(logits, batch).items():
+            sums[k] = sums.get(k, 0.0) + v
+    if not sums:                                         # this process got no examples
+        empty = task.sums(model(task.inputs(dataset[[0]], info.device), iters=iters), dataset[[0]])
+        sums = {k: 0.0 for k in empty}
+    keys = sorted(sums)
+    total = dict(zip(keys, distributed.all_sum([sums[k] for k in keys], info)))
+    model.train(was_training)
+    return task.finalize(total)
+
+
+def _json(obj) -> str:
+    import json
+
+    return json.dumps(obj, indent=1, allow_nan=True)
+
+
+def load_run(path, device: str = "cpu", task: Optional[Task] = None, **overrides):
+    """Rebuild the model of a finished (or interrupted) run from its checkpoint: ``(model, task, cfg, state)``.
+
+    ``overrides`` replace config fields (e.g. ``data_dir``, ``limit_test``) for building the task.
+    """
+    state, folder = read_state(path)
+    cfg = TrainConfig.from_dict(state["config"], source=f"{folder / STATE_FILE} [config]")
+    if overrides:
+        cfg = TrainConfig.from_dict({**cfg.to_dict(), **overrides}, source="load_run overrides")
+    if task is None:
+        task = build_task(cfg)
+    model = build_model(cfg.model, task.spec)
+    load_checkpoint(folder, model)
+    return model.to(distributed.resolve_device(device)), task, cfg, state
+
+
+def train(cfg: TrainConfig, resume: bool = False, model: Optional[nn.Module] = None, task: Optional[Task] = None,
+          report: bool = True) -> dict:
+    """Train, then (main process) sweep test-time iterations and draw the plots; returns a summary dict.
+
+    The summary has ``final`` (last history entry), ``history``, ``out_dir``, and with ``report`` the sweep and
+    the plot paths (see :func:`energyarch.train.evaluate.report`).
+    """
+    trainer = Trainer(cfg, model=model, task=task)
+    try:
+        final = trainer.fit(resume=resume)
+        summary = {"final": final, "history": trainer.history, "out_dir": str(trainer.out_dir),
+                   "parameters": count_parameters(trainer.model), "finished": trainer.epoch >= cfg.epochs}
+        if report and trainer.dist.is_main and summary["finished"]:
+            from .evaluate import report as make_report
+
+            summary.update(make_report(trainer.model, trainer.task, cfg, trainer.out_dir, history=trainer.history))
+        distributed.barrier(trainer.dist)
+        return summary
+    finally:
+        trainer.close()
+
+
+__all__ = ["ModelConfig", "Trainer", "TrainingDivergedError", "evaluate_dataset", "load_run", "lr_at",
+           "make_optimizer", "train"]
