@@ -1,0 +1,458 @@
+#!/usr/bin/env python3
+"""Time and peak memory of one training step of four recurrent layers (issue "energy compiler", benchmark).
+
+One *training step* = forward through ``--iters`` (12) iterations of one layer with shared weights, a scalar
+loss (mean of the squared output), and ``backward()`` to every parameter (bases, step sizes). One *inference
+step* = the same forward under ``torch.no_grad()``. Layers, at B=8, d=256, H=4:
+
+  (a) ``emitted``  -- ``ea.compile(E, d, path="auto")``: the emitted bi-softmax closed form (dense P below
+                      ``sdpa_threshold`` = 512 tokens, memory-linear ``bisoftmax_sdpa`` above) + ReLU FF;
+  (b) ``generic``  -- ``ea.compile(E, d, path="autodiff")``: ``torch.func.grad`` of the same energy;
+  (c) ``hand``     -- Hyper-SET Eq. 9 + Eq. 11 written out in plain torch below (materialised softmaxes);
+  (d) ``vanilla``  -- pre-norm Transformer block (RMSNorm, no bias, no dropout, MLP ratio 4, SDPA).
+
+with ``E = Attention(f="log(x)/beta", K="exp(beta*s)", heads=4) + FeedForward(g="x", h="relu(x)**2/2",
+ratio=1)``, learnable scalar step sizes alpha = gamma = 0.1 for (a)-(c).
+
+Every (layer, N) runs in its own fresh process (``--isolation subprocess``: this script re-run with ``--one``;
+``fork``: a forked child of this already-imported interpreter, used by ``--quick`` to save start-up time), so
+that peak memory is not contaminated: the memory columns are the peak RSS increase, ``ru_maxrss`` minus the
+RSS measured just before the first step (inference runs first, then training, so each peak is its own).
+Configurations whose *estimated* training memory exceeds ``--mem-limit-gb`` are skipped with the reason.
+
+    python3 benchmarks/bench_layers.py                      # N = 256, 1024, 4096; writes results/bench_layers.md
+    python3 benchmarks/bench_layers.py --sizes 256 1024 --repeats 3
+    python3 benchmarks/bench_layers.py --quick              # N = 64, seconds (smoke test)
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import math
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+if str(ROOT) not in sys.path:  # run from a checkout without installing
+    sys.path.insert(0, str(ROOT))
+
+import energyarch as ea  # noqa: E402
+
+LAYERS = ("emitted", "generic", "hand", "vanilla")
+LABELS = {
+    "emitted": "(a) emitted bi-softmax, path=auto",
+    "generic": "(b) generic torch.func.grad, path=autodiff",
+    "hand": "(c) hand-written Hyper-SET (Eq. 9 + 11)",
+    "vanilla": "(d) vanilla pre-norm Transformer",
+}
+B, D, HEADS, ITERS, STEP = 8, 256, 4, 12, 0.1
+THREADS = 2
+
+# Training-memory model used only to decide what to skip, bytes ≈ ITERS·(nn·B·H·N²·4 + nt·B·N·d·4):
+# nn = N×N float32 tensors kept per iteration for backward, nt = (N, d)-sized ones. Calibrated on this
+# machine (torch 2.13 CPU) from measured peaks at N = 256, 512 (and 1024 for the emitted SDPA path), rounded
+# up; only a guard against running out of memory, the measured column is what counts.
+MEM_MODEL = {  # layer: (nn, nt); measured fits: emitted (2.0, 20), generic (1.1, 28), hand (2.4, 20), vanilla (0, 22)
+    "emitted": (2.0, 20.0),   # N > sdpa_threshold uses bisoftmax_sdpa: nn = 0 there (measured nt ≈ 20 at N=1024)
+    "generic": (1.5, 28.0),
+    "hand": (2.5, 20.0),
+    "vanilla": (0.0, 22.0),
+}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the layers
+# ---------------------------------------------------------------------------------------------------------
+
+def hyperset_energy(heads: int = HEADS):
+    return (ea.Attention(f="log(x)/beta", K="exp(beta*s)", heads=heads)
+            + ea.FeedForward(g="x", h="relu(x)**2/2", ratio=1))
+
+
+class CompiledRecurrent(nn.Module):
+    """``iters`` iterations of an ``ea.compile``-d step (shared weights), learnable scalar step sizes."""
+
+    def __init__(self, d: int, heads: int, path: str, iters: int = ITERS, sdpa_threshold: int = 512):
+        super().__init__()
+        self.step = ea.compile(hyperset_energy(heads), d=d, path=path, sdpa_threshold=sdpa_threshold)
+        self.alpha = nn.Parameter(torch.tensor(STEP))
+        self.gamma = nn.Parameter(torch.tensor(STEP))
+        self.iters = iters
+
+    def forward(self, X: Tensor) -> Tensor:
+        for _ in range(self.iters):
+            X = self.step(X, steps={"attn": self.alpha, "ff": self.gamma})
+        return X
+
+
+class HandHyperSET(nn.Module):
+    """Hyper-SET layer written out by hand (paper Eqs. 8, 9, 11), row-token convention X ∈ R^{B×N×d}.
+
+    The paper writes tokens as columns (X ∈ R^{d×N}, Z^h = W_hᵀ X ∈ R^{p×N}); in rows, Z_h = X W_h and
+    every product ``W_h Z^h softmax(·)`` becomes its transpose ``softmax(·)ᵀ Z_h W_hᵀ``.
+
+        Z_h  = RMSNorm(X W_h)                                  (Eq. 8, rows of norm √p, no gain)
+        QK_h = β Z_h Z_hᵀ                                      (β = 1/√p; symmetric N×N)
+        X   ← X − α Σ_h [softmax_col(QK_h) + softmax_row(QK_h)]ᵀ Z_h W_hᵀ        (Eq. 9)
+        X   ← X + γ ReLU(RMSNorm(X D)) Dᵀ                      (Eq. 11, rows of X D of norm √M)
+    """
+
+    def __init__(self, d: int, heads: int, ratio: int = 1, iters: int = ITERS, eps: float = 1e-6):
+        super().__init__()
+        self.d, self.heads, self.p, self.M = d, heads, d // heads, ratio * d
+        self.beta = 1.0 / math.sqrt(self.p)
+        self.eps, self.iters = eps, iters
+        self.W = nn.Parameter(torch.empty(d, d))            # [W_1 | … | W_H], each d×p
+        self.D = nn.Parameter(torch.empty(d, self.M))
+        nn.init.orthogonal_(self.W)
+        nn.init.orthogonal_(self.D)
+        self.alpha = nn.Parameter(torch.tensor(STEP))
+        self.gamma = nn.Parameter(torch.tensor(STEP))
+
+    def attention_step(self, X: Tensor, alpha: Tensor) -> Tensor:
+        Bx, N, _ = X.shape
+        Z = (X @ self.W).view(Bx, N, self.heads, self.p).transpose(1, 2)    # (B, H, N, p): Z_h = X W_h
+        Z = F.rms_norm(Z, (self.p,), eps=self.eps)                            # Eq. 8
+        QK = self.beta * (Z @ Z.transpose(-1, -2))                            # (B, H, N, N)
+        A = torch.softmax(QK, dim=-2) + torch.softmax(QK, dim=-1)             # column-wise + row-wise
+        upd = A.transpose(-1, -2) @ Z                                         # (B, H, N, p)
+        return X - alpha * (upd.transpose(1, 2).reshape(Bx, N, self.d) @ self.W.t())   # Eq. 9
+
+    def ff_step(self, X: Tensor, gamma: Tensor) -> Tensor:
+        U = F.rms_norm(X @ self.D, (self.M,), eps=self.eps)                   # RMSNorm(Dᵀ X)
+        return X + gamma * (torch.relu(U) @ self.D.t())                       # Eq. 11
+
+    def forward(self, X: Tensor) -> Tensor:
+        for _ in range(self.iters):
+            X = self.ff_step(self.attention_step(X, self.alpha), self.gamma)
+        return X
+
+
+class VanillaBlock(nn.Module):
+    """Pre-norm Transformer block: RMSNorm (gain, no bias), 4-head SDPA attention, GELU MLP ratio 4."""
+
+    def __init__(self, d: int, heads: int, mlp_ratio: int = 4):
+        super().__init__()
+        self.heads = heads
+        self.norm1 = nn.RMSNorm(d, eps=1e-6)
+        self.qkv = nn.Linear(d, 3 * d, bias=False)
+        self.proj = nn.Linear(d, d, bias=False)
+        self.norm2 = nn.RMSNorm(d, eps=1e-6)
+        self.fc1 = nn.Linear(d, mlp_ratio * d, bias=False)
+        self.fc2 = nn.Linear(mlp_ratio * d, d, bias=False)
+
+    def forward(self, X: Tensor) -> Tensor:
+        Bx, N, d = X.shape
+        q, k, v = self.qkv(self.norm1(X)).view(Bx, N, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        a = F.scaled_dot_product_attention(q, k, v)                           # (B, H, N, p)
+        X = X + self.proj(a.transpose(1, 2).reshape(Bx, N, d))
+        return X + self.fc2(F.gelu(self.fc1(self.norm2(X))))
+
+
+class VanillaRecurrent(nn.Module):
+    def __init__(self, d: int, heads: int, iters: int = ITERS):
+        super().__init__()
+        self.block, self.iters = VanillaBlock(d, heads), iters
+
+    def forward(self, X: Tensor) -> Tensor:
+        for _ in range(self.iters):
+            X = self.block(X)
+        return X
+
+
+def build(layer: str, d: int = D, heads: int = HEADS, iters: int = ITERS, sdpa_threshold: int = 512) -> nn.Module:
+    if layer == "emitted":
+        return CompiledRecurrent(d, heads, "auto", iters, sdpa_threshold)
+    if layer == "generic":
+        return CompiledRecurrent(d, heads, "autodiff", iters, sdpa_threshold)
+    if layer == "hand":
+        return HandHyperSET(d, heads, iters=iters)
+    if layer == "vanilla":
+        return VanillaRecurrent(d, heads, iters)
+    raise ValueError(f"unknown layer {layer!r}; choose from {LAYERS}")
+
+
+@torch.no_grad()
+def copy_weights(src: CompiledRecurrent, dst: HandHyperSET) -> HandHyperSET:
+    """Give the hand-written layer the compiled layer's bases and step sizes."""
+    dst.W.copy_(src.step.terms["attn"].weight)
+    dst.D.copy_(src.step.terms["ff"].weight)
+    dst.alpha.copy_(src.alpha)
+    dst.gamma.copy_(src.gamma)
+    return dst
+
+
+# ---------------------------------------------------------------------------------------------------------
+# measurement (inside the isolated process)
+# ---------------------------------------------------------------------------------------------------------
+
+def rss_bytes() -> int:
+    with open("/proc/self/statm") as fh:
+        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def maxrss_bytes() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
+
+
+def estimate_train_bytes(layer: str, N: int, sdpa_threshold: int = 512) -> float:
+    nn_, nt = MEM_MODEL[layer]
+    if layer == "emitted" and N > sdpa_threshold:
+        nn_ = 0.0
+    return ITERS * (nn_ * B * HEADS * N * N * 4 + nt * B * N * D * 4)
+
+
+def measure(layer: str, N: int, repeats: int, warmup: int, inference: bool, seed: int = 0) -> dict:
+    torch.set_num_threads(THREADS)
+    torch.manual_seed(seed)
+    model = build(layer)
+    X = torch.randn(B, N, D)
+    params = [p for p in model.parameters() if p.requires_grad]
+    out = {"layer": layer, "N": N, "params": sum(p.numel() for p in params)}
+    rss0 = rss_bytes()
+
+    if inference:
+        times = []
+        with torch.no_grad():
+            for i in range(warmup + repeats):
+                t0 = time.perf_counter()
+                Y = model(X)
+                dt = time.perf_counter() - t0
+                del Y
+                if i >= warmup:
+                    times.append(dt)
+        out["infer_s"] = statistics.median(times)
+        out["infer_min_s"] = min(times)
+        out["infer_mem"] = maxrss_bytes() - rss0
+
+    times = []
+    for i in range(warmup + repeats):
+        for p in params:
+            p.grad = None
+        t0 = time.perf_counter()
+        loss = model(X).square().mean()
+        loss.backward()
+        dt = time.perf_counter() - t0
+        if not all(p.grad is not None and torch.isfinite(p.grad).all() for p in params):
+            raise RuntimeError(f"{layer} N={N}: missing or non-finite parameter gradient")
+        del loss
+        if i >= warmup:
+            times.append(dt)
+    out["train_s"] = statistics.median(times)
+    out["train_min_s"] = min(times)
+    out["train_mem"] = maxrss_bytes() - rss0
+    out["times"] = times
+    return out
+
+
+def _one_main(argv: list[str]) -> None:
+    """Entry point of the isolated process: measure one configuration, print one JSON line."""
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--one", required=True)
+    ap.add_argument("--N", type=int, required=True)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--warmup", type=int, default=1)
+    ap.add_argument("--no-inference", action="store_true")
+    a = ap.parse_args(argv)
+    res = measure(a.one, a.N, a.repeats, a.warmup, not a.no_inference)
+    print("RESULT " + json.dumps(res), flush=True)
+
+
+def _fork_target(queue, layer, N, repeats, warmup, inference):
+    try:
+        queue.put(measure(layer, N, repeats, warmup, inference))
+    except BaseException as exc:  # report, never hang the parent
+        queue.put({"error": f"{type(exc).__name__}: {exc}"})
+
+
+def run_isolated(layer: str, N: int, repeats: int, warmup: int, inference: bool, isolation: str,
+                 timeout: float) -> dict:
+    if isolation == "none":
+        return measure(layer, N, repeats, warmup, inference)
+    if isolation == "fork":
+        import multiprocessing as mp
+
+        ctx = mp.get_context("fork")
+        q = ctx.Queue()
+        proc = ctx.Process(target=_fork_target, args=(q, layer, N, repeats, warmup, inference))
+        proc.start()
+        try:
+            res = q.get(timeout=timeout)
+        except Exception:
+            proc.kill()
+            proc.join()
+            return {"error": f"no result within {timeout:.0f} s (exit code {proc.exitcode})"}
+        proc.join()
+        return res
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--one", layer, "--N", str(N),
+           "--repeats", str(repeats), "--warmup", str(warmup)] + ([] if inference else ["--no-inference"])
+    try:
+        cp = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {"error": f"timed out after {timeout:.0f} s"}
+    for line in cp.stdout.splitlines():
+        if line.startswith("RESULT "):
+            return json.loads(line[len("RESULT "):])
+    tail = (cp.stderr or cp.stdout).strip().splitlines()[-1:] or [f"exit code {cp.returncode}"]
+    return {"error": f"exit code {cp.returncode}: {tail[0][:300]}"}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# report
+# ---------------------------------------------------------------------------------------------------------
+
+def _mb(x: float) -> str:
+    return f"{x / 2**20:,.0f}"
+
+
+def _ratio(a, b) -> str:
+    return f"{a / b:.2f}×" if a is not None and b not in (None, 0) and b > 0 else "—"
+
+
+def table(results: dict[tuple[str, int], dict], sizes: list[int], repeats: int, inference: bool) -> str:
+    head = ["N", "layer", "train s (min)", f"train s (median of {repeats})", "train peak ΔRSS MB",
+            "time ÷ (a)", "mem ÷ (a)"]
+    if inference:
+        head += ["infer s (min)", "infer peak ΔRSS MB", "infer time ÷ (a)", "infer mem ÷ (a)"]
+    rows = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
+    for N in sizes:
+        ref = results.get(("emitted", N), {})
+        for layer in LAYERS:
+            r = results.get((layer, N), {})
+            if "train_s" not in r:
+                why = r.get("skipped") or r.get("error") or "not run"
+                cells = [str(N), LABELS[layer], f"skipped: {why}"] + [""] * (len(head) - 3)
+            else:
+                cells = [str(N), LABELS[layer], f"{r['train_min_s']:.3f}", f"{r['train_s']:.3f}", _mb(r["train_mem"]),
+                         _ratio(r["train_min_s"], ref.get("train_min_s")), _ratio(r["train_mem"], ref.get("train_mem"))]
+                if inference:
+                    cells += [f"{r['infer_min_s']:.3f}", _mb(r["infer_mem"]), _ratio(r["infer_min_s"], ref.get("infer_min_s")),
+                              _ratio(r["infer_mem"], ref.get("infer_mem"))]
+            rows.append("| " + " | ".join(cells) + " |")
+    return "\n".join(rows)
+
+
+def targets(results: dict[tuple[str, int], dict], sizes: list[int]) -> str:
+    """The issue's targets, evaluated on this run."""
+    lines = []
+
+    def get(layer, N, key):
+        return results.get((layer, N), {}).get(key)
+
+    for N in sizes:
+        te, th = get("emitted", N, "train_min_s"), get("hand", N, "train_min_s")
+        if te and th:
+            ok = te <= 1.05 * th
+            lines.append(f"- N={N}: emitted ≤ 1.05× hand-written time: {te / th:.2f}× → {'PASS' if ok else 'FAIL'}")
+        else:
+            lines.append(f"- N={N}: emitted vs hand-written time: not measured")
+    for N in [n for n in sizes if n >= 1024]:
+        te, tg = get("emitted", N, "train_min_s"), get("generic", N, "train_min_s")
+        me, mg = get("emitted", N, "train_mem"), get("generic", N, "train_mem")
+        if te and tg and me and mg:
+            ok = tg / te >= 1.5 and me / mg <= 0.5
+            lines.append(f"- N={N}: ≥ 1.5× faster and ≤ 0.5× memory of generic: {tg / te:.2f}× faster, "
+                         f"{me / mg:.3f}× memory → {'PASS' if ok else 'FAIL'}")
+        else:
+            why = results.get(("generic", N), {}).get("skipped") or results.get(("generic", N), {}).get("error")
+            lines.append(f"- N={N}: emitted vs generic: not measured ({why or 'missing'})")
+    big = [n for n in sizes if n >= 4096 and get("emitted", n, "train_mem")]
+    small = [n for n in sizes if n < max(big, default=0) and get("emitted", n, "train_mem") and n > 512]
+    if big and small:
+        n1, n0 = max(big), max(small)
+        m1, m0 = get("emitted", n1, "train_mem"), get("emitted", n0, "train_mem")
+        k = math.log(m1 / m0) / math.log(n1 / n0)
+        ok = k <= 1.25
+        lines.append(f"- emitted memory linear in N at N={n1}: peak ΔRSS ×{m1 / m0:.2f} from N={n0} to N={n1} "
+                     f"(N ×{n1 / n0:.0f}; exponent {k:.2f}; 1 = linear, 2 = quadratic) → {'PASS' if ok else 'FAIL'}")
+    else:
+        lines.append("- emitted memory linear in N at N=4096: needs N=4096 and a size in (512, 4096)")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if "--one" in argv:
+        _one_main(argv)
+        return 0
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sizes", type=int, nargs="+", default=[256, 1024, 4096], help="sequence lengths N")
+    ap.add_argument("--layers", nargs="+", default=list(LAYERS), choices=LAYERS)
+    ap.add_argument("--repeats", type=int, default=3, help="timed repeats per configuration (median reported)")
+    ap.add_argument("--warmup", type=int, default=1, help="untimed warm-up steps per configuration")
+    ap.add_argument("--quick", action="store_true", help="N=64, 1 repeat, 1 warm-up, forked children: seconds")
+    ap.add_argument("--no-inference", action="store_true", help="skip the no_grad forward column")
+    ap.add_argument("--mem-limit-gb", type=float, default=14.0,
+                    help="skip a configuration whose estimated training memory exceeds this")
+    ap.add_argument("--isolation", choices=("subprocess", "fork", "none"), default=None,
+                    help="fresh process per configuration (default: subprocess; fork with --quick)")
+    ap.add_argument("--timeout", type=float, default=3600.0, help="seconds per configuration")
+    ap.add_argument("--output", default=None,
+                    help="markdown file to write (default benchmarks/results/bench_layers.md; "
+                         "none with --quick unless given; '' to disable)")
+    a = ap.parse_args(argv)
+    if a.quick:
+        a.sizes, a.repeats, a.warmup = [64], 1, 1
+    isolation = a.isolation or ("fork" if a.quick else "subprocess")
+    output = a.output if a.output is not None else ("" if a.quick else str(HERE / "results" / "bench_layers.md"))
+    inference = not a.no_inference
+
+    torch.set_num_threads(THREADS)
+    stamp = datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
+    header = (f"# bench_layers: one training step, {ITERS} iterations, shared weights\n\n"
+              f"- date: {stamp}\n- torch {torch.__version__}, threads {torch.get_num_threads()}, "
+              f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+              f"load average at start {os.getloadavg()[0]:.2f}\n"
+              f"- B={B}, d={D}, H={HEADS}, iterations={ITERS}, α=γ={STEP} (learnable scalars); loss = mean(X²); "
+              f"warm-up {a.warmup}, repeats {a.repeats}; ratios ÷ (a) use the min (least disturbed by other load); isolation: {isolation}; "
+              f"memory = peak RSS increase over the RSS before the first step\n"
+              f"- command: `python3 benchmarks/bench_layers.py {' '.join(argv)}`\n")
+    print(header, flush=True)
+
+    results: dict[tuple[str, int], dict] = {}
+    for N in a.sizes:
+        for layer in a.layers:
+            est = estimate_train_bytes(layer, N)
+            if est > a.mem_limit_gb * 2**30:
+                reason = f"estimated training memory {est / 2**30:.0f} GB > limit {a.mem_limit_gb:g} GB"
+                results[(layer, N)] = {"skipped": reason}
+                print(f"N={N:5d} {layer:8s} SKIPPED: {reason}", flush=True)
+                continue
+            t0 = time.perf_counter()
+            res = run_isolated(layer, N, a.repeats, a.warmup, inference, isolation, a.timeout)
+            results[(layer, N)] = res
+            if "error" in res:
+                print(f"N={N:5d} {layer:8s} ERROR: {res['error']}", flush=True)
+            else:
+                extra = f", infer {res['infer_s']:.3f} s / {_mb(res['infer_mem'])} MB" if inference else ""
+                print(f"N={N:5d} {layer:8s} train {res['train_s']:.3f} s (min {res['train_min_s']:.3f}) / "
+                      f"{_mb(res['train_mem'])} MB{extra}  [{time.perf_counter() - t0:.0f} s wall, "
+                      f"est. {est / 2**20:,.0f} MB]", flush=True)
+
+    report = (header + "\n" + table(results, a.sizes, a.repeats, inference)
+              + "\n\nTargets (this run):\n\n" + targets(results, a.sizes) + "\n")
+    print("\n" + table(results, a.sizes, a.repeats, inference) + "\n\nTargets (this run):\n\n"
+          + targets(results, a.sizes), flush=True)
+    if output:
+        Path(output).parent.mkdir(parents=True, exist_ok=True)
+        Path(output).write_text(report)
+        print(f"\nwritten: {output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
