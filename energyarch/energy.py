@@ -108,7 +108,8 @@ class FeedForward(_Term):
     """E_FF = − Σ_i g(Σ_m h(d_mᵀ x_i)) with M basis vectors (Eq. 20).
 
     Args:
-        g, h: scalar functions (expression in ``x``, sympy, :class:`Scalar` or torch callable).
+        g: the outer scalar function (expression in ``x``, sympy, :class:`Scalar` or torch callable).
+        h: the inner scalar function applied to each coordinate ``d_mᵀ x`` (same forms as ``g``).
         width: M; default ``ratio * d``.
         ratio: M / d when ``width`` is not given (paper: 1 for images, 4 for Sudoku).
         constraint: the sphere of the coordinates ``Dᵀx`` (default radius √M).

@@ -1,0 +1,165 @@
+"""The documentation site and the notebooks: stored without outputs, and a strict build that shows everything.
+
+``test_site_builds_strictly`` runs ``mkdocs build --strict`` into a temporary folder (notebooks executed, as in
+the published site; mkdocs-jupyter caches executed notebooks in ``.cache/`` by content) and then reads the built
+HTML: every page of the nav exists, the catalog page carries every entry of ``catalog/*.toml``, notebook pages
+show figures, and nothing is loaded from the network.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
+
+ROOT = Path(__file__).resolve().parent.parent
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
+DOCS_PLUGINS = ("mkdocs", "material", "mkdocstrings", "mkdocstrings_handlers.python", "mkdocs_jupyter")
+EXPECTED_NOTEBOOKS = ("01_new_energy", "02_catalog", "03_train_and_inspect", "04_explore_alternatives",
+                      "05_constraint_modes")
+
+
+def _catalog_names() -> list[str]:
+    """Entry names straight from the TOML files (independent of energyarch.catalog)."""
+    return [tomllib.loads(p.read_text(encoding="utf-8"))["name"] for p in sorted((ROOT / "catalog").glob("*.toml"))]
+
+
+# -------------------------------------------------------------------------------------------------------------
+# notebooks as stored
+# -------------------------------------------------------------------------------------------------------------
+
+def test_every_notebook_is_there():
+    assert [p.stem for p in NOTEBOOKS] == list(EXPECTED_NOTEBOOKS)
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_notebook_is_stored_without_outputs(path):
+    nb = json.loads(path.read_text(encoding="utf-8"))
+    code = [c for c in nb["cells"] if c["cell_type"] == "code"]
+    assert code, f"{path.name} has no code cells"
+    dirty = [i for i, c in enumerate(nb["cells"])
+             if c["cell_type"] == "code" and (c.get("outputs") or c.get("execution_count") is not None)]
+    assert not dirty, (f"{path.name}: cells {dirty} carry outputs or execution counts; clear them "
+                       f"(jupyter nbconvert --clear-output --inplace {path.relative_to(ROOT)})")
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_notebook_uses_inline_figures(path):
+    """Figures must render in the executed notebook even when MPLBACKEND=Agg is set (as CI does): the first
+    code cell selects the inline backend, and no notebook forces Agg."""
+    nb = json.loads(path.read_text(encoding="utf-8"))
+    sources = ["".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "code"]
+    assert sources[0].startswith("%matplotlib inline"), f"{path.name}: start the first code cell with %matplotlib inline"
+    assert not any(re.search(r"matplotlib\.use\(|MPLBACKEND", s) for s in sources), f"{path.name} forces a backend"
+
+
+# -------------------------------------------------------------------------------------------------------------
+# the site
+# -------------------------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory) -> Path:
+    missing = [m for m in DOCS_PLUGINS if importlib.util.find_spec(m.split(".")[0]) is None
+               or importlib.util.find_spec(m) is None]
+    if missing:
+        pytest.skip(f"documentation tools not installed ({', '.join(missing)}): pip install -e '.[dev]'")
+    out = tmp_path_factory.mktemp("site")
+    env = {**os.environ, "NO_MKDOCS_2_WARNING": "1"}
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
+    proc = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(out)],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=1800)
+    if proc.returncode != 0:
+        log = "\n".join(line for line in (proc.stdout + proc.stderr).splitlines()
+                        if not line.startswith("INFO") and "Kernel is running over TCP" not in line)
+        pytest.fail(f"mkdocs build --strict failed (exit {proc.returncode}):\n{log[-6000:]}")
+    return out
+
+
+def _nav_pages() -> list[str]:
+    from mkdocs.config import load_config
+
+    cfg = load_config(str(ROOT / "mkdocs.yml"))
+    pages: list[str] = []
+
+    def walk(items):
+        for item in items:
+            value = next(iter(item.values())) if isinstance(item, dict) else item
+            if isinstance(value, list):
+                walk(value)
+            else:
+                pages.append(value)
+
+    walk(cfg["nav"])
+    return pages
+
+
+def _html_path(site: Path, page: str) -> Path:
+    stem = page.rsplit(".", 1)[0]
+    if stem == "index" or stem.endswith("/index"):
+        return site / stem[: -len("index")] / "index.html"
+    return site / stem / "index.html"
+
+
+def test_every_nav_page_is_built(site):
+    pages = _nav_pages()
+    for required in ("index.md", "getting-started.md", "concepts.md", "catalog.md", "training.md", "benchmarks.md",
+                     "notebooks.md", "reference/index.md", *(f"notebooks/{n}.ipynb" for n in EXPECTED_NOTEBOOKS)):
+        assert required in pages, f"{required} is missing from the nav of mkdocs.yml"
+    for module in ("energyarch", "compile", "derive", "emit", "runtime", "verify", "energy", "primitives", "expr",
+                   "catalog", "models", "train", "data"):
+        assert f"reference/{module}.md" in pages, f"API page reference/{module}.md is missing from the nav"
+    for page in pages:
+        html = _html_path(site, page)
+        assert html.is_file(), f"{page} was not built ({html})"
+        assert len(html.read_text(encoding="utf-8")) > 2000, f"{html} is (nearly) empty"
+
+
+def test_catalog_page_lists_every_entry(site):
+    html = (site / "catalog" / "index.html").read_text(encoding="utf-8")
+    names = _catalog_names()
+    assert names, "catalog/ holds no .toml entries"
+    for name in names:
+        assert f'id="{name}"' in html, f"the catalog page has no section for entry {name!r}"
+        assert f"<code>{name}</code>" in html, f"the catalog page does not name entry {name!r}"
+    assert "Table 19" in html and "Table 20" in html and "Beyond the paper" in html
+
+
+def test_api_pages_document_the_modules(site):
+    for module, symbol in (("energyarch", "energyarch.Attention"), ("compile", "energyarch.compile.compile"),
+                           ("verify", "energyarch.verify.verify"), ("catalog", "energyarch.catalog.tables_markdown"),
+                           ("models", "energyarch.models"), ("train", "energyarch.train"),
+                           ("data", "energyarch.data")):
+        html = (site / "reference" / module / "index.html").read_text(encoding="utf-8")
+        assert f'id="{symbol}"' in html, f"reference/{module}: no documented object {symbol}"
+
+
+def test_notebook_pages_show_figures_and_math(site):
+    for name in ("01_new_energy", "03_train_and_inspect", "05_constraint_modes"):
+        html = (site / "notebooks" / name / "index.html").read_text(encoding="utf-8")
+        assert html.count("data:image/png;base64,") >= 2, f"notebook page {name} shows no figures"
+        assert "jp-RenderedMarkdown" in html
+    html = (site / "notebooks" / "01_new_energy" / "index.html").read_text(encoding="utf-8")
+    assert "jp-RenderedLatex" in html, "IPython.display.Math output missing from notebook 01"
+
+
+def test_site_is_self_contained(site):
+    """No web fonts, CDN scripts or stylesheets: the site works offline, MathJax included."""
+    remote = re.compile(r"""<(?:script|link|img)\b[^>]*\b(?:src|href)=["'](?:https?:)?//""", re.IGNORECASE)
+    for html in site.rglob("*.html"):
+        text = html.read_text(encoding="utf-8")
+        hit = remote.search(text)
+        assert hit is None, f"{html.relative_to(site)} loads a remote resource: {hit.group(0)}"
+    assert (site / "javascripts" / "mathjax" / "tex-svg-full.js").is_file()
+    index = (site / "index.html").read_text(encoding="utf-8")
+    assert "javascripts/mathjax/tex-svg-full.js" in index and 'class="arithmatex"' in index
