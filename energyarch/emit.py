@@ -24,7 +24,7 @@ from typing import Optional
 
 import sympy as sp
 
-from .derive import BETA, SIGMA, SK, Derivation
+from .derive import BETA, Derivation
 from .energy import Attention
 from .expr import to_torch
 from .primitives import S, X

@@ -17,13 +17,12 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field
-from typing import Optional
 
 import torch
 from torch import Tensor
 
 from .compile import EnergyStep, compile as compile_energy
-from .energy import Attention, FeedForward, Term, params_of
+from .energy import Attention, Term, params_of
 from .errors import VerificationError
 from .expr import evaluate
 from .primitives import Kernel

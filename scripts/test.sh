@@ -9,5 +9,5 @@ if [ -d notebooks ] && ls notebooks/*.ipynb >/dev/null 2>&1; then
   python -m pytest -q -p no:cacheprovider --nbmake notebooks || exit $?
 fi
 if [ -f mkdocs.yml ]; then
-  python -m mkdocs build --strict --quiet || exit $?
+  NO_MKDOCS_2_WARNING=1 python -m mkdocs build --strict --quiet || exit $?
 fi

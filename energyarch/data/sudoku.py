@@ -28,7 +28,6 @@ import json
 import multiprocessing
 import os
 import random
-import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -37,6 +36,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from .._atomic import atomic_open
 from ..errors import ConfigError, DataError, ShapeError
 
 __all__ = [
@@ -488,22 +488,13 @@ def load_or_generate(
     }
     try:
         directory.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=directory)
+        with atomic_open(path, "wb") as fh:
+            np.savez_compressed(fh, params=np.array(blob), **out)
     except OSError as exc:
         raise DataError(
             f"sudoku cache directory {directory}: cannot write there ({exc}); pass a writable cache_dir or set "
             f"ENERGYARCH_CACHE."
         ) from exc
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.savez_compressed(fh, params=np.array(blob), **out)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
     out_dict = dict(out)
     out_dict["path"] = path
     return out_dict

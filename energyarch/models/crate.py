@@ -20,14 +20,13 @@ torch.Size([2, 5, 16])
 from __future__ import annotations
 
 import math
-from typing import Optional
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .config import ModelConfig
-from .diagnostics import TraceRecorder
+from .transformer import SharedWeightStack
 
 KAPPA, ETA, LAMBDA = 1.0, 0.1, 0.1
 
@@ -45,12 +44,16 @@ class CRATEBlock(nn.Module):
         nn.init.orthogonal_(self.U)
         nn.init.kaiming_uniform_(self.D, a=math.sqrt(5))
 
-    def head_coords(self, Z: Tensor) -> Tensor:
+    def subspace_coords(self, Z: Tensor) -> Tensor:
         """``LN₁(Z) U_k`` per head, (B, H, N, p)."""
         return (self.norm1(Z) @ self.U).unflatten(-1, (self.heads, -1)).transpose(-2, -3)
 
+    def head_coords(self, Z: Tensor) -> dict[str, Tensor]:
+        """The diagnostics' per-head coordinates: ``{"attn": LN₁(Z) U_k}``."""
+        return {"attn": self.subspace_coords(Z)}
+
     def mssa(self, Z: Tensor) -> Tensor:
-        W = self.head_coords(Z)
+        W = self.subspace_coords(Z)
         out = F.scaled_dot_product_attention(W, W, W)                   # (B, H, N, p), scale 1/√p
         return out.transpose(-2, -3).flatten(-2) @ self.U.T             # (B, N, d)
 
@@ -62,21 +65,8 @@ class CRATEBlock(nn.Module):
         return self.ista(self.norm2(Z))
 
 
-class CRATE(nn.Module):
-    """L distinct CRATE blocks, each applied ``iters`` times."""
+class CRATE(SharedWeightStack):
+    """L distinct CRATE blocks, each applied ``iters`` times; diagnostics on ``LN(Z) U_k``."""
 
     def __init__(self, cfg: ModelConfig):
-        super().__init__()
-        self.iters = cfg.iters
-        self.layers = nn.ModuleList(CRATEBlock(cfg.d, cfg.heads) for _ in range(cfg.layers))
-
-    def forward(self, X: Tensor, iters: Optional[int] = None, record: bool = False):
-        """Returns X, or ``(X, Trace)`` with per-head diagnostics of ``LN(Z) U_k`` (no energies) when ``record``."""
-        iters = self.iters if iters is None else iters
-        recorder = TraceRecorder() if record else None
-        for index, block in enumerate(self.layers):
-            for t in range(iters):
-                if recorder is not None:
-                    recorder.add(index, t, coords={"attn": block.head_coords(X)})
-                X = block(X)
-        return (X, recorder.finish()) if record else X
+        super().__init__((CRATEBlock(cfg.d, cfg.heads) for _ in range(cfg.layers)), cfg.iters)

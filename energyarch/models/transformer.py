@@ -62,13 +62,16 @@ class Block(nn.Module):
         return X + self.mlp(self.norm2(X))
 
 
-class Transformer(nn.Module):
-    """L distinct pre-norm blocks, each applied ``iters`` times with shared weights."""
+class SharedWeightStack(nn.Module):
+    """L distinct blocks, each applied ``iters`` times with shared weights (the recurrent depth of Sec. 4.3).
 
-    def __init__(self, cfg: ModelConfig):
+    A block maps X to the next X and offers ``head_coords(X) -> {term: (B, H, N, p)}`` for the diagnostics.
+    """
+
+    def __init__(self, blocks, iters: int):
         super().__init__()
-        self.iters = cfg.iters
-        self.layers = nn.ModuleList(Block(cfg.d, cfg.heads) for _ in range(cfg.layers))
+        self.iters = iters
+        self.layers = nn.ModuleList(blocks)
 
     def forward(self, X: Tensor, iters: Optional[int] = None, record: bool = False):
         """Returns X, or ``(X, Trace)`` with per-head diagnostics (no energies) when ``record``."""
@@ -80,3 +83,10 @@ class Transformer(nn.Module):
                     recorder.add(index, t, coords=block.head_coords(X))
                 X = block(X)
         return (X, recorder.finish()) if record else X
+
+
+class Transformer(SharedWeightStack):
+    """L distinct pre-norm blocks, each applied ``iters`` times with shared weights."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__((Block(cfg.d, cfg.heads) for _ in range(cfg.layers)), cfg.iters)

@@ -25,7 +25,6 @@ import hashlib
 import json
 import os
 import random
-import tempfile
 from pathlib import Path
 from typing import Any, Optional
 
@@ -35,6 +34,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from .._atomic import atomic_path
 from ..errors import CheckpointError
 from .config import atomic_write_text
 
@@ -212,15 +212,8 @@ def save_checkpoint(out_dir: str | os.PathLike, model: nn.Module, optimizer: Opt
         tensors.update({k: v.detach().cpu().contiguous().clone() for k, v in opt_tensors.items()})
         state["optimizer"] = opt_meta
     name = f"checkpoint-{int(state.get('step', 0)):08d}.safetensors"
-    fd, tmp = tempfile.mkstemp(prefix=name + ".", suffix=".tmp", dir=out)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata={"format": FORMAT})
-        os.replace(tmp, out / name)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_path(out / name) as tmp:
+        save_file(tensors, str(tmp), metadata={"format": FORMAT})
     state.update(format=FORMAT, tensors_file=name, sha256=_sha256(out / name),
                  signature=architecture_signature(model), rng=rng_state())
     atomic_write_text(out / STATE_FILE, json.dumps(state, indent=1, allow_nan=True))

@@ -17,11 +17,11 @@ import json
 import math
 import os
 import sys
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
 
+from .._atomic import atomic_open
 from ..errors import ConfigError
 from ..models import ModelConfig
 
@@ -338,14 +338,5 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     """Write ``text`` to a temporary file in the same folder, then ``os.replace`` it onto ``path``."""
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=p.name + ".", suffix=".tmp", dir=p.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, p)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_open(p, "w") as fh:
+        fh.write(text)
