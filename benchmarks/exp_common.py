@@ -87,6 +87,8 @@ def table(rows: Sequence[dict], columns: Sequence[tuple[str, str]]) -> str:
         value = row
         for part in key.split("."):
             value = value.get(part, "") if isinstance(value, dict) else ""
+        if isinstance(value, float) and key.endswith("pct"):
+            return f"{value:.2f}"
         if isinstance(value, float):
             return f"{value:.4g}" if abs(value) >= 1 else f"{value:.4f}"
         return f"{value:,}" if isinstance(value, int) else str(value)

@@ -12,6 +12,7 @@ AdamW (0.9, 0.95), weight decay 0.1, cosine decay, clipping 1.0, loss on the bla
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -43,18 +44,32 @@ def main(argv=None) -> int:
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--loss-on", default="last", choices=("last", "all"),
+                    help="loss on the last iteration (the paper) or on every iteration (Recurrent Transformer)")
     ap.add_argument("--data-dir", help="Sudoku cache folder (default ~/.cache/energyarch)")
     ap.add_argument("--match", default="params", choices=("params", "width"))
     ap.add_argument("--out", default="runs/exp_sudoku")
+    ap.add_argument("--collect", nargs="+", metavar="DIR",
+                    help="train nothing: merge the results.json of earlier runs (e.g. models trained in parallel "
+                         "processes with --archs) into one table and plot under --out")
     args = ap.parse_args(argv)
     setup_logging(quiet=True)
+    if args.collect:
+        rows = []
+        for folder in args.collect:
+            path = Path(folder) / "results.json"
+            if not path.is_file():
+                ap.error(f"--collect {folder}: no results.json there; give folders written by this script's --out")
+            rows += json.loads(path.read_text())["rows"]
+        return report(rows, args.out)
 
     archs = args.archs.split(",")
     hyper = ModelConfig(arch="hyperset", d=args.d, heads=args.heads, iters=args.iters, ff_ratio=4.0, condition="x0")
     T = args.iters
     base = TrainConfig(task="sudoku", n_train=args.n_train, n_test=args.n_test, data_dir=args.data_dir,
                        batch_size=args.batch_size, lr=args.lr, min_lr=1e-5, weight_decay=0.1, betas=(0.9, 0.95),
-                       warmup_epochs=0.5, grad_clip=1.0, eval_every=0, seed=args.seed, progress=False, model=hyper,
+                       warmup_epochs=0.5, grad_clip=1.0, eval_every=0, seed=args.seed, loss_on=args.loss_on,
+                       progress=False, model=hyper,
                        eval_iters=sorted({max(1, T * k // 4) for k in range(1, 9)}), diagnostics_samples=100)
     task = build_task(base)
     reference = n_params(hyper, task.spec)
@@ -79,19 +94,27 @@ def main(argv=None) -> int:
         rows.append(row)
         print(f"{LABELS[arch]:20s} board={row['board_pct']:.2f}%  cell={row['cell_pct']:.2f}%  ({row['minutes']} min)",
               flush=True)
-    plot = plot_comparison({r["label"]: r["sweep"] for r in rows}, "cell_acc", T, Path(args.out) / "extrapolation.png",
+    return report(rows, args.out)
+
+
+def report(rows: list[dict], out: str) -> int:
+    """Table, test-time iteration sweeps and plots of trained ``rows``; the recipe is read from the first run."""
+    cfg = json.loads((Path(rows[0]["out_dir"]) / "metrics.json").read_text())["config"]
+    T = cfg["model"]["iters"]
+    plot = plot_comparison({r["label"]: r["sweep"] for r in rows}, "cell_acc", T, Path(out) / "extrapolation.png",
                            title="Sudoku: test-time iterations (cell accuracy)")
     plot_b = plot_comparison({r["label"]: r["sweep"] for r in rows}, "board_acc", T,
-                             Path(args.out) / "extrapolation_board.png", title="Sudoku: test-time iterations (boards)")
-    text = (f"Sudoku, {args.n_train} train / {args.n_test} test generated puzzles (17-34 givens), 1 layer x {T} "
-            f"iterations, {epochs} epochs, batch {args.batch_size}, lr {args.lr:g}, seed {args.seed}.\n\n"
+                             Path(out) / "extrapolation_board.png", title="Sudoku: test-time iterations (boards)")
+    text = (f"Sudoku, {cfg['n_train']} train / {cfg['n_test']} test generated puzzles ({cfg['min_givens']}-"
+            f"{cfg['max_givens']} givens), 1 layer x {T} iterations, {cfg['epochs']} epochs, batch "
+            f"{cfg['batch_size']}, lr {cfg['lr']:g}, loss on {cfg['loss_on']} iteration(s), seed {cfg['seed']}.\n\n"
             + table(rows, [("model", "label"), ("d", "d"), ("params", "params"), ("board acc %", "board_pct"),
                            ("cell acc %", "cell_pct"), ("minutes", "minutes")])
             + "\n\nTest-time iterations, cell accuracy %:\n\n" + sweep_table(rows, "cell_acc")
             + "\n\nTest-time iterations, board accuracy %:\n\n" + sweep_table(rows, "board_acc")
             + f"\n\nPlots: {plot}, {plot_b}\n")
     print(text)
-    print("recorded in", record(args.out, "Sudoku: Hyper-SET vs baselines", rows, text))
+    print("recorded in", record(out, "Sudoku: Hyper-SET vs baselines", rows, text))
     return 0
 
 
