@@ -7,6 +7,7 @@
   with the printed formula (:func:`energyarch.catalog.compare_with_paper`).
 - ``benchmarks.md``: the marker ``<!-- energyarch:benchmark-results -->`` is replaced by every
   ``benchmarks/results/**/*.md`` file as committed (or a note that none is there): numbers are never written by hand.
+  Plots ``benchmarks/results/NAME*.png`` are shown under the results file ``NAME.md``.
 
 A missing marker, an unloadable catalog or a failing check stops the build: the pages would otherwise lie.
 """
@@ -42,6 +43,19 @@ def on_config(config):
     if str(_ROOT) not in paths:
         os.environ["PYTHONPATH"] = os.pathsep.join([str(_ROOT), *paths])
     return config
+
+
+def on_files(files, config):
+    """Serve the committed benchmark plots (``benchmarks/results/*.png``) under ``benchmark-plots/``."""
+    from mkdocs.structure.files import File
+
+    for png in _result_plots():
+        files.append(File.generated(config, f"benchmark-plots/{png.name}", abs_src_path=str(png)))
+    return files
+
+
+def _result_plots() -> list[Path]:
+    return sorted((_ROOT / "benchmarks" / "results").glob("*.png")) if _ROOT is not None else []
 
 
 def on_page_markdown(markdown: str, page, config, files) -> str:
@@ -160,6 +174,8 @@ def _benchmarks_page(markdown: str) -> str:
         text = re.sub(r"^(#{1,5}) ", r"#\1 ", text, flags=re.MULTILINE)  # nest under this page's headings
         text = re.sub(r"\A## [^\n]*\n+", "", text)                       # our own heading names the file
         name = path.relative_to(_ROOT / "benchmarks" / "results").as_posix()
+        plots = [png for png in _result_plots() if path.parent == png.parent and png.stem.startswith(path.stem)]
+        text += "".join(f"\n\n![{png.stem}](benchmark-plots/{png.name})" for png in plots)
         parts.append(f"### `benchmarks/results/{name}`\n\n{text}")
     log.info("benchmarks page: %d result files", len(results))
     return markdown.replace(BENCHMARK_RESULTS, "\n\n".join(parts))

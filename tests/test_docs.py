@@ -163,3 +163,14 @@ def test_site_is_self_contained(site):
     assert (site / "javascripts" / "mathjax" / "tex-svg-full.js").is_file()
     index = (site / "index.html").read_text(encoding="utf-8")
     assert "javascripts/mathjax/tex-svg-full.js" in index and 'class="arithmatex"' in index
+
+
+def test_benchmarks_page_shows_every_result_and_plot(site):
+    """Each committed benchmarks/results/*.md is on the page, and each *.png is served and shown there."""
+    page = (site / "benchmarks" / "index.html").read_text(encoding="utf-8")
+    results = ROOT / "benchmarks" / "results"
+    for md in sorted(results.glob("*.md")):
+        assert f"benchmarks/results/{md.name}" in page, f"{md.name} is missing from the benchmarks page"
+    for png in sorted(results.glob("*.png")):
+        assert (site / "benchmark-plots" / png.name).is_file(), f"{png.name} is not copied into the site"
+        assert f"benchmark-plots/{png.name}" in page, f"{png.name} is not shown on the benchmarks page"
