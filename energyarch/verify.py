@@ -89,11 +89,12 @@ class VerificationReport:
                    for t in self.terms)
 
     def table(self) -> str:
-        rows = ["| term | pattern | path | max abs Δ∇ | max abs ΔX' | E before | E after | descends |",
+        rows = ["| term | pattern | path | max abs Δ∇ | max abs ΔX' | E before | E after − E before | descends |",
                 "|---|---|---|---|---|---|---|---|"]
         for t in self.terms:
             rows.append(f"| {t.name} | {t.pattern} | {t.path} | {t.grad_max_abs_diff:.2e} | {t.update_max_abs_diff:.2e} "
-                        f"| {t.energy_before:.6g} | {t.energy_after:.6g} | {'yes' if t.decreased else 'NO'} |")
+                        f"| {t.energy_before:.6g} | {t.energy_after - t.energy_before:.3e} "
+                        f"| {'yes' if t.decreased else 'NO'} |")
         return "\n".join(rows)
 
     def __str__(self) -> str:
