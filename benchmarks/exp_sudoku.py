@@ -16,6 +16,7 @@ import json
 import sys
 from dataclasses import replace
 from pathlib import Path
+from typing import Sequence
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -55,13 +56,15 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     setup_logging(quiet=True)
     if args.collect:
-        rows = []
+        rows, sources = [], []
         for folder in args.collect:
             path = Path(folder) / "results.json"
             if not path.is_file():
                 ap.error(f"--collect {folder}: no results.json there; give folders written by this script's --out")
-            rows += json.loads(path.read_text())["rows"]
-        return report(rows, args.out)
+            info = json.loads(path.read_text())
+            rows += info["rows"]
+            sources.append(info.get("command", str(path)))
+        return report(rows, args.out, sources)
 
     archs = args.archs.split(",")
     hyper = ModelConfig(arch="hyperset", d=args.d, heads=args.heads, iters=args.iters, ff_ratio=4.0, condition="x0")
@@ -97,7 +100,7 @@ def main(argv=None) -> int:
     return report(rows, args.out)
 
 
-def report(rows: list[dict], out: str) -> int:
+def report(rows: list[dict], out: str, sources: Sequence[str] = ()) -> int:
     """Table, test-time iteration sweeps and plots of trained ``rows``; the recipe is read from the first run."""
     cfg = json.loads((Path(rows[0]["out_dir"]) / "metrics.json").read_text())["config"]
     T = cfg["model"]["iters"]
@@ -112,7 +115,8 @@ def report(rows: list[dict], out: str) -> int:
                            ("cell acc %", "cell_pct"), ("minutes", "minutes")])
             + "\n\nTest-time iterations, cell accuracy %:\n\n" + sweep_table(rows, "cell_acc")
             + "\n\nTest-time iterations, board accuracy %:\n\n" + sweep_table(rows, "board_acc")
-            + f"\n\nPlots: {plot}, {plot_b}\n")
+            + f"\n\nPlots: {plot}, {plot_b}\n"
+            + "".join(f"\nMerged from: `{command}`\n" for command in sources))
     print(text)
     print("recorded in", record(out, "Sudoku: Hyper-SET vs baselines", rows, text))
     return 0
