@@ -67,3 +67,29 @@ def test_generic_and_vanilla_layers_run():
     generic.load_state_dict(emitted.state_dict())
     torch.testing.assert_close(generic(X), emitted(X), rtol=1e-4, atol=1e-4)
     assert bl.build("vanilla", d=32, heads=4, iters=2)(X).shape == X.shape
+
+
+def test_compare_runs_tabulates_and_plots_real_runs(tmp_path):
+    """benchmarks/compare_runs.py on two tiny digits runs: one row per evaluated epoch, the sweep, the PNG."""
+    from energyarch.models import ModelConfig
+    from energyarch.train import TrainConfig, train
+
+    folders = []
+    for arch in ("hyperset", "transformer"):
+        cfg = TrainConfig(task="digits", epochs=2, batch_size=16, lr=3e-3, limit_train=32, limit_test=16,
+                          progress=False, diagnostics_samples=4, eval_iters=[1, 2], out_dir=str(tmp_path / arch),
+                          model=ModelConfig(arch=arch, d=16, heads=2, iters=2, time_freq=8))
+        train(cfg)
+        folders.append(str(tmp_path / arch))
+    out = tmp_path / "report" / "cmp.md"
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "compare_runs.py"), *folders, "--metric", "top1",
+                           "--out", str(out)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    text = out.read_text()
+    assert "| 1 | " in text and "| 2 | " in text                       # both epochs evaluated (eval_every=1)
+    assert "hyperset: hyperset d=16" in text and "transformer: transformer d=16" in text
+    assert "T=1" in text and "T=2" in text                              # the final sweep of each run
+    assert out.with_suffix(".png").stat().st_size > 1000
+    bad = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "compare_runs.py"), str(tmp_path)],
+                         capture_output=True, text=True, timeout=300)
+    assert bad.returncode != 0 and "no metrics.json" in bad.stderr
