@@ -209,3 +209,22 @@ def test_user_energy_in_five_lines_trains():
         opt.step()
         losses.append(loss.item())
     assert losses[-1] < losses[0]
+
+
+@pytest.mark.parametrize("attention, sdpa_threshold", [
+    (dict(f="log(x)/beta", K="exp(beta*s)"), 512),     # bi-softmax, dense path
+    (dict(f="log(x)/beta", K="exp(beta*s)"), 4),       # bi-softmax, two-pass SDPA path
+    (dict(f="x/(2*beta)", K="sigmoid(beta*s)"), 512),  # kernel attention
+])
+def test_emitted_step_traces_as_one_graph_under_torch_compile(attention, sdpa_threshold):
+    """torch.compile(fullgraph=True) captures the emitted update without graph breaks; values and gradients match
+    eager (aot_eager backend: the capture and AOT autograd, without a C++ toolchain)."""
+    torch.manual_seed(0)
+    E = ea.Attention(heads=4, **attention) + ea.FeedForward(g="x", h="relu(x)**2/2")
+    step = ea.compile(E, d=32, sdpa_threshold=sdpa_threshold)
+    X = torch.randn(2, 9, 32, requires_grad=True)
+    compiled = torch.compile(step, backend="aot_eager", fullgraph=True)
+    out, ref = compiled(X, steps={"attn": 0.1, "ff": 0.1}), step(X, steps={"attn": 0.1, "ff": 0.1})
+    torch.testing.assert_close(out, ref)
+    (g_out,), (g_ref,) = torch.autograd.grad(out.square().sum(), X), torch.autograd.grad(ref.square().sum(), X)
+    torch.testing.assert_close(g_out, g_ref)
