@@ -54,10 +54,10 @@ def main(argv=None) -> int:
             h = next((h for h in r["history"] if h["epoch"] == epoch and key in h), None)
             cells.append(f"{100 * h[key]:.2f} ({h['train_loss']:.4f})" if h else "")
         lines.append(f"| {epoch} | " + " | ".join(cells) + " |")
-    sweeps = [(r["label"], r["eval"]) for r in runs if r["eval"]]
+    sweeps = [(f"{r['label']}, epoch {r['history'][-1]['epoch']}", r["eval"]) for r in runs if r["eval"]]
     if sweeps:
         iters = sorted({s["iters"] for _, e in sweeps for s in e["sweep"]})
-        lines += ["", f"Test-time iterations ({args.metric} %, last checkpoint of each run):", "",
+        lines += ["", f"Test-time iterations ({args.metric} %, the last checkpoint of each run, as of its eval.json):", "",
                   "| model | " + " | ".join(f"T={k}" for k in iters) + " |",
                   "|---|" + "|".join("---" for _ in iters) + "|"]
         for label, e in sweeps:
