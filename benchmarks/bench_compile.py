@@ -22,8 +22,6 @@ if "--keep-cache" not in sys.argv:  # must precede the torch import: inductor re
     os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", tempfile.mkdtemp(prefix="bench_compile_inductor_"))
 
 import argparse  # noqa: E402
-import datetime  # noqa: E402
-import platform  # noqa: E402
 import statistics  # noqa: E402
 import time  # noqa: E402
 import traceback  # noqa: E402
@@ -87,13 +85,11 @@ def main(argv=None) -> int:
     ap.add_argument("--output", default=str(HERE / "results" / "bench_compile.md"), help="'' to disable")
     a = ap.parse_args(argv)
     torch.set_num_threads(bl.THREADS)
-    stamp = datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
-    header = (f"# bench_compile: eager vs torch.compile, one training step ({ITERS} iterations, shared weights)\n\n"
-              f"- date: {stamp}\n- torch {torch.__version__}, threads {torch.get_num_threads()}, "
-              f"{platform.machine()}, {os.cpu_count()} cores, load average at start {os.getloadavg()[0]:.2f}\n"
-              f"- B={B}, N={a.N}, d={D}, H={HEADS}; torch.compile defaults (inductor); warm-up {a.warmup}, "
-              f"repeats {a.repeats}; inductor cache: {'default' if a.keep_cache else 'fresh (cold compile)'}\n"
-              f"- command: `python3 benchmarks/bench_compile.py {' '.join(sys.argv[1:] if argv is None else argv)}`\n")
+    header = bl.machine_header(
+        f"bench_compile: eager vs torch.compile, one training step ({ITERS} iterations, shared weights)",
+        f"B={B}, N={a.N}, d={D}, H={HEADS}; torch.compile defaults (inductor); warm-up {a.warmup}, "
+        f"repeats {a.repeats}; inductor cache: {'default' if a.keep_cache else 'fresh (cold compile)'}",
+        f"python3 benchmarks/bench_compile.py {' '.join(sys.argv[1:] if argv is None else argv)}")
     print(header, flush=True)
     rows = ["| layer | eager s (min) | eager s (median) | compiled s (min) | compiled s (median) | "
             "eager ÷ compiled (min) | first compiled call s | grad rel. diff vs eager |",

@@ -215,6 +215,28 @@ def estimate_train_bytes(layer: str, N: int, sdpa_threshold: int = 512) -> float
     return ITERS * (nn_ * B * HEADS * N * N * 4 + nt * B * N * D * 4)
 
 
+def timed(fn, warmup: int, repeats: int, after=None) -> list[float]:
+    """Wall times of ``repeats`` calls of ``fn`` after ``warmup`` untimed ones; ``after()`` runs untimed after each."""
+    times = []
+    for i in range(warmup + repeats):
+        t0 = time.perf_counter()
+        fn()
+        dt = time.perf_counter() - t0
+        if after is not None:
+            after()
+        if i >= warmup:
+            times.append(dt)
+    return times
+
+
+def machine_header(title: str, setup: str, command: str) -> str:
+    """The first lines of a results file: title, date, torch and machine, the setup, the command."""
+    stamp = datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
+    return (f"# {title}\n\n- date: {stamp}\n- torch {torch.__version__}, threads {torch.get_num_threads()}, "
+            f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+            f"load average at start {os.getloadavg()[0]:.2f}\n- {setup}\n- command: `{command}`\n")
+
+
 def measure(layer: str, N: int, repeats: int, warmup: int, inference: bool, seed: int = 0) -> dict:
     torch.set_num_threads(THREADS)
     torch.manual_seed(seed)
@@ -225,32 +247,22 @@ def measure(layer: str, N: int, repeats: int, warmup: int, inference: bool, seed
     rss0 = rss_bytes()
 
     if inference:
-        times = []
         with torch.no_grad():
-            for i in range(warmup + repeats):
-                t0 = time.perf_counter()
-                Y = model(X)
-                dt = time.perf_counter() - t0
-                del Y
-                if i >= warmup:
-                    times.append(dt)
+            times = timed(lambda: model(X), warmup, repeats)
         out["infer_s"] = statistics.median(times)
         out["infer_min_s"] = min(times)
         out["infer_mem"] = maxrss_bytes() - rss0
 
-    times = []
-    for i in range(warmup + repeats):
+    def train_step():
         for p in params:
             p.grad = None
-        t0 = time.perf_counter()
-        loss = model(X).square().mean()
-        loss.backward()
-        dt = time.perf_counter() - t0
+        model(X).square().mean().backward()
+
+    def check_grads():
         if not all(p.grad is not None and torch.isfinite(p.grad).all() for p in params):
             raise RuntimeError(f"{layer} N={N}: missing or non-finite parameter gradient")
-        del loss
-        if i >= warmup:
-            times.append(dt)
+
+    times = timed(train_step, warmup, repeats, after=check_grads)
     out["train_s"] = statistics.median(times)
     out["train_min_s"] = min(times)
     out["train_mem"] = maxrss_bytes() - rss0
@@ -412,15 +424,12 @@ def main(argv=None) -> int:
     inference = not a.no_inference
 
     torch.set_num_threads(THREADS)
-    stamp = datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
-    header = (f"# bench_layers: one training step, {ITERS} iterations, shared weights\n\n"
-              f"- date: {stamp}\n- torch {torch.__version__}, threads {torch.get_num_threads()}, "
-              f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-              f"load average at start {os.getloadavg()[0]:.2f}\n"
-              f"- B={B}, d={D}, H={HEADS}, iterations={ITERS}, α=γ={STEP} (learnable scalars); loss = mean(X²); "
-              f"warm-up {a.warmup}, repeats {a.repeats}; ratios ÷ (a) use the min (least disturbed by other load); isolation: {isolation}; "
-              f"memory = peak RSS increase over the RSS before the first step\n"
-              f"- command: `python3 benchmarks/bench_layers.py {' '.join(argv)}`\n")
+    header = machine_header(
+        f"bench_layers: one training step, {ITERS} iterations, shared weights",
+        f"B={B}, d={D}, H={HEADS}, iterations={ITERS}, α=γ={STEP} (learnable scalars); loss = mean(X²); "
+        f"warm-up {a.warmup}, repeats {a.repeats}; ratios ÷ (a) use the min (least disturbed by other load); "
+        f"isolation: {isolation}; memory = peak RSS increase over the RSS before the first step",
+        f"python3 benchmarks/bench_layers.py {' '.join(argv)}")
     print(header, flush=True)
 
     results: dict[tuple[str, int], dict] = {}
