@@ -3,17 +3,29 @@
 >>> cfg = ModelConfig(arch="hyperset", d=64, heads=4, layers=1, iters=8)
 >>> cfg.energy().names
 ['attn', 'ff']
+
+An energy term is named (a preset or a catalog entry of the right family) or declared inline as data; strings
+go through the restricted expression parser, nothing is evaluated:
+
+>>> cfg = ModelConfig(d=16, heads=2, attention={"f": "log(x)", "K": "exp(-gamma*r)", "params": {"gamma": 0.5}},
+...                   feedforward="softplus-ff")
+>>> cfg.energy()["attn"].K.kind, cfg.energy()["ff"].resolve_width(16)
+('distance', 64)
 """
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from dataclasses import dataclass
-from typing import Optional, Union
+from typing import Any, Mapping, Optional, Union
 
-from ..energy import Attention, Energy, FeedForward
-from ..errors import ConfigError
+from ..energy import Attention, Energy, FeedForward, Sphere, params_of
+from ..errors import ConfigError, EnergyArchError
+from ..primitives import Kernel, Scalar
 
 ARCHS = ("hyperset", "transformer", "energy_transformer", "crate")
+TIME_EMBEDDINGS = ("energyarch", "official")
 
 #: Paper operators (Tables 19-20) as declarations; heads / ratio are filled in from the config.
 ATTENTION_PRESETS = {
@@ -26,6 +38,25 @@ FEEDFORWARD_PRESETS = {
     "softmax": lambda ratio: FeedForward(g="log(x)", h="exp(x)", ratio=ratio),
     "gated": lambda ratio: FeedForward(g="x**2/2", h="sigmoid(x)", ratio=ratio),
 }
+
+#: Keys of an inline declaration (``[model.attention]`` / ``[model.feedforward]``), with what each means.
+DECLARATION_KEYS = {
+    "attention": {"f": "outer function f(x), e.g. \"log(x)/beta\"",
+                  "K": "kernel in s = x.y or r = |x - y|^2, e.g. \"exp(beta*s)\"",
+                  "phi": "optional feature map, e.g. \"sigmoid(x)\" (inner-product kernels only)",
+                  "params": "values of extra symbols, e.g. { gamma = 0.5 }",
+                  "heads": "H; must equal [model] heads (default: [model] heads)",
+                  "beta": "value of beta (default 1/sqrt(p))",
+                  "radius": "radius of each head's sphere (default sqrt(p))"},
+    "feedforward": {"g": "outer function g(x), e.g. \"x\"",
+                    "h": "inner function h(x), e.g. \"relu(x)**2/2\"",
+                    "ratio": "width M = ratio * d (default: [model] ff_ratio)",
+                    "width": "width M (instead of ratio)",
+                    "params": "values of extra symbols, e.g. { a = 2.0 }",
+                    "radius": "radius of the sphere of D^T x (default sqrt(M))"},
+}
+_REQUIRED = {"attention": ("f", "K"), "feedforward": ("g", "h")}
+_PRESETS = {"attention": ATTENTION_PRESETS, "feedforward": FEEDFORWARD_PRESETS}
 
 
 def _fail(name: str, value, fix: str):
@@ -48,6 +79,175 @@ def _choice(owner: str, name: str, value, choices) -> None:
         raise ConfigError(f"{owner}.{name}={value!r}: choose one of {tuple(choices)}")
 
 
+# -------------------------------------------------------------------------------------------------------------
+# energy terms by name (preset or catalog entry) or inline declaration
+# -------------------------------------------------------------------------------------------------------------
+
+
+def catalog_names(family: str) -> list[str]:
+    """Names of the catalog entries of ``family`` ('attention' | 'feedforward'), in table order."""
+    from .. import catalog
+
+    return [name for name, entry in catalog.load_catalog().items() if entry.family == family]
+
+
+def _named_term(family: str, name: str, cfg: "ModelConfig"):
+    """A preset or a catalog entry of ``family``; heads / width come from the config, the radius rule from the
+    entry (evaluated at this config's p or M)."""
+    if name in _PRESETS[family]:
+        return _PRESETS[family][name](cfg.heads if family == "attention" else cfg.ff_ratio)
+    from .. import catalog
+
+    entries = catalog.load_catalog()
+    entry = entries.get(name)
+    if entry is None or entry.family != family:
+        known = tuple(_PRESETS[family]) + tuple(catalog_names(family))
+        why = (f"is a {entry.family} entry" if entry is not None else "is neither a preset nor a catalog entry")
+        _fail(family, name, f"{why}; choose one of {known}, or declare the term inline in a [model.{family}] table")
+    base = entry.term(cfg.d)
+    if family == "attention":
+        return Attention(f=base.f, K=base.K, heads=cfg.heads, constraint=Sphere(entry.radius(cfg.head_dim)))
+    width = max(1, int(round(cfg.ff_ratio * cfg.d)))
+    return FeedForward(g=base.g, h=base.h, ratio=cfg.ff_ratio, constraint=Sphere(entry.radius(width)))
+
+
+def _number(family: str, key: str, value, integer: bool = False):
+    ok = isinstance(value, int) if integer else isinstance(value, (int, float))
+    if isinstance(value, bool) or not ok or not value > 0:
+        kind = "a positive integer" if integer else "a positive number"
+        raise ConfigError(f"[model.{family}] {key} = {value!r}: must be {kind}; {DECLARATION_KEYS[family][key]}")
+    return value if integer else float(value)
+
+
+def normalize_declaration(family: str, table: Mapping[str, Any]) -> dict:
+    """Check an inline declaration's keys and value types; returns a plain dict (params sorted, numbers float).
+
+    >>> normalize_declaration("feedforward", {"g": "x", "h": "softplus(x)", "ratio": 2})
+    {'g': 'x', 'h': 'softplus(x)', 'ratio': 2.0}
+    """
+    keys = DECLARATION_KEYS[family]
+    for key in table:
+        if key not in keys:
+            import difflib
+
+            close = difflib.get_close_matches(str(key), keys, n=1)
+            other = "feedforward" if family == "attention" else "attention"
+            hint = (f" (did you mean {close[0]!r}?)" if close else
+                    f" (it belongs to [model.{other}])" if key in DECLARATION_KEYS[other] else
+                    f" (a value of a symbol? write params = {{ {key} = ... }})" if str(key).isidentifier() else "")
+            raise ConfigError(f"[model.{family}] unknown key {key!r}{hint}; valid keys: " +
+                              "; ".join(f"{k}: {v}" for k, v in keys.items()))
+    for key in _REQUIRED[family]:
+        if key not in table:
+            raise ConfigError(f"[model.{family}] is missing {key!r} ({keys[key]}); write e.g. {key} = "
+                              f"{keys[key].split('e.g. ')[-1]}")
+    out: dict[str, Any] = {}
+    for key in keys:
+        if key not in table:
+            continue
+        value = table[key]
+        if key in ("f", "K", "phi", "g", "h"):
+            if not isinstance(value, str):
+                raise ConfigError(f"[model.{family}] {key} = {value!r}: must be an expression string; {keys[key]}")
+            out[key] = value
+        elif key == "params":
+            if not isinstance(value, Mapping) or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                                         for v in value.values()):
+                raise ConfigError(f"[model.{family}] params = {value!r}: give a table of numbers, e.g. "
+                                  f"params = {{ gamma = 0.5 }}")
+            out[key] = {str(k): float(v) for k, v in sorted(value.items())}
+        else:
+            out[key] = _number(family, key, value, integer=key in ("heads", "width"))
+    if "ratio" in out and "width" in out:
+        raise ConfigError(f"[model.{family}] gives both ratio = {out['ratio']} and width = {out['width']}; "
+                          f"keep one")
+    return out
+
+
+def _declared_term(family: str, table: Mapping[str, Any], cfg: "ModelConfig"):
+    """Build the term of an inline declaration (already normalised) with energyarch's public API."""
+    params = table.get("params", {})
+    key = None
+    try:
+        if family == "attention":
+            heads = table.get("heads", cfg.heads)
+            if heads != cfg.heads:
+                raise ConfigError(f"[model.attention] heads = {heads} but [model] heads = {cfg.heads}; make them "
+                                  f"equal or drop heads from [model.attention]")
+            key = "phi"
+            phi = Scalar.parse(table["phi"], params=params) if "phi" in table else None
+            key = "f"
+            f = Scalar.parse(table["f"], params=params)
+            key = "K"
+            K = Kernel.parse(table["K"], phi=phi, params=params)
+            key = None
+            return Attention(f=f, K=K, heads=heads, beta=table.get("beta"), radius=table.get("radius"))
+        key = "g"
+        g = Scalar.parse(table["g"], params=params)
+        key = "h"
+        h = Scalar.parse(table["h"], params=params)
+        key = None
+        ratio = table.get("ratio", cfg.ff_ratio if "width" not in table else 1.0)
+        return FeedForward(g=g, h=h, width=table.get("width"), ratio=ratio, radius=table.get("radius"))
+    except ConfigError:
+        raise
+    except EnergyArchError as err:
+        where = f"[model.{family}] {key} = {table[key]!r}" if key else f"[model.{family}]"
+        raise ConfigError(f"{where}: {err}") from None
+
+
+def declaration_of(term) -> Optional[dict]:
+    """The inline declaration (plain data) that rebuilds ``term`` exactly, or None (torch callables, renamed or
+    non-default constraint epsilon)."""
+    family = term.family
+    prims = ({"f": term.f, "K": term.K, "phi": term.K.phi} if family == "attention"
+             else {"g": term.g, "h": term.h})
+    if any(p is not None and not p.symbolic for p in prims.values()) or term.name != (
+            "attn" if family == "attention" else "ff") or term.constraint.eps != Sphere().eps:
+        return None
+    table: dict[str, Any] = {k: p.name for k, p in prims.items() if p is not None}
+    params = dict(params_of(term))
+    if params:
+        table["params"] = {k: float(v) for k, v in sorted(params.items())}
+    if family == "attention":
+        table["heads"] = term.heads
+        if term.beta is not None:
+            table["beta"] = term.beta
+    elif term.width is not None:
+        table["width"] = term.width
+    else:
+        table["ratio"] = term.ratio
+    if term.constraint.radius is not None:
+        table["radius"] = float(term.constraint.radius)
+    try:
+        table = normalize_declaration(family, table)
+        rebuilt = _declared_term(family, table, _Shape(term.heads if family == "attention" else 1, term.ratio
+                                                       if family == "feedforward" else 1.0))
+    except EnergyArchError:
+        return None
+    return table if _term_key(rebuilt) == _term_key(term) else None
+
+
+@dataclass
+class _Shape:
+    """The two ModelConfig fields an inline declaration reads (for :func:`declaration_of`)."""
+
+    heads: int
+    ff_ratio: float
+
+
+def _term_key(term) -> tuple:
+    prims = (term.f, term.K, term.K.phi) if term.family == "attention" else (term.g, term.h)
+    exprs = tuple(None if p is None else (str(p.expr), getattr(p, "kind", None)) for p in prims)
+    shape = (term.heads, term.beta) if term.family == "attention" else (term.width, term.ratio)
+    return (term.family, exprs, tuple(sorted(params_of(term).items())), shape, term.constraint)
+
+
+def _with_eps(term, eps: float):
+    """``term`` with its sphere's RMSNorm epsilon set to ``eps`` (same radius)."""
+    return dataclasses.replace(term, constraint=Sphere(term.constraint.radius, eps))
+
+
 @dataclass
 class ModelConfig:
     """Architecture of a model (backbone only; the task decides embedding and readout)."""
@@ -57,9 +257,11 @@ class ModelConfig:
     heads: int = 4  # attention heads H (head width p = d / H)
     layers: int = 1  # L distinct layers (own weights), applied one after the other
     iters: int = 16  # T: iterations of each layer at training (shared weights); evaluation may use more
-    attention: Union[str, Attention] = "bisoftmax"  # hyperset: 'bisoftmax' | 'sigmoid' | 'linear' | ea.Attention
-    feedforward: Union[str, FeedForward] = "relu"  # hyperset: preset name (relu|softmax|gated) or an ea.FeedForward
-    ff_ratio: float = 4.0  # hyperset / energy_transformer: feed-forward width M = ff_ratio * d (presets only)
+    attention: Union[str, Mapping, Attention] = "bisoftmax"  # hyperset: preset (bisoftmax|sigmoid|linear), catalog
+    #   entry name (e.g. 'tanh-kernel'), inline declaration {f, K, phi, params, heads, beta, radius} or ea.Attention
+    feedforward: Union[str, Mapping, FeedForward] = "relu"  # hyperset: preset (relu|softmax|gated), catalog entry
+    #   name (e.g. 'softplus-ff'), inline declaration {g, h, ratio | width, params, radius} or ea.FeedForward
+    ff_ratio: float = 4.0  # hyperset / energy_transformer: feed-forward width M = ff_ratio * d (unless declared)
     step_sizes: str = "learned"  # hyperset: 'learned' (alpha_t, gamma_t from a network, App. D.1) | 'fixed'
     fixed_step: float = 0.1  # step size when step_sizes='fixed'; also the Energy Transformer's step
     condition: str = "x0"  # step-size network conditioned on the layer's input 'x0' or the current tokens 'xt'
@@ -67,6 +269,11 @@ class ModelConfig:
     lora_rank: int = 0  # hyperset: rank r of depth-wise LoRA (App. G.2); 0 = off
     lora_scale: float = 4.0  # s in W_t = W + s * A_t B_t
     mode: str = "paper"  # hyperset constraint semantics: 'paper' | 'exact' | 'riemannian' (see ea.compile)
+    # --- the official Hyper-SET code's conventions (off by default; docs/training.md "Official conventions") ---
+    norm_gain: bool = False  # hyperset: learnable RMSNorm gain per term, Z = g ⊙ RMSNorm(X W_h) (paper mode only)
+    norm_eps: Union[float, str] = 1e-6  # hyperset: RMSNorm epsilon; 'machine' = torch.finfo(dtype).eps (official)
+    time_embedding: str = "energyarch"  # step sizes: 'energyarch' ([cos, sin], t from 0) | 'official' ([sin, cos],
+    #   frequencies 10^(-4k/(half-1)), t from 1)
 
     def __post_init__(self):
         _choice("ModelConfig", "arch", self.arch, ARCHS)
@@ -85,29 +292,77 @@ class ModelConfig:
         _choice("ModelConfig", "step_sizes", self.step_sizes, ("learned", "fixed"))
         _choice("ModelConfig", "condition", self.condition, ("x0", "xt"))
         _choice("ModelConfig", "mode", self.mode, ("paper", "exact", "riemannian"))
-        if isinstance(self.attention, str):
-            _choice("ModelConfig", "attention", self.attention, ATTENTION_PRESETS)
-        elif isinstance(self.attention, Attention):
-            if self.attention.heads != self.heads:
-                _fail("attention", self.attention,
-                      f"declares heads={self.attention.heads} but heads={self.heads}; make them equal")
+        _choice("ModelConfig", "time_embedding", self.time_embedding, TIME_EMBEDDINGS)
+        if self.time_embedding == "official" and self.time_freq < 4:
+            _fail("time_freq", self.time_freq, "the official time embedding needs time_freq >= 4 (frequencies "
+                                               "10^(-4k/(half-1))); e.g. 512")
+        if not isinstance(self.norm_gain, bool):
+            _fail("norm_gain", self.norm_gain, "must be true or false")
+        if self.norm_gain and self.mode != "paper":
+            _fail("norm_gain", self.norm_gain, f"learnable RMSNorm gains are defined for mode='paper' (the official "
+                                               f"code's), not mode={self.mode!r}; use mode='paper' or norm_gain=False")
+        if self.norm_eps != "machine" and (isinstance(self.norm_eps, bool) or not isinstance(self.norm_eps, (int, float))
+                                           or not (math.isfinite(self.norm_eps) and self.norm_eps >= 0)):
+            _fail("norm_eps", self.norm_eps, "give a number >= 0 (default 1e-6) or 'machine' (the dtype's machine "
+                                             "epsilon, as the official code's nn.RMSNorm)")
+        for family in ("attention", "feedforward"):
+            self._check_term(family)
+        if self.norm_gain and self.arch == "hyperset" and self.term("attention").K.kind == "distance":
+            _fail("norm_gain", self.norm_gain, "a distance kernel's energy is evaluated with r = 2R² − 2s, which holds "
+                                               "on the sphere only, and gains move Z off it; use an inner-product "
+                                               "kernel (in s) or norm_gain=False")
+
+    def _check_term(self, family: str) -> None:
+        value = getattr(self, family)
+        cls = Attention if family == "attention" else FeedForward
+        if isinstance(value, str):
+            _named_term(family, value, self)
+        elif isinstance(value, Mapping):
+            value = normalize_declaration(family, value)
+            setattr(self, family, value)
+            _declared_term(family, value, self)
+        elif isinstance(value, cls):
+            if family == "attention" and value.heads != self.heads:
+                _fail("attention", value, f"declares heads={value.heads} but heads={self.heads}; make them equal")
         else:
-            _fail("attention", self.attention, f"give a preset name {tuple(ATTENTION_PRESETS)} or an ea.Attention")
-        if isinstance(self.feedforward, str):
-            _choice("ModelConfig", "feedforward", self.feedforward, FEEDFORWARD_PRESETS)
-        elif not isinstance(self.feedforward, FeedForward):
-            _fail("feedforward", self.feedforward,
-                  f"give a preset name {tuple(FEEDFORWARD_PRESETS)} or an ea.FeedForward")
+            _fail(family, value, f"give a preset name {tuple(_PRESETS[family])}, a catalog entry name, an inline "
+                                 f"declaration (a table with keys {', '.join(DECLARATION_KEYS[family])}) or an "
+                                 f"ea.{cls.__name__}")
 
     @property
     def head_dim(self) -> int:
         return self.d // self.heads
 
+    def term(self, family: str):
+        """The ``'attention'`` or ``'feedforward'`` term this config declares (before ``norm_eps`` is applied)."""
+        value = getattr(self, family)
+        if isinstance(value, str):
+            return _named_term(family, value, self)
+        if isinstance(value, Mapping):
+            return _declared_term(family, value, self)
+        return value
+
+    def resolved_eps(self, dtype=None) -> float:
+        """The RMSNorm epsilon: ``norm_eps``, or the machine epsilon of ``dtype`` (default dtype if None)."""
+        if self.norm_eps != "machine":
+            return float(self.norm_eps)
+        import torch
+
+        return float(torch.finfo(dtype or torch.get_default_dtype()).eps)
+
+    def declaration(self, family: str):
+        """The term as plain data (a name or an inline table), or None if only Python can build it."""
+        value = getattr(self, family)
+        if isinstance(value, (str, Mapping)):
+            return value
+        return declaration_of(value)
+
     def energy(self) -> Energy:
         """The Hyper-SET energy E_ATTN + E_FF this config declares (Eqs. 19-20)."""
-        attn = ATTENTION_PRESETS[self.attention](self.heads) if isinstance(self.attention, str) else self.attention
-        ff = (FEEDFORWARD_PRESETS[self.feedforward](self.ff_ratio) if isinstance(self.feedforward, str)
-              else self.feedforward)
+        attn, ff = self.term("attention"), self.term("feedforward")
+        if self.norm_eps != 1e-6:
+            eps = self.resolved_eps()
+            attn, ff = _with_eps(attn, eps), _with_eps(ff, eps)
         return attn + ff
 
 

@@ -6,6 +6,11 @@ Per layer ℓ and iteration t (weights shared across t)::
     W_t   = W + s · A_t B_t                                 depth-wise LoRA, when lora_rank > 0 (App. G.2)
     X     ← step_ℓ(X, steps, W_t)                           one descent step per term (Eqs. 9, 11)
 
+With ``norm_gain`` (the official code's learnable RMSNorm weights) each term's point is ``Z = g ⊙ RMSNorm(X W_h)·R/√p``
+with one gain vector g per term (length p, shared by the heads; length M for a feed-forward term); the step is
+the paper-mode step at that point, ``X ← X − step ⊙ Σ_h ∇E(Z_h) W_hᵀ`` (the gain is not differentiated through,
+as in the official code).
+
 >>> import torch
 >>> from energyarch.models import ModelConfig
 >>> net = HyperSET(ModelConfig(d=16, heads=2, iters=3, time_freq=8))
@@ -19,6 +24,7 @@ from __future__ import annotations
 import copy
 from typing import Optional
 
+import torch
 from torch import Tensor, nn
 
 from ..compile import EnergyStep, compile as compile_energy
@@ -41,7 +47,7 @@ class HyperSETLayer(nn.Module):
         self.step = step
         names = step.names
         if cfg.step_sizes == "learned":
-            self.stepnet = StepSizeNet(cfg.d, names, cfg.time_freq)
+            self.stepnet = StepSizeNet(cfg.d, names, cfg.time_freq, embedding=cfg.time_embedding)
         else:
             self.stepnet = FixedSteps(names, cfg.fixed_step)
         self.condition = cfg.condition
@@ -50,6 +56,46 @@ class HyperSETLayer(nn.Module):
         decl = step.energy_decl
         #: terms whose per-head coordinates the diagnostics look at (the subspace/attention terms)
         self.subspace_terms = [t.name for t in decl.terms if isinstance(t, Attention)]
+        #: learnable RMSNorm gain g per term (length p or M, initialised to 1), or None
+        self.gains = (nn.ParameterDict({n: nn.Parameter(torch.ones(m.head_dim)) for n, m in step.terms.items()})
+                      if cfg.norm_gain else None)
+        #: the RMSNorm epsilon follows the parameters' dtype (torch.finfo(dtype).eps) when norm_eps = 'machine'
+        self.machine_eps = cfg.norm_eps == "machine"
+
+    def _sync_eps(self) -> None:
+        for term in self.step.terms.values():
+            term.eps = float(torch.finfo(term.weight.dtype).eps)
+
+    def _point(self, name: str, X: Tensor, W: Optional[Tensor]) -> tuple[Tensor, Tensor]:
+        """``(Z_raw, Z)`` of one term: raw coordinates and the (gain-scaled) normalised point, (B, H, N, p)."""
+        term = self.step.terms[name]
+        Z_raw = term.coords(X, W)
+        Z = term.normalize(Z_raw)
+        return Z_raw, (Z if self.gains is None else Z * self.gains[name])
+
+    def _direction(self, name: str, X: Tensor, W: Optional[Tensor]) -> Tensor:
+        """``−Σ_h ∇E(Z_h) W_hᵀ`` at the gain-scaled point (paper mode), shape like X."""
+        term = self.step.terms[name]
+        W = term.weight if W is None else W
+        Z_raw, Z = self._point(name, X, W)
+        G = term.constrain(term.grad_Z(Z), Z, Z_raw)                     # (B, H, N, p); paper: G as is
+        return -(G.transpose(-2, -3).flatten(-2) @ W.transpose(0, 1))    # (B, N, d)
+
+    def update(self, X: Tensor, steps: dict, W: Optional[dict] = None) -> Tensor:
+        """One iteration of every term in the compiled schedule (the compiled step itself without gains)."""
+        if self.gains is None:
+            return self.step(X, steps, W)
+        W = W or {}
+        for stage in self.step.stages:
+            X = X + sum(steps[n] * self._direction(n, X, W.get(n)) for n in stage)
+        return X
+
+    def energies(self, X: Tensor, W: Optional[dict] = None) -> dict[str, Tensor]:
+        """Energy of each term at its (gain-scaled) point, each of shape ``(B,)``."""
+        if self.gains is None:
+            return self.step.energies(X, W)
+        W = W or {}
+        return {n: self.step.terms[n].energy_Z(self._point(n, X, W.get(n))[1]) for n in self.step.names}
 
     def weights(self, t: int) -> Optional[dict[str, Tensor]]:
         """The bases used at iteration ``t``: None (the shared W) without LoRA, else ``W + s A_t B_t``."""
@@ -60,21 +106,22 @@ class HyperSETLayer(nn.Module):
     def head_coords(self, X: Tensor, weights: Optional[dict] = None) -> dict[str, Tensor]:
         """Normalised per-head coordinates ``RMSNorm(X W_h)`` of each attention term: name → (B, H, N, p)."""
         weights = weights or {}
-        return {n: self.step.terms[n].normalize(self.step.terms[n].coords(X, weights.get(n)))
-                for n in self.subspace_terms}
+        return {n: self._point(n, X, weights.get(n))[1] for n in self.subspace_terms}
 
     def forward(self, X: Tensor, iters: int, recorder: Optional[TraceRecorder] = None, index: int = 0) -> Tensor:
+        if self.machine_eps:
+            self._sync_eps()
         X0 = X                                                          # (B, N, d)
         for t in range(iters):
             W = self.weights(t)
             steps = self.stepnet(t, X0 if self.condition == "x0" else X)
             if recorder is None:
-                X = self.step(X, steps, W)
+                X = self.update(X, steps, W)
                 continue
-            before = self.step.energies(X, W)
+            before = self.energies(X, W)
             coords = self.head_coords(X, W)
-            X = self.step(X, steps, W)
-            recorder.add(index, t, before, self.step.energies(X, W), coords)
+            X = self.update(X, steps, W)
+            recorder.add(index, t, before, self.energies(X, W), coords)
         return X
 
 
@@ -83,14 +130,14 @@ class HyperSET(nn.Module):
 
     Args:
         cfg: the model config; uses d, heads, layers, iters, attention, feedforward, ff_ratio, step_sizes,
-            fixed_step, condition, time_freq, lora_rank, lora_scale, mode.
+            fixed_step, condition, time_freq, lora_rank, lora_scale, mode, norm_gain, norm_eps, time_embedding.
     """
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.cfg = cfg
         self.iters = cfg.iters
-        step = compile_energy(cfg.energy(), d=cfg.d, mode=cfg.mode)
+        step = compile_energy(cfg.energy(), d=cfg.d, mode=cfg.mode)   # norm_eps: in each term's Sphere
         layers = []
         for _ in range(cfg.layers):
             own = copy.deepcopy(step)

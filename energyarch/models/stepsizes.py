@@ -35,6 +35,24 @@ def timestep_embedding(t: float, dim: int, max_period: float = 10000.0, device=N
     return torch.cat([torch.cos(angle), torch.sin(angle)]).to(dtype or torch.get_default_dtype())  # (dim,)
 
 
+def official_timestep_embedding(t: float, dim: int, max_period: float = 10000.0, device=None, dtype=None) -> Tensor:
+    """The official Hyper-SET code's embedding of iteration ``t`` (counted from 0 here, from 1 there):
+    ``[sin(τ ω_k), cos(τ ω_k)]`` with τ = t + 1 and ω_k = P^(−k/(dim/2 − 1)), k = 0 … dim/2 − 1.
+
+    >>> e = official_timestep_embedding(0, 4, dtype=torch.float64)    # τ = 1, ω = (1, 1e-4)
+    >>> bool(torch.allclose(e, torch.tensor([math.sin(1), math.sin(1e-4), math.cos(1), math.cos(1e-4)], dtype=e.dtype)))
+    True
+    """
+    half = dim // 2
+    omega = torch.exp(-math.log(max_period) * torch.arange(half, device=device, dtype=torch.float64) / (half - 1))
+    angle = (float(t) + 1.0) * omega
+    return torch.cat([torch.sin(angle), torch.cos(angle)]).to(dtype or torch.get_default_dtype())  # (dim,)
+
+
+#: ``ModelConfig.time_embedding`` → the sinusoid of the iteration index
+TIME_EMBEDDINGS = {"energyarch": timestep_embedding, "official": official_timestep_embedding}
+
+
 class StepSizeNet(nn.Module):
     """Per-token, per-channel step sizes for each term of one recurrent layer, from t and the tokens.
 
@@ -42,20 +60,27 @@ class StepSizeNet(nn.Module):
         d: token width.
         names: term names; one step vector per term (α for attention, γ for feed-forward).
         freq: width of the sinusoidal time embedding (Table 6: 512).
+        embedding: ``'energyarch'`` (:func:`timestep_embedding`) or ``'official'``
+            (:func:`official_timestep_embedding`, needed to use the official code's step-size weights).
     """
 
-    def __init__(self, d: int, names: Sequence[str], freq: int = 512):
+    def __init__(self, d: int, names: Sequence[str], freq: int = 512, embedding: str = "energyarch"):
         super().__init__()
         self.d, self.names, self.freq = d, list(names), freq
+        self.embedding = embedding
+        self._sinusoid = TIME_EMBEDDINGS[embedding]
         self.time = nn.Sequential(nn.Linear(freq, d), nn.GELU(), nn.Linear(d, d))
         self.out = nn.Linear(d, len(self.names) * d)
         nn.init.zeros_(self.out.weight)
         nn.init.zeros_(self.out.bias)
 
+    def extra_repr(self) -> str:
+        return f"names={self.names}, freq={self.freq}, embedding={self.embedding!r}"
+
     def forward(self, t: float, X: Tensor) -> dict[str, Tensor]:
         """Step sizes at iteration ``t`` conditioned on tokens ``X`` (B, N, d): name → (B, N, d)."""
         w = self.time[0].weight
-        e = self.time(timestep_embedding(t, self.freq, device=w.device, dtype=w.dtype))   # (d,)
+        e = self.time(self._sinusoid(t, self.freq, device=w.device, dtype=w.dtype))       # (d,)
         steps = self.out(F.gelu(X + e))                                                     # (B, N, n·d)
         return dict(zip(self.names, steps.split(self.d, dim=-1)))
 

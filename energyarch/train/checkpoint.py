@@ -56,11 +56,28 @@ def architecture_signature(model: nn.Module) -> dict:
                            "tensors": {k: list(v.shape) for k, v in model.state_dict().items()}}
     cfg, task = getattr(model, "cfg", None), getattr(model, "task", None)
     if cfg is not None:
-        sig["model"] = {k: (v if isinstance(v, (str, int, float, bool)) else repr(v))
-                        for k, v in vars(cfg).items() if k not in NON_ARCH_FIELDS}
+        sig["model"] = {k: _plain(cfg, k, v) for k, v in vars(cfg).items() if k not in NON_ARCH_FIELDS}
     if task is not None:
         sig["task"] = {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(task).items()}
     return sig
+
+
+def _plain(cfg, name: str, value):
+    """A config value as JSON data: energy terms as their declaration (a name or a table) when they have one."""
+    if name in ("attention", "feedforward") and hasattr(cfg, "declaration"):
+        decl = cfg.declaration(name)
+        if decl is not None:
+            return json.loads(json.dumps(decl))
+    return value if isinstance(value, (str, int, float, bool)) else repr(value)
+
+
+def _defaults(part: str) -> dict:
+    """Values of config fields that checkpoints written before the field existed implicitly had."""
+    if part != "model":
+        return {}
+    from ..models import ModelConfig
+
+    return {k: v for k, v in vars(ModelConfig()).items() if isinstance(v, (str, int, float, bool))}
 
 
 def compare_signatures(saved: dict, current: dict, where: str) -> None:
@@ -79,8 +96,10 @@ def compare_signatures(saved: dict, current: dict, where: str) -> None:
     for part in ("model", "task"):
         a, b = saved.get(part), current.get(part)
         if a is not None and b is not None:
-            diffs = [f"{part}.{k}: checkpoint {a.get(k)!r} vs model {b.get(k)!r}" for k in sorted(set(a) | set(b))
-                     if a.get(k) != b.get(k)]
+            # a field added since the checkpoint was written had its default value then
+            a = {**{k: v for k, v in _defaults(part).items() if k in b}, **a}
+            diffs = [f"{part}.{k}: checkpoint {_show(a.get(k))} vs model {_show(b.get(k))}"
+                     for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
             if diffs:
                 problems.append("configuration differs: " + _few(diffs))
     if problems:
@@ -88,6 +107,13 @@ def compare_signatures(saved: dict, current: dict, where: str) -> None:
                               + "; ".join(problems)
                               + ". Build the model with the checkpoint's [model] settings (see its config in "
                                 f"{STATE_FILE}), or train into a new out_dir")
+
+
+def _show(value) -> str:
+    """A config value for a message: an inline declaration as TOML-like ``{ f = "...", ... }``."""
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f"{k} = {_show(v)}" for k, v in value.items()) + " }"
+    return repr(value)
 
 
 def _few(items: list, n: int = 8) -> str:

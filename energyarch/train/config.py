@@ -33,7 +33,7 @@ else:  # pragma: no cover - python 3.10
 TASKS = ("sudoku", "digits", "fashion_mnist", "cifar10", "cifar100")
 DEVICES = ("auto", "cpu", "cuda")
 
-#: valid TOML keys of the ``[model]`` table (ModelConfig fields that a file can set; energies are presets)
+#: valid TOML keys of the ``[model]`` table (ModelConfig fields; attention / feedforward may be sub-tables)
 MODEL_KEYS = tuple(f.name for f in dataclasses.fields(ModelConfig))
 
 
@@ -163,7 +163,10 @@ class TrainConfig:
         data = self.to_dict()
         model = data.pop("model")
         lines = [f"{k} = {_toml_value(v)}" for k, v in data.items()]
-        lines += ["", "[model]"] + [f"{k} = {_toml_value(v)}" for k, v in model.items()]
+        tables = {k: v for k, v in model.items() if isinstance(v, dict)}      # inline energy declarations
+        lines += ["", "[model]"] + [f"{k} = {_toml_value(v)}" for k, v in model.items() if k not in tables]
+        for name, table in tables.items():
+            lines += ["", f"[model.{name}]"] + [f"{k} = {_toml_value(v)}" for k, v in table.items()]
         return "\n".join(lines) + "\n"
 
     def to_json(self) -> str:
@@ -179,13 +182,17 @@ class TrainConfig:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "TrainConfig":
-        """Read a ``.toml`` or ``.json`` file."""
+        """Read a ``.toml`` or ``.json`` file, or a packaged config by name (``TrainConfig.load("digits")``)."""
         p = Path(path)
         if not p.is_file():
             raise ConfigError(f"config file {str(p)!r} does not exist; pass a .toml file such as "
                               f"energyarch/train/configs/digits.toml")
         text = p.read_text(encoding="utf-8")
         if p.suffix == ".json":
+        if not p.is_file() and not p.suffix and not p.parent.parts:
+            from .cli import packaged_configs
+
+            p = packaged_configs().get(p.name, p)
             try:
                 data = json.loads(text)
             except json.JSONDecodeError as err:
@@ -219,6 +226,15 @@ class TrainConfig:
             else:
                 raise ConfigError(f"--set {item!r}: key {key!r} must be a top-level key or model.<key>, e.g. "
                                   f"model.d=128")
+            elif len(parts) > 2 and parts[0] == "model" and parts[1] in ("attention", "feedforward"):
+                table = data["model"].get(parts[1])
+                if not isinstance(table, dict):
+                    raise ConfigError(f"--set {item!r}: model.{parts[1]} is {table!r}, not an inline declaration; "
+                                      f"set the whole term, e.g. --set 'model.{parts[1]}={{ f = \"log(x)\", "
+                                      f"K = \"exp(beta*s)\" }}'")
+                for part in parts[2:-1]:
+                    table = table.setdefault(part, {})
+                table[parts[-1]] = value
         return TrainConfig.from_dict(data, source="--set overrides")
 
 
@@ -286,19 +302,26 @@ def _suggest(key: str, valid: Sequence[str]) -> str:
 
 
 def model_config_to_dict(cfg: ModelConfig) -> dict:
-    """ModelConfig → plain dict; custom (non-preset) energies cannot be written to a file."""
+    """ModelConfig → plain dict; an energy term is written as its name or its inline declaration (a table).
+
+    A term that only Python can build (a torch callable, a renamed term) cannot be written to a file."""
     out = {}
     for f in dataclasses.fields(cfg):
         value = getattr(cfg, f.name)
-        if f.name in ("attention", "feedforward") and not isinstance(value, str):
-            raise ConfigError(f"ModelConfig.{f.name} is a custom {type(value).__name__}; only preset names can be "
-                              f"saved in a config file. Build the model yourself and pass it to Trainer(model=...)")
+        if f.name in ("attention", "feedforward"):
+            decl = cfg.declaration(f.name)
+            if decl is None:
+                raise ConfigError(f"ModelConfig.{f.name} is a custom {type(value).__name__} that cannot be written "
+                                  f"as a declaration (it uses a torch callable or a non-default name); declare it "
+                                  f"with expression strings, or build the model yourself and pass it to "
+                                  f"Trainer(model=...)")
+            value = json.loads(json.dumps(decl)) if isinstance(decl, Mapping) else decl    # a plain copy
         out[f.name] = value
     return out
 
 
 def model_config_from_dict(data: Mapping[str, Any], source: str = "[model]") -> ModelConfig:
-    """Plain dict → ModelConfig; unknown keys and wrong types raise ConfigError naming them."""
+    """Plain dict → ModelConfig; unknown keys and wrong types raise ConfigError naming them and ``source``."""
     if isinstance(data, ModelConfig):
         return data
     if not isinstance(data, Mapping):
@@ -311,8 +334,19 @@ def model_config_from_dict(data: Mapping[str, Any], source: str = "[model]") -> 
         default = getattr(defaults, key)
         expected = float if isinstance(default, float) else type(default)
         _check_type(key, value, expected, source)
-    return ModelConfig(**dict(data))
+    try:
+        return ModelConfig(**dict(data))
+    except ConfigError as err:
+        raise ConfigError(f"{source}: {err}") from None
 
+        if key in ("attention", "feedforward"):
+            if not isinstance(value, (str, Mapping)):
+                raise ConfigError(f"{source}: {key} = {value!r} has the wrong type; give a name, e.g. {key} = "
+                                  f"\"{'tanh-kernel' if key == 'attention' else 'softplus-ff'}\", or a "
+                                  f"[model.{key}] table")
+            continue
+        if key == "norm_eps" and value == "machine":
+            continue
 
 def parse_value(raw: str):
     """A command-line value in TOML syntax (``128``, ``3e-4``, ``true``, ``[8, 16]``); anything else is a string."""
@@ -336,6 +370,8 @@ def _toml_value(value) -> str:
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     """Write ``text`` to a temporary file in the same folder, then ``os.replace`` it onto ``path``."""
+    if isinstance(value, Mapping):
+        return "{ " + ", ".join(f"{k} = {_toml_value(v)}" for k, v in value.items()) + " }"
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
     with atomic_open(p, "w") as fh:
