@@ -184,15 +184,15 @@ class TrainConfig:
     def load(cls, path: str | os.PathLike) -> "TrainConfig":
         """Read a ``.toml`` or ``.json`` file, or a packaged config by name (``TrainConfig.load("digits")``)."""
         p = Path(path)
+        if not p.is_file() and not p.suffix and not p.parent.parts:
+            from .cli import packaged_configs
+
+            p = packaged_configs().get(p.name, p)
         if not p.is_file():
             raise ConfigError(f"config file {str(p)!r} does not exist; pass a .toml file such as "
                               f"energyarch/train/configs/digits.toml")
         text = p.read_text(encoding="utf-8")
         if p.suffix == ".json":
-        if not p.is_file() and not p.suffix and not p.parent.parts:
-            from .cli import packaged_configs
-
-            p = packaged_configs().get(p.name, p)
             try:
                 data = json.loads(text)
             except json.JSONDecodeError as err:
@@ -221,11 +221,6 @@ class TrainConfig:
             parts = key.split(".")
             if len(parts) == 2 and parts[0] == "model":
                 data["model"][parts[1]] = value
-            elif len(parts) == 1 and parts[0] != "model":
-                data[key] = value
-            else:
-                raise ConfigError(f"--set {item!r}: key {key!r} must be a top-level key or model.<key>, e.g. "
-                                  f"model.d=128")
             elif len(parts) > 2 and parts[0] == "model" and parts[1] in ("attention", "feedforward"):
                 table = data["model"].get(parts[1])
                 if not isinstance(table, dict):
@@ -235,6 +230,11 @@ class TrainConfig:
                 for part in parts[2:-1]:
                     table = table.setdefault(part, {})
                 table[parts[-1]] = value
+            elif len(parts) == 1 and parts[0] != "model":
+                data[key] = value
+            else:
+                raise ConfigError(f"--set {item!r}: key {key!r} must be a top-level key or model.<key>, e.g. "
+                                  f"model.d=128")
         return TrainConfig.from_dict(data, source="--set overrides")
 
 
@@ -331,14 +331,6 @@ def model_config_from_dict(data: Mapping[str, Any], source: str = "[model]") -> 
         if key not in MODEL_KEYS:
             raise ConfigError(f"{source}: unknown key {key!r}{_suggest(key, MODEL_KEYS)}; valid keys: "
                               f"{', '.join(MODEL_KEYS)}")
-        default = getattr(defaults, key)
-        expected = float if isinstance(default, float) else type(default)
-        _check_type(key, value, expected, source)
-    try:
-        return ModelConfig(**dict(data))
-    except ConfigError as err:
-        raise ConfigError(f"{source}: {err}") from None
-
         if key in ("attention", "feedforward"):
             if not isinstance(value, (str, Mapping)):
                 raise ConfigError(f"{source}: {key} = {value!r} has the wrong type; give a name, e.g. {key} = "
@@ -347,6 +339,14 @@ def model_config_from_dict(data: Mapping[str, Any], source: str = "[model]") -> 
             continue
         if key == "norm_eps" and value == "machine":
             continue
+        default = getattr(defaults, key)
+        expected = float if isinstance(default, float) else type(default)
+        _check_type(key, value, expected, source)
+    try:
+        return ModelConfig(**dict(data))
+    except ConfigError as err:
+        raise ConfigError(f"{source}: {err}") from None
+
 
 def parse_value(raw: str):
     """A command-line value in TOML syntax (``128``, ``3e-4``, ``true``, ``[8, 16]``); anything else is a string."""
@@ -365,13 +365,13 @@ def _toml_value(value) -> str:
         return json.dumps(value)  # a JSON string is a valid TOML basic string
     if isinstance(value, (list, tuple)):
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, Mapping):
+        return "{ " + ", ".join(f"{k} = {_toml_value(v)}" for k, v in value.items()) + " }"
     raise ConfigError(f"cannot write {value!r} ({type(value).__name__}) to TOML")  # pragma: no cover
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     """Write ``text`` to a temporary file in the same folder, then ``os.replace`` it onto ``path``."""
-    if isinstance(value, Mapping):
-        return "{ " + ", ".join(f"{k} = {_toml_value(v)}" for k, v in value.items()) + " }"
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
     with atomic_open(p, "w") as fh:
