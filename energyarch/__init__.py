@@ -23,11 +23,12 @@ from .errors import EnergyArchError as EnergyArchError
 from .primitives import Kernel as Kernel
 from .primitives import Scalar as Scalar
 from .runtime import TermUpdate as TermUpdate
+from .runtime import finite_checks as finite_checks
 from .verify import verify as verify
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Attention", "Derivation", "Energy", "EnergyArchError", "EnergyStep", "FeedForward", "Kernel", "Scalar",
-    "Sphere", "TermUpdate", "compile", "derive", "energy_graph", "verify",
+    "Sphere", "TermUpdate", "compile", "derive", "energy_graph", "finite_checks", "verify",
 ]

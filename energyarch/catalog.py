@@ -50,7 +50,7 @@ else:  # pragma: no cover - Python 3.10
 FAMILIES = ("attention", "feedforward")
 TABLES = ("19", "20", "beyond")
 PATTERNS = ("bi-softmax", "kernel attention", "linear attention", "inner-product kernel", "pairwise kernel",
-            "ReLU FF", "softmax FF", "gated FF", "elementwise FF", "general FF", "autodiff")
+            "distance softmax", "distance kernel", "ReLU FF", "softmax FF", "gated FF", "elementwise FF", "general FF", "autodiff")
 
 #: Every key an entry may have, with its type and meaning (catalog/README.md documents the same).
 FIELDS: Mapping[str, tuple[type | tuple[type, ...], str]] = {

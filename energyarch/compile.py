@@ -23,7 +23,7 @@ from .derive import Derivation, autodiff_derivation, derive
 from .emit import emit, emit_source
 from .energy import Attention, Energy, Term, as_energy
 from .errors import CompileError, ShapeError
-from .runtime import MODES, TermUpdate
+from .runtime import _FINITE_CHECK, MODES, TermUpdate, check_step
 
 Steps = Union[float, Tensor, Mapping[str, Union[float, Tensor]], Sequence[Union[float, Tensor]]]
 SCHEDULES = ("sequential", "joint")
@@ -107,12 +107,18 @@ class EnergyStep(nn.Module):
         sequence in term order. ``weights`` optionally overrides a term's basis (e.g. with depth-wise LoRA)."""
         steps = self._steps(steps)
         weights = weights or {}
+        if weights and not isinstance(weights, Mapping):
+            raise ShapeError(f"weights: expected a mapping term name → tensor, got {type(weights).__name__}")
+        if _FINITE_CHECK.active:
+            _FINITE_CHECK.calls += 1
         for stage in self.stages:
             if len(stage) == 1:
                 name = stage[0]
                 X = self.terms[name](X, steps[name], weights.get(name))
             else:
-                X = X + sum(steps[n] * self.terms[n].direction(X, weights.get(n)) for n in stage)
+                X = X + sum(check_step(steps[n], X, n) * self.terms[n].direction(X, weights.get(n)) for n in stage)
+                if _FINITE_CHECK.active:
+                    _FINITE_CHECK.check(X, "+".join(stage))
         return X
 
     def energies(self, X: Tensor, weights: Optional[Mapping[str, Tensor]] = None) -> dict[str, Tensor]:
@@ -190,6 +196,10 @@ def compile(energy, d: int, *, mode: str = "paper", path: str = "auto", schedule
         raise CompileError(f"schedule={schedule!r}: choose one of {SCHEDULES}")
     if not isinstance(d, int) or isinstance(d, bool) or d < 1:
         raise CompileError(f"d={d!r} must be a positive integer (the model width)")
+    if not isinstance(sdpa_threshold, int) or isinstance(sdpa_threshold, bool) or sdpa_threshold < 0:
+        raise CompileError(f"sdpa_threshold={sdpa_threshold!r} must be an integer >= 0 (a sequence length)")
+    if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+        raise CompileError(f"dtype={dtype!r} must be a real floating-point torch dtype, e.g. torch.float64")
     modules, derivations = {}, {}
     for term in energy.terms:
         cls, dv = _term_class(term, d, path)

@@ -19,9 +19,13 @@ to ``torch.func.grad`` of the energy (autodiff path); :attr:`Derivation.path` an
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
-from dataclasses import dataclass, field
+import signal
+import threading
+import time
+from dataclasses import dataclass, field, replace
 from typing import Mapping, Optional
 
 import sympy as sp
@@ -83,6 +87,61 @@ class Derivation:
 
 
 # ---------------------------------------------------------------------------------------------
+# cost bounds: a size cap on what sympy is given and a wall-clock budget on what it does with it
+# ---------------------------------------------------------------------------------------------
+
+#: Bounds on the symbolic path; past them the term takes the autodiff path and report() says why.
+SYMBOLIC_BUDGET = {"seconds": 3.0, "input_ops": 300, "derivative_ops": 3000}
+
+
+class _OverBudget(Exception):
+    """Raised inside the symbolic steps when their budget is spent (never escapes :func:`derive`)."""
+
+
+@contextlib.contextmanager
+def _time_budget(seconds: float):
+    """Interrupt the block after ``seconds`` of wall time (main thread, POSIX); elsewhere only the size caps hold."""
+    usable = threading.current_thread() is threading.main_thread() and hasattr(signal, "setitimer")
+    if not usable:
+        yield
+        return
+
+    def on_alarm(signum, frame):
+        raise _OverBudget(f"the symbolic steps took longer than {seconds:g} s")
+
+    previous = signal.signal(signal.SIGALRM, on_alarm)
+    outer_delay, outer_interval = signal.setitimer(signal.ITIMER_REAL, seconds)
+    start = time.monotonic()
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+        if outer_delay:  # give an enclosing timer back what is left of it
+            signal.setitimer(signal.ITIMER_REAL, max(outer_delay - (time.monotonic() - start), 1e-3), outer_interval)
+
+
+def _check_size(**exprs: sp.Expr) -> None:
+    for name, expr in exprs.items():
+        ops = sp.count_ops(expr)
+        if ops > SYMBOLIC_BUDGET["input_ops"]:
+            raise _OverBudget(f"{name} has {ops} operations (symbolic limit {SYMBOLIC_BUDGET['input_ops']})")
+
+
+def _diff(expr: sp.Expr, var: sp.Symbol, name: str) -> sp.Expr:
+    out = tidy(expr.diff(var))
+    ops = sp.count_ops(out)
+    if ops > SYMBOLIC_BUDGET["derivative_ops"]:
+        raise _OverBudget(f"{name} has {ops} operations (symbolic limit {SYMBOLIC_BUDGET['derivative_ops']})")
+    return out
+
+
+def _fallback(dv_or_term, dims: "Dims", why: str, pieces: Mapping[str, sp.Expr]) -> "Derivation":
+    return Derivation(dv_or_term, dims, "autodiff", "autodiff",
+                      f"{why}: torch.func.grad of the energy (symbolic budget {SYMBOLIC_BUDGET})", dict(pieces))
+
+
+# ---------------------------------------------------------------------------------------------
 # helpers
 # ---------------------------------------------------------------------------------------------
 
@@ -96,9 +155,24 @@ def _bind(expr: sp.Expr, term: Term, dims: Dims) -> sp.Expr:
 
 
 def _constant(expr: sp.Expr, var: sp.Symbol) -> Optional[sp.Expr]:
-    """``expr`` simplified if it does not depend on ``var`` (else None)."""
+    """``expr`` simplified if it does not depend on ``var`` (else None).
+
+    A cheap numeric test comes first: if ``expr`` takes different finite values at a few points it is not
+    constant and sympy is not asked to simplify it.
+    """
     if var not in expr.free_symbols:
         return expr
+    probe = torch.tensor([0.37, 1.3, 2.9, 0.05], dtype=torch.float64)
+    try:
+        with torch.no_grad():
+            values = evaluate(expr, {var.name: probe, "beta": 0.7})
+        if isinstance(values, torch.Tensor) and bool(torch.isfinite(values).all()):
+            if float((values - values[0]).abs().max()) > 1e-9 * (1 + float(values.abs().max())):
+                return None
+    except Exception:  # noqa: BLE001 - inconclusive (e.g. a function without a torch form): let sympy decide
+        pass
+    if sp.count_ops(expr) > SYMBOLIC_BUDGET["input_ops"]:
+        return None
     simple = sp.simplify(expr)
     return simple if var not in simple.free_symbols else None
 
@@ -149,7 +223,8 @@ def _attention_dims(term: Attention, d: int) -> Dims:
 
 
 def _kappa_on_sphere(term: Attention, dims: Dims) -> sp.Expr:
-    """κ(s) of the constrained energy; distance kernels are rewritten with r = 2R² − 2s."""
+    """κ(s) with r = 2R² − 2s: the on-sphere *value* of a distance kernel (exact for energies at the constrained
+    point, never differentiated: the paper-mode gradient of the declared energy is :func:`derive_distance`'s)."""
     K = term.K
     expr = _bind(K.expr, term, dims)
     if K.kind == "distance":
@@ -164,31 +239,60 @@ def _numeric(expr: sp.Expr, dims: Dims, var: sp.Symbol, values: torch.Tensor) ->
     return out if isinstance(out, torch.Tensor) else torch.full_like(values, float(out))
 
 
+def _declared_pieces(term: Attention, dims: Dims) -> dict:
+    """The bound expressions of the declaration (for the energy and the autodiff path), no derivative."""
+    K, pieces = term.K, {}
+    if term.f.symbolic:
+        pieces["f"] = _bind(term.f.expr, term, dims)
+    if K.kind == "distance":
+        pieces["rho"] = _bind(K.expr, term, dims)
+    elif K.expr is not None:
+        pieces["kappa"] = _bind(K.expr, term, dims)
+    if K.phi is not None and K.phi.symbolic:
+        pieces["phi"] = _bind(K.phi.expr, term, dims)
+    return pieces
+
+
 def derive_attention(term: Attention, d: int) -> Derivation:
     dims = _attention_dims(term, d)
     K = term.K
+    if not term.f.symbolic:
+        _check_callable_scalar(term, "f", term.f)
+    if K.phi is not None and not K.phi.symbolic:
+        _check_callable_scalar(term, "phi", K.phi)
     if K.kind == "callable":
         _check_callable_kernel(term, dims)
+    if not (term.f.symbolic and K.symbolic):
+        _check_energy_finite(term, dims)
+    if K.kind == "callable":
         if term.f.symbolic and K.symmetric:
+            f = _bind(term.f.expr, term, dims)
             return Derivation(term, dims, "symbolic", "pairwise kernel",
                               "opaque symmetric kernel: closed form Σ_j [f'(S_k)+f'(S_j)] ∂₁K(z_k, z_j) with ∂₁K by torch.func",
-                              pieces={"f": _bind(term.f.expr, term, dims), "df": tidy(_bind(term.f.expr, term, dims).diff(X))},
-                              latex=_latex_pairwise(term))
+                              pieces={"f": f, "df": tidy(f.diff(X))}, latex=_latex_pairwise(term))
         why = "the kernel is declared non-symmetric" if not K.symmetric else "f is an opaque torch callable"
-        pieces = {"f": _bind(term.f.expr, term, dims)} if term.f.symbolic else {}
-        return Derivation(term, dims, "autodiff", "autodiff", f"{why}: torch.func.grad of the energy", pieces)
+        return Derivation(term, dims, "autodiff", "autodiff", f"{why}: torch.func.grad of the energy",
+                          _declared_pieces(term, dims))
     if not term.f.symbolic or not K.symbolic:
-        pieces = {"kappa": _kappa_on_sphere(term, dims)} if K.expr is not None else {}
-        if term.f.symbolic:
-            pieces["f"] = _bind(term.f.expr, term, dims)
-        if K.phi is not None and K.phi.symbolic:
-            pieces["phi"] = _bind(K.phi.expr, term, dims)
         return Derivation(term, dims, "autodiff", "autodiff",
-                          "a primitive is an opaque torch callable: torch.func.grad of the energy", pieces)
+                          "a primitive is an opaque torch callable: torch.func.grad of the energy",
+                          _declared_pieces(term, dims))
+    declared = _declared_pieces(term, dims)
+    try:
+        with _time_budget(SYMBOLIC_BUDGET["seconds"]):
+            if K.kind == "distance":
+                return _derive_distance(term, dims, declared)
+            return _derive_inner(term, dims)
+    except _OverBudget as err:
+        return _fallback(term, dims, f"symbolic derivation stopped: {err}", declared)
 
+
+def _derive_inner(term: Attention, dims: Dims) -> Derivation:
+    K = term.K
     f = _bind(term.f.expr, term, dims)
-    kappa = _kappa_on_sphere(term, dims)
+    kappa = _bind(K.expr, term, dims)
     phi = _bind(K.phi.expr, term, dims) if K.phi is not None else X
+    _check_size(f=f, K=kappa, phi=phi)
     # domain: f may need Σ_j K > 0
     if _needs_positive(f):
         Zs = _sphere_samples(dims.head_dim, dims.radius)
@@ -196,11 +300,11 @@ def derive_attention(term: Attention, d: int) -> Derivation:
         s_vals = (Phi @ Phi.T).flatten()
         kmin = float(_numeric(kappa, dims, S, s_vals).min())
         _check_domain(term, f, kmin, "f", f"the kernel K = {K.name}")
-    df, dkappa, dphi = tidy(f.diff(X)), tidy(kappa.diff(S)), tidy(phi.diff(X))
+    df, dkappa, dphi = _diff(f, X, "f'"), _diff(kappa, S, "κ'"), _diff(phi, X, "Φ'")
     pieces = {"f": f, "df": df, "kappa": kappa, "dkappa": dkappa, "phi": phi, "dphi": dphi}
     coupling = (df.xreplace({X: SK}) + df.xreplace({X: SJ})) * dkappa
 
-    a_log = _constant(sp.expand(X * df), X)       # f = a log x + const
+    a_log = _constant(X * df, X)                  # f = a log x + const
     a_lin = _constant(df, X)                        # f = a x + const
     b_exp = _constant(dkappa / kappa, S) if kappa != 0 else None
     if a_log is not None and a_log != 0 and b_exp is not None and b_exp != 0:
@@ -223,6 +327,57 @@ def derive_attention(term: Attention, d: int) -> Derivation:
     return Derivation(term, dims, "symbolic", "inner-product kernel",
                       "general f with an inner-product kernel: C = (f'(S_k) + f'(S_j)) κ'(G), N×N",
                       pieces, {}, coupling, _latex_attention("inner-product kernel", {}, pieces))
+
+
+def _derive_distance(term: Attention, dims: Dims, declared: Mapping[str, sp.Expr]) -> Derivation:
+    """K = ρ(‖x − y‖²): the gradient of the declared energy (DESIGN, distance kernel)::
+
+        ∇_{z_k} E = 2 Σ_j C_kj (z_k − z_j) = 2 (diag(C 1) Z − C Z),   C_kj = [f'(S_k) + f'(S_j)] ρ'(r_kj)
+
+    ``r_kj`` is computed from Z itself (not rewritten with the radius), so the step is the gradient of the
+    energy as declared at the normalised point, in every constraint mode.
+    """
+    f, rho = declared["f"], declared["rho"]
+    _check_size(f=f, K=rho)
+    if _needs_positive(f):
+        Zs = _sphere_samples(dims.head_dim, dims.radius)
+        r_vals = (Zs.unsqueeze(1) - Zs.unsqueeze(0)).pow(2).sum(-1).flatten()
+        kmin = float(_numeric(rho, dims, R, r_vals).min())
+        _check_domain(term, f, kmin, "f", f"the kernel K = {term.K.name}")
+    df, drho = _diff(f, X, "f'"), _diff(rho, R, "ρ'")
+    pieces = {"f": f, "df": df, "rho": rho, "drho": drho}
+    coupling = (df.xreplace({X: SK}) + df.xreplace({X: SJ})) * drho
+    a_log = _constant(X * df, X)
+    b_exp = _constant(drho / rho, R) if rho != 0 else None
+    if a_log is not None and a_log != 0 and b_exp is not None and b_exp != 0:
+        consts = {"a": a_log, "b": sp.simplify(b_exp), "c": sp.simplify(rho / sp.exp(b_exp * R))}
+        return Derivation(term, dims, "symbolic", "distance softmax",
+                          "f = a·log and ρ = c·exp(b r): ∇_Z E = 2ab[(1 + Pᵀ1) ⊙ Z − (P + Pᵀ) Z], "
+                          "P = softmax(b r) (bi-softmax at β = −2b plus a radial term; SDPA when long)",
+                          pieces, consts, coupling, _latex_distance("distance softmax", consts, pieces))
+    return Derivation(term, dims, "symbolic", "distance kernel",
+                      "K = ρ(‖x − y‖²): ∇_Z E = 2 (diag(C1) Z − C Z), C = (f'(S_k) + f'(S_j)) ρ'(r), N×N",
+                      pieces, {}, coupling, _latex_distance("distance kernel", {}, pieces))
+
+
+def _check_energy_finite(term: Term, dims: Dims) -> None:
+    """Probe a term with opaque primitives on the constraint set: its energy must be a finite real number."""
+    from .verify import declared_energy  # the independent reference energy, built from the declaration
+
+    Z = _sphere_samples(dims.head_dim, dims.radius, n=24, seed=3).reshape(1, 1, -1, dims.head_dim)
+    env = {"beta": dims.beta, "p": dims.head_dim, "M": dims.head_dim, "d": dims.d, "radius": dims.radius}
+    try:
+        with torch.no_grad():
+            E = declared_energy(term, Z, env)
+    except Exception as err:  # noqa: BLE001 - the user's callable failed: say which term
+        raise DeclarationError(f"term {term.name!r}: evaluating the energy on the constraint set failed: "
+                               f"{type(err).__name__}: {err}") from err
+    if not isinstance(E, torch.Tensor) or E.is_complex() or not bool(torch.isfinite(E).all()):
+        raise DeclarationError(
+            f"term {term.name!r}: the energy is not finite on the constraint set (value {E.flatten()[:1].tolist()} "
+            f"at random points of the sphere of radius {dims.radius:.4g}); check the domain of f = {term.f.name!r} "
+            f"against the values of K = {term.K.name!r} (e.g. log needs Σ_j K > 0)"
+        )
 
 
 def _check_callable_kernel(term: Attention, dims: Dims) -> None:
@@ -258,22 +413,33 @@ def derive_feedforward(term: FeedForward, d: int) -> Derivation:
     for role, prim in (("g", term.g), ("h", term.h)):
         if not prim.symbolic:
             _check_callable_scalar(term, role, prim)
+    declared = {k: _bind(p.expr, term, dims) for k, p in (("g", term.g), ("h", term.h)) if p.symbolic}
     if not (term.g.symbolic and term.h.symbolic):
-        pieces = {k: _bind(p.expr, term, dims) for k, p in (("g", term.g), ("h", term.h)) if p.symbolic}
+        _check_energy_finite(term, dims)
         return Derivation(term, dims, "autodiff", "autodiff",
-                          "a primitive is an opaque torch callable: torch.func.grad of the energy", pieces)
-    g, h = _bind(term.g.expr, term, dims), _bind(term.h.expr, term, dims)
+                          "a primitive is an opaque torch callable: torch.func.grad of the energy", declared)
+    try:
+        with _time_budget(SYMBOLIC_BUDGET["seconds"]):
+            return _derive_ff(term, dims, declared)
+    except _OverBudget as err:
+        return _fallback(term, dims, f"symbolic derivation stopped: {err}", declared)
+
+
+def _derive_ff(term: FeedForward, dims: Dims, declared: Mapping[str, sp.Expr]) -> Derivation:
+    M = dims.head_dim
+    g, h = declared["g"], declared["h"]
+    _check_size(g=g, h=h)
     if _needs_positive(g):
         u = torch.linspace(-dims.radius, dims.radius, 401, dtype=torch.float64)
         hmin = float(_numeric(h, dims, X, u).min()) * M
         _check_domain(term, g, hmin, "g", "Σ_m h(u_m)")
-    dg, dh = tidy(g.diff(X)), tidy(h.diff(X))
+    dg, dh = _diff(g, X, "g'"), _diff(h, X, "h'")
     pieces = {"g": g, "dg": dg, "h": h, "dh": dh}
     operator = dg.xreplace({X: SIGMA}) * dh
 
     a_lin = _constant(dg, X)
-    a_log = _constant(sp.expand(X * dg), X)
-    a_sq = _constant(sp.cancel(dg / X), X) if dg != 0 else None
+    a_log = _constant(X * dg, X)
+    a_sq = _constant(dg / X, X) if dg != 0 else None
     if a_lin is not None:
         c_relu = _constant(dh / _relu(X), X)
         if c_relu is not None and c_relu != 0:
@@ -353,6 +519,22 @@ def _latex_attention(pattern: str, consts: Mapping[str, sp.Expr], pieces: Mappin
         G = sp.Symbol(r"\mathbf{G}_h")
         body = r"%s \left[%s\right]_{\mathbf{G}_h = %s^\top %s}" % (Phi, sp.latex(sp.simplify(C).xreplace({S: G})), Phi, Phi)
     return r"-\nabla_{\mathbf{X}} E = -\sum_{h=1}^{H} \mathbf{W}_h \left(%s\right)" % wrap(body)
+
+
+def _latex_distance(pattern: str, consts: Mapping[str, sp.Expr], pieces: Mapping[str, sp.Expr]) -> str:
+    Z = r"\mathbf{Z}_h"
+    if pattern == "distance softmax":
+        coef = sp.simplify(-2 * consts["a"] * consts["b"])
+        body = (r"%s\left[\left(\mathbf{P} + \mathbf{P}^\top\right) %s - %s \operatorname{diag}\left(\mathbf{1} + "
+                r"\mathbf{P}^\top \mathbf{1}\right)\right],\quad \mathbf{P} = \operatorname{softmax}_{\text{row}}(%s\, "
+                r"\mathbf{R}_h)" % ("" if coef == 1 else _lx(coef) + r"\,", Z, Z, _lx(consts["b"])))
+    else:
+        rr = sp.Symbol(r"\mathbf{R}_h")
+        C = sp.latex(((pieces["df"].xreplace({X: SK}) + pieces["df"].xreplace({X: SJ})) * pieces["drho"]).xreplace({R: rr}))
+        body = (r"2 %s \left(\mathbf{C} - \operatorname{diag}(\mathbf{C}\mathbf{1})\right),\quad \mathbf{C} = %s"
+                % (Z, C))
+    return (r"-\nabla_{\mathbf{X}} E = \sum_{h=1}^{H} \mathbf{W}_h \left(%s\right),\quad "
+            r"(\mathbf{R}_h)_{kj} = \lVert\mathbf{z}_k - \mathbf{z}_j\rVert^2" % body)
 
 
 def _latex_pairwise(term: Attention) -> str:

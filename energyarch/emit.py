@@ -13,6 +13,7 @@ tree that the restricted parser built; no user string is ever executed.
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import importlib.util
 import os
@@ -26,18 +27,124 @@ import sympy as sp
 
 from .derive import BETA, Derivation
 from .energy import Attention
+from .errors import CompileError
 from .expr import to_torch
-from .primitives import S, X
+from .primitives import R, S, X
 
-HEADER = '''# Emitted by energyarch from the energy term {name!r}: do not edit; regenerate with energyarch.compile().
-# {family}: {energy}
-# pattern: {pattern} ({path} path): {reason}
+#: Fixed text of every emitted module. Everything that comes from a declaration (names, expressions, reasons)
+#: enters the source only as a ``repr()`` string literal bound to a module constant (see :func:`emit_source`).
+HEADER = """# Emitted by energyarch: do not edit; regenerate with energyarch.compile().
+# The declaration and derivation this module comes from are the string constants below.
 import math
 
 import torch
 
 from energyarch.runtime import TermUpdate, _logcosh, _step, bisoftmax_sdpa, pairwise_kernel, pairwise_kernel_grad
-'''
+from energyarch.runtime import distance_softmax_dense, distance_softmax_sdpa, sq_distances
+
+"""
+
+#: Names an emitted module may read besides its own locals and arguments.
+_GLOBALS = {"math", "torch", "self", "TermUpdate", "_logcosh", "_step", "bisoftmax_sdpa", "pairwise_kernel",
+            "pairwise_kernel_grad", "distance_softmax_dense", "distance_softmax_sdpa", "sq_distances", "abs", "float"}
+_CONSTANT_NAMES = ("TERM", "FAMILY", "ENERGY", "PATTERN", "PATH", "REASON")
+_EXPR_NODES = (ast.BinOp, ast.UnaryOp, ast.Call, ast.Attribute, ast.Name, ast.Constant, ast.Compare, ast.Lambda,
+               ast.keyword, ast.Tuple, ast.arguments, ast.arg, ast.operator, ast.unaryop, ast.cmpop,
+               ast.expr_context, ast.Subscript, ast.Slice)
+_STMT_NODES = (ast.Assign, ast.Return, ast.If, ast.Expr)
+
+
+def check_source(source: str) -> None:
+    """Structural check of an emitted module before it is imported (defence in depth).
+
+    The module must be exactly: the fixed imports, assignments of string constants, and one class derived
+    from ``TermUpdate`` whose body holds a docstring, constant class attributes and the methods ``grad_Z``
+    and ``energy_Z``; inside the methods only assignments, ``if``, ``return`` and expressions over names the
+    template defines. Anything else (an import, a ``for``, a dunder attribute, an unknown global) is a
+    :class:`~energyarch.errors.CompileError` and the module is not imported.
+    """
+    def bad(node, why):
+        line = getattr(node, "lineno", "?")
+        raise CompileError(f"emitted source failed its structural check at line {line}: {why}; this is a bug in "
+                           f"energyarch (please report it with the declaration); nothing was imported")
+
+    try:
+        tree = ast.parse(source)
+    except SyntaxError as err:
+        bad(err, f"syntax error {err.msg}")
+    fixed = ast.parse(HEADER).body
+    if len(tree.body) < len(fixed) or ast.dump(ast.Module(tree.body[:len(fixed)], [])) != ast.dump(ast.Module(fixed, [])):
+        bad(tree, "the import block differs from the template")
+    rest = tree.body[len(fixed):]
+    for node in rest[:-1]:
+        if not (isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name)
+                and node.targets[0].id in _CONSTANT_NAMES and isinstance(node.value, ast.Constant)
+                and isinstance(node.value.value, str)):
+            bad(node, "a module-level statement other than a string constant")
+    cls = rest[-1] if rest else None
+    if not (isinstance(cls, ast.ClassDef) and [ast.dump(b) for b in cls.bases] == [ast.dump(ast.Name("TermUpdate", ast.Load()))]
+            and not cls.keywords and not cls.decorator_list):
+        bad(cls or tree, "the last statement is not the TermUpdate subclass")
+    methods = set()
+    for i, node in enumerate(cls.body):
+        if isinstance(node, ast.Expr) and i == 0 and isinstance(node.value, ast.Constant) and isinstance(node.value.value, str):
+            continue
+        if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name) \
+                and isinstance(node.value, ast.Constant) and not node.targets[0].id.startswith("_"):
+            continue
+        if isinstance(node, ast.FunctionDef) and node.name in ("grad_Z", "energy_Z") and not node.decorator_list \
+                and node.name not in methods:
+            methods.add(node.name)
+            _check_method(node, bad)
+            continue
+        bad(node, f"unexpected {type(node).__name__} in the class body")
+    if methods != {"grad_Z", "energy_Z"}:
+        bad(cls, "grad_Z and energy_Z must both be defined")
+
+
+def _check_method(fn: ast.FunctionDef, bad) -> None:
+    known = set(_GLOBALS) | {a.arg for a in fn.args.args}
+    if fn.args.vararg or fn.args.kwarg or fn.args.kwonlyargs or fn.args.defaults or fn.returns:
+        bad(fn, "unexpected method signature")
+
+    def expr(node, local):
+        for sub in ast.walk(node):
+            if isinstance(sub, ast.Lambda):
+                local = local | {a.arg for a in sub.args.args}
+        for sub in ast.walk(node):
+            if not isinstance(sub, _EXPR_NODES):
+                bad(sub, f"{type(sub).__name__} is not allowed in an expression")
+            if isinstance(sub, ast.Attribute) and sub.attr.startswith("__"):
+                bad(sub, f"dunder attribute {sub.attr!r}")
+            if isinstance(sub, ast.Name) and isinstance(sub.ctx, ast.Load) and sub.id not in local:
+                bad(sub, f"unknown name {sub.id!r}")
+            if isinstance(sub, ast.Constant) and not isinstance(sub.value, (int, float, str, type(None), type(Ellipsis))):
+                bad(sub, "a constant of an unexpected type")
+
+    def block(stmts, local):
+        for i, st in enumerate(stmts):
+            if not isinstance(st, _STMT_NODES):
+                bad(st, f"{type(st).__name__} statement")
+            if isinstance(st, ast.Expr):
+                if not (i == 0 and isinstance(st.value, ast.Constant) and isinstance(st.value.value, str)):
+                    bad(st, "a bare expression statement")
+            elif isinstance(st, ast.Assign):
+                expr(st.value, local)
+                for target in st.targets:
+                    names = target.elts if isinstance(target, ast.Tuple) else [target]
+                    for name in names:
+                        if not isinstance(name, ast.Name) or name.id in _GLOBALS:
+                            bad(st, "assignment to something other than a new local name")
+                        local = local | {name.id}
+            elif isinstance(st, ast.Return):
+                expr(st.value, local)
+            else:  # If
+                expr(st.test, local)
+                left, right = block(st.body, local), block(st.orelse, local)
+                local = local | (left & right)
+        return local
+
+    block(fn.body, known)
 
 
 def _code(expr: sp.Expr, var_from: Optional[sp.Symbol] = None, var_to: str = "", tensors=()) -> str:
@@ -88,8 +195,20 @@ def _attention_energy(dv: Derivation) -> list[str]:
             f"log_S = torch.logsumexp({_scaled(b, 'G')}, dim=-1){shift}   # log Σ_j K, stable",
             f"return {_scaled(a, 'log_S')}.sum(dim=(-1, -2))",
         ]
+    if dv.pattern == "distance softmax":
+        a, b, c = dv.constants["a"], dv.constants["b"], dv.constants["c"]
+        logc = sp.simplify(sp.expand_log(sp.log(c), force=True))
+        shift = "" if logc == 0 else (f" - {_code(-logc)}" if logc.could_extract_minus_sign() else f" + {_code(logc)}")
+        return [
+            "r = sq_distances(Z)                                 # (B, H, N, N): ‖z_i − z_j‖², as declared",
+            f"log_S = torch.logsumexp({_scaled(b, 'r')}, dim=-1){shift}   # log Σ_j K, stable",
+            f"return {_scaled(a, 'log_S')}.sum(dim=(-1, -2))",
+        ]
     f_code = "self.f(S)" if not t.f.symbolic else _code(dv.pieces["f"], X, "S")
-    if t.K.kind == "callable":
+    if t.K.kind == "distance":
+        lines = ["r = sq_distances(Z)                                 # (B, H, N, N): ‖z_i − z_j‖², as declared",
+                 f"S = ({_code(dv.pieces['rho'], R, 'r')}).sum(dim=-1)   # (B, H, N): Σ_j K"]
+    elif t.K.kind == "callable":
         lines = ["S = pairwise_kernel(self.kernel, Z).sum(dim=-1)     # (B, H, N): Σ_j K(z_i, z_j)"]
     else:
         lines = [*_phi_lines(dv, with_derivative=False),
@@ -170,6 +289,26 @@ def _attention_grad(dv: Derivation) -> list[str]:
                 f"df_S = {_code(dv.pieces['df'], X, 'S')}",
                 f"C = (df_S.unsqueeze(-1) + df_S.unsqueeze(-2)) * ({_code(dv.pieces['dkappa'], S, 'G')})",
                 out("C @ Phi")]
+    if p == "distance softmax":
+        a, b = c["a"], c["b"]
+        return [
+            "if Z.shape[-2] > self.sdpa_threshold:             # long sequences: never form N×N",
+            f"    PPt_Z, col = distance_softmax_sdpa(Z, {_code(b)})",
+            "else:",
+            f"    PPt_Z, col = distance_softmax_dense(Z, {_code(b)})   # (P + Pᵀ) Z and Pᵀ1, P = softmax(b r)",
+            f"return {_scaled(2 * a * b, '((1 + col) * Z - PPt_Z)')}",
+        ]
+    if p == "distance kernel":
+        drho = _code(dv.pieces["drho"], R, "r")
+        if X not in dv.pieces["df"].free_symbols:   # f linear: f'(S) is the constant a
+            coupling = [f"C = {_scaled(2 * dv.pieces['df'], '(' + drho + ')')}   # 2a ρ'(r)"]
+        else:
+            coupling = [f"S = ({_code(dv.pieces['rho'], R, 'r')}).sum(dim=-1)   # (B, H, N): Σ_j K",
+                        f"df_S = {_code(dv.pieces['df'], X, 'S')}",
+                        f"C = (df_S.unsqueeze(-1) + df_S.unsqueeze(-2)) * ({drho})   # [f'(S_k) + f'(S_j)] ρ'(r)"]
+        return ["r = sq_distances(Z)                                 # (B, H, N, N): ‖z_k − z_j‖²",
+                *coupling,
+                "return 2 * (C.sum(dim=-1, keepdim=True) * Z - C @ Z)   # 2 (diag(C1) Z − C Z)"]
     if p == "pairwise kernel":
         return ["K = pairwise_kernel(self.kernel, Z)                 # (B, H, N, N)",
                 "dK = pairwise_kernel_grad(self.kernel, Z)           # (B, H, N, N, p): ∂₁K(z_k, z_j)",
@@ -214,11 +353,10 @@ def emit_source(dv: Derivation) -> str:
     prelude = ["beta = self.beta"] if any("beta" in ln for ln in grad + energy) else []
     sign = "∇_Z E" if attn else "∇_U E (E_FF = −Σ g(Σ h) carries the minus sign of Eq. 20)"
     rule = "X ← X − step ⊙ Σ_h (∇_Z E)(Z_h) W_hᵀ" if attn else "X ← X − step ⊙ (∇_U E)(U) Dᵀ"
-    doc = (f'    """{dv.pattern} update for term {t.name!r}: {rule}.\n\n'
-           f"    {dv.reason}\n"
-           f'    """\n')
-    lines = [HEADER.format(name=t.name, family=t.family, energy=_energy_text(dv), pattern=dv.pattern,
-                           path=dv.path, reason=dv.reason),
+    doc = "    " + repr(f"{dv.pattern} update for term {t.name!r}: {rule}. See REASON.") + "\n"
+    constants = {"TERM": t.name, "FAMILY": t.family, "ENERGY": _energy_text(dv), "PATTERN": dv.pattern,
+                 "PATH": dv.path, "REASON": dv.reason}
+    lines = [HEADER + "\n".join(f"{key} = {str(value)!r}" for key, value in constants.items()),
              "",
              f"class {_class_name(dv)}(TermUpdate):",
              doc,
@@ -258,6 +396,7 @@ _LOADED: dict[str, type] = {}
 
 def load_class(source: str, class_name: str) -> type:
     """Write ``source`` to the cache (content-addressed) and import ``class_name`` from it."""
+    check_source(source)
     digest = hashlib.sha256(source.encode()).hexdigest()[:16]
     if digest in _LOADED:
         return _LOADED[digest]
@@ -277,5 +416,5 @@ def load_class(source: str, class_name: str) -> type:
 
 
 def emit(dv: Derivation) -> type:
-    """Emit, load and return the update class for ``dv`` (a :class:`~energyarch.runtime.TermUpdate`)."""
+    """Emit, check, load and return the update class for ``dv`` (a :class:`~energyarch.runtime.TermUpdate`)."""
     return load_class(emit_source(dv), _class_name(dv))

@@ -31,15 +31,22 @@ class Sphere:
     eps: float = 1e-6
 
     def __post_init__(self):
-        if self.radius is not None and (not isinstance(self.radius, (int, float)) or not self.radius > 0):
+        if self.radius is not None and (not _real(self.radius) or not 0 < self.radius < 1e30):
             raise DeclarationError(
-                f"Sphere: radius={self.radius!r} must be a positive number (or None for the default √p / √M)"
+                f"Sphere: radius={self.radius!r} must be a positive number, finite (or None for the default √p / √M)"
             )
-        if not (isinstance(self.eps, (int, float)) and self.eps >= 0):
-            raise DeclarationError(f"Sphere: eps={self.eps!r} must be a number >= 0")
+        if not (_real(self.eps) and 0 < self.eps < 1):
+            raise DeclarationError(
+                f"Sphere: eps={self.eps!r} must be a number in (0, 1); it keeps RMSNorm finite at an all-zero token "
+                f"(default 1e-6; the official Hyper-SET code uses the dtype's machine epsilon)"
+            )
 
     def resolve(self, dim: int) -> float:
         return float(self.radius) if self.radius is not None else math.sqrt(dim)
+
+
+def _real(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 class _Term:
@@ -89,7 +96,7 @@ class Attention(_Term):
             kernel = replace(kernel, phi=as_scalar(phi, "phi"))
         if not isinstance(heads, int) or isinstance(heads, bool) or heads < 1:
             raise DeclarationError(f"Attention: heads={heads!r} must be a positive integer")
-        if beta is not None and not (isinstance(beta, (int, float)) and beta > 0):
+        if beta is not None and not (_real(beta) and 0 < beta < 1e30):
             raise DeclarationError(f"Attention: beta={beta!r} must be a positive number or None (for 1/√p)")
         if constraint is not None and radius is not None:
             raise DeclarationError("Attention: give either constraint= or radius=, not both")
@@ -127,7 +134,7 @@ class FeedForward(_Term):
                  constraint: Optional[Sphere] = None, name: str = "ff", radius: Optional[float] = None):
         if width is not None and (not isinstance(width, int) or isinstance(width, bool) or width < 1):
             raise DeclarationError(f"FeedForward: width={width!r} must be a positive integer or None")
-        if not (isinstance(ratio, (int, float)) and ratio > 0):
+        if not (_real(ratio) and 0 < ratio < 1e6):
             raise DeclarationError(f"FeedForward: ratio={ratio!r} must be a positive number")
         if constraint is not None and radius is not None:
             raise DeclarationError("FeedForward: give either constraint= or radius=, not both")

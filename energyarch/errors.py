@@ -41,3 +41,7 @@ class CheckpointError(EnergyArchError):
 
 class VerificationError(EnergyArchError):
     """A derived operator disagrees with autograd, or a step fails to decrease the energy."""
+
+
+class NonFiniteError(EnergyArchError):
+    """An update produced inf or NaN while :func:`energyarch.finite_checks` was active."""

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import ast
 import math
-from typing import Iterable, Mapping
+from typing import Iterable, Mapping, Optional
 
 import sympy as sp
 from sympy.printing.pytorch import TorchPrinter
@@ -85,6 +85,59 @@ class logcosh(sp.Function):  # noqa: N801
         return _pow_latex(printer, exp, r"\log\cosh\left(%s\right)" % printer._print(self.args[0]))
 
 
+class silu(sp.Function):  # noqa: N801
+    """SiLU / swish, x σ(x), with silu' = σ(x) (1 + x (1 − σ(x)))."""
+
+    def fdiff(self, argindex=1):
+        x = self.args[0]
+        s = sigmoid(x)
+        return s * (1 + x * (1 - s))
+
+    def _latex(self, printer, exp=None):
+        return _pow_latex(printer, exp, r"\operatorname{SiLU}\left(%s\right)" % printer._print(self.args[0]))
+
+
+class gelu(sp.Function):  # noqa: N801
+    """GELU (exact, erf form), x Φ(x) with Φ the standard normal CDF; gelu' = Φ(x) + x φ(x)."""
+
+    def fdiff(self, argindex=1):
+        x = self.args[0]
+        return (1 + sp.erf(x / sp.sqrt(2))) / 2 + x * sp.exp(-x**2 / 2) / sp.sqrt(2 * sp.pi)
+
+    def _latex(self, printer, exp=None):
+        return _pow_latex(printer, exp, r"\operatorname{GELU}\left(%s\right)" % printer._print(self.args[0]))
+
+
+class elu(sp.Function):  # noqa: N801
+    """ELU with α = 1: x for x > 0, eˣ − 1 otherwise; elu' = elu(x) − relu(x) + 1 (1 for x > 0, eˣ otherwise)."""
+
+    def fdiff(self, argindex=1):
+        x = self.args[0]
+        return elu(x) - relu(x) + 1
+
+    def _latex(self, printer, exp=None):
+        return _pow_latex(printer, exp, r"\operatorname{ELU}\left(%s\right)" % printer._print(self.args[0]))
+
+
+#: Python (math) values of the named functions, used to fold constant arguments at parse time.
+_NAMED_MATH = {
+    "sigmoid": lambda v: 1.0 / (1.0 + math.exp(-v)) if v >= 0 else math.exp(v) / (1.0 + math.exp(v)),
+    "relu": lambda v: max(v, 0.0),
+    "step": lambda v: 1.0 if v > 0 else 0.0,
+    "softplus": lambda v: max(v, 0.0) + math.log1p(math.exp(-abs(v))),
+    "logcosh": lambda v: abs(v) + math.log1p(math.exp(-2 * abs(v))) - math.log(2.0),
+    "silu": lambda v: v * _NAMED_MATH["sigmoid"](v),
+    "gelu": lambda v: 0.5 * v * (1.0 + math.erf(v / math.sqrt(2.0))),
+    "elu": lambda v: v if v > 0 else math.expm1(v),
+}
+
+#: Python (math) values of sympy's own functions, to check constant arguments at parse time (finite, bounded).
+_SYMPY_MATH = {
+    "exp": math.exp, "log": math.log, "sqrt": math.sqrt, "tanh": math.tanh, "cosh": math.cosh,
+    "sinh": math.sinh, "sin": math.sin, "cos": math.cos, "atan": math.atan, "abs": abs, "erf": math.erf,
+}
+
+
 #: Functions a user may call in an expression string, by name.
 FUNCTIONS: Mapping[str, object] = {
     "exp": sp.exp,
@@ -102,13 +155,38 @@ FUNCTIONS: Mapping[str, object] = {
     "step": step,
     "softplus": softplus,
     "logcosh": logcosh,
+    "silu": silu,
+    "gelu": gelu,
+    "elu": elu,
+    "erf": sp.erf,
+}
+
+#: One line per allowed function: what it computes (shown in errors and in the docs).
+FUNCTION_DOCS: Mapping[str, str] = {
+    "exp": "eˣ", "log": "natural logarithm (x > 0)", "sqrt": "square root (x ≥ 0)", "tanh": "hyperbolic tangent",
+    "cosh": "hyperbolic cosine", "sinh": "hyperbolic sine", "sin": "sine", "cos": "cosine", "atan": "arc tangent",
+    "abs": "absolute value", "sigmoid": "logistic σ(x) = 1/(1 + e⁻ˣ), σ' = σ(1 − σ) (stable)",
+    "relu": "max(x, 0)", "step": "Heaviside step (1 for x > 0), the a.e. derivative of relu",
+    "softplus": "log(1 + eˣ) (stable), softplus' = σ", "logcosh": "log cosh x (stable), derivative tanh",
+    "silu": "x σ(x) (SiLU / swish)", "gelu": "x Φ(x), Φ the normal CDF (exact GELU, erf form)",
+    "elu": "x for x > 0, eˣ − 1 otherwise (ELU, α = 1); elu(x) + 1 is the linear-attention feature map",
+    "erf": "error function",
 }
 
 CONSTANTS: Mapping[str, sp.Expr] = {"pi": sp.pi, "e": sp.E}
 
-_MAX_LEN = 400
-_MAX_DEPTH = 40
-_MAX_EXPONENT = 64
+#: Limits that bound the cost of every parse (and of what sympy does with the result).
+LIMITS = {
+    "characters": 400,        # length of the expression text
+    "depth": 40,              # nesting depth of the syntax tree
+    "nodes": 200,             # syntax-tree nodes (numbers, names, operators, calls)
+    "exponent": 64,           # |numeric exponent| of any power
+    "constant_magnitude": 1e100,  # |value| of any constant sub-expression (and 1/value when nonzero)
+    "constant_digits": 120,   # digits of the numerator / denominator of an exact rational constant
+}
+_MAX_LEN = LIMITS["characters"]
+_MAX_DEPTH = LIMITS["depth"]
+_MAX_EXPONENT = LIMITS["exponent"]
 
 _BINOPS = {
     ast.Add: lambda a, b: a + b,
@@ -119,74 +197,166 @@ _BINOPS = {
 }
 
 
+def _short(text: str, limit: int = 80) -> str:
+    """``repr`` of (the start of) a user string, safe to show in a message."""
+    return repr(text if len(text) <= limit else text[:limit] + "…")
+
+
 def parse(text: str, symbols: Iterable[str], where: str = "expression") -> sp.Expr:
     """Parse ``text`` into a sympy expression using only ``symbols`` and :data:`FUNCTIONS`.
 
     Raises :class:`~energyarch.errors.ParseError` (with the offending text and the allowed names)
     for anything else: attribute access, subscripts, lambdas, comprehensions, keyword arguments,
-    unknown names, strings, huge exponents. Nothing in ``text`` is ever executed.
+    unknown names, strings, and anything over the :data:`LIMITS` (length, depth, tree size, exponents,
+    size of constants). Nothing in ``text`` is ever executed, and the cost is bounded: constant
+    sub-expressions are checked with cheap float arithmetic *before* sympy evaluates them exactly.
 
     >>> parse("relu(x)**2/2", symbols=("x",))
     relu(x)**2/2
     """
     if not isinstance(text, str):
-        raise ParseError(f"{where}: expected a string, got {type(text).__name__} {text!r}")
+        raise ParseError(f"{where}: expected a string, got {type(text).__name__} {_short(repr(text))}")
     allowed = {name: sp.Symbol(name, real=True) for name in symbols}
     if len(text) > _MAX_LEN:
         raise ParseError(f"{where}: expression is {len(text)} characters long; the limit is {_MAX_LEN}")
+    if "\x00" in text:
+        raise ParseError(f"{where}: {_short(text)} contains a NUL character; write the expression on one line")
     try:
         tree = ast.parse(text.strip(), mode="eval")
     except SyntaxError as err:
-        raise ParseError(f"{where}: {text!r} is not a valid expression ({err.msg})") from None
+        raise ParseError(f"{where}: {_short(text)} is not a valid expression ({err.msg})") from None
+    except (ValueError, MemoryError, RecursionError) as err:
+        raise ParseError(f"{where}: {_short(text)} cannot be parsed ({type(err).__name__})") from None
+    nodes = sum(1 for _ in ast.walk(tree))
+    if nodes > LIMITS["nodes"]:
+        raise ParseError(f"{where}: {_short(text)} has {nodes} syntax nodes; the limit is {LIMITS['nodes']}. "
+                         f"Split it into named parameters or simplify it")
 
     def fail(node: ast.AST, why: str) -> None:
         raise ParseError(
-            f"{where}: {why} in {text!r}. Allowed: numbers, + - * / **, the names "
+            f"{where}: {why} in {_short(text)}. Allowed: numbers, + - * / **, the names "
             f"{sorted(allowed) + sorted(CONSTANTS)} and the functions {sorted(FUNCTIONS)}."
         )
 
-    def build(node: ast.AST, depth: int) -> sp.Expr:
+    def limit(node: ast.AST, why: str) -> None:
+        raise ParseError(f"{where}: {why} in {_short(text)}; limits: {LIMITS}")
+
+    def checked(node: ast.AST, expr: sp.Expr, value: Optional[float]) -> tuple[sp.Expr, Optional[float]]:
+        """Bound a constant's size (float value and exact digits) and a power's exponent."""
+        if value is not None:
+            if not math.isfinite(value) or abs(value) > LIMITS["constant_magnitude"]:
+                limit(node, f"a constant evaluates to {value!r}, beyond ±{LIMITS['constant_magnitude']:g}")
+            if value != 0 and abs(value) < 1 / LIMITS["constant_magnitude"]:
+                limit(node, f"a constant evaluates to {value!r}, below {1 / LIMITS['constant_magnitude']:g} in size")
+            if expr.has(sp.zoo, sp.nan, sp.oo, -sp.oo):
+                limit(node, "a constant is infinite or undefined (division by zero?)")
+            if isinstance(expr, sp.Rational):
+                digits = max(len(str(abs(expr.p))), len(str(expr.q)))
+                if digits > LIMITS["constant_digits"]:
+                    limit(node, f"an exact constant has {digits} digits")
+        else:  # sympy folds constants into symbolic products and powers: bound what it made
+            for power in expr.atoms(sp.Pow):
+                if power.exp.is_number and abs(float(power.exp)) > _MAX_EXPONENT:
+                    limit(node, f"a power has exponent {power.exp}, larger than {_MAX_EXPONENT}")
+            for number in expr.atoms(sp.Rational):
+                digits = max(len(str(abs(number.p))), len(str(number.q)))
+                if digits > LIMITS["constant_digits"] or (number != 0 and not (
+                        1 / LIMITS["constant_magnitude"] <= abs(float(number)) <= LIMITS["constant_magnitude"])):
+                    limit(node, f"a constant reaches {float(number):g}, beyond the bounds")
+        return expr, value
+
+    def build(node: ast.AST, depth: int) -> tuple[sp.Expr, Optional[float]]:
+        """(sympy expression, its float value when constant)."""
         if depth > _MAX_DEPTH:
             fail(node, "expression nests too deeply")
         if isinstance(node, ast.Expression):
             return build(node.body, depth + 1)
         if isinstance(node, ast.Constant):
             if isinstance(node.value, bool) or not isinstance(node.value, (int, float)):
-                fail(node, f"constant {node.value!r} is not a number")
+                fail(node, f"constant {_short(repr(node.value), 40)} is not a number")
+            if isinstance(node.value, int) and node.value.bit_length() > 4 * LIMITS["constant_digits"]:
+                limit(node, "an integer literal is too long")
+            value = float(node.value)
             if isinstance(node.value, float):
                 if not math.isfinite(node.value):
                     fail(node, f"constant {node.value!r} is not finite")
-                return sp.Rational(repr(node.value))
-            return sp.Integer(node.value)
+                return checked(node, sp.Rational(repr(node.value)), value)
+            return checked(node, sp.Integer(node.value), value)
         if isinstance(node, ast.Name):
             if node.id in allowed:
-                return allowed[node.id]
+                return allowed[node.id], None
             if node.id in CONSTANTS:
-                return CONSTANTS[node.id]
+                return CONSTANTS[node.id], float(CONSTANTS[node.id])
             if node.id in FUNCTIONS:
                 fail(node, f"function {node.id!r} used without a call")
-            fail(node, f"unknown symbol {node.id!r}")
+            fail(node, f"unknown symbol {_short(node.id, 40)}")
         if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)):
-            operand = build(node.operand, depth + 1)
-            return -operand if isinstance(node.op, ast.USub) else operand
+            operand, value = build(node.operand, depth + 1)
+            if isinstance(node.op, ast.USub):
+                return -operand, (None if value is None else -value)
+            return operand, value
         if isinstance(node, ast.BinOp) and type(node.op) in _BINOPS:
-            left, right = build(node.left, depth + 1), build(node.right, depth + 1)
-            if isinstance(node.op, ast.Pow) and right.is_number and abs(float(right)) > _MAX_EXPONENT:
-                fail(node, f"exponent {right} is larger than {_MAX_EXPONENT}")
-            return _BINOPS[type(node.op)](left, right)
+            (left, lv), (right, rv) = build(node.left, depth + 1), build(node.right, depth + 1)
+            value = None
+            if isinstance(node.op, ast.Pow) and rv is not None and abs(rv) > _MAX_EXPONENT:
+                limit(node, f"exponent {rv:g} is larger than {_MAX_EXPONENT}")
+            if lv is not None and rv is not None:
+                value = _float_binop(node.op, lv, rv, lambda why: limit(node, why))
+            elif isinstance(node.op, ast.Div) and rv == 0:
+                limit(node, "division by zero")
+            return checked(node, _BINOPS[type(node.op)](left, right), value)
         if isinstance(node, ast.Call):
             if not isinstance(node.func, ast.Name) or node.func.id not in FUNCTIONS:
-                name = node.func.id if isinstance(node.func, ast.Name) else ast.unparse(node.func)[:40]
-                fail(node, f"call of {name!r}, which is not an allowed function")
+                name = node.func.id if isinstance(node.func, ast.Name) else type(node.func).__name__
+                fail(node, f"call of {_short(name, 40)}, which is not an allowed function")
             if node.keywords:
                 fail(node, "keyword arguments are not allowed")
             if len(node.args) != 1:
                 fail(node, f"{node.func.id}() takes exactly one argument, got {len(node.args)}")
-            return FUNCTIONS[node.func.id](build(node.args[0], depth + 1))
+            name = node.func.id
+            arg, av = build(node.args[0], depth + 1)
+            if av is None:
+                return FUNCTIONS[name](arg), None
+            try:  # a constant argument: evaluate in floats first (bounded), then exactly where sympy can
+                value = (_NAMED_MATH.get(name) or _SYMPY_MATH[name])(av)
+            except (OverflowError, ValueError, ZeroDivisionError) as err:
+                limit(node, f"{name}({av:g}) is not a finite real number ({err})")
+            if name in _NAMED_MATH:  # our named functions: fold to the float value
+                return checked(node, sp.Rational(repr(float(value))), float(value))
+            return checked(node, FUNCTIONS[name](arg), float(value))
         fail(node, f"{type(node).__name__} is not allowed")
         raise AssertionError("unreachable")
 
-    return build(tree, 0)
+    expr, _ = build(tree, 0)
+    return expr
+
+
+def _float_binop(op: ast.operator, a: float, b: float, limit) -> float:
+    """The float value of a constant binary operation, without ever forming a huge number."""
+    try:
+        if isinstance(op, ast.Add):
+            return a + b
+        if isinstance(op, ast.Sub):
+            return a - b
+        if isinstance(op, ast.Mult):
+            return a * b
+        if isinstance(op, ast.Div):
+            if b == 0:
+                limit("division by zero")
+            return a / b
+        # power: bound log10 |a**b| before computing it
+        if a == 0:
+            if b < 0:
+                limit("zero raised to a negative power")
+            return 0.0 if b > 0 else 1.0
+        if a < 0 and b != int(b):
+            limit(f"({a:g})**({b:g}) is not real")
+        if abs(b * math.log10(abs(a))) > math.log10(LIMITS["constant_magnitude"]):
+            limit(f"({a:g})**({b:g}) is larger than {LIMITS['constant_magnitude']:g}")
+        return a**b
+    except OverflowError:
+        limit("a constant overflows")
+    raise AssertionError("unreachable")
 
 
 # --------------------------------------------------------------------------------------------
@@ -205,7 +375,7 @@ class EnergyTorchPrinter(TorchPrinter):
     _math_names = {
         "exp": "math.exp", "log": "math.log", "sqrt": "math.sqrt", "tanh": "math.tanh",
         "cosh": "math.cosh", "sinh": "math.sinh", "sin": "math.sin", "cos": "math.cos",
-        "atan": "math.atan", "Abs": "abs",
+        "atan": "math.atan", "Abs": "abs", "erf": "math.erf",
     }
 
     def __init__(self, tensor_symbols: Iterable[str] = ()):
@@ -243,6 +413,9 @@ class EnergyTorchPrinter(TorchPrinter):
             "step": f"_step({arg})",
             "softplus": f"torch.nn.functional.softplus({arg})",
             "logcosh": f"_logcosh({arg})",
+            "silu": f"torch.nn.functional.silu({arg})",
+            "gelu": f"torch.nn.functional.gelu({arg})",
+            "elu": f"torch.nn.functional.elu({arg})",
         }
         if name in special:
             return special[name]
@@ -253,6 +426,9 @@ class EnergyTorchPrinter(TorchPrinter):
     _print_step = _print_Function
     _print_softplus = _print_Function
     _print_logcosh = _print_Function
+    _print_silu = _print_Function
+    _print_gelu = _print_Function
+    _print_elu = _print_Function
 
     def _print_exp(self, expr):
         return self._print_Function(expr)
@@ -313,6 +489,7 @@ def _torch_functions():
         sp.sinh: torch.sinh, sp.sin: torch.sin, sp.cos: torch.cos, sp.atan: torch.atan,
         sp.Abs: torch.abs, sigmoid: torch.sigmoid, relu: torch.relu,
         step: lambda t: (t > 0).to(t.dtype), softplus: F.softplus, logcosh: _logcosh_t,
+        silu: F.silu, gelu: F.gelu, elu: F.elu, sp.erf: torch.erf,
     }
 
 

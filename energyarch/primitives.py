@@ -15,14 +15,17 @@ user passes in ``params``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import keyword
+import math
+import re
+from dataclasses import dataclass
 from typing import Callable, Mapping, Optional
 
 import sympy as sp
 import torch
 
 from .errors import DeclarationError
-from .expr import parse
+from .expr import CONSTANTS, FUNCTIONS, LIMITS, parse
 
 #: Parameter names every expression may use; bound at compile time.
 PARAMETERS = ("beta", "p", "M", "d")
@@ -31,17 +34,48 @@ S = sp.Symbol("s", real=True)
 R = sp.Symbol("r", real=True)
 
 
+_ASCII_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,31}\Z")
+
+
 def _as_params(params: Optional[Mapping[str, float]], where: str) -> tuple[tuple[str, float], ...]:
+    if params is not None and not isinstance(params, Mapping):
+        raise DeclarationError(f"{where}: params={params!r} must be a mapping such as {{'gamma': 0.5}}")
     params = dict(params or {})
     for name, value in params.items():
-        if not name.isidentifier() or name in ("x", "s", "r") + PARAMETERS:
+        if (not isinstance(name, str) or not _ASCII_NAME.match(name) or keyword.iskeyword(name)
+                or name in ("x", "s", "r") + PARAMETERS + tuple(FUNCTIONS) + tuple(CONSTANTS)):
             raise DeclarationError(
-                f"{where}: parameter name {name!r} is reserved or invalid; choose another name "
-                f"(reserved: x, s, r, {', '.join(PARAMETERS)})"
+                f"{where}: parameter name {name!r} is reserved or invalid; use an ASCII identifier of at most "
+                f"32 characters that is not a keyword, a function or a reserved name "
+                f"(reserved: x, s, r, {', '.join(PARAMETERS)}, pi, e)"
             )
         if not isinstance(value, (int, float)) or isinstance(value, bool):
-            raise DeclarationError(f"{where}: parameter {name}={value!r} must be a number")
+            raise DeclarationError(f"{where}: parameter {name}={value!r} must be a real number")
+        if not math.isfinite(value) or abs(value) > LIMITS["constant_magnitude"] or (
+                value != 0 and abs(value) < 1 / LIMITS["constant_magnitude"]):
+            raise DeclarationError(
+                f"{where}: parameter {name}={value!r} must be finite, with 1e-100 <= |value| <= 1e100 (or 0)")
     return tuple(sorted((k, float(v)) for k, v in params.items()))
+
+
+def _check_label(name, where: str) -> str:
+    """Names are free text for people (reports, plots); they reach emitted source only as repr() literals."""
+    if not isinstance(name, str):
+        raise DeclarationError(f"{where}: name={name!r} must be a string")
+    if len(name) > 200:
+        raise DeclarationError(f"{where}: name is {len(name)} characters long; use at most 200")
+    return name
+
+
+def _latex_name(name: str) -> str:
+    """A name as LaTeX text: letters, digits and underscores only (escaped), so no name can break the maths."""
+    cleaned = re.sub(r"[^A-Za-z0-9_]+", "", name)[:40] or "fn"
+    return cleaned.replace("_", r"\_")
+
+
+def _callable_name(fn, role: str) -> str:
+    name = getattr(fn, "__name__", None)
+    return name if isinstance(name, str) and name and len(name) <= 200 else role
 
 
 @dataclass(frozen=True)
@@ -53,10 +87,11 @@ class Scalar:
 
     name: str
     expr: Optional[sp.Expr] = None
-    fn: Optional[Callable[[torch.Tensor], torch.Tensor]] = field(default=None, compare=False)
+    fn: Optional[Callable[[torch.Tensor], torch.Tensor]] = None  # compared (and hashed) by identity
     params: tuple[tuple[str, float], ...] = ()
 
     def __post_init__(self):
+        _check_label(self.name, "Scalar")
         if (self.expr is None) == (self.fn is None):
             raise DeclarationError(f"Scalar {self.name!r}: give exactly one of expr= or fn=")
         if self.expr is not None:
@@ -83,10 +118,12 @@ class Scalar:
         return cls(name=name or str(expr), expr=expr.xreplace(subs), params=_as_params(params, "from_sympy"))
 
     @classmethod
-    def from_torch(cls, fn: Callable[[torch.Tensor], torch.Tensor], name: str) -> "Scalar":
+    def from_torch(cls, fn: Callable[[torch.Tensor], torch.Tensor], name: Optional[str] = None) -> "Scalar":
         """Wrap an elementwise torch callable; only the autodiff path can differentiate it."""
         if not callable(fn):
             raise DeclarationError(f"from_torch: {fn!r} is not callable")
+        if name is None:
+            name = _callable_name(fn, "fn")
         return cls(name=name, fn=fn)
 
     @property
@@ -95,7 +132,7 @@ class Scalar:
 
     def latex(self, var: str = "x") -> str:
         if self.expr is None:
-            return r"\mathrm{%s}(%s)" % (self.name, var)
+            return r"\mathrm{%s}(%s)" % (_latex_name(self.name), var)
         return sp.latex(self.expr.subs(X, sp.Symbol(var)))
 
 
@@ -108,7 +145,7 @@ def as_scalar(value, role: str) -> Scalar:
     if isinstance(value, sp.Expr):
         return Scalar.from_sympy(value)
     if callable(value):
-        return Scalar.from_torch(value, name=getattr(value, "__name__", role))
+        return Scalar.from_torch(value, name=_callable_name(value, role))
     raise DeclarationError(
         f"{role}={value!r}: expected an expression string like 'log(x)', a sympy expression, "
         f"a Scalar, or a torch callable"
@@ -131,11 +168,12 @@ class Kernel:
     kind: str
     expr: Optional[sp.Expr] = None
     phi: Optional[Scalar] = None
-    fn: Optional[Callable] = field(default=None, compare=False)
+    fn: Optional[Callable] = None  # compared (and hashed) by identity: two lambdas are two kernels
     symmetric: bool = True
     params: tuple[tuple[str, float], ...] = ()
 
     def __post_init__(self):
+        _check_label(self.name, "Kernel")
         if self.kind not in ("inner", "distance", "callable"):
             raise DeclarationError(f"Kernel {self.name!r}: kind={self.kind!r}; use 'inner', 'distance' or 'callable'")
         if self.kind == "callable" and self.fn is None:
@@ -162,7 +200,7 @@ class Kernel:
         return cls(name=name or text, kind=kind, expr=expr, phi=phi_s, params=p)
 
     @classmethod
-    def from_torch(cls, fn: Callable, name: str, symmetric: bool = True) -> "Kernel":
+    def from_torch(cls, fn: Callable, name: Optional[str] = None, symmetric: bool = True) -> "Kernel":
         """Wrap ``fn(x, y) -> scalar`` (single p-vectors); differentiated with ``torch.func``.
 
         ``symmetric=True`` claims K(x, y) = K(y, x), which enables the pairwise closed form
@@ -170,7 +208,10 @@ class Kernel:
         """
         if not callable(fn):
             raise DeclarationError(f"Kernel.from_torch: {fn!r} is not callable")
-        return cls(name=name, kind="callable", fn=fn, symmetric=symmetric)
+        if not isinstance(symmetric, bool):
+            raise DeclarationError(f"Kernel.from_torch: symmetric={symmetric!r} must be True or False")
+        return cls(name=_callable_name(fn, "K") if name is None else name, kind="callable", fn=fn,
+                   symmetric=symmetric)
 
     @property
     def symbolic(self) -> bool:
@@ -182,7 +223,7 @@ class Kernel:
 
     def latex(self) -> str:
         if self.kind == "callable":
-            return r"\mathrm{%s}(\mathbf{x}, \mathbf{y})" % self.name
+            return r"\mathrm{%s}(\mathbf{x}, \mathbf{y})" % _latex_name(self.name)
         if self.kind == "distance":
             return sp.latex(self.expr.subs(R, sp.Symbol(r"\|\mathbf{x}-\mathbf{y}\|^2")))
         inner = (r"\mathbf{x}^\top \mathbf{y}" if self.phi is None
@@ -196,7 +237,7 @@ def as_kernel(value) -> Kernel:
     if isinstance(value, str):
         return Kernel.parse(value)
     if callable(value):
-        return Kernel.from_torch(value, name=getattr(value, "__name__", "K"))
+        return Kernel.from_torch(value, name=_callable_name(value, "K"))
     raise DeclarationError(
         f"K={value!r}: expected an expression string like 'exp(beta*s)', a Kernel, or a torch callable K(x, y)"
     )

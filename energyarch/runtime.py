@@ -77,10 +77,122 @@ def bisoftmax_sdpa(Phi: Tensor, b: float) -> Tensor:
     return P_Phi + Pt_Phi
 
 
+def sq_distances(Z: Tensor) -> Tensor:
+    """``r_ij = ‖z_i − z_j‖²`` from the Gram matrix, shape ``(..., N, N)`` (clamped at 0 against rounding)."""
+    sq = Z.pow(2).sum(-1)                                                 # (..., N)
+    return (sq.unsqueeze(-1) + sq.unsqueeze(-2) - 2 * (Z @ Z.transpose(-1, -2))).clamp_min(0)
+
+
+def distance_softmax_dense(Z: Tensor, b: float) -> tuple[Tensor, Tensor]:
+    """``((P + Pᵀ) Z, Pᵀ1)`` for ``P = row-softmax(b r)``, ``r_ij = ‖z_i − z_j‖²`` (N×N materialised)."""
+    P = torch.softmax(b * sq_distances(Z), dim=-1)                       # (..., N, N)
+    return (P + P.transpose(-1, -2)) @ Z, P.sum(-2).unsqueeze(-1)
+
+
+def distance_softmax_sdpa(Z: Tensor, b: float) -> tuple[Tensor, Tensor]:
+    """:func:`distance_softmax_dense` without forming N×N, through two SDPA passes.
+
+    Row i of ``b r`` is ``−2b z_i·z_j + b‖z_j‖²`` up to a per-row constant (which the softmax ignores), so P is a
+    softmax with scale ``β = −2b`` and a per-key bias ``c_j = b‖z_j‖²``, carried as one extra coordinate; the
+    row log-sum-exp and the column sums come from a "sink" key, as in :func:`bisoftmax_sdpa`.
+    """
+    *batch, N, p = Z.shape
+    beta = -2.0 * b
+    sq = Z.pow(2).sum(-1, keepdim=True)                                  # (..., N, 1)
+    ones, zeros = Z.new_ones(*batch, N, 1), Z.new_zeros(*batch, N, 1)
+    with torch.no_grad():
+        bound = abs(beta) * sq.amax() + (b * sq).amax().clamp_min(0)      # ≥ every score of a row
+    sink_v = Z.new_zeros(*batch, 1, p + 1)
+    sink_v[..., 0, p] = 1.0
+    v = torch.cat([torch.cat([Z, zeros], -1), sink_v], -2)               # (..., N+1, p+1)
+    # pass 1: scores β z_i·z_j + c_j and the row log-sum-exp L_i
+    q1 = torch.cat([Z, ones, ones], -1)                                  # (..., N, p+2)
+    sink_k1 = Z.new_zeros(*batch, 1, p + 2)
+    sink_k1[..., 0, p] = bound / beta
+    k1 = torch.cat([torch.cat([Z, b * sq / beta, zeros], -1), sink_k1], -2)
+    out1 = F.scaled_dot_product_attention(q1, k1, v, scale=beta)
+    w1 = out1[..., p:]
+    P_Z = out1[..., :p] / (1 - w1)
+    L = bound + torch.log1p(-w1) - torch.log(w1)                          # (..., N, 1)
+    # pass 2: (Pᵀ Z)_k = Σ_i P_ik z_i with score log P_ik = β z_i·z_k + c_k − L_i; the sink (score 0) gives Σ_i P_ik
+    q2 = torch.cat([Z, ones, b * sq / beta], -1)
+    k2 = torch.cat([torch.cat([Z, -L / beta, ones], -1), Z.new_zeros(*batch, 1, p + 2)], -2)
+    out2 = F.scaled_dot_product_attention(q2, k2, v, scale=beta)
+    w2 = out2[..., p:]
+    return P_Z + out2[..., :p] / w2, (1 - w2) / w2
+
+
 def bisoftmax_dense(Phi: Tensor, b: float) -> Tensor:
     """(P + Pᵀ) Φ with the N×N matrix P = row-softmax(b ΦΦᵀ) materialised (fast for short sequences)."""
     P = torch.softmax(b * (Phi @ Phi.transpose(-1, -2)), dim=-1)  # (B, H, N, N)
     return (P + P.transpose(-1, -2)) @ Phi
+
+
+def check_step(step, X: Tensor, where: str):
+    """Validate a step size against X: a real finite number, or a real tensor that broadcasts to X (cast to
+    X's dtype). Raises :class:`~energyarch.errors.ShapeError` naming the term and the fix."""
+    if isinstance(step, Tensor):
+        if step.is_complex() or not (step.is_floating_point() or step.dtype in (torch.int32, torch.int64)):
+            raise ShapeError(f"{where}: step size has dtype {step.dtype}; give a real floating-point tensor or a float")
+        try:
+            torch.broadcast_shapes(step.shape, X.shape)
+        except RuntimeError:
+            raise ShapeError(
+                f"{where}: step size of shape {tuple(step.shape)} does not broadcast against X of shape "
+                f"{tuple(X.shape)}; use a scalar, (d,), or (..., N, d)"
+            ) from None
+        if len(torch.broadcast_shapes(step.shape, X.shape)) != X.dim():
+            raise ShapeError(f"{where}: step size of shape {tuple(step.shape)} has more dimensions than X "
+                             f"{tuple(X.shape)}; use a scalar, (d,), or (..., N, d)")
+        return step.to(X.dtype) if step.dtype != X.dtype else step
+    if isinstance(step, bool) or not isinstance(step, (int, float)):
+        raise ShapeError(f"{where}: step size {step!r} of type {type(step).__name__} is not a real number; "
+                         f"give a float (e.g. 0.1) or a real tensor")
+    if not math.isfinite(step):
+        raise ShapeError(f"{where}: step size {step!r} is not finite; give a finite float")
+    return step
+
+
+class _FiniteCheck:
+    """State of :func:`finite_checks` (opt-in: checking costs a device sync per term and iteration)."""
+
+    def __init__(self):
+        self.active = False
+        self.calls = 0
+
+    def check(self, out: Tensor, term: str) -> None:
+        if not bool(torch.isfinite(out).all()):
+            from .errors import NonFiniteError
+
+            bad = (~torch.isfinite(out)).sum().item()
+            raise NonFiniteError(
+                f"non-finite values first appear in the update of term {term!r} at iteration {self.calls} of "
+                f"finite_checks() ({bad} of {out.numel()} entries inf or NaN); check that term's energy "
+                f"(ea.verify reports overflow), its step sizes, and the scale of its kernel (beta)"
+            )
+
+
+_FINITE_CHECK = _FiniteCheck()
+
+
+class finite_checks:  # noqa: N801 - used as a context manager, like torch.no_grad
+    """Opt-in check that every update is finite; the first inf / NaN raises
+    :class:`~energyarch.errors.NonFiniteError` naming the term and the iteration.
+
+    >>> import energyarch as ea, torch
+    >>> step = ea.compile(ea.Attention(f="log(x)/beta", K="exp(beta*s)", heads=2), d=8)
+    >>> with ea.finite_checks():
+    ...     X = step(torch.randn(2, 5, 8), 0.1)
+    """
+
+    def __enter__(self):
+        self._was = (_FINITE_CHECK.active, _FINITE_CHECK.calls)
+        _FINITE_CHECK.active, _FINITE_CHECK.calls = True, 0
+        return self
+
+    def __exit__(self, *exc):
+        _FINITE_CHECK.active, _FINITE_CHECK.calls = self._was
+        return False
 
 
 class TermUpdate(nn.Module):
@@ -131,8 +243,14 @@ class TermUpdate(nn.Module):
                 f"(tokens in rows, width last)"
             )
         W = self.weight if weight is None else weight
-        if W.shape != self.weight.shape:
-            raise ShapeError(f"{self.term_name}: weight has shape {tuple(W.shape)}; expected {tuple(self.weight.shape)}")
+        if not isinstance(W, Tensor) or W.shape != self.weight.shape:
+            shape = tuple(W.shape) if isinstance(W, Tensor) else type(W).__name__
+            raise ShapeError(f"{self.term_name}: weight has shape {shape}; expected {tuple(self.weight.shape)}")
+        if X.dtype != W.dtype and not torch.is_autocast_enabled(X.device.type):
+            raise ShapeError(
+                f"{self.term_name}: X has dtype {X.dtype} but the layer's weights are {W.dtype}; convert one of "
+                f"them: layer.to({X.dtype}) or X.to({W.dtype})"
+            )
         return W
 
     def coords(self, X: Tensor, weight: Optional[Tensor] = None) -> Tensor:
@@ -169,17 +287,16 @@ class TermUpdate(nn.Module):
         return -(G.transpose(-2, -3).flatten(-2) @ W.transpose(0, 1))    # (..., N, d)
 
     def forward(self, X: Tensor, step: Union[float, Tensor] = 1.0, weight: Optional[Tensor] = None) -> Tensor:
-        """One step ``X + step ⊙ direction(X)``; ``step`` broadcasts against ``(..., N, d)``."""
-        D = self.direction(X, weight)
-        if isinstance(step, Tensor):
-            try:
-                torch.broadcast_shapes(step.shape, D.shape)
-            except RuntimeError:
-                raise ShapeError(
-                    f"{self.term_name}: step size of shape {tuple(step.shape)} does not broadcast against "
-                    f"X of shape {tuple(D.shape)}; use a scalar, (d,), or (..., N, d)"
-                ) from None
-        return X + step * D
+        """One step ``X + step ⊙ direction(X)``; ``step`` broadcasts against ``(..., N, d)``.
+
+        dtype rule: X must have the dtype of the layer's parameters (``layer.to(dtype)`` converts the layer);
+        a step-size tensor is cast to X's dtype. Step sizes are real and finite.
+        """
+        step = check_step(step, X, self.term_name)
+        out = X + step * self.direction(X, weight)
+        if _FINITE_CHECK.active:
+            _FINITE_CHECK.check(out, self.term_name)
+        return out
 
     def energy(self, X: Tensor, weight: Optional[Tensor] = None) -> Tensor:
         """The term's energy at the constrained point, shape ``X.shape[:-2]`` (Fig. 5 convention)."""

@@ -3,8 +3,9 @@
 :func:`verify` checks, in float64 on random inputs, for every term of a compiled step:
 
 1. the emitted ``∇_Z E`` equals ``torch.func.grad`` of an independent reference energy (evaluated by
-   walking the declared expressions, not the emitted code): max abs diff ≤ ``tol``;
-2. the emitted update ``X ↦ X'`` equals the update of the autodiff-path module with the same weights;
+   walking the declared expressions, not the emitted code): max abs diff ≤ ``rtol`` × max |reference|;
+2. the emitted update ``X ↦ X'`` equals the update of the autodiff-path module with the same weights, and
+   the update built from the reference gradient (same relative tolerance);
 3. a small step decreases the term's energy (evaluated at the constrained point, as in the paper's Fig. 5).
 
 >>> import energyarch as ea
@@ -16,7 +17,9 @@ True
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import dataclass, field
+from typing import Mapping, Optional
 
 import torch
 from torch import Tensor
@@ -29,9 +32,14 @@ from .primitives import Kernel
 from .runtime import TermUpdate, pairwise_kernel
 
 
-def reference_energy(term: Term, module: TermUpdate, Z: Tensor) -> Tensor:
-    """E of ``term`` at coordinates ``Z`` (…, H, N, p), straight from the declaration (shape ``(…,)``)."""
-    env = {"beta": float(module.beta), "p": module.head_dim, "M": module.head_dim, "d": module.d, **params_of(term)}
+def declared_energy(term: Term, Z: Tensor, env: Mapping[str, float]) -> Tensor:
+    """E of ``term`` at coordinates ``Z`` (…, H, N, p), built from the declaration alone (shape ``(…,)``).
+
+    Independent of the derivation: expressions are evaluated by walking the declared sympy trees, opaque
+    primitives are called as given, and a distance kernel sees ``r = ‖z_i − z_j‖²`` formed from differences
+    (never rewritten with the radius). ``env`` binds ``beta``, ``p``, ``M``, ``d``.
+    """
+    env = {**env, **params_of(term)}
 
     def scalar(prim, t):
         return prim.fn(t) if prim.fn is not None else _full(evaluate(prim.expr, {**env, "x": t}), t)
@@ -40,26 +48,34 @@ def reference_energy(term: Term, module: TermUpdate, Z: Tensor) -> Tensor:
         K: Kernel = term.K
         if K.kind == "callable":
             Kmat = pairwise_kernel(K.fn, Z)
-        else:
+        elif K.kind == "inner":
             Phi = scalar(K.phi, Z) if K.phi is not None else Z
-            if K.kind == "inner":
-                Kmat = _full(evaluate(K.expr, {**env, "s": Phi @ Phi.transpose(-1, -2)}), Z[..., :1])
-            else:
-                # constrained energy: on the sphere ‖x − y‖² = 2R² − 2x·y (DESIGN, on-sphere reduction)
-                r = 2 * module.radius**2 - 2 * (Z @ Z.transpose(-1, -2))
-                Kmat = _full(evaluate(K.expr, {**env, "r": r}), r)
+            Kmat = _full(evaluate(K.expr, {**env, "s": Phi @ Phi.transpose(-1, -2)}), Z[..., :1])
+        else:
+            r = (Z.unsqueeze(-2) - Z.unsqueeze(-3)).pow(2).sum(-1)          # (…, N, N) ‖z_i − z_j‖²
+            Kmat = _full(evaluate(K.expr, {**env, "r": r}), r)
         return scalar(term.f, Kmat.sum(-1)).sum(dim=(-1, -2))
     Sigma = scalar(term.h, Z).sum(-1)
     return -scalar(term.g, Sigma).sum(dim=(-1, -2))
+
+
+def reference_energy(term: Term, module: TermUpdate, Z: Tensor) -> Tensor:
+    """:func:`declared_energy` with the sizes of a compiled term module."""
+    env = {"beta": float(module.beta), "p": module.head_dim, "M": module.head_dim, "d": module.d}
+    return declared_energy(term, Z, env)
 
 
 def _full(value, like: Tensor) -> Tensor:
     return value if isinstance(value, Tensor) else torch.full_like(like, float(value))
 
 
+def _rel(diff: float, scale: float) -> float:
+    return diff / scale if scale > 0 else (0.0 if diff == 0 else math.inf)
+
+
 @dataclass
 class TermCheck:
-    """Result of the checks on one term."""
+    """Result of the checks on one term. Errors are absolute and relative to the size of what is compared."""
 
     name: str
     pattern: str
@@ -69,6 +85,17 @@ class TermCheck:
     energy_before: float
     energy_after: float
     step: float
+    grad_scale: float = 1.0      # max |∇_Z E| of the reference
+    update_scale: float = 1.0    # max |X' − X| of the reference update
+    finite: bool = True          # False when a gradient, update or energy overflowed to inf / NaN
+
+    @property
+    def grad_rel_diff(self) -> float:
+        return _rel(self.grad_max_abs_diff, self.grad_scale)
+
+    @property
+    def update_rel_diff(self) -> float:
+        return _rel(self.update_max_abs_diff, self.update_scale)
 
     @property
     def decreased(self) -> bool:
@@ -77,43 +104,73 @@ class TermCheck:
 
 @dataclass
 class VerificationReport:
-    """All term checks; ``ok`` when every gradient matches within ``tol`` and every step descends."""
+    """All term checks; ``ok`` when every term is finite, its gradient and update match the references within
+    ``rtol`` relative to their size, and a small step descends."""
 
     terms: list[TermCheck] = field(default_factory=list)
-    tol: float = 1e-9
+    rtol: float = 1e-9
     mode: str = "paper"
 
     @property
+    def tol(self) -> float:  # the older name
+        return self.rtol
+
+    def term_ok(self, t: TermCheck) -> bool:
+        return t.finite and t.grad_rel_diff <= self.rtol and t.update_rel_diff <= self.rtol and t.decreased
+
+    @property
     def ok(self) -> bool:
-        return all(t.grad_max_abs_diff <= self.tol and t.update_max_abs_diff <= self.tol and t.decreased
-                   for t in self.terms)
+        return all(self.term_ok(t) for t in self.terms)
 
     def table(self) -> str:
-        rows = ["| term | pattern | path | max abs Δ∇ | max abs ΔX' | E before | E after − E before | descends |",
-                "|---|---|---|---|---|---|---|---|"]
+        rows = ["| term | pattern | path | max abs Δ∇ | rel Δ∇ | max abs ΔX' | rel ΔX' | E before | E after − E before "
+                "| descends |", "|---|---|---|---|---|---|---|---|---|---|"]
         for t in self.terms:
-            rows.append(f"| {t.name} | {t.pattern} | {t.path} | {t.grad_max_abs_diff:.2e} | {t.update_max_abs_diff:.2e} "
+            if not t.finite:
+                rows.append(f"| {t.name} | {t.pattern} | {t.path} | OVERFLOW: inf or NaN in the gradient, update or "
+                            f"energy (E = {t.energy_before:.6g}); reduce beta / the kernel's scale or use a bounded f "
+                            f"| | | | | | |")
+                continue
+            rows.append(f"| {t.name} | {t.pattern} | {t.path} | {t.grad_max_abs_diff:.2e} | {t.grad_rel_diff:.1e} "
+                        f"| {t.update_max_abs_diff:.2e} | {t.update_rel_diff:.1e} "
                         f"| {t.energy_before:.6g} | {t.energy_after - t.energy_before:.3e} "
                         f"| {'yes' if t.decreased else 'NO'} |")
         return "\n".join(rows)
 
     def __str__(self) -> str:
-        return f"verification ({self.mode} mode, tol {self.tol:g}): {'OK' if self.ok else 'FAILED'}\n" + self.table()
+        return (f"verification ({self.mode} mode, rtol {self.rtol:g}): {'OK' if self.ok else 'FAILED'}\n"
+                + self.table())
 
 
-def verify(step: EnergyStep, *, batch: int = 2, tokens: int = 7, seed: int = 0, tol: float = 1e-9,
-           step_size: float = 1e-4, raise_on_fail: bool = True) -> VerificationReport:
-    """Check a compiled step numerically in float64 (see module docstring). Raises
-    :class:`~energyarch.errors.VerificationError` with the table if a check fails and ``raise_on_fail``."""
+def _finite(*tensors: Tensor) -> bool:
+    return all(bool(torch.isfinite(t).all()) for t in tensors)
+
+
+def verify(step: EnergyStep, *, batch: int = 2, tokens: int = 7, seed: int = 0, rtol: float = 1e-9,
+           step_size: float = 1e-4, raise_on_fail: bool = True, tol: Optional[float] = None) -> VerificationReport:
+    """Check a compiled step numerically in float64 (see module docstring).
+
+    Errors are relative: ``max |emitted − reference| ≤ rtol · max |reference|`` for the gradient and for the
+    update (``tol`` is an older name for ``rtol``). Overflow (inf / NaN anywhere) is reported as such. Raises
+    :class:`~energyarch.errors.VerificationError` with the table if a check fails and ``raise_on_fail``.
+    """
     if not isinstance(step, EnergyStep):
         raise VerificationError(f"verify: expected a compiled EnergyStep (from energyarch.compile), got {type(step).__name__}")
+    for name, value, low in (("batch", batch, 1), ("tokens", tokens, 1), ("seed", seed, 0)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < low:
+            raise VerificationError(f"verify: {name}={value!r} must be an integer >= {low}")
+    if tol is not None:
+        rtol = tol
+    for name, value in (("rtol", rtol), ("step_size", step_size)):
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 < value < math.inf:
+            raise VerificationError(f"verify: {name}={value!r} must be a positive finite number")
     step64 = copy.deepcopy(step).to(torch.float64)
     mode = next(iter(step64.terms.values())).mode
     reference = compile_energy(step.energy_decl, step.d, mode=mode, path="autodiff", dtype=torch.float64)
     reference.load_state_dict(step64.state_dict())
     gen = torch.Generator().manual_seed(seed)
     X = torch.randn(batch, tokens, step.d, generator=gen, dtype=torch.float64)
-    report = VerificationReport(tol=tol, mode=mode)
+    report = VerificationReport(rtol=rtol, mode=mode)
     for name, module in step64.terms.items():
         term = step.energy_decl[name]
         with torch.no_grad():
@@ -132,10 +189,12 @@ def verify(step: EnergyStep, *, batch: int = 2, tokens: int = 7, seed: int = 0, 
             X1_ref = torch.maximum((X1 - reference.terms[name](X, 0.1)).abs(), (X1 - (X + 0.1 * dir_ref)).abs())
             e0 = module.energy(X)
             e1 = module.energy(X + step_size * direction)
+        finite = _finite(G, G_ref, X1, X1_ref, e0, e1)
         report.terms.append(TermCheck(
             name=name, pattern=step.derivations[name].pattern, path=step.derivations[name].path,
             grad_max_abs_diff=float((G - G_ref).abs().max()), update_max_abs_diff=float(X1_ref.max()),
             energy_before=float(e0.sum()), energy_after=float(e1.sum()), step=step_size,
+            grad_scale=float(G_ref.abs().max()), update_scale=float((0.1 * dir_ref).abs().max()), finite=finite,
         ))
     if raise_on_fail and not report.ok:
         raise VerificationError(str(report))

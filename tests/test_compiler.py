@@ -7,7 +7,7 @@ import torch
 
 import energyarch as ea
 from energyarch.runtime import bisoftmax_dense, bisoftmax_sdpa
-from energyarch.verify import reference_energy
+from energyarch.verify import declared_energy, reference_energy
 
 ATTENTION = {
     "bi-softmax": ea.Attention(f="log(x)/beta", K="exp(beta*s)", heads=4),
@@ -57,35 +57,47 @@ def test_opaque_callable_takes_autodiff_path_and_says_why():
     assert ea.verify(step).ok
 
 
-def test_rbf_kernel_reduces_to_bisoftmax_with_beta_two_gamma():
-    gamma = 0.3
+def test_rbf_kernel_step_is_the_declared_gradient_bisoftmax_plus_a_radial_term():
+    """DESIGN, distance kernel: 2γ[(P + Pᵀ)Z − (1 + Pᵀ1) ⊙ Z] with P the bi-softmax matrix at β = 2γ on the sphere."""
+    gamma, R2 = 0.3, 8.0
     rbf = ea.Attention(f="log(x)", K=ea.Kernel.parse("exp(-gamma*r)", params={"gamma": gamma}), heads=2)
     dv = ea.derive(rbf, 16)
-    assert dv.pattern == "bi-softmax"
-    assert float(dv.constants["b"]) == pytest.approx(2 * gamma)
+    assert dv.pattern == "distance softmax" and dv.path == "symbolic"
+    assert float(dv.constants["b"]) == pytest.approx(-gamma)
     step = ea.compile(rbf, d=16, dtype=torch.float64)
-    Z = step.terms["attn"].normalize(torch.randn(2, 2, 5, 8, dtype=torch.float64))
-    expected = 2 * gamma * bisoftmax_dense(Z, 2 * gamma)   # a·b (P + Pᵀ) Z with a = 1, b = 2γ
-    assert torch.allclose(step.terms["attn"].grad_Z(Z), expected, atol=1e-12)
+    Z = torch.randn(2, 2, 5, 8, dtype=torch.float64)
+    Z = Z / Z.norm(dim=-1, keepdim=True) * math.sqrt(R2)       # exactly on the sphere
 
-
-def test_distance_form_differs_only_radially_so_riemannian_steps_agree():
-    """Raw ‖x−y‖² and its on-sphere rewrite have gradients that differ along z only."""
-    gamma, R2 = 0.3, 8.0
-    Z = torch.randn(1, 1, 6, 8, dtype=torch.float64)
-    Z = Z / Z.norm(dim=-1, keepdim=True) * math.sqrt(R2)
-
-    def raw_energy(Z_):
+    def declared(Z_):                                           # written here from the declaration
         r = (Z_.unsqueeze(-2) - Z_.unsqueeze(-3)).pow(2).sum(-1)
         return torch.log(torch.exp(-gamma * r).sum(-1)).sum()
 
-    g_raw = torch.func.grad(raw_energy)(Z)
-    step = ea.compile(ea.Attention(f="log(x)", K=ea.Kernel.parse("exp(-gamma*r)", params={"gamma": gamma})),
-                      d=8, dtype=torch.float64)
-    g_sphere = step.terms["attn"].grad_Z(Z)
-    tangent = lambda G: G - (G * Z).sum(-1, keepdim=True) * Z / R2  # noqa: E731
-    assert not torch.allclose(g_raw, g_sphere, atol=1e-6)
-    assert torch.allclose(tangent(g_raw), tangent(g_sphere), atol=1e-12)
+    G = step.terms["attn"].grad_Z(Z)
+    G_ref = torch.func.grad(declared)(Z)
+    assert (G - G_ref).abs().max() <= 1e-12 * G_ref.abs().max()
+    P = torch.softmax(2 * gamma * Z @ Z.transpose(-1, -2), dim=-1)
+    expected = 2 * gamma * ((P + P.transpose(-1, -2)) @ Z - (1 + P.sum(-2)).unsqueeze(-1) * Z)
+    assert (G - expected).abs().max() <= 1e-12 * expected.abs().max()
+    # and the bi-softmax step differs from it only along z (the spurious self-interaction of the rewrite)
+    tangent = lambda A: A - (A * Z).sum(-1, keepdim=True) * Z / R2  # noqa: E731
+    bisoftmax = 2 * gamma * bisoftmax_dense(Z, 2 * gamma)
+    assert (G - bisoftmax).abs().max() > 1e-3 * G.abs().max()
+    assert (tangent(G) - tangent(bisoftmax)).abs().max() <= 1e-12 * G.abs().max()
+
+
+@pytest.mark.parametrize("K", ["exp(-sqrt(r + 1e-6))", "1/(1 + 0.1*r)", "exp(-gamma*r)", "(1 + r)*exp(-r/8)"])
+@pytest.mark.parametrize("f", ["log(x)", "x", "sqrt(x)"])
+def test_distance_kernels_step_is_the_gradient_of_the_declared_energy(K, f):
+    """The issue's measurement: Laplace and Cauchy kernels were 5,000× / >100 % off under the on-sphere rewrite."""
+    kernel = ea.Kernel.parse(K, params={"gamma": 0.3} if "gamma" in K else None)
+    step = ea.compile(ea.Attention(f=f, K=kernel, heads=4), d=32, dtype=torch.float64)
+    m = step.terms["attn"]
+    X = torch.randn(2, 6, 32, dtype=torch.float64)
+    Z = m.normalize(m.coords(X))
+    env = {"beta": m.beta, "p": m.head_dim, "M": m.head_dim, "d": m.d}
+    G_ref = torch.func.grad(lambda Z_: declared_energy(step.energy_decl["attn"], Z_, env).sum())(Z)
+    assert (m.grad_Z(Z) - G_ref).abs().max() <= 1e-10 * G_ref.abs().max()
+    assert ea.verify(step).ok
 
 
 @pytest.mark.parametrize("dtype, tol", [(torch.float64, 1e-12), (torch.float32, 1e-5)])
