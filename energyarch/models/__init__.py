@@ -22,12 +22,16 @@ from .model import Model as Model
 from .model import build_model as build_model
 from .model import count_parameters as count_parameters
 from .model import describe as describe
+from .official import Conversion as Conversion
+from .official import load_official as load_official
+from .official import official_config as official_config
+from .official import read_official as read_official
 from .stepsizes import FixedSteps as FixedSteps
 from .stepsizes import StepSizeNet as StepSizeNet
 from .transformer import Transformer as Transformer
 
 __all__ = [
-    "ATTENTION_PRESETS", "CRATE", "DepthLoRA", "EnergyTransformer", "FEEDFORWARD_PRESETS", "FixedSteps", "HyperSET",
+    "ATTENTION_PRESETS", "CRATE", "Conversion", "DepthLoRA", "EnergyTransformer", "FEEDFORWARD_PRESETS", "FixedSteps", "HyperSET",
     "Model", "ModelConfig", "StepSizeNet", "TaskSpec", "Trace", "Transformer", "average_angle", "build_model",
-    "count_parameters", "describe", "effective_rank",
+    "count_parameters", "describe", "effective_rank", "load_official", "official_config", "read_official",
 ]

@@ -62,9 +62,13 @@ class HyperSETLayer(nn.Module):
         #: the RMSNorm epsilon follows the parameters' dtype (torch.finfo(dtype).eps) when norm_eps = 'machine'
         self.machine_eps = cfg.norm_eps == "machine"
 
-    def _sync_eps(self) -> None:
-        for term in self.step.terms.values():
-            term.eps = float(torch.finfo(term.weight.dtype).eps)
+    def _apply(self, fn, *args, **kwargs):
+        """``.to(dtype)`` / ``.double()`` / ...: with norm_eps = 'machine' the epsilon follows the new dtype."""
+        out = super()._apply(fn, *args, **kwargs)
+        if self.machine_eps:
+            for term in self.step.terms.values():
+                term.eps = float(torch.finfo(term.weight.dtype).eps)
+        return out
 
     def _point(self, name: str, X: Tensor, W: Optional[Tensor]) -> tuple[Tensor, Tensor]:
         """``(Z_raw, Z)`` of one term: raw coordinates and the (gain-scaled) normalised point, (B, H, N, p)."""
@@ -109,8 +113,6 @@ class HyperSETLayer(nn.Module):
         return {n: self._point(n, X, weights.get(n))[1] for n in self.subspace_terms}
 
     def forward(self, X: Tensor, iters: int, recorder: Optional[TraceRecorder] = None, index: int = 0) -> Tensor:
-        if self.machine_eps:
-            self._sync_eps()
         X0 = X                                                          # (B, N, d)
         for t in range(iters):
             W = self.weights(t)
