@@ -32,6 +32,7 @@ else:  # pragma: no cover - python 3.10
 
 TASKS = ("sudoku", "digits", "fashion_mnist", "cifar10", "cifar100")
 DEVICES = ("auto", "cpu", "cuda")
+PRECISIONS = ("auto", "fp32", "bf16")
 
 #: valid TOML keys of the ``[model]`` table (ModelConfig fields; attention / feedforward may be sub-tables)
 MODEL_KEYS = tuple(f.name for f in dataclasses.fields(ModelConfig))
@@ -67,6 +68,9 @@ class TrainConfig:
     num_workers: int = 0  # DataLoader worker processes
     progress: bool = True  # tqdm progress bar (rank 0 only)
     device: str = "auto"  # 'cpu' | 'cuda' | 'auto' (cuda when available)
+    # --- speed ---------------------------------------------------------------------------------------------
+    precision: str = "auto"  # 'fp32' | 'bf16' (autocast, fp32 master weights) | 'auto' (bf16 on CUDA, fp32 on CPU)
+    compile: bool = False  # torch.compile the model (fullgraph; falls back to graph breaks with a logged reason)
     # --- limits for tiny runs ------------------------------------------------------------------------------
     max_steps: int = 0  # stop after this many optimizer steps in total (the schedule is unchanged); 0 = no limit
     limit_train: int = 0  # use only the first n training examples; 0 = all
@@ -101,6 +105,7 @@ class TrainConfig:
         _choice("task", self.task, TASKS)
         _choice("device", self.device, DEVICES)
         _choice("loss_on", self.loss_on, ("last", "all"))
+        _choice("precision", self.precision, PRECISIONS)
         for name in ("epochs", "batch_size"):
             if getattr(self, name) < 1:
                 _fail(name, getattr(self, name), "must be >= 1")
@@ -250,7 +255,7 @@ _TYPES: dict[str, Any] = {
     "progress": bool, "device": str, "max_steps": int, "limit_train": int, "limit_test": int, "patch_size": int,
     "normalize": bool, "augment": bool, "n_train": int, "n_test": int, "min_givens": int, "max_givens": int,
     "minimal": bool, "data_seed": int, "processes": int, "sudoku_csv_train": (str, type(None)),
-    "sudoku_csv_test": (str, type(None)),
+    "sudoku_csv_test": (str, type(None)), "precision": str, "compile": bool,
 }
 
 _EXAMPLES = {int: "10", float: "1e-3", str: '"text"', bool: "true"}

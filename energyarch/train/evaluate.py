@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
-from . import plots
+from . import logs, plots
 from .config import TrainConfig, atomic_write_text
 from .iterates import capture_states
 from .tasks import Task
@@ -82,7 +82,9 @@ def diagnostics(model: nn.Module, task: Task, dataset, iters: int, samples: int 
 
 def report(model: nn.Module, task: Task, cfg: TrainConfig, out_dir: str | os.PathLike,
            history: Optional[list] = None, iters: Optional[Sequence[int]] = None, dataset=None) -> dict:
-    """Sweep, diagnostics and plots into ``out_dir`` (``eval.json`` and ``plots/*.png``).
+    """Sweep, diagnostics and plots into ``out_dir`` (``eval.json``, ``plots/*.png`` and TensorBoard scalars
+    ``sweep/*`` over the iteration count, ``energy/<term>``, ``effective_rank/<term>``, ``angle/<term>`` over the
+    iterations). Runs in fp32, whatever the training precision.
 
     Returns ``{'sweep': [...], 'plots': {name: path}, 'eval_file': path}``.
     """
@@ -106,6 +108,7 @@ def report(model: nn.Module, task: Task, cfg: TrainConfig, out_dir: str | os.Pat
     made = {k: v for k, v in made.items() if v}
     result = {"train_iters": T, "metric": metric, "sweep": sweep, "diagnostics": trace, "plots": made}
     atomic_write_text(out / EVAL_FILE, json.dumps(result, indent=1, allow_nan=True))
+    logs.log_report(out, sweep, trace, metric)
     return {"sweep": sweep, "plots": made, "eval_file": str(out / EVAL_FILE)}
 
 

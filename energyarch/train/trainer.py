@@ -1,13 +1,18 @@
 """The training loop: AdamW, linear warmup + cosine decay, gradient clipping, evaluation, exact resume, DDP.
 
     for each epoch: seeded permutation (DistributedSampler, set_epoch) → batches of batch_size / world
-        logits of the last iteration (or of every iteration, loss_on='all') → task loss
+        logits of the last iteration (or of every iteration, loss_on='all') → task loss    [bf16 autocast]
         non-finite loss or gradient → stop, keep the last good checkpoint, raise TrainingDivergedError
-        clip ‖g‖ ≤ grad_clip → lr(step) → AdamW step
+        clip ‖g‖ ≤ grad_clip → lr(step) → AdamW step (fused on CUDA; fp32 master weights)
     evaluate every eval_every epochs; checkpoint at each epoch end (and every checkpoint_every steps)
 
 Resuming reloads weights, optimizer moments, step, position within the epoch, history and RNG states, so that
 training k steps, stopping and resuming for N − k steps gives the same weights as N steps in one go.
+
+Speed: ``precision`` ('auto' = bf16 autocast on CUDA, fp32 on CPU) and ``compile`` (``torch.compile`` of the
+model, fullgraph first; the cost of its first step is logged). Each epoch's throughput (samples/s, tokens/s) and
+peak memory go to ``metrics.json`` (``speed``) and, with every loss, accuracy and learning rate, to TensorBoard
+event files in the run folder.
 
 >>> import tempfile
 >>> cfg = TrainConfig(task="digits", epochs=1, batch_size=32, limit_train=64, limit_test=32, progress=False,
@@ -18,10 +23,12 @@ training k steps, stopping and resuming for N − k steps gives the same weights
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import time
 import warnings
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Optional
 
@@ -30,11 +37,9 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import BatchSampler, DataLoader, DistributedSampler
-from tqdm import tqdm
-
 from ..errors import ConfigError, EnergyArchError
 from ..models import ModelConfig, build_model, count_parameters
-from . import distributed
+from . import distributed, logs
 from .checkpoint import STATE_FILE, load_checkpoint, read_state, save_checkpoint, set_rng_state
 from .config import TrainConfig, atomic_write_text
 from .iterates import forward_all
@@ -72,11 +77,43 @@ def seed_everything(seed: int) -> None:
 
 
 def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
-    """AdamW with weight decay on matrices and embeddings (dim ≥ 2), none on gains and biases (dim < 2)."""
+    """AdamW with weight decay on matrices and embeddings (dim ≥ 2), none on gains and biases (dim < 2).
+
+    Fused (one kernel for every parameter) when all parameters are on a CUDA device.
+    """
     decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr, betas=tuple(cfg.betas))
+    fused = bool(decay + no_decay) and all(p.device.type == "cuda" for p in decay + no_decay)
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr, betas=tuple(cfg.betas),
+                             fused=fused or None)
+
+
+def autocast_dtype(precision: str, device: torch.device) -> Optional[torch.dtype]:
+    """The autocast dtype of ``precision`` on ``device``; None means plain fp32.
+
+    'auto' is bf16 on a CUDA device that supports it and fp32 elsewhere; 'bf16' also works on a CPU (autocast on
+    the CPU, slower than fp32 on most CPUs; for checking a bf16 recipe without a GPU). Parameters, gradients and
+    optimizer moments stay fp32 either way (autocast casts per operation); bf16 needs no loss scaling.
+
+    >>> autocast_dtype("auto", torch.device("cpu")) is None, autocast_dtype("bf16", torch.device("cpu"))
+    (True, torch.bfloat16)
+    """
+    if precision == "fp32":
+        return None
+    cuda_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
+    if precision == "auto":
+        return torch.bfloat16 if cuda_bf16 else None
+    if precision != "bf16":
+        raise ConfigError(f"TrainConfig.precision={precision!r}: choose one of ('auto', 'fp32', 'bf16')")
+    if device.type == "cuda" and not cuda_bf16:
+        raise ConfigError(f"TrainConfig.precision='bf16': the GPU {torch.cuda.get_device_name(device)!r} has no "
+                          f"bfloat16 support; use precision = \"fp32\" (or \"auto\")")
+    return torch.bfloat16
+
+
+#: the torch.compile backend of ``compile = true`` (tests may swap in a cheaper one)
+COMPILE_BACKEND = "inductor"
 
 
 class _SkipSampler(DistributedSampler):
@@ -97,6 +134,9 @@ class Trainer:
     Attributes:
         model: the (unwrapped) model; ``task``: the :class:`Task`; ``history``: one dict per evaluation;
         step / epoch / batch_in_epoch: progress; ``out_dir``: where checkpoints and metrics go.
+        runner: what the training step calls (``model``, its DDP wrapper, or their ``torch.compile``);
+        amp_dtype: the autocast dtype (None = fp32); ``speed``: throughput and peak memory, one dict per epoch;
+        compile_info: how the model was compiled and what its first step cost.
     """
 
     def __init__(self, cfg: TrainConfig, model: Optional[nn.Module] = None, task: Optional[Task] = None):
@@ -116,16 +156,28 @@ class Trainer:
             raise ConfigError(f"TrainConfig.batch_size={cfg.batch_size}: must be divisible by the {info.world} "
                               f"data-parallel processes (it is the global batch)")
         seed_everything(cfg.seed)                       # same initial weights in every process
-        self.task = task if task is not None else build_task(cfg)
+        # a Sudoku generation bar would flood a log file with carriage returns: shown on a terminal only
+        quiet_data = cfg.progress and not (info.is_main and logs.interactive())
+        self.task = task if task is not None else build_task(dataclasses.replace(cfg, progress=False)
+                                                              if quiet_data else cfg)
         self.model = (model if model is not None else build_model(cfg.model, self.task.spec)).to(info.device)
         self.optimizer = make_optimizer(self.model, cfg)
-        self.runner: nn.Module = self.model
+        self.amp_dtype = autocast_dtype(cfg.precision, info.device)
+        self.eager_runner: nn.Module = self.model
         if info.distributed:
             # single-channel patch convolutions get grads with ambiguous (but equivalent) strides; DDP copies
             # them into its buckets correctly and only warns about speed, so that one warning is silenced
             warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
-            self.runner = DistributedDataParallel(self.model, device_ids=[info.device.index]
-                                                  if info.device.type == "cuda" else None)
+            self.eager_runner = DistributedDataParallel(self.model, device_ids=[info.device.index]
+                                                        if info.device.type == "cuda" else None)
+        self.runner: nn.Module = self.eager_runner
+        self.compile_info: dict = {}
+        if cfg.compile:
+            # DDP splits the graph at its gradient buckets, so under DDP graph breaks are expected
+            fullgraph = not info.distributed
+            self.compile_info = {"backend": COMPILE_BACKEND, "fullgraph": fullgraph, "fallback_reason":
+                                 None if fullgraph else "data-parallel (DDP splits the graph at gradient buckets)"}
+            self.runner = self._compiled(fullgraph)
         self.out_dir = Path(cfg.out_dir)
         self.batch = cfg.batch_size // info.world
         n = len(self.task.train_set)
@@ -138,8 +190,20 @@ class Trainer:
         self.step = self.epoch = self.batch_in_epoch = 0
         self.epoch_loss = [0.0, 0]                      # running (sum, count) of this epoch's training loss
         self.history: list[dict] = []
+        self.speed: list[dict] = []                     # one entry per epoch: throughput, peak memory
+        self.tokens_per_sample = self.task.spec.num_tokens
         self.last_checkpoint_step: Optional[int] = None
         self.elapsed = 0.0
+        self.board = logs.Board(self.out_dir, enabled=False)    # opened by fit() on the main process
+
+    def _compiled(self, fullgraph: bool) -> nn.Module:
+        return torch.compile(self.eager_runner, fullgraph=fullgraph, backend=COMPILE_BACKEND)
+
+    def autocast(self):
+        """The autocast context of ``precision`` (a no-op for fp32)."""
+        if self.amp_dtype is None:
+            return nullcontext()
+        return torch.autocast(device_type=self.dist.device.type, dtype=self.amp_dtype)
 
     # ---------------------------------------------------------------------------------------------------------
     # state
@@ -152,7 +216,7 @@ class Trainer:
                 "scheduler": {"kind": "warmup_cosine", "step": self.step, "total_steps": self.total_steps,
                               "warmup_steps": self.warmup_steps, "lr": self.cfg.lr, "min_lr": self.cfg.min_lr},
                 "world_size": self.dist.world, "config": self._config_dict(), "history": self.history,
-                "parameters": count_parameters(self.model)}
+                "speed": self.speed, "parameters": count_parameters(self.model)}
 
     def _config_dict(self) -> dict:
         """The config as data; a custom energy in cfg.model is kept as its repr (rebuild such models yourself)."""
@@ -178,11 +242,22 @@ class Trainer:
         return path
 
     def write_metrics(self) -> Path:
-        """``metrics.json``: config, parameter count and the history (rank 0)."""
+        """``metrics.json``: config, parameter count, the history and the speed log (rank 0)."""
         path = self.out_dir / METRICS_FILE
         atomic_write_text(path, _json({"config": self._config_dict(), "parameters": count_parameters(self.model),
-                                       "steps_per_epoch": self.steps_per_epoch, "history": self.history}))
+                                       "steps_per_epoch": self.steps_per_epoch, "history": self.history,
+                                       "speed": self.speed_summary()}))
         return path
+
+    def speed_summary(self) -> dict:
+        """How the run was executed and how fast: precision, optimizer, compilation, per-epoch throughput."""
+        device = self.dist.device
+        return {"device": str(device) if device.type != "cuda" else f"{device} ({torch.cuda.get_device_name(device)})",
+                "precision": "bf16 autocast, fp32 weights" if self.amp_dtype == torch.bfloat16 else "fp32",
+                "optimizer": "AdamW (fused)" if self.optimizer.defaults.get("fused") else "AdamW",
+                "compile": dict(self.compile_info) or None, "processes": self.dist.world,
+                "tokens_per_sample": self.tokens_per_sample,
+                "peak_memory": logs.PEAK_MEMORY_KIND.get(device.type, device.type), "epochs": self.speed}
 
     def resume(self) -> bool:
         """Load ``out_dir``'s checkpoint if there is one (weights, optimizer, progress, RNG); False if none."""
@@ -193,6 +268,7 @@ class Trainer:
         self.batch_in_epoch = int(state["batch_in_epoch"])
         self.epoch_loss = [float(state["epoch_loss"][0]), int(state["epoch_loss"][1])]
         self.history = list(state.get("history", []))
+        self.speed = list(state.get("speed", []))
         self.elapsed = float(state.get("elapsed_s", 0.0))
         self.last_checkpoint_step = self.step
         if state.get("world_size", 1) != self.dist.world:
@@ -228,13 +304,34 @@ class Trainer:
     # ---------------------------------------------------------------------------------------------------------
 
     def loss_fn(self, batch) -> torch.Tensor:
-        """Training loss of one batch (override to customise)."""
+        """Training loss of one batch (override to customise); runs under :meth:`autocast`.
+
+        A compiled model runs whole batches only: the smaller last batch of an epoch runs eagerly rather than
+        paying for a second compilation (the same weights, so the same function up to rounding).
+        """
         inputs = self.task.inputs(batch, self.dist.device, train=True, generator=self._augment_generator())
+        runner = self.runner if len(inputs) == self.batch else self.eager_runner
         if self.cfg.loss_on == "all":
-            logits = forward_all(self.model, inputs, runner=self.runner)
+            logits = forward_all(self.model, inputs, runner=runner)
         else:
-            logits = [self.runner(inputs)]
+            logits = [runner(inputs)]
         return self.task.loss(logits, batch)
+
+    def _forward_loss(self, batch) -> torch.Tensor:
+        """:meth:`loss_fn` under autocast; the first compiled step falls back from fullgraph if that fails."""
+        first_compiled = self.cfg.compile and "first_step_s" not in self.compile_info
+        try:
+            with self.autocast():
+                return self.loss_fn(batch)
+        except Exception as err:                        # noqa: BLE001 - any tracing failure, reported below
+            if not (first_compiled and self.compile_info.get("fullgraph")):
+                raise
+            reason = f"{type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else ''}"
+            log.warning("torch.compile(fullgraph=True) failed (%s); compiling with graph breaks instead", reason)
+            self.compile_info.update(fullgraph=False, fallback_reason=reason[:500])
+            self.runner = self._compiled(fullgraph=False)
+            with self.autocast():
+                return self.loss_fn(batch)
 
     def _diverged(self, what: str, value: float) -> None:
         where = (f"the last good checkpoint (step {self.last_checkpoint_step}) is kept in {self.out_dir}"
@@ -247,7 +344,10 @@ class Trainer:
 
     def train_step(self, batch) -> float:
         self.model.train()
-        loss = self.loss_fn(batch)
+        first_compiled = (self.cfg.compile and "first_step_s" not in self.compile_info
+                          and len(batch[0]) == self.batch)
+        start = time.perf_counter()
+        loss = self._forward_loss(batch)
         value = float(loss.detach())
         if not distributed.all_true(math.isfinite(value), self.dist):
             self._diverged("the training loss", value)
@@ -263,6 +363,15 @@ class Trainer:
             group["lr"] = lr
         self.optimizer.step()
         self.step += 1
+        if first_compiled:
+            if self.dist.device.type == "cuda":
+                torch.cuda.synchronize(self.dist.device)
+            self.compile_info["first_step_s"] = round(time.perf_counter() - start, 3)
+            if self.dist.is_main:
+                log.info("torch.compile (%s, %s): first step %.1f s, compilation included",
+                         self.compile_info["backend"], "fullgraph" if self.compile_info["fullgraph"] else
+                         "with graph breaks", self.compile_info["first_step_s"])
+        self.board.scalars({"loss": value, "lr": lr}, self.step, prefix="train/")
         return value
 
     def fit(self, resume: bool = False) -> dict:
@@ -279,13 +388,19 @@ class Trainer:
                 cfg.save(self.out_dir / "config.toml")
             except ConfigError as err:                  # a custom energy in cfg.model: nothing to write
                 log.warning("config.toml not written: %s", err)
-            log.info("training %s on %s: %s parameters, %d steps per epoch, %d processes", cfg.model.arch, cfg.task,
-                     f"{count_parameters(self.model):,}", self.steps_per_epoch, info.world)
+            log.info("training %s on %s: %s parameters, %d steps per epoch, %d processes, %s, %s%s", cfg.model.arch,
+                     cfg.task, f"{count_parameters(self.model):,}", self.steps_per_epoch, info.world, info.device,
+                     "bf16 autocast" if self.amp_dtype == torch.bfloat16 else "fp32",
+                     ", torch.compile" if cfg.compile else "")
+            self.board = logs.Board(self.out_dir, purge_step=self.step + 1 if self.step else None)
         stopped = False
-        while self.epoch < cfg.epochs and not stopped:
-            stopped = self._run_epoch()
-        if not stopped and self.last_checkpoint_step != self.step:
-            self.save()
+        try:
+            while self.epoch < cfg.epochs and not stopped:
+                stopped = self._run_epoch()
+            if not stopped and self.last_checkpoint_step != self.step:
+                self.save()
+        finally:
+            self.board.close()
         self.check_replicas()
         return self.history[-1] if self.history else {"epoch": self.epoch, "step": self.step}
 
@@ -307,28 +422,38 @@ class Trainer:
         if self._limit_reached():
             return True
         loader = self._train_loader(self.epoch, self.batch_in_epoch)
-        bar = tqdm(total=self.steps_per_epoch, initial=self.batch_in_epoch,
-                   desc=f"epoch {self.epoch + 1}/{cfg.epochs}", disable=not (cfg.progress and info.is_main),
-                   leave=False, dynamic_ncols=True)
+        bar = logs.Progress(total=self.steps_per_epoch, initial=self.batch_in_epoch,
+                            desc=f"epoch {self.epoch + 1}/{cfg.epochs}", enabled=cfg.progress and info.is_main)
         start, seen, elapsed_before = time.perf_counter(), 0, self.elapsed
+        # throughput of this epoch: samples of every process over the wall time of the loop (loading included),
+        # without checkpoint writes and without a first compiled step (its cost is reported on its own)
+        timed = {"samples": 0, "seconds": 0.0, "steps": 0}
+        logs.reset_peak_memory(info.device)
         try:
+            tick = time.perf_counter()
             for batch in loader:
+                compiling = cfg.compile and "first_step_s" not in self.compile_info
                 loss = self.train_step(batch)
                 self.batch_in_epoch += 1
                 self.epoch_loss[0] += loss
                 self.epoch_loss[1] += 1
                 seen += len(batch[0]) * info.world
-                rate = seen / max(time.perf_counter() - start, 1e-9)
-                bar.update(1)
-                bar.set_postfix(loss=f"{loss:.4f}", samples_per_s=f"{rate:.1f}")
+                now = time.perf_counter()
+                if not (compiling and "first_step_s" in self.compile_info):
+                    timed["samples"] += len(batch[0]) * info.world
+                    timed["seconds"] += now - tick
+                    timed["steps"] += 1
+                bar.update(loss, seen / max(now - start, 1e-9))
                 if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0:
                     self._account(start)
                     start, seen = time.perf_counter(), 0
                     self.save()
                 if self._limit_reached():
                     break
+                tick = time.perf_counter()
         finally:
             bar.close()
+        self._log_speed(timed)
         if self.batch_in_epoch < self.steps_per_epoch:           # stopped by max_steps within the epoch
             self._account(start)
             if self.last_checkpoint_step != self.step:
@@ -350,8 +475,31 @@ class Trainer:
         if info.is_main:
             log.info("epoch %d/%d  %s", self.epoch, cfg.epochs,
                      "  ".join(f"{k}={v:.4g}" for k, v in entry.items() if isinstance(v, float)))
+            self.board.scalars({"epoch_loss": train_loss}, self.step, prefix="train/")
+            self.board.scalars({k[5:]: v for k, v in entry.items() if k.startswith("test_")}, self.step,
+                               prefix="test/")
+            self.board.flush()
         self.save()
         return False
+
+    def _log_speed(self, timed: dict) -> None:
+        """Append this epoch's (or epoch part's) throughput and peak memory to :attr:`speed` and TensorBoard."""
+        if not timed["steps"]:
+            return
+        rate = timed["samples"] / max(timed["seconds"], 1e-9)
+        peak = logs.peak_memory_mb(self.dist.device)
+        entry = {"epoch": self.epoch + 1, "step": self.step, "steps": timed["steps"],
+                 "samples_per_s": round(rate, 2), "tokens_per_s": round(rate * self.tokens_per_sample, 1),
+                 "step_s": round(timed["seconds"] / timed["steps"], 6),
+                 "peak_memory_mb": None if peak is None else round(peak, 1)}
+        first = self.compile_info.get("first_step_s")
+        if first is not None and "overhead_s" not in self.compile_info:
+            self.compile_info["overhead_s"] = round(first - entry["step_s"], 3)     # first step − a usual step
+            entry["compile_first_step_s"] = first
+        self.speed.append(entry)
+        if self.dist.is_main:
+            self.board.scalars({k: v for k, v in entry.items() if k not in ("epoch", "step", "steps")}, self.step,
+                               prefix="speed/")
 
     def _account(self, start: float) -> float:
         spent = time.perf_counter() - start
@@ -364,9 +512,13 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(self, iters: Optional[int] = None, dataset=None) -> dict:
-        """Metrics of the test split at ``iters`` iterations (default: the training T), summed over processes."""
-        return evaluate_dataset(self.model, self.task, dataset if dataset is not None else self.task.test_set,
-                                self.dist, self.cfg.eval_batch_size or 2 * self.cfg.batch_size, iters=iters)
+        """Metrics of the test split at ``iters`` iterations (default: the training T), summed over processes.
+
+        Runs eagerly (not compiled), in the training precision.
+        """
+        with self.autocast():
+            return evaluate_dataset(self.model, self.task, dataset if dataset is not None else self.task.test_set,
+                                    self.dist, self.cfg.eval_batch_size or 2 * self.cfg.batch_size, iters=iters)
 
     def close(self) -> None:
         distributed.teardown(self.dist)
