@@ -375,8 +375,10 @@ def _check_energy_finite(term: Term, dims: Dims) -> None:
     if not isinstance(E, torch.Tensor) or E.is_complex() or not bool(torch.isfinite(E).all()):
         raise DeclarationError(
             f"term {term.name!r}: the energy is not finite on the constraint set (value {E.flatten()[:1].tolist()} "
-            f"at random points of the sphere of radius {dims.radius:.4g}); check the domain of f = {term.f.name!r} "
-            f"against the values of K = {term.K.name!r} (e.g. log needs Σ_j K > 0)"
+            f"at random points of the sphere of radius {dims.radius:.4g}); check the domain of "
+            + (f"f = {term.f.name!r} against the values of K = {term.K.name!r} (e.g. log needs Σ_j K > 0)"
+               if isinstance(term, Attention) else
+               f"g = {term.g.name!r} against the values of h = {term.h.name!r} (e.g. log needs Σ_m h > 0)")
         )
 
 

@@ -26,13 +26,30 @@ from .errors import ParseError
 # --------------------------------------------------------------------------------------------
 
 
+class _Named(sp.Function):
+    """A named stable function; ``_exact`` gives its elementary form, used only to evaluate it at numbers."""
+
+    @staticmethod
+    def _exact(x):  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    def _eval_evalf(self, prec):
+        if self.args[0].is_number:
+            return self._exact(self.args[0])._eval_evalf(prec)
+        return None
+
+
 def _pow_latex(printer, exp, text: str) -> str:
     """LaTeX of a named function, raised to ``exp`` when sympy prints a power of it."""
     return text if exp is None else r"\left(%s\right)^{%s}" % (text, exp)
 
 
-class sigmoid(sp.Function):  # noqa: N801 - sympy naming convention
+class sigmoid(_Named):  # noqa: N801 - sympy naming convention
     """Logistic function σ(x) = 1 / (1 + e^{-x}), with σ' = σ(1 - σ)."""
+
+    @staticmethod
+    def _exact(x):
+        return 1 / (1 + sp.exp(-x))
 
     def fdiff(self, argindex=1):
         s = sigmoid(self.args[0])
@@ -45,8 +62,12 @@ class sigmoid(sp.Function):  # noqa: N801 - sympy naming convention
         return 1 / (1 + sp.exp(-x))
 
 
-class relu(sp.Function):  # noqa: N801
+class relu(_Named):  # noqa: N801
     """ReLU(x) = max(x, 0), with ReLU' = step(x)."""
+
+    @staticmethod
+    def _exact(x):
+        return sp.Max(x, 0)
 
     def fdiff(self, argindex=1):
         return step(self.args[0])
@@ -55,8 +76,12 @@ class relu(sp.Function):  # noqa: N801
         return _pow_latex(printer, exp, r"\operatorname{ReLU}\left(%s\right)" % printer._print(self.args[0]))
 
 
-class step(sp.Function):  # noqa: N801
+class step(_Named):  # noqa: N801
     """Heaviside step, 1 for x > 0 and 0 otherwise (derivative taken as 0 almost everywhere)."""
+
+    @staticmethod
+    def _exact(x):
+        return sp.Piecewise((1, x > 0), (0, True))
 
     def fdiff(self, argindex=1):
         return sp.Integer(0)
@@ -65,8 +90,12 @@ class step(sp.Function):  # noqa: N801
         return _pow_latex(printer, exp, r"\mathbb{1}\left[%s > 0\right]" % printer._print(self.args[0]))
 
 
-class softplus(sp.Function):  # noqa: N801
+class softplus(_Named):  # noqa: N801
     """softplus(x) = log(1 + e^x), with softplus' = σ(x)."""
+
+    @staticmethod
+    def _exact(x):
+        return sp.log(1 + sp.exp(x))
 
     def fdiff(self, argindex=1):
         return sigmoid(self.args[0])
@@ -75,8 +104,12 @@ class softplus(sp.Function):  # noqa: N801
         return _pow_latex(printer, exp, r"\operatorname{softplus}\left(%s\right)" % printer._print(self.args[0]))
 
 
-class logcosh(sp.Function):  # noqa: N801
+class logcosh(_Named):  # noqa: N801
     """log(cosh(x)) evaluated stably, with derivative tanh(x)."""
+
+    @staticmethod
+    def _exact(x):
+        return sp.log(sp.cosh(x))
 
     def fdiff(self, argindex=1):
         return sp.tanh(self.args[0])
@@ -85,8 +118,12 @@ class logcosh(sp.Function):  # noqa: N801
         return _pow_latex(printer, exp, r"\log\cosh\left(%s\right)" % printer._print(self.args[0]))
 
 
-class silu(sp.Function):  # noqa: N801
+class silu(_Named):  # noqa: N801
     """SiLU / swish, x σ(x), with silu' = σ(x) (1 + x (1 − σ(x)))."""
+
+    @staticmethod
+    def _exact(x):
+        return x / (1 + sp.exp(-x))
 
     def fdiff(self, argindex=1):
         x = self.args[0]
@@ -97,8 +134,12 @@ class silu(sp.Function):  # noqa: N801
         return _pow_latex(printer, exp, r"\operatorname{SiLU}\left(%s\right)" % printer._print(self.args[0]))
 
 
-class gelu(sp.Function):  # noqa: N801
+class gelu(_Named):  # noqa: N801
     """GELU (exact, erf form), x Φ(x) with Φ the standard normal CDF; gelu' = Φ(x) + x φ(x)."""
+
+    @staticmethod
+    def _exact(x):
+        return x * (1 + sp.erf(x / sp.sqrt(2))) / 2
 
     def fdiff(self, argindex=1):
         x = self.args[0]
@@ -108,8 +149,12 @@ class gelu(sp.Function):  # noqa: N801
         return _pow_latex(printer, exp, r"\operatorname{GELU}\left(%s\right)" % printer._print(self.args[0]))
 
 
-class elu(sp.Function):  # noqa: N801
+class elu(_Named):  # noqa: N801
     """ELU with α = 1: x for x > 0, eˣ − 1 otherwise; elu' = elu(x) − relu(x) + 1 (1 for x > 0, eˣ otherwise)."""
+
+    @staticmethod
+    def _exact(x):
+        return sp.Piecewise((x, x > 0), (sp.exp(x) - 1, True))
 
     def fdiff(self, argindex=1):
         x = self.args[0]

@@ -187,13 +187,15 @@ def verify(step: EnergyStep, *, batch: int = 2, tokens: int = 7, seed: int = 0, 
                 dir_ref = -(Gc.transpose(-2, -3).flatten(-2) @ module.weight.T)
             X1 = module(X, 0.1)
             X1_ref = torch.maximum((X1 - reference.terms[name](X, 0.1)).abs(), (X1 - (X + 0.1 * dir_ref)).abs())
+            # a small step: at most step_size in any coordinate of X, however large the gradient
+            t = step_size / max(1.0, float(direction.abs().max()))
             e0 = module.energy(X)
-            e1 = module.energy(X + step_size * direction)
+            e1 = module.energy(X + t * direction)
         finite = _finite(G, G_ref, X1, X1_ref, e0, e1)
         report.terms.append(TermCheck(
             name=name, pattern=step.derivations[name].pattern, path=step.derivations[name].path,
             grad_max_abs_diff=float((G - G_ref).abs().max()), update_max_abs_diff=float(X1_ref.max()),
-            energy_before=float(e0.sum()), energy_after=float(e1.sum()), step=step_size,
+            energy_before=float(e0.sum()), energy_after=float(e1.sum()), step=t,
             grad_scale=float(G_ref.abs().max()), update_scale=float((0.1 * dir_ref).abs().max()), finite=finite,
         ))
     if raise_on_fail and not report.ok:

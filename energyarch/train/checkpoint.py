@@ -138,15 +138,49 @@ def rng_state() -> dict:
     return out
 
 
+def _bytes_tensor(values, like: torch.Tensor, what: str) -> torch.Tensor:
+    if (not isinstance(values, list) or len(values) != like.numel()
+            or not all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 255 for v in values)):
+        raise CheckpointError(f"{what}: expected {like.numel()} integers in 0..255")
+    return torch.tensor(values, dtype=torch.uint8)
+
+
 def set_rng_state(state: dict) -> None:
-    """Inverse of :func:`rng_state`."""
-    torch.set_rng_state(torch.tensor(state["torch"], dtype=torch.uint8))
-    name, keys, pos, has_gauss, cached = state["numpy"]
-    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
-    version, internal, gauss = state["python"]
-    random.setstate((version, tuple(internal), gauss))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all([torch.tensor(s, dtype=torch.uint8) for s in state["cuda"]])
+    """Inverse of :func:`rng_state`. Everything is validated before anything is set: a malformed or crafted
+    state raises :class:`CheckpointError` and leaves the current RNG states untouched."""
+    where = "checkpoint RNG state"
+    try:
+        if not isinstance(state, dict):
+            raise CheckpointError(f"{where}: expected a JSON object")
+        torch_state = _bytes_tensor(state.get("torch"), torch.get_rng_state(), f"{where} 'torch'")
+        name, keys, pos, has_gauss, cached = state["numpy"]
+        np_keys = np.asarray(keys, dtype=np.uint32)
+        if name != "MT19937" or np_keys.shape != (624,) or not (isinstance(pos, int) and 0 <= pos <= 624):
+            raise CheckpointError(f"{where} 'numpy': not an MT19937 state")
+        version, internal, gauss = state["python"]
+        if (version != 3 or not isinstance(internal, list) or len(internal) != 625
+                or not all(isinstance(v, int) and 0 <= v < 2**32 for v in internal[:624])
+                or not (isinstance(internal[624], int) and 0 <= internal[624] <= 624)):
+            raise CheckpointError(f"{where} 'python': not a Mersenne Twister state")
+        cuda = None
+        if "cuda" in state and torch.cuda.is_available():
+            current = torch.cuda.get_rng_state_all()
+            if not isinstance(state["cuda"], list) or len(state["cuda"]) != len(current):
+                raise CheckpointError(f"{where} 'cuda': expected one state per device ({len(current)})")
+            cuda = [_bytes_tensor(s, c, f"{where} 'cuda'") for s, c in zip(state["cuda"], current)]
+        np_state = (name, np_keys, pos, int(has_gauss), float(cached))
+        py_state = (version, tuple(internal), gauss if gauss is None else float(gauss))
+    except CheckpointError as err:
+        raise CheckpointError(f"{err}; the checkpoint was written by another program or changed. Resume without "
+                              f"it (the run folder's weights are still usable for evaluation)") from None
+    except (KeyError, TypeError, ValueError, OverflowError) as err:
+        raise CheckpointError(f"{where}: malformed ({type(err).__name__}: {err}); the checkpoint was written by "
+                              f"another program or changed") from None
+    torch.set_rng_state(torch_state)
+    np.random.set_state(np_state)
+    random.setstate(py_state)
+    if cuda is not None:
+        torch.cuda.set_rng_state_all(cuda)
 
 
 # -------------------------------------------------------------------------------------------------------------
@@ -258,14 +292,30 @@ def read_state(path: str | os.PathLike) -> tuple[dict, Path]:
         raise CheckpointError(f"checkpoint {str(path)!r}: no {STATE_FILE} there; pass the out_dir of a training run "
                               f"(it holds {STATE_FILE} and checkpoint-*.safetensors)")
     try:
+        if state_path.stat().st_size > 64 * 2**20:
+            raise CheckpointError(f"checkpoint {state_path}: the JSON state is over 64 MiB; not an energyarch "
+                                  f"checkpoint")
         state = json.loads(state_path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as err:
+    except (OSError, ValueError, RecursionError) as err:  # ValueError: bad JSON or not UTF-8 text
         raise CheckpointError(f"checkpoint {state_path}: cannot read the JSON state ({err}); the file is corrupt, "
                               f"delete the folder or train again") from err
     if not isinstance(state, dict) or state.get("format") != FORMAT or "tensors_file" not in state:
         raise CheckpointError(f"checkpoint {state_path}: not an energyarch checkpoint (format "
                               f"{state.get('format') if isinstance(state, dict) else None!r}, expected {FORMAT!r})")
     return state, state_path.parent
+
+
+def _confined(folder: Path, name) -> Path:
+    """The tensors file named in the JSON state, which must be a plain file name inside the run folder."""
+    if (not isinstance(name, str) or not name.endswith(".safetensors") or name != Path(name).name
+            or "/" in name or "\\" in name or name in (".", "..") or "\x00" in name):
+        raise CheckpointError(f"checkpoint {folder}: {STATE_FILE} names tensors_file={str(name)[:80]!r}; it must be "
+                              f"the plain name of a .safetensors file in the run folder (no paths)")
+    path = folder / name
+    if path.resolve().parent != folder.resolve():
+        raise CheckpointError(f"checkpoint {folder}: tensors_file={name!r} resolves outside the run folder "
+                              f"(a link?); refusing to follow it")
+    return path
 
 
 def load_checkpoint(path: str | os.PathLike, model: nn.Module, optimizer: Optional[torch.optim.Optimizer] = None,
@@ -276,7 +326,7 @@ def load_checkpoint(path: str | os.PathLike, model: nn.Module, optimizer: Option
     signature differs from ``model``'s (the message names the mismatching tensors and config fields).
     """
     state, folder = read_state(path)
-    tensor_path = folder / state["tensors_file"]
+    tensor_path = _confined(folder, state["tensors_file"])
     if not tensor_path.is_file():
         raise CheckpointError(f"checkpoint {folder}: {STATE_FILE} points at {state['tensors_file']}, which is missing")
     if _sha256(tensor_path) != state.get("sha256"):
