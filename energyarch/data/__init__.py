@@ -1,4 +1,5 @@
-"""Datasets for energyarch experiments: Sudoku (generated or Palm et al. CSV) and image classification.
+"""Datasets for energyarch experiments: Sudoku (generated or Palm et al. CSV), image classification and byte-level
+text (an embedded corpus or local UTF-8 files).
 
 >>> from energyarch.data import generate_dataset, SudokuDataset, load_digits_dataset
 >>> quizzes, solutions = generate_dataset(8, seed=0, processes=1, progress=False)
@@ -32,10 +33,18 @@ from .sudoku import random_full_grid as random_full_grid
 from .sudoku import solve as solve
 from .sudoku import sudoku_metrics as sudoku_metrics
 from .sudoku import valid_solutions as valid_solutions
+from .text import ByteWindows as ByteWindows
+from .text import TextCorpus as TextCorpus
+from .text import bits_per_byte as bits_per_byte
+from .text import load_text as load_text
+from .text import split_bytes as split_bytes
+from .text import stdlib_corpus as stdlib_corpus
+from .text import text_corpus as text_corpus
 
 __all__ = [
-    "FASHION_MNIST_ROOT", "ImageData", "RestrictedUnpickler", "SudokuDataset", "check_valid_solution",
-    "count_solutions", "default_cache_dir", "generate_dataset", "generate_puzzle", "load_cifar",
-    "load_digits_dataset", "load_fashion_mnist", "load_or_generate", "load_palm_csv", "make_loaders",
-    "random_full_grid", "read_idx", "restricted_pickle_load", "solve", "sudoku_metrics", "valid_solutions",
+    "ByteWindows", "FASHION_MNIST_ROOT", "ImageData", "RestrictedUnpickler", "SudokuDataset", "TextCorpus",
+    "bits_per_byte", "check_valid_solution", "count_solutions", "default_cache_dir", "generate_dataset",
+    "generate_puzzle", "load_cifar", "load_digits_dataset", "load_fashion_mnist", "load_or_generate",
+    "load_palm_csv", "load_text", "make_loaders", "random_full_grid", "read_idx", "restricted_pickle_load", "solve",
+    "split_bytes", "stdlib_corpus", "sudoku_metrics", "text_corpus", "valid_solutions",
 ]
