@@ -1,4 +1,8 @@
-"""Emission: a :class:`~energyarch.derive.Derivation` becomes readable PyTorch source, then a class.
+"""Emission: a :class:`~energyarch.derivation.Derivation` becomes readable PyTorch source, then a class.
+
+The template is fixed here; the method bodies are the lowering of the matched pattern (``grad_lines``,
+``energy_lines``) or of the family (generic energy, autodiff), each in its own file under
+:mod:`energyarch.derivation`.
 
 The source is real Python with names from the maths (``Z``, ``Phi``, ``G``, ``P``, ``U``, ``beta``); it
 is written to a cache directory and imported from there, so tracebacks, ``inspect.getsource`` and
@@ -6,7 +10,7 @@ is written to a cache directory and imported from there, so tracebacks, ``inspec
 tree that the restricted parser built; no user string is ever executed.
 
 >>> from energyarch import Attention
->>> from energyarch.derive import derive
+>>> from energyarch.derivation import derive
 >>> print(emit_source(derive(Attention(f="x/(2*beta)", K="sigmoid(beta*s)", heads=2), 8)))  # doctest: +ELLIPSIS
 # Emitted by energyarch...
 """
@@ -23,13 +27,10 @@ import tempfile
 from pathlib import Path
 from typing import Optional
 
-import sympy as sp
 
-from .derive import BETA, Derivation
+from .derivation import PATTERNS, Derivation, family_of
 from .energy import Attention
 from .errors import CompileError
-from .expr import to_torch
-from .primitives import R, S, X
 
 #: Fixed text of every emitted module. Everything that comes from a declaration (names, expressions, reasons)
 #: enters the source only as a ``repr()`` string literal bound to a module constant (see :func:`emit_source`).
@@ -147,24 +148,6 @@ def _check_method(fn: ast.FunctionDef, bad) -> None:
     block(fn.body, known)
 
 
-def _code(expr: sp.Expr, var_from: Optional[sp.Symbol] = None, var_to: str = "", tensors=()) -> str:
-    if var_from is not None:
-        expr = expr.xreplace({var_from: sp.Symbol(var_to, real=True)})
-    expr = expr.xreplace({BETA: sp.Symbol("beta", real=True)})
-    return to_torch(expr, tensor_symbols=set(tensors) | ({var_to} if var_to else set()))
-
-
-def _scaled(coef: sp.Expr, code: str) -> str:
-    coef = sp.simplify(coef)
-    if " + " in code or " - " in code:
-        code = f"({code})"
-    if coef == 1:
-        return code
-    if coef == -1:
-        return f"-{code}"
-    return f"{_code(coef)} * {code}"
-
-
 def _class_name(dv: Derivation) -> str:
     words = re.split(r"[^A-Za-z0-9]+", f"{dv.term.name} {dv.pattern} update")
     return "".join(w[:1].upper() + w[1:] for w in words if w)
@@ -180,163 +163,6 @@ def _energy_text(dv: Derivation) -> str:
 
 
 # ---------------------------------------------------------------------------------------------
-# energy_Z bodies
-# ---------------------------------------------------------------------------------------------
-
-def _attention_energy(dv: Derivation) -> list[str]:
-    t = dv.term
-    if dv.pattern == "bi-softmax":
-        a, b, c = dv.constants["a"], dv.constants["b"], dv.constants["c"]
-        logc = sp.simplify(sp.expand_log(sp.log(c), force=True))
-        shift = "" if logc == 0 else (f" - {_code(-logc)}" if logc.could_extract_minus_sign() else f" + {_code(logc)}")
-        return [
-            *_phi_lines(dv, with_derivative=False),
-            "G = Phi @ Phi.transpose(-1, -2)                     # (B, H, N, N)",
-            f"log_S = torch.logsumexp({_scaled(b, 'G')}, dim=-1){shift}   # log Σ_j K, stable",
-            f"return {_scaled(a, 'log_S')}.sum(dim=(-1, -2))",
-        ]
-    if dv.pattern == "distance softmax":
-        a, b, c = dv.constants["a"], dv.constants["b"], dv.constants["c"]
-        logc = sp.simplify(sp.expand_log(sp.log(c), force=True))
-        shift = "" if logc == 0 else (f" - {_code(-logc)}" if logc.could_extract_minus_sign() else f" + {_code(logc)}")
-        return [
-            "r = sq_distances(Z)                                 # (B, H, N, N): ‖z_i − z_j‖², as declared",
-            f"log_S = torch.logsumexp({_scaled(b, 'r')}, dim=-1){shift}   # log Σ_j K, stable",
-            f"return {_scaled(a, 'log_S')}.sum(dim=(-1, -2))",
-        ]
-    f_code = "self.f(S)" if not t.f.symbolic else _code(dv.pieces["f"], X, "S")
-    if t.K.kind == "distance":
-        lines = ["r = sq_distances(Z)                                 # (B, H, N, N): ‖z_i − z_j‖², as declared",
-                 f"S = ({_code(dv.pieces['rho'], R, 'r')}).sum(dim=-1)   # (B, H, N): Σ_j K"]
-    elif t.K.kind == "callable":
-        lines = ["S = pairwise_kernel(self.kernel, Z).sum(dim=-1)     # (B, H, N): Σ_j K(z_i, z_j)"]
-    else:
-        lines = [*_phi_lines(dv, with_derivative=False),
-                 "G = Phi @ Phi.transpose(-1, -2)                     # (B, H, N, N)",
-                 f"S = ({_code(dv.pieces['kappa'], S, 'G')}).sum(dim=-1)   # (B, H, N): Σ_j K"]
-    lines.append(f"return ({f_code}).sum(dim=(-1, -2))")
-    return lines
-
-
-def _phi_lines(dv: Derivation, with_derivative: bool) -> list[str]:
-    t = dv.term
-    if not isinstance(t, Attention) or t.K.phi is None:
-        return ["Phi = Z"]
-    if not t.K.phi.symbolic or "phi" not in dv.pieces:
-        lines = ["Phi = self.phi(Z)"]
-        if with_derivative:
-            lines.append("dPhi = torch.func.vmap(torch.func.grad(self.phi))(Z.reshape(-1)).reshape(Z.shape)")
-        return lines
-    lines = [f"Phi = {_code(dv.pieces['phi'], X, 'Z')}                       # feature map, elementwise"]
-    if with_derivative:
-        lines.append(f"dPhi = {_code(dv.pieces['dphi'], X, 'Z')}")
-    return lines
-
-
-def _ff_energy(dv: Derivation) -> list[str]:
-    t = dv.term
-    if dv.pattern == "softmax FF":
-        a, b = dv.constants["a"], dv.constants["b"]
-        c = sp.simplify(dv.pieces["h"] / sp.exp(b * X))
-        logc = sp.simplify(sp.expand_log(sp.log(c), force=True))
-        shift = "" if logc == 0 else (f" - {_code(-logc)}" if logc.could_extract_minus_sign() else f" + {_code(logc)}")
-        return [f"log_Sigma = torch.logsumexp({_scaled(b, 'U')}, dim=-1){shift}   # log Σ_m h(u_m), stable",
-                f"return -({_scaled(a, 'log_Sigma')}).sum(dim=(-1, -2))"]
-    h = "self.h(U)" if not t.h.symbolic else _code(dv.pieces["h"], X, "U")
-    g = "self.g(Sigma)" if not t.g.symbolic else _code(dv.pieces["g"], X, "Sigma")
-    return [f"Sigma = ({h}).sum(dim=-1)                  # (B, 1, N): Σ_m h(u_m)",
-            f"return -({g}).sum(dim=(-1, -2))"]
-
-
-# ---------------------------------------------------------------------------------------------
-# grad_Z bodies
-# ---------------------------------------------------------------------------------------------
-
-def _attention_grad(dv: Derivation) -> list[str]:
-    p, c = dv.pattern, dv.constants
-    has_phi = dv.term.K.phi is not None
-    out = (lambda body: f"return dPhi * ({body})") if has_phi else (lambda body: f"return {body}")
-    if p == "bi-softmax":
-        b = _code(c["b"])
-        return [
-            *_phi_lines(dv, with_derivative=True),
-            "if Z.shape[-2] > self.sdpa_threshold:             # long sequences: never form N×N",
-            f"    PPt_Phi = bisoftmax_sdpa(Phi, {b})",
-            "else:",
-            f"    P = torch.softmax({_scaled(c['b'], 'Phi @ Phi.transpose(-1, -2)')}, dim=-1)  # (B, H, N, N) row-softmax",
-            "    PPt_Phi = (P + P.transpose(-1, -2)) @ Phi      # (P + Pᵀ) Φ",
-            out(_scaled(c["a"] * c["b"], "PPt_Phi")),
-        ]
-    if p == "linear attention":
-        a, c1, c2 = c["a"], c["c1"], c["c2"]
-        terms = []
-        if sp.simplify(c2) != 0:
-            terms.append(_scaled(4 * a * c2, "Phi @ (Phi.transpose(-1, -2) @ Phi)"))
-        if sp.simplify(c1) != 0:
-            terms.append(_scaled(2 * a * c1, "Phi.sum(dim=-2, keepdim=True)"))
-        body = " + ".join(terms) or "torch.zeros_like(Phi)"
-        return [*_phi_lines(dv, with_derivative=True), "# C Φ by associativity: O(N p²), no N×N matrix", out(body)]
-    if p == "kernel attention":
-        C = 2 * c["a"] * dv.pieces["dkappa"]
-        return [*_phi_lines(dv, with_derivative=True),
-                "G = Phi @ Phi.transpose(-1, -2)                     # (B, H, N, N) Gram matrix",
-                f"C = {_code(sp.simplify(C), S, 'G')}   # coupling 2a κ'(G)",
-                out("C @ Phi")]
-    if p == "inner-product kernel":
-        return [*_phi_lines(dv, with_derivative=True),
-                "G = Phi @ Phi.transpose(-1, -2)                     # (B, H, N, N) Gram matrix",
-                f"S = ({_code(dv.pieces['kappa'], S, 'G')}).sum(dim=-1)   # (B, H, N) Σ_j K",
-                f"df_S = {_code(dv.pieces['df'], X, 'S')}",
-                f"C = (df_S.unsqueeze(-1) + df_S.unsqueeze(-2)) * ({_code(dv.pieces['dkappa'], S, 'G')})",
-                out("C @ Phi")]
-    if p == "distance softmax":
-        a, b = c["a"], c["b"]
-        return [
-            "if Z.shape[-2] > self.sdpa_threshold:             # long sequences: never form N×N",
-            f"    PPt_Z, col = distance_softmax_sdpa(Z, {_code(b)})",
-            "else:",
-            f"    PPt_Z, col = distance_softmax_dense(Z, {_code(b)})   # (P + Pᵀ) Z and Pᵀ1, P = softmax(b r)",
-            f"return {_scaled(2 * a * b, '((1 + col) * Z - PPt_Z)')}",
-        ]
-    if p == "distance kernel":
-        drho = _code(dv.pieces["drho"], R, "r")
-        if X not in dv.pieces["df"].free_symbols:   # f linear: f'(S) is the constant a
-            coupling = [f"C = {_scaled(2 * dv.pieces['df'], '(' + drho + ')')}   # 2a ρ'(r)"]
-        else:
-            coupling = [f"S = ({_code(dv.pieces['rho'], R, 'r')}).sum(dim=-1)   # (B, H, N): Σ_j K",
-                        f"df_S = {_code(dv.pieces['df'], X, 'S')}",
-                        f"C = (df_S.unsqueeze(-1) + df_S.unsqueeze(-2)) * ({drho})   # [f'(S_k) + f'(S_j)] ρ'(r)"]
-        return ["r = sq_distances(Z)                                 # (B, H, N, N): ‖z_k − z_j‖²",
-                *coupling,
-                "return 2 * (C.sum(dim=-1, keepdim=True) * Z - C @ Z)   # 2 (diag(C1) Z − C Z)"]
-    if p == "pairwise kernel":
-        return ["K = pairwise_kernel(self.kernel, Z)                 # (B, H, N, N)",
-                "dK = pairwise_kernel_grad(self.kernel, Z)           # (B, H, N, N, p): ∂₁K(z_k, z_j)",
-                "S = K.sum(dim=-1)                                   # (B, H, N)",
-                f"df_S = {_code(dv.pieces['df'], X, 'S')}",
-                "C = df_S.unsqueeze(-1) + df_S.unsqueeze(-2)         # f'(S_k) + f'(S_j)",
-                "return (C.unsqueeze(-1) * dK).sum(dim=-2)"]
-    raise AssertionError(p)
-
-
-def _ff_grad(dv: Derivation) -> list[str]:
-    p, c, pieces = dv.pattern, dv.constants, dv.pieces
-    if p == "ReLU FF":
-        return [f"return {_scaled(-c['a'] * c['c'], 'torch.relu(U)')}"]
-    if p == "softmax FF":
-        softmax = "torch.softmax(" + _scaled(c["b"], "U") + ", dim=-1)"
-        return [f"return {_scaled(-c['a'] * c['b'], softmax)}"]
-    dh = _code(pieces["dh"], X, "U")
-    if p == "elementwise FF":
-        return [f"return {_scaled(-c['a'], '(' + dh + ')')}"]
-    if p == "gated FF":
-        return [f"Sigma = ({_code(pieces['h'], X, 'U')}).sum(dim=-1, keepdim=True)   # Σ_m h(u_m)",
-                f"return {_scaled(-c['a'], 'Sigma * (' + dh + ')')}"]
-    return [f"Sigma = ({_code(pieces['h'], X, 'U')}).sum(dim=-1, keepdim=True)   # Σ_m h(u_m)",
-            f"return -({_code(pieces['dg'], X, 'Sigma')}) * ({dh})"]
-
-
-# ---------------------------------------------------------------------------------------------
 
 def emit_source(dv: Derivation) -> str:
     """The Python source of the update module for ``dv``."""
@@ -344,12 +170,10 @@ def emit_source(dv: Derivation) -> str:
     attn = isinstance(t, Attention)
     var = "Z" if attn else "U"
     shape = "(B, H, N, p)" if attn else "(B, 1, N, M)"
-    if dv.path == "autodiff":
-        grad = ["# generic path: differentiate the term's energy with torch.func.grad",
-                f"return torch.func.grad(lambda {var}_: self.energy_Z({var}_).sum())({var})"]
-    else:
-        grad = _attention_grad(dv) if attn else _ff_grad(dv)
-    energy = _attention_energy(dv) if attn else _ff_energy(dv)
+    family = family_of(t)
+    pattern = PATTERNS.get(dv.pattern)
+    grad = family.autodiff_lines(dv) if dv.path == "autodiff" else pattern.grad_lines(dv)
+    energy = (pattern.energy_lines(dv) if dv.path != "autodiff" else None) or family.energy_lines(dv)
     prelude = ["beta = self.beta"] if any("beta" in ln for ln in grad + energy) else []
     sign = "∇_Z E" if attn else "∇_U E (E_FF = −Σ g(Σ h) carries the minus sign of Eq. 20)"
     rule = "X ← X − step ⊙ Σ_h (∇_Z E)(Z_h) W_hᵀ" if attn else "X ← X − step ⊙ (∇_U E)(U) Dᵀ"

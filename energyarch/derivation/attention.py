@@ -1,0 +1,166 @@
+"""Family: bidirectional attention, E = Σ_h Σ_i f(Σ_j K(z_i^h, z_j^h)) (Eq. 19).
+
+The family computes the sizes, the bound expressions and their derivatives, checks domains, and hands a
+:class:`~.core.Candidate` to the registered attention patterns (``patterns/``); the first that matches
+gives the closed form. Opaque callables take the pairwise or autodiff path.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ..energy import Attention, Term
+from ..errors import CompileError, DeclarationError
+from ..primitives import R, S, X
+from . import core
+from .codegen import code, phi_lines
+from .core import (Candidate, Derivation, Dims, Family, bind, check_callable_scalar, check_domain, check_size, diff,
+                   needs_positive, numeric, register_family, sphere_samples)
+
+
+def attention_dims(term: Term, d: int) -> Dims:
+    if not isinstance(d, int) or d < 1:
+        raise CompileError(f"d={d!r} must be a positive integer (the model width)")
+    if d % term.heads:
+        divisors = [h for h in range(1, min(d, 64) + 1) if d % h == 0]
+        raise CompileError(
+            f"term {term.name!r}: heads={term.heads} does not divide the width d={d}; "
+            f"choose heads in {divisors} or change d"
+        )
+    p = d // term.heads
+    radius = term.constraint.resolve(p)
+    beta = term.beta if term.beta is not None else 1.0 / math.sqrt(p)
+    return Dims(d=d, heads=term.heads, head_dim=p, radius=radius, beta=beta)
+
+
+def declared_pieces(term: Term, dims: Dims) -> dict:
+    """The bound expressions of the declaration (for the energy and the autodiff path), no derivative."""
+    K, pieces = term.K, {}
+    if term.f.symbolic:
+        pieces["f"] = bind(term.f.expr, term, dims)
+    if K.kind == "distance":
+        pieces["rho"] = bind(K.expr, term, dims)
+    elif K.expr is not None:
+        pieces["kappa"] = bind(K.expr, term, dims)
+    if K.phi is not None and K.phi.symbolic:
+        pieces["phi"] = bind(K.phi.expr, term, dims)
+    return pieces
+
+
+def check_opaque(term: Term, dims: Dims) -> None:
+    """Probe callables (elementwise f / Φ, a scalar symmetric kernel) and the energy's finiteness."""
+    K = term.K
+    if not term.f.symbolic:
+        check_callable_scalar(term, "f", term.f)
+    if K.phi is not None and not K.phi.symbolic:
+        check_callable_scalar(term, "phi", K.phi)
+    if K.kind == "callable":
+        check_callable_kernel(term, dims)
+    if not (term.f.symbolic and K.symbolic):
+        check_energy_finite(term, dims)
+
+
+def candidate(term: Term, dims: Dims, declared: dict) -> Candidate:
+    """Derivatives and domain checks of a fully symbolic term (inside the symbolic budget)."""
+    K = term.K
+    f = declared["f"]
+    if K.kind == "distance":
+        rho = declared["rho"]
+        check_size(f=f, K=rho)
+        if needs_positive(f):
+            Zs = sphere_samples(dims.head_dim, dims.radius)
+            r_vals = (Zs.unsqueeze(1) - Zs.unsqueeze(0)).pow(2).sum(-1).flatten()
+            check_domain(term, f, float(numeric(rho, dims, R, r_vals).min()), "f", f"the kernel K = {K.name}")
+        return Candidate(term, dims, "distance", {"f": f, "df": diff(f, X, "f'"), "rho": rho,
+                                                  "drho": diff(rho, R, "ρ'")})
+    kappa = declared["kappa"]
+    phi = declared.get("phi", X)
+    check_size(f=f, K=kappa, phi=phi)
+    if needs_positive(f):
+        Zs = sphere_samples(dims.head_dim, dims.radius)
+        Phi = numeric(phi, dims, X, Zs) if K.phi is not None else Zs
+        kmin = float(numeric(kappa, dims, S, (Phi @ Phi.T).flatten()).min())
+        check_domain(term, f, kmin, "f", f"the kernel K = {K.name}")
+    return Candidate(term, dims, "inner", {"f": f, "df": diff(f, X, "f'"), "kappa": kappa,
+                                           "dkappa": diff(kappa, S, "κ'"), "phi": phi, "dphi": diff(phi, X, "Φ'")})
+
+
+@register_family
+class AttentionFamily(Family):
+    name = "attention"
+    term_type = Attention
+
+    def derive(self, term: Attention, d: int) -> Derivation:
+        dims = attention_dims(term, d)
+        check_opaque(term, dims)
+        declared = declared_pieces(term, dims)
+        K = term.K
+        if K.kind == "callable" and term.f.symbolic and K.symmetric:
+            return core.first_match(Candidate(term, dims, "callable", {**declared,
+                                                                       "df": core.tidy(declared["f"].diff(X))}))
+        if K.kind == "callable" or not (term.f.symbolic and K.symbolic):
+            why = ("the kernel is declared non-symmetric" if K.kind == "callable" and not K.symmetric
+                   else "a primitive is an opaque torch callable")
+            return Derivation(term, dims, "autodiff", "autodiff", f"{why}: torch.func.grad of the energy", declared)
+        return core.symbolic_or_fallback(term, dims, declared,
+                                         lambda: core.first_match(candidate(term, dims, declared)))
+
+    def energy_lines(self, dv: Derivation) -> list[str]:
+        t = dv.term
+        f_code = "self.f(S)" if not t.f.symbolic else code(dv.pieces["f"], X, "S")
+        if t.K.kind == "distance":
+            lines = ["r = sq_distances(Z)                                 # (B, H, N, N): ‖z_i − z_j‖², as declared",
+                     f"S = ({code(dv.pieces['rho'], R, 'r')}).sum(dim=-1)   # (B, H, N): Σ_j K"]
+        elif t.K.kind == "callable":
+            lines = ["S = pairwise_kernel(self.kernel, Z).sum(dim=-1)     # (B, H, N): Σ_j K(z_i, z_j)"]
+        else:
+            lines = [*phi_lines(dv, with_derivative=False),
+                     "G = Phi @ Phi.transpose(-1, -2)                     # (B, H, N, N)",
+                     f"S = ({code(dv.pieces['kappa'], S, 'G')}).sum(dim=-1)   # (B, H, N): Σ_j K"]
+        return [*lines, f"return ({f_code}).sum(dim=(-1, -2))"]
+
+
+def check_callable_kernel(term: Term, dims: Dims) -> None:
+    g = torch.Generator().manual_seed(1)
+    x, y = (torch.randn(dims.head_dim, generator=g, dtype=torch.float64) for _ in range(2))
+    try:
+        kxy, kyx = term.K.fn(x, y), term.K.fn(y, x)
+    except Exception as err:  # noqa: BLE001 - report the user's function failing
+        raise DeclarationError(f"term {term.name!r}: kernel {term.K.name!r} failed on two p={dims.head_dim} vectors: {err}") from err
+    if not isinstance(kxy, torch.Tensor) or kxy.dim() != 0:
+        shape = tuple(kxy.shape) if isinstance(kxy, torch.Tensor) else type(kxy).__name__
+        raise DeclarationError(
+            f"term {term.name!r}: the energy is not scalar: kernel {term.K.name!r} returned {shape} for two "
+            f"vectors; K(x, y) must return a 0-dim tensor (reduce with .sum() or a dot product)"
+        )
+    if term.K.symmetric and not torch.allclose(kxy, kyx, rtol=1e-9, atol=1e-12):
+        raise DeclarationError(
+            f"term {term.name!r}: kernel {term.K.name!r} is not symmetric (K(x,y)={float(kxy):.6g}, "
+            f"K(y,x)={float(kyx):.6g}), but the pairwise fast path assumes K(x,y)=K(y,x). Declare it with "
+            f"Kernel.from_torch(fn, name, symmetric=False) to use the generic autodiff path"
+        )
+
+
+def check_energy_finite(term: Term, dims: Dims) -> None:
+    """Probe a term with opaque primitives on the constraint set: its energy must be a finite real number."""
+    from ..verify import declared_energy  # the independent reference energy, built from the declaration
+
+    Z = sphere_samples(dims.head_dim, dims.radius, n=24, seed=3).reshape(1, 1, -1, dims.head_dim)
+    env = {"beta": dims.beta, "p": dims.head_dim, "M": dims.head_dim, "d": dims.d}
+    try:
+        with torch.no_grad():
+            E = declared_energy(term, Z, env)
+    except Exception as err:  # noqa: BLE001 - the user's callable failed: say which term
+        raise DeclarationError(f"term {term.name!r}: evaluating the energy on the constraint set failed: "
+                               f"{type(err).__name__}: {err}") from err
+    if not isinstance(E, torch.Tensor) or E.is_complex() or not bool(torch.isfinite(E).all()):
+        value = E.flatten()[:1].tolist() if isinstance(E, torch.Tensor) else E
+        raise DeclarationError(
+            f"term {term.name!r}: the energy is not finite on the constraint set (value {value} at random points "
+            f"of the sphere of radius {dims.radius:.4g}); check the domain of "
+            + (f"f = {term.f.name!r} against the values of K = {term.K.name!r} (e.g. log needs Σ_j K > 0)"
+               if hasattr(term, "f") else
+               f"g = {term.g.name!r} against the values of h = {term.h.name!r} (e.g. log needs Σ_m h > 0)")
+        )

@@ -1,0 +1,1 @@
+"""Family: causal conditional attention (being written)."""

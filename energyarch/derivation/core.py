@@ -1,0 +1,342 @@
+"""The derivation's shared core: the record it produces, the cost bounds, and the registries of pieces.
+
+A derivation is assembled from registered pieces, each in a file of its own:
+
+- a **family** (:mod:`.attention`, :mod:`.feedforward`, :mod:`.causal`) knows its term type, the sizes, the
+  declared expressions and their derivatives, the generic energy and the autodiff path;
+- a **pattern** (:mod:`.patterns`) recognises a structure within a family (``match``), gives its closed form
+  as LaTeX, and lowers it to memory-lean torch source (``grad_lines``, optionally ``energy_lines``).
+
+Adding a pattern is one decorated class in a new file under ``patterns/`` (imported by ``patterns/__init__``);
+adding a family is one decorated class. Nothing else changes (the ``register_kl`` idea of torch.distributions).
+
+>>> sorted(p.name for p in patterns_for("feedforward"))[:3]
+['ReLU FF', 'elementwise FF', 'gated FF']
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Mapping, Optional
+
+import sympy as sp
+import torch
+
+from ..energy import Attention, Term, params_of
+from ..errors import CompileError, DeclarationError
+from ..expr import evaluate, tidy
+from ..primitives import X, Scalar
+
+BETA = sp.Symbol("beta", positive=True)
+SK, SJ = sp.symbols("S_k S_j", positive=True)
+SIGMA = sp.Symbol("Sigma", real=True)  # Σ_m h(u_m) in the feed-forward family
+
+
+@dataclass(frozen=True)
+class Dims:
+    """Sizes fixed at compile time."""
+
+    d: int
+    heads: int
+    head_dim: int  # p for attention, M for feed-forward
+    radius: float
+    beta: float
+
+
+@dataclass(frozen=True)
+class Derivation:
+    """What the compiler derived for one term.
+
+    Attributes:
+        term: the declared term.
+        dims: sizes and constants.
+        path: ``'symbolic'`` (closed form emitted) or ``'autodiff'`` (``torch.func.grad``).
+        pattern: the registered pattern that matched (e.g. ``'bi-softmax'``, ``'distance kernel'``,
+            ``'causal bi-softmax'``, ``'ReLU FF'``) or ``'autodiff'``.
+        reason: why this path/pattern was taken.
+        pieces: sympy expressions: ``f, df, kappa, dkappa, phi, dphi`` (or ``rho, drho``) or ``g, dg, h, dh``.
+        constants: pattern constants (``a, b, c, c1, c2``) as sympy expressions in ``beta``.
+        operator: sympy expression of the coupling ``C_kj`` (in ``s`` or ``r``, ``S_k, S_j``) for attention, or
+            of ``−∂E/∂u`` (in ``x`` = u and ``Sigma`` = Σ_m h(u_m)) for feed-forward.
+        latex: the update ``−∇_X E`` in matrix form (column-token convention, as in the paper's tables).
+    """
+
+    term: Term
+    dims: Dims
+    path: str
+    pattern: str
+    reason: str
+    pieces: Mapping[str, sp.Expr] = field(default_factory=dict)
+    constants: Mapping[str, sp.Expr] = field(default_factory=dict)
+    operator: Optional[sp.Expr] = None
+    latex: str = ""
+
+    @property
+    def family(self) -> str:
+        return self.term.family
+
+
+# ---------------------------------------------------------------------------------------------
+# registries
+# ---------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Candidate:
+    """What a family hands to its patterns: the term, its sizes, and the bound expressions with derivatives."""
+
+    term: Term
+    dims: Dims
+    kind: str                       # attention: 'inner' | 'distance' | 'callable'; feed-forward: 'elementwise'
+    pieces: Mapping[str, sp.Expr]
+
+
+class Pattern:
+    """A recognised structure: ``match`` → constants (or None), ``latex``, and its lowering to torch source.
+
+    Subclasses set ``name``, ``family``, ``kinds`` (which candidates it looks at), ``order`` (lower is tried
+    first) and ``reason`` (shown by ``report()``), and are registered with :func:`register_pattern`.
+    """
+
+    name: str = ""
+    family: str = ""
+    kinds: tuple = ("inner",)
+    order: int = 100
+    reason: str = ""
+
+    def match(self, c: Candidate) -> Optional[dict]:
+        raise NotImplementedError
+
+    def latex(self, c: Candidate, consts: Mapping[str, sp.Expr]) -> str:
+        return ""
+
+    def operator(self, c: Candidate) -> Optional[sp.Expr]:
+        return None
+
+    def grad_lines(self, dv: Derivation) -> list[str]:
+        """Body of the emitted ``grad_Z`` (names from the maths: Z, Phi, P, C, ...)."""
+        raise NotImplementedError
+
+    def energy_lines(self, dv: Derivation) -> Optional[list[str]]:
+        """Body of the emitted ``energy_Z``; None means the family's generic energy."""
+        return None
+
+    def derivation(self, c: Candidate, consts: dict) -> Derivation:
+        return Derivation(c.term, c.dims, "symbolic", self.name, self.reason, dict(c.pieces), consts,
+                          self.operator(c), self.latex(c, consts))
+
+
+class Family:
+    """An energy family: the term type it derives, and its generic pieces (energy, autodiff)."""
+
+    name: str = ""
+    term_type: type = object
+
+    def derive(self, term: Term, d: int) -> Derivation:
+        raise NotImplementedError
+
+    def energy_lines(self, dv: Derivation) -> list[str]:
+        raise NotImplementedError
+
+    def autodiff_lines(self, dv: Derivation) -> list[str]:
+        var = "Z" if dv.term.family != "feedforward" else "U"
+        return ["# generic path: differentiate the term's energy with torch.func.grad",
+                f"return torch.func.grad(lambda {var}_: self.energy_Z({var}_).sum())({var})"]
+
+
+PATTERNS: dict[str, Pattern] = {}
+FAMILIES: dict[str, Family] = {}
+
+
+def register_pattern(cls: type) -> type:
+    """Class decorator: register a :class:`Pattern` (one instance, by name)."""
+    inst = cls()
+    if not inst.name or inst.name in PATTERNS:
+        raise CompileError(f"pattern {inst.name!r} is unnamed or registered twice")
+    PATTERNS[inst.name] = inst
+    return cls
+
+
+def register_family(cls: type) -> type:
+    """Class decorator: register a :class:`Family` (one instance, by name)."""
+    inst = cls()
+    FAMILIES[inst.name] = inst
+    return cls
+
+
+def patterns_for(family: str, kind: Optional[str] = None) -> list[Pattern]:
+    """The registered patterns of ``family`` (and candidate ``kind``), in the order they are tried."""
+    out = [p for p in PATTERNS.values() if p.family == family and (kind is None or kind in p.kinds)]
+    return sorted(out, key=lambda p: (p.order, p.name))
+
+
+def first_match(c: Candidate) -> Derivation:
+    for pattern in patterns_for(c.term.family, c.kind):
+        consts = pattern.match(c)
+        if consts is not None:
+            return pattern.derivation(c, consts)
+    raise CompileError(f"term {c.term.name!r}: no registered pattern accepts a {c.kind} {c.term.family} term; "
+                       f"register one (energyarch.derivation.register_pattern) or use path='autodiff'")
+
+
+def family_of(term: Term) -> Family:
+    for fam in FAMILIES.values():
+        if isinstance(term, fam.term_type):
+            return fam
+    raise CompileError(f"cannot derive {type(term).__name__}; expected one of "
+                       f"{sorted(f.term_type.__name__ for f in FAMILIES.values())}")
+
+
+# ---------------------------------------------------------------------------------------------
+# cost bounds: a size cap on what sympy is given and a wall-clock budget on what it does with it
+# ---------------------------------------------------------------------------------------------
+
+#: Bounds on the symbolic path; past them the term takes the autodiff path and report() says why.
+SYMBOLIC_BUDGET = {"seconds": 3.0, "input_ops": 300, "derivative_ops": 3000}
+
+
+class _OverBudget(Exception):
+    """Raised inside the symbolic steps when their budget is spent (never escapes :func:`derive`)."""
+
+
+@contextlib.contextmanager
+def _time_budget(seconds: float):
+    """Interrupt the block after ``seconds`` of wall time (main thread, POSIX); elsewhere only the size caps hold."""
+    usable = threading.current_thread() is threading.main_thread() and hasattr(signal, "setitimer")
+    if not usable:
+        yield
+        return
+
+    def on_alarm(signum, frame):
+        raise _OverBudget(f"the symbolic steps took longer than {seconds:g} s")
+
+    previous = signal.signal(signal.SIGALRM, on_alarm)
+    outer_delay, outer_interval = signal.setitimer(signal.ITIMER_REAL, seconds)
+    start = time.monotonic()
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+        if outer_delay:  # give an enclosing timer back what is left of it
+            signal.setitimer(signal.ITIMER_REAL, max(outer_delay - (time.monotonic() - start), 1e-3), outer_interval)
+
+
+def check_size(**exprs: sp.Expr) -> None:
+    for name, expr in exprs.items():
+        ops = sp.count_ops(expr)
+        if ops > SYMBOLIC_BUDGET["input_ops"]:
+            raise _OverBudget(f"{name} has {ops} operations (symbolic limit {SYMBOLIC_BUDGET['input_ops']})")
+
+
+def diff(expr: sp.Expr, var: sp.Symbol, name: str) -> sp.Expr:
+    out = tidy(expr.diff(var))
+    ops = sp.count_ops(out)
+    if ops > SYMBOLIC_BUDGET["derivative_ops"]:
+        raise _OverBudget(f"{name} has {ops} operations (symbolic limit {SYMBOLIC_BUDGET['derivative_ops']})")
+    return out
+
+
+def fallback(term: Term, dims: Dims, why: str, pieces: Mapping[str, sp.Expr]) -> Derivation:
+    return Derivation(term, dims, "autodiff", "autodiff",
+                      f"{why}: torch.func.grad of the energy (symbolic budget {SYMBOLIC_BUDGET})", dict(pieces))
+
+
+def symbolic_or_fallback(term: Term, dims: Dims, declared: Mapping[str, sp.Expr],
+                         build: Callable[[], Derivation]) -> Derivation:
+    """Run ``build`` (the symbolic steps) within the budget; past it, the autodiff path with the reason."""
+    try:
+        with _time_budget(SYMBOLIC_BUDGET["seconds"]):
+            return build()
+    except _OverBudget as err:
+        return fallback(term, dims, f"symbolic derivation stopped: {err}", declared)
+
+
+# ---------------------------------------------------------------------------------------------
+# helpers shared by families and patterns
+# ---------------------------------------------------------------------------------------------
+
+def bind(expr: sp.Expr, term: Term, dims: Dims) -> sp.Expr:
+    """Substitute sizes and user parameters; keep ``beta`` symbolic (positive)."""
+    subs = {sp.Symbol("beta", real=True): BETA, sp.Symbol("p", real=True): dims.head_dim,
+            sp.Symbol("M", real=True): dims.head_dim, sp.Symbol("d", real=True): dims.d}
+    subs.update({sp.Symbol(k, real=True): sp.Rational(repr(v)) if isinstance(v, float) else v
+                 for k, v in params_of(term).items()})
+    return expr.xreplace(subs)
+
+
+def constant(expr: sp.Expr, var: sp.Symbol) -> Optional[sp.Expr]:
+    """``expr`` simplified if it does not depend on ``var`` (else None).
+
+    A cheap numeric test comes first: if ``expr`` takes different finite values at a few points it is not
+    constant and sympy is not asked to simplify it.
+    """
+    if var not in expr.free_symbols:
+        return expr
+    probe = torch.tensor([0.37, 1.3, 2.9, 0.05], dtype=torch.float64)
+    try:
+        with torch.no_grad():
+            values = evaluate(expr, {var.name: probe, "beta": 0.7})
+        if isinstance(values, torch.Tensor) and bool(torch.isfinite(values).all()):
+            if float((values - values[0]).abs().max()) > 1e-9 * (1 + float(values.abs().max())):
+                return None
+    except Exception:  # noqa: BLE001 - inconclusive (e.g. a function without a torch form): let sympy decide
+        pass
+    if sp.count_ops(expr) > SYMBOLIC_BUDGET["input_ops"]:
+        return None
+    simple = sp.simplify(expr)
+    return simple if var not in simple.free_symbols else None
+
+
+def needs_positive(fn: sp.Expr) -> bool:
+    """True if ``fn(x)`` is undefined (complex / infinite) for some x ≤ 0 (log, sqrt, 1/x, ...)."""
+    for probe in (sp.Rational(-1, 2), sp.Integer(0), sp.Integer(-3)):
+        value = fn.xreplace({X: probe}).xreplace({BETA: sp.Integer(1)})
+        value = value.evalf() if value.free_symbols == set() else value
+        if value.has(sp.zoo, sp.nan, sp.oo, -sp.oo) or value.is_real is False:
+            return True
+    return False
+
+
+def sphere_samples(p: int, radius: float, n: int = 256, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    Z = torch.randn(n, p, generator=g, dtype=torch.float64)
+    Z = Z / Z.norm(dim=-1, keepdim=True) * radius
+    return torch.cat([Z, -Z[:8]], dim=0)  # include antipodal pairs (extreme inner products)
+
+
+def check_domain(term: Term, outer: sp.Expr, inner_min: float, outer_name: str, inner_desc: str) -> None:
+    if needs_positive(outer) and not inner_min > 0:
+        raise DeclarationError(
+            f"term {term.name!r}: {outer_name}(x) = {outer} needs x > 0, but {inner_desc} reaches "
+            f"{inner_min:.4g} on the constraint set. Use a positive kernel / h (e.g. exp(beta*s), sigmoid), "
+            f"or an {outer_name} defined for all x (e.g. a linear {outer_name})"
+        )
+
+
+
+def numeric(expr: sp.Expr, dims: Dims, var: sp.Symbol, values: torch.Tensor) -> torch.Tensor:
+    out = evaluate(expr, {var.name: values, "beta": dims.beta})
+    return out if isinstance(out, torch.Tensor) else torch.full_like(values, float(out))
+
+
+def lx(expr: sp.Expr) -> str:
+    return sp.latex(sp.simplify(expr))
+
+
+def check_callable_scalar(term: Term, role: str, prim: Scalar) -> None:
+    probe = torch.linspace(-1, 1, 7, dtype=torch.float64)
+    try:
+        out = prim.fn(probe)
+    except Exception as err:  # noqa: BLE001
+        raise DeclarationError(f"term {term.name!r}: {role} = {prim.name!r} failed on a tensor: {err}") from err
+    if not isinstance(out, torch.Tensor) or out.shape != probe.shape:
+        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise DeclarationError(
+            f"term {term.name!r}: {role} = {prim.name!r} must act elementwise (shape in = shape out); "
+            f"it returned {shape} for an input of shape {tuple(probe.shape)}"
+        )

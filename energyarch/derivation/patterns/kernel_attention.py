@@ -1,0 +1,38 @@
+"""Pattern: kernel attention. f linear ⇒ C = 2a κ'(G), one elementwise map of the Gram matrix."""
+
+from __future__ import annotations
+
+import sympy as sp
+
+from ...primitives import S, X
+from ..codegen import code, phi_lines
+from ..core import Candidate, Pattern, constant, register_pattern
+from ._attention_latex import coupling, phi_symbols, update
+
+
+@register_pattern
+class KernelAttention(Pattern):
+    name = "kernel attention"
+    family = "attention"
+    kinds = ("inner",)
+    order = 30
+    reason = "f linear: C = 2a κ'(G), one elementwise map of the Gram matrix"
+
+    def match(self, c: Candidate):
+        a = constant(c.pieces["df"], X)
+        return None if a is None else {"a": a}
+
+    def operator(self, c):
+        return 2 * constant(c.pieces["df"], X) * c.pieces["dkappa"]
+
+    def latex(self, c, consts):
+        Phi, wrap = phi_symbols(c.pieces)
+        return update(wrap(coupling(Phi, 2 * consts["a"] * c.pieces["dkappa"])))
+
+    def grad_lines(self, dv):
+        C = sp.simplify(2 * dv.constants["a"] * dv.pieces["dkappa"])
+        out = "return dPhi * (C @ Phi)" if dv.term.K.phi is not None else "return C @ Phi"
+        return [*phi_lines(dv, with_derivative=True),
+                "G = Phi @ Phi.transpose(-1, -2)                     # (B, H, N, N) Gram matrix",
+                f"C = {code(C, S, 'G')}   # coupling 2a κ'(G)",
+                out]

@@ -1,0 +1,36 @@
+"""Pattern: an opaque symmetric kernel (torch callable) with a symbolic f.
+
+Closed form Σ_j [f'(S_k) + f'(S_j)] ∂₁K(z_k, z_j), with ∂₁K by ``torch.func.grad`` of the user's kernel.
+"""
+
+from __future__ import annotations
+
+from ...primitives import X
+from ..codegen import code
+from ..core import Candidate, Pattern, register_pattern
+
+
+@register_pattern
+class PairwiseKernel(Pattern):
+    name = "pairwise kernel"
+    family = "attention"
+    kinds = ("callable",)
+    order = 10
+    reason = "opaque symmetric kernel: closed form Σ_j [f'(S_k)+f'(S_j)] ∂₁K(z_k, z_j) with ∂₁K by torch.func"
+
+    def match(self, c: Candidate):
+        return {}
+
+    def latex(self, c, consts):
+        return (r"-\nabla_{\mathbf{x}_k} E = -\sum_{h} \mathbf{W}_h \sum_j \left[f'(S_k) + f'(S_j)\right] "
+                r"\partial_1 K(\mathbf{z}_k^h, \mathbf{z}_j^h),\quad f(x) = %s" % c.term.f.latex())
+
+    def grad_lines(self, dv):
+        dK = "dK = pairwise_kernel_grad(self.kernel, Z)           # (B, H, N, N, p): ∂₁K(z_k, z_j)"
+        if X not in dv.pieces["df"].free_symbols:   # f linear: f'(S) = a
+            return [dK, f"return {code(2 * dv.pieces['df'])} * dK.sum(dim=-2)"]
+        return ["K = pairwise_kernel(self.kernel, Z)                 # (B, H, N, N)", dK,
+                "S = K.sum(dim=-1)                                   # (B, H, N)",
+                f"df_S = {code(dv.pieces['df'], X, 'S')}",
+                "C = df_S.unsqueeze(-1) + df_S.unsqueeze(-2)         # f'(S_k) + f'(S_j)",
+                "return (C.unsqueeze(-1) * dK).sum(dim=-2)"]
