@@ -357,13 +357,28 @@ class ModelConfig:
             return value
         return declaration_of(value)
 
-    def energy(self) -> Energy:
-        """The Hyper-SET energy E_ATTN + E_FF this config declares (Eqs. 19-20)."""
+    def energy(self, causal: bool = False) -> Energy:
+        """The Hyper-SET energy E_ATTN + E_FF this config declares (Eqs. 19-20); with ``causal`` the attention
+        term is its causal conditional form (:func:`causal_attention`), for language modelling."""
         attn, ff = self.term("attention"), self.term("feedforward")
         if self.norm_eps != 1e-6:
             eps = self.resolved_eps()
             attn, ff = _with_eps(attn, eps), _with_eps(ff, eps)
-        return attn + ff
+        return (causal_attention(attn) if causal else attn) + ff
+
+
+def causal_attention(term):
+    """``ea.CausalAttention`` with the f, K (and Φ), heads, sphere, beta and name of the attention ``term``
+    (unchanged if it is one already): token t's conditional energy sees tokens s <= t only."""
+    import energyarch
+
+    cls = getattr(energyarch, "CausalAttention", None)
+    if cls is None:
+        raise ConfigError("a causal task needs ea.CausalAttention for arch='hyperset', which this version of "
+                          "energyarch does not have; use arch='transformer' (the causal GPT-style baseline)")
+    if isinstance(term, cls):
+        return term
+    return cls(f=term.f, K=term.K, heads=term.heads, constraint=term.constraint, beta=term.beta, name=term.name)
 
 
 @dataclass
@@ -377,9 +392,14 @@ class TaskSpec:
     output: str = "per_token"  # 'per_token': logits (B, N, C) | 'cls': class-token readout, logits (B, C)
     image_shape: Optional[tuple] = None  # image: (C, H, W)
     patch_size: int = 4  # image: side of a square patch; must divide H and W
+    causal: bool = False  # tokens: token t may depend on tokens <= t only (language modelling; seq_len is then the
+    #   longest context, and shorter inputs are allowed)
 
     def __post_init__(self):
         _choice("TaskSpec", "kind", self.kind, ("tokens", "image"))
+        if not isinstance(self.causal, bool) or (self.causal and (self.kind, self.output) != ("tokens", "per_token")):
+            raise ConfigError(f"TaskSpec.causal={self.causal!r}: must be a bool, and True only with "
+                              f"kind='tokens', output='per_token' (got kind={self.kind!r}, output={self.output!r})")
         _choice("TaskSpec", "output", self.output, ("per_token", "cls"))
         for name in ("vocab_size", "seq_len", "num_outputs", "patch_size"):
             value = getattr(self, name)

@@ -32,23 +32,30 @@ def sinusoidal_positions(n: int, d: int) -> Tensor:
 
 
 class TokenEmbedding(nn.Module):
-    """Integer ids ``(B, N)`` → tokens ``(B, N[+1], d)`` with a learnable positional encoding."""
+    """Integer ids ``(B, N)`` → tokens ``(B, N[+1], d)`` with a learnable positional encoding.
 
-    def __init__(self, vocab_size: int, seq_len: int, d: int, cls: bool = False):
+    With ``causal`` (language modelling) ``seq_len`` is the longest context and any 1 <= N <= seq_len is
+    accepted (positions 0..N-1), so that generation can start from a short prompt.
+    """
+
+    def __init__(self, vocab_size: int, seq_len: int, d: int, cls: bool = False, causal: bool = False):
         super().__init__()
-        self.seq_len = seq_len
+        self.seq_len, self.causal = seq_len, causal
         self.embed = nn.Embedding(vocab_size, d)
         self.cls = nn.Parameter(torch.randn(1, 1, d) * 0.02) if cls else None
         self.pos = nn.Parameter(torch.randn(1, seq_len + cls, d) * 0.02)
 
     def forward(self, ids: Tensor) -> Tensor:
-        if ids.dim() != 2 or ids.shape[1] != self.seq_len or ids.dtype not in (torch.long, torch.int32):
+        n = ids.shape[-1] if ids.dim() else 0
+        if (ids.dim() != 2 or ids.dtype not in (torch.long, torch.int32)
+                or not (1 <= n <= self.seq_len if self.causal else n == self.seq_len)):
+            expected = f"(B, N) with 1 <= N <= {self.seq_len}" if self.causal else f"(B, {self.seq_len})"
             raise ShapeError(f"token inputs: got {ids.dtype} of shape {tuple(ids.shape)}; expected integer ids of "
-                             f"shape (B, {self.seq_len})")
+                             f"shape {expected}")
         X = self.embed(ids)                                             # (B, N, d)
         if self.cls is not None:
             X = torch.cat([self.cls.expand(X.shape[0], -1, -1), X], dim=1)
-        return X + self.pos
+        return X + self.pos[:, : X.shape[1]]
 
 
 class PatchEmbedding(nn.Module):

@@ -133,13 +133,14 @@ class HyperSET(nn.Module):
     Args:
         cfg: the model config; uses d, heads, layers, iters, attention, feedforward, ff_ratio, step_sizes,
             fixed_step, condition, time_freq, lora_rank, lora_scale, mode, norm_gain, norm_eps, time_embedding.
+        causal: compile the attention term's causal conditional energy (ea.CausalAttention), for language models.
     """
 
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, cfg: ModelConfig, causal: bool = False):
         super().__init__()
-        self.cfg = cfg
+        self.cfg, self.causal = cfg, causal
         self.iters = cfg.iters
-        step = compile_energy(cfg.energy(), d=cfg.d, mode=cfg.mode)   # norm_eps: in each term's Sphere
+        step = compile_energy(cfg.energy(causal=causal), d=cfg.d, mode=cfg.mode)   # norm_eps: in each Sphere
         layers = []
         for _ in range(cfg.layers):
             own = copy.deepcopy(step)

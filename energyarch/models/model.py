@@ -47,13 +47,20 @@ class Model(nn.Module):
         return self.readout(out)
 
 
-def _backbone(cfg: ModelConfig) -> nn.Module:
+#: backbones that have a causal form (token t's update reads tokens <= t only), for TaskSpec(causal=True)
+CAUSAL_ARCHS = ("hyperset", "transformer")
+
+
+def _backbone(cfg: ModelConfig, causal: bool = False) -> nn.Module:
+    if causal and cfg.arch not in CAUSAL_ARCHS:
+        raise ConfigError(f"ModelConfig.arch={cfg.arch!r}: the task is causal (language modelling) and this "
+                          f"backbone has no causal form; choose one of {CAUSAL_ARCHS}")
     if cfg.arch == "hyperset":
         from .hyperset import HyperSET
-        return HyperSET(cfg)
+        return HyperSET(cfg, causal=causal)
     if cfg.arch == "transformer":
         from .transformer import Transformer
-        return Transformer(cfg)
+        return Transformer(cfg, causal=causal)
     if cfg.arch == "energy_transformer":
         from .energy_transformer import EnergyTransformer
         return EnergyTransformer(cfg)
@@ -71,11 +78,11 @@ def build_model(model_cfg: ModelConfig, task_spec: TaskSpec) -> Model:
         raise ConfigError(f"build_model: task_spec is a {type(task_spec).__name__}; pass a TaskSpec")
     d, cls = model_cfg.d, task_spec.output == "cls"
     if task_spec.kind == "tokens":
-        embed = TokenEmbedding(task_spec.vocab_size, task_spec.seq_len, d, cls=cls)
+        embed = TokenEmbedding(task_spec.vocab_size, task_spec.seq_len, d, cls=cls, causal=task_spec.causal)
     else:
         embed = PatchEmbedding(task_spec.image_shape, task_spec.patch_size, d, cls=cls)
     readout = ClsReadout(d, task_spec.num_outputs) if cls else TokenReadout(d, task_spec.num_outputs)
-    return Model(embed, _backbone(model_cfg), readout, model_cfg, task_spec)
+    return Model(embed, _backbone(model_cfg, causal=task_spec.causal), readout, model_cfg, task_spec)
 
 
 def count_parameters(model: nn.Module, trainable_only: bool = True) -> int:

@@ -4,6 +4,9 @@ MLP ratio 4, SDPA attention; L distinct blocks, each applied T times with shared
     X ← X + Attn(RMSNorm(X))
     X ← X + W₂ GELU(W₁ RMSNorm(X))
 
+With ``causal=True`` attention is masked (token t attends to tokens ≤ t, ``is_causal=True`` in SDPA): with
+T = 1 this is the GPT-style pre-norm decoder, the language-modelling baseline.
+
 >>> import torch
 >>> from energyarch.models import ModelConfig
 >>> Transformer(ModelConfig(arch="transformer", d=16, heads=2, iters=2))(torch.randn(2, 5, 16)).shape
@@ -24,11 +27,11 @@ MLP_RATIO = 4
 
 
 class SelfAttention(nn.Module):
-    """Multi-head self-attention without bias, via ``F.scaled_dot_product_attention``."""
+    """Multi-head self-attention without bias, via ``F.scaled_dot_product_attention`` (causal mask if asked)."""
 
-    def __init__(self, d: int, heads: int):
+    def __init__(self, d: int, heads: int, causal: bool = False):
         super().__init__()
-        self.heads = heads
+        self.heads, self.causal = heads, causal
         self.qkv = nn.Linear(d, 3 * d, bias=False)
         self.proj = nn.Linear(d, d, bias=False)
 
@@ -38,17 +41,17 @@ class SelfAttention(nn.Module):
 
     def forward(self, X: Tensor) -> Tensor:
         q, k, v = self.split(X)
-        out = F.scaled_dot_product_attention(q, k, v)                        # (B, H, N, p)
+        out = F.scaled_dot_product_attention(q, k, v, is_causal=self.causal)  # (B, H, N, p)
         return self.proj(out.transpose(-2, -3).flatten(-2))
 
 
 class Block(nn.Module):
     """Pre-norm Transformer block (RMSNorm with learnable gain, no bias anywhere)."""
 
-    def __init__(self, d: int, heads: int):
+    def __init__(self, d: int, heads: int, causal: bool = False):
         super().__init__()
         self.norm1 = nn.RMSNorm(d)
-        self.attn = SelfAttention(d, heads)
+        self.attn = SelfAttention(d, heads, causal)
         self.norm2 = nn.RMSNorm(d)
         self.mlp = nn.Sequential(nn.Linear(d, MLP_RATIO * d, bias=False), nn.GELU(),
                                  nn.Linear(MLP_RATIO * d, d, bias=False))
@@ -86,7 +89,8 @@ class SharedWeightStack(nn.Module):
 
 
 class Transformer(SharedWeightStack):
-    """L distinct pre-norm blocks, each applied ``iters`` times with shared weights."""
+    """L distinct pre-norm blocks, each applied ``iters`` times with shared weights; ``causal`` masks attention."""
 
-    def __init__(self, cfg: ModelConfig):
-        super().__init__((Block(cfg.d, cfg.heads) for _ in range(cfg.layers)), cfg.iters)
+    def __init__(self, cfg: ModelConfig, causal: bool = False):
+        super().__init__((Block(cfg.d, cfg.heads, causal) for _ in range(cfg.layers)), cfg.iters)
+        self.causal = causal

@@ -73,11 +73,12 @@ def _plain(cfg, name: str, value):
 
 def _defaults(part: str) -> dict:
     """Values of config fields that checkpoints written before the field existed implicitly had."""
-    if part != "model":
-        return {}
-    from ..models import ModelConfig
+    from ..models import ModelConfig, TaskSpec
 
-    return {k: v for k, v in vars(ModelConfig()).items() if isinstance(v, (str, int, float, bool))}
+    if part not in ("model", "task"):
+        return {}
+    defaults = ModelConfig() if part == "model" else TaskSpec()
+    return {k: v for k, v in vars(defaults).items() if isinstance(v, (str, int, float, bool))}
 
 
 def compare_signatures(saved: dict, current: dict, where: str) -> None:

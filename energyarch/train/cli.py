@@ -1,11 +1,12 @@
-"""``energyarch train | eval | demo``.
+"""``energyarch train | eval | demo | generate``.
 
     energyarch train --config digits.toml [--set model.d=128 --set lr=3e-4 ...] [--resume] [--out DIR]
     energyarch eval --checkpoint DIR [--iters 8,16,32] [--out DIR]
     energyarch demo [--task digits|sudoku] [--out DIR]
+    energyarch generate --checkpoint DIR --prompt "def " [--max-bytes 200 --temperature 0.8 --top-k 40 --seed 0]
 
 ``--config`` takes a path or the name of a packaged config (``digits``, ``sudoku_small``, ``fashion_mnist``,
-``cifar10``, ``sudoku_paper``). The same ``train`` command runs data-parallel under
+``cifar10``, ``sudoku_paper``, ``text_small``). The same ``train`` command runs data-parallel under
 ``torchrun --nproc_per_node=N -m energyarch train ...``.
 """
 
@@ -74,13 +75,22 @@ def _parse_iters(text: Optional[str]) -> Optional[list[int]]:
     return values
 
 
+#: primary metric of each task (the others: top1)
+PRIMARY_METRIC = {"sudoku": "board_acc", "text": "bpb"}
+
+
+def _value(name: str, value: float) -> str:
+    """A metric for the terminal: bits per byte as a number, accuracies in percent."""
+    return f"{value:.4f}" if name == "bpb" else f"{100 * value:.2f}%"
+
+
 def _print_summary(summary: dict, metric: str) -> None:
     final = summary.get("final", {})
     if f"test_{metric}" in final:
-        print(f"test {metric}: {100 * final[f'test_{metric}']:.2f}%  (epoch {final['epoch']}, step {final['step']}, "
-              f"{summary.get('parameters', 0):,} parameters)")
+        print(f"test {metric}: {_value(metric, final[f'test_{metric}'])}  (epoch {final['epoch']}, step "
+              f"{final['step']}, {summary.get('parameters', 0):,} parameters)")
     for row in summary.get("sweep", []):
-        values = "  ".join(f"{k}={100 * v:.2f}%" for k, v in row.items() if k not in ("iters", "loss"))
+        values = "  ".join(f"{k}={_value(k, v)}" for k, v in row.items() if k not in ("iters", "loss"))
         print(f"  iters={row['iters']:>3}  {values}  loss={row['loss']:.4f}")
     for name, path in summary.get("plots", {}).items():
         print(f"plot {name}: {path}")
@@ -106,8 +116,7 @@ def cmd_train(args) -> int:
         cfg = cfg.with_overrides(overrides)
     summary = train(cfg, resume=args.resume, report=not args.no_report)
     if int(os.environ.get("RANK", "0")) == 0:
-        metric = "board_acc" if cfg.task == "sudoku" else "top1"
-        _print_summary(summary, metric)
+        _print_summary(summary, PRIMARY_METRIC.get(cfg.task, "top1"))
         if not summary.get("finished"):
             print(f"stopped before the last epoch (max_steps={cfg.max_steps}); continue with --resume")
     return 0
@@ -138,11 +147,21 @@ def cmd_demo(args) -> int:
                     overrides=args.set or ())
 
 
+def cmd_generate(args) -> int:
+    from .generate import generate_from_run
+
+    text = generate_from_run(args.checkpoint, args.prompt, max_bytes=args.max_bytes, temperature=args.temperature,
+                             top_k=args.top_k, seed=args.seed, iters=args.iters, device=args.device)
+    print(text)
+    return 0
+
+
 def register(subparsers) -> None:
-    """Add ``train``, ``eval`` and ``demo`` to the ``energyarch`` command."""
+    """Add ``train``, ``eval``, ``demo`` and ``generate`` to the ``energyarch`` command."""
     p = subparsers.add_parser("train", help="train a model from a TOML config",
                               description="Train a model from a TOML config (a path or a packaged name: "
-                                          "digits, sudoku_small, fashion_mnist, cifar10, sudoku_paper). Runs "
+                                          "digits, sudoku_small, fashion_mnist, cifar10, sudoku_paper, "
+                                          "text_small). Runs "
                                           "data-parallel under torchrun.")
     p.add_argument("--config", required=True, help="TOML file, or a packaged config name such as 'digits'")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
@@ -175,6 +194,20 @@ def register(subparsers) -> None:
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a setting of the demo config")
     p.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch messages")
     p.set_defaults(func=cmd_demo)
+
+    p = subparsers.add_parser("generate", help="sample bytes from a trained byte-level language model",
+                              description="Rebuild the language model of a task = \"text\" run from its folder and "
+                                          "sample a continuation of the prompt, byte by byte; prints UTF-8 "
+                                          "(invalid byte sequences replaced).")
+    p.add_argument("--checkpoint", required=True, help="the run folder (holds checkpoint.json)")
+    p.add_argument("--prompt", default="", help="text to continue (default: start from a newline)")
+    p.add_argument("--max-bytes", type=int, default=200, help="bytes to sample (default 200)")
+    p.add_argument("--temperature", type=float, default=1.0, help="softmax temperature; 0 = most likely byte")
+    p.add_argument("--top-k", type=int, default=0, help="sample among the k most likely bytes; 0 = all 256")
+    p.add_argument("--seed", type=int, default=0, help="seed of the sampler")
+    p.add_argument("--iters", type=int, help="test-time iterations of a recurrent model (default: training T)")
+    p.add_argument("--device", default="cpu", choices=("cpu", "cuda", "auto"))
+    p.set_defaults(func=cmd_generate)
 
 
 __all__ = ["packaged_configs", "register", "resolve_config", "setup_logging"]

@@ -30,7 +30,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - python 3.10
     import tomli as tomllib
 
-TASKS = ("sudoku", "digits", "fashion_mnist", "cifar10", "cifar100")
+TASKS = ("sudoku", "digits", "fashion_mnist", "cifar10", "cifar100", "text")
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "fp32", "bf16")
 
@@ -43,7 +43,7 @@ class TrainConfig:
     """Everything a training run needs; ``model`` is the architecture (:class:`ModelConfig`)."""
 
     # --- what to learn -------------------------------------------------------------------------------------
-    task: str = "digits"  # 'sudoku' | 'digits' | 'fashion_mnist' | 'cifar10' | 'cifar100'
+    task: str = "digits"  # 'sudoku' | 'digits' | 'fashion_mnist' | 'cifar10' | 'cifar100' | 'text'
     data_dir: Optional[str] = None  # Fashion-MNIST / CIFAR folder; Sudoku cache folder (default ~/.cache/energyarch)
     model: ModelConfig = field(default_factory=ModelConfig)  # the architecture ([model] table)
     # --- optimisation (AdamW, linear warmup then cosine decay to min_lr) -------------------------------------
@@ -89,6 +89,10 @@ class TrainConfig:
     processes: int = 2  # worker processes for puzzle generation (the puzzles do not depend on it)
     sudoku_csv_train: Optional[str] = None  # Palm et al. CSV (quizzes,solutions) used instead of generating
     sudoku_csv_test: Optional[str] = None  # Palm et al. CSV for the test split
+    # --- text (byte-level language modelling) ---------------------------------------------------------------
+    text_path: Optional[str] = None  # UTF-8 text file or folder (*.txt, *.md, *.py); None = the embedded corpus
+    #   (Python standard-library sources); data_dir is used when text_path is unset
+    seq_len: int = 128  # context length in bytes (training windows of seq_len + 1 bytes; the learned positions)
 
     def __post_init__(self):
         if isinstance(self.model, Mapping):
@@ -127,6 +131,8 @@ class TrainConfig:
             _fail("eval_iters", self.eval_iters, "every entry must be an iteration count >= 1, e.g. [8, 16, 32]")
         if self.processes < 1:
             _fail("processes", self.processes, "must be >= 1")
+        if self.seq_len < 1:
+            _fail("seq_len", self.seq_len, "must be >= 1 (context length in bytes), e.g. seq_len = 128")
 
     # ---------------------------------------------------------------------------------------------------------
     # dict / TOML / JSON
@@ -256,6 +262,7 @@ _TYPES: dict[str, Any] = {
     "normalize": bool, "augment": bool, "n_train": int, "n_test": int, "min_givens": int, "max_givens": int,
     "minimal": bool, "data_seed": int, "processes": int, "sudoku_csv_train": (str, type(None)),
     "sudoku_csv_test": (str, type(None)), "precision": str, "compile": bool,
+    "text_path": (str, type(None)), "seq_len": int,
 }
 
 _EXAMPLES = {int: "10", float: "1e-3", str: '"text"', bool: "true"}

@@ -119,8 +119,16 @@ def evaluate_checkpoint(path: str | os.PathLike, iters: Optional[Sequence[int]] 
 
     model, task, cfg, state = load_run(path, device=device, **overrides)
     folder = Path(path) if Path(path).is_dir() else Path(path).parent
+    trained_on, now = (state.get("data") or {}).get("sha256"), (getattr(task, "data_info", None) or {}).get("sha256")
+    if trained_on and now and trained_on != now:
+        # e.g. the embedded text corpus read under another Python version: the numbers are not comparable
+        log.warning("the evaluation data differ from the training run's (sha256 %s… then, %s… now; source %s, "
+                    "Python %s then, %s now); the metrics are not comparable with the run's own",
+                    trained_on[:12], now[:12], task.data_info.get("source"), state["data"].get("python"),
+                    task.data_info.get("python"))
     result = report(model, task, cfg, out_dir or folder, history=state.get("history"), iters=iters)
-    result.update(step=state.get("step"), epoch=state.get("epoch"), metric=task.primary)
+    result.update(step=state.get("step"), epoch=state.get("epoch"), metric=task.primary,
+                  data_matches=None if not (trained_on and now) else trained_on == now)
     return result
 
 

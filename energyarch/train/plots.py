@@ -34,6 +34,15 @@ def _save(fig: Figure, path: str | os.PathLike) -> str:
     return str(p)
 
 
+#: metrics plotted as they are (not as percentages), with their axis label
+RAW_METRICS = {"bpb": "bits per byte", "loss": "cross-entropy"}
+
+
+def _scale(metric: str) -> tuple[float, str]:
+    """(factor, axis label) of a metric: accuracies in percent, bits per byte and losses as they are."""
+    return (1.0, RAW_METRICS[metric]) if metric in RAW_METRICS else (100.0, f"{metric} (%)")
+
+
 def _mark_train(ax, train_iters: Optional[int]) -> None:
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     if train_iters:
@@ -46,9 +55,10 @@ def plot_sweep(sweep: Sequence[Mapping], metric: str, train_iters: Optional[int]
     fig, (ax,) = _figure()
     xs = [row["iters"] for row in sweep]
     for name in (metric, *extra):
-        ax.plot(xs, [100 * row[name] for row in sweep], marker="o", label=name)
+        ax.plot(xs, [_scale(name)[0] * row[name] for row in sweep], marker="o", label=name)
     _mark_train(ax, train_iters)
-    ax.set(xlabel="iterations at test time", ylabel="accuracy (%)", title=title)
+    ax.set(xlabel="iterations at test time", ylabel=_scale(metric)[1] if metric in RAW_METRICS else "accuracy (%)",
+           title=title)
     ax.grid(alpha=0.3)
     ax.legend()
     return _save(fig, path)
@@ -59,9 +69,9 @@ def plot_comparison(curves: Mapping[str, Sequence[Mapping]], metric: str, train_
     """Several models' sweeps on one axis (label → list of {'iters', metric})."""
     fig, (ax,) = _figure()
     for label, sweep in curves.items():
-        ax.plot([r["iters"] for r in sweep], [100 * r[metric] for r in sweep], marker="o", label=label)
+        ax.plot([r["iters"] for r in sweep], [_scale(metric)[0] * r[metric] for r in sweep], marker="o", label=label)
     _mark_train(ax, train_iters)
-    ax.set(xlabel="iterations at test time", ylabel=f"{metric} (%)", title=title)
+    ax.set(xlabel="iterations at test time", ylabel=_scale(metric)[1], title=title)
     ax.grid(alpha=0.3)
     ax.legend()
     return _save(fig, path)
@@ -112,10 +122,10 @@ def plot_history(history: Sequence[Mapping], metric: str, path: str | os.PathLik
     tested = [h for h in history if "test_loss" in h]
     if tested:
         ax_l.plot([h["epoch"] for h in tested], [h["test_loss"] for h in tested], marker=".", label="test")
-        ax_m.plot([h["epoch"] for h in tested], [100 * h[f"test_{metric}"] for h in tested], marker="o",
-                  color="C2")
+        ax_m.plot([h["epoch"] for h in tested], [_scale(metric)[0] * h[f"test_{metric}"] for h in tested],
+                  marker="o", color="C2")
     ax_l.set(xlabel="epoch", ylabel="cross-entropy", title="loss")
-    ax_m.set(xlabel="epoch", ylabel=f"test {metric} (%)", title=f"test {metric}")
+    ax_m.set(xlabel="epoch", ylabel=f"test {_scale(metric)[1]}", title=f"test {metric}")
     for ax in (ax_l, ax_m):
         ax.grid(alpha=0.3)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))

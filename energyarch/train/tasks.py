@@ -7,6 +7,8 @@ iterations it is given (the last one, or every one, App. D.2), and reduces predi
 - ``sudoku``: 81 digit tokens (0 = blank), 9 classes per cell; cross-entropy on the blank cells only (App. D.2);
   ``board_acc`` (every blank right) and ``cell_acc`` (blank cells right).
 - ``digits`` / ``fashion_mnist`` / ``cifar10`` / ``cifar100``: patches and a class token; cross-entropy; ``top1``.
+- ``text``: byte-level language modelling (vocabulary 256, causal model); next-byte cross-entropy; ``bpb``
+  (bits per byte = mean nats / ln 2, lower is better) on fixed non-overlapping validation windows.
 
 >>> task = build_task(TrainConfig(task="digits", limit_train=64, limit_test=32))
 >>> task.spec.num_tokens, len(task.train_set), task.primary
@@ -142,6 +144,62 @@ def augment(x: Tensor, generator: Optional[torch.Generator] = None) -> Tensor:
     return torch.where(flip[:, None, None, None], out.flip(-1), out)
 
 
+def text_spec(seq_len: int) -> TaskSpec:
+    """What a byte-level language model reads and predicts: 256 byte ids in, 256 logits per position, causal."""
+    return TaskSpec(kind="tokens", vocab_size=256, seq_len=seq_len, num_outputs=256, output="per_token", causal=True)
+
+
+class TextTask(Task):
+    """Next-byte prediction with a causal model: ids ``(B, N)`` → logits ``(B, N, 256)``; metric bits per byte.
+
+    Attributes: ``data_info`` (source, Python version, files, sha256, sizes), recorded in the run.
+    """
+
+    name, primary = "text", "bpb"
+    #: the primary metric is better when lower
+    lower_is_better = True
+
+    def __init__(self, train_set: Dataset, test_set: Dataset, seq_len: int, data_info: Optional[dict] = None):
+        self.train_set, self.test_set = train_set, test_set
+        self.data_info = dict(data_info or {})
+        self.spec = text_spec(seq_len)
+
+    def inputs(self, batch, device, train=False, generator=None):
+        return batch[0].to(device, non_blocking=True)
+
+    def loss_one(self, logits, batch):
+        target = batch[1].to(logits.device, non_blocking=True)
+        return F.cross_entropy(logits.flatten(0, -2).float(), target.flatten())
+
+    def sums(self, logits, batch):
+        target = batch[1].to(logits.device, non_blocking=True)
+        flat = logits.flatten(0, -2).float()
+        return {"loss_sum": float(F.cross_entropy(flat, target.flatten(), reduction="sum")),
+                "bytes": float(target.numel()), "correct": float((flat.argmax(-1) == target.flatten()).sum())}
+
+    def finalize(self, sums):
+        from ..data.text import bits_per_byte
+
+        n = max(sums["bytes"], 1.0)
+        return {"loss": sums["loss_sum"] / n, "bpb": bits_per_byte(sums["loss_sum"], n), "top1": sums["correct"] / n}
+
+
+def _text_task(cfg: TrainConfig) -> TextTask:
+    from ..data.text import ByteWindows, split_bytes, text_corpus
+
+    corpus = text_corpus(cfg.text_path or cfg.data_dir)
+    train, val = split_bytes(corpus.data)
+    train_set = ByteWindows.random(train, cfg.seq_len, seed=cfg.data_seed)
+    test_set = ByteWindows.sequential(val, cfg.seq_len)
+    if cfg.limit_train:
+        train_set.starts = train_set.starts[: cfg.limit_train]
+    if cfg.limit_test:
+        test_set.starts = test_set.starts[: cfg.limit_test]
+    info = {**corpus.info(), "train_bytes": len(train), "val_bytes": len(val), "seq_len": cfg.seq_len,
+            "train_windows": len(train_set), "val_windows": len(test_set)}
+    return TextTask(train_set, test_set, cfg.seq_len, info)
+
+
 def _limit(n: int, *tensors: Tensor) -> list[Tensor]:
     return [t[:n] if n else t for t in tensors]
 
@@ -199,4 +257,6 @@ def build_task(cfg: TrainConfig) -> Task:
     """The task named by ``cfg.task``, with its data loaded (nothing is downloaded)."""
     if cfg.task == "sudoku":
         return _sudoku_task(cfg)
+    if cfg.task == "text":
+        return _text_task(cfg)
     return _image_task(cfg)

@@ -216,7 +216,8 @@ class Trainer:
                 "scheduler": {"kind": "warmup_cosine", "step": self.step, "total_steps": self.total_steps,
                               "warmup_steps": self.warmup_steps, "lr": self.cfg.lr, "min_lr": self.cfg.min_lr},
                 "world_size": self.dist.world, "config": self._config_dict(), "history": self.history,
-                "speed": self.speed, "parameters": count_parameters(self.model)}
+                "speed": self.speed, "parameters": count_parameters(self.model),
+                "data": getattr(self.task, "data_info", None)}      # e.g. the text corpus: files, sha256
 
     def _config_dict(self) -> dict:
         """The config as data; a custom energy in cfg.model is kept as its repr (rebuild such models yourself)."""
@@ -246,7 +247,7 @@ class Trainer:
         path = self.out_dir / METRICS_FILE
         atomic_write_text(path, _json({"config": self._config_dict(), "parameters": count_parameters(self.model),
                                        "steps_per_epoch": self.steps_per_epoch, "history": self.history,
-                                       "speed": self.speed_summary()}))
+                                       "speed": self.speed_summary(), "data": getattr(self.task, "data_info", None)}))
         return path
 
     def speed_summary(self) -> dict:
