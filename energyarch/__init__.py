@@ -16,10 +16,15 @@ from .compile import energy_graph as energy_graph
 from .derive import Derivation as Derivation
 from .derive import derive as derive
 from .energy import Attention as Attention
+from .energy import CausalAttention as CausalAttention
 from .energy import Energy as Energy
 from .energy import FeedForward as FeedForward
+from .energy import GatedFeedForward as GatedFeedForward
 from .energy import Sphere as Sphere
 from .errors import EnergyArchError as EnergyArchError
+from .interactions import DiagLowRank as DiagLowRank
+from .interactions import QueryKey as QueryKey
+from .interactions import SharedBasis as SharedBasis
 from .primitives import Kernel as Kernel
 from .primitives import Scalar as Scalar
 from .runtime import TermUpdate as TermUpdate
@@ -29,6 +34,6 @@ from .verify import verify as verify
 __version__ = "0.1.0"
 
 __all__ = [
-    "Attention", "Derivation", "Energy", "EnergyArchError", "EnergyStep", "FeedForward", "Kernel", "Scalar",
+    "Attention", "CausalAttention", "DiagLowRank", "QueryKey", "SharedBasis", "Derivation", "Energy", "EnergyArchError", "EnergyStep", "FeedForward", "GatedFeedForward", "Kernel", "Scalar",
     "Sphere", "TermUpdate", "compile", "derive", "energy_graph", "finite_checks", "verify",
 ]

@@ -42,13 +42,21 @@ import torch
 
 from energyarch.runtime import TermUpdate, _logcosh, _step, bisoftmax_sdpa, pairwise_kernel, pairwise_kernel_grad
 from energyarch.runtime import distance_softmax_dense, distance_softmax_sdpa, sq_distances
+from energyarch.runtime import CausalTermUpdate, causal_mask, causal_prefix_outer, causal_softmax_sdpa
+from energyarch.runtime import GatedTermUpdate, cross_kernel, diag_kernel, sq_distances_qk
+from energyarch.blockwise import distance_couple, gram_couple, kernel_callable, kernel_on_distance, kernel_on_gram, pair_grad, pair_row_sum
 
 """
 
 #: Names an emitted module may read besides its own locals and arguments.
 _GLOBALS = {"math", "torch", "self", "TermUpdate", "_logcosh", "_step", "bisoftmax_sdpa", "pairwise_kernel",
-            "pairwise_kernel_grad", "distance_softmax_dense", "distance_softmax_sdpa", "sq_distances", "abs", "float"}
-_CONSTANT_NAMES = ("TERM", "FAMILY", "ENERGY", "PATTERN", "PATH", "REASON")
+            "pairwise_kernel_grad", "distance_softmax_dense", "distance_softmax_sdpa", "sq_distances", "abs", "float",
+            "CausalTermUpdate", "causal_mask", "causal_prefix_outer", "causal_softmax_sdpa", "cross_kernel",
+            "diag_kernel", "sq_distances_qk",
+            # blockwise evaluation above sdpa_threshold (energyarch.blockwise)
+            "distance_couple", "gram_couple", "kernel_callable", "kernel_on_distance", "kernel_on_gram", "pair_grad",
+            "pair_row_sum"}
+_CONSTANT_NAMES = ("TERM", "FAMILY", "ENERGY", "PATTERN", "PATH", "REASON", "TYING")
 _EXPR_NODES = (ast.BinOp, ast.UnaryOp, ast.Call, ast.Attribute, ast.Name, ast.Constant, ast.Compare, ast.Lambda,
                ast.keyword, ast.Tuple, ast.arguments, ast.arg, ast.operator, ast.unaryop, ast.cmpop,
                ast.expr_context, ast.Subscript, ast.Slice)
@@ -83,7 +91,8 @@ def check_source(source: str) -> None:
                 and isinstance(node.value.value, str)):
             bad(node, "a module-level statement other than a string constant")
     cls = rest[-1] if rest else None
-    if not (isinstance(cls, ast.ClassDef) and [ast.dump(b) for b in cls.bases] == [ast.dump(ast.Name("TermUpdate", ast.Load()))]
+    bases = [[ast.dump(ast.Name(name, ast.Load()))] for name in ("TermUpdate", "CausalTermUpdate", "GatedTermUpdate")]
+    if not (isinstance(cls, ast.ClassDef) and [ast.dump(b) for b in cls.bases] in bases
             and not cls.keywords and not cls.decorator_list):
         bad(cls or tree, "the last statement is not the TermUpdate subclass")
     methods = set()
@@ -158,8 +167,34 @@ def _energy_text(dv: Derivation) -> str:
     if isinstance(t, Attention):
         k = t.K.name if t.K.kind == "callable" else str(t.K.expr)
         phi = f", Phi(x) = {t.K.phi.name}" if t.K.phi is not None else ""
+        if t.family == "causal attention":
+            return (f"E_t = sum_h f(sum_(s<=t) K(q_t, k_s)) for each token t (conditional), f(x) = {t.f.name}, "
+                    f"K = {k}{phi}, heads = {t.heads}, self-term {t.self_term}")
         return f"E = sum_h sum_i f(sum_j K(z_i, z_j)), f(x) = {t.f.name}, K = {k}{phi}, heads = {t.heads}"
+    if t.family == "gated feedforward":
+        return f"E = -sum_i sum_m h(d_m . x_i) (v_m . xbar_i), gate held fixed, h(x) = {t.h.name}"
     return f"E = -sum_i g(sum_m h(d_m . x_i)), g(x) = {t.g.name}, h(x) = {t.h.name}"
+
+
+def _signature(dv: Derivation) -> dict:
+    """What differs between the families in the template: base class, arguments, docstrings, the rule."""
+    t = dv.term
+    if t.family == "causal attention":
+        return {"base": "CausalTermUpdate", "args": "Q, K", "shape": "(B, H, N, p)",
+                "grad_doc": "(∂/∂Q, ∂/∂K) of Σ_t E_t(x_t | x_<t), each token's own energy, earlier tokens fixed",
+                "energy_doc": "E_t of every token and head at queries Q and keys K (B, H, N, p); shape (B, H, N).",
+                "rule": "x_t ← x_t − step ⊙ ∇_(x_t) E_t, through the interaction's projections (see TYING)"}
+    if t.family == "gated feedforward":
+        return {"base": "GatedTermUpdate", "args": "U, V", "shape": "(B, 1, N, M)",
+                "grad_doc": "∇_U E with the gate V held fixed", "energy_doc": "Energy at U and gate V; shape (B,).",
+                "rule": "X ← X − step ⊙ (∇_U E)(U, V) Dᵀ, D both up and down projection"}
+    if isinstance(t, Attention):
+        return {"base": "TermUpdate", "args": "Z", "shape": "(B, H, N, p)", "grad_doc": "∇_Z E",
+                "energy_doc": "Energy of the term at Z (B, H, N, p); shape (B,).",
+                "rule": "X ← X − step ⊙ Σ_h (∇_Z E)(Z_h) W_hᵀ"}
+    return {"base": "TermUpdate", "args": "U", "shape": "(B, 1, N, M)",
+            "grad_doc": "∇_U E (E_FF = −Σ g(Σ h) carries the minus sign of Eq. 20)",
+            "energy_doc": "Energy of the term at U (B, 1, N, M); shape (B,).", "rule": "X ← X − step ⊙ (∇_U E)(U) Dᵀ"}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -167,34 +202,34 @@ def _energy_text(dv: Derivation) -> str:
 def emit_source(dv: Derivation) -> str:
     """The Python source of the update module for ``dv``."""
     t = dv.term
-    attn = isinstance(t, Attention)
-    var = "Z" if attn else "U"
-    shape = "(B, H, N, p)" if attn else "(B, 1, N, M)"
+    sig = _signature(dv)
     family = family_of(t)
     pattern = PATTERNS.get(dv.pattern)
     grad = family.autodiff_lines(dv) if dv.path == "autodiff" else pattern.grad_lines(dv)
     energy = (pattern.energy_lines(dv) if dv.path != "autodiff" else None) or family.energy_lines(dv)
     prelude = ["beta = self.beta"] if any("beta" in ln for ln in grad + energy) else []
-    sign = "∇_Z E" if attn else "∇_U E (E_FF = −Σ g(Σ h) carries the minus sign of Eq. 20)"
-    rule = "X ← X − step ⊙ Σ_h (∇_Z E)(Z_h) W_hᵀ" if attn else "X ← X − step ⊙ (∇_U E)(U) Dᵀ"
-    doc = "    " + repr(f"{dv.pattern} update for term {t.name!r}: {rule}. See REASON.") + "\n"
+    doc = "    " + repr(f"{dv.pattern} update for term {t.name!r}: {sig['rule']}. See REASON.") + "\n"
     constants = {"TERM": t.name, "FAMILY": t.family, "ENERGY": _energy_text(dv), "PATTERN": dv.pattern,
                  "PATH": dv.path, "REASON": dv.reason}
+    tying = getattr(getattr(t, "interaction", None), "tying", "")
+    if tying:
+        constants["TYING"] = f"{t.interaction.kind}: {tying}"
     lines = [HEADER + "\n".join(f"{key} = {str(value)!r}" for key, value in constants.items()),
              "",
-             f"class {_class_name(dv)}(TermUpdate):",
+             f"class {_class_name(dv)}({sig['base']}):",
              doc,
              f"    term_name = {t.name!r}",
              f"    pattern = {dv.pattern!r}",
              f"    path = {dv.path!r}",
              f"    beta = {dv.dims.beta!r}",
+             *([f"    tying = {constants['TYING']!r}"] if tying else []),
              "",
-             f"    def grad_Z(self, {var}):",
-             f'        """{sign} at the constrained coordinates {var} {shape}."""',
+             f"    def grad_Z(self, {sig['args']}):",
+             f"        {sig['grad_doc'] + ' at the constrained coordinates ' + sig['args'] + ' ' + sig['shape']!r}",
              *("        " + ln for ln in prelude + grad),
              "",
-             f"    def energy_Z(self, {var}):",
-             f'        """Energy of the term at {var} {shape}; shape (B,)."""',
+             f"    def energy_Z(self, {sig['args']}):",
+             f"        {sig['energy_doc']!r}",
              *("        " + ln for ln in prelude + energy),
              ""]
     return "\n".join(lines)

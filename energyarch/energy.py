@@ -100,7 +100,7 @@ class Attention(_Term):
             raise DeclarationError(f"Attention: beta={beta!r} must be a positive number or None (for 1/√p)")
         if constraint is not None and radius is not None:
             raise DeclarationError("Attention: give either constraint= or radius=, not both")
-        object.__setattr__(self, "f", as_scalar(f, "f"))
+        object.__setattr__(self, "f", as_scalar(f, "f"))  # noqa: E501
         object.__setattr__(self, "K", kernel)
         object.__setattr__(self, "heads", heads)
         object.__setattr__(self, "constraint", constraint or Sphere(radius))
@@ -108,6 +108,49 @@ class Attention(_Term):
         object.__setattr__(self, "name", _check_name(name))
 
     family = "attention"
+
+
+@dataclass(frozen=True)
+class CausalAttention(Attention):
+    """Causal conditional energies (CEM; paper App. H.4, direction 1): token t descends its own
+
+        E_t(x_t | x_{<t}) = Σ_h f( Σ_{s≤t} K(q_t^h, k_s^h) ),     x_t ← x_t − α_t ∇_{x_t} E_t
+
+    the other tokens held fixed. There is no single global energy; ``energy`` reports Σ_t E_t.
+
+    Args:
+        f, K, heads, phi, constraint, beta, radius, name: as :class:`Attention`.
+        interaction: how queries and keys come from the tokens (:mod:`energyarch.interactions`):
+            ``SharedBasis()`` (default; Hyper-SET's one basis per head), ``QueryKey()`` (CEM's weight-tied
+            attention) or ``DiagLowRank(rank)``.
+        self_term: ``'exact'`` (default) differentiates x_t's key role in its own term K(q_t, k_t);
+            ``'stopped'`` holds it fixed (a declared stop-gradient).
+    """
+
+    interaction: object = None
+    self_term: str = "exact"
+
+    def __init__(self, f, K, heads: int = 1, phi=None, constraint: Optional[Sphere] = None,
+                 beta: Optional[float] = None, name: str = "attn", radius: Optional[float] = None,
+                 interaction=None, self_term: str = "exact"):
+        from .interactions import Interaction, SharedBasis
+
+        Attention.__init__(self, f, K, heads=heads, phi=phi, constraint=constraint, beta=beta, name=name,
+                           radius=radius)
+        interaction = SharedBasis() if interaction is None else interaction
+        if not isinstance(interaction, Interaction):
+            raise DeclarationError(f"CausalAttention: interaction={interaction!r}; give ea.SharedBasis(), "
+                                   f"ea.QueryKey() or ea.DiagLowRank(rank=8)")
+        if self_term not in ("exact", "stopped"):
+            raise DeclarationError(f"CausalAttention: self_term={self_term!r}; choose 'exact' (differentiate x_t's "
+                                   f"key role in its own term) or 'stopped' (hold it fixed)")
+        if self.K.kind == "distance" and interaction.kind == "diag-low-rank":
+            raise DeclarationError("CausalAttention: a distance kernel needs queries and keys of one kind; use "
+                                   "SharedBasis() or QueryKey() with K in r, or write the kernel in s")
+        object.__setattr__(self, "interaction", interaction)
+        object.__setattr__(self, "self_term", self_term)
+
+    family = "causal attention"
 
 
 @dataclass(frozen=True)
@@ -151,7 +194,47 @@ class FeedForward(_Term):
         return self.width if self.width is not None else max(1, int(round(self.ratio * d)))
 
 
-Term = Union[Attention, FeedForward]
+@dataclass(frozen=True)
+class GatedFeedForward(_Term):
+    """Gated feed-forward with shared up/down projections, as an element-wise energy (CEM)::
+
+        E = − Σ_i Σ_m h(d_mᵀ x_i) (v_mᵀ x̄_i),   u = RMSNorm(Dᵀx) on the sphere of radius √M, x̄ = RMSNorm(x) held fixed
+
+    so that ``−∇_x E = D (h'(u) ⊙ Vᵀx̄)``: the up projection D is also the down projection (its transpose), and
+    V gates. With h' = SiLU this is the SwiGLU feed-forward of GPT-style models with tied up/down weights.
+
+    Args:
+        h: the element-wise function (expression in ``x``, sympy, :class:`Scalar` or torch callable).
+        width / ratio / constraint / radius / name: as :class:`FeedForward`.
+    """
+
+    h: Scalar
+    width: Optional[int] = None
+    ratio: float = 1.0
+    constraint: Sphere = Sphere()
+    name: str = "ff"
+
+    def __init__(self, h, width: Optional[int] = None, ratio: float = 1.0, constraint: Optional[Sphere] = None,
+                 name: str = "ff", radius: Optional[float] = None):
+        if width is not None and (not isinstance(width, int) or isinstance(width, bool) or width < 1):
+            raise DeclarationError(f"GatedFeedForward: width={width!r} must be a positive integer or None")
+        if not (_real(ratio) and 0 < ratio < 1e6):
+            raise DeclarationError(f"GatedFeedForward: ratio={ratio!r} must be a positive number")
+        if constraint is not None and radius is not None:
+            raise DeclarationError("GatedFeedForward: give either constraint= or radius=, not both")
+        object.__setattr__(self, "h", as_scalar(h, "h"))
+        object.__setattr__(self, "width", width)
+        object.__setattr__(self, "ratio", float(ratio))
+        object.__setattr__(self, "constraint", constraint or Sphere(radius))
+        object.__setattr__(self, "name", _check_name(name))
+
+    family = "gated feedforward"
+
+    def resolve_width(self, d: int) -> int:
+        return self.width if self.width is not None else max(1, int(round(self.ratio * d)))
+
+
+Term = Union[Attention, FeedForward, GatedFeedForward]
 
 
 def _check_name(name: str) -> str:
@@ -172,8 +255,8 @@ class Energy:
         seen: dict[str, int] = {}
         fixed = []
         for t in self.terms:
-            if not isinstance(t, (Attention, FeedForward)):
-                raise DeclarationError(f"Energy: {t!r} is not an Attention or FeedForward term")
+            if not isinstance(t, (Attention, FeedForward, GatedFeedForward)):
+                raise DeclarationError(f"Energy: {t!r} is not an Attention, FeedForward or GatedFeedForward term")
             if t.name in seen:
                 seen[t.name] += 1
                 t = t.renamed(f"{t.name}_{seen[t.name]}")
@@ -184,7 +267,7 @@ class Energy:
     def __add__(self, other) -> "Energy":
         if isinstance(other, Energy):
             return Energy(self.terms + other.terms)
-        if isinstance(other, (Attention, FeedForward)):
+        if isinstance(other, (Attention, FeedForward, GatedFeedForward)):
             return Energy(self.terms + (other,))
         return NotImplemented
 
@@ -208,7 +291,7 @@ class Energy:
 def as_energy(value) -> Energy:
     if isinstance(value, Energy):
         return value
-    if isinstance(value, (Attention, FeedForward)):
+    if isinstance(value, (Attention, FeedForward, GatedFeedForward)):
         return Energy((value,))
     raise DeclarationError(f"expected an Energy, Attention or FeedForward term, got {type(value).__name__}")
 
@@ -216,7 +299,8 @@ def as_energy(value) -> Energy:
 def params_of(term: Term) -> Mapping[str, float]:
     """User parameters declared on the term's primitives (merged)."""
     out: dict[str, float] = {}
-    prims = [term.f, term.K, term.K.phi] if isinstance(term, Attention) else [term.g, term.h]
+    prims = ([term.f, term.K, term.K.phi] if isinstance(term, Attention)
+             else [term.h] if isinstance(term, GatedFeedForward) else [term.g, term.h])
     for prim in prims:
         if prim is not None:
             out.update(dict(prim.params))

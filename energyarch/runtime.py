@@ -330,3 +330,144 @@ def pairwise_kernel_grad(K, Z: Tensor) -> Tensor:
     dK = torch.func.grad(K, argnums=0)
     rows = torch.vmap(torch.vmap(dK, in_dims=(None, 0)), in_dims=(0, None))
     return torch.vmap(lambda z: rows(z, z))(flat).reshape(*Z.shape[:-1], Z.shape[-2], Z.shape[-1])
+
+
+# ------------------------------------------------------------------------------------------------------------
+# causal conditional energies (CEM): queries and keys from an interaction, gradients for both roles
+# ------------------------------------------------------------------------------------------------------------
+
+def causal_mask(N: int, device, strict: bool = False) -> Tensor:
+    """Boolean (N, N) mask of the keys s each token t sees: s ≤ t (``strict``: s < t)."""
+    return torch.ones(N, N, dtype=torch.bool, device=device).tril(-1 if strict else 0)
+
+
+def causal_softmax_sdpa(Phi_q: Tensor, Phi_k: Tensor, b: float) -> tuple[Tensor, Tensor]:
+    """``(P Φ_k, L)`` with ``P_ts = softmax_{s≤t}(b Φ_q,t·Φ_k,s)`` and L its row log-sum-exp, shape (..., N, 1).
+
+    One call of ``F.scaled_dot_product_attention(..., is_causal=True)`` (FlashAttention on GPU, memory linear
+    in N): a dummy first query and a "sink" first key, seen by every query, with score c_t ≥ every score of
+    row t and value [0, 1]; its share of the output gives L. c_t = |b| ‖Φ_q,t‖ max_{s≤t} ‖Φ_k,s‖ uses tokens
+    s ≤ t only, so row t is exactly independent of later tokens.
+    """
+    *batch, N, p = Phi_q.shape
+    with torch.no_grad():
+        c = abs(b) * Phi_q.norm(dim=-1, keepdim=True) * torch.cummax(Phi_k.norm(dim=-1, keepdim=True), dim=-2).values
+    zero_row = Phi_q.new_zeros(*batch, 1, p + 1)
+    q = torch.cat([zero_row, torch.cat([Phi_q, c / b], dim=-1)], dim=-2)           # (..., N+1, p+1)
+    sink = Phi_q.new_zeros(*batch, 1, p + 1)
+    sink[..., 0, p] = 1.0
+    k = torch.cat([sink, torch.cat([Phi_k, Phi_k.new_zeros(*batch, N, 1)], dim=-1)], dim=-2)
+    v = torch.cat([sink, torch.cat([Phi_k, Phi_k.new_zeros(*batch, N, 1)], dim=-1)], dim=-2)
+    out = F.scaled_dot_product_attention(q, k, v, scale=b, is_causal=True)[..., 1:, :]   # drop the dummy query
+    w = out[..., p:]                                                                      # e^c / (Σ_s e^{score} + e^c)
+    return out[..., :p] / (1 - w), c + torch.log1p(-w) - torch.log(w)
+
+
+def causal_prefix_outer(Phi_q: Tensor, Phi_k: Tensor) -> Tensor:
+    """``Σ_{s≤t} (Φ_q,t·Φ_k,s) Φ_k,s`` by prefix sums of p×p outer products: O(N p²), never N×N."""
+    A = torch.cumsum(Phi_k.unsqueeze(-1) * Phi_k.unsqueeze(-2), dim=-3)           # (..., N, p, p)
+    return (A @ Phi_q.unsqueeze(-1)).squeeze(-1)
+
+
+def cross_kernel(K, Q: Tensor, Kk: Tensor) -> Tensor:
+    """``K(q_t, k_s)`` for an opaque kernel on single vectors, shape ``(..., N, N)``."""
+    fq, fk = Q.reshape(-1, *Q.shape[-2:]), Kk.reshape(-1, *Kk.shape[-2:])
+    rows = torch.vmap(torch.vmap(K, in_dims=(None, 0)), in_dims=(0, None))
+    return torch.vmap(rows)(fq, fk).reshape(*Q.shape[:-1], Kk.shape[-2])
+
+
+def diag_kernel(K, Q: Tensor, Kk: Tensor) -> Tensor:
+    """``K(q_t, k_t)`` for an opaque kernel, shape ``(..., N)``."""
+    flat = torch.vmap(K)(Q.reshape(-1, Q.shape[-1]), Kk.reshape(-1, Kk.shape[-1]))
+    return flat.reshape(Q.shape[:-1])
+
+
+class CausalTermUpdate(TermUpdate):
+    """One step of each token on its own conditional energy: ``x_t ← x_t − step ⊙ ∇_{x_t} E_t(x_t | x_{<t})``.
+
+    The emitted subclass supplies ``grad_Z(Q, K) → (G_q, G_k)`` (the paper-semantics gradients of Σ_t E_t with
+    respect to each token's query and key coordinates, the other tokens held fixed) and ``energy_Z(Q, K)``
+    (per head and token, (..., H, N)). The interaction gives the coordinates and maps the gradients back.
+    """
+
+    tying: str = ""
+
+    def __init__(self, d: int, heads: int, head_dim: int, radius: float, mode: str = "paper", eps: float = 1e-6,
+                 sdpa_threshold: int = 512, interaction=None):
+        from .interactions import SharedBasis
+
+        nn.Module.__init__(self)
+        if mode not in MODES:
+            raise CompileError(f"mode={mode!r}: choose one of {MODES}")
+        self.interaction = SharedBasis() if interaction is None else interaction
+        if mode != "paper" and self.interaction.kind == "diag-low-rank":
+            raise CompileError(f"mode={mode!r}: the diagonal-plus-low-rank interaction is defined in paper mode "
+                               f"only (its coordinates are not on a per-head sphere); use mode='paper'")
+        self.d, self.heads, self.head_dim = d, heads, head_dim
+        self.radius, self.mode, self.eps = float(radius), mode, float(eps)
+        self.sdpa_threshold = int(sdpa_threshold)
+        self.interaction.make_parameters(self)
+
+    def reset_parameters(self) -> None:
+        self.interaction.make_parameters(self)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", interaction={self.interaction.kind!r}"
+
+    def coords(self, X: Tensor, weight: Optional[Tensor] = None) -> Tensor:
+        """Raw query coordinates (..., H, N, p) (for diagnostics)."""
+        self._check(X, weight)
+        return self.interaction.coords(self, X, weight)[2]
+
+    def query_key(self, X: Tensor, weight: Optional[Tensor] = None):
+        self._check(X, weight)
+        return self.interaction.coords(self, X, weight)
+
+    def direction(self, X: Tensor, weight: Optional[Tensor] = None) -> Tensor:
+        Q, K, Q_raw, K_raw = self.query_key(X, weight)
+        G_q, G_k = self.grad_Z(Q, K)
+        if self.mode != "paper":
+            G_q, G_k = self.constrain(G_q, Q, Q_raw), self.constrain(G_k, K, K_raw)
+        return -self.interaction.pullback(self, G_q, G_k, weight)
+
+    def token_energies(self, X: Tensor, weight: Optional[Tensor] = None) -> Tensor:
+        """E_t(x_t | x_{<t}) of every token, summed over heads, shape (..., N)."""
+        Q, K, _, _ = self.query_key(X, weight)
+        return self.energy_Z(Q, K).sum(-2)
+
+    def energy(self, X: Tensor, weight: Optional[Tensor] = None) -> Tensor:
+        """Σ_t E_t(x_t | x_{<t}), shape ``X.shape[:-2]`` (a sum of conditional energies, not a global energy)."""
+        return self.token_energies(X, weight).sum(-1)
+
+
+def sq_distances_qk(Q: Tensor, K: Tensor) -> Tensor:
+    """``r_ts = ‖q_t − k_s‖²``, shape (..., N, N) (clamped at 0 against rounding)."""
+    return (Q.pow(2).sum(-1).unsqueeze(-1) + K.pow(2).sum(-1).unsqueeze(-2)
+            - 2 * (Q @ K.transpose(-1, -2))).clamp_min(0)
+
+
+class GatedTermUpdate(TermUpdate):
+    """Gated feed-forward step (CEM): ``X ← X − step ⊙ (∇_U E)(U, V) Dᵀ`` with U = RMSNorm(X D) on the sphere and
+    gate coordinates ``V = RMSNorm(X) W_v`` held fixed; the emitted subclass supplies ``grad_Z(U, V)`` and
+    ``energy_Z(U, V)``. ``weight`` is D (up and down), ``weight_v`` the gate projection."""
+
+    def __init__(self, d: int, heads: int, head_dim: int, radius: float, mode: str = "paper", eps: float = 1e-6,
+                 sdpa_threshold: int = 512):
+        super().__init__(d, heads, head_dim, radius, mode=mode, eps=eps, sdpa_threshold=sdpa_threshold)
+        self.weight_v = nn.Parameter(torch.empty(d, heads * head_dim))
+        nn.init.orthogonal_(self.weight_v)
+
+    def gate(self, X: Tensor) -> Tensor:
+        """Gate coordinates Vᵀx̄ with x̄ = RMSNorm(x), shape (..., 1, N, M); held fixed by the step."""
+        xbar = F.rms_norm(X, (self.d,), eps=self.eps)
+        return (xbar @ self.weight_v).unsqueeze(-3)
+
+    def direction(self, X: Tensor, weight: Optional[Tensor] = None) -> Tensor:
+        W = self._check(X, weight)
+        U_raw = self.coords(X, W)
+        U = self.normalize(U_raw)
+        G = self.constrain(self.grad_Z(U, self.gate(X).detach()), U, U_raw)
+        return -(G.transpose(-2, -3).flatten(-2) @ W.transpose(0, 1))
+
+    def energy(self, X: Tensor, weight: Optional[Tensor] = None) -> Tensor:
+        return self.energy_Z(self.normalize(self.coords(X, weight)), self.gate(X))

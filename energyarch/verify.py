@@ -17,6 +17,7 @@ True
 from __future__ import annotations
 
 import copy
+import itertools
 import math
 from dataclasses import dataclass, field
 from typing import Mapping, Optional
@@ -29,7 +30,7 @@ from .energy import Attention, Term, params_of
 from .errors import VerificationError
 from .expr import evaluate
 from .primitives import Kernel
-from .runtime import TermUpdate, pairwise_kernel
+from .runtime import CausalTermUpdate, GatedTermUpdate, TermUpdate, pairwise_kernel
 
 
 def declared_energy(term: Term, Z: Tensor, env: Mapping[str, float]) -> Tensor:
@@ -88,6 +89,7 @@ class TermCheck:
     grad_scale: float = 1.0      # max |∇_Z E| of the reference
     update_scale: float = 1.0    # max |X' − X| of the reference update
     finite: bool = True          # False when a gradient, update or energy overflowed to inf / NaN
+    per_token_descent: Optional[bool] = None   # causal terms: every token's own E_t fell under its own step
 
     @property
     def grad_rel_diff(self) -> float:
@@ -99,6 +101,8 @@ class TermCheck:
 
     @property
     def decreased(self) -> bool:
+        if self.per_token_descent is not None:
+            return self.per_token_descent
         return self.energy_after < self.energy_before
 
 
@@ -173,6 +177,14 @@ def verify(step: EnergyStep, *, batch: int = 2, tokens: int = 7, seed: int = 0, 
     report = VerificationReport(rtol=rtol, mode=mode)
     for name, module in step64.terms.items():
         term = step.energy_decl[name]
+        if isinstance(module, GatedTermUpdate):
+            report.terms.append(_check_gated(name, term, module, reference.terms[name], X, step.derivations[name],
+                                             step_size))
+            continue
+        if isinstance(module, CausalTermUpdate):
+            report.terms.append(_check_causal(name, term, module, reference.terms[name], X, step.derivations[name],
+                                              step_size))
+            continue
         with torch.no_grad():
             Z = module.normalize(module.coords(X))
             G = module.grad_Z(Z)
@@ -201,3 +213,107 @@ def verify(step: EnergyStep, *, batch: int = 2, tokens: int = 7, seed: int = 0, 
     if raise_on_fail and not report.ok:
         raise VerificationError(str(report))
     return report
+
+
+# ------------------------------------------------------------------------------------------------------------
+# causal conditional energies: token by token
+# ------------------------------------------------------------------------------------------------------------
+
+def declared_conditional_energy(term: Term, q: Tensor, keys: Tensor, k_self: Tensor, env: Mapping[str, float]) -> Tensor:
+    """E_t = f(Σ_{s<t} K(q_t, k_s) + K(q_t, k_t)) for one token and head, from the declaration alone.
+
+    ``q`` (p,), ``keys`` (t, p) the earlier tokens' keys, ``k_self`` (p,) the token's own key.
+    """
+    env = {**env, **params_of(term)}
+
+    def scalar(prim, x):
+        return prim.fn(x) if prim.fn is not None else _full(evaluate(prim.expr, {**env, "x": x}), x)
+
+    K: Kernel = term.K
+    all_keys = torch.cat([keys, k_self.unsqueeze(0)], dim=0)                  # (t + 1, p)
+    if K.kind == "callable":
+        values = torch.stack([K.fn(q, k) for k in all_keys.unbind(0)])
+    elif K.kind == "inner":
+        Phi_q = scalar(K.phi, q) if K.phi is not None else q
+        Phi_k = scalar(K.phi, all_keys) if K.phi is not None else all_keys
+        s = (Phi_k * Phi_q).sum(-1)
+        values = _full(evaluate(K.expr, {**env, "s": s}), s)
+    else:
+        r = (all_keys - q).pow(2).sum(-1)
+        values = _full(evaluate(K.expr, {**env, "r": r}), r)
+    return scalar(term.f, values.sum())
+
+
+def causal_reference_grads(term: Term, module: CausalTermUpdate, Q: Tensor, K: Tensor) -> tuple[Tensor, Tensor]:
+    """(∂E_t/∂q_t, ∂E_t/∂k_t) for every token and head by ``torch.func.grad`` of each token's own conditional
+    energy in a loop (independent of the emitted module and of the stop-gradient construction)."""
+    env = {"beta": float(module.beta), "p": module.head_dim, "M": module.head_dim, "d": module.d}
+    G_q, G_k = torch.zeros_like(Q), torch.zeros_like(K)
+    for idx in itertools.product(*[range(n) for n in Q.shape[:-2]]):      # every batch element and head
+        for t in range(Q.shape[-2]):
+            def E(q, k_self):
+                return declared_conditional_energy(term, q, K[idx][:t], k_self, env)
+            gq, gk = torch.func.grad(E, argnums=(0, 1))(Q[idx][t], K[idx][t])
+            G_q[idx + (t,)] = gq
+            if term.self_term == "exact":
+                G_k[idx + (t,)] = gk
+    return G_q, G_k
+
+
+def _check_causal(name: str, term: Term, module: CausalTermUpdate, reference: CausalTermUpdate, X: Tensor, dv,
+                  step_size: float) -> TermCheck:
+    """Gradients of each token's conditional energy vs a per-token torch.func.grad; the update vs the autodiff
+    module; and token by token, a small step on x_t alone lowers E_t(x_t | x_<t)."""
+    with torch.no_grad():
+        Q, K, _, _ = module.query_key(X)
+        G_q, G_k = module.grad_Z(Q, K)
+        R_q, R_k = causal_reference_grads(term, module, Q, K)
+        G, G_ref = torch.cat([G_q, G_k], -1), torch.cat([R_q, R_k], -1)
+        direction = module.direction(X)
+        X1 = module(X, 0.1)
+        X1_ref = (X1 - reference(X, 0.1)).abs()
+        e_tokens = module.token_energies(X)                                  # (B, N)
+        t_step = step_size / max(1.0, float(direction.abs().max()))
+        e_after = torch.zeros_like(e_tokens)
+        for t in range(X.shape[-2]):                                          # move x_t alone, others fixed
+            Xt = X.clone()
+            Xt[..., t, :] = X[..., t, :] + t_step * direction[..., t, :]
+            Q_t, K_t, _, _ = module.query_key(Xt)
+            K_t = K_t if term.self_term == "exact" else K              # a stopped self-term holds k_t fixed
+            e_after[..., t] = module.energy_Z(Q_t, K_t).sum(-2)[..., t]
+        moving = direction.abs().amax(-1) > 1e-12 * max(1e-300, float(direction.abs().max()))   # (B, N)
+        tol = 1e-13 * e_tokens.abs().clamp_min(1)
+        descends = bool(((e_after <= e_tokens + tol) & (~moving | (e_after < e_tokens))).all())
+    finite = _finite(G, G_ref, X1, e_tokens, e_after)
+    # energy_after reports the summed per-token energies after each token's own small step
+    return TermCheck(name=name, pattern=dv.pattern, path=dv.path, grad_max_abs_diff=float((G - G_ref).abs().max()),
+                     update_max_abs_diff=float(X1_ref.max()), energy_before=float(e_tokens.sum()),
+                     energy_after=float(e_after.sum()), step=t_step, grad_scale=float(G_ref.abs().max()),
+                     update_scale=float((X1 - X).abs().max()), finite=finite,
+                     per_token_descent=descends)
+
+
+def _check_gated(name: str, term: Term, module: GatedTermUpdate, reference: GatedTermUpdate, X: Tensor, dv,
+                 step_size: float) -> TermCheck:
+    """Gated feed-forward: ∇_U of −Σ h(U) ⊙ V (V fixed) from the declaration, the update vs the autodiff module,
+    and a small step lowers the energy with the gate held at its value."""
+    env = {"p": module.head_dim, "M": module.head_dim, "d": module.d, **params_of(term)}
+
+    def declared(U_, V_):
+        h = term.h.fn(U_) if term.h.fn is not None else _full(evaluate(term.h.expr, {**env, "x": U_}), U_)
+        return -(h * V_).sum()
+
+    with torch.no_grad():
+        U, V = module.normalize(module.coords(X)), module.gate(X)
+        G = module.grad_Z(U, V)
+        G_ref = torch.func.grad(declared)(U, V)
+        direction = module.direction(X)
+        X1 = module(X, 0.1)
+        X1_ref = (X1 - reference(X, 0.1)).abs()
+        t = step_size / max(1.0, float(direction.abs().max()))
+        U1 = module.normalize(module.coords(X + t * direction))
+        e0, e1 = module.energy_Z(U, V), module.energy_Z(U1, V)              # the gate held at its value
+    return TermCheck(name=name, pattern=dv.pattern, path=dv.path, grad_max_abs_diff=float((G - G_ref).abs().max()),
+                     update_max_abs_diff=float(X1_ref.max()), energy_before=float(e0.sum()),
+                     energy_after=float(e1.sum()), step=t, grad_scale=float(G_ref.abs().max()),
+                     update_scale=float((X1 - X).abs().max()), finite=_finite(G, G_ref, X1, e0, e1))

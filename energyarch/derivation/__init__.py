@@ -24,7 +24,7 @@ from __future__ import annotations
 import functools
 
 from ..energy import Term
-from . import attention, causal, feedforward, patterns  # noqa: F401 - registers the families and patterns
+from . import attention, causal, feedforward, gated, patterns  # noqa: F401 - registers the families and patterns
 from .core import (BETA, FAMILIES, PATTERNS, SIGMA, SJ, SK, SYMBOLIC_BUDGET, Candidate, Derivation, Dims, Family,
                    Pattern, family_of, patterns_for, register_family, register_pattern)
 

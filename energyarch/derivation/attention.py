@@ -110,16 +110,50 @@ class AttentionFamily(Family):
     def energy_lines(self, dv: Derivation) -> list[str]:
         t = dv.term
         f_code = "self.f(S)" if not t.f.symbolic else code(dv.pieces["f"], X, "S")
+        on = "Z" if t.K.kind != "inner" else "Phi"
         if t.K.kind == "distance":
             lines = ["r = sq_distances(Z)                                 # (B, H, N, N): ‖z_i − z_j‖², as declared",
                      f"S = ({code(dv.pieces['rho'], R, 'r')}).sum(dim=-1)   # (B, H, N): Σ_j K"]
         elif t.K.kind == "callable":
             lines = ["S = pairwise_kernel(self.kernel, Z).sum(dim=-1)     # (B, H, N): Σ_j K(z_i, z_j)"]
         else:
-            lines = [*phi_lines(dv, with_derivative=False),
-                     "G = Phi @ Phi.transpose(-1, -2)                     # (B, H, N, N)",
+            lines = ["G = Phi @ Phi.transpose(-1, -2)                     # (B, H, N, N)",
                      f"S = ({code(dv.pieces['kappa'], S, 'G')}).sum(dim=-1)   # (B, H, N): Σ_j K"]
-        return [*lines, f"return ({f_code}).sum(dim=(-1, -2))"]
+        prefix = phi_lines(dv, with_derivative=False) if t.K.kind == "inner" else []
+        return [*prefix,
+                "if Z.shape[-2] > self.sdpa_threshold:             # long sequences: tiles of pairs, never N×N",
+                f"    S = pair_row_sum({tile_kernel(dv)}, {on})   # (B, H, N): Σ_j K",
+                "else:",
+                *("    " + ln for ln in lines),
+                f"return ({f_code}).sum(dim=(-1, -2))"]
+
+    def autodiff_lines(self, dv: Derivation) -> list[str]:
+        """Above ``sdpa_threshold`` the same chain rule tile by tile: ``∇_Z E = Σ_j f'(S_k) ∂₁K(z_k, z_j) +
+        f'(S_j) ∂₂K(z_j, z_k)``, with f' and ∂K by autodiff (:func:`energyarch.blockwise.pair_grad`)."""
+        t = dv.term
+        f_code = "self.f(S_)" if not t.f.symbolic else code(dv.pieces["f"], X, "S_")
+        symmetric = t.K.kind != "callable" or t.K.symmetric
+        return ["if Z.shape[-2] > self.sdpa_threshold:             # long sequences: autodiff tile by tile",
+                f"    K = {tile_kernel(dv, with_phi=True)}",
+                "    S = pair_row_sum(K, Z)                              # (B, H, N): Σ_j K(z_k, z_j)",
+                f"    df_S = torch.func.grad(lambda S_: ({f_code}).sum())(S)   # f'(S), elementwise",
+                f"    return pair_grad(K, Z, df_S, symmetric={symmetric!r})",
+                *super().autodiff_lines(dv)]
+
+
+def tile_kernel(dv: Derivation, with_phi: bool = False) -> str:
+    """Source of the term's kernel on one tile of pairs (:mod:`energyarch.blockwise`); with ``with_phi`` the
+    feature map is applied inside (the kernel then takes Z, not Φ)."""
+    t = dv.term
+    if t.K.kind == "distance":
+        return f"kernel_on_distance(lambda r: {code(dv.pieces['rho'], R, 'r')})"
+    if t.K.kind == "callable":
+        return "kernel_callable(self.kernel)"
+    kappa = f"lambda G: {code(dv.pieces['kappa'], S, 'G')}"
+    if not with_phi or t.K.phi is None:
+        return f"kernel_on_gram({kappa})"
+    phi = "self.phi" if not t.K.phi.symbolic or "phi" not in dv.pieces else f"lambda x: {code(dv.pieces['phi'], X, 'x')}"
+    return f"kernel_on_gram({kappa}, phi={phi})"
 
 
 def check_callable_kernel(term: Term, dims: Dims) -> None:

@@ -184,9 +184,11 @@ def first_match(c: Candidate) -> Derivation:
 
 
 def family_of(term: Term) -> Family:
-    for fam in FAMILIES.values():
-        if isinstance(term, fam.term_type):
-            return fam
+    """The registered family of the most specific class of ``term`` (a CausalAttention is not an Attention's)."""
+    for cls in type(term).__mro__:
+        for fam in FAMILIES.values():
+            if fam.term_type is cls:
+                return fam
     raise CompileError(f"cannot derive {type(term).__name__}; expected one of "
                        f"{sorted(f.term_type.__name__ for f in FAMILIES.values())}")
 

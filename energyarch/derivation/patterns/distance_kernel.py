@@ -4,6 +4,8 @@
 
 ``r`` is formed from Z itself, never rewritten with the radius: on the sphere r = 2R² − 2s gives the same
 *values* but differentiating the rewrite adds a spurious radial self-interaction (issue 8).
+
+Lowering: dense (N×N) below ``sdpa_threshold``; above it tile by tile (:mod:`energyarch.blockwise`).
 """
 
 from __future__ import annotations
@@ -38,12 +40,23 @@ class DistanceKernel(Pattern):
 
     def grad_lines(self, dv):
         drho = code(dv.pieces["drho"], R, "r")
+        rho = code(dv.pieces["rho"], R, "r")
         if X not in dv.pieces["df"].free_symbols:   # f linear: f'(S) is the constant a
-            coupling = [f"C = {scaled(2 * dv.pieces['df'], '(' + drho + ')')}   # 2a ρ'(r)"]
+            C = scaled(2 * dv.pieces["df"], "(" + drho + ")")
+            tiled = [f"CZ, C1 = distance_couple(lambda r: {C}, Z)   # C Z and C 1, C = 2a ρ'(r), tile by tile"]
+            coupling = [f"C = {C}   # 2a ρ'(r)"]
         else:
-            coupling = [f"S = ({code(dv.pieces['rho'], R, 'r')}).sum(dim=-1)   # (B, H, N): Σ_j K",
-                        f"df_S = {code(dv.pieces['df'], X, 'S')}",
+            df_S = f"df_S = {code(dv.pieces['df'], X, 'S')}"
+            tiled = [f"S = pair_row_sum(kernel_on_distance(lambda r: {rho}), Z)   # (B, H, N): Σ_j K",
+                     df_S,
+                     f"CZ, C1 = distance_couple(lambda r, df_k, df_j: (df_k + df_j) * ({drho}), Z, df_S)"]
+            coupling = [f"S = ({rho}).sum(dim=-1)   # (B, H, N): Σ_j K",
+                        df_S,
                         f"C = (df_S.unsqueeze(-1) + df_S.unsqueeze(-2)) * ({drho})   # [f'(S_k) + f'(S_j)] ρ'(r)"]
-        return ["r = sq_distances(Z)                                 # (B, H, N, N): ‖z_k − z_j‖²",
-                *coupling,
-                "return 2 * (C.sum(dim=-1, keepdim=True) * Z - C @ Z)   # 2 (diag(C1) Z − C Z)"]
+        return ["if Z.shape[-2] > self.sdpa_threshold:             # long sequences: tiles of pairs, never N×N",
+                *("    " + ln for ln in tiled),
+                "else:",
+                "    r = sq_distances(Z)                             # (B, H, N, N): ‖z_k − z_j‖²",
+                *("    " + ln for ln in coupling),
+                "    CZ, C1 = C @ Z, C.sum(dim=-1, keepdim=True)",
+                "return 2 * (C1 * Z - CZ)                            # 2 (diag(C1) Z − C Z)"]

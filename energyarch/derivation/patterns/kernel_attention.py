@@ -1,4 +1,7 @@
-"""Pattern: kernel attention. f linear ⇒ C = 2a κ'(G), one elementwise map of the Gram matrix."""
+"""Pattern: kernel attention. f linear ⇒ C = 2a κ'(G), one elementwise map of the Gram matrix.
+
+Lowering: dense below ``sdpa_threshold``; above it tile by tile (:func:`energyarch.blockwise.gram_couple`).
+"""
 
 from __future__ import annotations
 
@@ -30,9 +33,13 @@ class KernelAttention(Pattern):
         return update(wrap(coupling(Phi, 2 * consts["a"] * c.pieces["dkappa"])))
 
     def grad_lines(self, dv):
-        C = sp.simplify(2 * dv.constants["a"] * dv.pieces["dkappa"])
-        out = "return dPhi * (C @ Phi)" if dv.term.K.phi is not None else "return C @ Phi"
+        C = code(sp.simplify(2 * dv.constants["a"] * dv.pieces["dkappa"]), S, "G")
+        out = "return dPhi * C_Phi" if dv.term.K.phi is not None else "return C_Phi"
         return [*phi_lines(dv, with_derivative=True),
-                "G = Phi @ Phi.transpose(-1, -2)                     # (B, H, N, N) Gram matrix",
-                f"C = {code(C, S, 'G')}   # coupling 2a κ'(G)",
+                "if Z.shape[-2] > self.sdpa_threshold:             # long sequences: tiles of pairs, never N×N",
+                f"    C_Phi = gram_couple(lambda G: {C}, Phi)   # C Φ, C = 2a κ'(G) one tile at a time",
+                "else:",
+                "    G = Phi @ Phi.transpose(-1, -2)                 # (B, H, N, N) Gram matrix",
+                f"    C = {C}   # coupling 2a κ'(G)",
+                "    C_Phi = C @ Phi",
                 out]
