@@ -11,6 +11,7 @@ torch.Size([3, 5, 8])
 
 from __future__ import annotations
 
+import copy
 import functools
 from pathlib import Path
 from typing import Mapping, Optional, Sequence, Union
@@ -24,6 +25,7 @@ from .emit import emit, emit_source
 from .energy import Attention, Energy, Term, as_energy
 from .errors import CompileError, ShapeError
 from .runtime import _FINITE_CHECK, MODES, TermUpdate, check_step
+from .solvers.base import Solver, make_solver
 
 Steps = Union[float, Tensor, Mapping[str, Union[float, Tensor]], Sequence[Union[float, Tensor]]]
 SCHEDULES = ("sequential", "joint")
@@ -58,16 +60,21 @@ def schedule(graph: nx.DiGraph, kind: str = "sequential") -> list[list[str]]:
 
 
 class EnergyStep(nn.Module):
-    """One iteration of gradient descent on a whole energy (all terms, in the derived schedule).
+    """One iteration of a solver on a whole energy (all terms, in the derived schedule); gradient descent by default.
+
+    ``step(X, steps, weights)`` returns the next X (a fresh solver state each call: for ``'gd'`` the state is
+    empty); ``step(X, steps, weights, state=state)`` returns ``(X, state)``, carrying each term's solver state
+    (velocity, moments) across the recurrent iterations. ``step.init_state()`` is the state before the first.
 
     Attributes:
         terms: ``nn.ModuleDict`` of per-term :class:`~energyarch.runtime.TermUpdate` modules.
         derivations: the :class:`~energyarch.derive.Derivation` of each term.
         graph: the networkx graph of the energy; ``stages`` the schedule derived from it.
+        solver: the :class:`~energyarch.solvers.Solver` (update rule and step-size rule; no parameters).
     """
 
     def __init__(self, energy: Energy, terms: Mapping[str, TermUpdate], derivations: Mapping[str, Derivation],
-                 schedule_kind: str = "sequential"):
+                 schedule_kind: str = "sequential", solver: Union[str, Solver, None] = "gd"):
         super().__init__()
         self.energy_decl = energy
         self.terms = nn.ModuleDict(terms)
@@ -75,6 +82,7 @@ class EnergyStep(nn.Module):
         self.graph = energy_graph(energy)
         self.schedule_kind = schedule_kind
         self.stages = schedule(self.graph, schedule_kind)
+        self.solver = make_solver(solver)
 
     @property
     def names(self) -> list[str]:
@@ -83,6 +91,17 @@ class EnergyStep(nn.Module):
     @property
     def d(self) -> int:
         return next(iter(self.terms.values())).d
+
+    def with_solver(self, solver: Union[str, Solver], **params) -> "EnergyStep":
+        """A copy sharing this step's term modules (same parameters) with another solver."""
+        other = copy.copy(self)
+        object.__setattr__(other, "_modules", dict(self._modules))
+        other.solver = make_solver(solver, **params)
+        return other
+
+    def init_state(self) -> dict[str, dict]:
+        """The solver state before the first iteration: one empty dict per term (filled lazily, zeros)."""
+        return {n: {} for n in self.names}
 
     def _steps(self, steps: Steps) -> dict[str, Union[float, Tensor]]:
         names = self.names
@@ -102,33 +121,117 @@ class EnergyStep(nn.Module):
             return dict(zip(names, steps))
         return {n: steps for n in names}
 
-    def forward(self, X: Tensor, steps: Steps = 1.0, weights: Optional[Mapping[str, Tensor]] = None) -> Tensor:
+    # -- one term at a (gain-scaled) point ------------------------------------------------------------------------
+    def direction(self, name: str, X: Tensor, weight: Optional[Tensor] = None,
+                  gains: Optional[Mapping[str, Tensor]] = None) -> Tensor:
+        """The descent direction of term ``name`` at X, shape like X. With ``gains`` (the official code's RMSNorm
+        gain g per term) the point is ``Z = g ⊙ RMSNorm(X W_h)·R/√p`` and the step the paper-mode step there."""
+        term = self.terms[name]
+        if gains is None:
+            return term.direction(X, weight)
+        W = term._check(X, weight)
+        Z_raw = term.coords(X, W)
+        Z = term.normalize(Z_raw) * gains[name]
+        G = term.constrain(term.grad_Z(Z), Z, Z_raw)                     # (..., H, N, p)
+        return -(G.transpose(-2, -3).flatten(-2) @ W.transpose(0, 1))    # (..., N, d)
+
+    def term_energy(self, name: str, X: Tensor, weight: Optional[Tensor] = None,
+                    gains: Optional[Mapping[str, Tensor]] = None) -> Tensor:
+        """Energy of term ``name`` at its (gain-scaled) constrained point, shape ``X.shape[:-2]``."""
+        term = self.terms[name]
+        if gains is None:
+            return term.energy(X, weight)
+        return term.energy_Z(term.normalize(term.coords(X, weight)) * gains[name])
+
+    # -- the iteration -------------------------------------------------------------------------------------------
+    def forward(self, X: Tensor, steps: Steps = 1.0, weights: Optional[Mapping[str, Tensor]] = None,
+                state: Optional[Mapping[str, dict]] = None, *, gains: Optional[Mapping[str, Tensor]] = None):
         """Apply one iteration. ``steps``: a scalar/tensor for all terms, a mapping name → step, or a
-        sequence in term order. ``weights`` optionally overrides a term's basis (e.g. with depth-wise LoRA)."""
+        sequence in term order. ``weights`` optionally overrides a term's basis (e.g. with depth-wise LoRA).
+        ``state``: the solver state from the previous iteration (then ``(X, state)`` is returned).
+        ``gains``: per-term RMSNorm gains (see :meth:`direction`)."""
         steps = self._steps(steps)
         weights = weights or {}
         if weights and not isinstance(weights, Mapping):
             raise ShapeError(f"weights: expected a mapping term name → tensor, got {type(weights).__name__}")
+        stateful = state is not None
+        if stateful:
+            if not isinstance(state, Mapping) or set(state) != set(self.names):
+                raise ShapeError(f"state: expected a mapping with one entry per term {self.names} (from "
+                                 f"step.init_state() or the previous call), got {state!r:.80}")
+            state = dict(state)
+        else:
+            state = self.init_state()
         if _FINITE_CHECK.active:
             _FINITE_CHECK.calls += 1
         for stage in self.stages:
-            if len(stage) == 1:
-                name = stage[0]
-                X = self.terms[name](X, steps[name], weights.get(name))
-            else:
-                X = X + sum(check_step(steps[n], X, n) * self.terms[n].direction(X, weights.get(n)) for n in stage)
-                if _FINITE_CHECK.active:
-                    _FINITE_CHECK.check(X, "+".join(stage))
-        return X
+            X, state = self._stage(X, stage, steps, weights, state, gains)
+        return (X, state) if stateful else X
 
-    def energies(self, X: Tensor, weights: Optional[Mapping[str, Tensor]] = None) -> dict[str, Tensor]:
+    def _stage(self, X: Tensor, stage: list[str], steps: dict, weights: Mapping, state: dict,
+               gains: Optional[Mapping[str, Tensor]]) -> tuple[Tensor, dict]:
+        """One stage of the schedule: every term's direction at the (shifted) point, the solver's increments."""
+        solver = self.solver
+        shifts = [s for s in (solver.shift(state[n]) for n in stage) if s is not None]
+        point = X + sum(shifts) if shifts else X                        # Nesterov: the look-ahead point
+        increments, new = [], dict(state)
+        for n in stage:
+            alpha = solver.step_size(check_step(steps[n], X, n))
+            d = self.direction(n, point, weights.get(n), gains)
+            inc, st = solver.update(d, alpha, state[n])
+            if solver.steps == "bounded":
+                inc, st = self._curvature_cap(solver, point, d, inc, st, state[n])
+            increments.append(inc)
+            new[n] = st
+        if solver.backtrack and not self.training:
+            increments, new = self._backtrack(solver, X, stage, increments, new, weights, gains)
+        X = X + increments[0] if len(increments) == 1 else X + sum(increments)
+        if _FINITE_CHECK.active:
+            _FINITE_CHECK.check(X, "+".join(stage))
+        return X, new
+
+    @staticmethod
+    def _curvature_cap(solver: Solver, point: Tensor, d: Tensor, inc: Tensor, st: dict, old: dict):
+        """Scale ``inc`` per sample by min(1, ⟨d, Δ⟩ / (L̂ ‖Δ‖²)), L̂ the secant curvature of the direction."""
+        if "_point" in old:
+            with torch.no_grad():
+                tiny = torch.finfo(point.dtype).tiny
+                dp = (point - old["_point"]).flatten(-2).norm(dim=-1)              # (*batch,)
+                dd = (d - old["_dir"]).flatten(-2).norm(dim=-1)
+                L = torch.where(dp > 0, dd / dp.clamp_min(tiny), torch.zeros_like(dp))
+                a = (d * inc).flatten(-2).sum(-1)                                  # ⟨d, Δ⟩
+                q = L * inc.pow(2).flatten(-2).sum(-1)                             # L̂ ‖Δ‖²
+                s = torch.where(q > a, (a / q.clamp_min(tiny)).clamp_min(0), torch.ones_like(a))
+            s = s.detach()[..., None, None]
+            inc, st = inc * s, solver.accept(st, s)
+        return inc, {**st, "_point": point.detach(), "_dir": d.detach()}
+
+    def _backtrack(self, solver: Solver, X: Tensor, stage: list[str], increments: list, new: dict,
+                   weights: Mapping, gains: Optional[Mapping[str, Tensor]]):
+        """Halve the stage's increment per sample while the total energy rises (``solver.backtrack`` times), then
+        drop it where it still rises: the total energy never increases."""
+        with torch.no_grad():
+            total = sum(increments)
+            E0 = self.energy(X, weights, gains)                                     # (*batch,)
+            scale = torch.ones_like(E0)
+            for i in range(solver.backtrack + 1):
+                E1 = self.energy(X + scale[..., None, None] * total, weights, gains)
+                rises = E1 > E0
+                last = i == solver.backtrack
+                scale = torch.where(rises, torch.zeros_like(scale) if last else scale / 2, scale)
+        s = scale[..., None, None]
+        return [inc * s for inc in increments], {n: solver.accept(new[n], s) if n in stage else new[n] for n in new}
+
+    def energies(self, X: Tensor, weights: Optional[Mapping[str, Tensor]] = None,
+                 gains: Optional[Mapping[str, Tensor]] = None) -> dict[str, Tensor]:
         """Energy of each term at the constrained point, each of shape ``X.shape[:-2]``."""
         weights = weights or {}
-        return {n: m.energy(X, weights.get(n)) for n, m in self.terms.items()}
+        return {n: self.term_energy(n, X, weights.get(n), gains) for n in self.names}
 
-    def energy(self, X: Tensor, weights: Optional[Mapping[str, Tensor]] = None) -> Tensor:
+    def energy(self, X: Tensor, weights: Optional[Mapping[str, Tensor]] = None,
+               gains: Optional[Mapping[str, Tensor]] = None) -> Tensor:
         """Total energy (sum of :meth:`energies`)."""
-        return sum(self.energies(X, weights).values())
+        return sum(self.energies(X, weights, gains).values())
 
     @property
     def source(self) -> str:
@@ -145,7 +248,7 @@ class EnergyStep(nn.Module):
 
     def report(self) -> str:
         """Markdown summary: per term, the pattern, the path taken and why, and −∇E in LaTeX."""
-        lines = [f"schedule: {self.schedule_kind} {self.stages}"]
+        lines = [f"schedule: {self.schedule_kind} {self.stages}; solver: {self.solver.describe()}"]
         for n in self.names:
             dv, m = self.derivations[n], self.terms[n]
             lines.append(f"- **{n}** ({dv.family}, mode={m.mode}): pattern *{dv.pattern}*, {dv.path} path: {dv.reason}")
@@ -154,7 +257,7 @@ class EnergyStep(nn.Module):
         return "\n".join(lines)
 
     def extra_repr(self) -> str:
-        return f"schedule={self.schedule_kind!r}, stages={self.stages}"
+        return f"schedule={self.schedule_kind!r}, stages={self.stages}, solver={self.solver.describe()}"
 
 
 @functools.lru_cache(maxsize=256)
@@ -172,7 +275,8 @@ def _term_class(term: Term, d: int, path: str) -> tuple[type, Derivation]:
 
 
 def compile(energy, d: int, *, mode: str = "paper", path: str = "auto", schedule: str = "sequential",
-            sdpa_threshold: int = 512, dtype: Optional[torch.dtype] = None) -> EnergyStep:
+            sdpa_threshold: int = 512, dtype: Optional[torch.dtype] = None,
+            solver: Union[str, Solver] = "gd", **solver_params) -> EnergyStep:
     """Compile ``energy`` (an :class:`~energyarch.energy.Energy` or a single term) for width ``d``.
 
     Args:
@@ -186,6 +290,9 @@ def compile(energy, d: int, *, mode: str = "paper", path: str = "auto", schedule
         schedule: ``'sequential'`` (the paper's splitting) or ``'joint'``.
         sdpa_threshold: sequence length above which bi-softmax uses the memory-linear SDPA kernel.
         dtype: parameter dtype (default: torch's default dtype).
+        solver: the update rule, a registered name (``'gd'`` default, ``'momentum'``, ``'nesterov'``,
+            ``'rmsprop'``, ``'adam'``) or an :class:`~energyarch.solvers.Solver`; ``solver_params`` its
+            hyper-parameters (e.g. ``momentum=0.9``, ``steps='bounded'``, ``backtrack=4``).
     """
     energy = as_energy(energy)
     if mode not in MODES:
@@ -203,13 +310,14 @@ def compile(energy, d: int, *, mode: str = "paper", path: str = "auto", schedule
     modules, derivations = {}, {}
     for term in energy.terms:
         cls, dv = _term_class(term, d, path)
+        extra = {"interaction": term.interaction} if getattr(term, "interaction", None) is not None else {}
         module = cls(d=d, heads=dv.dims.heads, head_dim=dv.dims.head_dim, radius=dv.dims.radius, mode=mode,
-                     eps=term.constraint.eps, sdpa_threshold=sdpa_threshold)
+                     eps=term.constraint.eps, sdpa_threshold=sdpa_threshold, **extra)
         _attach_callables(module, term)
         if dtype is not None:
             module.to(dtype)
         modules[term.name], derivations[term.name] = module, dv
-    return EnergyStep(energy, modules, derivations, schedule)
+    return EnergyStep(energy, modules, derivations, schedule, make_solver(solver, **solver_params))
 
 
 def _attach_callables(module: TermUpdate, term: Term) -> None:
@@ -219,4 +327,4 @@ def _attach_callables(module: TermUpdate, term: Term) -> None:
         module.kernel = term.K.fn
         module.phi = term.K.phi.fn if term.K.phi is not None else None
     else:
-        module.g, module.h = term.g.fn, term.h.fn
+        module.g, module.h = (term.g.fn if hasattr(term, "g") else None), term.h.fn
