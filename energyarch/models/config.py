@@ -20,7 +20,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, Mapping, Optional, Union
 
-from ..energy import Attention, Energy, FeedForward, Sphere, params_of
+from ..energy import Attention, Energy, FeedForward, GatedFeedForward, Sphere, params_of
 from ..errors import ConfigError, EnergyArchError
 from ..primitives import Kernel, Scalar
 
@@ -37,6 +37,8 @@ FEEDFORWARD_PRESETS = {
     "relu": lambda ratio: FeedForward(g="x", h="relu(x)**2/2", ratio=ratio),
     "softmax": lambda ratio: FeedForward(g="log(x)", h="exp(x)", ratio=ratio),
     "gated": lambda ratio: FeedForward(g="x**2/2", h="sigmoid(x)", ratio=ratio),
+    # CEM's gated feed-forward with shared up/down projections: −∇E = D(σ(DᵀX) ⊙ Vᵀx̄) (a sigmoid GLU)
+    "gated-cem": lambda ratio: GatedFeedForward(h="softplus(x)", ratio=ratio),
 }
 
 #: Keys of an inline declaration (``[model.attention]`` / ``[model.feedforward]``), with what each means.
@@ -198,8 +200,10 @@ def _declared_term(family: str, table: Mapping[str, Any], cfg: "ModelConfig"):
 
 def declaration_of(term) -> Optional[dict]:
     """The inline declaration (plain data) that rebuilds ``term`` exactly, or None (torch callables, renamed or
-    non-default constraint epsilon)."""
+    non-default constraint epsilon, a causal term: a causal task makes its attention causal itself)."""
     family = term.family
+    if family not in ("attention", "feedforward"):
+        return None
     prims = ({"f": term.f, "K": term.K, "phi": term.K.phi} if family == "attention"
              else {"g": term.g, "h": term.h})
     if any(p is not None and not p.symbolic for p in prims.values()) or term.name != (
@@ -269,11 +273,19 @@ class ModelConfig:
     lora_rank: int = 0  # hyperset: rank r of depth-wise LoRA (App. G.2); 0 = off
     lora_scale: float = 4.0  # s in W_t = W + s * A_t B_t
     mode: str = "paper"  # hyperset constraint semantics: 'paper' | 'exact' | 'riemannian' (see ea.compile)
+    solver: str = "gd"  # hyperset update rule: 'gd' | 'momentum' | 'nesterov' | 'rmsprop' | 'adam' (energyarch.solvers)
+    solver_params: dict = dataclasses.field(default_factory=dict)  # its hyper-parameters, e.g. { momentum = 0.9 },
+    #   { beta1 = 0.9, beta2 = 0.96 }; descent-safe steps: { steps = "bounded", max_step = 0.2, backtrack = 4 }
     # --- the official Hyper-SET code's conventions (off by default; docs/training.md "Official conventions") ---
     norm_gain: bool = False  # hyperset: learnable RMSNorm gain per term, Z = g ⊙ RMSNorm(X W_h) (paper mode only)
     norm_eps: Union[float, str] = 1e-6  # hyperset: RMSNorm epsilon; 'machine' = torch.finfo(dtype).eps (official)
     time_embedding: str = "energyarch"  # step sizes: 'energyarch' ([cos, sin], t from 0) | 'official' ([sin, cos],
     #   frequencies 10^(-4k/(half-1)), t from 1)
+    # --- causal tasks (language modelling): the conditional energy's interaction and self-term (CEM) ---------
+    interaction: str = "shared"  # 'shared' (Hyper-SET: Q = K = V = W_h) | 'query-key' (CEM's tied W_Q, W_K) |
+    #   'diag-low-rank' (diag(δ) + W_Q W_Kᵀ, rank interaction_rank)
+    interaction_rank: int = 8  # rank r of the 'diag-low-rank' interaction
+    self_term: str = "exact"  # 'exact': differentiate x_t's key role in its own term | 'stopped': hold it fixed
 
     def __post_init__(self):
         _choice("ModelConfig", "arch", self.arch, ARCHS)
@@ -292,6 +304,10 @@ class ModelConfig:
         _choice("ModelConfig", "step_sizes", self.step_sizes, ("learned", "fixed"))
         _choice("ModelConfig", "condition", self.condition, ("x0", "xt"))
         _choice("ModelConfig", "mode", self.mode, ("paper", "exact", "riemannian"))
+        _choice("ModelConfig", "interaction", self.interaction, ("shared", "query-key", "diag-low-rank"))
+        _choice("ModelConfig", "self_term", self.self_term, ("exact", "stopped"))
+        _pos_int("interaction_rank", self.interaction_rank)
+        self._check_solver()
         _choice("ModelConfig", "time_embedding", self.time_embedding, TIME_EMBEDDINGS)
         if self.time_embedding == "official" and self.time_freq < 4:
             _fail("time_freq", self.time_freq, "the official time embedding needs time_freq >= 4 (frequencies "
@@ -312,6 +328,28 @@ class ModelConfig:
                                                "on the sphere only, and gains move Z off it; use an inner-product "
                                                "kernel (in s) or norm_gain=False")
 
+    def _check_solver(self) -> None:
+        from ..solvers import solver_names
+
+        _choice("ModelConfig", "solver", self.solver, solver_names())
+        if not isinstance(self.solver_params, Mapping):
+            _fail("solver_params", self.solver_params, "give a table of the solver's hyper-parameters, e.g. "
+                                                       "{ momentum = 0.9 }")
+        self.solver_params = dict(self.solver_params)
+        if (self.solver != "gd" or self.solver_params) and self.arch != "hyperset":
+            _fail("solver", self.solver, f"solvers apply to arch='hyperset' only, not arch={self.arch!r}; use "
+                                         f"solver='gd' without solver_params")
+        try:
+            self.solver_object()
+        except EnergyArchError as err:
+            _fail("solver_params", self.solver_params, str(err))
+
+    def solver_object(self):
+        """The :class:`~energyarch.solvers.Solver` this config declares (``solver`` with ``solver_params``)."""
+        from ..solvers import make_solver
+
+        return make_solver(self.solver, **self.solver_params)
+
     def _check_term(self, family: str) -> None:
         value = getattr(self, family)
         cls = Attention if family == "attention" else FeedForward
@@ -321,7 +359,7 @@ class ModelConfig:
             value = normalize_declaration(family, value)
             setattr(self, family, value)
             _declared_term(family, value, self)
-        elif isinstance(value, cls):
+        elif isinstance(value, cls) or (family == "feedforward" and isinstance(value, GatedFeedForward)):
             if family == "attention" and value.heads != self.heads:
                 _fail("attention", value, f"declares heads={value.heads} but heads={self.heads}; make them equal")
         else:
@@ -364,10 +402,12 @@ class ModelConfig:
         if self.norm_eps != 1e-6:
             eps = self.resolved_eps()
             attn, ff = _with_eps(attn, eps), _with_eps(ff, eps)
-        return (causal_attention(attn) if causal else attn) + ff
+        if causal:
+            attn = causal_attention(attn, self.interaction, self.self_term, self.interaction_rank)
+        return attn + ff
 
 
-def causal_attention(term):
+def causal_attention(term, interaction: str = "shared", self_term: str = "exact", rank: int = 8):
     """``ea.CausalAttention`` with the f, K (and Φ), heads, sphere, beta and name of the attention ``term``
     (unchanged if it is one already): token t's conditional energy sees tokens s <= t only."""
     import energyarch
@@ -378,7 +418,10 @@ def causal_attention(term):
                           "energyarch does not have; use arch='transformer' (the causal GPT-style baseline)")
     if isinstance(term, cls):
         return term
-    return cls(f=term.f, K=term.K, heads=term.heads, constraint=term.constraint, beta=term.beta, name=term.name)
+    inter = {"shared": energyarch.SharedBasis(), "query-key": energyarch.QueryKey(),
+             "diag-low-rank": energyarch.DiagLowRank(rank=rank)}[interaction]
+    return cls(f=term.f, K=term.K, heads=term.heads, constraint=term.constraint, beta=term.beta, name=term.name,
+               interaction=inter, self_term=self_term)
 
 
 @dataclass
