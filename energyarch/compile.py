@@ -248,7 +248,9 @@ class EnergyStep(nn.Module):
 
     def report(self) -> str:
         """Markdown summary: per term, the pattern, the path taken and why, and −∇E in LaTeX."""
-        lines = [f"schedule: {self.schedule_kind} {self.stages}; solver: {self.solver.describe()}"]
+        lines = [f"schedule: {self.schedule_kind} {self.stages}"]
+        if self.solver != make_solver("gd"):
+            lines.append(f"solver: {self.solver.describe()}")
         for n in self.names:
             dv, m = self.derivations[n], self.terms[n]
             lines.append(f"- **{n}** ({dv.family}, mode={m.mode}): pattern *{dv.pattern}*, {dv.path} path: {dv.reason}")

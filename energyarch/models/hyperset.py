@@ -4,7 +4,8 @@ Per layer ℓ and iteration t (weights shared across t)::
 
     steps = stepnet_ℓ(t, x(0) or x(t))                     α_t, γ_t ∈ R^d per token (Eq. 12)
     W_t   = W + s · A_t B_t                                 depth-wise LoRA, when lora_rank > 0 (App. G.2)
-    X     ← step_ℓ(X, steps, W_t)                           one descent step per term (Eqs. 9, 11)
+    X, S  ← step_ℓ(X, steps, W_t, S)                        one solver step per term (Eqs. 9, 11 for 'gd'); the
+                                                            solver state S (velocity, moments) is carried across t
 
 With ``norm_gain`` (the official code's learnable RMSNorm weights) each term's point is ``Z = g ⊙ RMSNorm(X W_h)·R/√p``
 with one gain vector g per term (length p, shared by the heads; length M for a feed-forward term); the step is
@@ -78,28 +79,17 @@ class HyperSETLayer(nn.Module):
         return Z_raw, (Z if self.gains is None else Z * self.gains[name])
 
     def _direction(self, name: str, X: Tensor, W: Optional[Tensor]) -> Tensor:
-        """``−Σ_h ∇E(Z_h) W_hᵀ`` at the gain-scaled point (paper mode), shape like X."""
-        term = self.step.terms[name]
-        W = term.weight if W is None else W
-        Z_raw, Z = self._point(name, X, W)
-        G = term.constrain(term.grad_Z(Z), Z, Z_raw)                     # (B, H, N, p); paper: G as is
-        return -(G.transpose(-2, -3).flatten(-2) @ W.transpose(0, 1))    # (B, N, d)
+        """``−Σ_h ∇E(Z_h) W_hᵀ`` of one term at the gain-scaled point, shape like X (:meth:`EnergyStep.direction`)."""
+        return self.step.direction(name, X, W, self.gains)
 
-    def update(self, X: Tensor, steps: dict, W: Optional[dict] = None) -> Tensor:
-        """One iteration of every term in the compiled schedule (the compiled step itself without gains)."""
-        if self.gains is None:
-            return self.step(X, steps, W)
-        W = W or {}
-        for stage in self.step.stages:
-            X = X + sum(steps[n] * self._direction(n, X, W.get(n)) for n in stage)
-        return X
+    def update(self, X: Tensor, steps: dict, W: Optional[dict] = None, state: Optional[dict] = None):
+        """One iteration of every term in the compiled schedule, with the layer's gains (if any) and the solver
+        state (``(X, state)`` is returned when ``state`` is given)."""
+        return self.step(X, steps, W, state, gains=self.gains)
 
     def energies(self, X: Tensor, W: Optional[dict] = None) -> dict[str, Tensor]:
         """Energy of each term at its (gain-scaled) point, each of shape ``(B,)``."""
-        if self.gains is None:
-            return self.step.energies(X, W)
-        W = W or {}
-        return {n: self.step.terms[n].energy_Z(self._point(n, X, W.get(n))[1]) for n in self.step.names}
+        return self.step.energies(X, W, self.gains)
 
     def weights(self, t: int) -> Optional[dict[str, Tensor]]:
         """The bases used at iteration ``t``: None (the shared W) without LoRA, else ``W + s A_t B_t``."""
@@ -114,17 +104,47 @@ class HyperSETLayer(nn.Module):
 
     def forward(self, X: Tensor, iters: int, recorder: Optional[TraceRecorder] = None, index: int = 0) -> Tensor:
         X0 = X                                                          # (B, N, d)
+        state = self.step.init_state()                                  # solver state, carried across t
         for t in range(iters):
             W = self.weights(t)
             steps = self.stepnet(t, X0 if self.condition == "x0" else X)
             if recorder is None:
-                X = self.update(X, steps, W)
+                X, state = self.update(X, steps, W, state)
                 continue
             before = self.energies(X, W)
             coords = self.head_coords(X, W)
-            X = self.update(X, steps, W)
+            X, state = self.update(X, steps, W, state)
             recorder.add(index, t, before, self.energies(X, W), coords)
         return X
+
+    @torch.no_grad()
+    def adaptive(self, X: Tensor, tol: float, max_iters: int) -> tuple[Tensor, Tensor]:
+        """Adaptive depth (App. H.4): iterate each sample until the relative change of its total energy,
+        ``|E(x_{t+1}) − E(x_t)| / |E(x_t)|``, falls below ``tol``, at most ``max_iters`` times.
+
+        Returns the final X and the number of iterations each sample used, ``(B,)`` (a stopped sample keeps its
+        X and solver state; the others go on). Without gradient.
+        """
+        X0 = X
+        state = self.step.init_state()
+        active = torch.ones(X.shape[:-2], dtype=torch.bool, device=X.device)                # (B,)
+        used = torch.zeros(X.shape[:-2], dtype=torch.long, device=X.device)
+        for t in range(max_iters):
+            W = self.weights(t)
+            steps = self.stepnet(t, X0 if self.condition == "x0" else X)
+            E0 = self.step.energy(X, W, self.gains)
+            X1, state1 = self.update(X, steps, W, state)
+            E1 = self.step.energy(X1, W, self.gains)
+            keep = active[..., None, None]
+            X = torch.where(keep, X1, X)
+            state = {n: {k: (torch.where(keep, v, state[n][k]) if isinstance(v, Tensor) and k in state[n] else v)
+                         for k, v in st.items()} for n, st in state1.items()}
+            used = used + active.long()
+            rel = (E1 - E0).abs() / E0.abs().clamp_min(torch.finfo(E0.dtype).tiny)
+            active = active & ~(rel < tol)
+            if not bool(active.any()):
+                break
+        return X, used
 
 
 class HyperSET(nn.Module):
@@ -132,7 +152,8 @@ class HyperSET(nn.Module):
 
     Args:
         cfg: the model config; uses d, heads, layers, iters, attention, feedforward, ff_ratio, step_sizes,
-            fixed_step, condition, time_freq, lora_rank, lora_scale, mode, norm_gain, norm_eps, time_embedding.
+            fixed_step, condition, time_freq, lora_rank, lora_scale, mode, solver, solver_params, norm_gain, norm_eps,
+            time_embedding.
         causal: compile the attention term's causal conditional energy (ea.CausalAttention), for language models.
     """
 
@@ -140,7 +161,8 @@ class HyperSET(nn.Module):
         super().__init__()
         self.cfg, self.causal = cfg, causal
         self.iters = cfg.iters
-        step = compile_energy(cfg.energy(causal=causal), d=cfg.d, mode=cfg.mode)   # norm_eps: in each Sphere
+        step = compile_energy(cfg.energy(causal=causal), d=cfg.d, mode=cfg.mode,   # norm_eps: in each Sphere
+                              solver=cfg.solver_object())
         layers = []
         for _ in range(cfg.layers):
             own = copy.deepcopy(step)
@@ -156,3 +178,14 @@ class HyperSET(nn.Module):
         for index, layer in enumerate(self.layers):
             X = layer(X, iters, recorder, index)
         return (X, recorder.finish()) if record else X
+
+    @torch.no_grad()
+    def adaptive(self, X: Tensor, tol: float, max_iters: Optional[int] = None) -> tuple[Tensor, Tensor]:
+        """Adaptive depth through every layer (:meth:`HyperSETLayer.adaptive`); returns X and the iterations each
+        sample used, summed over the layers, ``(B,)``. ``max_iters`` per layer (default: the training T)."""
+        max_iters = self.iters if max_iters is None else max_iters
+        used = torch.zeros(X.shape[:-2], dtype=torch.long, device=X.device)
+        for layer in self.layers:
+            X, n = layer.adaptive(X, tol, max_iters)
+            used = used + n
+        return X, used
