@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# The project's test command (README): unit tests, notebooks, strict docs build.
+# The project's test command (README): unit tests, notebooks, strict docs build, then checks of the built site
+# (every internal link and image resolves; every page loads in headless Chromium without a console error and
+# with its mathematics typeset, when Chromium is installed; otherwise that check is skipped with a message).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 python -m pytest -q -p no:cacheprovider tests
@@ -9,5 +11,8 @@ if [ -d notebooks ] && ls notebooks/*.ipynb >/dev/null 2>&1; then
   python -m pytest -q -p no:cacheprovider --nbmake notebooks || exit $?
 fi
 if [ -f mkdocs.yml ]; then
-  NO_MKDOCS_2_WARNING=1 python -m mkdocs build --strict --quiet || exit $?
+  start=$SECONDS
+  NO_MKDOCS_2_WARNING=1 python -m mkdocs build --strict --quiet --site-dir site || exit $?
+  python scripts/check_site.py site || exit $?
+  echo "docs: build and site checks took $((SECONDS - start)) s"
 fi

@@ -3,11 +3,15 @@
 ``test_site_builds_strictly`` runs ``mkdocs build --strict`` into a temporary folder (notebooks executed, as in
 the published site; mkdocs-jupyter caches executed notebooks in ``.cache/`` by content) and then reads the built
 HTML: every page of the nav exists, the catalog page carries every entry of ``catalog/*.toml``, notebook pages
-show figures, and nothing is loaded from the network.
+show figures, nothing is loaded from the network, every internal link and image resolves
+(``scripts/check_site.py``), links between notebooks lead to their pages, the generated reference tables list
+every allowed function and config key, and the paper is cited. The browser check of ``scripts/check_site.py``
+(console errors in headless Chromium) runs in ``scripts/test.sh`` after its own build, not here.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import os
@@ -28,6 +32,17 @@ NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 DOCS_PLUGINS = ("mkdocs", "material", "mkdocstrings", "mkdocstrings_handlers.python", "mkdocs_jupyter")
 EXPECTED_NOTEBOOKS = ("01_new_energy", "02_catalog", "03_train_and_inspect", "04_explore_alternatives",
                       "05_constraint_modes")
+
+
+def _load_script(name: str, path: Path):
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module          # dataclasses look their module up while the class is created
+    spec.loader.exec_module(module)
+    return module
+
+
+check_site = _load_script("check_site", ROOT / "scripts" / "check_site.py")
 
 
 def _catalog_names() -> list[str]:
@@ -174,3 +189,95 @@ def test_benchmarks_page_shows_every_result_and_plot(site):
     for png in sorted(results.glob("*.png")):
         assert (site / "benchmark-plots" / png.name).is_file(), f"{png.name} is not copied into the site"
         assert f"benchmark-plots/{png.name}" in page, f"{png.name} is not shown on the benchmarks page"
+
+
+# -------------------------------------------------------------------------------------------------------------
+# links, generated tables, citation
+# -------------------------------------------------------------------------------------------------------------
+
+def test_every_internal_link_of_the_site_resolves(site):
+    """What ``mkdocs build --strict`` does not check: links inside rendered notebooks, generated pages and HTML."""
+    assert check_site.check_links(site) == []
+
+
+def test_notebook_links_lead_to_notebook_pages(site):
+    html = (site / "notebooks" / "01_new_energy" / "index.html").read_text(encoding="utf-8")
+    for name in ("02_catalog", "03_train_and_inspect", "05_constraint_modes"):
+        assert f'href="../{name}/"' in html, f"notebook 01 does not link to the page of {name}"
+    html = (site / "notebooks" / "03_train_and_inspect" / "index.html").read_text(encoding="utf-8")
+    assert 'href="../../training/"' in html, "notebook 03 does not link to the training guide's page"
+
+
+@pytest.mark.parametrize("name", EXPECTED_NOTEBOOKS)
+def test_notebook_pages_offer_the_notebook_for_download(site, name):
+    html = (site / "notebooks" / name / "index.html").read_text(encoding="utf-8")
+    assert f'href="{name}.ipynb" download' in html, f"no download button on the page of {name}"
+    served = site / "notebooks" / name / f"{name}.ipynb"
+    assert json.loads(served.read_text(encoding="utf-8")) == json.loads(
+        (ROOT / "notebooks" / f"{name}.ipynb").read_text(encoding="utf-8")), f"{served} is not the notebook"
+
+
+def test_expression_page_lists_every_allowed_function(site):
+    from energyarch.expr import FUNCTIONS
+
+    html = (site / "write-your-own-energy" / "index.html").read_text(encoding="utf-8")
+    missing = [name for name in FUNCTIONS if f"<code>{name}(x)</code>" not in html]
+    assert not missing, f"'Write your own energy' does not list {missing}"
+    for path in ("symbolic", "autodiff", "pairwise kernel"):
+        assert path in html
+
+
+def test_training_page_lists_every_config_key(site):
+    from energyarch.models.config import ModelConfig
+    from energyarch.train.config import TrainConfig
+
+    html = (site / "training" / "index.html").read_text(encoding="utf-8")
+    for cls in (TrainConfig, ModelConfig):
+        missing = [f.name for f in dataclasses.fields(cls) if f"<code>{f.name}</code>" not in html]
+        assert not missing, f"the training guide's key table lacks {cls.__name__} fields {missing}"
+
+
+def test_paper_is_cited_and_version_shown(site):
+    version = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]["version"]
+    index = (site / "index.html").read_text(encoding="utf-8")
+    assert "2502.11646" in index and "@inproceedings{hu2026hyperset" in index
+    assert "Yunzhe Hu" in index and "Difan Zou" in index and "Dong Xu" in index
+    for page in ("index.html", "catalog/index.html", "reference/derive/index.html"):
+        footer = (site / page).read_text(encoding="utf-8").split('class="md-footer', 1)[-1]
+        assert f"energyarch {version}" in footer, f"{page}: the footer does not show the version {version}"
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert "2502.11646" in readme and "shared seeds" not in readme
+    assert "MIT License" in (ROOT / "LICENSE").read_text(encoding="utf-8")
+    assert (ROOT / "CHANGELOG.md").is_file()
+
+
+def test_api_reference_hides_private_bases_and_rest_literal_blocks(site):
+    for html in sorted((site / "reference").rglob("index.html")):
+        text = html.read_text(encoding="utf-8")
+        assert not re.search(r"Bases:.{0,200}<code>_", text, re.DOTALL), f"{html}: a private base class is shown"
+        assert not re.search(r"::</p>", text), f"{html}: a reST literal block marker '::' is shown"
+
+
+# -------------------------------------------------------------------------------------------------------------
+# the checker itself and the docstring rewriting (no site build needed)
+# -------------------------------------------------------------------------------------------------------------
+
+def test_link_check_finds_broken_links_and_anchors(tmp_path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "index.html").write_text('<h1 id="top">x</h1><a href="a/">ok</a><a href="#top">ok</a>'
+                                         '<a href="https://example.org/x">external</a><img src="missing.png">')
+    (tmp_path / "a" / "index.html").write_text('<a href="../index.html#top">ok</a><a href="../#nowhere">bad</a>'
+                                               '<a href="02_catalog.ipynb">bad</a>')
+    problems = check_site.check_links(tmp_path)
+    assert len(problems) == 3, problems
+    assert any("missing.png" in p for p in problems)
+    assert any("'nowhere'" in p for p in problems)
+    assert any("02_catalog.ipynb" in p for p in problems)
+
+
+def test_literal_blocks_become_fences():
+    pytest.importorskip("griffe")
+    docs = _load_script("griffe_doctests", ROOT / "docs" / "griffe_doctests.py")
+    text = "Intro ``K``::\n\n    a = b\n      c\n\nafter\n\nNo block::\nprose"
+    assert docs.fence_literal_blocks(text) == ("Intro ``K``:\n\n```text\na = b\n  c\n```\n\nafter\n\n"
+                                              "No block::\nprose")

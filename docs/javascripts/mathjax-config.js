@@ -19,14 +19,20 @@ window.MathJax = {
   svg: { fontCache: "global" },   // SVG output: no web fonts to fetch, works from file:// too
 };
 
-// Material for MkDocs re-renders the page body on some navigations; typeset again each time.
+// Material for MkDocs emits document$ once per page it shows: on the first load and, when instant navigation is
+// on, after each in-place navigation. Re-typeset the new body then, once MathJax has started (on the first load
+// it may not have). The SVG output keeps a font cache (clearFontCache; CommonHTML would have clearCache).
+// scripts/check_site.py opens every page in headless Chromium and fails on any console error.
 if (typeof document$ !== "undefined") {
   document$.subscribe(() => {
-    if (window.MathJax && MathJax.typesetPromise) {
-      MathJax.startup.output.clearCache();
+    if (!window.MathJax || !MathJax.startup || !MathJax.startup.promise) return;
+    MathJax.startup.promise = MathJax.startup.promise.then(() => {
+      const output = MathJax.startup.output;
+      if (output && typeof output.clearFontCache === "function") output.clearFontCache();
+      else if (output && typeof output.clearCache === "function") output.clearCache();
       MathJax.typesetClear();
       MathJax.texReset();
-      MathJax.typesetPromise();
-    }
+      return MathJax.typesetPromise();
+    }).catch((err) => console.error("MathJax re-typeset failed:", err));
   });
 }
