@@ -23,6 +23,11 @@ Configurations whose *estimated* training memory exceeds ``--mem-limit-gb`` are 
     python3 benchmarks/bench_layers.py                      # N = 256, 1024, 4096; writes results/bench_layers.md
     python3 benchmarks/bench_layers.py --sizes 256 1024 --repeats 3
     python3 benchmarks/bench_layers.py --quick              # N = 64, seconds (smoke test)
+    python3 benchmarks/bench_layers.py --device cuda --sizes 1024 4096 16384 --layers emitted generic vanilla
+
+On ``--device cuda`` the layers run under bf16 autocast (``--precision``, fp32 weights), the vanilla block's SDPA
+is restricted to the FlashAttention kernel, every configuration runs in this process (``--isolation none``) and
+memory is the peak of ``torch.cuda.max_memory_allocated`` over what was allocated before the first step.
 """
 
 from __future__ import annotations
@@ -237,35 +242,68 @@ def machine_header(title: str, setup: str, command: str) -> str:
             f"load average at start {os.getloadavg()[0]:.2f}\n- {setup}\n- command: `{command}`\n")
 
 
-def measure(layer: str, N: int, repeats: int, warmup: int, inference: bool, seed: int = 0) -> dict:
+def _device_context(layer: str, device: str, precision: str):
+    """bf16 autocast (``precision='bf16'``); on CUDA the vanilla block's SDPA is held to FlashAttention."""
+    import contextlib
+
+    stack = contextlib.ExitStack()
+    if precision == "bf16":
+        stack.enter_context(torch.autocast(device_type=device, dtype=torch.bfloat16))
+    if device == "cuda" and precision == "bf16" and layer == "vanilla":
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        stack.enter_context(sdpa_kernel([SDPBackend.FLASH_ATTENTION]))
+    return stack
+
+
+def measure(layer: str, N: int, repeats: int, warmup: int, inference: bool, seed: int = 0, device: str = "cpu",
+            precision: str = "fp32") -> dict:
     torch.set_num_threads(THREADS)
     torch.manual_seed(seed)
-    model = build(layer)
-    X = torch.randn(B, N, D)
+    cuda = device == "cuda"
+    model = build(layer).to(device)
+    X = torch.randn(B, N, D, device=device)
     params = [p for p in model.parameters() if p.requires_grad]
     out = {"layer": layer, "N": N, "params": sum(p.numel() for p in params)}
+    if cuda:                                    # memory = peak allocated over what is allocated now
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
     rss0 = rss_bytes()
 
+    def peak() -> int:
+        return torch.cuda.max_memory_allocated() - base if cuda else maxrss_bytes() - rss0
+
+    def synced(fn):                             # CUDA runs asynchronously: time up to the last kernel
+        return (lambda: (fn(), torch.cuda.synchronize())) if cuda else fn
+
     if inference:
-        with torch.no_grad():
-            times = timed(lambda: model(X), warmup, repeats)
+        def infer():
+            with torch.no_grad(), _device_context(layer, device, precision):
+                model(X)
+
+        times = timed(synced(infer), warmup, repeats)
         out["infer_s"] = statistics.median(times)
         out["infer_min_s"] = min(times)
-        out["infer_mem"] = maxrss_bytes() - rss0
+        out["infer_mem"] = peak()
+        if cuda:
+            torch.cuda.reset_peak_memory_stats()
 
     def train_step():
         for p in params:
             p.grad = None
-        model(X).square().mean().backward()
+        with _device_context(layer, device, precision):
+            loss = model(X).float().square().mean()
+        loss.backward()
 
     def check_grads():
         if not all(p.grad is not None and torch.isfinite(p.grad).all() for p in params):
             raise RuntimeError(f"{layer} N={N}: missing or non-finite parameter gradient")
 
-    times = timed(train_step, warmup, repeats, after=check_grads)
+    times = timed(synced(train_step), warmup, repeats, after=check_grads)
     out["train_s"] = statistics.median(times)
     out["train_min_s"] = min(times)
-    out["train_mem"] = maxrss_bytes() - rss0
+    out["train_mem"] = peak()
     out["times"] = times
     return out
 
@@ -278,28 +316,38 @@ def _one_main(argv: list[str]) -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--no-inference", action="store_true")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--precision", default="fp32")
     a = ap.parse_args(argv)
-    res = measure(a.one, a.N, a.repeats, a.warmup, not a.no_inference)
+    res = measure(a.one, a.N, a.repeats, a.warmup, not a.no_inference, device=a.device, precision=a.precision)
     print("RESULT " + json.dumps(res), flush=True)
 
 
-def _fork_target(queue, layer, N, repeats, warmup, inference):
+def _fork_target(queue, layer, N, repeats, warmup, inference, device="cpu", precision="fp32"):
     try:
-        queue.put(measure(layer, N, repeats, warmup, inference))
+        queue.put(measure(layer, N, repeats, warmup, inference, device=device, precision=precision))
     except BaseException as exc:  # report, never hang the parent
         queue.put({"error": f"{type(exc).__name__}: {exc}"})
 
 
 def run_isolated(layer: str, N: int, repeats: int, warmup: int, inference: bool, isolation: str,
-                 timeout: float) -> dict:
+                 timeout: float, device: str = "cpu", precision: str = "fp32") -> dict:
     if isolation == "none":
-        return measure(layer, N, repeats, warmup, inference)
+        try:
+            return measure(layer, N, repeats, warmup, inference, device=device, precision=precision)
+        except RuntimeError as exc:                     # on CUDA, e.g. out of memory: report it and go on
+            if device != "cuda":
+                raise
+            return {"error": f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:300]}"}
+        finally:
+            if device == "cuda":
+                torch.cuda.empty_cache()
     if isolation == "fork":
         import multiprocessing as mp
 
         ctx = mp.get_context("fork")
         q = ctx.Queue()
-        proc = ctx.Process(target=_fork_target, args=(q, layer, N, repeats, warmup, inference))
+        proc = ctx.Process(target=_fork_target, args=(q, layer, N, repeats, warmup, inference, device, precision))
         proc.start()
         try:
             res = q.get(timeout=timeout)
@@ -310,7 +358,8 @@ def run_isolated(layer: str, N: int, repeats: int, warmup: int, inference: bool,
         proc.join()
         return res
     cmd = [sys.executable, str(Path(__file__).resolve()), "--one", layer, "--N", str(N),
-           "--repeats", str(repeats), "--warmup", str(warmup)] + ([] if inference else ["--no-inference"])
+           "--repeats", str(repeats), "--warmup", str(warmup), "--device", device, "--precision", precision] + \
+        ([] if inference else ["--no-inference"])
     try:
         cp = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -408,8 +457,12 @@ def main(argv=None) -> int:
     ap.add_argument("--warmup", type=int, default=1, help="untimed warm-up steps per configuration")
     ap.add_argument("--quick", action="store_true", help="N=64, 1 repeat, 1 warm-up, forked children: seconds")
     ap.add_argument("--no-inference", action="store_true", help="skip the no_grad forward column")
-    ap.add_argument("--mem-limit-gb", type=float, default=14.0,
-                    help="skip a configuration whose estimated training memory exceeds this")
+    ap.add_argument("--mem-limit-gb", type=float, default=None,
+                    help="skip a configuration whose estimated training memory exceeds this (default 14; on "
+                         "CUDA 85%% of the device's memory)")
+    ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where the layers run")
+    ap.add_argument("--precision", choices=("fp32", "bf16"), default=None,
+                    help="bf16: autocast with fp32 weights (default on cuda; FlashAttention for the vanilla block)")
     ap.add_argument("--isolation", choices=("subprocess", "fork", "none"), default=None,
                     help="fresh process per configuration (default: subprocess; fork with --quick)")
     ap.add_argument("--timeout", type=float, default=3600.0, help="seconds per configuration")
@@ -419,7 +472,13 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
     if a.quick:
         a.sizes, a.repeats, a.warmup = [64], 1, 1
-    isolation = a.isolation or ("fork" if a.quick else "subprocess")
+    isolation = a.isolation or ("none" if a.device == "cuda" else "fork" if a.quick else "subprocess")
+    precision = a.precision or ("bf16" if a.device == "cuda" else "fp32")
+    if a.device == "cuda" and not torch.cuda.is_available():
+        ap.error("--device cuda: no CUDA device is available here")
+    if a.mem_limit_gb is None:
+        a.mem_limit_gb = (0.85 * torch.cuda.get_device_properties(0).total_memory / 2**30 if a.device == "cuda"
+                          else 14.0)
     output = a.output if a.output is not None else ("" if a.quick else str(HERE / "results" / "bench_layers.md"))
     inference = not a.no_inference
 
@@ -428,7 +487,10 @@ def main(argv=None) -> int:
         f"bench_layers: one training step, {ITERS} iterations, shared weights",
         f"B={B}, d={D}, H={HEADS}, iterations={ITERS}, α=γ={STEP} (learnable scalars); loss = mean(X²); "
         f"warm-up {a.warmup}, repeats {a.repeats}; ratios ÷ (a) use the min (least disturbed by other load); "
-        f"isolation: {isolation}; memory = peak RSS increase over the RSS before the first step",
+        f"isolation: {isolation}; " + (f"device {torch.cuda.get_device_name(0)}, {precision}; memory = peak "
+                                        f"torch.cuda.max_memory_allocated over the allocation before the first step "
+                                        f"(the 'ΔRSS' columns)" if a.device == "cuda" else
+                                        f"{precision}; memory = peak RSS increase over the RSS before the first step"),
         f"python3 benchmarks/bench_layers.py {' '.join(argv)}")
     print(header, flush=True)
 
@@ -442,7 +504,7 @@ def main(argv=None) -> int:
                 print(f"N={N:5d} {layer:8s} SKIPPED: {reason}", flush=True)
                 continue
             t0 = time.perf_counter()
-            res = run_isolated(layer, N, a.repeats, a.warmup, inference, isolation, a.timeout)
+            res = run_isolated(layer, N, a.repeats, a.warmup, inference, isolation, a.timeout, a.device, precision)
             results[(layer, N)] = res
             if "error" in res:
                 print(f"N={N:5d} {layer:8s} ERROR: {res['error']}", flush=True)
