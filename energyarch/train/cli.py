@@ -1,7 +1,7 @@
 """``energyarch train | eval | demo | generate``.
 
     energyarch train --config digits.toml [--set model.d=128 --set lr=3e-4 ...] [--resume] [--out DIR]
-    energyarch eval --checkpoint DIR [--iters 8,16,32] [--out DIR]
+    energyarch eval --checkpoint DIR [--iters 8,16,32] [--adaptive-tol 1e-2,1e-3] [--out DIR]
     energyarch demo [--task digits|sudoku] [--out DIR]
     energyarch generate --checkpoint DIR --prompt "def " [--max-bytes 200 --temperature 0.8 --top-k 40 --seed 0]
 
@@ -75,6 +75,19 @@ def _parse_iters(text: Optional[str]) -> Optional[list[int]]:
     return values
 
 
+def _parse_tols(text: Optional[str]) -> Optional[list[float]]:
+    if text is None:
+        return None
+    try:
+        values = [float(v) for v in text.replace(" ", "").split(",") if v]
+    except ValueError as err:
+        raise ConfigError(f"--adaptive-tol {text!r}: give comma-separated tolerances, e.g. --adaptive-tol "
+                          f"1e-2,1e-3,1e-4") from err
+    if not values or min(values) < 0 or not all(v == v and v != float("inf") for v in values):
+        raise ConfigError(f"--adaptive-tol {text!r}: give finite tolerances >= 0, e.g. --adaptive-tol 1e-3")
+    return values
+
+
 #: primary metric of each task (the others: top1)
 PRIMARY_METRIC = {"sudoku": "board_acc", "text": "bpb"}
 
@@ -131,11 +144,21 @@ def cmd_eval(args) -> int:
         overrides["data_dir"] = args.data_dir
     if args.limit_test is not None:
         overrides["limit_test"] = args.limit_test
+    if args.adaptive_max is not None and args.adaptive_max < 1:
+        raise ConfigError(f"--adaptive-max {args.adaptive_max}: give an iteration count >= 1, e.g. --adaptive-max 32")
     result = evaluate_checkpoint(args.checkpoint, iters=_parse_iters(args.iters), out_dir=args.out,
-                                 device=args.device, **overrides)
+                                 device=args.device, adaptive_tols=_parse_tols(args.adaptive_tol),
+                                 adaptive_max=args.adaptive_max, **overrides)
     print(f"checkpoint {args.checkpoint} (epoch {result['epoch']}, step {result['step']})")
     _print_summary({"sweep": result["sweep"], "plots": result["plots"], "out_dir": args.out or args.checkpoint},
                    result["metric"])
+    rise = result.get("energy_rise")
+    if rise:
+        print(f"energy rises in {100 * rise['fraction']:.2f}% of {rise['pairs']} (sample, iteration) pairs; "
+              f"largest rise {rise['max']:.4g}")
+    for row in result.get("adaptive") or []:
+        print(f"  adaptive tol={row['tol']:g}  mean iters={row['mean_iters']:.2f} (max {row['max_iters']})  "
+              f"{result['metric']}={_value(result['metric'], row[result['metric']])}")
     return 0
 
 
@@ -180,6 +203,11 @@ def register(subparsers) -> None:
     p.add_argument("--out", help="folder for eval.json and plots/ (default: the run folder)")
     p.add_argument("--data-dir", help="dataset folder, if it moved since training")
     p.add_argument("--limit-test", type=int, help="evaluate on the first N test examples only")
+    p.add_argument("--adaptive-tol", metavar="TOL[,TOL...]",
+                   help="adaptive depth: iterate each sample until its relative energy change < TOL (Hyper-SET); "
+                        "comma-separated tolerances give accuracy against mean iterations, e.g. 1e-2,1e-3,1e-4")
+    p.add_argument("--adaptive-max", type=int, help="adaptive depth: at most this many iterations per layer "
+                                                    "(default: the largest --iters count)")
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda", "auto"))
     p.set_defaults(func=cmd_eval)
 

@@ -80,13 +80,104 @@ def diagnostics(model: nn.Module, task: Task, dataset, iters: int, samples: int 
     return trace.to_dict()
 
 
+def _energy_layers(model: nn.Module):
+    """The Hyper-SET layers of a model (they have a compiled energy), or None for other backbones."""
+    layers = getattr(getattr(model, "backbone", None), "layers", None)
+    if layers is None or not all(hasattr(layer, "step") and hasattr(layer.step, "energy") for layer in layers):
+        return None
+    return list(layers)
+
+
+#: a rise counts when E_after − E_before > RISE_RTOL · |E_before| (float32 rounding of the energy)
+RISE_RTOL = 1e-6
+
+
+@torch.no_grad()
+def energy_rise(model: nn.Module, task: Task, dataset, iters: int, samples: int = 256) -> Optional[dict]:
+    """Does each iteration descend? The total energy of every (sample, iteration) pair, before and after the
+    iteration's step with the iteration's weights, on the first ``samples`` examples (eval mode).
+
+    Returns ``{'fraction', 'max', 'max_relative', 'per_iteration', 'pairs', 'rtol'}``: the fraction of pairs whose
+    energy rises (by more than ``RISE_RTOL`` relative), the largest rise (absolute and relative to |E_before|),
+    the fraction per iteration (all layers in order), and the number of pairs; None for backbones without energy.
+    """
+    layers = _energy_layers(model)
+    n = min(samples, len(dataset))
+    if layers is None or n == 0:
+        return None
+    batch = dataset[list(range(n))]
+    was_training = model.training
+    model.eval()
+    inputs = task.inputs(batch, _device(model))
+    X = model.embed(inputs)                                             # (B, N, d), the first layer's input
+    with capture_states(model) as states:
+        model(inputs, iters=iters)
+    model.train(was_training)
+    rises, per_iter, largest, largest_rel, i = 0, [], float("-inf"), float("-inf"), 0
+    for layer in layers:
+        for t in range(iters):
+            W = layer.weights(t)
+            before = layer.step.energy(X, W, layer.gains).float()       # (B,)
+            X = states[i]
+            after = layer.step.energy(X, W, layer.gains).float()
+            diff = after - before
+            rose = diff > RISE_RTOL * before.abs()
+            rises += int(rose.sum())
+            per_iter.append(float(rose.float().mean()))
+            largest = max(largest, float(diff.max()))
+            largest_rel = max(largest_rel, float((diff / before.abs().clamp_min(1e-30)).max()))
+            i += 1
+    pairs = n * len(per_iter)
+    return {"fraction": rises / pairs, "max": largest, "max_relative": largest_rel, "per_iteration": per_iter,
+            "pairs": pairs, "rtol": RISE_RTOL}
+
+
+@torch.no_grad()
+def adaptive_depth(model: nn.Module, task: Task, dataset, tols: Sequence[float], max_iters: int,
+                   batch_size: int = 256) -> list[dict]:
+    """Adaptive depth at test time (App. H.4): each sample iterates until the relative change of its total energy
+    falls below ``tol``, at most ``max_iters`` times per layer. One row per tolerance:
+    ``{'tol', 'mean_iters', 'max_iters', **metrics}`` (``mean_iters``: iterations per sample, summed over layers)."""
+    layers = _energy_layers(model)
+    if layers is None or not hasattr(model.backbone, "adaptive"):
+        raise ConfigError(f"--adaptive-tol: adaptive depth stops on the energy, which only arch='hyperset' has "
+                          f"(this model: {type(getattr(model, 'backbone', model)).__name__}); drop --adaptive-tol")
+    tols = [float(v) for v in tols]
+    if not tols or min(tols) < 0:
+        raise ConfigError(f"adaptive_depth: tols={list(tols)!r}: give tolerances >= 0, e.g. [1e-2, 1e-3]")
+    if not isinstance(max_iters, int) or max_iters < 1:
+        raise ConfigError(f"adaptive_depth: max_iters={max_iters!r} must be an integer >= 1")
+    device, was_training = _device(model), model.training
+    model.eval()
+    rows = []
+    for tol in tols:
+        sums: dict[str, float] = {}
+        used = 0
+        for start in range(0, len(dataset), batch_size):
+            batch = dataset[list(range(start, min(start + batch_size, len(dataset))))]
+            X, n_iters = model.backbone.adaptive(model.embed(task.inputs(batch, device)), tol, max_iters)
+            used += int(n_iters.sum())
+            for name, v in task.sums(model.readout(X), batch).items():
+                sums[name] = sums.get(name, 0.0) + v
+        rows.append({"tol": tol, "mean_iters": used / max(1, len(dataset)), "max_iters": max_iters * len(layers),
+                     **task.finalize(sums)})
+    model.train(was_training)
+    return rows
+
+
 def report(model: nn.Module, task: Task, cfg: TrainConfig, out_dir: str | os.PathLike,
-           history: Optional[list] = None, iters: Optional[Sequence[int]] = None, dataset=None) -> dict:
+           history: Optional[list] = None, iters: Optional[Sequence[int]] = None, dataset=None,
+           adaptive_tols: Optional[Sequence[float]] = None, adaptive_max: Optional[int] = None) -> dict:
     """Sweep, diagnostics and plots into ``out_dir`` (``eval.json``, ``plots/*.png`` and TensorBoard scalars
     ``sweep/*`` over the iteration count, ``energy/<term>``, ``effective_rank/<term>``, ``angle/<term>`` over the
     iterations). Runs in fp32, whatever the training precision.
 
-    Returns ``{'sweep': [...], 'plots': {name: path}, 'eval_file': path}``.
+    The JSON also holds ``energy_rise_fraction`` and ``energy_rise_max`` (:func:`energy_rise`, Hyper-SET only; None
+    otherwise) and, with ``adaptive_tols``, the rows of :func:`adaptive_depth` (``adaptive``; at most
+    ``adaptive_max`` iterations per layer, default the largest swept count) with a plot of the metric against the
+    mean iterations used.
+
+    Returns ``{'sweep': [...], 'plots': {name: path}, 'eval_file': path, 'energy_rise': ..., 'adaptive': ...}``.
     """
     out = Path(out_dir)
     T = getattr(getattr(model, "cfg", None), "iters", cfg.model.iters)
@@ -95,26 +186,39 @@ def report(model: nn.Module, task: Task, cfg: TrainConfig, out_dir: str | os.Pat
     bs = cfg.eval_batch_size or 2 * cfg.batch_size
     sweep = sweep_iterations(model, task, data, iters, batch_size=bs)
     trace = diagnostics(model, task, data, max(iters), cfg.diagnostics_samples) if cfg.diagnostics_samples else {}
+    rise = energy_rise(model, task, data, max(iters), cfg.diagnostics_samples) if cfg.diagnostics_samples else None
+    adaptive = (adaptive_depth(model, task, data, adaptive_tols, adaptive_max or max(iters), batch_size=bs)
+                if adaptive_tols else None)
     metric = task.primary
     extra = ("cell_acc",) if metric == "board_acc" else ()
     name = f"{cfg.model.arch} on {cfg.task}"
     made = {
         "sweep": plots.plot_sweep(sweep, metric, T, out / "plots" / "sweep.png", extra=extra,
                                   title=f"{name}: test-time iterations"),
-        "energies": plots.plot_energies(trace, out / "plots" / "energies.png", T) if trace else None,
+        "energies": plots.plot_energies(trace, out / "plots" / "energies.png", T, rise=rise) if trace else None,
+        "adaptive": (plots.plot_adaptive(adaptive, sweep, metric, out / "plots" / "adaptive.png",
+                                         title=f"{name}: adaptive depth") if adaptive else None),
         "rank_angle": plots.plot_rank_angle(trace, out / "plots" / "rank_angle.png", T) if trace else None,
         "history": plots.plot_history(history or [], metric, out / "plots" / "history.png"),
     }
     made = {k: v for k, v in made.items() if v}
-    result = {"train_iters": T, "metric": metric, "sweep": sweep, "diagnostics": trace, "plots": made}
+    result = {"train_iters": T, "metric": metric, "sweep": sweep, "diagnostics": trace, "plots": made,
+              "energy_rise_fraction": rise["fraction"] if rise else None,
+              "energy_rise_max": rise["max"] if rise else None, "energy_rise": rise}
+    if adaptive:
+        result["adaptive"] = adaptive
     atomic_write_text(out / EVAL_FILE, json.dumps(result, indent=1, allow_nan=True))
     logs.log_report(out, sweep, trace, metric)
-    return {"sweep": sweep, "plots": made, "eval_file": str(out / EVAL_FILE)}
+    return {"sweep": sweep, "plots": made, "eval_file": str(out / EVAL_FILE), "energy_rise": rise,
+            "adaptive": adaptive}
 
 
 def evaluate_checkpoint(path: str | os.PathLike, iters: Optional[Sequence[int]] = None,
-                        out_dir: Optional[str | os.PathLike] = None, device: str = "cpu", **overrides) -> dict:
-    """Load a run's checkpoint, sweep ``iters`` (default: config's eval_iters or T/4..2T), write plots."""
+                        out_dir: Optional[str | os.PathLike] = None, device: str = "cpu",
+                        adaptive_tols: Optional[Sequence[float]] = None, adaptive_max: Optional[int] = None,
+                        **overrides) -> dict:
+    """Load a run's checkpoint, sweep ``iters`` (default: config's eval_iters or T/4..2T), write plots; with
+    ``adaptive_tols`` also adaptive depth (:func:`adaptive_depth`)."""
     from .trainer import load_run
 
     model, task, cfg, state = load_run(path, device=device, **overrides)
@@ -126,10 +230,12 @@ def evaluate_checkpoint(path: str | os.PathLike, iters: Optional[Sequence[int]] 
                     "Python %s then, %s now); the metrics are not comparable with the run's own",
                     trained_on[:12], now[:12], task.data_info.get("source"), state["data"].get("python"),
                     task.data_info.get("python"))
-    result = report(model, task, cfg, out_dir or folder, history=state.get("history"), iters=iters)
+    result = report(model, task, cfg, out_dir or folder, history=state.get("history"), iters=iters,
+                    adaptive_tols=adaptive_tols, adaptive_max=adaptive_max)
     result.update(step=state.get("step"), epoch=state.get("epoch"), metric=task.primary,
                   data_matches=None if not (trained_on and now) else trained_on == now)
     return result
 
 
-__all__ = ["default_sweep", "diagnostics", "evaluate_checkpoint", "report", "sweep_iterations"]
+__all__ = ["adaptive_depth", "default_sweep", "diagnostics", "energy_rise", "evaluate_checkpoint", "report",
+           "sweep_iterations"]

@@ -1,5 +1,5 @@
-"""PNG plots of runs: extrapolation curve (Fig. 3b), energies per term (Fig. 5), effective rank and average angle
-per head (Fig. 6), training curves. Drawn on :class:`matplotlib.figure.Figure` with the Agg canvas, so no
+"""PNG plots of runs: extrapolation curve (Fig. 3b), energies per term (Fig. 5) with the energy-rise diagnostic,
+adaptive depth, effective rank and average angle per head (Fig. 6), training curves. Drawn on :class:`matplotlib.figure.Figure` with the Agg canvas, so no
 display and no pyplot state are involved. Every function returns the path it wrote.
 
 >>> import tempfile, os
@@ -77,17 +77,49 @@ def plot_comparison(curves: Mapping[str, Sequence[Mapping]], metric: str, train_
     return _save(fig, path)
 
 
-def plot_energies(trace: Mapping, path: str | os.PathLike, train_iters: Optional[int] = None) -> Optional[str]:
-    """Energy of each term per iteration (Fig. 5), one panel per term; None when the trace has no energies."""
+def plot_energies(trace: Mapping, path: str | os.PathLike, train_iters: Optional[int] = None,
+                  rise: Optional[Mapping] = None) -> Optional[str]:
+    """Energy of each term per iteration (Fig. 5), one panel per term; None when the trace has no energies.
+
+    With ``rise`` (from :func:`energyarch.train.evaluate.energy_rise`) a last panel draws the fraction of samples
+    whose total energy rises at each iteration, and the title gives the overall fraction and the largest rise."""
     energies = trace.get("energies") or {}
     if not energies:
         return None
-    fig, axes = _figure(len(energies), width=4.2)
+    fig, axes = _figure(len(energies) + (rise is not None), width=4.2)
     for ax, (name, values) in zip(axes, energies.items()):
         ax.plot(range(1, len(values) + 1), values, marker=".", color="C0")
         _mark_train(ax, train_iters)
         ax.set(xlabel="iteration", ylabel=f"E_{name}", title=f"energy: {name}")
         ax.grid(alpha=0.3)
+    if rise is not None:
+        ax = axes[-1]
+        per = rise.get("per_iteration") or []
+        ax.bar(range(1, len(per) + 1), [100 * v for v in per], color="C3")
+        _mark_train(ax, train_iters)
+        ax.set(xlabel="iteration", ylabel="samples whose total energy rises (%)", ylim=(0, 100),
+               title="total energy rises")
+        ax.grid(alpha=0.3)
+        fig.suptitle(f"total energy rises in {100 * rise['fraction']:.1f}% of (sample, iteration) pairs; "
+                     f"largest rise {rise['max']:.3g} ({100 * rise['max_relative']:.2g}% of |E|)", fontsize="medium")
+    return _save(fig, path)
+
+
+def plot_adaptive(rows: Sequence[Mapping], sweep: Sequence[Mapping], metric: str, path: str | os.PathLike,
+                  title: str = "Adaptive depth") -> str:
+    """Metric against the mean number of iterations per sample: adaptive depth (one point per tolerance, labelled)
+    and fixed depth (the iteration sweep) on the same axes."""
+    fig, (ax,) = _figure()
+    factor, label = _scale(metric)
+    ax.plot([r["iters"] for r in sweep], [factor * r[metric] for r in sweep], marker="o", color="C0",
+            label="fixed depth")
+    xs, ys = [r["mean_iters"] for r in rows], [factor * r[metric] for r in rows]
+    ax.plot(xs, ys, marker="s", linestyle="none", color="C1", label="adaptive depth (tol)")
+    for r, x, y in zip(rows, xs, ys):
+        ax.annotate(f"{r['tol']:g}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize="x-small")
+    ax.set(xlabel="mean iterations per sample", ylabel=label, title=title)
+    ax.grid(alpha=0.3)
+    ax.legend()
     return _save(fig, path)
 
 
