@@ -4,6 +4,7 @@ TensorBoard event files in the run folder (and a one-line notice when tensorboar
 import io
 import logging
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -72,7 +73,8 @@ def test_piped_training_log_has_no_carriage_returns(tmp_path):
     text = log_file.read_text()
     assert rc == 0, text[-2000:]
     assert text.count("\r") == 0, text[:2000]
-    assert "epoch 1/2  train_loss=" in text and "epoch 2/2  train_loss=" in text
+    for epoch in (1, 2):                                        # time-stamped lines, one per epoch
+        assert re.search(rf"^\d{{4}}-\d\d-\d\d \d\d:\d\d:\d\d  epoch {epoch}/2  train_loss=", text, re.M), text
 
 
 # ---------------------------------------------------------------------------------------------------------------

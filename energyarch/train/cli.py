@@ -54,10 +54,16 @@ class _TqdmHandler(logging.Handler):
 
 
 def setup_logging(quiet: bool = False) -> None:
-    """INFO messages of energyarch.train on stderr, through tqdm so that progress bars stay intact."""
+    """INFO messages of energyarch.train on stdout, through tqdm so that progress bars stay intact; when stdout is
+    not a terminal (a log file) each line starts with the time."""
     if not log.handlers:
+        import sys
+
+        from .logs import interactive
+
         handler = _TqdmHandler()
-        handler.setFormatter(logging.Formatter("%(message)s"))
+        handler.setFormatter(logging.Formatter("%(message)s" if interactive(sys.stdout) else
+                                               "%(asctime)s  %(message)s", datefmt="%Y-%m-%d %H:%M:%S"))
         log.addHandler(handler)
         log.propagate = False
     log.setLevel(logging.WARNING if quiet else logging.INFO)
