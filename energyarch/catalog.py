@@ -278,6 +278,10 @@ def load_entry(path: Union[str, Path]) -> Entry:
         raise _fail(path, None, f"cannot be read ({err.strerror})") from None
     except tomllib.TOMLDecodeError as err:
         raise _fail(path, None, f"is not valid TOML ({err})") from None
+    except UnicodeDecodeError as err:
+        raise _fail(path, None, f"is not UTF-8 text ({err.reason} at byte {err.start}); save it as UTF-8") from None
+    except (RecursionError, MemoryError):
+        raise _fail(path, None, "nests too deeply to read; an entry is a flat table of strings and numbers") from None
     _check_keys(path, data)
     _check_values(path, data)
     primitives = _parse_primitives(path, data)

@@ -103,6 +103,17 @@ class EnergyStep(nn.Module):
         """The solver state before the first iteration: one empty dict per term (filled lazily, zeros)."""
         return {n: {} for n in self.names}
 
+    def _weights(self, weights) -> dict:
+        """Basis overrides (e.g. depth-wise LoRA): a mapping from some term names to tensors."""
+        if weights is None:
+            return {}
+        if not isinstance(weights, Mapping):
+            raise ShapeError(f"weights: expected a mapping term name → tensor (or None), got {type(weights).__name__}")
+        unknown = set(weights) - set(self.names)
+        if unknown:
+            raise ShapeError(f"weights: unknown term names {sorted(unknown)}; the terms are {self.names}")
+        return dict(weights)
+
     def _steps(self, steps: Steps) -> dict[str, Union[float, Tensor]]:
         names = self.names
         if isinstance(steps, Mapping):
@@ -151,9 +162,7 @@ class EnergyStep(nn.Module):
         ``state``: the solver state from the previous iteration (then ``(X, state)`` is returned).
         ``gains``: per-term RMSNorm gains (see :meth:`direction`)."""
         steps = self._steps(steps)
-        weights = weights or {}
-        if weights and not isinstance(weights, Mapping):
-            raise ShapeError(f"weights: expected a mapping term name → tensor, got {type(weights).__name__}")
+        weights = self._weights(weights)
         stateful = state is not None
         if stateful:
             if not isinstance(state, Mapping) or set(state) != set(self.names):
@@ -225,7 +234,7 @@ class EnergyStep(nn.Module):
     def energies(self, X: Tensor, weights: Optional[Mapping[str, Tensor]] = None,
                  gains: Optional[Mapping[str, Tensor]] = None) -> dict[str, Tensor]:
         """Energy of each term at the constrained point, each of shape ``X.shape[:-2]``."""
-        weights = weights or {}
+        weights = self._weights(weights)
         return {n: self.term_energy(n, X, weights.get(n), gains) for n in self.names}
 
     def energy(self, X: Tensor, weights: Optional[Mapping[str, Tensor]] = None,

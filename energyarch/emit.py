@@ -25,7 +25,6 @@ import re
 import sys
 import tempfile
 from pathlib import Path
-from typing import Optional
 
 
 from .derivation import PATTERNS, Derivation, family_of

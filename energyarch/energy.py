@@ -100,6 +100,7 @@ class Attention(_Term):
             raise DeclarationError(f"Attention: beta={beta!r} must be a positive number or None (for 1/√p)")
         if constraint is not None and radius is not None:
             raise DeclarationError("Attention: give either constraint= or radius=, not both")
+        _check_sphere(constraint, "Attention")
         object.__setattr__(self, "f", as_scalar(f, "f"))  # noqa: E501
         object.__setattr__(self, "K", kernel)
         object.__setattr__(self, "heads", heads)
@@ -181,6 +182,7 @@ class FeedForward(_Term):
             raise DeclarationError(f"FeedForward: ratio={ratio!r} must be a positive number")
         if constraint is not None and radius is not None:
             raise DeclarationError("FeedForward: give either constraint= or radius=, not both")
+        _check_sphere(constraint, "FeedForward")
         object.__setattr__(self, "g", as_scalar(g, "g"))
         object.__setattr__(self, "h", as_scalar(h, "h"))
         object.__setattr__(self, "width", width)
@@ -222,6 +224,7 @@ class GatedFeedForward(_Term):
             raise DeclarationError(f"GatedFeedForward: ratio={ratio!r} must be a positive number")
         if constraint is not None and radius is not None:
             raise DeclarationError("GatedFeedForward: give either constraint= or radius=, not both")
+        _check_sphere(constraint, "GatedFeedForward")
         object.__setattr__(self, "h", as_scalar(h, "h"))
         object.__setattr__(self, "width", width)
         object.__setattr__(self, "ratio", float(ratio))
@@ -238,9 +241,22 @@ Term = Union[Attention, FeedForward, GatedFeedForward]
 
 
 def _check_name(name: str) -> str:
-    if not isinstance(name, str) or not name.isidentifier():
-        raise DeclarationError(f"term name {name!r} must be a Python identifier such as 'attn' or 'ff'")
+    if not isinstance(name, str) or not name.isidentifier() or not name.isascii() or len(name) > 64:
+        raise DeclarationError(f"term name {name!r} must be an ASCII Python identifier (at most 64 characters) such "
+                               f"as 'attn' or 'ff'")
+    import torch.nn as nn
+
+    if name.startswith("_") or hasattr(nn.ModuleDict, name):
+        raise DeclarationError(f"term name {name!r} is taken by torch.nn.ModuleDict (or private); choose another, "
+                               f"e.g. 'attn_{name.strip('_') or 'x'}'")
     return name
+
+
+def _check_sphere(constraint, where: str):
+    if constraint is not None and not isinstance(constraint, Sphere):
+        raise DeclarationError(f"{where}: constraint={constraint!r} must be an ea.Sphere(radius=..., eps=...) or None; "
+                               f"for a radius alone write radius=...")
+    return constraint
 
 
 @dataclass(frozen=True)

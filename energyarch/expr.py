@@ -264,6 +264,10 @@ def parse(text: str, symbols: Iterable[str], where: str = "expression") -> sp.Ex
     allowed = {name: sp.Symbol(name, real=True) for name in symbols}
     if len(text) > _MAX_LEN:
         raise ParseError(f"{where}: expression is {len(text)} characters long; the limit is {_MAX_LEN}")
+    if not text.isascii():
+        bad = next(ch for ch in text if not ch.isascii())
+        raise ParseError(f"{where}: {_short(text)} contains the non-ASCII character {bad!r} (U+{ord(bad):04X}); "
+                         f"expressions are ASCII (Python would fold look-alikes such as 'ｘ' into 'x')")
     if "\x00" in text:
         raise ParseError(f"{where}: {_short(text)} contains a NUL character; write the expression on one line")
     try:

@@ -90,6 +90,7 @@ class TermCheck:
     update_scale: float = 1.0    # max |X' − X| of the reference update
     finite: bool = True          # False when a gradient, update or energy overflowed to inf / NaN
     per_token_descent: Optional[bool] = None   # causal terms: every token's own E_t fell under its own step
+    stationary: bool = False     # the direction is exactly zero (e.g. a saturated f): nothing can descend
 
     @property
     def grad_rel_diff(self) -> float:
@@ -103,6 +104,8 @@ class TermCheck:
     def decreased(self) -> bool:
         if self.per_token_descent is not None:
             return self.per_token_descent
+        if self.stationary:
+            return self.energy_after <= self.energy_before
         return self.energy_after < self.energy_before
 
 
@@ -209,6 +212,7 @@ def verify(step: EnergyStep, *, batch: int = 2, tokens: int = 7, seed: int = 0, 
             grad_max_abs_diff=float((G - G_ref).abs().max()), update_max_abs_diff=float(X1_ref.max()),
             energy_before=float(e0.sum()), energy_after=float(e1.sum()), step=t,
             grad_scale=float(G_ref.abs().max()), update_scale=float((0.1 * dir_ref).abs().max()), finite=finite,
+            stationary=bool((direction == 0).all()),
         ))
     if raise_on_fail and not report.ok:
         raise VerificationError(str(report))
@@ -316,4 +320,5 @@ def _check_gated(name: str, term: Term, module: GatedTermUpdate, reference: Gate
     return TermCheck(name=name, pattern=dv.pattern, path=dv.path, grad_max_abs_diff=float((G - G_ref).abs().max()),
                      update_max_abs_diff=float(X1_ref.max()), energy_before=float(e0.sum()),
                      energy_after=float(e1.sum()), step=t, grad_scale=float(G_ref.abs().max()),
-                     update_scale=float((X1 - X).abs().max()), finite=_finite(G, G_ref, X1, e0, e1))
+                     update_scale=float((X1 - X).abs().max()), finite=_finite(G, G_ref, X1, e0, e1),
+                     stationary=bool((direction == 0).all()))

@@ -334,5 +334,5 @@ def test_cli_demo_runs_compile_verify_train(tmp_path, capsys):
             "--set", "eval_iters=[1, 2]", "--set", "diagnostics_samples=8"]
     assert main(args) == 0
     text = capsys.readouterr().out
-    assert "verification (paper mode, tol 1e-09): OK" in text and "| attn | bi-softmax |" in text
+    assert "verification (paper mode, rtol 1e-09): OK" in text and "| attn | bi-softmax |" in text
     assert "test top1:" in text and "plot sweep:" in text and (tmp_path / "demo" / "plots" / "sweep.png").is_file()

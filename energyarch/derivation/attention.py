@@ -16,11 +16,13 @@ from ..errors import CompileError, DeclarationError
 from ..primitives import R, S, X
 from . import core
 from .codegen import code, phi_lines
-from .core import (Candidate, Derivation, Dims, Family, bind, check_callable_scalar, check_domain, check_size, diff,
+from .core import (MAX_ELEMENTS, Candidate, Derivation, Dims, Family, bind, check_callable_scalar, check_domain,
+                   check_size, diff,
                    needs_positive, numeric, register_family, sphere_samples)
 
 
-def attention_dims(term: Term, d: int) -> Dims:
+def attention_dims(term: Term, d: int, coord_dim=None, radius_dim=None) -> Dims:
+    """Sizes of an attention-like term; ``coord_dim`` / ``radius_dim`` override p and the sphere's dimension."""
     if not isinstance(d, int) or d < 1:
         raise CompileError(f"d={d!r} must be a positive integer (the model width)")
     if d % term.heads:
@@ -29,8 +31,11 @@ def attention_dims(term: Term, d: int) -> Dims:
             f"term {term.name!r}: heads={term.heads} does not divide the width d={d}; "
             f"choose heads in {divisors} or change d"
         )
-    p = d // term.heads
-    radius = term.constraint.resolve(p)
+    p = d // term.heads if coord_dim is None else coord_dim
+    if d * term.heads * p > MAX_ELEMENTS:
+        raise CompileError(f"term {term.name!r}: a basis of d × H·p = {d} × {term.heads * p} entries is over the "
+                           f"limit of {MAX_ELEMENTS:,}; choose a smaller width")
+    radius = term.constraint.resolve(p if radius_dim is None else radius_dim)
     beta = term.beta if term.beta is not None else 1.0 / math.sqrt(p)
     return Dims(d=d, heads=term.heads, head_dim=p, radius=radius, beta=beta)
 

@@ -17,29 +17,21 @@ exactly the per-token update above.
 from __future__ import annotations
 
 import dataclasses
-import math
 
 from ..energy import CausalAttention
 from ..primitives import R, S, X
 from . import core
-from .attention import candidate, check_opaque, declared_pieces
+from .attention import attention_dims, candidate, check_opaque, declared_pieces
 from .codegen import code, phi_lines
-from .core import Candidate, Derivation, Dims, Family, register_family
+from .core import Derivation, Dims, Family, register_family
 
 
 def causal_dims(term: CausalAttention, d: int) -> Dims:
-    from ..errors import CompileError
-
-    if not isinstance(d, int) or d < 1:
-        raise CompileError(f"d={d!r} must be a positive integer (the model width)")
-    if d % term.heads:
-        divisors = [h for h in range(1, min(d, 64) + 1) if d % h == 0]
-        raise CompileError(f"term {term.name!r}: heads={term.heads} does not divide the width d={d}; "
-                           f"choose heads in {divisors} or change d")
-    p = term.interaction.coord_dim(d, term.heads)
-    radius = term.constraint.resolve(d if term.interaction.kind == "diag-low-rank" else p)
-    beta = term.beta if term.beta is not None else 1.0 / math.sqrt(p)
-    return Dims(d=d, heads=term.heads, head_dim=p, radius=radius, beta=beta)
+    """The coordinates' width comes from the interaction (d + r for diagonal plus low rank, whose x̄ lies on the
+    sphere of radius √d)."""
+    low_rank = term.interaction.kind == "diag-low-rank"
+    return attention_dims(term, d, coord_dim=term.interaction.coord_dim(d, term.heads) if isinstance(d, int) and d > 0
+                          and d % term.heads == 0 else None, radius_dim=d if low_rank else None)
 
 
 def qk_phi_lines(dv: Derivation, with_derivative: bool) -> list[str]:

@@ -14,10 +14,14 @@ from .core import BETA, Derivation
 
 def code(expr: sp.Expr, var_from: Optional[sp.Symbol] = None, var_to: str = "", tensors=()) -> str:
     """Torch source of ``expr`` with ``var_from`` renamed ``var_to`` (a tensor); ``beta`` stays a name."""
+    constant_in_var = var_from is not None and var_from not in expr.free_symbols
     if var_from is not None:
         expr = expr.xreplace({var_from: sp.Symbol(var_to, real=True)})
     expr = expr.xreplace({BETA: sp.Symbol("beta", real=True)})
-    return to_torch(expr, tensor_symbols=set(tensors) | ({var_to} if var_to else set()))
+    text = to_torch(expr, tensor_symbols=set(tensors) | ({var_to} if var_to else set()))
+    if constant_in_var:   # e.g. h' = 2 for h = 2x: a tensor shaped like the variable, not a Python number
+        return f"(torch.zeros_like({var_to}) + {text})"
+    return text
 
 
 def scaled(coef: sp.Expr, text: str) -> str:

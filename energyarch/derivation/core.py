@@ -17,7 +17,6 @@ adding a family is one decorated class. Nothing else changes (the ``register_kl`
 from __future__ import annotations
 
 import contextlib
-import math
 import signal
 import threading
 import time
@@ -27,10 +26,14 @@ from typing import Callable, Mapping, Optional
 import sympy as sp
 import torch
 
-from ..energy import Attention, Term, params_of
+from ..energy import Term, params_of
 from ..errors import CompileError, DeclarationError
 from ..expr import evaluate, tidy
 from ..primitives import X, Scalar
+
+#: Largest basis (entries of one term's weight matrix) compile accepts: a typo such as width=2**40 is a
+#: CompileError naming the size, not an allocator failure.
+MAX_ELEMENTS = 2**31
 
 BETA = sp.Symbol("beta", positive=True)
 SK, SJ = sp.symbols("S_k S_j", positive=True)

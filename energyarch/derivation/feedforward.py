@@ -12,7 +12,8 @@ from ..primitives import X
 from . import core
 from .attention import check_energy_finite
 from .codegen import code
-from .core import (SIGMA, Candidate, Derivation, Dims, Family, bind, check_callable_scalar, check_domain,
+from .core import (MAX_ELEMENTS, SIGMA, Candidate, Derivation, Dims, Family, bind, check_callable_scalar,
+                   check_domain,
                    check_size, diff, needs_positive, numeric, register_family)
 
 
@@ -20,6 +21,9 @@ def ff_dims(term: FeedForward, d: int) -> Dims:
     if not isinstance(d, int) or d < 1:
         raise CompileError(f"d={d!r} must be a positive integer (the model width)")
     M = term.resolve_width(d)
+    if M * d > MAX_ELEMENTS:
+        raise CompileError(f"term {term.name!r}: a feed-forward basis of d × M = {d} × {M} has {d * M:,} entries, "
+                           f"over the limit of {MAX_ELEMENTS:,}; choose a smaller width or ratio")
     return Dims(d=d, heads=1, head_dim=M, radius=term.constraint.resolve(M), beta=1.0 / math.sqrt(M))
 
 

@@ -52,7 +52,7 @@ class DiagLowRank(Interaction):
         return Q, K, Q, K
 
     def pullback(self, module, G_q, G_k, weight):
-        H, d, r = module.heads, module.d, self.rank
+        d = module.d
         W_q = module.weight if weight is None else weight
         diag = (module.delta.unsqueeze(-2) * G_q[..., :d] + G_k[..., :d]).sum(-3)      # (..., N, d)
         low = (G_q[..., d:].transpose(-2, -3).flatten(-2) @ W_q.transpose(0, 1)

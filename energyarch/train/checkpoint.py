@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import random
 from pathlib import Path
@@ -169,6 +170,9 @@ def set_rng_state(state: dict) -> None:
             if not isinstance(state["cuda"], list) or len(state["cuda"]) != len(current):
                 raise CheckpointError(f"{where} 'cuda': expected one state per device ({len(current)})")
             cuda = [_bytes_tensor(s, c, f"{where} 'cuda'") for s, c in zip(state["cuda"], current)]
+        finite = (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v))  # noqa: E731
+        if has_gauss not in (0, 1) or not finite(cached) or not (gauss is None or finite(gauss)):
+            raise CheckpointError(f"{where}: a cached Gaussian is not a finite number")
         np_state = (name, np_keys, pos, int(has_gauss), float(cached))
         py_state = (version, tuple(internal), gauss if gauss is None else float(gauss))
     except CheckpointError as err:
@@ -340,6 +344,12 @@ def load_checkpoint(path: str | os.PathLike, model: nn.Module, optimizer: Option
         raise CheckpointError(f"checkpoint {tensor_path}: cannot read the tensors ({err})") from err
     model_sd = {k[len("model/"):]: v for k, v in tensors.items() if k.startswith("model/")}
     current = model.state_dict()
+    missing, extra = sorted(set(current) - set(model_sd)), sorted(set(model_sd) - set(current))
+    wrong = sorted(k for k in set(current) & set(model_sd) if tuple(model_sd[k].shape) != tuple(current[k].shape))
+    if missing or extra or wrong:
+        raise CheckpointError(f"checkpoint {tensor_path}: the tensors do not fit the model (missing {_few(missing)}, "
+                              f"unexpected {_few(extra)}, wrong shape {_few(wrong)}); the file was changed or "
+                              f"belongs to another model")
     for k, v in model_sd.items():
         if v.dtype != current[k].dtype:
             raise CheckpointError(f"checkpoint {tensor_path}: tensor {k} is {v.dtype}, the model's is "

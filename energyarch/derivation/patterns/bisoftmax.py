@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import sympy as sp
 
-from ...primitives import S, X
+from ...primitives import X
 from ..codegen import code, log_shift, phi_lines, scaled
-from ..core import SJ, SK, Candidate, Pattern, constant, lx, register_pattern
+from ..core import SJ, SK, Candidate, Pattern, lx, register_pattern
+from ._match import log_and_exp
 from ._attention_latex import phi_symbols, update
 
 
@@ -23,12 +24,7 @@ class BiSoftmax(Pattern):
     reason = "f = a·log and κ = c·exp(b s): C = a b (P + Pᵀ), P = softmax(b G) (stable, SDPA when long)"
 
     def match(self, c: Candidate):
-        df, kappa, dkappa = c.pieces["df"], c.pieces["kappa"], c.pieces["dkappa"]
-        a = constant(X * df, X)
-        b = constant(dkappa / kappa, S) if kappa != 0 else None
-        if a is None or a == 0 or b is None or b == 0:
-            return None
-        return {"a": a, "b": sp.simplify(b), "c": sp.simplify(kappa / sp.exp(b * S))}
+        return log_and_exp(c.pieces["df"], c.pieces["kappa"], c.pieces["dkappa"])
 
     def operator(self, c):
         return (c.pieces["df"].xreplace({X: SK}) + c.pieces["df"].xreplace({X: SJ})) * c.pieces["dkappa"]

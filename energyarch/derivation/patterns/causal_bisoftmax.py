@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import sympy as sp
 
-from ...primitives import S, X
 from ..causal import qk_phi_lines
 from ..codegen import code, log_shift, scaled
-from ..core import Candidate, Pattern, constant, lx, register_pattern
+from ..core import Candidate, Pattern, lx, register_pattern
+from ._match import log_and_exp
 from ._causal import roles, update
 
 
@@ -27,12 +27,7 @@ class CausalBiSoftmax(Pattern):
               "one SDPA call with is_causal=True")
 
     def match(self, c: Candidate):
-        df, kappa, dkappa = c.pieces["df"], c.pieces["kappa"], c.pieces["dkappa"]
-        a = constant(X * df, X)
-        b = constant(dkappa / kappa, S) if kappa != 0 else None
-        if a is None or a == 0 or b is None or b == 0:
-            return None
-        return {"a": a, "b": sp.simplify(b), "c": sp.simplify(kappa / sp.exp(b * S))}
+        return log_and_exp(c.pieces["df"], c.pieces["kappa"], c.pieces["dkappa"])
 
     def latex(self, c, consts):
         ab = sp.simplify(consts["a"] * consts["b"])

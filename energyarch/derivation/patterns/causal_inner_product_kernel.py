@@ -7,7 +7,7 @@ import sympy as sp
 from ...primitives import S, X
 from ..causal import qk_phi_lines
 from ..codegen import code
-from ..core import SK, Candidate, Pattern, register_pattern
+from ..core import Candidate, Pattern, register_pattern
 from ._causal import roles, update
 
 

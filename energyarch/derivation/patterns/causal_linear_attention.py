@@ -10,7 +10,8 @@ import sympy as sp
 from ...primitives import S, X
 from ..causal import qk_phi_lines
 from ..codegen import code, scaled
-from ..core import Candidate, Pattern, constant, lx, register_pattern
+from ..core import Candidate, Pattern, lx, register_pattern
+from ._match import linear_and_quadratic
 from ._causal import roles, update
 
 
@@ -23,12 +24,7 @@ class CausalLinearAttention(Pattern):
     reason = "f linear and κ quadratic in s: prefix sums of Φ(k) and Φ(k)Φ(k)ᵀ, O(N p²), no N×N matrix"
 
     def match(self, c: Candidate):
-        a = constant(c.pieces["df"], X)
-        kappa = c.pieces["kappa"]
-        if a is None or not kappa.is_polynomial(S) or sp.Poly(kappa, S).degree() > 2:
-            return None
-        poly = sp.Poly(kappa, S)
-        return {"a": a, "c0": poly.coeff_monomial(1), "c1": poly.coeff_monomial(S), "c2": poly.coeff_monomial(S**2)}
+        return linear_and_quadratic(c.pieces["df"], c.pieces["kappa"])
 
     def latex(self, c, consts):
         a, c1, c2 = consts["a"], consts["c1"], consts["c2"]

@@ -14,7 +14,8 @@ import sympy as sp
 
 from ...primitives import R, X
 from ..codegen import code, log_shift, scaled
-from ..core import SJ, SK, Candidate, Pattern, constant, lx, register_pattern
+from ..core import SJ, SK, Candidate, Pattern, lx, register_pattern
+from ._match import log_and_exp
 from ._distance_latex import update
 
 
@@ -28,12 +29,7 @@ class DistanceSoftmax(Pattern):
               "(bi-softmax at β = −2b plus a radial term; SDPA when long)")
 
     def match(self, c: Candidate):
-        df, rho, drho = c.pieces["df"], c.pieces["rho"], c.pieces["drho"]
-        a = constant(X * df, X)
-        b = constant(drho / rho, R) if rho != 0 else None
-        if a is None or a == 0 or b is None or b == 0:
-            return None
-        return {"a": a, "b": sp.simplify(b), "c": sp.simplify(rho / sp.exp(b * R))}
+        return log_and_exp(c.pieces["df"], c.pieces["rho"], c.pieces["drho"], R)
 
     def operator(self, c):
         return (c.pieces["df"].xreplace({X: SK}) + c.pieces["df"].xreplace({X: SJ})) * c.pieces["drho"]

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import sympy as sp
 
-from ...primitives import S, X
+from ...primitives import X
 from ..codegen import phi_lines, scaled
-from ..core import SJ, SK, Candidate, Pattern, constant, lx, register_pattern
+from ..core import SJ, SK, Candidate, Pattern, lx, register_pattern
+from ._match import linear_and_quadratic
 from ._attention_latex import phi_symbols, update
 
 
@@ -19,14 +20,7 @@ class LinearAttention(Pattern):
     reason = "f linear and κ quadratic in s: C Φ = 2a(2c₂ Φ(ΦᵀΦ) + c₁ 1(1ᵀΦ)) in O(N p²)"
 
     def match(self, c: Candidate):
-        a = constant(c.pieces["df"], X)
-        kappa = c.pieces["kappa"]
-        if a is None or not kappa.is_polynomial(S):
-            return None
-        poly = sp.Poly(kappa, S)
-        if poly.degree() > 2:
-            return None
-        return {"a": a, "c1": poly.coeff_monomial(S), "c2": poly.coeff_monomial(S**2)}
+        return linear_and_quadratic(c.pieces["df"], c.pieces["kappa"])
 
     def operator(self, c):
         return (c.pieces["df"].xreplace({X: SK}) + c.pieces["df"].xreplace({X: SJ})) * c.pieces["dkappa"]
