@@ -385,3 +385,64 @@ def test_activation_functions_value_derivative_latex(text):
                       dtype=torch.float64)
     assert step.derivations["attn"].pattern == "linear attention"
     assert ea.verify(step).ok
+
+
+# --------------------------------------------------------------------------------------------------------------
+# defects the probe (benchmarks/safety_probe.py) found after the first fixes
+# --------------------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("h", ["2*x", "x", "3"])
+def test_constant_derivatives_still_give_tensors(h):
+    step = ea.compile(ea.FeedForward(g="x", h=h), d=8)
+    assert step(torch.randn(2, 3, 8), 0.1).shape == (2, 3, 8)
+    assert ea.verify(step).ok
+
+
+def test_a_saturated_term_is_stationary_not_a_failed_descent():
+    step = ea.compile(ea.FeedForward(g=lambda x: torch.tanh(x + 100), h="softplus(x)"), d=8)  # g' = 0 exactly
+    report = ea.verify(step)
+    assert report.ok and report.terms[0].stationary and report.terms[0].grad_max_abs_diff == 0
+
+
+@pytest.mark.parametrize("make, error, match", [
+    (lambda: ea.Attention(f="log(x)", K="exp(beta*s)", name="forward"), DeclarationError, "ModuleDict"),
+    (lambda: ea.FeedForward(g="x", h="x", name="keys"), DeclarationError, "ModuleDict"),
+    (lambda: ea.Attention(f="log(x)", K="exp(beta*s)", constraint=3), DeclarationError, "ea.Sphere"),
+    (lambda: ea.compile(ea.FeedForward(g="x", h="x", width=2**40), d=8), CompileError, "limit"),
+    (lambda: _step()(torch.randn(1, 3, 8), 0.1, weights=torch.ones(3)), ShapeError, "mapping"),
+    (lambda: _step()(torch.randn(1, 3, 8), 0.1, weights={"nope": torch.ones(8, 8)}), ShapeError, "unknown term"),
+    (lambda: ea.Scalar.parse("\uff58**2/2"), ParseError, "non-ASCII"),
+])
+def test_probe_defects_are_project_errors(make, error, match):
+    with pytest.raises(error, match=match):
+        make()
+
+
+def test_catalog_file_that_is_not_utf8(tmp_path):
+    (tmp_path / "bad.toml").write_bytes(b"name = \"\xff\xfe\"\n")
+    with pytest.raises(DeclarationError, match="not UTF-8"):
+        catalog.load_catalog(tmp_path)
+
+
+def test_forged_tensor_file_with_a_matching_hash_is_refused(tmp_path):
+    from safetensors.torch import save_file
+
+    from energyarch.train.checkpoint import _sha256
+
+    run, model = _checkpoint(tmp_path)
+    state = json.loads((run / "checkpoint.json").read_text())
+    forged = run / state["tensors_file"]
+    save_file({"model/weight": torch.zeros(2, 3), "model/extra": torch.zeros(1)}, str(forged))
+    state["sha256"] = _sha256(forged)
+    (run / "checkpoint.json").write_text(json.dumps(state))
+    with pytest.raises(CheckpointError, match="do not fit the model"):
+        load_checkpoint(run, model)
+
+
+def test_non_finite_cached_gaussians_are_refused(tmp_path):
+    run, model = _checkpoint(tmp_path)
+    good = json.loads((run / "checkpoint.json").read_text())["rng"]
+    for bad in ({**good, "numpy": good["numpy"][:3] + [1, float("nan")]},
+                {**good, "python": good["python"][:2] + ["nan"]}):
+        with pytest.raises(CheckpointError, match="finite"):
+            set_rng_state(bad)
