@@ -8,8 +8,9 @@ weight decay 0.1, warmup then cosine decay, clipping 1.0), each trained for ``--
 - **Hyper-SET (causal energy)**: the causal conditional bi-softmax energy + ReLU feed-forward energy, one layer
   iterated T times (recurrent depth) with learned step sizes — ``ea.CausalAttention`` with Hyper-SET's one basis
   per head;
-- **CEM-style tied layer**: the same causal energy with separate query and key projections, tied as the gradient
-  implies (``interaction=ea.QueryKey()``; Causal Energy Minimization's weight-tied attention);
+- **CEM-style tied layer**: the same causal attention energy with separate query and key projections, tied as the
+  gradient implies (``interaction = "query-key"``, i.e. ``ea.QueryKey()``: Causal Energy Minimization's
+  weight-tied attention), and CEM's gated feed-forward with shared up/down projections (``gated-cem``);
 - **GPT**: the pre-norm causal Transformer (``arch = "transformer"``, L distinct blocks, one pass), its width
   chosen so that its parameter count is closest to Hyper-SET's.
 
@@ -34,7 +35,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from exp_common import match_width, n_params, record, seconds_per_step, table  # noqa: E402
 
-import energyarch as ea  # noqa: E402
 from energyarch.data.text import ByteWindows  # noqa: E402
 from energyarch.errors import EnergyArchError  # noqa: E402
 from energyarch.models import ModelConfig, build_model  # noqa: E402
@@ -49,17 +49,16 @@ ROOT = Path(__file__).resolve().parents[1]
 PROMPTS = ("def ", "class ", "    if ")
 
 
-def cem_attention(heads: int):
-    """The CEM-style tied attention energy, or None with the reason when this build cannot declare it.
+def cem_config(hyper: ModelConfig):
+    """The CEM-style tied layer as a config, or None with the reason when this build cannot declare it.
 
-    HOOK (CEM): ``ea.CausalAttention(..., interaction=ea.QueryKey())`` is provided by the causal energy compiler
-    (issue 9, item 2): separate query and key projections, value = key projection, output = query-projection
-    transpose. Change the declaration here if the interaction's name or arguments differ.
+    HOOK (CEM): the causal energy with CEM's weight-tied attention (``interaction = "query-key"``: separate query
+    and key projections, value = key projection, output = query-projection transpose, i.e.
+    ``ea.CausalAttention(..., interaction=ea.QueryKey())``) and CEM's gated feed-forward with shared up/down
+    projections (preset ``gated-cem``). Change it here if the declaration's names change.
     """
-    if not (hasattr(ea, "CausalAttention") and hasattr(ea, "QueryKey")):
-        return None, "ea.CausalAttention / ea.QueryKey are not in this build"
     try:
-        return ea.CausalAttention(f="log(x)/beta", K="exp(beta*s)", heads=heads, interaction=ea.QueryKey()), None
+        return replace(hyper, interaction="query-key", feedforward="gated-cem"), None
     except EnergyArchError as err:                                 # a declaration this build does not accept
         return None, f"{type(err).__name__}: {err}"
 
@@ -78,10 +77,9 @@ def model_configs(args, spec) -> tuple[dict, dict]:
         skipped["Hyper-SET (causal energy)"] = f"{type(err).__name__}: {err}"
         reference = None
     if "cem" in args.models:
-        attention, why = cem_attention(args.heads)
-        if attention is not None:
+        cem, why = cem_config(hyper)
+        if cem is not None:
             try:
-                cem = replace(hyper, attention=attention)
                 models["CEM-style tied layer"] = (match_width(reference, cem, spec, widths)
                                                   if reference is not None else cem)
             except EnergyArchError as err:
@@ -90,8 +88,8 @@ def model_configs(args, spec) -> tuple[dict, dict]:
             skipped["CEM-style tied layer"] = why
     if "gpt" in args.models:
         gpt = ModelConfig(arch="transformer", d=args.d, heads=args.heads, layers=args.gpt_layers, iters=1)
-        models[f"GPT ({args.gpt_layers} block{'s' if args.gpt_layers > 1 else ''})"] = (match_width(reference, gpt, spec, widths)
-                                                    if reference is not None else gpt)
+        label = f"GPT ({args.gpt_layers} block{'s' if args.gpt_layers > 1 else ''})"
+        models[label] = match_width(reference, gpt, spec, widths) if reference is not None else gpt
     if "hyperset" not in args.models:
         models.pop("Hyper-SET (causal energy)", None)
     return models, skipped
@@ -163,7 +161,7 @@ def main(argv=None) -> int:
         own = TextTask(ByteWindows(windows.data, args.seq_len, windows.starts[:n]), task.test_set, args.seq_len,
                        {**task.data_info, "train_windows": n})
         cfg = replace(cfg, warmup_steps=max(1, steps[label] // 20))
-        model = build_model(cfg.model, own.spec)           # kept for the samples (a CEM run has no config.toml)
+        model = build_model(cfg.model, own.spec)           # kept for the samples
         row = run(cfg, label, task=own, model=model)
         metrics = json.loads((Path(row["out_dir"]) / "metrics.json").read_text())
         speed = metrics["speed"]["epochs"]
