@@ -240,7 +240,7 @@ def test_training_page_lists_every_config_key(site):
 def test_paper_is_cited_and_version_shown(site):
     version = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]["version"]
     index = (site / "index.html").read_text(encoding="utf-8")
-    assert "2502.11646" in index and "@inproceedings{hu2026hyperset" in index
+    assert "2502.11646" in index and "hu2026hyperset" in index and "inproceedings" in index   # BibTeX (highlighted)
     assert "Yunzhe Hu" in index and "Difan Zou" in index and "Dong Xu" in index
     for page in ("index.html", "catalog/index.html", "reference/derive/index.html"):
         footer = (site / page).read_text(encoding="utf-8").split('class="md-footer', 1)[-1]
