@@ -246,7 +246,7 @@ def _check_name(name: str) -> str:
                                f"as 'attn' or 'ff'")
     import torch.nn as nn
 
-    if name.startswith("_") or hasattr(nn.ModuleDict, name):
+    if name.startswith("_") or hasattr(nn.ModuleDict(), name):   # an instance: 'training' is set in __init__
         raise DeclarationError(f"term name {name!r} is taken by torch.nn.ModuleDict (or private); choose another, "
                                f"e.g. 'attn_{name.strip('_') or 'x'}'")
     return name

@@ -407,6 +407,7 @@ def test_a_saturated_term_is_stationary_not_a_failed_descent():
 @pytest.mark.parametrize("make, error, match", [
     (lambda: ea.Attention(f="log(x)", K="exp(beta*s)", name="forward"), DeclarationError, "ModuleDict"),
     (lambda: ea.FeedForward(g="x", h="x", name="keys"), DeclarationError, "ModuleDict"),
+    (lambda: ea.FeedForward(g="x", h="x", name="training"), DeclarationError, "ModuleDict"),
     (lambda: ea.Attention(f="log(x)", K="exp(beta*s)", constraint=3), DeclarationError, "ea.Sphere"),
     (lambda: ea.compile(ea.FeedForward(g="x", h="x", width=2**40), d=8), CompileError, "limit"),
     (lambda: _step()(torch.randn(1, 3, 8), 0.1, weights=torch.ones(3)), ShapeError, "mapping"),
