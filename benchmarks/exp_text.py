@@ -131,7 +131,7 @@ def main(argv=None) -> int:
     base = TrainConfig(task="text", text_path=args.text_path, seq_len=args.seq_len, batch_size=args.batch_size,
                        lr=args.lr, min_lr=args.lr / 20, weight_decay=0.1, betas=(0.9, 0.95), grad_clip=1.0,
                        eval_every=0, seed=args.seed, data_seed=args.seed, limit_test=args.val_windows,
-                       limit_train=1,
+                       limit_train=8 * args.batch_size,      # enough for the step-time probe; runs get their own
                        progress=False, eval_iters=sweep, diagnostics_samples=0 if args.smoke else 64)
     task = build_task(base)
     models, skipped = model_configs(args, task.spec)
