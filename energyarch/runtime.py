@@ -284,7 +284,8 @@ class TermUpdate(nn.Module):
         Z_raw = self.coords(X, W)
         Z = self.normalize(Z_raw)
         G = self.constrain(self.grad_Z(Z), Z, Z_raw)                      # (..., H, N, p)
-        return -(G.transpose(-2, -3).flatten(-2) @ W.transpose(0, 1))    # (..., N, d)
+        # −Σ_h G_h W_hᵀ with the sign on W (d × H·p), not on the (..., N, d) result: exact, and one pass less
+        return G.transpose(-2, -3).flatten(-2) @ W.neg().transpose(0, 1)    # (..., N, d)
 
     def forward(self, X: Tensor, step: Union[float, Tensor] = 1.0, weight: Optional[Tensor] = None) -> Tensor:
         """One step ``X + step ⊙ direction(X)``; ``step`` broadcasts against ``(..., N, d)``.
@@ -467,7 +468,7 @@ class GatedTermUpdate(TermUpdate):
         U_raw = self.coords(X, W)
         U = self.normalize(U_raw)
         G = self.constrain(self.grad_Z(U, self.gate(X).detach()), U, U_raw)
-        return -(G.transpose(-2, -3).flatten(-2) @ W.transpose(0, 1))
+        return G.transpose(-2, -3).flatten(-2) @ W.neg().transpose(0, 1)
 
     def energy(self, X: Tensor, weight: Optional[Tensor] = None) -> Tensor:
         return self.energy_Z(self.normalize(self.coords(X, weight)), self.gate(X))
