@@ -258,6 +258,28 @@ def test_api_reference_hides_private_bases_and_rest_literal_blocks(site):
         assert not re.search(r"::</p>", text), f"{html}: a reST literal block marker '::' is shown"
 
 
+def test_getting_started_example_runs_as_written(tmp_path):
+    """The page's setup and five lines, run as a script with a tiny budget (1 epoch on 64 images): it compiles,
+    verifies, trains through the declared energy, prints its accuracy line, and the run folder reloads."""
+    page = (ROOT / "docs" / "getting-started.md").read_text(encoding="utf-8")
+    section = page[page.index("## A brand-new attention energy"):page.index("What each step gives you")]
+    blocks = re.findall(r"```python\n(.*?)```", section, re.DOTALL)
+    assert len(blocks) == 2, "the getting-started example should be a setup block and the five-line block"
+    code = "\n".join(blocks)
+    assert '"epochs=10"' in code
+    code = code.replace('"epochs=10"', '"epochs=1", "limit_train=64", "limit_test=64", "progress=false"')
+    code += ('\nfrom energyarch.train import load_run\nmodel, task, cfg2, state = load_run("runs/cauchy")\n'
+             'print("reloaded", type(model).__name__)\n')
+    script = tmp_path / "getting_started.py"
+    script.write_text(code, encoding="utf-8")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)}
+    proc = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert re.search(r"^test accuracy \d+\.\d% after 1 epochs \(chance 10%\)$", proc.stdout, re.MULTILINE), proc.stdout
+    assert "verification (paper mode" in proc.stdout and "reloaded" in proc.stdout
+
+
 # -------------------------------------------------------------------------------------------------------------
 # the checker itself and the docstring rewriting (no site build needed)
 # -------------------------------------------------------------------------------------------------------------
