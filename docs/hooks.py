@@ -125,8 +125,16 @@ def _expression_page(markdown: str) -> str:
     functions = "\n".join(rows) + (f"\n\nConstants: {constants}." if constants else "")
     limits = ["| limit | value |", "|---|---|"]
     limits += [f"| parser: {_plain(k.replace('_', ' '))} | {v:g} |" for k, v in getattr(expr, "LIMITS", {}).items()]
-    limits += [f"| symbolic path: {_plain(k.replace('_', ' '))} | {v:g} |"
-               for k, v in getattr(derive, "SYMBOLIC_BUDGET", {}).items()]
+    budget = getattr(derive, "SYMBOLIC_BUDGET", None)
+    if budget is None:   # where the derivation keeps it after the split into energyarch.derivation
+        try:
+            from energyarch.derivation.core import SYMBOLIC_BUDGET as budget
+        except ImportError:
+            budget = None
+    if not getattr(expr, "LIMITS", None) or not budget:
+        raise PluginError("the expression page lists the parser's LIMITS (energyarch.expr) and the symbolic budget "
+                          "(SYMBOLIC_BUDGET, energyarch.derive or energyarch.derivation.core); one was not found")
+    limits += [f"| symbolic path: {_plain(k.replace('_', ' '))} | {v:g} |" for k, v in budget.items()]
     markdown = markdown.replace(EXPR_FUNCTIONS, functions)
     return markdown.replace(EXPR_LIMITS, "\n".join(limits))
 
