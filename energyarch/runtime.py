@@ -102,23 +102,24 @@ def distance_softmax_sdpa(Z: Tensor, b: float) -> tuple[Tensor, Tensor]:
     ones, zeros = Z.new_ones(*batch, N, 1), Z.new_zeros(*batch, N, 1)
     with torch.no_grad():
         bound = abs(beta) * sq.amax() + (b * sq).amax().clamp_min(0)      # ≥ every score of a row
-    sink_v = Z.new_zeros(*batch, 1, p + 1)
+    sink_v = Z.new_zeros(*batch, 1, p + 2)
     sink_v[..., 0, p] = 1.0
-    v = torch.cat([torch.cat([Z, zeros], -1), sink_v], -2)               # (..., N+1, p+1)
+    # values as wide as queries and keys (p + 2): unequal head dims send SDPA to its N×N math backend on CPU
+    v = torch.cat([torch.cat([Z, zeros, zeros], -1), sink_v], -2)        # (..., N+1, p+2)
     # pass 1: scores β z_i·z_j + c_j and the row log-sum-exp L_i
     q1 = torch.cat([Z, ones, ones], -1)                                  # (..., N, p+2)
     sink_k1 = Z.new_zeros(*batch, 1, p + 2)
     sink_k1[..., 0, p] = bound / beta
     k1 = torch.cat([torch.cat([Z, b * sq / beta, zeros], -1), sink_k1], -2)
     out1 = F.scaled_dot_product_attention(q1, k1, v, scale=beta)
-    w1 = out1[..., p:]
+    w1 = out1[..., p:p + 1]
     P_Z = out1[..., :p] / (1 - w1)
     L = bound + torch.log1p(-w1) - torch.log(w1)                          # (..., N, 1)
     # pass 2: (Pᵀ Z)_k = Σ_i P_ik z_i with score log P_ik = β z_i·z_k + c_k − L_i; the sink (score 0) gives Σ_i P_ik
     q2 = torch.cat([Z, ones, b * sq / beta], -1)
     k2 = torch.cat([torch.cat([Z, -L / beta, ones], -1), Z.new_zeros(*batch, 1, p + 2)], -2)
     out2 = F.scaled_dot_product_attention(q2, k2, v, scale=beta)
-    w2 = out2[..., p:]
+    w2 = out2[..., p:p + 1]
     return P_Z + out2[..., :p] / w2, (1 - w2) / w2
 
 
