@@ -9,7 +9,11 @@ step* = the same forward under ``torch.no_grad()``. Layers, at B=8, d=256, H=4:
                       ``sdpa_threshold`` = 512 tokens, memory-linear ``bisoftmax_sdpa`` above) + ReLU FF;
   (b) ``generic``  -- ``ea.compile(E, d, path="autodiff")``: ``torch.func.grad`` of the same energy;
   (c) ``hand``     -- Hyper-SET Eq. 9 + Eq. 11 written out in plain torch below (materialised softmaxes);
-  (d) ``vanilla``  -- pre-norm Transformer block (RMSNorm, no bias, no dropout, MLP ratio 4, SDPA).
+  (d) ``vanilla``  -- pre-norm Transformer block (RMSNorm, no bias, no dropout, MLP ratio 4, SDPA);
+  (e) ``vanilla-ff1`` -- the same block with MLP ratio 1: the feed-forward width M = d of (a)-(c).
+
+FLOP parity (issue 11): each layer's analytic FLOPs of a training step (forward + backward, :func:`flops`) and
+its time per FLOP relative to the vanilla blocks (d) and (e).
 
 with ``E = Attention(f="log(x)/beta", K="exp(beta*s)", heads=4) + FeedForward(g="x", h="relu(x)**2/2",
 ratio=1)``, learnable scalar step sizes alpha = gamma = 0.1 for (a)-(c).
@@ -56,12 +60,13 @@ if str(ROOT) not in sys.path:  # run from a checkout without installing
 
 import energyarch as ea  # noqa: E402
 
-LAYERS = ("emitted", "generic", "hand", "vanilla")
+LAYERS = ("emitted", "generic", "hand", "vanilla", "vanilla-ff1")
 LABELS = {
     "emitted": "(a) emitted bi-softmax, path=auto",
     "generic": "(b) generic torch.func.grad, path=autodiff",
     "hand": "(c) hand-written Hyper-SET (Eq. 9 + 11)",
     "vanilla": "(d) vanilla pre-norm Transformer",
+    "vanilla-ff1": "(e) vanilla, FF width d (ratio 1)",
 }
 B, D, HEADS, ITERS, STEP = 8, 256, 4, 12, 0.1
 THREADS = 2
@@ -75,6 +80,7 @@ MEM_MODEL = {  # layer: (nn, nt); measured fits: emitted (2.0, 20), generic (1.1
     "generic": (1.5, 28.0),
     "hand": (2.5, 20.0),
     "vanilla": (0.0, 22.0),
+    "vanilla-ff1": (0.0, 22.0),
 }
 
 
@@ -168,9 +174,9 @@ class VanillaBlock(nn.Module):
 
 
 class VanillaRecurrent(nn.Module):
-    def __init__(self, d: int, heads: int, iters: int = ITERS):
+    def __init__(self, d: int, heads: int, iters: int = ITERS, mlp_ratio: int = 4):
         super().__init__()
-        self.block, self.iters = VanillaBlock(d, heads), iters
+        self.block, self.iters = VanillaBlock(d, heads, mlp_ratio), iters
 
     def forward(self, X: Tensor) -> Tensor:
         for _ in range(self.iters):
@@ -187,6 +193,8 @@ def build(layer: str, d: int = D, heads: int = HEADS, iters: int = ITERS, sdpa_t
         return HandHyperSET(d, heads, iters=iters)
     if layer == "vanilla":
         return VanillaRecurrent(d, heads, iters)
+    if layer == "vanilla-ff1":
+        return VanillaRecurrent(d, heads, iters, mlp_ratio=1)
     raise ValueError(f"unknown layer {layer!r}; choose from {LAYERS}")
 
 
@@ -220,6 +228,34 @@ def estimate_train_bytes(layer: str, N: int, sdpa_threshold: int = 512) -> float
     return ITERS * (nn_ * B * HEADS * N * N * 4 + nt * B * N * D * 4)
 
 
+def flops(layer: str, N: int, sdpa_threshold: int = 512) -> float:
+    """Analytic FLOPs of one training step (forward + backward) at batch B, width D, ITERS iterations.
+
+    Matrix products only (2mnk each; elementwise work — softmax, norms, activations — is not counted, the usual
+    convention), and backward = 2 × forward (a gradient for each operand of every product), so a training step
+    is 3 × the forward count. Per iteration, forward, with the sizes B, N, d and the FF width M:
+
+    - (a) emitted: coordinates ``XW`` and direction ``G Wᵀ`` 4BNd², Gram matrix and ``(P + Pᵀ)Φ`` 4BN²d
+      (dense, N ≤ ``sdpa_threshold``), or two SDPA passes of width p + 1, 8BN²(d + H) (above it); ReLU FF
+      ``XD`` and ``ReLU(U) Dᵀ`` 4BNdM with M = d;
+    - (b) generic: as (a), but the attention core is the Gram matrix and its vector–Jacobian product, 6BN²d;
+    - (c) hand: as (a) dense;
+    - (d), (e) vanilla: QKV and output projections 8BNd², attention 4BN²d, MLP 4BNdM with M = 4d or d.
+    """
+    proj, ff1 = 4 * B * N * D * D, 4 * B * N * D * D            # M = d for (a)-(c)
+    if layer in ("emitted", "hand"):
+        core = 8 * B * N * N * (D + HEADS) if layer == "emitted" and N > sdpa_threshold else 4 * B * N * N * D
+        fwd = proj + core + ff1
+    elif layer == "generic":
+        fwd = proj + 6 * B * N * N * D + ff1
+    elif layer in ("vanilla", "vanilla-ff1"):
+        ratio = 4 if layer == "vanilla" else 1
+        fwd = 8 * B * N * D * D + 4 * B * N * N * D + 4 * B * N * D * ratio * D
+    else:
+        raise ValueError(f"unknown layer {layer!r}; choose from {LAYERS}")
+    return 3.0 * ITERS * fwd
+
+
 def timed(fn, warmup: int, repeats: int, after=None) -> list[float]:
     """Wall times of ``repeats`` calls of ``fn`` after ``warmup`` untimed ones; ``after()`` runs untimed after each."""
     times = []
@@ -249,7 +285,7 @@ def _device_context(layer: str, device: str, precision: str):
     stack = contextlib.ExitStack()
     if precision == "bf16":
         stack.enter_context(torch.autocast(device_type=device, dtype=torch.bfloat16))
-    if device == "cuda" and precision == "bf16" and layer == "vanilla":
+    if device == "cuda" and precision == "bf16" and layer.startswith("vanilla"):
         from torch.nn.attention import SDPBackend, sdpa_kernel
 
         stack.enter_context(sdpa_kernel([SDPBackend.FLASH_ATTENTION]))
@@ -261,7 +297,7 @@ def measure(layer: str, N: int, repeats: int, warmup: int, inference: bool, seed
     torch.set_num_threads(THREADS)
     torch.manual_seed(seed)
     cuda = device == "cuda"
-    model = build(layer).to(device)
+    model = build(layer, D, HEADS, ITERS).to(device)
     X = torch.randn(B, N, D, device=device)
     params = [p for p in model.parameters() if p.requires_grad]
     out = {"layer": layer, "N": N, "params": sum(p.numel() for p in params)}
@@ -308,6 +344,12 @@ def measure(layer: str, N: int, repeats: int, warmup: int, inference: bool, seed
     return out
 
 
+def _set_sizes(batch: int, width: int, iters: int) -> None:
+    """Override the sizes B, D, ITERS of this process (``--batch``, ``--width``, ``--iters``)."""
+    global B, D, ITERS
+    B, D, ITERS = batch, width, iters
+
+
 def _one_main(argv: list[str]) -> None:
     """Entry point of the isolated process: measure one configuration, print one JSON line."""
     ap = argparse.ArgumentParser()
@@ -318,7 +360,11 @@ def _one_main(argv: list[str]) -> None:
     ap.add_argument("--no-inference", action="store_true")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--precision", default="fp32")
+    ap.add_argument("--batch", type=int, default=B)
+    ap.add_argument("--width", type=int, default=D)
+    ap.add_argument("--iters", type=int, default=ITERS)
     a = ap.parse_args(argv)
+    _set_sizes(a.batch, a.width, a.iters)
     res = measure(a.one, a.N, a.repeats, a.warmup, not a.no_inference, device=a.device, precision=a.precision)
     print("RESULT " + json.dumps(res), flush=True)
 
@@ -358,7 +404,8 @@ def run_isolated(layer: str, N: int, repeats: int, warmup: int, inference: bool,
         proc.join()
         return res
     cmd = [sys.executable, str(Path(__file__).resolve()), "--one", layer, "--N", str(N),
-           "--repeats", str(repeats), "--warmup", str(warmup), "--device", device, "--precision", precision] + \
+           "--repeats", str(repeats), "--warmup", str(warmup), "--device", device, "--precision", precision,
+           "--batch", str(B), "--width", str(D), "--iters", str(ITERS)] + \
         ([] if inference else ["--no-inference"])
     try:
         cp = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
@@ -406,6 +453,26 @@ def table(results: dict[tuple[str, int], dict], sizes: list[int], repeats: int, 
     return "\n".join(rows)
 
 
+def flop_table(results: dict[tuple[str, int], dict], sizes: list[int]) -> str:
+    """FLOP parity: analytic FLOPs of a training step (:func:`flops`) and time per FLOP against (d) and (e)."""
+    head = ["layer", "N", "GFLOP / step", "FLOPs ÷ (d)", "time ÷ (d)", "time/FLOP ÷ (d)", "time/FLOP ÷ (e)"]
+    rows = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
+    for N in sizes:
+        per_flop = {layer: results[(layer, N)]["train_min_s"] / flops(layer, N)
+                    for layer in LAYERS if "train_min_s" in results.get((layer, N), {})}
+        for layer in LAYERS:
+            if layer not in per_flop:
+                continue
+            t = results[(layer, N)]["train_min_s"]
+            tv = results.get(("vanilla", N), {}).get("train_min_s")
+            cells = [LABELS[layer], str(N), f"{flops(layer, N) / 1e9:,.1f}",
+                     f"{flops(layer, N) / flops('vanilla', N):.2f}", _ratio(t, tv).rstrip("×"),
+                     _ratio(per_flop[layer], per_flop.get("vanilla")).rstrip("×"),
+                     _ratio(per_flop[layer], per_flop.get("vanilla-ff1")).rstrip("×")]
+            rows.append("| " + " | ".join(cells) + " |")
+    return "\n".join(rows)
+
+
 def targets(results: dict[tuple[str, int], dict], sizes: list[int]) -> str:
     """The issue's targets, evaluated on this run."""
     lines = []
@@ -430,6 +497,12 @@ def targets(results: dict[tuple[str, int], dict], sizes: list[int]) -> str:
         else:
             why = results.get(("generic", N), {}).get("skipped") or results.get(("generic", N), {}).get("error")
             lines.append(f"- N={N}: emitted vs generic: not measured ({why or 'missing'})")
+    for N in sizes:   # issue 11: time per FLOP within 1.1× of the vanilla block's
+        te, tv = get("emitted", N, "train_min_s"), get("vanilla", N, "train_min_s")
+        if te and tv:
+            ratio = (te / flops("emitted", N)) / (tv / flops("vanilla", N))
+            lines.append(f"- N={N}: emitted time per FLOP ≤ 1.1× vanilla's: {ratio:.2f}× → "
+                         f"{'PASS' if ratio <= 1.1 else 'FAIL'}")
     big = [n for n in sizes if n >= 4096 and get("emitted", n, "train_mem")]
     small = [n for n in sizes if n < max(big, default=0) and get("emitted", n, "train_mem") and n > 512]
     if big and small:
@@ -466,10 +539,14 @@ def main(argv=None) -> int:
     ap.add_argument("--isolation", choices=("subprocess", "fork", "none"), default=None,
                     help="fresh process per configuration (default: subprocess; fork with --quick)")
     ap.add_argument("--timeout", type=float, default=3600.0, help="seconds per configuration")
+    ap.add_argument("--batch", type=int, default=B, help=f"batch size B (default {B})")
+    ap.add_argument("--width", type=int, default=D, help=f"model width d (default {D})")
+    ap.add_argument("--iters", type=int, default=ITERS, help=f"iterations per step (default {ITERS})")
     ap.add_argument("--output", default=None,
                     help="markdown file to write (default benchmarks/results/bench_layers.md; "
                          "none with --quick unless given; '' to disable)")
     a = ap.parse_args(argv)
+    _set_sizes(a.batch, a.width, a.iters)
     if a.quick:
         a.sizes, a.repeats, a.warmup = [64], 1, 1
     isolation = a.isolation or ("none" if a.device == "cuda" else "fork" if a.quick else "subprocess")
@@ -514,10 +591,11 @@ def main(argv=None) -> int:
                       f"{_mb(res['train_mem'])} MB{extra}  [{time.perf_counter() - t0:.0f} s wall, "
                       f"est. {est / 2**20:,.0f} MB]", flush=True)
 
-    report = (header + "\n" + table(results, a.sizes, a.repeats, inference)
-              + "\n\nTargets (this run):\n\n" + targets(results, a.sizes) + "\n")
-    print("\n" + table(results, a.sizes, a.repeats, inference) + "\n\nTargets (this run):\n\n"
-          + targets(results, a.sizes), flush=True)
+    body = (table(results, a.sizes, a.repeats, inference)
+            + "\n\nFLOP parity (analytic FLOPs of a training step, matrix products only; see flops()):\n\n"
+            + flop_table(results, a.sizes) + "\n\nTargets (this run):\n\n" + targets(results, a.sizes))
+    report = header + "\n" + body + "\n"
+    print("\n" + body, flush=True)
     if output:
         Path(output).parent.mkdir(parents=True, exist_ok=True)
         Path(output).write_text(report)

@@ -1,0 +1,44 @@
+"""The analytic FLOPs of benchmarks/bench_layers.py (FLOP parity, issue 11) against torch's own FLOP counter.
+
+``torch.utils.flop_counter.FlopCounterMode`` counts the matrix products that actually run in a training step
+(forward and backward). On the CPU it does not count scaled_dot_product_attention, so for the layers that call
+SDPA the attention products are added from their textbook count (QKᵀ and PV, 2 × 2BHN²p each way).
+"""
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_layers.py"
+
+
+@pytest.fixture
+def bl():
+    spec = importlib.util.spec_from_file_location("bench_layers_flops", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module._set_sizes(2, 32, 2)                      # B, d, iterations
+    return module
+
+
+@pytest.mark.parametrize("layer", ["emitted", "hand", "generic", "vanilla", "vanilla-ff1"])
+def test_flops_match_the_counted_products(bl, layer):
+    N, B, d, iters = 16, 2, 32, 2
+    torch.manual_seed(0)
+    model = bl.build(layer, d, 4, iters)
+    X = torch.randn(B, N, d, requires_grad=True)      # every product's two gradients are computed
+    with FlopCounterMode(display=False) as counter:
+        model(X).square().mean().backward()
+    sdpa = 3 * iters * 4 * B * N * N * d if layer.startswith("vanilla") else 0   # not counted on the CPU
+    assert counter.get_total_flops() + sdpa == bl.flops(layer, N)
+
+
+def test_emitted_sdpa_path_counts_two_passes(bl):
+    """Above sdpa_threshold the emitted layer's attention is two SDPA passes of width p + 1 over N + 1 keys."""
+    N, B, d, H = 24, 2, 32, 4
+    dense_part = bl.flops("emitted", N, sdpa_threshold=N)                     # dense: 4BN²d per iteration
+    sdpa_part = bl.flops("emitted", N, sdpa_threshold=N - 1)
+    assert sdpa_part - dense_part == 3 * 2 * (8 * B * N * N * (d + H) - 4 * B * N * N * d)
