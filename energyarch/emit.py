@@ -41,6 +41,7 @@ import torch
 
 from energyarch.runtime import TermUpdate, _logcosh, _step, bisoftmax_sdpa, pairwise_kernel, pairwise_kernel_grad
 from energyarch.runtime import distance_softmax_dense, distance_softmax_sdpa, sq_distances
+from energyarch.runtime import distance_row_logsumexp, row_logsumexp
 from energyarch.runtime import CausalTermUpdate, causal_mask, causal_prefix_outer, causal_softmax_sdpa
 from energyarch.runtime import GatedTermUpdate, cross_kernel, diag_kernel, sq_distances_qk
 from energyarch.blockwise import distance_couple, gram_couple, kernel_callable, kernel_on_distance, kernel_on_gram, pair_grad, pair_row_sum
@@ -50,6 +51,7 @@ from energyarch.blockwise import distance_couple, gram_couple, kernel_callable, 
 #: Names an emitted module may read besides its own locals and arguments.
 _GLOBALS = {"math", "torch", "self", "TermUpdate", "_logcosh", "_step", "bisoftmax_sdpa", "pairwise_kernel",
             "pairwise_kernel_grad", "distance_softmax_dense", "distance_softmax_sdpa", "sq_distances", "abs", "float",
+            "row_logsumexp", "distance_row_logsumexp",
             "CausalTermUpdate", "causal_mask", "causal_prefix_outer", "causal_softmax_sdpa", "cross_kernel",
             "diag_kernel", "sq_distances_qk",
             # blockwise evaluation above sdpa_threshold (energyarch.blockwise)

@@ -54,6 +54,16 @@ def bisoftmax_sdpa(Phi: Tensor, b: float) -> Tensor:
     Memory is O(N·p) and gradients are exact (SDPA's own backward).
     """
     *batch, N, p = Phi.shape
+    P_Phi, L, q, v = _row_softmax_sdpa(Phi, b)
+    k2 = torch.cat([torch.cat([Phi, -L / b], dim=-1), Phi.new_zeros(*batch, 1, p + 1)], dim=-2)
+    out2 = F.scaled_dot_product_attention(q, k2, v, scale=b)
+    Pt_Phi = out2[..., :p] / out2[..., p:]
+    return P_Phi + Pt_Phi
+
+
+def _row_softmax_sdpa(Phi: Tensor, b: float):
+    """Pass 1 of :func:`bisoftmax_sdpa`: ``(P Φ, L, q, v)`` with L the row log-sum-exp of ``b ΦΦᵀ`` (..., N, 1)."""
+    *batch, N, p = Phi.shape
     ones = Phi.new_ones(*batch, N, 1)
     zeros = Phi.new_zeros(*batch, N, 1)
     with torch.no_grad():
@@ -62,19 +72,28 @@ def bisoftmax_sdpa(Phi: Tensor, b: float) -> Tensor:
     sink_value[..., 0, p] = 1.0
     q = torch.cat([Phi, ones], dim=-1)                                   # (B, H, N, p+1)
     v = torch.cat([torch.cat([Phi, zeros], dim=-1), sink_value], dim=-2)  # (B, H, N+1, p+1)
-
     sink_key = Phi.new_zeros(*batch, 1, p + 1)
     sink_key[..., 0, p] = bound / b
     k1 = torch.cat([torch.cat([Phi, zeros], dim=-1), sink_key], dim=-2)
     out1 = F.scaled_dot_product_attention(q, k1, v, scale=b)             # (B, H, N, p+1)
     w_sink = out1[..., p:]                                               # e^c / (Σ_j e^{s_ij} + e^c)
-    P_Phi = out1[..., :p] / (1 - w_sink)
     L = bound + torch.log1p(-w_sink) - torch.log(w_sink)                 # (B, H, N, 1) row log-sum-exp
+    return out1[..., :p] / (1 - w_sink), L, q, v
 
-    k2 = torch.cat([torch.cat([Phi, -L / b], dim=-1), Phi.new_zeros(*batch, 1, p + 1)], dim=-2)
-    out2 = F.scaled_dot_product_attention(q, k2, v, scale=b)
-    Pt_Phi = out2[..., :p] / out2[..., p:]
-    return P_Phi + Pt_Phi
+
+def row_logsumexp(Phi: Tensor, b: float, threshold: int) -> Tensor:
+    """``log Σ_j exp(b Φ_i·Φ_j)``, shape (..., N): dense up to ``threshold`` tokens, one SDPA pass above it."""
+    if Phi.shape[-2] > threshold:
+        return _row_softmax_sdpa(Phi, b)[1].squeeze(-1)
+    return torch.logsumexp(b * (Phi @ Phi.transpose(-1, -2)), dim=-1)
+
+
+def distance_row_logsumexp(Z: Tensor, b: float, threshold: int) -> Tensor:
+    """``log Σ_j exp(b ‖z_i − z_j‖²)``, shape (..., N): dense up to ``threshold``, one SDPA pass above it."""
+    if Z.shape[-2] <= threshold:
+        return torch.logsumexp(b * sq_distances(Z), dim=-1)
+    # b r_ij = b‖z_i‖² + (−2b z_i·z_j + b‖z_j‖²): a row term plus a row-softmax with a per-key bias
+    return b * Z.pow(2).sum(-1) + _distance_pass1(Z, b)[1].squeeze(-1)
 
 
 def sq_distances(Z: Tensor) -> Tensor:
@@ -98,6 +117,20 @@ def distance_softmax_sdpa(Z: Tensor, b: float) -> tuple[Tensor, Tensor]:
     """
     *batch, N, p = Z.shape
     beta = -2.0 * b
+    P_Z, L, v, sq = _distance_pass1(Z, b)
+    ones = Z.new_ones(*batch, N, 1)
+    # pass 2: (Pᵀ Z)_k = Σ_i P_ik z_i with score log P_ik = β z_i·z_k + c_k − L_i; the sink (score 0) gives Σ_i P_ik
+    q2 = torch.cat([Z, ones, b * sq / beta], -1)
+    k2 = torch.cat([torch.cat([Z, -L / beta, ones], -1), Z.new_zeros(*batch, 1, p + 2)], -2)
+    out2 = F.scaled_dot_product_attention(q2, k2, v, scale=beta)
+    w2 = out2[..., p:p + 1]
+    return P_Z + out2[..., :p] / w2, (1 - w2) / w2
+
+
+def _distance_pass1(Z: Tensor, b: float):
+    """Pass 1 of :func:`distance_softmax_sdpa`: ``(P Z, L, v, ‖z‖²)``, L = log Σ_j exp(β z_i·z_j + c_j) (..., N, 1)."""
+    *batch, N, p = Z.shape
+    beta = -2.0 * b
     sq = Z.pow(2).sum(-1, keepdim=True)                                  # (..., N, 1)
     ones, zeros = Z.new_ones(*batch, N, 1), Z.new_zeros(*batch, N, 1)
     with torch.no_grad():
@@ -106,21 +139,13 @@ def distance_softmax_sdpa(Z: Tensor, b: float) -> tuple[Tensor, Tensor]:
     sink_v[..., 0, p] = 1.0
     # values as wide as queries and keys (p + 2): unequal head dims send SDPA to its N×N math backend on CPU
     v = torch.cat([torch.cat([Z, zeros, zeros], -1), sink_v], -2)        # (..., N+1, p+2)
-    # pass 1: scores β z_i·z_j + c_j and the row log-sum-exp L_i
-    q1 = torch.cat([Z, ones, ones], -1)                                  # (..., N, p+2)
+    q1 = torch.cat([Z, ones, ones], -1)                                  # (..., N, p+2): scores β z_i·z_j + c_j
     sink_k1 = Z.new_zeros(*batch, 1, p + 2)
     sink_k1[..., 0, p] = bound / beta
     k1 = torch.cat([torch.cat([Z, b * sq / beta, zeros], -1), sink_k1], -2)
     out1 = F.scaled_dot_product_attention(q1, k1, v, scale=beta)
     w1 = out1[..., p:p + 1]
-    P_Z = out1[..., :p] / (1 - w1)
-    L = bound + torch.log1p(-w1) - torch.log(w1)                          # (..., N, 1)
-    # pass 2: (Pᵀ Z)_k = Σ_i P_ik z_i with score log P_ik = β z_i·z_k + c_k − L_i; the sink (score 0) gives Σ_i P_ik
-    q2 = torch.cat([Z, ones, b * sq / beta], -1)
-    k2 = torch.cat([torch.cat([Z, -L / beta, ones], -1), Z.new_zeros(*batch, 1, p + 2)], -2)
-    out2 = F.scaled_dot_product_attention(q2, k2, v, scale=beta)
-    w2 = out2[..., p:p + 1]
-    return P_Z + out2[..., :p] / w2, (1 - w2) / w2
+    return out1[..., :p] / (1 - w1), bound + torch.log1p(-w1) - torch.log(w1), v, sq
 
 
 def bisoftmax_dense(Phi: Tensor, b: float) -> Tensor:

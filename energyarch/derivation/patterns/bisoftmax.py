@@ -54,7 +54,6 @@ class BiSoftmax(Pattern):
         a, b, c = dv.constants["a"], dv.constants["b"], dv.constants["c"]
         return [
             *phi_lines(dv, with_derivative=False),
-            "G = Phi @ Phi.transpose(-1, -2)                     # (B, H, N, N)",
-            f"log_S = torch.logsumexp({scaled(b, 'G')}, dim=-1){log_shift(c)}   # log Σ_j K, stable",
+            f"log_S = row_logsumexp(Phi, {code(b)}, self.sdpa_threshold){log_shift(c)}   # log Σ_j K: stable, SDPA when long",
             f"return {scaled(a, 'log_S')}.sum(dim=(-1, -2))",
         ]

@@ -54,7 +54,6 @@ class DistanceSoftmax(Pattern):
     def energy_lines(self, dv):
         a, b, c = dv.constants["a"], dv.constants["b"], dv.constants["c"]
         return [
-            "r = sq_distances(Z)                                 # (B, H, N, N): ‖z_i − z_j‖², as declared",
-            f"log_S = torch.logsumexp({scaled(b, 'r')}, dim=-1){log_shift(c)}   # log Σ_j K, stable",
+            f"log_S = distance_row_logsumexp(Z, {code(b)}, self.sdpa_threshold){log_shift(c)}   # log Σ_j K (SDPA when long)",
             f"return {scaled(a, 'log_S')}.sum(dim=(-1, -2))",
         ]
