@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 DOCS_PLUGINS = ("mkdocs", "material", "mkdocstrings", "mkdocstrings_handlers.python", "mkdocs_jupyter")
 EXPECTED_NOTEBOOKS = ("01_new_energy", "02_catalog", "03_train_and_inspect", "04_explore_alternatives",
-                      "05_constraint_modes")
+                      "05_constraint_modes", "06_causal_language_model")
 
 
 def _load_script(name: str, path: Path):
