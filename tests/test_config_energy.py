@@ -152,7 +152,9 @@ def test_cli_train_eval_resume_with_a_declared_energy(tmp_path, capsys, energy):
     assert recorded.model.attention == TrainConfig.from_toml_string(text).model.attention
     state = json.loads((out / STATE_FILE).read_text())
     assert state["config"]["model"]["attention"] == recorded.model.attention
-    assert main(base + ["--resume", "--no-report"]) == 0
+    assert main(["train", "--out", str(out), "--quiet"]) == 2               # neither --config nor --resume
+    # --resume without --config continues with the config the run recorded
+    assert main(["train", "--resume", "--out", str(out), "--quiet", "--no-report", "--set", "max_steps=0"]) == 0
     assert json.loads((out / STATE_FILE).read_text())["step"] == 2
     written = (out / "config.toml").read_text()
     assert main(["eval", "--checkpoint", str(out), "--iters", "1,2"]) == 0

@@ -125,6 +125,14 @@ def cmd_train(args) -> int:
     from .trainer import train
 
     setup_logging(args.quiet)
+    if args.config is None:
+        if not (args.resume and args.out):
+            raise ConfigError("train: give --config (a TOML file or a packaged name such as 'digits'), or "
+                              "--resume --out RUN_FOLDER to continue a run with the config it recorded")
+        recorded = Path(args.out) / "config.toml"
+        if not recorded.is_file():
+            raise ConfigError(f"train --resume --out {args.out}: no config.toml there; pass --config as well")
+        args.config = str(recorded)
     cfg = TrainConfig.load(resolve_config(args.config))
     overrides = list(args.set or [])
     if args.out:
@@ -192,7 +200,8 @@ def register(subparsers) -> None:
                                           "digits, sudoku_small, fashion_mnist, cifar10, sudoku_paper, "
                                           "text_small). Runs "
                                           "data-parallel under torchrun.")
-    p.add_argument("--config", required=True, help="TOML file, or a packaged config name such as 'digits'")
+    p.add_argument("--config", help="TOML file, or a packaged config name such as 'digits' (with --resume --out, "
+                                    "default: the config.toml the run recorded)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="override a setting, e.g. --set model.d=128 --set lr=3e-4 (repeatable)")
     p.add_argument("--resume", action="store_true", help="continue from the checkpoint in the output folder")
