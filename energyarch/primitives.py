@@ -160,7 +160,7 @@ class Kernel:
 
     - ``"inner"``: K = κ(Φ(x)·Φ(y)), ``expr`` in ``s``; Φ elementwise (identity when ``phi`` is None);
     - ``"distance"``: K = ρ(‖x − y‖²), ``expr`` in ``r``; on the sphere of radius R it is the inner-product
-      kernel κ(s) = ρ(2R² − 2s) (DESIGN, on-sphere reduction);
+      kernel κ(s) = ρ(2R² − 2s) in *value* (Eqs. 4–6); the step differentiates ‖x − y‖² as declared;
     - ``"callable"``: an opaque torch function ``fn(x, y) -> scalar`` on single vectors.
     """
 

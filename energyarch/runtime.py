@@ -5,7 +5,7 @@ An emitted module subclasses :class:`TermUpdate` and supplies two methods derive
 - ``grad_Z(Z)``: ∇_Z E of the term at the constrained coordinates ``Z`` (shape ``(B, H, N, p)``);
 - ``energy_Z(Z)``: the term's energy, shape ``(B,)``.
 
-:class:`TermUpdate` does the rest (Eqs. 8–11 of the paper, DESIGN "What compile means")::
+:class:`TermUpdate` does the rest (Eqs. 8–11 of the paper, docs: Concepts, "The emitted module")::
 
     Z_raw = X W_h                    (B, H, N, p)
     Z     = RMSNorm(Z_raw) · R/√p    on the sphere of radius R
@@ -43,7 +43,7 @@ def bisoftmax_sdpa(Phi: Tensor, b: float) -> Tensor:
     """(P + Pᵀ) Φ with P = row-softmax(b ΦΦᵀ), without forming the N×N matrix.
 
     Two calls of :func:`torch.nn.functional.scaled_dot_product_attention` with one extra coordinate and
-    one extra "sink" key (DESIGN, implementation facts):
+    one extra "sink" key (an energyarch construction, not in the paper):
 
     1. ``P Φ`` and the row log-sum-exp ``L``: keys ``[Φ_j, 0]`` plus a sink ``[0, c/b]`` of score ``c``
        (an upper bound of every score, so nothing underflows) with value ``[0, 1]``. The sink channel

@@ -303,3 +303,9 @@ def test_literal_blocks_become_fences():
     text = "Intro ``K``::\n\n    a = b\n      c\n\nafter\n\nNo block::\nprose"
     assert docs.fence_literal_blocks(text) == ("Intro ``K``:\n\n```text\na = b\n  c\n```\n\nafter\n\n"
                                               "No block::\nprose")
+
+
+def test_site_cites_published_sources_not_internal_notes(site):
+    """The API reference and catalog cite the paper and the docs, never the project's unpublished design notes."""
+    hits = [html.relative_to(site) for html in site.rglob("*.html") if "DESIGN" in html.read_text(encoding="utf-8")]
+    assert not hits, f"pages mentioning DESIGN: {hits}"

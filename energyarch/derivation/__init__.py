@@ -3,7 +3,7 @@
     declaration (energy.py) → derivation (this package: a family, then the first registered pattern that
     matches) → emitted module (emit.py, the pattern's lowering) → runtime (runtime.py)
 
-Symbolic path (DESIGN, "General closed form"): with ``S_k = Σ_j K(z_k, z_j)`` and an inner-product kernel
+Symbolic path (the gradient of Eq. 19; docs: Concepts, "Two derivation paths"): with ``S_k = Σ_j K(z_k, z_j)`` and an inner-product kernel
 ``K = κ(Φ(x)·Φ(y))``::
 
     ∇_Z E = Φ'(Z) ⊙ (C Φ(Z)),   C_kj = [f'(S_k) + f'(S_j)] κ'(s_kj)

@@ -1,4 +1,4 @@
-"""Family: causal conditional attention (CEM; Hyper-SET App. H.4, direction 1; DESIGN "Causal conditional
+"""Family: causal conditional attention (CEM; Hyper-SET App. H.4, direction 1; docs: Concepts, "Causal conditional
 energies").
 
 Token t descends its own conditional energy, the other tokens held fixed::
@@ -8,7 +8,7 @@ Token t descends its own conditional energy, the other tokens held fixed::
     ∂E_t/∂q_t = f'(S_t) Σ_{s≤t} ∂₁K(q_t, k_s)          (query role)
     ∂E_t/∂k_t = f'(S_t) ∂₂K(q_t, k_t)                  (x_t's key role in its own term: the self-term)
 
-With one basis per head q = k = z and the two add (DESIGN); with other interactions each goes back through its
+With one basis per head q = k = z and the two add; with other interactions each goes back through its
 own projection. ``self_term='stopped'`` drops the second. The generic path differentiates
 ``Σ_t f(Σ_{s<t} K(q_t, sg(k_s)) + K(q_t, k_t))`` (sg = stop-gradient): its value is Σ_t E_t and its gradient is
 exactly the per-token update above.

@@ -3,7 +3,7 @@
 An interaction is a small registered piece (one file each). With queries q = proj_Q(x) and keys k = proj_K(x)
 on their constraint sets, an energy's paper-semantics gradient gives coordinate gradients G_q, G_k; the
 interaction's ``pullback`` maps them to token space — which fixes the value and output projections: a layer's
-"tying" is derived, not chosen (DESIGN, Interactions).
+"tying" is derived, not chosen (docs: Concepts, "Interactions").
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 With q = RMSNorm(x W_Q,h), k = RMSNorm(x W_K,h) and K(x_t, x_s) = κ(q_t·k_s), the paper-semantics gradient of
 token t's conditional energy is ``W_Q,h Σ_s f'(S_t) κ'(q_t·k_s) k_s + W_K,h f'(S_t) κ'(q_t·k_t) q_t``: the
-value is the key projection and the output is the query projection's transpose (DESIGN, Interactions).
+value is the key projection and the output is the query projection's transpose (docs: Concepts, "Interactions").
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Solvers: the update rule of a layer, one registered piece per file (DESIGN, "Solvers").
+"""Solvers: the update rule of a layer, one registered piece per file (heavy ball, Nesterov, RMSProp, Adam; see the training guide).
 
     gd          x ← x − α g                                     (default; the paper's step)
     momentum    v ← μ v − α g;            x ← x + v             (heavy ball)

@@ -1,6 +1,6 @@
 """The solver of a layer: how one term's direction becomes an increment of X, with state carried across iterations.
 
-A layer is an energy *and* the optimiser that descends it (DESIGN, "Solvers"). Each solver is one small frozen
+A layer is an energy *and* the optimiser that descends it (docs: Benchmarks and Training, "Solvers"). Each solver is one small frozen
 dataclass registered by name with :func:`register_solver`; :class:`~energyarch.compile.EnergyStep` calls three
 methods per term and iteration (``d`` is the term's descent direction −g as defined by the constraint mode,
 ``alpha`` its step size, ``state`` the term's own dict of tensors)::

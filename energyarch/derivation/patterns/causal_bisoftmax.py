@@ -1,4 +1,4 @@
-"""Pattern: causal bi-softmax. f = a·log, κ = c·exp(b s) ⇒ per token t (DESIGN, causal)::
+"""Pattern: causal bi-softmax. f = a·log, κ = c·exp(b s) ⇒ per token t (docs: Concepts, "Causal conditional energies")::
 
     ∂E_t/∂q_t = a b Σ_{s≤t} P_ts Φ(k_s),   ∂E_t/∂k_t = a b P_tt Φ(q_t),   P = causal row-softmax(b Φ_q Φ_kᵀ)
 

@@ -1,4 +1,4 @@
-"""Pattern: any distance kernel K = ρ(‖x − y‖²) — the gradient of the energy as declared (DESIGN)::
+"""Pattern: any distance kernel K = ρ(‖x − y‖²) — the gradient of the energy as declared (docs: Concepts, "Two derivation paths")::
 
     ∇_{z_k} E = 2 Σ_j C_kj (z_k − z_j) = 2 (diag(C1) Z − C Z),   C_kj = [f'(S_k) + f'(S_j)] ρ'(r_kj)
 

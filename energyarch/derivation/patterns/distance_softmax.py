@@ -1,6 +1,6 @@
 """Pattern: distance softmax. K = c·exp(b ‖x − y‖²), f = a·log (e.g. RBF with log).
 
-The gradient of the declared energy (DESIGN, distance kernel)::
+The gradient of the declared energy (docs: Concepts, pattern "distance kernel")::
 
     ∇_Z E = 2ab [(1 + Pᵀ1) ⊙ Z − (P + Pᵀ) Z],   P = row-softmax(b R),  R_kj = ‖z_k − z_j‖²
 
