@@ -96,7 +96,8 @@ def _short(text: str, n: int = 150) -> str:
     """One markdown-safe line: control characters escaped (repr), pipes escaped, at most n characters."""
     text = repr(str(text))[1:-1]
     text = text if len(text) <= n else text[: n - 1] + "…"
-    return text.replace("|", "\\|")
+    # pipes would split the cell; brackets would read as (reference) links, e.g. "x[...][0]"
+    return text.replace("|", "\\|").replace("[", "\\[").replace("]", "\\]")
 
 
 def _error_outcome(err: BaseException, project_word: str) -> dict:

@@ -120,7 +120,14 @@ class CausalAttention(Attention):
     the other tokens held fixed. There is no single global energy; ``energy`` reports Σ_t E_t.
 
     Args:
-        f, K, heads, phi, constraint, beta, radius, name: as :class:`Attention`.
+        f: outer scalar function, as in :class:`Attention`.
+        K: kernel, as in :class:`Attention`.
+        heads: number of heads H.
+        phi: optional elementwise feature map Φ (inner-product kernels).
+        constraint: the sphere of the coordinates (default radius √p).
+        beta: value of the symbol ``beta`` (default 1/√p).
+        name: term name.
+        radius: shorthand for ``constraint=Sphere(radius)``.
         interaction: how queries and keys come from the tokens (:mod:`energyarch.interactions`):
             ``SharedBasis()`` (default; Hyper-SET's one basis per head), ``QueryKey()`` (CEM's weight-tied
             attention) or ``DiagLowRank(rank)``.
@@ -207,7 +214,11 @@ class GatedFeedForward(_Term):
 
     Args:
         h: the element-wise function (expression in ``x``, sympy, :class:`Scalar` or torch callable).
-        width / ratio / constraint / radius / name: as :class:`FeedForward`.
+        width: M; default ``ratio * d``.
+        ratio: M / d when ``width`` is not given.
+        constraint: the sphere of the coordinates ``Dᵀx`` (default radius √M).
+        name: term name.
+        radius: shorthand for ``constraint=Sphere(radius)``.
     """
 
     h: Scalar
