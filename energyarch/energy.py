@@ -161,6 +161,22 @@ class CausalAttention(Attention):
     family = "causal attention"
 
 
+def _init_width_terms(term, where: str, h, width, ratio, constraint, radius, name) -> None:
+    """Validate and set the fields the feed-forward terms share: h, width / ratio, the sphere, the name."""
+    if width is not None and (not isinstance(width, int) or isinstance(width, bool) or width < 1):
+        raise DeclarationError(f"{where}: width={width!r} must be a positive integer or None")
+    if not (_real(ratio) and 0 < ratio < 1e6):
+        raise DeclarationError(f"{where}: ratio={ratio!r} must be a positive number")
+    if constraint is not None and radius is not None:
+        raise DeclarationError(f"{where}: give either constraint= or radius=, not both")
+    _check_sphere(constraint, where)
+    object.__setattr__(term, "h", as_scalar(h, "h"))
+    object.__setattr__(term, "width", width)
+    object.__setattr__(term, "ratio", float(ratio))
+    object.__setattr__(term, "constraint", constraint or Sphere(radius))
+    object.__setattr__(term, "name", _check_name(name))
+
+
 @dataclass(frozen=True)
 class FeedForward(_Term):
     """E_FF = − Σ_i g(Σ_m h(d_mᵀ x_i)) with M basis vectors (Eq. 20).
@@ -183,19 +199,8 @@ class FeedForward(_Term):
 
     def __init__(self, g, h, width: Optional[int] = None, ratio: float = 1.0,
                  constraint: Optional[Sphere] = None, name: str = "ff", radius: Optional[float] = None):
-        if width is not None and (not isinstance(width, int) or isinstance(width, bool) or width < 1):
-            raise DeclarationError(f"FeedForward: width={width!r} must be a positive integer or None")
-        if not (_real(ratio) and 0 < ratio < 1e6):
-            raise DeclarationError(f"FeedForward: ratio={ratio!r} must be a positive number")
-        if constraint is not None and radius is not None:
-            raise DeclarationError("FeedForward: give either constraint= or radius=, not both")
-        _check_sphere(constraint, "FeedForward")
         object.__setattr__(self, "g", as_scalar(g, "g"))
-        object.__setattr__(self, "h", as_scalar(h, "h"))
-        object.__setattr__(self, "width", width)
-        object.__setattr__(self, "ratio", float(ratio))
-        object.__setattr__(self, "constraint", constraint or Sphere(radius))
-        object.__setattr__(self, "name", _check_name(name))
+        _init_width_terms(self, "FeedForward", h, width, ratio, constraint, radius, name)
 
     family = "feedforward"
 
@@ -229,23 +234,10 @@ class GatedFeedForward(_Term):
 
     def __init__(self, h, width: Optional[int] = None, ratio: float = 1.0, constraint: Optional[Sphere] = None,
                  name: str = "ff", radius: Optional[float] = None):
-        if width is not None and (not isinstance(width, int) or isinstance(width, bool) or width < 1):
-            raise DeclarationError(f"GatedFeedForward: width={width!r} must be a positive integer or None")
-        if not (_real(ratio) and 0 < ratio < 1e6):
-            raise DeclarationError(f"GatedFeedForward: ratio={ratio!r} must be a positive number")
-        if constraint is not None and radius is not None:
-            raise DeclarationError("GatedFeedForward: give either constraint= or radius=, not both")
-        _check_sphere(constraint, "GatedFeedForward")
-        object.__setattr__(self, "h", as_scalar(h, "h"))
-        object.__setattr__(self, "width", width)
-        object.__setattr__(self, "ratio", float(ratio))
-        object.__setattr__(self, "constraint", constraint or Sphere(radius))
-        object.__setattr__(self, "name", _check_name(name))
+        _init_width_terms(self, "GatedFeedForward", h, width, ratio, constraint, radius, name)
 
     family = "gated feedforward"
-
-    def resolve_width(self, d: int) -> int:
-        return self.width if self.width is not None else max(1, int(round(self.ratio * d)))
+    resolve_width = FeedForward.resolve_width
 
 
 Term = Union[Attention, FeedForward, GatedFeedForward]
