@@ -170,7 +170,8 @@ def pair_reduce(fn: Callable[[list, list], Tensor], rows: Sequence[Tensor], cols
         fn: ``fn(row_tiles, col_tiles)`` → ``(..., T_rows, m)``: the contribution of one block of pairs, already
             summed over that block's columns. Every tensor it depends on must come in through ``rows``/``cols``
             (a tensor it closes over receives no gradient).
-        rows, cols: tensors of shape ``(..., N, k)`` (same batch dimensions; ``cols`` defaults to ``rows``).
+        rows: tensors of shape ``(..., N, k)`` (the query side).
+        cols: tensors of shape ``(..., N, k)`` with the same batch dimensions (the key side; default ``rows``).
         per_pair: values per pair kept alive by ``fn`` (sizes the tile, see :func:`tile_size`).
 
     Returns ``(..., N, m)``; differentiable once w.r.t. every input (exact gradients, tiles recomputed).
