@@ -29,7 +29,7 @@ from energyarch.train.cli import setup_logging  # noqa: E402
 from energyarch.train.evaluate import adaptive_depth  # noqa: E402
 from energyarch.train.trainer import load_run  # noqa: E402
 
-SOLVERS = [("gd", {}), ("momentum", {"momentum": 0.9}), ("nesterov", {"momentum": 0.9}), ("adam", {})]
+SOLVERS = [("gd", {}), ("momentum", {"momentum": 0.9}), ("nesterov", {"momentum": 0.9}), ("rmsprop", {}), ("adam", {})]
 RULES = {"learned": {}, "safe": {"steps": "bounded", "max_step": 0.2, "backtrack": 3}}
 TOLS = [1e-2, 1e-3, 1e-4]
 
@@ -110,7 +110,7 @@ def main(argv=None) -> int:
             f"cell accuracy. 'safe' = steps='bounded' (α = 0.2·sigmoid(raw), secant-curvature cap) + backtrack=3 at "
             f"inference. Momentum 0.9 (heavy ball, Nesterov); Adam (0.9, 0.96).\n\n" + table(rows, cols))
     print(text)
-    print("recorded in", record(args.out, "Solvers: gd vs heavy ball vs Nesterov vs Adam", rows, text))
+    print("recorded in", record(args.out, "Solvers: gd vs heavy ball vs Nesterov vs RMSProp vs Adam", rows, text))
     return 0
 
 
