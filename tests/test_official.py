@@ -12,20 +12,11 @@ from energyarch.errors import CheckpointError, ConfigError
 from energyarch.models import ModelConfig, TaskSpec, build_model
 from energyarch.models.official import load_official, official_config, read_official
 from energyarch.models.stepsizes import StepSizeNet
+from test_models import wake_up  # random, non-zero step sizes (the output layer starts at zero)
 
 D, H, V, N, C, TE = 16, 2, 10, 9, 9, 8
 P, M = D // H, 4 * D
 TOKENS = TaskSpec(vocab_size=V, seq_len=N, num_outputs=C)
-
-
-def awake(model):
-    """Random, non-zero step sizes (the step-size output layer starts at zero)."""
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, StepSizeNet):
-                m.out.weight.normal_(0, 0.1)
-                m.out.bias.uniform_(0.05, 0.2)
-    return model
 
 
 def official_sudoku_state_dict(layers=1, seed=0, dtype=torch.float64):
@@ -144,7 +135,7 @@ def test_uniform_gain_is_a_radius():
     """g = c·1 on the attention sphere and g = c'·1 on the feed-forward sphere equal radii c√p and c'√M."""
     c, c2 = 1.7, 0.6
     torch.manual_seed(0)
-    gained = awake(build_model(ModelConfig(d=D, heads=H, iters=3, time_freq=TE, norm_gain=True), TOKENS)).double()
+    gained = wake_up(build_model(ModelConfig(d=D, heads=H, iters=3, time_freq=TE, norm_gain=True), TOKENS)).double()
     with torch.no_grad():
         gained.backbone.layers[0].gains["attn"].fill_(c)
         gained.backbone.layers[0].gains["ff"].fill_(c2)
@@ -167,7 +158,7 @@ def test_uniform_gain_is_a_radius():
 
 def test_gains_off_by_default_and_unit_gains_change_nothing():
     torch.manual_seed(0)
-    base = awake(build_model(ModelConfig(d=D, heads=H, iters=3, time_freq=TE), TOKENS))
+    base = wake_up(build_model(ModelConfig(d=D, heads=H, iters=3, time_freq=TE), TOKENS))
     assert not any(".gains." in k for k in base.state_dict())
     unit = build_model(ModelConfig(d=D, heads=H, iters=3, time_freq=TE, norm_gain=True), TOKENS)
     unit.load_state_dict(base.state_dict(), strict=False)
