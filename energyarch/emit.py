@@ -44,6 +44,7 @@ from energyarch.runtime import distance_softmax_dense, distance_softmax_sdpa, sq
 from energyarch.runtime import distance_row_logsumexp, row_logsumexp
 from energyarch.runtime import CausalTermUpdate, causal_mask, causal_prefix_outer, causal_softmax_sdpa
 from energyarch.runtime import GatedTermUpdate, cross_kernel, diag_kernel, sq_distances_qk
+from energyarch.runtime import causal_apply, causal_gram, causal_sq_distances
 from energyarch.blockwise import distance_couple, gram_couple, kernel_callable, kernel_on_distance, kernel_on_gram, pair_grad, pair_row_sum
 
 """
@@ -53,7 +54,7 @@ _GLOBALS = {"math", "torch", "self", "TermUpdate", "_logcosh", "_step", "bisoftm
             "pairwise_kernel_grad", "distance_softmax_dense", "distance_softmax_sdpa", "sq_distances", "abs", "float",
             "row_logsumexp", "distance_row_logsumexp",
             "CausalTermUpdate", "causal_mask", "causal_prefix_outer", "causal_softmax_sdpa", "cross_kernel",
-            "diag_kernel", "sq_distances_qk",
+            "diag_kernel", "sq_distances_qk", "causal_apply", "causal_gram", "causal_sq_distances",
             # blockwise evaluation above sdpa_threshold (energyarch.blockwise)
             "distance_couple", "gram_couple", "kernel_callable", "kernel_on_distance", "kernel_on_gram", "pair_grad",
             "pair_row_sum"}

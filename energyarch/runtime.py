@@ -374,9 +374,14 @@ def causal_softmax_sdpa(Phi_q: Tensor, Phi_k: Tensor, b: float) -> tuple[Tensor,
     One call of ``F.scaled_dot_product_attention(..., is_causal=True)`` (FlashAttention on GPU, memory linear
     in N): a dummy first query and a "sink" first key, seen by every query, with score c_t ≥ every score of
     row t and value [0, 1]; its share of the output gives L. c_t = |b| ‖Φ_q,t‖ max_{s≤t} ‖Φ_k,s‖ uses tokens
-    s ≤ t only, so row t is exactly independent of later tokens.
+    s ≤ t only, so row t is exactly independent of later tokens. A key holding inf or NaN is replaced by zeros
+    before the call (0·inf in the fused kernel would carry it into earlier rows), and the rows that see it,
+    s ≤ t, are set to NaN: non-finite by right, and never finite by accident.
     """
     *batch, N, p = Phi_q.shape
+    bad = ~torch.isfinite(Phi_k).all(dim=-1, keepdim=True)                           # (..., N, 1)
+    seen = torch.cumsum(bad.to(torch.int32), dim=-2) > 0                              # some s ≤ t is bad
+    Phi_k = torch.where(bad, 0, Phi_k)
     with torch.no_grad():
         c = abs(b) * Phi_q.norm(dim=-1, keepdim=True) * torch.cummax(Phi_k.norm(dim=-1, keepdim=True), dim=-2).values
     zero_row = Phi_q.new_zeros(*batch, 1, p + 1)
@@ -387,7 +392,8 @@ def causal_softmax_sdpa(Phi_q: Tensor, Phi_k: Tensor, b: float) -> tuple[Tensor,
     v = torch.cat([sink, torch.cat([Phi_k, Phi_k.new_zeros(*batch, N, 1)], dim=-1)], dim=-2)
     out = F.scaled_dot_product_attention(q, k, v, scale=b, is_causal=True)[..., 1:, :]   # drop the dummy query
     w = out[..., p:]                                                                      # e^c / (Σ_s e^{score} + e^c)
-    return out[..., :p] / (1 - w), c + torch.log1p(-w) - torch.log(w)
+    PK, L = out[..., :p] / (1 - w), c + torch.log1p(-w) - torch.log(w)
+    return torch.where(seen, math.nan, PK), torch.where(seen, math.nan, L)
 
 
 def causal_prefix_outer(Phi_q: Tensor, Phi_k: Tensor) -> Tensor:
@@ -396,11 +402,54 @@ def causal_prefix_outer(Phi_q: Tensor, Phi_k: Tensor) -> Tensor:
     return (A @ Phi_q.unsqueeze(-1)).squeeze(-1)
 
 
-def cross_kernel(K, Q: Tensor, Kk: Tensor) -> Tensor:
-    """``K(q_t, k_s)`` for an opaque kernel on single vectors, shape ``(..., N, N)``."""
+def cross_kernel(K, Q: Tensor, Kk: Tensor, mask: Optional[Tensor] = None) -> Tensor:
+    """``K(q_t, k_s)`` for an opaque kernel on single vectors, shape ``(..., N, N)``.
+
+    With a boolean ``mask`` (N, N), a pair the mask removes is never evaluated on its tokens: both inputs are
+    replaced by zeros *before* the kernel and its value by 0 after it (``torch.where``, a selection), so neither
+    its value nor its gradient reaches any token, even when the kernel overflows there (inf, NaN).
+    """
     fq, fk = Q.reshape(-1, *Q.shape[-2:]), Kk.reshape(-1, *Kk.shape[-2:])
-    rows = torch.vmap(torch.vmap(K, in_dims=(None, 0)), in_dims=(0, None))
-    return torch.vmap(rows)(fq, fk).reshape(*Q.shape[:-1], Kk.shape[-2])
+    if mask is None:
+        rows = torch.vmap(torch.vmap(K, in_dims=(None, 0)), in_dims=(0, None))
+        return torch.vmap(rows)(fq, fk).reshape(*Q.shape[:-1], Kk.shape[-2])
+
+    def pair(q: Tensor, k: Tensor, m: Tensor) -> Tensor:
+        return torch.where(m, K(torch.where(m, q, 0), torch.where(m, k, 0)), 0)
+
+    rows = torch.vmap(torch.vmap(pair, in_dims=(None, 0, 0)), in_dims=(0, None, 0))
+    return torch.vmap(rows, in_dims=(0, 0, None))(fq, fk, mask).reshape(*Q.shape[:-1], Kk.shape[-2])
+
+
+def causal_gram(A: Tensor, B: Tensor, mask: Tensor) -> Tensor:
+    """``A Bᵀ`` (..., N, N) whose row t never depends on a row s of B that the mask hides from t.
+
+    A plain matmul's backward multiplies the zero gradient of a masked pair by ``b_s``: 0·inf = NaN when a later
+    token holds inf or NaN. Here non-finite rows of B are replaced by zeros, and the raw product is kept only for
+    the rows that see such a token (their own values are then non-finite by right); ``torch.where`` is a selection
+    in both passes.
+    """
+    bad = ~torch.isfinite(B).all(dim=-1)                                  # (..., N) non-finite keys
+    seen = (bad.unsqueeze(-2) & mask).any(dim=-1, keepdim=True)           # (..., N, 1) row t sees one
+    clean = A @ torch.where(bad.unsqueeze(-1), 0, B).transpose(-1, -2)
+    raw = torch.where(seen, A, 0) @ B.transpose(-1, -2)
+    return torch.where(seen & bad.unsqueeze(-2), raw, clean)
+
+
+def causal_apply(C: Tensor, V: Tensor, mask: Tensor) -> Tensor:
+    """``C V`` for a causal weight matrix C (zero where ``mask`` is False): row t never depends on a row of V
+    the mask hides from t, even an inf or NaN one (0·inf would otherwise be NaN); see :func:`causal_gram`."""
+    bad = ~torch.isfinite(V).all(dim=-1)
+    seen = (bad.unsqueeze(-2) & mask).any(dim=-1, keepdim=True)
+    clean = C @ torch.where(bad.unsqueeze(-1), 0, V)
+    return torch.where(seen, torch.where(seen, C, 0) @ V, clean)
+
+
+def causal_sq_distances(Q: Tensor, K: Tensor, mask: Tensor) -> Tensor:
+    """``r_ts = ‖q_t − k_s‖²`` like :func:`sq_distances_qk`, the cross term by :func:`causal_gram` (row t never
+    depends on a key the mask hides from it) and hidden pairs set to 0."""
+    r = (Q.pow(2).sum(-1).unsqueeze(-1) + K.pow(2).sum(-1).unsqueeze(-2) - 2 * causal_gram(Q, K, mask)).clamp_min(0)
+    return torch.where(mask, r, 0)
 
 
 def diag_kernel(K, Q: Tensor, Kk: Tensor) -> Tensor:

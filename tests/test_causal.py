@@ -171,3 +171,76 @@ def test_causal_constraint_modes_verify(mode):
     step = ea.compile(ea.CausalAttention(f="log(x)/beta", K="exp(beta*s)", heads=2, interaction=ea.QueryKey()),
                       d=8, mode=mode)
     assert ea.verify(step).ok
+
+
+# ------------------------------------------------------------------------------------------------------------
+# causality whatever the values (issue 16, class 1): overflowing pairs and non-finite later tokens
+# ------------------------------------------------------------------------------------------------------------
+
+def _overflow_kernel(x, y):
+    """Finite on a token with itself (value 1) and between unaligned tokens; overflows for aligned large ones."""
+    return torch.exp(40 * (x * y).sum() - 40 * (x * x).sum())
+
+
+NONFINITE_DECLARATIONS = [dict(f=f, K=K, **extra) for f, K, extra, _ in CASES] + [
+    dict(f="log(x)", K=ea.Kernel.from_torch(_kernel, "mine", symmetric=False)),
+    dict(f="log(x)", K=ea.Kernel.from_torch(_overflow_kernel, "overflowing", symmetric=False)),
+    dict(f=torch.log, K="exp(beta*s)"), dict(f=torch.log, K="exp(-r/8)"),
+    dict(f="log(x)", K="exp(beta*s)", phi=torch.sigmoid)]
+
+
+def _past_is_unchanged(step, X, Y, t):
+    """Tokens ≤ t of the update are bit-for-bit the same for inputs that agree on tokens ≤ t."""
+    assert torch.equal(X[:, :t + 1], Y[:, :t + 1])
+    a, b = step(X, 0.1)[:, :t + 1], step(Y, 0.1)[:, :t + 1]
+    assert torch.equal(a, b), f"tokens ≤ {t} changed: {a} vs {b}"
+
+
+@pytest.mark.parametrize("declaration", NONFINITE_DECLARATIONS,
+                         ids=[f"{i}" for i in range(len(NONFINITE_DECLARATIONS))])
+def test_causality_holds_when_a_later_token_is_not_finite(declaration):
+    step = ea.compile(ea.CausalAttention(heads=2, **declaration), d=8, dtype=torch.float64)
+    X = torch.randn(2, 5, 8, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    assert torch.isfinite(step(X, 0.1)).all()
+    for t in (0, 2):
+        for value in (math.inf, -math.inf, math.nan, 1e300):
+            Y = X.clone()
+            Y[:, t + 1] = value
+            _past_is_unchanged(step, X, Y, t)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_a_kernel_that_overflows_only_with_a_later_token_leaves_the_past_exact(dtype):
+    """The example of the issue: K(q_t, k_s) = inf for earlier t and a later s made the earlier updates NaN."""
+    step = ea.compile(ea.CausalAttention(f="log(x)", K=ea.Kernel.from_torch(_overflow_kernel, "overflowing",
+                                                                             symmetric=False), heads=1), d=4,
+                      dtype=dtype)
+    m = step.terms["attn"]
+    Q = torch.zeros(1, 1, 3, 4, dtype=dtype)
+    Q[..., :2, 0] = 1.0
+    Q[..., 2, :] = torch.tensor([0.0, 0.0, 0.0, 0.0])
+    K = Q.clone()
+    K[..., 2, 0] = 30.0                     # the later key: q_t·k_2 = 30 for t < 2 ⇒ e^(40·30 − 40) = inf
+    with torch.no_grad():
+        assert torch.isinf(m.kernel(Q[0, 0, 0], K[0, 0, 2]))
+    G_q, G_k = m.grad_Z(Q, K)
+    G_q2, G_k2 = m.grad_Z(Q[..., :2, :], K[..., :2, :])
+    assert torch.isfinite(G_q[..., :2, :]).all() and torch.isfinite(G_k[..., :2, :]).all()
+    assert torch.equal(G_q[..., :2, :], G_q2) and torch.equal(G_k[..., :2, :], G_k2)
+
+
+def test_causal_helpers_never_mix_a_hidden_non_finite_row_into_an_earlier_one():
+    from energyarch.runtime import causal_apply, causal_gram, causal_mask
+
+    A, B = torch.randn(5, 3, dtype=torch.float64), torch.randn(5, 3, dtype=torch.float64)
+    mask = causal_mask(5, A.device)
+    B[3, 1] = math.inf
+    assert torch.equal(causal_gram(A, B, mask)[:3, :3], (A @ B.T)[:3, :3])
+    assert torch.isinf(causal_gram(A, B, mask)[3:, 3]).all()                       # the rows that see it
+    C = torch.where(mask, torch.rand(5, 5, dtype=torch.float64), 0)
+    out = causal_apply(C, B, mask)
+    assert torch.equal(out[:3], C[:3] @ torch.where(torch.isfinite(B), B, 0))
+    assert not torch.isfinite(out[3:]).all()
+    A.requires_grad_(True)
+    torch.where(mask, causal_gram(A, B, mask), 0)[:3].sum().backward()
+    assert torch.isfinite(A.grad[:3]).all()                                       # rows 0-2 never see row 3

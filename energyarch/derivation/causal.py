@@ -73,20 +73,20 @@ class CausalFamily(Family):
         if t.K.kind == "callable":
             kself = "K" if t.self_term == "exact" else "K.detach()"
             lines = [strict,
-                     "S = torch.where(mask, cross_kernel(self.kernel, Q, K.detach()), 0).sum(dim=-1)",
+                     "S = cross_kernel(self.kernel, Q, K.detach(), mask).sum(dim=-1)   # hidden pairs never evaluated",
                      f"S = S + diag_kernel(self.kernel, Q, {kself})           # s = t: the token's own term"]
         elif t.K.kind == "distance":
             rho = dv.pieces["rho"]
             kself = "K" if t.self_term == "exact" else "K.detach()"
             lines = [strict,
-                     "r = sq_distances_qk(Q, K.detach())                  # ‖q_t − k_s‖², earlier keys fixed",
+                     "r = causal_sq_distances(Q, K.detach(), mask)        # ‖q_t − k_s‖², earlier keys fixed, 0 if s ≥ t",
                      f"S = torch.where(mask, {code(rho, R, 'r')}, 0).sum(dim=-1)",
                      f"r_self = (Q - {kself}).pow(2).sum(dim=-1)",
                      f"S = S + {code(rho, R, 'r_self')}"]
         else:
             kappa = dv.pieces["kappa"]
             lines = [*qk_phi_lines(dv, with_derivative=False), strict,
-                     "G = Phi_q @ Phi_k.detach().transpose(-1, -2)        # (B, H, N, N), earlier keys fixed",
+                     "G = torch.where(mask, causal_gram(Phi_q, Phi_k.detach(), mask), 0)   # (B, H, N, N), earlier keys fixed",
                      f"S = torch.where(mask, {code(kappa, S, 'G')}, 0).sum(dim=-1)",
                      f"s_self = (Phi_q * {self_key(dv)}).sum(dim=-1)",
                      f"S = S + {code(kappa, S, 's_self')}"]

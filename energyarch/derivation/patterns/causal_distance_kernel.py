@@ -34,10 +34,10 @@ class CausalDistanceKernel(Pattern):
     def grad_lines(self, dv):
         rho, drho = dv.pieces["rho"], dv.pieces["drho"]
         return ["mask = causal_mask(Q.shape[-2], Q.device)          # s ≤ t",
-                "r = sq_distances_qk(Q, K)                           # (B, H, N, N): ‖q_t − k_s‖²",
+                "r = causal_sq_distances(Q, K, mask)                 # (B, H, N, N): ‖q_t − k_s‖², 0 if s > t",
                 f"S = torch.where(mask, {code(rho, R, 'r')}, 0).sum(dim=-1)   # S_t",
                 f"df_S = torch.zeros_like(S) + ({code(dv.pieces['df'], X, 'S')})   # f'(S_t)",
                 f"C = df_S.unsqueeze(-1) * torch.where(mask, {code(drho, R, 'r')}, 0)",
                 "r_self = (Q - K).pow(2).sum(dim=-1)",
-                *roles(dv, "2 * (C.sum(dim=-1, keepdim=True) * Q - C @ K)",
+                *roles(dv, "2 * (C.sum(dim=-1, keepdim=True) * Q - causal_apply(C, K, mask))",
                        f"-2 * (df_S * ({code(drho, R, 'r_self')})).unsqueeze(-1) * (Q - K)")]
