@@ -39,7 +39,7 @@ from .compile import EnergyStep, compile as compile_energy
 from .derive import derive
 from .energy import Attention, Energy, FeedForward, Sphere, Term
 from .errors import DeclarationError, EnergyArchError
-from .expr import logcosh, parse, relu, sigmoid, softplus, step
+from .expr import evaluate, logcosh, parse, relu, sigmoid, softplus, step
 from .primitives import R as R_SYM, S as S_SYM, X as X_SYM, Kernel, Scalar
 
 if sys.version_info >= (3, 11):
@@ -136,7 +136,7 @@ class Entry:
         if self._radius.free_symbols and dim is None:
             raise DeclarationError(f"{self._where('constraint')}: {self.constraint!r} depends on the head width; "
                                    f"pass d= to build the term")
-        value = float(self._radius.xreplace({s: dim for s in self._radius.free_symbols}))
+        value = _radius_values(self._radius, [dim if dim is not None else 1])[0]
         if not (math.isfinite(value) and value > 0):
             raise DeclarationError(f"{self._where('constraint')}: {self.constraint!r} gives radius {value} at {dim}")
         return value
@@ -257,15 +257,32 @@ def _parse_constraint(path: Path, data: Mapping[str, object]) -> Optional[sp.Exp
         rule = parse(data["constraint"], (dim,), where=f"constraint radius rule (in {dim})")
     except EnergyArchError as err:
         raise _fail(path, "constraint", str(err)) from None
-    symbol = sp.Symbol(dim, real=True)
-    if sp.simplify(rule - sp.sqrt(symbol)) == 0:
+    # Numbers only: a symbolic simplification of catalog text is unbounded in cost (a product of a few trigonometric
+    # terms kept sympy busy for minutes), while evaluating the parsed tree in float64 costs one pass over it.
+    probes = (1, 2, 3, 5, 16, 64, 256, 1024)
+    values = _radius_values(rule, probes)
+    if all(abs(v - math.sqrt(n)) <= 1e-12 * math.sqrt(n) for v, n in zip(values, probes)):
         return None  # the paper's default, √p / √M
-    for probe in (1, 16, 256):
-        value = rule.xreplace({symbol: probe})
-        if not (value.is_number and value.is_real and float(value) > 0 and math.isfinite(float(value))):
+    for probe, value in zip(probes, values):
+        if not (math.isfinite(value) and value > 0):
             raise _fail(path, "constraint", f"{data['constraint']!r} must give a positive radius (at {dim} = {probe} "
-                                            f"it gives {value})")
+                                            f"it gives {value:g})")
     return rule
+
+
+def _radius_values(rule: sp.Expr, dims) -> list[float]:
+    """The radius rule at each head width, in float64 by walking the parsed tree (never a symbolic operation);
+    NaN where it has no real value (an overflow, a division by zero, a negative base under a fractional power)."""
+    env = {s.name: torch.tensor([float(n) for n in dims], dtype=torch.float64) for s in rule.free_symbols}
+    try:
+        with torch.no_grad():
+            out = evaluate(rule, env)
+    except (OverflowError, ZeroDivisionError, ValueError, TypeError, RuntimeError):  # EnergyArchError is a ValueError
+        return [math.nan] * len(dims)
+    if isinstance(out, complex) or (isinstance(out, Tensor) and out.is_complex()):
+        return [math.nan] * len(dims)
+    out = torch.as_tensor(out, dtype=torch.float64).expand(len(dims))
+    return [float(v) for v in out]
 
 
 def load_entry(path: Union[str, Path]) -> Entry:

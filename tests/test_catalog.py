@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import math
 
 import pytest
 import torch
@@ -256,3 +257,47 @@ def test_lookup_errors_teach():
         catalog.get("bisoftmax")
     with pytest.raises(DeclarationError, match="beyond the paper"):
         catalog.paper_reference("softplus-ff", torch.zeros(3, 4))
+
+
+TRIG_RULES = [  # about a hundred characters each; sympy.simplify of (rule − √p) took seconds to minutes
+    "sqrt(p)*(1+sin(p)*cos(2*p)*sin(3*p)*cos(4*p)*sin(5*p)*cos(6*p)*sin(7*p)*cos(8*p)*sin(9*p)*cos(10*p)**2)",
+    "sin(p+1)*cos(p+2)*sin(2*p+3)*cos(3*p+4)*sin(4*p+5)*cos(5*p+6)*sin(6*p+7)*cos(7*p+8)+sqrt(p)",
+    "sqrt(p)*(sin(p)**2+cos(p)**2)*(sin(2*p)**2+cos(2*p)**2)*(sin(3*p)**2+cos(3*p)**2)",
+    "(" * 30 + "p" + ")" * 30 + "*sin(p)**2*cos(p)**3*sin(p)**4*cos(p)**5*sin(p)**6*cos(p)**7",
+]
+
+
+@pytest.mark.parametrize("rule", TRIG_RULES)
+def test_constraint_rules_cost_no_symbolic_work(tmp_path, rule, monkeypatch):
+    """Issue 16, class 2: every symbolic operation on catalog text is bounded; the radius rule is only evaluated."""
+    import sympy as sp
+    import time
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("sympy simplification on catalog text")
+
+    monkeypatch.setattr(sp, "simplify", refuse)
+    monkeypatch.setattr(sp, "trigsimp", refuse)
+    path = _write(tmp_path, constraint=rule)
+    start = time.perf_counter()
+    try:
+        entry = catalog.load_entry(path)
+        radius = entry.term(16).constraint.radius
+    except DeclarationError as err:
+        assert "key 'constraint'" in str(err)
+    else:
+        p = 8.0   # heads = 2
+        assert radius is None or (radius > 0 and math.isfinite(radius))
+        if rule == TRIG_RULES[1]:   # an independent reference: the same product with Python's math module
+            ref = math.sqrt(p) + math.prod((math.sin if k % 2 == 0 else math.cos)(a * p + k + 1)
+                                           for k, a in enumerate((1, 1, 2, 3, 4, 5, 6, 7)))
+            assert radius == pytest.approx(ref, rel=1e-12)
+    assert time.perf_counter() - start < 2.0
+
+
+def test_the_default_radius_is_recognised_numerically(tmp_path):
+    for rule in ("sqrt(p)", "p**0.5", "p/sqrt(p)", "sqrt(p)*(sin(p)**2+cos(p)**2)"):
+        assert catalog.load_entry(_write(tmp_path, constraint=rule)).term(16).constraint.radius is None, rule
+    for rule in ("(-p)**0.5", "1/(p-1)", "exp(exp(p))", "sin(p)"):
+        with pytest.raises(DeclarationError, match="positive radius"):
+            catalog.load_entry(_write(tmp_path, constraint=rule))
