@@ -17,7 +17,7 @@ adding a family is one decorated class. Nothing else changes (the ``register_kl`
 from __future__ import annotations
 
 import contextlib
-import signal
+import ctypes
 import threading
 import time
 from dataclasses import dataclass, field
@@ -197,40 +197,76 @@ def family_of(term: Term) -> Family:
 
 
 # ---------------------------------------------------------------------------------------------
-# cost bounds: a size cap on what sympy is given and a wall-clock budget on what it does with it
+# cost bounds: a size cap on what sympy is given and a CPU-time budget on what it does with it (any thread)
 # ---------------------------------------------------------------------------------------------
 
 #: Bounds on the symbolic path; past them the term takes the autodiff path and report() says why.
 SYMBOLIC_BUDGET = {"seconds": 3.0, "input_ops": 300, "derivative_ops": 3000}
 
 
-class _OverBudget(Exception):
-    """Raised inside the symbolic steps when their budget is spent (never escapes :func:`derive`)."""
+class _OverBudget(BaseException):
+    """Raised inside the symbolic steps when their budget is spent (never escapes :func:`derive`). A
+    BaseException, so that no ``except Exception`` on the way (in sympy or here) can swallow it."""
 
 
 @contextlib.contextmanager
 def _time_budget(seconds: float):
-    """Interrupt the block after ``seconds`` of this process's CPU time (main thread, POSIX); elsewhere only the
-    size caps hold. CPU time rather than wall time, so that a busy machine does not change what is derived."""
-    usable = threading.current_thread() is threading.main_thread() and hasattr(signal, "setitimer")
-    if not usable:
+    """Interrupt the block after ``seconds`` of the calling thread's CPU time, in any thread.
+
+    A watchdog thread reads the caller's CPU clock (``time.pthread_getcpuclockid``) every few milliseconds and,
+    past the budget, raises :class:`_OverBudget` in the caller (``PyThreadState_SetAsyncExc``: delivered between
+    two bytecodes, so sympy, which is pure Python, stops within milliseconds). CPU time rather than wall time, so
+    that a busy machine does not change what is derived; a wall-clock cap of ``WALL_FACTOR × seconds`` still holds
+    on a machine so busy that the caller hardly runs. Where neither clock nor the call exists (not CPython), only
+    the size caps hold.
+    """
+    caller = threading.get_ident()
+    set_async = getattr(getattr(ctypes, "pythonapi", None), "PyThreadState_SetAsyncExc", None)
+    try:
+        clock = time.pthread_getcpuclockid(caller)
+        cpu_start = time.clock_gettime(clock)
+    except (AttributeError, OSError):
+        clock = None
+    if set_async is None:
         yield
         return
+    done, lock, fired = threading.Event(), threading.Lock(), []
+    wall_start = time.monotonic()
 
-    def on_alarm(signum, frame):
-        raise _OverBudget(f"the symbolic steps took longer than {seconds:g} s of CPU time")
+    def spent() -> bool:
+        if time.monotonic() - wall_start > WALL_FACTOR * seconds:
+            return True
+        if clock is None:
+            return time.monotonic() - wall_start > seconds
+        try:
+            return time.clock_gettime(clock) - cpu_start > seconds
+        except OSError:  # the caller's clock is gone: the block has ended
+            return False
 
-    previous = signal.signal(signal.SIGVTALRM, on_alarm)
-    outer_delay, outer_interval = signal.setitimer(signal.ITIMER_VIRTUAL, seconds)
-    start = time.process_time()
+    def watch() -> None:
+        while not done.wait(0.01 if not fired else 0.1):
+            if fired or spent():   # past the budget: raise, and again until the block has ended
+                with lock:
+                    if not done.is_set():
+                        set_async(ctypes.c_ulong(caller), ctypes.py_object(_OverBudget))
+                        fired.append(True)
+
+    watchdog = threading.Thread(target=watch, name="energyarch-symbolic-budget", daemon=True)
+    watchdog.start()
     try:
         yield
+    except _OverBudget:
+        raise _OverBudget(f"the symbolic steps took longer than {seconds:g} s of CPU time") from None
     finally:
-        signal.setitimer(signal.ITIMER_VIRTUAL, 0)
-        signal.signal(signal.SIGVTALRM, previous)
-        if outer_delay:  # give an enclosing timer back what is left of it
-            signal.setitimer(signal.ITIMER_VIRTUAL, max(outer_delay - (time.process_time() - start), 1e-3),
-                             outer_interval)
+        with lock:
+            done.set()
+            if fired:  # not yet delivered: take it back (delivered: it is the exception being handled here)
+                set_async(ctypes.c_ulong(caller), None)
+        watchdog.join()
+
+
+#: Wall-clock cap of the symbolic budget, as a multiple of its CPU seconds.
+WALL_FACTOR = 4.0
 
 
 def check_size(**exprs: sp.Expr) -> None:
