@@ -86,7 +86,7 @@ def test_solvers_match_torch_optim(name):
 
 def test_adam_bias_correction_first_steps_by_hand():
     """k = 1: Δ = α g/|g| (m̂ = g, ŝ = g²); k = 2 with g₂: m̂ = (β₁(1−β₁)g₁ + (1−β₁)g₂)/(1−β₁²), likewise ŝ."""
-    s = make_solver("adam", beta1=0.5, beta2=0.75, eps=0.0)
+    s = make_solver("adam", beta1=0.5, beta2=0.75, eps=1e-300)   # ε > 0 required; this small it changes no digit
     g1, g2 = torch.tensor([2.0], dtype=F64), torch.tensor([-1.0], dtype=F64)
     inc, st = s.update(g1, 0.1, {})
     torch.testing.assert_close(inc, torch.tensor([0.1], dtype=F64))

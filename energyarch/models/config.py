@@ -72,8 +72,8 @@ def _pos_int(name: str, value, zero_ok: bool = False) -> None:
 
 
 def _pos_num(name: str, value) -> None:
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or not value > 0:
-        _fail(name, value, "must be a positive number")
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not (value > 0 and math.isfinite(value)):
+        _fail(name, value, "must be a finite positive number")
 
 
 def _choice(owner: str, name: str, value, choices) -> None:

@@ -15,7 +15,7 @@ class Adam(Solver):
     the official Hyper-SET Sudoku code's Adam.
 
     >>> import torch
-    >>> inc, st = Adam(eps=0.0).update(torch.full((1, 1, 1), -3.0), 0.1, {})
+    >>> inc, st = Adam(eps=1e-12).update(torch.full((1, 1, 1), -3.0), 0.1, {})
     >>> round(float(inc), 6), st["k"]                       # first step: α · sign(d)
     (-0.1, 1)
     """
@@ -29,7 +29,7 @@ class Adam(Solver):
         owner = f"solver {self.name!r}"
         _number(owner, "beta1", self.beta1, 0.0, 1.0)
         _number(owner, "beta2", self.beta2, 0.0, 1.0)
-        _number(owner, "eps", self.eps, 0.0, float("inf"))
+        _number(owner, "eps", self.eps, 0.0, float("inf"), lo_open=True)   # ε = 0: 0/0 on a zero gradient
 
     def update(self, d, alpha, state):
         m, s, k = state.get("m"), state.get("s"), state.get("k", 0) + 1

@@ -14,7 +14,7 @@ class RMSProp(Solver):
     official Hyper-SET Sudoku code's RMSProp (η = 0.8).
 
     >>> import torch
-    >>> inc, st = RMSProp(rho=0.75, eps=0.0).update(torch.full((1, 1, 1), 2.0), 1.0, {})
+    >>> inc, st = RMSProp(rho=0.75, eps=1e-300).update(torch.full((1, 1, 1), 2.0), 1.0, {})
     >>> float(inc), float(st["s"])                           # s = 0.25 · 4; Δ = 2 / √1
     (2.0, 1.0)
     """
@@ -25,7 +25,7 @@ class RMSProp(Solver):
     def __post_init__(self):
         super().__post_init__()
         _number(f"solver {self.name!r}", "rho", self.rho, 0.0, 1.0)
-        _number(f"solver {self.name!r}", "eps", self.eps, 0.0, float("inf"))
+        _number(f"solver {self.name!r}", "eps", self.eps, 0.0, float("inf"), lo_open=True)   # ε = 0: 0/0 at d = 0
 
     def update(self, d, alpha, state):
         s = state.get("s")

@@ -36,7 +36,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .._atomic import atomic_path
-from ..errors import CheckpointError
+from ..errors import CheckpointError, ConfigError
 from .config import atomic_write_text
 
 STATE_FILE = "checkpoint.json"
@@ -222,7 +222,35 @@ def _split_optimizer(model, optimizer) -> tuple[dict, dict]:
 
 
 def _merge_optimizer(model, optimizer, tensors: dict, meta: dict, where: str) -> None:
+    try:
+        _merge_optimizer_checked(model, optimizer, tensors, meta, where)
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as err:
+        if isinstance(err, CheckpointError):
+            raise
+        raise CheckpointError(f"checkpoint {where}: malformed optimizer state ({type(err).__name__}: {err}); the "
+                              f"file was changed or written by another program. Load it for evaluation only, or "
+                              f"train into a new --out") from None
+
+
+def _check_optimizer_tensor(param: torch.Tensor, pname: str, key: str, value: torch.Tensor, where: str) -> None:
+    """An optimizer state tensor must fit its parameter: the moments its shape and dtype kind, ``step`` one finite
+    count >= 0 (validated at load, so that the first step after a resume cannot fail on it)."""
+    if key == "step":
+        ok = value.numel() == 1 and bool(torch.isfinite(value.double()).all()) and float(value) >= 0
+        want = "one finite count >= 0"
+    else:
+        ok = (tuple(value.shape) == tuple(param.shape) and value.is_floating_point()
+              and bool(torch.isfinite(value).all()))
+        want = f"finite floats of shape {list(param.shape)}"
+    if not ok:
+        raise CheckpointError(f"checkpoint {where}: optimizer state {pname}/{key} is {value.dtype} of shape "
+                              f"{list(value.shape)}, expected {want}; the file was changed or belongs to another "
+                              f"model. Load it for evaluation only, or train into a new --out")
+
+
+def _merge_optimizer_checked(model, optimizer, tensors: dict, meta: dict, where: str) -> None:
     names = optimizer_param_names(model, optimizer)
+    params = dict(model.named_parameters())
     index = {n: i for i, n in enumerate(names)}
     saved_groups = meta["param_groups"]
     current = optimizer.state_dict()["param_groups"]
@@ -235,11 +263,25 @@ def _merge_optimizer(model, optimizer, tensors: dict, meta: dict, where: str) ->
         pname, skey = rest.rsplit("/", 1)
         if pname not in index:
             raise CheckpointError(f"checkpoint {where}: optimizer state for unknown parameter {pname!r}")
+        _check_optimizer_tensor(params[pname], pname, skey, value, where)
         state.setdefault(index[pname], {})[skey] = value
     for pname, entry in meta.get("scalars", {}).items():
         state.setdefault(index[pname], {}).update(entry)
     groups = []
-    for g in saved_groups:
+    for g, now in zip(saved_groups, current):
+        for key, value in g.items():
+            if key == "params" or key not in now:
+                continue
+            expected = now[key]
+            bad = (value not in (None, True, False) if isinstance(expected, bool) or expected is None else
+                   (isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)
+                    or value < 0) if isinstance(expected, (int, float)) else
+                   (not isinstance(value, list) or len(value) != len(expected)
+                    or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+                               for v in value)) if isinstance(expected, tuple) else False)
+            if bad:
+                raise CheckpointError(f"checkpoint {where}: optimizer setting {key} = {str(value)[:40]} is not a "
+                                      f"valid value (expected like {expected!r}); the file was changed")
         g = dict(g)
         g["params"] = [index[n] for n in g["params"]]
         if "betas" in g:
@@ -287,6 +329,77 @@ def save_checkpoint(out_dir: str | os.PathLike, model: nn.Module, optimizer: Opt
         if old.name != name:
             old.unlink()
     return out / STATE_FILE
+
+
+#: Files a run writes into its folder: their presence means the folder holds a run.
+RUN_FILES = ("config.toml", STATE_FILE, "metrics.json", "eval.json")
+RUN_PATTERNS = ("checkpoint-*.safetensors", "events.out.tfevents.*")
+
+
+def run_files(folder: str | os.PathLike) -> list[str]:
+    """Names of the run files in ``folder`` (empty when it holds no run or does not exist)."""
+    p = Path(folder)
+    if not p.is_dir():
+        return []
+    names = [n for n in RUN_FILES if (p / n).exists()]
+    for pattern in RUN_PATTERNS:
+        names += sorted(q.name for q in p.glob(pattern))
+    return names
+
+
+def writable_folder(path: str | os.PathLike, option: str) -> Path:
+    """``path`` as a folder that exists or can be created and written; a :class:`ConfigError` naming ``option``
+    otherwise (a file, a path through a file, a folder without write permission). Nothing is created here."""
+    p = Path(path)
+    if p.exists() and not p.is_dir():
+        raise ConfigError(f"{option} {str(path)!r} is a file, not a folder; give the path of a folder (created if "
+                          f"missing)")
+    existing = p
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ConfigError(f"{option} {str(path)!r}: {existing} is a file, so the folder cannot be created; give "
+                          f"another path")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"{option} {str(path)!r}: {existing} cannot be written (permission denied); give a folder "
+                          f"you can write to")
+    return p
+
+
+def check_run_folder(out_dir: str | os.PathLike, resume: bool, new_config_text: Optional[str] = None,
+                     option: str = "--out (out_dir)") -> None:
+    """Refuse, before anything is written, a run that would overwrite another run's files.
+
+    Without ``resume`` the folder must hold no run (:data:`RUN_FILES`). With ``resume`` and no checkpoint to
+    continue, a folder holding files of a run is accepted only when its ``config.toml`` is ``new_config_text``
+    (the same run, started again). Every message names the folder and a fix that fits what is on disk.
+    """
+    folder = writable_folder(out_dir, option)
+    present = run_files(folder)
+    if not present:
+        return
+    has_state = (folder / STATE_FILE).is_file()
+    shown = _few(present, 5)
+    if not resume:
+        if has_state:
+            fix = (f"Give a new {option} for this run, or add --resume to continue that run from its checkpoint "
+                   f"(with its recorded config unless you pass --config / --set)")
+        else:
+            fix = (f"It has no checkpoint, so there is nothing to --resume; give a new {option} for this run, or "
+                   f"delete those files to start over in this folder")
+        raise ConfigError(f"{option} {str(out_dir)!r} already holds a run ({shown}); a new run would overwrite its "
+                          f"files, so nothing was written. {fix}")
+    if has_state:
+        return
+    recorded = folder / "config.toml"
+    try:
+        same = new_config_text is not None and recorded.is_file() and recorded.read_text("utf-8") == new_config_text
+    except (OSError, UnicodeDecodeError):
+        same = False
+    if not same:
+        raise ConfigError(f"{option} {str(out_dir)!r} holds files of a run ({shown}) but no {STATE_FILE}, so --resume "
+                          f"has nothing to continue, and starting here would overwrite them; nothing was written. "
+                          f"Give a new {option}, or delete those files to start over in this folder")
 
 
 def read_state(path: str | os.PathLike) -> tuple[dict, Path]:

@@ -133,6 +133,16 @@ class TrainConfig:
             _fail("processes", self.processes, "must be >= 1")
         if self.seq_len < 1:
             _fail("seq_len", self.seq_len, "must be >= 1 (context length in bytes), e.g. seq_len = 128")
+        for name in ("seed", "data_seed"):     # numpy's SeedSequence refuses negative seeds mid-run
+            if not 0 <= getattr(self, name) < 2**63:
+                _fail(name, getattr(self, name), "must be an integer in [0, 2**63), e.g. seed = 0")
+        if self.text_path is not None and not self.text_path.strip():
+            _fail("text_path", self.text_path, "is empty: give a UTF-8 text file or a folder of them, or leave "
+                                               "text_path out to train on the embedded corpus")
+        for name in ("out_dir", "data_dir", "sudoku_csv_train", "sudoku_csv_test"):
+            value = getattr(self, name)
+            if value is not None and (not value.strip() or "\x00" in value):
+                _fail(name, value, "must be a non-empty path without NUL characters")
 
     # ---------------------------------------------------------------------------------------------------------
     # dict / TOML / JSON
@@ -189,6 +199,9 @@ class TrainConfig:
             data = tomllib.loads(text)
         except tomllib.TOMLDecodeError as err:
             raise ConfigError(f"{source}: not valid TOML ({err})") from err
+        except (RecursionError, MemoryError):
+            raise ConfigError(f"{source}: nests too deeply to read; a config is a table of settings with a [model] "
+                              f"table (and inline energy tables) inside") from None
         return cls.from_dict(data, source=source)
 
     @classmethod
@@ -202,12 +215,24 @@ class TrainConfig:
         if not p.is_file():
             raise ConfigError(f"config file {str(p)!r} does not exist; pass a .toml file such as "
                               f"energyarch/train/configs/digits.toml")
-        text = p.read_text(encoding="utf-8")
+        try:
+            if p.stat().st_size > MAX_CONFIG_BYTES:
+                raise ConfigError(f"config file {str(p)!r} is {p.stat().st_size} bytes; a config is a few KB (limit "
+                                  f"{MAX_CONFIG_BYTES}); pass the .toml file of a run")
+            text = p.read_text(encoding="utf-8")
+        except UnicodeDecodeError as err:
+            raise ConfigError(f"config file {str(p)!r} is not UTF-8 text ({err.reason} at byte {err.start}); save it "
+                              f"as UTF-8") from None
+        except OSError as err:
+            raise ConfigError(f"config file {str(p)!r} cannot be read ({err.strerror or err}); pass a readable "
+                              f".toml file") from None
         if p.suffix == ".json":
             try:
                 data = json.loads(text)
             except json.JSONDecodeError as err:
                 raise ConfigError(f"{p}: not valid JSON ({err})") from err
+            except (RecursionError, MemoryError):
+                raise ConfigError(f"{p}: nests too deeply to read; a config is a table of settings") from None
             return cls.from_dict(data, source=str(p))
         return cls.from_toml_string(text, source=str(p))
 
@@ -228,7 +253,11 @@ class TrainConfig:
             if "=" not in item:
                 raise ConfigError(f"--set {item!r}: write KEY=VALUE, e.g. --set model.d=128 or --set lr=3e-4")
             key, raw = (s.strip() for s in item.split("=", 1))
-            value = parse_value(raw)
+            try:
+                value = parse_value(raw)
+            except (RecursionError, MemoryError):
+                raise ConfigError(f"--set {_short(item)}: the value nests too deeply; give a number, a string, a "
+                                  f"list or an inline table such as {{ f = \"log(x)\" }}") from None
             parts = key.split(".")
             if len(parts) == 2 and parts[0] == "model":
                 data["model"][parts[1]] = value
@@ -240,6 +269,10 @@ class TrainConfig:
                                       f"K = \"exp(beta*s)\" }}'")
                 for part in parts[2:-1]:
                     table = table.setdefault(part, {})
+                    if not isinstance(table, dict):
+                        raise ConfigError(f"--set {_short(item)}: {'.'.join(parts[:parts.index(part) + 1])} is "
+                                          f"{repr(table)[:80]}, not a table; set it whole, e.g. --set "
+                                          f"'{'.'.join(parts[:parts.index(part) + 1])}=...'")
                 table[parts[-1]] = value
             elif len(parts) == 1 and parts[0] != "model":
                 data[key] = value
@@ -358,6 +391,14 @@ def model_config_from_dict(data: Mapping[str, Any], source: str = "[model]") -> 
         return ModelConfig(**dict(data))
     except ConfigError as err:
         raise ConfigError(f"{source}: {err}") from None
+
+
+#: Largest config file read (a config is a few KB).
+MAX_CONFIG_BYTES = 1 << 20
+
+
+def _short(text: str, limit: int = 80) -> str:
+    return repr(text) if len(text) <= limit else repr(text[:limit]) + f"... ({len(text)} characters)"
 
 
 def parse_value(raw: str):

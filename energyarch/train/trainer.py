@@ -37,10 +37,10 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import BatchSampler, DataLoader, DistributedSampler
-from ..errors import ConfigError, EnergyArchError
+from ..errors import CheckpointError, ConfigError, EnergyArchError
 from ..models import ModelConfig, build_model, count_parameters
 from . import distributed, logs
-from .checkpoint import STATE_FILE, load_checkpoint, read_state, save_checkpoint, set_rng_state
+from .checkpoint import STATE_FILE, check_run_folder, load_checkpoint, read_state, save_checkpoint, set_rng_state
 from .config import TrainConfig, atomic_write_text
 from .iterates import forward_all
 from .tasks import Task, build_task
@@ -260,17 +260,29 @@ class Trainer:
                 "tokens_per_sample": self.tokens_per_sample,
                 "peak_memory": logs.PEAK_MEMORY_KIND.get(device.type, device.type), "epochs": self.speed}
 
+    def check_out_dir(self, resume: bool) -> None:
+        """Refuse, before anything is written, an ``out_dir`` that is a file, cannot be written, or holds another
+        run's files (see :func:`~energyarch.train.checkpoint.check_run_folder`); the main process decides."""
+        problem: Optional[ConfigError] = None
+        if self.dist.is_main:
+            try:
+                text = self.cfg.to_toml()
+            except ConfigError:                      # a custom energy in cfg.model: no config.toml is written
+                text = None
+            try:
+                check_run_folder(self.out_dir, resume, text)
+            except ConfigError as err:
+                problem = err
+        if not distributed.all_true(problem is None, self.dist):
+            raise problem or ConfigError(f"out_dir {str(self.out_dir)!r}: refused by the main process (see its error)")
+
     def resume(self) -> bool:
         """Load ``out_dir``'s checkpoint if there is one (weights, optimizer, progress, RNG); False if none."""
         if not (self.out_dir / STATE_FILE).is_file():
             return False
         state = load_checkpoint(self.out_dir, self.model, self.optimizer)
-        self.step, self.epoch = int(state["step"]), int(state["epoch"])
-        self.batch_in_epoch = int(state["batch_in_epoch"])
-        self.epoch_loss = [float(state["epoch_loss"][0]), int(state["epoch_loss"][1])]
-        self.history = list(state.get("history", []))
-        self.speed = list(state.get("speed", []))
-        self.elapsed = float(state.get("elapsed_s", 0.0))
+        progress = _progress(state, self.out_dir / STATE_FILE, self.steps_per_epoch)
+        self.step, self.epoch, self.batch_in_epoch, self.epoch_loss, self.history, self.speed, self.elapsed = progress
         self.last_checkpoint_step = self.step
         if state.get("world_size", 1) != self.dist.world:
             log.warning("resuming a %s-process run with %s processes: the data order differs from an "
@@ -335,13 +347,17 @@ class Trainer:
                 return self.loss_fn(batch)
 
     def _diverged(self, what: str, value: float) -> None:
-        where = (f"the last good checkpoint (step {self.last_checkpoint_step}) is kept in {self.out_dir}"
-                 if self.last_checkpoint_step is not None else
-                 "no checkpoint had been written yet (set checkpoint_every to keep earlier ones)")
+        if self.last_checkpoint_step is not None:
+            where = f"the last good checkpoint (step {self.last_checkpoint_step}) is kept in {self.out_dir}"
+            then = "then continue from it with --resume (the new settings apply from that step)"
+        else:   # advice that fits the disk: no checkpoint, so --resume would have nothing to continue
+            where = ("no checkpoint had been written yet, so there is nothing to resume (set checkpoint_every to "
+                     "keep earlier ones)")
+            then = f"then train again into a new --out (or delete the files of this attempt in {self.out_dir})"
         raise TrainingDivergedError(
             f"{what} is {value} at step {self.step} (epoch {self.epoch + 1}, batch {self.batch_in_epoch + 1}); "
             f"training stopped without applying this update, {where}. Lower lr (now {self.cfg.lr:g}), set "
-            f"grad_clip (now {self.cfg.grad_clip:g}) or warmup, then resume with --resume")
+            f"grad_clip (now {self.cfg.grad_clip:g}) or warmup, {then}")
 
     def train_step(self, batch) -> float:
         self.model.train()
@@ -378,6 +394,7 @@ class Trainer:
     def fit(self, resume: bool = False) -> dict:
         """Train until ``epochs`` (or ``max_steps``); returns the last history entry (or progress info)."""
         cfg, info = self.cfg, self.dist
+        self.check_out_dir(resume)
         if resume and self.resume():
             log.info("resumed from %s at step %d (epoch %d, batch %d)", self.out_dir, self.step, self.epoch + 1,
                      self.batch_in_epoch)
@@ -567,6 +584,42 @@ def load_run(path, device: str = "cpu", task: Optional[Task] = None, **overrides
     model = build_model(cfg.model, task.spec)
     load_checkpoint(folder, model)
     return model.to(distributed.resolve_device(device)), task, cfg, state
+
+
+#: Largest step / epoch counter accepted from a checkpoint (far beyond any run; a crafted 10**30 is refused).
+MAX_COUNTER = 2**53
+
+
+def _progress(state: dict, where, steps_per_epoch: int) -> tuple:
+    """The progress counters of a checkpoint's JSON state, validated: integers in range, a finite loss sum and
+    elapsed time, lists for the logs; :class:`CheckpointError` naming the field otherwise."""
+    def count(key, value, hi=MAX_COUNTER):
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= hi:
+            raise CheckpointError(f"checkpoint {where}: {key} = {str(value)[:40]!r} must be an integer in [0, {hi}]; "
+                                  f"the file was changed or written by another program, train into a new --out")
+        return value
+
+    def number(key, value):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+            raise CheckpointError(f"checkpoint {where}: {key} = {str(value)[:40]!r} must be a finite number >= 0; "
+                                  f"the file was changed or written by another program, train into a new --out")
+        return float(value)
+
+    try:
+        step, epoch = count("step", state["step"]), count("epoch", state["epoch"])
+        batch = count("batch_in_epoch", state["batch_in_epoch"], steps_per_epoch)
+        loss = state["epoch_loss"]
+        if not isinstance(loss, list) or len(loss) != 2:
+            raise CheckpointError(f"checkpoint {where}: epoch_loss must be [sum, count]")
+        epoch_loss = [number("epoch_loss[0]", loss[0]), count("epoch_loss[1]", loss[1])]
+        history, speed = state.get("history", []), state.get("speed", [])
+        if not isinstance(history, list) or not isinstance(speed, list):
+            raise CheckpointError(f"checkpoint {where}: history and speed must be lists")
+        elapsed = number("elapsed_s", state.get("elapsed_s", 0.0))
+    except KeyError as err:
+        raise CheckpointError(f"checkpoint {where}: {err} is missing; the file was changed or written by another "
+                              f"program, train into a new --out") from None
+    return step, epoch, batch, epoch_loss, list(history), list(speed), elapsed
 
 
 def train(cfg: TrainConfig, resume: bool = False, model: Optional[nn.Module] = None, task: Optional[Task] = None,
