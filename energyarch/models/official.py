@@ -79,8 +79,52 @@ class Conversion:
         return "\n".join(lines)
 
 
+#: Most blocks an official state_dict may name (the official models have 1 to a few dozen); a crafted key such as
+#: ``blocks.1000000000.mlp.weight`` is refused instead of planning a billion layers.
+MAX_LAYERS = 1024
+
+
+def _checked(state_dict, where: str) -> dict[str, Tensor]:
+    """The state_dict with prefixes stripped, every key a string and every value a finite floating-point tensor;
+    :class:`CheckpointError` naming the first key that is not."""
+    if not isinstance(state_dict, Mapping):
+        raise CheckpointError(f"{where}: expected a state_dict (a mapping of names to tensors), got "
+                              f"{type(state_dict).__name__}")
+    out: dict[str, Tensor] = {}
+    for key, value in state_dict.items():
+        if not isinstance(key, str):
+            raise CheckpointError(f"{where}: key {str(key)[:60]!r} is of type {type(key).__name__}; the keys of a state_dict "
+                                  f"are names (str)")
+        if not isinstance(value, Tensor):
+            raise CheckpointError(f"{where}: {key[:80]!r} holds a {type(value).__name__}, not a tensor; pass "
+                                  f"model.state_dict() of an official model")
+        if value.is_complex() or not (value.is_floating_point() or key.endswith(".mask")):
+            raise CheckpointError(f"{where}: {key[:80]!r} is a {value.dtype} tensor; the official weights are "
+                                  f"floating-point")
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            raise CheckpointError(f"{where}: {key[:80]!r} holds inf or NaN; the weights are broken (a diverged "
+                                  f"run?)")
+        out[_strip(key)] = value
+    return out
+
+
+def _need(sd: Mapping[str, Tensor], key: str, dims: int, where: str) -> Tensor:
+    """``sd[key]`` with ``dims`` dimensions, each > 0; :class:`ConfigError` naming the key otherwise."""
+    if key not in sd:
+        raise ConfigError(f"{where}: key {key!r} is missing; it is needed to read the model's shapes")
+    value = sd[key]
+    if value.dim() != dims or 0 in value.shape:
+        raise ConfigError(f"{where}: {key!r} has shape {list(value.shape)}; expected {dims} non-empty "
+                          f"dimension{'s' if dims > 1 else ''}")
+    return value
+
+
 def detect_kind(state_dict: Mapping[str, Tensor]) -> str:
     """``'sudoku'`` (keys ``blocks.*``) or ``'image'`` (keys ``enc.*``)."""
+    if not isinstance(state_dict, Mapping):
+        raise CheckpointError(f"official state_dict: expected a mapping of names to tensors, got "
+                              f"{type(state_dict).__name__}")
+    state_dict = {k: v for k, v in state_dict.items() if isinstance(k, str)}
     if any(k.startswith("blocks.") for k in state_dict):
         return "sudoku"
     if any(k.startswith("enc.") for k in state_dict):
@@ -89,8 +133,23 @@ def detect_kind(state_dict: Mapping[str, Tensor]) -> str:
                       f"among {sorted(state_dict)[:6]}...; pass the state_dict of an official Hyper-SET model")
 
 
+def _block_indices(state_dict, prefix: str) -> set[int]:
+    """Block indices the keys name (at most six digits each: larger ones are beyond any model)."""
+    return {int(m.group(1)) for k in state_dict if (m := re.match(rf"{prefix}\.(\d{{1,6}})\.", k))}
+
+
 def _layers(state_dict, prefix: str) -> int:
-    found = {int(m.group(1)) for k in state_dict if (m := re.match(rf"{prefix}\.(\d+)\.", k))}
+    """The number of blocks: the keys must name blocks 0 .. n-1 with n <= :data:`MAX_LAYERS`."""
+    found = _block_indices(state_dict, prefix)
+    huge = [k for k in state_dict if re.match(rf"{prefix}\.\d{{7,}}\.", k)]
+    if huge or (found and max(found) >= MAX_LAYERS):
+        key = huge[0] if huge else next(k for k in state_dict if k.startswith(f"{prefix}.{max(found)}."))
+        raise ConfigError(f"official state_dict: key {key[:80]!r} names a block beyond {MAX_LAYERS}; the official "
+                          f"models have a few blocks. Remove the key or pass the model's own state_dict")
+    if found and found != set(range(max(found) + 1)):
+        missing = sorted(set(range(max(found) + 1)) - found)[:5]
+        raise ConfigError(f"official state_dict: blocks {missing} are missing between 0 and {max(found)}; the keys "
+                          f"must name blocks 0, 1, ..., n-1")
     return max(found) + 1 if found else 0
 
 
@@ -98,17 +157,19 @@ def official_config(state_dict: Mapping[str, Tensor], kind: Optional[str] = None
     """A :class:`ModelConfig` whose shapes and conventions match an official state_dict (d, heads, layers, M,
     time-embedding width from the tensors; gains, machine epsilon and the official time embedding switched on;
     the image model's GELU feed-forward). ``overrides`` set the rest (``iters`` = the official ``n_recur``)."""
+    state_dict = _checked(state_dict, "official state_dict")
     kind = kind or detect_kind(state_dict)
     _check_kind(kind)
     block = "blocks" if kind == "sudoku" else "enc"
-    try:
-        d = state_dict[f"{block}.0.attn.qkv.weight"].shape[1]
-        gain = state_dict[f"{block}.0.attn.ln1.weight" if kind == "sudoku" else f"{block}.0.attn.ln1_1.weight"]
-        M = state_dict[f"{block}.0.mlp.weight"].shape[0]
-        freq = state_dict["time_mlp.0.1.weight"].shape[1]
-    except KeyError as err:
-        raise ConfigError(f"official {kind} state_dict: key {err.args[0]!r} is missing; it is needed to read the "
-                          f"model's shapes") from None
+    where = f"official {kind} state_dict"
+    d = _need(state_dict, f"{block}.0.attn.qkv.weight", 2, where).shape[1]
+    gain = _need(state_dict, f"{block}.0.attn.ln1.weight" if kind == "sudoku" else f"{block}.0.attn.ln1_1.weight", 1,
+                 where)
+    M = _need(state_dict, f"{block}.0.mlp.weight", 2, where).shape[0]
+    freq = _need(state_dict, "time_mlp.0.1.weight", 2, where).shape[1]
+    if d % gain.shape[0]:
+        raise ConfigError(f"{where}: the attention gain has {gain.shape[0]} entries, which does not divide d = {d} "
+                          f"(the head width p = d / heads); the tensors do not come from one official model")
     values = dict(d=d, heads=d // gain.shape[0], layers=_layers(state_dict, block), ff_ratio=M / d, time_freq=freq,
                   norm_gain=True, norm_eps="machine", time_embedding="official", step_sizes="learned",
                   condition="x0" if kind == "sudoku" else "xt", feedforward="relu" if kind == "sudoku" else "gelu-ff")
@@ -215,16 +276,16 @@ def load_official(model: nn.Module, state_dict: Mapping[str, Tensor], kind: Opti
     that could not be mapped and every model tensor left unfilled. Shapes are checked before anything is copied,
     so a refused conversion leaves ``model`` unchanged.
     """
-    kind = kind or detect_kind(state_dict)
+    sd = _checked(state_dict, "load_official: state_dict")
+    kind = kind or detect_kind(sd)
     _check_kind(kind)
-    sd = {_strip(k): v for k, v in state_dict.items()}
     cfg = getattr(model, "cfg", None)
     if cfg is None or cfg.arch != "hyperset":
         raise ConfigError("load_official: model must be an energyarch Hyper-SET model (build_model with "
                           "arch='hyperset'); see official_config for matching settings")
     block = "blocks" if kind == "sudoku" else "enc"
     conv = Conversion(kind)
-    table = (_sudoku_map if kind == "sudoku" else _image_map)(sd, _layers(sd, block), conv)
+    table = (_sudoku_map if kind == "sudoku" else _image_map)(sd, _layers(sd, block), conv)   # bounded, contiguous
     ours = model.state_dict()
     plan: list[tuple[str, str, Tensor]] = []
     for key, value in sd.items():
@@ -234,6 +295,9 @@ def load_official(model: nn.Module, state_dict: Mapping[str, Tensor], kind: Opti
             conv.unmapped[key] = "no energyarch counterpart known for this key"
             continue
         targets, transform = table[key]
+        if transform is _T and value.dim() != 2:
+            conv.unmapped[key] = f"shape {tuple(value.shape)}: a Linear weight has 2 dimensions"
+            continue
         value = transform(value)
         missing = [t for t in targets if t not in ours]
         if missing:

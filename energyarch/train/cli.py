@@ -153,6 +153,10 @@ def cmd_eval(args) -> int:
     from .evaluate import evaluate_checkpoint
 
     setup_logging()
+    if args.out is not None:
+        from .checkpoint import writable_folder
+
+        writable_folder(args.out, "--out")
     overrides = {}
     if args.data_dir is not None:
         overrides["data_dir"] = args.data_dir

@@ -26,10 +26,21 @@ def demo_config(task: str = "digits", out_dir: Optional[str] = None, epochs: Opt
                 overrides: Sequence[str] = ()) -> TrainConfig:
     """The packaged config of the demo task, with the output folder, epochs and ``KEY=VALUE`` overrides set."""
     cfg = TrainConfig.load(packaged_configs()[DEMO_CONFIGS[task]])
-    changes = [f"out_dir={json.dumps(out_dir or f'runs/demo-{task}')}"]
+    changes = [f"out_dir={json.dumps(out_dir or _fresh_folder(f'runs/demo-{task}'))}"]
     if epochs is not None:
         changes.append(f"epochs={int(epochs)}")
     return cfg.with_overrides(changes + list(overrides))
+
+
+def _fresh_folder(base: str) -> str:
+    """``base``, or ``base-2``, ``base-3``, ... : the first that holds no run (a demo never overwrites a run)."""
+    from .checkpoint import run_files
+
+    name, k = base, 1
+    while run_files(name) and k < 1000:
+        k += 1
+        name = f"{base}-{k}"
+    return name
 
 
 def run_demo(task: str = "digits", out_dir: Optional[str] = None, epochs: Optional[int] = None,
