@@ -17,6 +17,15 @@ Three categories, as in the issue's original report:
    ``inert`` (compiled or loaded; the payload stayed a literal: the emitted source has no code of it, importing the
    saved source does nothing), ``accepted``, or a defect: ``EXECUTED`` (the marker exists) / ``RAW <Type>``.
 
+4. **round3** (issue 16): causal energies whose later tokens overflow or hold inf / NaN (outcome ``causal exact``
+   when the earlier tokens' updates are bit-identical, else ``SILENTLY WRONG``), catalog radius rules of products of
+   trigonometric terms, ``ea.compile`` in a worker thread with an endless symbolic step, crafted official
+   state_dicts, and the training command line: new runs into another run's folder, ``--out`` a file, diverging runs
+   and their advice, crafted counters and optimizer state at ``--resume``, config files that are not UTF-8 or nest
+   too deeply, ``--set`` strings, careless settings, ``eval`` and ``generate`` arguments. A probe on a run folder
+   works on its own copy of a finished tiny run; ``SAVED FILE CHANGED`` when a refused input changed a file there,
+   ``WRONG ADVICE`` when the message advises what the disk does not allow.
+
 Every input runs in a forked child process with a wall-clock limit (``--timeout``, default 20 s): a hang is
 reported as ``HANG`` and a dead child as ``CRASH``, and the script goes on. The parent checks each MARKER itself.
 
@@ -63,7 +72,8 @@ RTOL = 1e-9                  # relative tolerance of "verified"
 #: every line terminator Python or str.splitlines knows, and a backslash continuation
 TERMINATORS = {"LF": "\n", "CR": "\r", "CRLF": "\r\n", "VT": "\x0b", "FF": "\x0c", "FS": "\x1c", "GS": "\x1d",
                "RS": "\x1e", "NEL": "\x85", "LS": "\u2028", "PS": "\u2029", "backslash-LF": "\\\n"}
-DEFECTS = ("SILENTLY WRONG", "WRONG", "verify false alarm", "RAW", "HANG", "CRASH", "EXECUTED", "NaN")
+DEFECTS = ("SILENTLY WRONG", "WRONG", "verify false alarm", "RAW", "HANG", "CRASH", "EXECUTED", "NaN",
+           "SAVED FILE CHANGED")
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -108,7 +118,8 @@ def _error_outcome(err: BaseException, project_word: str) -> dict:
 
 def _child(probe: Probe, folder: Path, conn) -> None:
     torch.set_num_threads(1)
-    word = {"energies": "refused", "malformed": "project error", "attacks": "rejected"}[probe.category]
+    word = {"energies": "refused", "malformed": "project error", "attacks": "rejected",
+            "round3": "rejected"}[probe.category]
     try:
         out = probe.run(folder)
     except BaseException as err:  # noqa: BLE001 - the probe reports every exception class
@@ -163,7 +174,7 @@ def _verdict(probe: Probe, outcome: str, defect: Optional[str]) -> str:
         return "ok"
     wanted = {"verified": ("verified",), "refused": ("refused",), "overflow": ("overflow",),
               "error": ("project",), "accept": ("accepted",), "rejected": ("rejected",),
-              "inert": ("inert", "rejected"), "loaded": ("accepted",)}[probe.expect]
+              "inert": ("inert", "rejected"), "loaded": ("accepted",), "causal": ("causal",)}[probe.expect]
     if kind in wanted:
         return "ok"
     return f"DEFECT: expected {probe.expect}, got {outcome}"
@@ -974,10 +985,345 @@ def attack_probes() -> list[Probe]:
 
 
 # ------------------------------------------------------------------------------------------------------------------
+# 4. round 3 (issue 16): causality under overflow, catalog text, the budget in a thread, run folders, the official
+#    converter, configs, --set, checkpoints at --resume, generate. Each probe that touches a run folder works on its
+#    own copy of a finished tiny run and reports SAVED FILE CHANGED if a refused input changed any file there.
+# ------------------------------------------------------------------------------------------------------------------
+
+TINY_RUN = ["--set", "limit_train=32", "--set", "limit_test=16", "--set", "batch_size=16", "--set", "epochs=1",
+            "--set", "model.d=16", "--set", "model.heads=2", "--set", "model.iters=2", "--set", "model.time_freq=8",
+            "--set", "diagnostics_samples=4", "--set", "eval_iters=[1, 2]"]
+_TEMPLATES: dict[str, Path] = {}
+
+
+def _cli(*args: str) -> tuple[int, str]:
+    """``energyarch ARGS`` in this process: (exit status, what it wrote to stderr)."""
+    import contextlib
+    import io
+
+    from energyarch.cli import main as cli_main
+
+    err, out = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(out):
+        status = cli_main(list(args))
+    return status, err.getvalue()
+
+
+def _template(kind: str) -> Path:
+    """A finished tiny run (``digits`` or ``text``), trained once in the parent before any child forks."""
+    if kind not in _TEMPLATES:
+        root = Path(tempfile.mkdtemp(prefix=f"safety_probe_{kind}_"))
+        if kind == "digits":
+            args = ["train", "--config", "digits", "--out", str(root / "run"), "--quiet", "--no-report", *TINY_RUN]
+        else:
+            (root / "t.txt").write_text("def f(x):\n    return x + 1\n" * 40)
+            args = ["train", "--config", "text_small", "--out", str(root / "run"), "--quiet", "--no-report",
+                    "--set", "model.arch=transformer", "--set", f"text_path={json.dumps(str(root / 't.txt'))}",
+                    "--set", "model.d=16", "--set", "model.heads=2", "--set", "model.iters=1", "--set",
+                    "model.time_freq=8", "--set", "seq_len=8", "--set", "batch_size=4", "--set", "limit_train=8",
+                    "--set", "limit_test=4", "--set", "epochs=1"]
+        status, err = _cli(*args)
+        if status != 0:
+            raise RuntimeError(f"the template {kind} run failed: {err}")
+        _TEMPLATES[kind] = root / "run"
+    return _TEMPLATES[kind]
+
+
+def _snapshot(folder: Path) -> dict:
+    import hashlib
+
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def _outcome_of(status: int, err: str) -> dict:
+    if status == 0:
+        return {"outcome": "accepted", "detail": "exit status 0"}
+    line = err.strip().splitlines()[-1] if err.strip() else ""
+    if line.startswith("energyarch: error:"):
+        return {"outcome": "rejected EnergyArchError", "detail": line[len("energyarch: error:"):].strip()}
+    return {"outcome": f"RAW exit {status}", "detail": err[-300:]}
+
+
+def run_attack(prepare: Callable[[Path, Path], list], template: str = "digits", words: tuple = (),
+               forbidden: tuple = ()) -> Callable[[Path], dict]:
+    """Copy a finished run into the probe's folder, ``prepare(folder, run)`` it (returns the CLI arguments), run the
+    command, and judge: saved files unchanged when refused, nothing written next to the run folder, the message
+    naming ``words`` and free of ``forbidden`` advice."""
+    def run(folder: Path) -> dict:
+        import shutil
+
+        run_dir = folder / "run"
+        shutil.copytree(_template(template), run_dir)
+        args = prepare(folder, run_dir)
+        before, outside = _snapshot(run_dir), sorted(p.name for p in folder.iterdir())
+        out = _outcome_of(*_cli(*args))
+        defects = []
+        after = _snapshot(run_dir)
+        if out["outcome"] != "accepted" and any(after.get(name) != digest for name, digest in before.items()):
+            defects.append("SAVED FILE CHANGED")
+        if sorted(p.name for p in folder.iterdir()) != outside:
+            defects.append("a file was written outside the run folder")
+        if out["outcome"].startswith("rejected") and not all(w in out["detail"] for w in words):
+            defects.append(f"message does not name {words}")
+        if any(f in out["detail"] for f in forbidden):
+            defects.append(f"WRONG ADVICE: {forbidden}")
+        if defects:
+            out["defect"] = "; ".join(defects)
+        return out
+    return run
+
+
+def _train_into_run(*extra: str):
+    return lambda folder, run: ["train", "--config", "digits", "--out", str(run), "--quiet", "--no-report",
+                                *TINY_RUN, *extra]
+
+
+def _only_config(folder, run):
+    import shutil
+
+    for p in run.iterdir():
+        if p.name != "config.toml":
+            shutil.rmtree(p) if p.is_dir() else p.unlink()
+    return ["train", "--config", "digits", "--out", str(run), "--quiet", "--no-report", *TINY_RUN]
+
+
+def _out_is_file(through: bool):
+    def prepare(folder, run):
+        (run / "notes.txt").write_text("keep")
+        target = run / "notes.txt"
+        return ["train", "--config", "digits", "--out", str(target / "x" if through else target), "--quiet",
+                "--no-report", *TINY_RUN]
+    return prepare
+
+
+def _diverge_fresh(folder, run):
+    return ["train", "--config", "digits", "--out", str(run / "fresh"), "--quiet", "--no-report", *TINY_RUN,
+            "--set", "lr=1e30", "--set", "grad_clip=0", "--set", "warmup_epochs=0"]
+
+
+def _state_field(key, value):
+    def prepare(folder, run):
+        state = json.loads((run / "checkpoint.json").read_text())
+        state[key] = value
+        (run / "checkpoint.json").write_text(json.dumps(state))
+        return ["train", "--resume", "--out", str(run), "--quiet", "--no-report", "--set", "epochs=2"]
+    return prepare
+
+
+def _optimizer_shape(folder, run):
+    state = json.loads((run / "checkpoint.json").read_text())
+
+    def change(tensors):
+        key = next(k for k in tensors if k.startswith("optim/") and k.endswith("/exp_avg"))
+        tensors[key] = torch.zeros(3, 1)
+
+    from safetensors.torch import load_file
+
+    tensors = load_file(str(run / state["tensors_file"]))
+    change(tensors)
+    _retensor(run, state, tensors)
+    return ["train", "--resume", "--out", str(run), "--quiet", "--no-report", "--set", "epochs=2"]
+
+
+def _config_file(content: bytes, *extra: str):
+    def prepare(folder, run):
+        (folder / "c.toml").write_bytes(content)
+        return ["train", "--config", str(folder / "c.toml"), "--out", str(folder / "new"), "--quiet", "--no-report",
+                *extra]
+    return prepare
+
+
+def _new_run_with(*assignments: str):
+    return lambda folder, run: ["train", "--config", "digits", "--out", str(folder / "new"), "--quiet",
+                                "--no-report", *TINY_RUN, *[a for s in assignments for a in ("--set", s)]]
+
+
+def _generate(*args: str):
+    return lambda folder, run: ["generate", "--checkpoint", str(run), "--max-bytes", "4", *args]
+
+
+def _eval(*args: str):
+    return lambda folder, run: ["eval", "--checkpoint", str(run), *args]
+
+
+DEEP = "[" * 3000 + "]" * 3000
+RUN_ATTACKS = [  # (label, prepare, template, expect, words the message must name, advice it must not give)
+    ("new run (diverging config) into a finished run", _train_into_run("--set", "lr=1e30", "--set", "grad_clip=0"),
+     "digits", "rejected", ("--out", "--resume"), ()),
+    ("new run into a folder holding only config.toml", _only_config, "digits", "rejected", ("--out",),
+     ("add --resume",)),
+    ("--out names a file", _out_is_file(False), "digits", "rejected", ("--out", "is a file"), ()),
+    ("--out names a path through a file", _out_is_file(True), "digits", "rejected", ("--out",), ()),
+    ("diverging run without a checkpoint: advice", _diverge_fresh, "digits", "rejected", ("nothing to resume",),
+     ("with --resume",)),
+    ("--resume: step = 10**30", _state_field("step", 10**30), "digits", "rejected", ("step",), ()),
+    ("--resume: step = -1", _state_field("step", -1), "digits", "rejected", ("step",), ()),
+    ("--resume: epoch = 2**64", _state_field("epoch", 2**64), "digits", "rejected", ("epoch",), ()),
+    ("--resume: batch_in_epoch = 10**9", _state_field("batch_in_epoch", 10**9), "digits", "rejected",
+     ("batch_in_epoch",), ()),
+    ("--resume: epoch_loss = 'x'", _state_field("epoch_loss", "x"), "digits", "rejected", ("epoch_loss",), ()),
+    ("--resume: optimizer state of the wrong shape", _optimizer_shape, "digits", "rejected", ("optimizer state",), ()),
+    ("config file not UTF-8", _config_file(b'task = "digits\xff"\n'), "digits", "rejected", ("UTF-8",), ()),
+    ("config file: 5000-deep nested arrays", _config_file(b"lr = " + b"[" * 5000 + b"]" * 5000 + b"\n"), "digits",
+     "rejected", ("nests too deeply",), ()),
+    ("config file: 3000-deep inline tables", _config_file(b"[model]\nattention = " + b"{ a = " * 3000 + b"1"
+                                                          + b" }" * 3000 + b"\n"), "digits", "rejected",
+     ("nests too deeply",), ()),
+    ("--set lr=<3000-deep array>", _new_run_with("lr=" + DEEP), "digits", "rejected", ("--set",), ()),
+    ("--set indexing into a string", _new_run_with('model.attention={ f = "log(x)", K = "exp(beta*s)" }',
+                                                   "model.attention.f.x=1"), "digits", "rejected", ("not a table",),
+     ()),
+    ("seed = -1", _new_run_with("seed=-1"), "digits", "rejected", ("seed",), ()),
+    ("model.lora_scale = inf", _new_run_with("model.lora_scale=inf"), "digits", "rejected", ("lora_scale",), ()),
+    ("text_path = ''", _new_run_with("task=\"text\"", "text_path=\"\""), "digits", "rejected", ("text_path",), ()),
+    ("solver rmsprop eps = 0", _new_run_with('model.solver={ name = "rmsprop", eps = 0.0 }'), "digits", "rejected",
+     ("eps",), ()),
+    ("solver adam eps = 0", _new_run_with('model.solver={ name = "adam", eps = 0.0 }'), "digits", "rejected",
+     ("eps",), ()),
+    ("eval --iters 999999999", _eval("--iters", "999999999"), "digits", "rejected", ("--iters",), ()),
+    ("eval --out names a file", lambda folder, run: ["eval", "--checkpoint", str(run), "--out",
+                                                     str(run / "config.toml")], "digits", "rejected", ("--out",), ()),
+    ("generate --temperature 1e-300", _generate("--temperature", "1e-300"), "text", "accept", (), ()),
+    ("generate --temperature 5e-324", _generate("--temperature", "5e-324"), "text", "accept", (), ()),
+    ("generate --prompt with a lone surrogate", _generate("--prompt", "a\ud800b"), "text", "rejected",
+     ("--prompt",), ()),
+    ("generate --prompt of Latin-1 bytes", _generate("--prompt", b"caf\xe9".decode("utf-8", "surrogateescape")),
+     "text", "accept", (), ()),
+    ("generate --seed -1", _generate("--seed", "-1"), "text", "rejected", ("seed",), ()),
+    ("generate --max-bytes 10**12", _generate("--max-bytes", str(10**12)), "text", "rejected", ("max_bytes",), ()),
+]
+
+
+def _overflowing_kernel(x, y):
+    return torch.exp(40 * (x * y).sum() - 40 * (x * x).sum())
+
+
+def causal_probe(declaration: Callable[[], dict], later: str) -> Callable[[Path], dict]:
+    """Earlier tokens' updates with a later token that overflows (or holds inf / NaN) equal those without it."""
+    def run(folder: Path) -> dict:
+        step = ea.compile(ea.CausalAttention(heads=2, **declaration()), d=8, dtype=torch.float64)
+        X = torch.randn(2, 6, 8, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+        Y = X.clone()
+        Y[:, 3:] = {"aligned x1e3": X[:, :1] * 1e3, "inf": math.inf, "nan": math.nan, "-inf": -math.inf}[later]
+        a, b = step(X, 0.1)[:, :3], step(Y, 0.1)[:, :3]
+        same = torch.equal(a, b)
+        out = {"outcome": "causal exact" if same else "SILENTLY WRONG",
+               "detail": f"{step.derivations['attn'].pattern}; earlier tokens bit-identical: {same}; finite: "
+                         f"{bool(torch.isfinite(b).all())}"}
+        return out
+    return run
+
+
+CAUSAL = [("bi-softmax", lambda: dict(f="log(x)/beta", K="exp(beta*s)")),
+          ("inner-product kernel", lambda: dict(f="sqrt(x)", K="exp(beta*s)")),
+          ("kernel attention", lambda: dict(f="x/(2*beta)", K="sigmoid(beta*s)")),
+          ("distance kernel", lambda: dict(f="log(x)", K="exp(-r/8)")),
+          ("linear attention", lambda: dict(f="x", K="(beta*s)**2/2", phi="elu(x) + 1")),
+          ("callable f (autodiff)", lambda: dict(f=torch.log, K="exp(beta*s)")),
+          ("overflowing callable K (autodiff)",
+           lambda: dict(f="log(x)", K=ea.Kernel.from_torch(_overflowing_kernel, "overflowing", symmetric=False)))]
+
+
+def catalog_rule_probe(rule: str) -> Callable[[Path], dict]:
+    def run(folder: Path) -> dict:
+        src = (catalog.default_directory() / "bi-softmax.toml").read_text(encoding="utf-8")
+        path = folder / "bi-softmax.toml"
+        path.write_text(src.replace('constraint = "sqrt(p)"', f"constraint = {json.dumps(rule)}"), encoding="utf-8")
+        start = time.perf_counter()
+        entry = catalog.load_entry(path)
+        radius = entry.term(16).constraint.radius
+        return {"outcome": "accepted", "detail": f"radius at d=16: {radius}; {time.perf_counter() - start:.2f} s"}
+    return run
+
+
+def budget_thread_probe(folder: Path) -> dict:
+    """ea.compile in a worker thread with a symbolic step that never ends: the budget must still stop it."""
+    import threading
+
+    import sympy
+
+    from energyarch.derivation import core
+
+    core.SYMBOLIC_BUDGET["seconds"] = 1.0
+
+    def endless(*args, **kwargs):
+        x = sympy.Symbol("x")
+        while True:
+            sympy.expand((x + 1) ** 12)
+
+    core.first_match = endless
+    box = {}
+
+    def work():
+        start = time.perf_counter()
+        box["step"] = ea.compile(Att(f="log(x)", K="exp(beta*s)", heads=2), d=24)
+        box["s"] = time.perf_counter() - start
+
+    worker = threading.Thread(target=work, daemon=True)
+    worker.start()
+    worker.join(15)
+    if worker.is_alive():
+        return {"outcome": "HANG", "detail": "compile in a worker thread ran past 15 s with a 1 s budget"}
+    dv = box["step"].derivations["attn"]
+    return {"outcome": "accepted" if dv.path == "autodiff" else "SILENTLY WRONG",
+            "detail": f"{dv.path} after {box['s']:.1f} s (budget 1 s CPU, cap {core.WALL_FACTOR:g}x wall): "
+                      f"{_short(dv.reason, 90)}"}
+
+
+def official_probe(change: Callable[[dict], None]) -> Callable[[Path], dict]:
+    def run(folder: Path) -> dict:
+        from energyarch.models.official import official_config
+
+        sd = {"tok_emb.weight": torch.zeros(10, 8), "pos_emb": torch.zeros(1, 9, 8),
+              "blocks.0.attn.qkv.weight": torch.zeros(8, 8), "blocks.0.attn.ln1.weight": torch.ones(4),
+              "blocks.0.mlp.weight": torch.zeros(32, 8), "blocks.0.ln2.weight": torch.ones(32),
+              "time_mlp.0.1.weight": torch.zeros(8, 6), "ln_f.weight": torch.ones(8), "head.weight": torch.zeros(9, 8)}
+        change(sd)
+        cfg = official_config(sd, iters=2)
+        return {"outcome": "accepted", "detail": f"layers={cfg.layers}"}
+    return run
+
+
+OFFICIAL_ATTACKS = [
+    ("key naming block 10**9", lambda sd: sd.update({"blocks.1000000000.mlp.weight": torch.zeros(1)})),
+    ("key naming block 999999", lambda sd: sd.update({"blocks.999999.mlp.weight": torch.zeros(1)})),
+    ("a value that is a list", lambda sd: sd.update({"blocks.0.mlp.weight": [[0.0]]})),
+    ("qkv weight of rank 1", lambda sd: sd.update({"blocks.0.attn.qkv.weight": torch.zeros(8)})),
+    ("empty attention gain", lambda sd: sd.update({"blocks.0.attn.ln1.weight": torch.ones(0)})),
+    ("gain that does not divide d", lambda sd: sd.update({"blocks.0.attn.ln1.weight": torch.ones(3)})),
+    ("a non-string key", lambda sd: sd.update({3: torch.zeros(1)})),
+    ("NaN weights", lambda sd: sd.update({"head.weight": torch.full((9, 8), math.nan)})),
+]
+
+
+def round3_probes() -> list[Probe]:
+    probes = []
+    for name, decl in CAUSAL:
+        for later in ("aligned x1e3", "inf", "nan"):
+            probes.append(Probe("round3", f"causal {name}: later tokens {later}", causal_probe(decl, later),
+                                "causal"))
+    for rule in ("sqrt(p)*(1+sin(p)*cos(2*p)*sin(3*p)*cos(4*p)*sin(5*p)*cos(6*p)*sin(7*p)*cos(8*p)*sin(9*p)*cos(10*p)**2)",
+                 "sin(p+1)*cos(p+2)*sin(2*p+3)*cos(3*p+4)*sin(4*p+5)*cos(5*p+6)*sin(6*p+7)*cos(7*p+8)+sqrt(p)",
+                 "sqrt(p)*(sin(p)**2+cos(p)**2)*(sin(2*p)**2+cos(2*p)**2)*(sin(3*p)**2+cos(3*p)**2)",
+                 "(-p)**0.5", "1/(p-1)"):
+        probes.append(Probe("round3", f"catalog radius rule {rule[:60]}{'…' if len(rule) > 60 else ''}",
+                            catalog_rule_probe(rule)))
+    probes.append(Probe("round3", "ea.compile in a worker thread, endless symbolic step", budget_thread_probe,
+                        "accept"))
+    for label, change in OFFICIAL_ATTACKS:
+        probes.append(Probe("round3", f"official state_dict: {label}", official_probe(change), "rejected"))
+    for label, prepare, template, expect, words, forbidden in RUN_ATTACKS:
+        probes.append(Probe("round3", label, run_attack(prepare, template, words, forbidden), expect))
+    return probes
+
+
+# ------------------------------------------------------------------------------------------------------------------
 # the campaign and its tables
 # ------------------------------------------------------------------------------------------------------------------
 
-CATEGORIES = {"energies": energy_probes, "malformed": malformed_probes, "attacks": attack_probes}
+CATEGORIES = {"energies": energy_probes, "malformed": malformed_probes, "attacks": attack_probes,
+              "round3": round3_probes}
 
 
 def warm_up() -> None:
@@ -993,6 +1339,8 @@ def warm_up() -> None:
 
 def run_campaign(probes: list[Probe], timeout: float, progress: bool = True) -> list[Result]:
     warm_up()
+    if any(p.category == "round3" for p in probes):
+        _template("digits"), _template("text")       # trained once, before any child forks
     results = []
     with tempfile.TemporaryDirectory(prefix="safety_probe_") as tmp:
         for i, probe in enumerate(probes):
@@ -1012,7 +1360,7 @@ def _group(outcome: str) -> str:
 def markdown(results: list[Result], command: str, total_seconds: float, timeout: float, load: str = "") -> str:
     cats = list(dict.fromkeys(r.probe.category for r in results))
     lines = [
-        "# Safety probe (issue 8)", "",
+        "# Safety probe (issues 8 and 16)", "",
         f"Command: `{command}`  ",
         f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores, Python {platform.python_version()}, "
         f"torch {torch.__version__}, energyarch {ea.__version__} ({_revision()}); load average at start "
@@ -1030,6 +1378,7 @@ def markdown(results: list[Result], command: str, total_seconds: float, timeout:
         defects = sum(r.verdict != "ok" for r in rs)
         lines.append(f"| {cat} | {len(rs)} | {_short(shown, 2000)} | {defects} | {max(r.seconds for r in rs):.1f} |")
     special = {k: sum(r.outcome.startswith(k) for r in results) for k in ("EXECUTED", "HANG", "SILENTLY WRONG", "RAW")}
+    special["SAVED FILE CHANGED"] = sum("SAVED FILE CHANGED" in r.verdict for r in results)
     lines += ["", "Across all categories: " + ", ".join(f"{k} {v}" for k, v in special.items())
               + f"; defects of any kind (including an outcome other than the expected one): "
               f"{sum(r.verdict != 'ok' for r in results)}.", ""]

@@ -69,6 +69,10 @@ def setup_logging(quiet: bool = False) -> None:
     log.setLevel(logging.WARNING if quiet else logging.INFO)
 
 
+#: Largest test-time iteration count eval accepts (each is one step of every layer on the whole test set).
+MAX_EVAL_ITERS = 10_000
+
+
 def _parse_iters(text: Optional[str]) -> Optional[list[int]]:
     if text is None:
         return None
@@ -76,8 +80,9 @@ def _parse_iters(text: Optional[str]) -> Optional[list[int]]:
         values = [int(v) for v in text.replace(" ", "").split(",") if v]
     except ValueError as err:
         raise ConfigError(f"--iters {text!r}: give comma-separated iteration counts, e.g. --iters 8,16,32") from err
-    if not values or min(values) < 1:
-        raise ConfigError(f"--iters {text!r}: give iteration counts >= 1, e.g. --iters 8,16,32")
+    if not values or min(values) < 1 or max(values) > MAX_EVAL_ITERS or len(values) > 64:
+        raise ConfigError(f"--iters {text[:80]!r}: give at most 64 iteration counts in [1, {MAX_EVAL_ITERS}], e.g. "
+                          f"--iters 8,16,32")
     return values
 
 
@@ -89,7 +94,7 @@ def _parse_tols(text: Optional[str]) -> Optional[list[float]]:
     except ValueError as err:
         raise ConfigError(f"--adaptive-tol {text!r}: give comma-separated tolerances, e.g. --adaptive-tol "
                           f"1e-2,1e-3,1e-4") from err
-    if not values or min(values) < 0 or not all(v == v and v != float("inf") for v in values):
+    if not values or len(values) > 64 or min(values) < 0 or not all(v == v and v != float("inf") for v in values):
         raise ConfigError(f"--adaptive-tol {text!r}: give finite tolerances >= 0, e.g. --adaptive-tol 1e-3")
     return values
 
@@ -162,8 +167,11 @@ def cmd_eval(args) -> int:
         overrides["data_dir"] = args.data_dir
     if args.limit_test is not None:
         overrides["limit_test"] = args.limit_test
-    if args.adaptive_max is not None and args.adaptive_max < 1:
-        raise ConfigError(f"--adaptive-max {args.adaptive_max}: give an iteration count >= 1, e.g. --adaptive-max 32")
+    if args.adaptive_max is not None and not 1 <= args.adaptive_max <= MAX_EVAL_ITERS:
+        raise ConfigError(f"--adaptive-max {args.adaptive_max}: give an iteration count in [1, {MAX_EVAL_ITERS}], "
+                          f"e.g. --adaptive-max 32")
+    if args.limit_test is not None and args.limit_test < 0:
+        raise ConfigError(f"--limit-test {args.limit_test}: give a number of test examples >= 0 (0 = all)")
     result = evaluate_checkpoint(args.checkpoint, iters=_parse_iters(args.iters), out_dir=args.out,
                                  device=args.device, adaptive_tols=_parse_tols(args.adaptive_tol),
                                  adaptive_max=args.adaptive_max, **overrides)
