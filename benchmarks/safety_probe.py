@@ -1303,7 +1303,8 @@ def round3_probes() -> list[Probe]:
         for later in ("aligned x1e3", "inf", "nan"):
             probes.append(Probe("round3", f"causal {name}: later tokens {later}", causal_probe(decl, later),
                                 "causal"))
-    for rule in ("sqrt(p)*(1+sin(p)*cos(2*p)*sin(3*p)*cos(4*p)*sin(5*p)*cos(6*p)*sin(7*p)*cos(8*p)*sin(9*p)*cos(10*p)**2)",
+    for rule in ("sqrt(p)*(1+sin(p)*cos(2*p)*sin(3*p)*cos(4*p)*sin(5*p)*cos(6*p)*sin(7*p)*cos(8*p)*sin(9*p)"
+                 "*cos(10*p)**2)",
                  "sin(p+1)*cos(p+2)*sin(2*p+3)*cos(3*p+4)*sin(4*p+5)*cos(5*p+6)*sin(6*p+7)*cos(7*p+8)+sqrt(p)",
                  "sqrt(p)*(sin(p)**2+cos(p)**2)*(sin(2*p)**2+cos(2*p)**2)*(sin(3*p)**2+cos(3*p)**2)",
                  "(-p)**0.5", "1/(p-1)"):

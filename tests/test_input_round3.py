@@ -89,7 +89,8 @@ def test_crafted_official_state_dicts_raise_project_errors(change, words):
 
     sd = _official()
     made = {"zeros(1)": torch.zeros(1), "zeros(16)": torch.zeros(16), "zeros(0)": torch.zeros(0),
-            "ones(3)": torch.ones(3), "nan": torch.full((9, 16), float("nan")), "int": torch.zeros(9, 16, dtype=torch.int64)}
+            "ones(3)": torch.ones(3), "nan": torch.full((9, 16), float("nan")),
+            "int": torch.zeros(9, 16, dtype=torch.int64)}
     sd.update({k: made.get(v, v) if isinstance(v, str) else v for k, v in change.items()})
     with pytest.raises(EnergyArchError, match=words):
         official_config(sd, iters=2)

@@ -89,3 +89,36 @@ def test_real_inputs_of_each_category(tmp_path, warm, category, label, outcome):
     result = _run(probe, tmp_path)
     assert result.outcome == outcome and result.verdict == "ok", result
     assert not (tmp_path / "probe" / "MARKER").exists()
+
+
+@pytest.mark.parametrize("label, outcome", [
+    ("causal overflowing callable K (autodiff): later tokens aligned x1e3", "causal exact"),
+    ("causal inner-product kernel: later tokens inf", "causal exact"),
+    ("official state_dict: key naming block 10**9", "rejected ConfigError"),
+    ("new run (diverging config) into a finished run", "rejected EnergyArchError"),
+    ("--resume: optimizer state of the wrong shape", "rejected EnergyArchError"),
+])
+def test_round3_inputs(tmp_path, warm, label, outcome):
+    probe = _by_label(sp.round3_probes(), label)
+    if probe.label.startswith(("new run", "--resume")):
+        sp._template("digits")                     # trained in the parent, as run_campaign does, before the fork
+    result = _run(probe, tmp_path)
+    assert result.outcome == outcome and result.verdict == "ok", result
+
+
+def test_the_run_judge_reports_a_changed_saved_file(tmp_path, warm):
+    """A command that is refused after changing a saved file is judged SAVED FILE CHANGED."""
+    sp._template("digits")
+    judge = sp.run_attack(lambda folder, run: ["train", "--config", str(folder / "missing.toml")])
+    original = sp._cli
+
+    def cli_that_changes_a_file(*args):
+        (tmp_path / "probe" / "run" / "metrics.json").write_text("{}")
+        return original(*args)
+
+    sp._cli = cli_that_changes_a_file
+    try:
+        result = _run(sp.Probe("round3", "changes a file", judge, "rejected"), tmp_path)
+    finally:
+        sp._cli = original
+    assert result.outcome == "rejected EnergyArchError" and "SAVED FILE CHANGED" in result.verdict, result

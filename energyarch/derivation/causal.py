@@ -79,14 +79,14 @@ class CausalFamily(Family):
             rho = dv.pieces["rho"]
             kself = "K" if t.self_term == "exact" else "K.detach()"
             lines = [strict,
-                     "r = causal_sq_distances(Q, K.detach(), mask)        # ‖q_t − k_s‖², earlier keys fixed, 0 if s ≥ t",
+                     "r = causal_sq_distances(Q, K.detach(), mask)        # ‖q_t − k_s‖² (s < t), earlier keys fixed",
                      f"S = torch.where(mask, {code(rho, R, 'r')}, 0).sum(dim=-1)",
                      f"r_self = (Q - {kself}).pow(2).sum(dim=-1)",
                      f"S = S + {code(rho, R, 'r_self')}"]
         else:
             kappa = dv.pieces["kappa"]
             lines = [*qk_phi_lines(dv, with_derivative=False), strict,
-                     "G = torch.where(mask, causal_gram(Phi_q, Phi_k.detach(), mask), 0)   # (B, H, N, N), earlier keys fixed",
+                     "G = torch.where(mask, causal_gram(Phi_q, Phi_k.detach(), mask), 0)   # earlier keys fixed",
                      f"S = torch.where(mask, {code(kappa, S, 'G')}, 0).sum(dim=-1)",
                      f"s_self = (Phi_q * {self_key(dv)}).sum(dim=-1)",
                      f"S = S + {code(kappa, S, 's_self')}"]

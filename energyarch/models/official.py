@@ -93,8 +93,8 @@ def _checked(state_dict, where: str) -> dict[str, Tensor]:
     out: dict[str, Tensor] = {}
     for key, value in state_dict.items():
         if not isinstance(key, str):
-            raise CheckpointError(f"{where}: key {str(key)[:60]!r} is of type {type(key).__name__}; the keys of a state_dict "
-                                  f"are names (str)")
+            raise CheckpointError(f"{where}: key {str(key)[:60]!r} is of type {type(key).__name__}; the keys of a "
+                                  f"state_dict are names (str)")
         if not isinstance(value, Tensor):
             raise CheckpointError(f"{where}: {key[:80]!r} holds a {type(value).__name__}, not a tensor; pass "
                                   f"model.state_dict() of an official model")

@@ -36,4 +36,5 @@ class CausalInnerProductKernel(Pattern):
                 f"df_S = torch.zeros_like(S) + ({code(dv.pieces['df'], X, 'S')})   # f'(S_t)",
                 f"C = df_S.unsqueeze(-1) * torch.where(mask, {code(dkappa, S, 'G')}, 0)",
                 "s_self = (Phi_q * Phi_k).sum(dim=-1)",
-                *roles(dv, "causal_apply(C, Phi_k, mask)", f"(df_S * ({code(dkappa, S, 's_self')})).unsqueeze(-1) * Phi_q")]
+                *roles(dv, "causal_apply(C, Phi_k, mask)",
+                       f"(df_S * ({code(dkappa, S, 's_self')})).unsqueeze(-1) * Phi_q")]
