@@ -44,8 +44,8 @@ def test_the_derivation_budget_holds_in_any_thread(monkeypatch, where):
         assert not worker.is_alive(), "compile in a worker thread ran past the derivation budget"
     dv = out["step"].derivations["attn"]
     assert dv.path == "autodiff" and "longer than 0.5 s" in dv.reason
-    # budget (CPU seconds, capped at WALL_FACTOR × in wall time) + emission and the autodiff module
-    assert out["seconds"] < core.WALL_FACTOR * 0.5 + 10
+    # 0.5 s of the thread's CPU time (more wall time on a loaded machine) + emission of the autodiff module
+    assert out["seconds"] < 20
 
 
 def test_a_derivation_within_budget_is_not_interrupted_afterwards():

@@ -216,9 +216,9 @@ def _time_budget(seconds: float):
     A watchdog thread reads the caller's CPU clock (``time.pthread_getcpuclockid``) every few milliseconds and,
     past the budget, raises :class:`_OverBudget` in the caller (``PyThreadState_SetAsyncExc``: delivered between
     two bytecodes, so sympy, which is pure Python, stops within milliseconds). CPU time rather than wall time, so
-    that a busy machine does not change what is derived; a wall-clock cap of ``WALL_FACTOR × seconds`` still holds
-    on a machine so busy that the caller hardly runs. Where neither clock nor the call exists (not CPython), only
-    the size caps hold.
+    that a busy machine does not change what is derived. Where the thread's CPU clock cannot be read, the block is
+    stopped after ``WALL_FACTOR × seconds`` of wall time instead; where the call does not exist (not CPython),
+    only the size caps hold.
     """
     caller = threading.get_ident()
     set_async = getattr(getattr(ctypes, "pythonapi", None), "PyThreadState_SetAsyncExc", None)
@@ -234,10 +234,8 @@ def _time_budget(seconds: float):
     wall_start = time.monotonic()
 
     def spent() -> bool:
-        if time.monotonic() - wall_start > WALL_FACTOR * seconds:
-            return True
         if clock is None:
-            return time.monotonic() - wall_start > seconds
+            return time.monotonic() - wall_start > WALL_FACTOR * seconds
         try:
             return time.clock_gettime(clock) - cpu_start > seconds
         except OSError:  # the caller's clock is gone: the block has ended
@@ -255,7 +253,9 @@ def _time_budget(seconds: float):
     watchdog.start()
     try:
         yield
-    except _OverBudget:
+    except _OverBudget as err:
+        if err.args:          # a size cap inside the block: its own message
+            raise
         raise _OverBudget(f"the symbolic steps took longer than {seconds:g} s of CPU time") from None
     finally:
         with lock:
@@ -265,7 +265,7 @@ def _time_budget(seconds: float):
         watchdog.join()
 
 
-#: Wall-clock cap of the symbolic budget, as a multiple of its CPU seconds.
+#: Wall-clock budget, as a multiple of the CPU seconds, where a thread's CPU clock cannot be read.
 WALL_FACTOR = 4.0
 
 

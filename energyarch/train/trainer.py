@@ -238,9 +238,19 @@ class Trainer:
             state["replica_digests"] = digests
             path = save_checkpoint(self.out_dir, self.model, self.optimizer, state)
             self.write_metrics()
+            self._save_config()
         distributed.barrier(self.dist)
         self.last_checkpoint_step = self.step
         return path
+
+    def _save_config(self) -> None:
+        """``config.toml`` of this run (none for a custom energy in cfg.model, which TOML cannot hold)."""
+        try:
+            self.cfg.save(self.out_dir / "config.toml")
+        except ConfigError as err:
+            if not getattr(self, "_config_warned", False):
+                log.warning("config.toml not written: %s", err)
+                self._config_warned = True
 
     def write_metrics(self) -> Path:
         """``metrics.json``: config, parameter count, the history and the speed log (rank 0)."""
@@ -395,17 +405,16 @@ class Trainer:
         """Train until ``epochs`` (or ``max_steps``); returns the last history entry (or progress info)."""
         cfg, info = self.cfg, self.dist
         self.check_out_dir(resume)
-        if resume and self.resume():
+        resumed = resume and self.resume()
+        if resumed:
             log.info("resumed from %s at step %d (epoch %d, batch %d)", self.out_dir, self.step, self.epoch + 1,
                      self.batch_in_epoch)
         elif resume:
             log.info("no checkpoint in %s: starting a new run", self.out_dir)
         if info.is_main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
-            try:
-                cfg.save(self.out_dir / "config.toml")
-            except ConfigError as err:                  # a custom energy in cfg.model: nothing to write
-                log.warning("config.toml not written: %s", err)
+            if not resumed:        # a resumed run's config.toml is rewritten with its next checkpoint only, so that
+                self._save_config()  # a resume that fails before it leaves every saved file as it was
             log.info("training %s on %s: %s parameters, %d steps per epoch, %d processes, %s, %s%s", cfg.model.arch,
                      cfg.task, f"{count_parameters(self.model):,}", self.steps_per_epoch, info.world, info.device,
                      "bf16 autocast" if self.amp_dtype == torch.bfloat16 else "fp32",
