@@ -244,3 +244,32 @@ def test_causal_helpers_never_mix_a_hidden_non_finite_row_into_an_earlier_one():
     A.requires_grad_(True)
     torch.where(mask, causal_gram(A, B, mask), 0)[:3].sum().backward()
     assert torch.isfinite(A.grad[:3]).all()                                       # rows 0-2 never see row 3
+
+
+def test_property_causality_whatever_the_later_values():
+    """Hypothesis: any values (finite, huge, inf, NaN) in the later tokens leave the earlier tokens' updates
+    bit-identical, for every causal pattern and the autodiff path (issue 16, class 1)."""
+    import os
+
+    hypothesis = pytest.importorskip("hypothesis")
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    profile = os.environ.get("HYPOTHESIS_PROFILE", "ci")
+    steps = [ea.compile(ea.CausalAttention(heads=2, **decl), d=8, dtype=torch.float64)
+             for decl in NONFINITE_DECLARATIONS]
+    X = torch.randn(1, 5, 8, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    values = st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.sampled_from([1e300, -1e300, 1e30]))
+
+    @settings(max_examples=20 if profile == "ci" else 500, deadline=None, derandomize=profile == "ci",
+              suppress_health_check=list(HealthCheck))
+    @given(which=st.integers(0, len(steps) - 1), t=st.integers(0, 3),
+           later=st.lists(values, min_size=8, max_size=8), scale=st.sampled_from([1.0, 1e3, 1e150]))
+    def check(which, t, later, scale):
+        Y = X.clone()
+        Y[0, t + 1] = torch.tensor(later, dtype=torch.float64)
+        Y[0, t + 2:] = X[0, :1] * scale
+        _past_is_unchanged(steps[which], X, Y, t)
+
+    assert hypothesis is not None
+    check()
