@@ -330,8 +330,10 @@ def test_property_mutated_run_folders_resume_or_raise_without_changing_saved_fil
         status = 2
     assert time.monotonic() - start < TIME_BOUND_S
     assert sorted(p.name for p in parent.iterdir()) == outside, "a file was written outside the run folder"
-    if status != 0:
-        assert snapshot(run) == before, f"a refused resume ({kind}) changed saved files"
+    if status != 0:   # new files (a TensorBoard event file) may appear; no file saved before may change
+        after = snapshot(run)
+        assert all(after.get(name) == digest for name, digest in before.items()), \
+            f"a refused resume ({kind}) changed saved files"
 
 
 # ------------------------------------------------------------------------------------------------------------

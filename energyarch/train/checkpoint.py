@@ -248,6 +248,24 @@ def _check_optimizer_tensor(param: torch.Tensor, pname: str, key: str, value: to
                               f"model. Load it for evaluation only, or train into a new --out")
 
 
+def _state_keys(optimizer: torch.optim.Optimizer) -> Optional[set]:
+    """The state keys ``optimizer``'s class keeps per parameter after a step (``step``, ``exp_avg``, ... for Adam),
+    found by one step of a copy on a one-element parameter; None where that cannot be done."""
+    import inspect
+
+    try:
+        p = torch.zeros(1, requires_grad=True)
+        accepted = inspect.signature(type(optimizer).__init__).parameters
+        group = {k: v for k, v in optimizer.param_groups[0].items()
+                 if k in accepted and k not in ("params", "fused", "foreach", "capturable")}
+        probe = type(optimizer)([p], **group)
+        p.grad = torch.zeros(1)
+        probe.step()
+        return set(probe.state[p])
+    except Exception:  # noqa: BLE001 - an optimizer that cannot be copied this way: compare entries with each other
+        return None
+
+
 def _merge_optimizer_checked(model, optimizer, tensors: dict, meta: dict, where: str) -> None:
     names = optimizer_param_names(model, optimizer)
     params = dict(model.named_parameters())
@@ -267,6 +285,13 @@ def _merge_optimizer_checked(model, optimizer, tensors: dict, meta: dict, where:
         state.setdefault(index[pname], {})[skey] = value
     for pname, entry in meta.get("scalars", {}).items():
         state.setdefault(index[pname], {}).update(entry)
+    expected = _state_keys(optimizer)
+    for i, entry in state.items():
+        keys = set(entry)
+        if keys != (expected if expected is not None else set().union(*map(set, state.values()))):
+            raise CheckpointError(f"checkpoint {where}: optimizer state of {names[i]} holds {sorted(keys)}, expected "
+                                  f"{sorted(expected or [])}; the file was changed. Load it for evaluation only, or "
+                                  f"train into a new --out")
     groups = []
     for g, now in zip(saved_groups, current):
         for key, value in g.items():
