@@ -421,34 +421,36 @@ def cross_kernel(K, Q: Tensor, Kk: Tensor, mask: Optional[Tensor] = None) -> Ten
     return torch.vmap(rows, in_dims=(0, 0, None))(fq, fk, mask).reshape(*Q.shape[:-1], Kk.shape[-2])
 
 
-def causal_gram(A: Tensor, B: Tensor, mask: Tensor) -> Tensor:
-    """``A Bᵀ`` (..., N, N) whose row t never depends on a row s of B that the mask hides from t.
+def _poison_rows(bad: Tensor, like: Tensor) -> Tensor:
+    """NaN for each row t that sees a non-finite row s ≤ t (``bad[s]``), else 0; shape (..., N, 1). A prefix sum:
+    never an N×N pass. A token's own non-finite key poisons its own row, whose self-term holds it anyway."""
+    seen = torch.cumsum(bad.to(torch.int32), dim=-1).unsqueeze(-1) > 0
+    return torch.where(seen, math.nan, 0.0).to(like.dtype)
+
+
+def causal_gram(A: Tensor, B: Tensor) -> Tensor:
+    """``A Bᵀ`` (..., N, N) whose row t never depends on a row s > t of B.
 
     A plain matmul's backward multiplies the zero gradient of a masked pair by ``b_s``: 0·inf = NaN when a later
-    token holds inf or NaN. Here non-finite rows of B are replaced by zeros, and the raw product is kept only for
-    the rows that see such a token (their own values are then non-finite by right); ``torch.where`` is a selection
-    in both passes.
+    token holds inf or NaN. Here non-finite rows of B are replaced by zeros (``torch.where``, a selection in both
+    passes) and the rows of A that see such a token, s ≤ t, are set to NaN before the product: their rows are then
+    non-finite by right, never finite by accident. Extra cost: O(N p), no N×N pass.
     """
     bad = ~torch.isfinite(B).all(dim=-1)                                  # (..., N) non-finite keys
-    seen = (bad.unsqueeze(-2) & mask).any(dim=-1, keepdim=True)           # (..., N, 1) row t sees one
-    clean = A @ torch.where(bad.unsqueeze(-1), 0, B).transpose(-1, -2)
-    raw = torch.where(seen, A, 0) @ B.transpose(-1, -2)
-    return torch.where(seen & bad.unsqueeze(-2), raw, clean)
+    return (A + _poison_rows(bad, A)) @ torch.where(bad.unsqueeze(-1), 0, B).transpose(-1, -2)
 
 
-def causal_apply(C: Tensor, V: Tensor, mask: Tensor) -> Tensor:
-    """``C V`` for a causal weight matrix C (zero where ``mask`` is False): row t never depends on a row of V
-    the mask hides from t, even an inf or NaN one (0·inf would otherwise be NaN); see :func:`causal_gram`."""
+def causal_apply(C: Tensor, V: Tensor) -> Tensor:
+    """``C V`` for a causal weight matrix C (zero above the diagonal): row t never depends on a row s > t of V,
+    even an inf or NaN one (0·inf would otherwise be NaN); see :func:`causal_gram`."""
     bad = ~torch.isfinite(V).all(dim=-1)
-    seen = (bad.unsqueeze(-2) & mask).any(dim=-1, keepdim=True)
-    clean = C @ torch.where(bad.unsqueeze(-1), 0, V)
-    return torch.where(seen, torch.where(seen, C, 0) @ V, clean)
+    return C @ torch.where(bad.unsqueeze(-1), 0, V) + _poison_rows(bad, V)
 
 
 def causal_sq_distances(Q: Tensor, K: Tensor, mask: Tensor) -> Tensor:
     """``r_ts = ‖q_t − k_s‖²`` like :func:`sq_distances_qk`, the cross term by :func:`causal_gram` (row t never
-    depends on a key the mask hides from it) and hidden pairs set to 0."""
-    r = (Q.pow(2).sum(-1).unsqueeze(-1) + K.pow(2).sum(-1).unsqueeze(-2) - 2 * causal_gram(Q, K, mask)).clamp_min(0)
+    depends on a later key) and the pairs the causal ``mask`` hides set to 0."""
+    r = (Q.pow(2).sum(-1).unsqueeze(-1) + K.pow(2).sum(-1).unsqueeze(-2) - 2 * causal_gram(Q, K)).clamp_min(0)
     return torch.where(mask, r, 0)
 
 

@@ -86,7 +86,7 @@ class CausalFamily(Family):
         else:
             kappa = dv.pieces["kappa"]
             lines = [*qk_phi_lines(dv, with_derivative=False), strict,
-                     "G = torch.where(mask, causal_gram(Phi_q, Phi_k.detach(), mask), 0)   # earlier keys fixed",
+                     "G = torch.where(mask, causal_gram(Phi_q, Phi_k.detach()), 0)   # earlier keys fixed",
                      f"S = torch.where(mask, {code(kappa, S, 'G')}, 0).sum(dim=-1)",
                      f"s_self = (Phi_q * {self_key(dv)}).sum(dim=-1)",
                      f"S = S + {code(kappa, S, 's_self')}"]

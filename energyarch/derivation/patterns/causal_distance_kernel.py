@@ -39,5 +39,5 @@ class CausalDistanceKernel(Pattern):
                 f"df_S = torch.zeros_like(S) + ({code(dv.pieces['df'], X, 'S')})   # f'(S_t)",
                 f"C = df_S.unsqueeze(-1) * torch.where(mask, {code(drho, R, 'r')}, 0)",
                 "r_self = (Q - K).pow(2).sum(dim=-1)",
-                *roles(dv, "2 * (C.sum(dim=-1, keepdim=True) * Q - causal_apply(C, K, mask))",
+                *roles(dv, "2 * (C.sum(dim=-1, keepdim=True) * Q - causal_apply(C, K))",
                        f"-2 * (df_S * ({code(drho, R, 'r_self')})).unsqueeze(-1) * (Q - K)")]

@@ -31,10 +31,10 @@ class CausalInnerProductKernel(Pattern):
         kappa, dkappa = dv.pieces["kappa"], dv.pieces["dkappa"]
         return [*qk_phi_lines(dv, with_derivative=True),
                 "mask = causal_mask(Q.shape[-2], Q.device)          # s ≤ t",
-                "G = torch.where(mask, causal_gram(Phi_q, Phi_k, mask), 0)   # (B, H, N, N), 0 if s > t",
+                "G = torch.where(mask, causal_gram(Phi_q, Phi_k), 0)   # (B, H, N, N), 0 if s > t",
                 f"S = torch.where(mask, {code(kappa, S, 'G')}, 0).sum(dim=-1)   # (B, H, N): S_t",
                 f"df_S = torch.zeros_like(S) + ({code(dv.pieces['df'], X, 'S')})   # f'(S_t)",
                 f"C = df_S.unsqueeze(-1) * torch.where(mask, {code(dkappa, S, 'G')}, 0)",
                 "s_self = (Phi_q * Phi_k).sum(dim=-1)",
-                *roles(dv, "causal_apply(C, Phi_k, mask)",
+                *roles(dv, "causal_apply(C, Phi_k)",
                        f"(df_S * ({code(dkappa, S, 's_self')})).unsqueeze(-1) * Phi_q")]

@@ -32,7 +32,7 @@ class CausalKernelAttention(Pattern):
         dk = sp.simplify(dv.constants["a"] * dv.pieces["dkappa"])
         return [*qk_phi_lines(dv, with_derivative=True),
                 "mask = causal_mask(Q.shape[-2], Q.device)          # s ≤ t",
-                "G = torch.where(mask, causal_gram(Phi_q, Phi_k, mask), 0)   # (B, H, N, N), 0 if s > t",
+                "G = torch.where(mask, causal_gram(Phi_q, Phi_k), 0)   # (B, H, N, N), 0 if s > t",
                 f"C = torch.where(mask, {code(dk, S, 'G')}, 0)   # a κ'(G), causal",
                 "s_self = (Phi_q * Phi_k).sum(dim=-1, keepdim=True)",
-                *roles(dv, "causal_apply(C, Phi_k, mask)", f"({code(dk, S, 's_self')}) * Phi_q")]
+                *roles(dv, "causal_apply(C, Phi_k)", f"({code(dk, S, 's_self')}) * Phi_q")]
