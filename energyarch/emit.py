@@ -45,6 +45,7 @@ from energyarch.runtime import distance_row_logsumexp, row_logsumexp
 from energyarch.runtime import CausalTermUpdate, causal_mask, causal_prefix_outer, causal_softmax_sdpa
 from energyarch.runtime import GatedTermUpdate, cross_kernel, diag_kernel, sq_distances_qk
 from energyarch.blockwise import distance_couple, gram_couple, kernel_callable, kernel_on_distance, kernel_on_gram, pair_grad, pair_row_sum
+from energyarch.runtime_qk import QKTermUpdate, qk_bisoftmax_sdpa, qk_softmax_sdpa
 
 """
 
@@ -56,7 +57,9 @@ _GLOBALS = {"math", "torch", "self", "TermUpdate", "_logcosh", "_step", "bisoftm
             "diag_kernel", "sq_distances_qk",
             # blockwise evaluation above sdpa_threshold (energyarch.blockwise)
             "distance_couple", "gram_couple", "kernel_callable", "kernel_on_distance", "kernel_on_gram", "pair_grad",
-            "pair_row_sum"}
+            "pair_row_sum",
+            # bidirectional attention with an interaction (energyarch.runtime_qk)
+            "QKTermUpdate", "qk_bisoftmax_sdpa", "qk_softmax_sdpa"}
 _CONSTANT_NAMES = ("TERM", "FAMILY", "ENERGY", "PATTERN", "PATH", "REASON", "TYING")
 _EXPR_NODES = (ast.BinOp, ast.UnaryOp, ast.Call, ast.Attribute, ast.Name, ast.Constant, ast.Compare, ast.Lambda,
                ast.keyword, ast.Tuple, ast.arguments, ast.arg, ast.operator, ast.unaryop, ast.cmpop,
@@ -92,7 +95,8 @@ def check_source(source: str) -> None:
                 and isinstance(node.value.value, str)):
             bad(node, "a module-level statement other than a string constant")
     cls = rest[-1] if rest else None
-    bases = [[ast.dump(ast.Name(name, ast.Load()))] for name in ("TermUpdate", "CausalTermUpdate", "GatedTermUpdate")]
+    bases = [[ast.dump(ast.Name(name, ast.Load()))] for name in ("TermUpdate", "CausalTermUpdate", "GatedTermUpdate",
+                                                                     "QKTermUpdate")]
     if not (isinstance(cls, ast.ClassDef) and [ast.dump(b) for b in cls.bases] in bases
             and not cls.keywords and not cls.decorator_list):
         bad(cls or tree, "the last statement is not the TermUpdate subclass")
@@ -171,6 +175,9 @@ def _energy_text(dv: Derivation) -> str:
         if t.family == "causal attention":
             return (f"E_t = sum_h f(sum_(s<=t) K(q_t, k_s)) for each token t (conditional), f(x) = {t.f.name}, "
                     f"K = {k}{phi}, heads = {t.heads}, self-term {t.self_term}")
+        if t.family == "qk attention":
+            return (f"E = sum_h sum_i f(sum_j K(q_i, k_j)), queries and keys from the {t.interaction.kind} "
+                    f"interaction, f(x) = {t.f.name}, K = {k}{phi}, heads = {t.heads}")
         return f"E = sum_h sum_i f(sum_j K(z_i, z_j)), f(x) = {t.f.name}, K = {k}{phi}, heads = {t.heads}"
     if t.family == "gated feedforward":
         return f"E = -sum_i sum_m h(d_m . x_i) (v_m . xbar_i), gate held fixed, h(x) = {t.h.name}"
@@ -185,6 +192,11 @@ def _signature(dv: Derivation) -> dict:
                 "grad_doc": "(∂/∂Q, ∂/∂K) of Σ_t E_t(x_t | x_<t), each token's own energy, earlier tokens fixed",
                 "energy_doc": "E_t of every token and head at queries Q and keys K (B, H, N, p); shape (B, H, N).",
                 "rule": "x_t ← x_t − step ⊙ ∇_(x_t) E_t, through the interaction's projections (see TYING)"}
+    if t.family == "qk attention":
+        return {"base": "QKTermUpdate", "args": "Q, K", "shape": "(B, H, N, p)",
+                "grad_doc": "(∂E/∂Q, ∂E/∂K) of E = Σ_h Σ_i f(Σ_j K(q_i, k_j))",
+                "energy_doc": "f(S_i) of every token and head at queries Q and keys K (B, H, N, p); shape (B, H, N).",
+                "rule": "X ← X − step ⊙ (∂E/∂Q, ∂E/∂K) mapped back through the interaction's projections (see TYING)"}
     if t.family == "gated feedforward":
         return {"base": "GatedTermUpdate", "args": "U, V", "shape": "(B, 1, N, M)",
                 "grad_doc": "∇_U E with the gate V held fixed", "energy_doc": "Energy at U and gate V; shape (B,).",

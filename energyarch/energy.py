@@ -78,6 +78,18 @@ class Attention(_Term):
         constraint: the sphere of each head's coordinates (default radius √p).
         beta: value of the symbol ``beta`` (default 1/√p).
         name: term name (used for step sizes and energy breakdowns).
+        radius: shorthand for ``constraint=Sphere(radius)``.
+        interaction: how queries and keys come from the tokens (:mod:`energyarch.interactions`): None or
+            ``SharedBasis()`` (Hyper-SET's one basis per head, the default), ``QueryKey()`` (separate W_Q, W_K per
+            head, as in Energy Transformer) or ``DiagLowRank(rank)``. With queries q and keys k,
+            ``S_i = Σ_j K(q_i, k_j)`` is no longer symmetric in i, j; the gradient of both roles is derived
+            (docs: Concepts, "Bidirectional interactions").
+
+    >>> Attention(f="log(x)/beta", K="exp(beta*s)", heads=2).family
+    'attention'
+    >>> from energyarch.interactions import QueryKey
+    >>> Attention(f="log(x)/beta", K="exp(beta*s)", heads=2, interaction=QueryKey()).family
+    'qk attention'
     """
 
     f: Scalar
@@ -86,9 +98,11 @@ class Attention(_Term):
     constraint: Sphere = Sphere()
     beta: Optional[float] = None
     name: str = "attn"
+    interaction: object = None
 
     def __init__(self, f, K, heads: int = 1, phi=None, constraint: Optional[Sphere] = None,
-                 beta: Optional[float] = None, name: str = "attn", radius: Optional[float] = None):
+                 beta: Optional[float] = None, name: str = "attn", radius: Optional[float] = None,
+                 interaction=None):
         kernel = as_kernel(K)
         if phi is not None:
             if kernel.kind != "inner":
@@ -107,8 +121,14 @@ class Attention(_Term):
         object.__setattr__(self, "constraint", constraint or Sphere(radius))
         object.__setattr__(self, "beta", None if beta is None else float(beta))
         object.__setattr__(self, "name", _check_name(name))
+        interaction = _check_interaction("Attention", interaction, self.K)
+        object.__setattr__(self, "interaction", None if interaction.kind == "shared" else interaction)
 
-    family = "attention"
+    @property
+    def family(self) -> str:
+        """``'attention'`` (one basis per head, Eq. 19) or ``'qk attention'`` (queries and keys from an
+        interaction other than the shared basis)."""
+        return "attention" if self.interaction is None else "qk attention"
 
 
 @dataclass(frozen=True)
@@ -141,24 +161,34 @@ class CausalAttention(Attention):
     def __init__(self, f, K, heads: int = 1, phi=None, constraint: Optional[Sphere] = None,
                  beta: Optional[float] = None, name: str = "attn", radius: Optional[float] = None,
                  interaction=None, self_term: str = "exact"):
-        from .interactions import Interaction, SharedBasis
-
         Attention.__init__(self, f, K, heads=heads, phi=phi, constraint=constraint, beta=beta, name=name,
                            radius=radius)
-        interaction = SharedBasis() if interaction is None else interaction
-        if not isinstance(interaction, Interaction):
-            raise DeclarationError(f"CausalAttention: interaction={interaction!r}; give ea.SharedBasis(), "
-                                   f"ea.QueryKey() or ea.DiagLowRank(rank=8)")
-        if self_term not in ("exact", "stopped"):
+        interaction = _check_interaction("CausalAttention", interaction, self.K)
+        if self_term not in SELF_TERMS:
             raise DeclarationError(f"CausalAttention: self_term={self_term!r}; choose 'exact' (differentiate x_t's "
                                    f"key role in its own term) or 'stopped' (hold it fixed)")
-        if self.K.kind == "distance" and interaction.kind == "diag-low-rank":
-            raise DeclarationError("CausalAttention: a distance kernel needs queries and keys of one kind; use "
-                                   "SharedBasis() or QueryKey() with K in r, or write the kernel in s")
         object.__setattr__(self, "interaction", interaction)
         object.__setattr__(self, "self_term", self_term)
 
     family = "causal attention"
+
+
+#: How a causal term treats x_t's key role in its own term K(q_t, k_t).
+SELF_TERMS = ("exact", "stopped")
+
+
+def _check_interaction(where: str, interaction, K: Kernel):
+    """The declared interaction (``SharedBasis()`` for None), checked against the kernel."""
+    from .interactions import INTERACTIONS, Interaction, SharedBasis
+
+    interaction = SharedBasis() if interaction is None else interaction
+    if not isinstance(interaction, Interaction):
+        raise DeclarationError(f"{where}: interaction={interaction!r}; give one of "
+                               + ", ".join(f"ea.{cls.__name__}()" for cls in INTERACTIONS.values()))
+    if K.kind == "distance" and interaction.kind == "diag-low-rank":
+        raise DeclarationError(f"{where}: a distance kernel needs queries and keys of one kind; use "
+                               f"SharedBasis() or QueryKey() with K in r, or write the kernel in s")
+    return interaction
 
 
 def _init_width_terms(term, where: str, h, width, ratio, constraint, radius, name) -> None:

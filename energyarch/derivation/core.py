@@ -187,7 +187,12 @@ def first_match(c: Candidate) -> Derivation:
 
 
 def family_of(term: Term) -> Family:
-    """The registered family of the most specific class of ``term`` (a CausalAttention is not an Attention's)."""
+    """The registered family of ``term``: the one named by ``term.family`` when it takes the term's type (an
+    Attention with a query-key interaction is a ``'qk attention'`` term), else that of its most specific class
+    (a CausalAttention is not an Attention's)."""
+    named = FAMILIES.get(getattr(term, "family", None))
+    if named is not None and isinstance(term, named.term_type):
+        return named
     for cls in type(term).__mro__:
         for fam in FAMILIES.values():
             if fam.term_type is cls:
