@@ -40,7 +40,7 @@ from .derive import derive
 from .energy import Attention, Energy, FeedForward, Sphere, Term
 from .errors import DeclarationError, EnergyArchError
 from .expr import logcosh, parse, relu, sigmoid, softplus, step
-from .primitives import R as R_SYM, S as S_SYM, X as X_SYM, Kernel, Scalar
+from .primitives import R as R_SYM, S as S_SYM, X as X_SYM, Kernel, Scalar, used_params
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -238,14 +238,14 @@ def _parse_primitives(path: Path, data: Mapping[str, object]) -> dict[str, objec
     try:
         if data["family"] == "attention":
             key = "phi"
-            phi = Scalar.parse(data["phi"], params=params) if "phi" in data else None
+            phi = Scalar.parse(data["phi"], params=used_params(data["phi"], params)) if "phi" in data else None
             key = "f"
-            out["f"] = Scalar.parse(data["f"], params=params)
+            out["f"] = Scalar.parse(data["f"], params=used_params(data["f"], params))
             key = "K"
-            out["K"] = Kernel.parse(data["K"], phi=phi, params=params)
+            out["K"] = Kernel.parse(data["K"], phi=phi, params=used_params(data["K"], params))
         else:
             for key in ("g", "h"):
-                out[key] = Scalar.parse(data[key], params=params)
+                out[key] = Scalar.parse(data[key], params=used_params(data[key], params))
     except EnergyArchError as err:
         raise _fail(path, key, f"{data[key]!r} is not a valid expression: {err}") from None
     return out

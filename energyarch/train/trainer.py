@@ -220,14 +220,9 @@ class Trainer:
                 "data": getattr(self.task, "data_info", None)}      # e.g. the text corpus: files, sha256
 
     def _config_dict(self) -> dict:
-        """The config as data; a custom energy in cfg.model is kept as its repr (rebuild such models yourself)."""
-        try:
-            return self.cfg.to_dict()
-        except ConfigError:
-            data = {f: getattr(self.cfg, f) for f in self.cfg.__dataclass_fields__ if f != "model"}
-            data = {k: list(v) if isinstance(v, tuple) else v for k, v in data.items() if v is not None}
-            return {**data, "model": {k: v if isinstance(v, (int, float, str, bool)) else repr(v)
-                                      for k, v in vars(self.cfg.model).items()}}
+        """The config as data; an energy with torch callables is recorded as its fingerprint (reload the run with
+        ``load_run(path, energy=E)``)."""
+        return self.cfg.to_dict(python_energy=True)
 
     def save(self) -> Optional[Path]:
         """Checkpoint (main process only; every process waits for it)."""
@@ -553,13 +548,22 @@ def _json(obj) -> str:
     return json.dumps(obj, indent=1, allow_nan=True)
 
 
-def load_run(path, device: str = "cpu", task: Optional[Task] = None, **overrides):
+def load_run(path, device: str = "cpu", task: Optional[Task] = None, energy=None, **overrides):
     """Rebuild the model of a finished (or interrupted) run from its checkpoint: ``(model, task, cfg, state)``.
 
-    ``overrides`` replace config fields (e.g. ``data_dir``, ``limit_test``) for building the task.
+    ``overrides`` replace config fields (e.g. ``data_dir``, ``limit_test``) for building the task. A run whose
+    energy has torch callables recorded only their fingerprint: pass the same energy back as ``energy=E`` (an
+    ``ea.Energy`` or a term); another energy is refused.
     """
     state, folder = read_state(path)
-    cfg = TrainConfig.from_dict(state["config"], source=f"{folder / STATE_FILE} [config]")
+    config = state["config"]
+    recorded = config.get("model", {}).get("terms") if isinstance(config.get("model"), dict) else None
+    if isinstance(recorded, dict) and "python_energy" in recorded:
+        config = _with_python_energy(config, recorded, energy, folder)
+    elif energy is not None:
+        raise ConfigError(f"load_run: run {folder} recorded its energy as a declaration; drop energy= (it is "
+                          f"rebuilt from {STATE_FILE})")
+    cfg = TrainConfig.from_dict(config, source=f"{folder / STATE_FILE} [config]")
     if overrides:
         cfg = TrainConfig.from_dict({**cfg.to_dict(), **overrides}, source="load_run overrides")
     if task is None:
@@ -567,6 +571,25 @@ def load_run(path, device: str = "cpu", task: Optional[Task] = None, **overrides
     model = build_model(cfg.model, task.spec)
     load_checkpoint(folder, model)
     return model.to(distributed.resolve_device(device)), task, cfg, state
+
+
+def _with_python_energy(config: dict, recorded: dict, energy, folder) -> dict:
+    """``config`` with the energy handed back from Python, after checking it against the recorded fingerprint."""
+    from ..energy import as_energy
+    from ..models.terms import energy_fingerprint
+
+    names, fingerprint = recorded.get("names"), recorded["python_energy"]
+    if energy is None:
+        raise ConfigError(f"load_run: run {folder} was trained on an energy with torch callables (terms {names}), "
+                          f"recorded as its fingerprint {fingerprint}; pass the same energy back: "
+                          f"load_run(path, energy=E)")
+    energy = as_energy(energy)
+    model = {**config["model"], "terms": energy}
+    mine = energy_fingerprint(energy, model.get("d", ModelConfig().d))
+    if mine != fingerprint:
+        raise ConfigError(f"load_run: energy= (terms {energy.names}) is not the energy run {folder} was trained on "
+                          f"(fingerprint {mine}, recorded {fingerprint}, terms {names}); pass that energy")
+    return {**config, "model": model}
 
 
 def train(cfg: TrainConfig, resume: bool = False, model: Optional[nn.Module] = None, task: Optional[Task] = None,
