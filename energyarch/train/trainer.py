@@ -139,6 +139,9 @@ class Trainer:
         compile_info: how the model was compiled and what its first step cost.
     """
 
+    #: draw the epoch's bar even when stderr is not a terminal (set by :func:`train` from Python)
+    bar_always = False
+
     def __init__(self, cfg: TrainConfig, model: Optional[nn.Module] = None, task: Optional[Task] = None):
         if not isinstance(cfg, TrainConfig):
             raise ConfigError(f"Trainer: cfg is a {type(cfg).__name__}; pass a TrainConfig")
@@ -419,7 +422,8 @@ class Trainer:
             return True
         loader = self._train_loader(self.epoch, self.batch_in_epoch)
         bar = logs.Progress(total=self.steps_per_epoch, initial=self.batch_in_epoch,
-                            desc=f"epoch {self.epoch + 1}/{cfg.epochs}", enabled=cfg.progress and info.is_main)
+                            desc=f"epoch {self.epoch + 1}/{cfg.epochs}", enabled=cfg.progress and info.is_main,
+                            always=self.bar_always)
         start, seen, elapsed_before = time.perf_counter(), 0, self.elapsed
         # throughput of this epoch: samples of every process over the wall time of the loop (loading included),
         # without checkpoint writes and without a first compiled step (its cost is reported on its own)
@@ -597,9 +601,18 @@ def train(cfg: TrainConfig, resume: bool = False, model: Optional[nn.Module] = N
     """Train, then (main process) sweep test-time iterations and draw the plots; returns a summary dict.
 
     The summary has ``final`` (last history entry), ``history``, ``out_dir``, and with ``report`` the sweep and
-    the plot paths (see :func:`energyarch.train.evaluate.report`).
+    the plot paths (see :func:`energyarch.train.evaluate.report`). From Python (nothing configured the
+    ``energyarch.train`` logger) it shows a tqdm bar and the per-epoch lines, as the command line does;
+    ``progress=False`` in the config switches both off.
     """
+    with logs.python_messages(cfg.progress) as shown:
+        return _train(cfg, resume, model, task, report, shown)
+
+
+def _train(cfg: TrainConfig, resume: bool, model: Optional[nn.Module], task: Optional[Task], report: bool,
+           bar_always: bool) -> dict:
     trainer = Trainer(cfg, model=model, task=task)
+    trainer.bar_always = bar_always
     try:
         final = trainer.fit(resume=resume)
         summary = {"final": final, "history": trainer.history, "out_dir": str(trainer.out_dir),
