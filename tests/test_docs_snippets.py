@@ -40,7 +40,7 @@ def _tiny(tmp_path, progress: bool) -> TrainConfig:
 def test_train_from_python_shows_a_bar_and_the_epoch_line_unless_switched_off(tmp_path, capsys):
     train(_tiny(tmp_path, True), report=False)
     out, err = capsys.readouterr()
-X
+    assert "epoch 1/1" in err and ("it/s" in err or "s/it" in err)   # tqdm bar on stderr
     assert re.search(r"^epoch 1/1 +train_loss=", out, re.MULTILINE)    # the per-epoch line on stdout
     train(_tiny(tmp_path / "quiet", False), report=False)
     assert capsys.readouterr() == ("", "")
