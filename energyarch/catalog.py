@@ -40,6 +40,7 @@ from .derive import derive
 from .energy import Attention, Energy, FeedForward, Sphere, Term
 from .errors import DeclarationError, EnergyArchError
 from .expr import logcosh, parse, relu, sigmoid, softplus, step
+from .derivation import patterns_for
 from .primitives import R as R_SYM, S as S_SYM, X as X_SYM, Kernel, Scalar, used_params
 
 if sys.version_info >= (3, 11):
@@ -49,8 +50,8 @@ else:  # pragma: no cover - Python 3.10
 
 FAMILIES = ("attention", "feedforward")
 TABLES = ("19", "20", "beyond")
-PATTERNS = ("bi-softmax", "kernel attention", "linear attention", "inner-product kernel", "pairwise kernel",
-            "distance softmax", "distance kernel", "ReLU FF", "softmax FF", "gated FF", "elementwise FF", "general FF", "autodiff")
+#: The compiler's patterns for the catalog's families, from the pattern registry (plus the autodiff path)
+PATTERNS = tuple(p.name for family in FAMILIES for p in patterns_for(family)) + ("autodiff",)
 
 #: Every key an entry may have, with its type and meaning (catalog/README.md documents the same).
 FIELDS: Mapping[str, tuple[type | tuple[type, ...], str]] = {

@@ -28,7 +28,6 @@ from pathlib import Path
 
 
 from .derivation import PATTERNS, Derivation, family_of
-from .energy import Attention
 from .errors import CompileError
 
 #: Fixed text of every emitted module. Everything that comes from a declaration (names, expressions, reasons)
@@ -167,62 +166,19 @@ def _class_name(dv: Derivation) -> str:
     return "".join(w[:1].upper() + w[1:] for w in words if w)
 
 
-def _energy_text(dv: Derivation) -> str:
-    t = dv.term
-    if isinstance(t, Attention):
-        k = t.K.name if t.K.kind == "callable" else str(t.K.expr)
-        phi = f", Phi(x) = {t.K.phi.name}" if t.K.phi is not None else ""
-        if t.family == "causal attention":
-            return (f"E_t = sum_h f(sum_(s<=t) K(q_t, k_s)) for each token t (conditional), f(x) = {t.f.name}, "
-                    f"K = {k}{phi}, heads = {t.heads}, self-term {t.self_term}")
-        if t.family == "qk attention":
-            return (f"E = sum_h sum_i f(sum_j K(q_i, k_j)), queries and keys from the {t.interaction.kind} "
-                    f"interaction, f(x) = {t.f.name}, K = {k}{phi}, heads = {t.heads}")
-        return f"E = sum_h sum_i f(sum_j K(z_i, z_j)), f(x) = {t.f.name}, K = {k}{phi}, heads = {t.heads}"
-    if t.family == "gated feedforward":
-        return f"E = -sum_i sum_m h(d_m . x_i) (v_m . xbar_i), gate held fixed, h(x) = {t.h.name}"
-    return f"E = -sum_i g(sum_m h(d_m . x_i)), g(x) = {t.g.name}, h(x) = {t.h.name}"
-
-
-def _signature(dv: Derivation) -> dict:
-    """What differs between the families in the template: base class, arguments, docstrings, the rule."""
-    t = dv.term
-    if t.family == "causal attention":
-        return {"base": "CausalTermUpdate", "args": "Q, K", "shape": "(B, H, N, p)",
-                "grad_doc": "(∂/∂Q, ∂/∂K) of Σ_t E_t(x_t | x_<t), each token's own energy, earlier tokens fixed",
-                "energy_doc": "E_t of every token and head at queries Q and keys K (B, H, N, p); shape (B, H, N).",
-                "rule": "x_t ← x_t − step ⊙ ∇_(x_t) E_t, through the interaction's projections (see TYING)"}
-    if t.family == "qk attention":
-        return {"base": "QKTermUpdate", "args": "Q, K", "shape": "(B, H, N, p)",
-                "grad_doc": "(∂E/∂Q, ∂E/∂K) of E = Σ_h Σ_i f(Σ_j K(q_i, k_j))",
-                "energy_doc": "f(S_i) of every token and head at queries Q and keys K (B, H, N, p); shape (B, H, N).",
-                "rule": "X ← X − step ⊙ (∂E/∂Q, ∂E/∂K) mapped back through the interaction's projections (see TYING)"}
-    if t.family == "gated feedforward":
-        return {"base": "GatedTermUpdate", "args": "U, V", "shape": "(B, 1, N, M)",
-                "grad_doc": "∇_U E with the gate V held fixed", "energy_doc": "Energy at U and gate V; shape (B,).",
-                "rule": "X ← X − step ⊙ (∇_U E)(U, V) Dᵀ, D both up and down projection"}
-    if isinstance(t, Attention):
-        return {"base": "TermUpdate", "args": "Z", "shape": "(B, H, N, p)", "grad_doc": "∇_Z E",
-                "energy_doc": "Energy of the term at Z (B, H, N, p); shape (B,).",
-                "rule": "X ← X − step ⊙ Σ_h (∇_Z E)(Z_h) W_hᵀ"}
-    return {"base": "TermUpdate", "args": "U", "shape": "(B, 1, N, M)",
-            "grad_doc": "∇_U E (E_FF = −Σ g(Σ h) carries the minus sign of Eq. 20)",
-            "energy_doc": "Energy of the term at U (B, 1, N, M); shape (B,).", "rule": "X ← X − step ⊙ (∇_U E)(U) Dᵀ"}
-
-
 # ---------------------------------------------------------------------------------------------
 
 def emit_source(dv: Derivation) -> str:
     """The Python source of the update module for ``dv``."""
     t = dv.term
-    sig = _signature(dv)
     family = family_of(t)
+    sig = family.signature(dv)
     pattern = PATTERNS.get(dv.pattern)
     grad = family.autodiff_lines(dv) if dv.path == "autodiff" else pattern.grad_lines(dv)
     energy = (pattern.energy_lines(dv) if dv.path != "autodiff" else None) or family.energy_lines(dv)
     prelude = ["beta = self.beta"] if any("beta" in ln for ln in grad + energy) else []
     doc = "    " + repr(f"{dv.pattern} update for term {t.name!r}: {sig['rule']}. See REASON.") + "\n"
-    constants = {"TERM": t.name, "FAMILY": t.family, "ENERGY": _energy_text(dv), "PATTERN": dv.pattern,
+    constants = {"TERM": t.name, "FAMILY": t.family, "ENERGY": family.energy_text(dv), "PATTERN": dv.pattern,
                  "PATH": dv.path, "REASON": dv.reason}
     tying = getattr(getattr(t, "interaction", None), "tying", "")
     if tying:

@@ -13,7 +13,7 @@ The two families of the paper (Eqs. 19–20), in the row-token convention ``X �
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from typing import Mapping, Optional, Union
 
 from .errors import DeclarationError
@@ -49,12 +49,18 @@ def _real(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-class _Term:
-    """Shared behaviour of energy terms: addition into an :class:`Energy`."""
+class Term:
+    """Base class of energy terms: addition into an :class:`Energy`, renaming.
+
+    A new family is a frozen dataclass subclassing ``Term`` (with a ``name`` field and a ``family`` string naming
+    its registered :class:`~energyarch.derivation.Family`); its :class:`~energyarch.primitives.Scalar` /
+    :class:`~energyarch.primitives.Kernel` fields are its primitives (see :func:`params_of`).
+    """
 
     name: str
+    family: str = ""
 
-    def __add__(self, other: Union["_Term", "Energy"]) -> "Energy":
+    def __add__(self, other: Union["Term", "Energy"]) -> "Energy":
         return Energy((self,)) + other
 
     def __radd__(self, other):
@@ -67,7 +73,7 @@ class _Term:
 
 
 @dataclass(frozen=True)
-class Attention(_Term):
+class Attention(Term):
     """E_ATTN = Σ_h Σ_i f(Σ_j K(z_i^h, z_j^h)) with H heads of width p = d/H (Eq. 19).
 
     Args:
@@ -208,7 +214,7 @@ def _init_width_terms(term, where: str, h, width, ratio, constraint, radius, nam
 
 
 @dataclass(frozen=True)
-class FeedForward(_Term):
+class FeedForward(Term):
     """E_FF = − Σ_i g(Σ_m h(d_mᵀ x_i)) with M basis vectors (Eq. 20).
 
     Args:
@@ -239,7 +245,7 @@ class FeedForward(_Term):
 
 
 @dataclass(frozen=True)
-class GatedFeedForward(_Term):
+class GatedFeedForward(Term):
     """Gated feed-forward with shared up/down projections, as an element-wise energy (CEM)::
 
         E = − Σ_i Σ_m h(d_mᵀ x_i) (v_mᵀ x̄_i),   u = RMSNorm(Dᵀx) on the sphere of radius √M, x̄ = RMSNorm(x) held fixed
@@ -270,7 +276,7 @@ class GatedFeedForward(_Term):
     resolve_width = FeedForward.resolve_width
 
 
-Term = Union[Attention, FeedForward, GatedFeedForward]
+_Term = Term   # the older private name
 
 
 def _check_name(name: str) -> str:
@@ -304,8 +310,9 @@ class Energy:
         seen: dict[str, int] = {}
         fixed = []
         for t in self.terms:
-            if not isinstance(t, (Attention, FeedForward, GatedFeedForward)):
-                raise DeclarationError(f"Energy: {t!r} is not an Attention, FeedForward or GatedFeedForward term")
+            if not isinstance(t, Term):
+                raise DeclarationError(f"Energy: {type(t).__name__} {t!r:.80} is not an energy term (ea.Attention, "
+                                       f"ea.FeedForward, ... or a subclass of energyarch.energy.Term)")
             if t.name in seen:
                 seen[t.name] += 1
                 t = t.renamed(f"{t.name}_{seen[t.name]}")
@@ -316,7 +323,7 @@ class Energy:
     def __add__(self, other) -> "Energy":
         if isinstance(other, Energy):
             return Energy(self.terms + other.terms)
-        if isinstance(other, (Attention, FeedForward, GatedFeedForward)):
+        if isinstance(other, Term):
             return Energy(self.terms + (other,))
         return NotImplemented
 
@@ -340,19 +347,32 @@ class Energy:
 def as_energy(value) -> Energy:
     if isinstance(value, Energy):
         return value
-    if isinstance(value, (Attention, FeedForward, GatedFeedForward)):
+    if isinstance(value, Term):
         return Energy((value,))
-    raise DeclarationError(f"expected an Energy, Attention or FeedForward term, got {type(value).__name__}")
+    raise DeclarationError(f"expected an Energy or an energy term (ea.Attention, ea.FeedForward, ...), got "
+                           f"{type(value).__name__}")
+
+
+def primitives_of(term: Term) -> dict:
+    """The term's primitives by role: its :class:`Scalar` and :class:`Kernel` fields, and a kernel's feature map
+    as ``'phi'``.
+
+    >>> sorted(primitives_of(FeedForward(g="x", h="relu(x)**2/2")))
+    ['g', 'h']
+    """
+    out: dict = {}
+    for f in fields(term):
+        value = getattr(term, f.name)
+        if isinstance(value, (Scalar, Kernel)):
+            out[f.name] = value
+            if isinstance(value, Kernel) and value.phi is not None:
+                out["phi"] = value.phi
+    return out
 
 
 def params_of(term: Term) -> Mapping[str, float]:
     """User parameters declared on the term's primitives (merged)."""
     out: dict[str, float] = {}
-    prims = ([term.f, term.K, term.K.phi] if isinstance(term, Attention)
-             else [term.h] if isinstance(term, GatedFeedForward) else [term.g, term.h])
-    for prim in prims:
-        if prim is not None:
-            out.update(dict(prim.params))
-            if isinstance(prim, Kernel) and prim.phi is not None:
-                out.update(dict(prim.phi.params))
+    for prim in primitives_of(term).values():
+        out.update(dict(prim.params))
     return out

@@ -26,39 +26,24 @@ import torch
 from torch import Tensor
 
 from .compile import EnergyStep, compile as compile_energy
-from .energy import Attention, Term, params_of
+from .derivation import family_of
+from .energy import Term, params_of
 from .errors import VerificationError
 from .expr import evaluate
 from .primitives import Kernel
-from .runtime import CausalTermUpdate, GatedTermUpdate, TermUpdate, pairwise_kernel
+from .runtime import CausalTermUpdate, GatedTermUpdate, TermUpdate
 from .runtime_qk import QKTermUpdate
 
 
 def declared_energy(term: Term, Z: Tensor, env: Mapping[str, float]) -> Tensor:
-    """E of ``term`` at coordinates ``Z`` (…, H, N, p), built from the declaration alone (shape ``(…,)``).
+    """E of ``term`` at coordinates ``Z`` (…, H, N, p), built from the declaration alone (shape ``(…,)``): its
+    family's :meth:`~energyarch.derivation.Family.reference_energy`.
 
     Independent of the derivation: expressions are evaluated by walking the declared sympy trees, opaque
     primitives are called as given, and a distance kernel sees ``r = ‖z_i − z_j‖²`` formed from differences
     (never rewritten with the radius). ``env`` binds ``beta``, ``p``, ``M``, ``d``.
     """
-    env = {**env, **params_of(term)}
-
-    def scalar(prim, t):
-        return prim.fn(t) if prim.fn is not None else _full(evaluate(prim.expr, {**env, "x": t}), t)
-
-    if isinstance(term, Attention):
-        K: Kernel = term.K
-        if K.kind == "callable":
-            Kmat = pairwise_kernel(K.fn, Z)
-        elif K.kind == "inner":
-            Phi = scalar(K.phi, Z) if K.phi is not None else Z
-            Kmat = _full(evaluate(K.expr, {**env, "s": Phi @ Phi.transpose(-1, -2)}), Z[..., :1])
-        else:
-            r = (Z.unsqueeze(-2) - Z.unsqueeze(-3)).pow(2).sum(-1)          # (…, N, N) ‖z_i − z_j‖²
-            Kmat = _full(evaluate(K.expr, {**env, "r": r}), r)
-        return scalar(term.f, Kmat.sum(-1)).sum(dim=(-1, -2))
-    Sigma = scalar(term.h, Z).sum(-1)
-    return -scalar(term.g, Sigma).sum(dim=(-1, -2))
+    return family_of(term).reference_energy(term, Z, env)
 
 
 def reference_energy(term: Term, module: TermUpdate, Z: Tensor) -> Tensor:

@@ -25,7 +25,7 @@ import dataclasses
 from ..energy import Attention
 from ..primitives import R, S, X
 from . import core
-from .attention import candidate, check_opaque, declared_pieces
+from .attention import attention_reference_energy, attention_text, candidate, check_opaque, declared_pieces
 from .causal import causal_dims, qk_phi_lines
 from .codegen import code
 from .core import Derivation, Family, register_family
@@ -70,6 +70,21 @@ class QKAttentionFamily(Family):
                      "G = Phi_q @ Phi_k.transpose(-1, -2)                 # (B, H, N, N)",
                      f"S = ({code(dv.pieces['kappa'], S, 'G')}).sum(dim=-1)   # (B, H, N): Σ_j K(q_i, k_j)"]
         return [*lines, f"return {f_code}                      # (B, H, N): f(S_i) per head"]
+
+    def signature(self, dv: Derivation) -> dict:
+        return {"base": "QKTermUpdate", "args": "Q, K", "shape": "(B, H, N, p)",
+                "grad_doc": "(∂E/∂Q, ∂E/∂K) of E = Σ_h Σ_i f(Σ_j K(q_i, k_j))",
+                "energy_doc": "f(S_i) of every token and head at queries Q and keys K (B, H, N, p); shape (B, H, N).",
+                "rule": "X ← X − step ⊙ (∂E/∂Q, ∂E/∂K) mapped back through the interaction's projections (see TYING)"}
+
+    def energy_text(self, dv: Derivation) -> str:
+        return (f"E = sum_h sum_i f(sum_j K(q_i, k_j)), queries and keys from the {dv.term.interaction.kind} "
+                f"interaction, {attention_text(dv.term)}")
+
+    def reference_energy(self, term, Z, env):
+        """The energy with queries = keys = ``Z`` (a finiteness probe; verify differentiates both roles with
+        :func:`energyarch.verify.declared_qk_energy`)."""
+        return attention_reference_energy(term, Z, env)
 
     def autodiff_lines(self, dv: Derivation) -> list[str]:
         return ["# generic path: differentiate the energy in both roles with torch.func.grad",

@@ -25,6 +25,7 @@ from ..energy import SELF_TERMS, Attention, Energy, FeedForward, GatedFeedForwar
 from ..errors import ConfigError, EnergyArchError
 from ..interactions import INTERACTIONS
 from ..primitives import Kernel, Scalar, check_params_used, used_params
+from ..runtime import MODES
 
 ARCHS = ("hyperset", "transformer", "energy_transformer", "crate")
 TIME_EMBEDDINGS = ("energyarch", "official")
@@ -312,7 +313,7 @@ class ModelConfig:
                                                f"arch={self.arch!r}; use lora_rank=0")
         _choice("ModelConfig", "step_sizes", self.step_sizes, ("learned", "fixed"))
         _choice("ModelConfig", "condition", self.condition, ("x0", "xt"))
-        _choice("ModelConfig", "mode", self.mode, ("paper", "exact", "riemannian"))
+        _choice("ModelConfig", "mode", self.mode, MODES)
         _choice("ModelConfig", "interaction", self.interaction, tuple(INTERACTIONS))
         _choice("ModelConfig", "self_term", self.self_term, SELF_TERMS)
         _choice("ModelConfig", "schedule", self.schedule, SCHEDULES)
