@@ -109,3 +109,16 @@ def test_a_sum_given_as_attention_is_a_short_error_with_the_hint():
 def test_bad_term_tables_are_refused_by_name(table, message):
     with pytest.raises(ConfigError, match=message):
         ModelConfig(d=16, heads=2, terms=[table])
+
+
+def test_every_family_and_interaction_round_trips_as_tables():
+    energy = (ea.Attention(f="x/(2*beta)", K="sigmoid(beta*s)", heads=2, interaction=ea.DiagLowRank(rank=4))
+              + ea.CausalAttention(f="log(x)/beta", K="exp(beta*s)", heads=2, interaction=ea.QueryKey(),
+                                   self_term="stopped", name="causal")
+              + ea.GatedFeedForward(h=ea.Scalar.parse("softplus(a*x)/a", params={"a": 2.0}), width=24, name="glu",
+                                    radius=3.0)
+              + ea.FeedForward(g="x", h="relu(x)**2/2", ratio=2))
+    cfg = TrainConfig(model=ModelConfig(d=16, heads=2, energy=energy))
+    text = cfg.to_toml()
+    assert 'interaction = "diag-low-rank"\nrank = 4' in text and 'self_term = "stopped"' in text
+    assert TrainConfig.from_toml_string(text).model.energy() == energy

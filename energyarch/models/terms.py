@@ -71,6 +71,13 @@ _INTEGERS = ("heads", "width", "rank")
 _WORDS = {"interaction": tuple(INTERACTIONS), "self_term": SELF_TERMS}
 
 
+def _interaction_fields(kind: Optional[str] = None) -> set:
+    """Keys an interaction takes from a table: the dataclass fields of the registered interaction ``kind`` (of every
+    registered one when None), e.g. ``rank`` for ``DiagLowRank``."""
+    classes = INTERACTIONS.values() if kind is None else [INTERACTIONS[kind]]
+    return {f.name for cls in classes for f in dataclasses.fields(cls)}
+
+
 def _where(i: int, table: Mapping) -> str:
     return f"[[model.terms]] #{i + 1}" + (f" (family = {table['family']!r})" if "family" in table else "")
 
@@ -127,8 +134,12 @@ def _normalize(i: int, table: Mapping[str, Any]) -> dict:
             out[key] = value if integer else float(value)
     if "ratio" in out and "width" in out:
         raise ConfigError(f"{where}: gives both ratio and width; keep one")
-    if "rank" in out and out.get("interaction") != "diag-low-rank":
-        raise ConfigError(f"{where}: rank = {out['rank']} applies to interaction = \"diag-low-rank\" only")
+    for key in _interaction_fields():
+        kind = out.get("interaction", "shared")
+        if key in out and key not in _interaction_fields(kind):
+            takes = [k for k, cls in INTERACTIONS.items() if key in _interaction_fields(k)]
+            raise ConfigError(f"{where}: {key} = {out[key]} applies to interaction = "
+                              + " | ".join(f'"{k}"' for k in takes) + f" only, not {kind!r}")
     return out
 
 
@@ -151,7 +162,7 @@ def build_term(table: Mapping[str, Any], heads: int, ff_ratio: float, where: str
             if "interaction" in table:
                 icls = INTERACTIONS[table["interaction"]]
                 fields = {f.name for f in dataclasses.fields(icls)}
-                extra["interaction"] = icls(**{k: table[k] for k in ("rank",) if k in table and k in fields})
+                extra["interaction"] = icls(**{k: table[k] for k in fields if k in table})
             if "self_term" in table:
                 extra["self_term"] = table["self_term"]
             prims.pop("phi", None)
@@ -196,8 +207,7 @@ def declaration_of_term(term) -> Optional[dict]:
         inter = term.interaction
         if inter is not None and (family == "attention" or inter.kind != "shared"):
             table["interaction"] = inter.kind
-            if hasattr(inter, "rank"):
-                table["rank"] = inter.rank
+            table.update({k: getattr(inter, k) for k in _interaction_fields(inter.kind)})
         if family == "causal" and term.self_term != "exact":
             table["self_term"] = term.self_term
     elif term.width is not None:
@@ -313,91 +323,3 @@ def _causal(term: Attention, cfg, causal_attention) -> CausalAttention:
     return CausalAttention(f=term.f, K=term.K, heads=term.heads, constraint=term.constraint, beta=term.beta,
                            name=term.name, interaction=term.interaction, self_term=cfg.self_term)
 
-
-# -------------------------------------------------------------------------------------------------------------
-# runs trained from Python: the energy as data, or its fingerprint
-# -------------------------------------------------------------------------------------------------------------
-
-def energy_fields(cfg) -> tuple[dict, Optional[str]]:
-    """The energy of ``cfg`` as config data and, when it cannot be written, why.
-
-    Returns ``({'attention': ..., 'feedforward': ...}, None)`` when both terms have a ``[model.attention]`` /
-    ``[model.feedforward]`` declaration, ``({'terms': [tables]}, None)`` when every term has a ``[[model.terms]]``
-    table (causal and gated terms, interactions, names), else ``({'terms': {'python_energy': fingerprint,
-    'names': [...]}}, reason)``: a torch callable can only be handed back from Python
-    (``load_run(path, energy=E)``), and the fingerprint refuses another energy.
-    """
-    if cfg.terms is None:
-        a, f = cfg.declaration("attention"), cfg.declaration("feedforward")
-        if a is not None and f is not None:
-            return {"attention": a, "feedforward": f}, None
-        energy = Energy((cfg.term("attention"), cfg.term("feedforward")))
-    elif isinstance(cfg.terms, Energy):
-        energy = cfg.terms
-    else:
-        return {"terms": [dict(t) for t in cfg.terms]}, None
-    tables = declaration_of_energy(energy)
-    if tables is not None:
-        return {"terms": tables}, None
-    return {"terms": {"python_energy": energy_fingerprint(energy, cfg.d), "names": energy.names}}, _why(energy)
-
-
-def _why(energy: Energy) -> str:
-    for t in energy.terms:
-        if declaration_of_term(t) is None:
-            opaque = [f"{k} = {getattr(t, k).name}" for k in ("f", "K", "g", "h") if hasattr(t, k)
-                      and not getattr(t, k).symbolic]
-            if isinstance(t, Attention) and t.K.phi is not None and not t.K.phi.symbolic:
-                opaque.append(f"phi = {t.K.phi.name}")
-            what = (f"{', '.join(opaque)} {'is a torch callable' if len(opaque) == 1 else 'are torch callables'}"
-                    if opaque else f"its sphere has RMSNorm eps = {t.constraint.eps:g} (not the default)")
-            return f"term {t.name!r} (ea.{type(t).__name__}): {what}"
-    return "a term has no declaration"  # pragma: no cover - energy_fields calls this only when one has none
-
-
-def energy_fingerprint(energy: Energy, d: int) -> str:
-    """16 hex digits of sha256 over what defines ``energy`` at width ``d``: each term's type, its fields and
-    expressions, and each torch callable's values at fixed probe points (float64, 10 significant digits).
-
-    >>> E = Attention(f="log(x)", K=lambda x, y: (x * y).sum().exp(), heads=2)
-    >>> energy_fingerprint(Energy((E,)), 8) == energy_fingerprint(Energy((E,)), 8)
-    True
-    >>> energy_fingerprint(Energy((E,)), 8) == energy_fingerprint(Energy((E.renamed("other"),)), 8)
-    False
-    """
-    import hashlib
-    import json
-
-    import torch
-
-    def probe(value, term):
-        if isinstance(value, Scalar):
-            if value.expr is not None:
-                return ["expr", str(value.expr), list(value.params)]
-            with torch.no_grad():
-                out = value.fn(torch.linspace(-2, 2, 9, dtype=torch.float64))
-            return ["fn", value.name, _rounded(out)]
-        if isinstance(value, Kernel):
-            if value.kind != "callable":
-                return ["expr", value.kind, str(value.expr), list(value.params), probe(value.phi, term)]
-            inter = getattr(term, "interaction", None)
-            p = inter.coord_dim(d, term.heads) if inter is not None else d // term.heads
-            g = torch.Generator().manual_seed(0)
-            x, y = torch.randn(2, 3, p, generator=g, dtype=torch.float64)
-            with torch.no_grad():
-                out = torch.stack([value.fn(a, b) for a, b in zip(x, y)])
-            return ["fn", value.name, value.symmetric, _rounded(out)]
-        return repr(value)
-
-    rows = []
-    for term in energy.terms:
-        try:
-            rows.append([type(term).__name__, *[[f.name, probe(getattr(term, f.name), term)]
-                                                for f in dataclasses.fields(term)]])
-        except Exception as err:  # noqa: BLE001 - a callable that fails on the probe: its identity is its text
-            rows.append([type(term).__name__, term.name, f"probe failed: {type(err).__name__}"])
-    return hashlib.sha256(json.dumps(rows, default=repr).encode()).hexdigest()[:16]
-
-
-def _rounded(t) -> list:
-    return [float(f"{float(v):.10g}") for v in t.flatten()]

@@ -327,7 +327,7 @@ def model_config_to_dict(cfg: ModelConfig, python_energy: bool = False) -> dict:
     An energy with a torch callable cannot be written: a ConfigError says so, unless ``python_energy``, which
     writes its fingerprint instead (``terms = { python_energy = ..., names = [...] }``; see
     :func:`energyarch.models.terms.energy_fields`), for ``load_run(path, energy=E)``."""
-    from ..models.terms import energy_fields
+    from ..models.record import energy_fields
 
     energy, why = energy_fields(cfg)
     if why and not python_energy:

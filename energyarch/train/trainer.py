@@ -580,7 +580,7 @@ def load_run(path, device: str = "cpu", task: Optional[Task] = None, energy=None
 def _with_python_energy(config: dict, recorded: dict, energy, folder) -> dict:
     """``config`` with the energy handed back from Python, after checking it against the recorded fingerprint."""
     from ..energy import as_energy
-    from ..models.terms import energy_fingerprint
+    from ..models.record import energy_fingerprint
 
     names, fingerprint = recorded.get("names"), recorded["python_energy"]
     if energy is None:
