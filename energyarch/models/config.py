@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping, Optional, Union
 
 from ..compile import SCHEDULES
-from ..energy import SELF_TERMS, Attention, Energy, FeedForward, GatedFeedForward, Sphere, params_of
+from ..energy import SELF_TERMS, Attention, Energy, FeedForward, GatedFeedForward, Sphere, Term, params_of
 from ..errors import ConfigError, EnergyArchError
 from ..interactions import INTERACTIONS
 from ..primitives import Kernel, Scalar, check_params_used, used_params
@@ -372,7 +372,7 @@ class ModelConfig:
 
     def _check_term(self, family: str) -> None:
         value = getattr(self, family)
-        if isinstance(value, (Energy, Attention, FeedForward, GatedFeedForward)) and not (
+        if isinstance(value, (Energy, Term)) and not (
                 isinstance(value, Attention if family == "attention" else (FeedForward, GatedFeedForward))):
             from .terms import describe
 

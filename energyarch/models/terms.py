@@ -35,7 +35,7 @@ import dataclasses
 import difflib
 from typing import Any, Mapping, Optional, Sequence
 
-from ..energy import (SELF_TERMS, Attention, CausalAttention, Energy, FeedForward, GatedFeedForward, Sphere,
+from ..energy import (SELF_TERMS, Attention, CausalAttention, Energy, FeedForward, GatedFeedForward, Sphere, Term,
                       as_energy)
 from ..errors import ConfigError, EnergyArchError
 from ..interactions import INTERACTIONS
@@ -248,7 +248,7 @@ def _key(term) -> tuple:
 # ModelConfig(energy=E) / [[model.terms]]
 # -------------------------------------------------------------------------------------------------------------
 
-_TERM_TYPES = (Attention, FeedForward, GatedFeedForward)
+_TERM_TYPES = (Term,)
 
 
 class _Shown(str):
@@ -271,6 +271,9 @@ def check_terms(cfg) -> None:
     """Validate ``cfg.terms`` (an Energy, a term, or tables) in place; attention / feedforward must be left at
     their defaults (they are then unused and set to None)."""
     value = cfg.terms
+    if cfg.arch != "hyperset":
+        raise ConfigError(f"ModelConfig.terms: a declared energy is the model of arch='hyperset', not "
+                          f"arch={cfg.arch!r}; use arch='hyperset' or drop the terms")
     if isinstance(value, (Energy, *_TERM_TYPES)):
         cfg.terms = as_energy(value)
     elif isinstance(value, Sequence) and not isinstance(value, (str, bytes)):
