@@ -17,6 +17,7 @@ from dataclasses import dataclass, fields, replace
 from typing import Mapping, Optional, Union
 
 from .errors import DeclarationError
+from .interactions import INTERACTIONS, Interaction, SharedBasis
 from .primitives import Kernel, Scalar, as_kernel, as_scalar
 
 
@@ -185,8 +186,6 @@ SELF_TERMS = ("exact", "stopped")
 
 def _check_interaction(where: str, interaction, K: Kernel):
     """The declared interaction (``SharedBasis()`` for None), checked against the kernel."""
-    from .interactions import INTERACTIONS, Interaction, SharedBasis
-
     interaction = SharedBasis() if interaction is None else interaction
     if not isinstance(interaction, Interaction):
         raise DeclarationError(f"{where}: interaction={interaction!r}; give one of "

@@ -26,6 +26,7 @@ from ..errors import ConfigError, EnergyArchError
 from ..interactions import INTERACTIONS
 from ..primitives import Kernel, Scalar, check_params_used, used_params
 from ..runtime import MODES
+from .terms import check_terms, config_energy, declaration_of_terms, describe
 
 ARCHS = ("hyperset", "transformer", "energy_transformer", "crate")
 TIME_EMBEDDINGS = ("energyarch", "official")
@@ -366,16 +367,12 @@ class ModelConfig:
         return make_solver(self.solver, **self.solver_params)
 
     def _check_terms(self) -> None:
-        from .terms import check_terms
-
         check_terms(self)
 
     def _check_term(self, family: str) -> None:
         value = getattr(self, family)
         if isinstance(value, (Energy, Term)) and not (
                 isinstance(value, Attention if family == "attention" else (FeedForward, GatedFeedForward))):
-            from .terms import describe
-
             _fail(family, describe(value), "a model of several terms (or of other families) is "
                                            "ModelConfig(energy=E) in Python, [[model.terms]] tables in TOML")
         cls = Attention if family == "attention" else FeedForward
@@ -419,8 +416,6 @@ class ModelConfig:
         ``'terms'`` the list of ``[[model.terms]]`` tables."""
         value = getattr(self, family)
         if family == "terms":
-            from .terms import declaration_of_terms
-
             return declaration_of_terms(value)
         if isinstance(value, (str, Mapping)):
             return value
@@ -430,8 +425,6 @@ class ModelConfig:
         """The Hyper-SET energy E_ATTN + E_FF this config declares (Eqs. 19-20); with ``causal`` the attention
         term is its causal conditional form (:func:`causal_attention`), for language modelling."""
         if self.terms is not None:
-            from .terms import config_energy
-
             return config_energy(self, causal)
         attn, ff = self.term("attention"), self.term("feedforward")
         if self.norm_eps != 1e-6:

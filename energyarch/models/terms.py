@@ -308,21 +308,20 @@ def declaration_of_terms(value) -> Optional[list[dict]]:
 def config_energy(cfg, causal: bool = False) -> Energy:
     """The energy of ``cfg.terms`` with the config's RMSNorm epsilon; with ``causal`` every bidirectional attention
     term becomes its causal conditional form (its own interaction, else the config's; the config's self_term)."""
-    from .config import _with_eps, causal_attention
-
     energy = cfg.terms if isinstance(cfg.terms, Energy) else build_energy(cfg.terms, cfg.heads, cfg.ff_ratio)
     terms = list(energy.terms)
     if cfg.norm_eps != 1e-6:
         eps = cfg.resolved_eps()
-        terms = [_with_eps(t, eps) for t in terms]
+        terms = [dataclasses.replace(t, constraint=Sphere(t.constraint.radius, eps)) for t in terms]
     if causal:
-        terms = [_causal(t, cfg, causal_attention) if type(t) is Attention else t for t in terms]
+        terms = [_causal(t, cfg) if type(t) is Attention else t for t in terms]
     return Energy(tuple(terms))
 
 
-def _causal(term: Attention, cfg, causal_attention) -> CausalAttention:
-    if term.interaction is None:
-        return causal_attention(term, cfg.interaction, cfg.self_term, cfg.interaction_rank)
+def _causal(term: Attention, cfg) -> CausalAttention:
+    inter = term.interaction
+    if inter is None:
+        inter = INTERACTIONS[cfg.interaction](**{k: cfg.interaction_rank for k in _interaction_fields(cfg.interaction)
+                                                 if k == "rank"})
     return CausalAttention(f=term.f, K=term.K, heads=term.heads, constraint=term.constraint, beta=term.beta,
-                           name=term.name, interaction=term.interaction, self_term=cfg.self_term)
-
+                           name=term.name, interaction=inter, self_term=cfg.self_term)

@@ -24,6 +24,7 @@ from typing import Any, Mapping, Optional, Sequence
 from .._atomic import atomic_open
 from ..errors import ConfigError
 from ..models import ModelConfig
+from ..models.record import energy_fields
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -327,8 +328,6 @@ def model_config_to_dict(cfg: ModelConfig, python_energy: bool = False) -> dict:
     An energy with a torch callable cannot be written: a ConfigError says so, unless ``python_energy``, which
     writes its fingerprint instead (``terms = { python_energy = ..., names = [...] }``; see
     :func:`energyarch.models.terms.energy_fields`), for ``load_run(path, energy=E)``."""
-    from ..models.record import energy_fields
-
     energy, why = energy_fields(cfg)
     if why and not python_energy:
         raise ConfigError(f"the model's energy cannot be written as a declaration: {why}. The run records the "

@@ -38,7 +38,9 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import BatchSampler, DataLoader, DistributedSampler
 from ..errors import ConfigError, EnergyArchError
+from ..energy import as_energy
 from ..models import ModelConfig, build_model, count_parameters
+from ..models.record import energy_fingerprint
 from . import distributed, logs
 from .checkpoint import STATE_FILE, load_checkpoint, read_state, save_checkpoint, set_rng_state
 from .config import TrainConfig, atomic_write_text
@@ -579,9 +581,6 @@ def load_run(path, device: str = "cpu", task: Optional[Task] = None, energy=None
 
 def _with_python_energy(config: dict, recorded: dict, energy, folder) -> dict:
     """``config`` with the energy handed back from Python, after checking it against the recorded fingerprint."""
-    from ..energy import as_energy
-    from ..models.record import energy_fingerprint
-
     names, fingerprint = recorded.get("names"), recorded["python_energy"]
     if energy is None:
         raise ConfigError(f"load_run: run {folder} was trained on an energy with torch callables (terms {names}), "
