@@ -25,13 +25,13 @@ from .._atomic import atomic_open
 from ..errors import ConfigError
 from ..models import ModelConfig
 from ..models.record import energy_fields
+from .registry import TASKS  # task name → builder, filled by energyarch.train.tasks (@register_task)
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - python 3.10
     import tomli as tomllib
 
-TASKS = ("sudoku", "digits", "fashion_mnist", "cifar10", "cifar100", "text")
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "fp32", "bf16")
 
