@@ -161,9 +161,24 @@ def _check_method(fn: ast.FunctionDef, bad) -> None:
     block(fn.body, known)
 
 
+_ACRONYMS = {"qk": "QK", "ff": "FF"}
+
+
 def _class_name(dv: Derivation) -> str:
-    words = re.split(r"[^A-Za-z0-9]+", f"{dv.term.name} {dv.pattern} update")
-    return "".join(w[:1].upper() + w[1:] for w in words if w)
+    """``ReLUFFUpdate``, ``QKBiSoftmaxUpdate``; a term not named ``attn`` / ``ff`` leads: ``GateGatedFFUpdate``.
+
+    >>> from energyarch import FeedForward
+    >>> from energyarch.derivation import derive
+    >>> _class_name(derive(FeedForward(g="x", h="relu(x)**2/2"), 8)), _class_name(derive(FeedForward(
+    ...     g="x", h="relu(x)**2/2", name="mlp_2"), 8))
+    ('ReLUFFUpdate', 'Mlp2ReLUFFUpdate')
+    """
+    def camel(text: str) -> str:
+        words = [w for w in re.split(r"[^A-Za-z0-9]+", text) if w]
+        return "".join(_ACRONYMS.get(w, w[:1].upper() + w[1:]) for w in words)
+    lead = "" if dv.term.name in ("attn", "ff") else camel(dv.term.name.replace("_", " "))
+    name = f"{lead}{camel(dv.pattern)}Update"
+    return name if name.isidentifier() and name.isascii() else f"Term{name}"
 
 
 # ---------------------------------------------------------------------------------------------
