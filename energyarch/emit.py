@@ -161,6 +161,29 @@ def _check_method(fn: ast.FunctionDef, bad) -> None:
     block(fn.body, known)
 
 
+_ALIAS = re.compile(r"(Phi\w*) = ([A-Z])")
+
+
+def _without_aliases(lines: list[str]) -> list[str]:
+    """Drop ``Phi = Z`` (an identity feature map binds a second name to the same tensor) and write ``Z`` where
+    ``Phi`` was used, unless the name is assigned again later.
+
+    >>> _without_aliases(["Phi = Z", "P = Phi @ Phi.transpose(-1, -2)", "return dPhi * P"])
+    ['P = Z @ Z.transpose(-1, -2)', 'return dPhi * P']
+    """
+    out: list[str] = []
+    rename: dict[str, str] = {}
+    for i, line in enumerate(lines):
+        alias = _ALIAS.fullmatch(line.strip())
+        if alias and not any(re.match(rf"\s*{alias.group(1)}\s*=[^=]", later) for later in lines[i + 1:]):
+            rename[alias.group(1)] = alias.group(2)
+            continue
+        for old, new in rename.items():
+            line = re.sub(rf"\b{old}\b", new, line)
+        out.append(line)
+    return out
+
+
 _ACRONYMS = {"qk": "QK", "ff": "FF"}
 
 
@@ -189,8 +212,9 @@ def emit_source(dv: Derivation) -> str:
     family = family_of(t)
     sig = family.signature(dv)
     pattern = PATTERNS.get(dv.pattern)
-    grad = family.autodiff_lines(dv) if dv.path == "autodiff" else pattern.grad_lines(dv)
-    energy = (pattern.energy_lines(dv) if dv.path != "autodiff" else None) or family.energy_lines(dv)
+    grad = _without_aliases(family.autodiff_lines(dv) if dv.path == "autodiff" else pattern.grad_lines(dv))
+    energy = _without_aliases((pattern.energy_lines(dv) if dv.path != "autodiff" else None)
+                              or family.energy_lines(dv))
     prelude = ["beta = self.beta"] if any("beta" in ln for ln in grad + energy) else []
     doc = "    " + repr(f"{dv.pattern} update for term {t.name!r}: {sig['rule']}. See REASON.") + "\n"
     constants = {"TERM": t.name, "FAMILY": t.family, "ENERGY": family.energy_text(dv), "PATTERN": dv.pattern,

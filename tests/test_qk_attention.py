@@ -122,4 +122,4 @@ def test_report_and_source_name_the_tying():
     step = ea.compile(ea.Attention(f="log(x)/beta", K="exp(beta*s)", heads=2, interaction=ea.DiagLowRank(rank=2)),
                       d=8)
     assert "diag-low-rank" in step.report() and "TYING = 'diag-low-rank" in step.source
-    assert "qk_bisoftmax_sdpa(Phi_q, Phi_k" in step.source
+    assert "qk_bisoftmax_sdpa(Q, K" in step.source and "Phi_q = Q" not in step.source
