@@ -48,7 +48,35 @@ from energyarch.runtime_qk import QKTermUpdate, qk_bisoftmax_sdpa, qk_softmax_sd
 
 """
 
-#: Names an emitted module may read besides its own locals and arguments.
+#: name → module of everything an emitted module may import (the ``from`` lines of :data:`HEADER`); a module
+#: imports only the names its code uses (:func:`module_header`)
+_IMPORTABLE = {alias.name: node.module for node in ast.parse(HEADER).body if isinstance(node, ast.ImportFrom)
+               for alias in node.names}
+_PREAMBLE = HEADER[:HEADER.index("from energyarch")]        # the comments, ``import math`` and ``import torch``
+
+
+def module_header(body: str) -> str:
+    """The header of one emitted module: the fixed preamble and the runtime names ``body`` uses, one ``from``
+    line per module, in :data:`HEADER`'s order.
+
+    >>> print(module_header("class A(TermUpdate): x = row_logsumexp"), end="")  # doctest: +ELLIPSIS
+    # Emitted by energyarch...
+    import math
+    <BLANKLINE>
+    import torch
+    <BLANKLINE>
+    from energyarch.runtime import TermUpdate, row_logsumexp
+    <BLANKLINE>
+    """
+    by_module: dict[str, list[str]] = {}
+    for name, module in _IMPORTABLE.items():
+        if re.search(rf"(?<![\w.]){re.escape(name)}\b", body):
+            by_module.setdefault(module, []).append(name)
+    lines = [f"from {module} import {', '.join(names)}" for module, names in by_module.items()]
+    return _PREAMBLE + "".join(line + "\n" for line in lines) + ("\n" if lines else "")
+
+
+#: Names an emitted module may read besides its own locals and arguments (when it imports them).
 _GLOBALS = {"math", "torch", "self", "TermUpdate", "_logcosh", "_step", "bisoftmax_sdpa", "pairwise_kernel",
             "pairwise_kernel_grad", "distance_softmax_dense", "distance_softmax_sdpa", "sq_distances", "abs", "float",
             "row_logsumexp", "distance_row_logsumexp",
@@ -84,10 +112,19 @@ def check_source(source: str) -> None:
         tree = ast.parse(source)
     except SyntaxError as err:
         bad(err, f"syntax error {err.msg}")
-    fixed = ast.parse(HEADER).body
+    fixed = ast.parse(_PREAMBLE).body
     if len(tree.body) < len(fixed) or ast.dump(ast.Module(tree.body[:len(fixed)], [])) != ast.dump(ast.Module(fixed, [])):
         bad(tree, "the import block differs from the template")
-    rest = tree.body[len(fixed):]
+    imported, n_imports = set(), len(fixed)
+    for node in tree.body[len(fixed):]:
+        if not isinstance(node, (ast.Import, ast.ImportFrom)):
+            break
+        if not (isinstance(node, ast.ImportFrom) and node.level == 0 and node.names
+                and all(a.asname is None and _IMPORTABLE.get(a.name) == node.module for a in node.names)):
+            bad(node, "an import that the template does not make")
+        imported |= {a.name for a in node.names}
+        n_imports += 1
+    rest = tree.body[n_imports:]
     for node in rest[:-1]:
         if not (isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name)
                 and node.targets[0].id in _CONSTANT_NAMES and isinstance(node.value, ast.Constant)
@@ -97,7 +134,7 @@ def check_source(source: str) -> None:
     bases = [[ast.dump(ast.Name(name, ast.Load()))] for name in ("TermUpdate", "CausalTermUpdate", "GatedTermUpdate",
                                                                      "QKTermUpdate")]
     if not (isinstance(cls, ast.ClassDef) and [ast.dump(b) for b in cls.bases] in bases
-            and not cls.keywords and not cls.decorator_list):
+            and not cls.keywords and not cls.decorator_list and cls.bases[0].id in imported):
         bad(cls or tree, "the last statement is not the TermUpdate subclass")
     methods = set()
     for i, node in enumerate(cls.body):
@@ -109,15 +146,15 @@ def check_source(source: str) -> None:
         if isinstance(node, ast.FunctionDef) and node.name in ("grad_Z", "energy_Z") and not node.decorator_list \
                 and node.name not in methods:
             methods.add(node.name)
-            _check_method(node, bad)
+            _check_method(node, bad, imported)
             continue
         bad(node, f"unexpected {type(node).__name__} in the class body")
     if methods != {"grad_Z", "energy_Z"}:
         bad(cls, "grad_Z and energy_Z must both be defined")
 
 
-def _check_method(fn: ast.FunctionDef, bad) -> None:
-    known = set(_GLOBALS) | {a.arg for a in fn.args.args}
+def _check_method(fn: ast.FunctionDef, bad, imported: set) -> None:
+    known = {n for n in _GLOBALS if n in imported or n not in _IMPORTABLE} | {a.arg for a in fn.args.args}
     if fn.args.vararg or fn.args.kwarg or fn.args.kwonlyargs or fn.args.defaults or fn.returns:
         bad(fn, "unexpected method signature")
 
@@ -222,7 +259,7 @@ def emit_source(dv: Derivation) -> str:
     tying = getattr(getattr(t, "interaction", None), "tying", "")
     if tying:
         constants["TYING"] = f"{t.interaction.kind}: {tying}"
-    lines = [HEADER + "\n".join(f"{key} = {str(value)!r}" for key, value in constants.items()),
+    lines = ["\n".join(f"{key} = {str(value)!r}" for key, value in constants.items()),
              "",
              f"class {_class_name(dv)}({sig['base']}):",
              doc,
@@ -240,7 +277,8 @@ def emit_source(dv: Derivation) -> str:
              f"        {sig['energy_doc']!r}",
              *("        " + ln for ln in prelude + energy),
              ""]
-    return "\n".join(lines)
+    body = "\n".join(lines)
+    return module_header(body) + body
 
 
 def _cache_dir() -> Path:
