@@ -9,6 +9,7 @@ import energyarch as ea
 from energyarch.cli import main
 from energyarch.errors import ConfigError
 from energyarch.models import ModelConfig, TaskSpec, build_model
+from energyarch.models.record import energy_fingerprint
 from energyarch.train import TrainConfig
 
 THREE_TERMS = """
@@ -117,8 +118,13 @@ def test_every_family_and_interaction_round_trips_as_tables():
                                    self_term="stopped", name="causal")
               + ea.GatedFeedForward(h=ea.Scalar.parse("softplus(a*x)/a", params={"a": 2.0}), width=24, name="glu",
                                     radius=3.0)
-              + ea.FeedForward(g="x", h="relu(x)**2/2", ratio=2))
+              + ea.FeedForward(g="x", h="relu(x)**2/2", ratio=2)
+              + ea.Attention(f=ea.Scalar.parse("x/2", name="half"), K="(beta*s)**2/2", phi="elu(x) + 1", heads=2,
+                             name="linear"))
     cfg = TrainConfig(model=ModelConfig(d=16, heads=2, energy=energy))
     text = cfg.to_toml()
+    assert 'phi = "elu(x) + 1"' in text and 'f = "x/2"' in text      # a primitive's label is not its text
     assert 'interaction = "diag-low-rank"\nrank = 4' in text and 'self_term = "stopped"' in text
-    assert TrainConfig.from_toml_string(text).model.energy() == energy
+    again = TrainConfig.from_toml_string(text).model.energy()
+    assert again.terms[:4] == energy.terms[:4] and again.names == energy.names
+    assert energy_fingerprint(again, 16) == energy_fingerprint(energy, 16)   # same expressions, labels aside

@@ -36,7 +36,7 @@ import difflib
 from typing import Any, Mapping, Optional, Sequence
 
 from ..energy import (SELF_TERMS, Attention, CausalAttention, Energy, FeedForward, GatedFeedForward, Sphere, Term,
-                      as_energy)
+                      as_energy, primitives_of)
 from ..errors import ConfigError, EnergyArchError
 from ..interactions import INTERACTIONS
 from ..primitives import Kernel, Scalar, check_params_used, used_params
@@ -66,7 +66,7 @@ FAMILIES: dict[str, tuple[type, dict, tuple]] = {
     "gated": (GatedFeedForward, {"h": "element-wise function h(x), e.g. \"softplus(x)\" (h' gates: sigmoid for "
                                       "softplus)", **_WIDTH, **_COMMON}, ("h",)),
 }
-_EXPRESSIONS = ("f", "K", "phi", "g", "h")
+_EXPRESSIONS = ("phi", "f", "K", "g", "h")          # phi first: the kernel is built with it
 _INTEGERS = ("heads", "width", "rank")
 _WORDS = {"interaction": tuple(INTERACTIONS), "self_term": SELF_TERMS}
 
@@ -187,14 +187,18 @@ def declaration_of_term(term) -> Optional[dict]:
     family = next((name for name, (cls, _, _) in FAMILIES.items() if type(term) is cls), None)
     if family is None or term.constraint.eps != Sphere().eps:
         return None
-    names = {Attention: ("f", "K"), CausalAttention: ("f", "K"), FeedForward: ("g", "h"),
-             GatedFeedForward: ("h",)}[type(term)]
-    prims = {k: getattr(term, k) for k in names}
-    if isinstance(term, Attention) and term.K.phi is not None:
-        prims["phi"] = term.K.phi
+    prims = primitives_of(term)
     if any(not p.symbolic or p.expr is None for p in prims.values()):
         return None
-    table: dict[str, Any] = {"family": family, **{k: p.name for k, p in prims.items()}}
+    for texts in ({k: p.name for k, p in prims.items()}, {k: str(p.expr) for k, p in prims.items()}):
+        table = _table(term, family, prims, texts)         # the declared text; else sympy's printing of it
+        if table is not None:
+            return table
+    return None
+
+
+def _table(term, family: str, prims: dict, texts: dict) -> Optional[dict]:
+    table: dict[str, Any] = {"family": family, **texts}
     params: dict[str, float] = {}
     for p in prims.values():
         params.update(dict(p.params))
