@@ -1,4 +1,4 @@
-"""Models of any number of terms: ModelConfig(energy=E) and [[model.terms]] (DESIGN "Models of many terms")."""
+"""Models of any number of terms: ModelConfig(energy=E) and [[model.terms]] (docs: Concepts, "Models of many terms")."""
 
 import json
 

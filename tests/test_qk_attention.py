@@ -1,4 +1,4 @@
-"""Bidirectional attention with an interaction (query-key, diagonal plus low rank): DESIGN "Bidirectional
+"""Bidirectional attention with an interaction (query-key, diagonal plus low rank): docs: Concepts, "Bidirectional
 interactions". Every emitted gradient is checked against torch.func.grad of the declared energy in float64."""
 
 import math

@@ -1,5 +1,5 @@
-"""An energy of any number of terms as data: the ``[[model.terms]]`` tables of a config (DESIGN "Models of many
-terms").
+"""An energy of any number of terms as data: the ``[[model.terms]]`` tables of a config (docs: Concepts, "Models of
+many terms").
 
 Each table names its family and gives that family's keys; strings go through the restricted expression parser,
 nothing is evaluated::
