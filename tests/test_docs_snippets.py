@@ -1,6 +1,7 @@
 """The python blocks of "Write your own energy" run as written (they are cheap by design), and train() from
 Python shows its progress."""
 
+import logging
 import os
 import re
 import subprocess
@@ -37,7 +38,9 @@ def _tiny(tmp_path, progress: bool) -> TrainConfig:
                        model=ModelConfig(d=16, heads=2, iters=2, time_freq=8))
 
 
-def test_train_from_python_shows_a_bar_and_the_epoch_line_unless_switched_off(tmp_path, capsys):
+def test_train_from_python_shows_a_bar_and_the_epoch_line_unless_switched_off(tmp_path, capsys, monkeypatch):
+    # as in a fresh Python session: nothing configured the logger (the command line's tests in this process did)
+    monkeypatch.setattr(logging.getLogger("energyarch.train"), "handlers", [])
     train(_tiny(tmp_path, True), report=False)
     out, err = capsys.readouterr()
     assert "epoch 1/1" in err and ("it/s" in err or "s/it" in err)   # tqdm bar on stderr
