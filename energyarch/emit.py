@@ -203,7 +203,7 @@ _ALIAS = re.compile(r"(Phi\w*) = ([A-Z])")
 
 def _without_aliases(lines: list[str]) -> list[str]:
     """Drop ``Phi = Z`` (an identity feature map binds a second name to the same tensor) and write ``Z`` where
-    ``Phi`` was used, unless the name is assigned again later.
+    ``Phi`` was used, unless the name is assigned again later; drop brackets around a lone name (``-(Sigma).sum``).
 
     >>> _without_aliases(["Phi = Z", "P = Phi @ Phi.transpose(-1, -2)", "return dPhi * P"])
     ['P = Z @ Z.transpose(-1, -2)', 'return dPhi * P']
@@ -217,8 +217,13 @@ def _without_aliases(lines: list[str]) -> list[str]:
             continue
         for old, new in rename.items():
             line = re.sub(rf"\b{old}\b", new, line)
-        out.append(line)
+        code, hash_, comment = line.partition("#")
+        out.append(_LONE_NAME.sub(r"\1", code) + hash_ + comment)
     return out
+
+
+#: ``(Sigma)`` outside a call: brackets around a single name, which the templates leave when a piece is a name
+_LONE_NAME = re.compile(r"(?<![\w\])\]])\(([A-Za-z_]\w*)\)")
 
 
 _ACRONYMS = {"qk": "QK", "ff": "FF"}
