@@ -40,3 +40,13 @@ __all__ = [
     "Sphere", "TermUpdate", "compile", "derive", "energy_graph", "finite_checks", "verify",
     "Solver", "verify_solver",
 ]
+
+
+def __getattr__(name: str):
+    """``energyarch.train``, ``energyarch.models``, ... after a plain ``import energyarch`` (imported on first use,
+    so that declaring and compiling energies does not load the training stack)."""
+    if name in ("train", "models", "catalog", "data"):
+        import importlib
+
+        return importlib.import_module(f".{name}", __name__)
+    raise AttributeError(f"module 'energyarch' has no attribute {name!r}")

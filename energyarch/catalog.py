@@ -40,7 +40,8 @@ from .derive import derive
 from .energy import Attention, Energy, FeedForward, Sphere, Term
 from .errors import DeclarationError, EnergyArchError
 from .expr import evaluate, logcosh, parse, relu, sigmoid, softplus, step
-from .primitives import R as R_SYM, S as S_SYM, X as X_SYM, Kernel, Scalar
+from .derivation import patterns_for
+from .primitives import R as R_SYM, S as S_SYM, X as X_SYM, Kernel, Scalar, used_params
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -49,8 +50,8 @@ else:  # pragma: no cover - Python 3.10
 
 FAMILIES = ("attention", "feedforward")
 TABLES = ("19", "20", "beyond")
-PATTERNS = ("bi-softmax", "kernel attention", "linear attention", "inner-product kernel", "pairwise kernel",
-            "distance softmax", "distance kernel", "ReLU FF", "softmax FF", "gated FF", "elementwise FF", "general FF", "autodiff")
+#: The compiler's patterns for the catalog's families, from the pattern registry (plus the autodiff path)
+PATTERNS = tuple(p.name for family in FAMILIES for p in patterns_for(family)) + ("autodiff",)
 
 #: Every key an entry may have, with its type and meaning (catalog/README.md documents the same).
 FIELDS: Mapping[str, tuple[type | tuple[type, ...], str]] = {
@@ -238,14 +239,14 @@ def _parse_primitives(path: Path, data: Mapping[str, object]) -> dict[str, objec
     try:
         if data["family"] == "attention":
             key = "phi"
-            phi = Scalar.parse(data["phi"], params=params) if "phi" in data else None
+            phi = Scalar.parse(data["phi"], params=used_params(data["phi"], params)) if "phi" in data else None
             key = "f"
-            out["f"] = Scalar.parse(data["f"], params=params)
+            out["f"] = Scalar.parse(data["f"], params=used_params(data["f"], params))
             key = "K"
-            out["K"] = Kernel.parse(data["K"], phi=phi, params=params)
+            out["K"] = Kernel.parse(data["K"], phi=phi, params=used_params(data["K"], params))
         else:
             for key in ("g", "h"):
-                out[key] = Scalar.parse(data[key], params=params)
+                out[key] = Scalar.parse(data[key], params=used_params(data[key], params))
     except EnergyArchError as err:
         raise _fail(path, key, f"{data[key]!r} is not a valid expression: {err}") from None
     return out

@@ -22,7 +22,7 @@ from torch import Tensor, nn
 
 from .derive import Derivation, autodiff_derivation, derive
 from .emit import emit, emit_source
-from .energy import Attention, Energy, Term, as_energy
+from .energy import Energy, Term, as_energy, primitives_of
 from .errors import CompileError, ShapeError
 from .runtime import _FINITE_CHECK, MODES, TermUpdate, check_step
 from .solvers.base import Solver, make_solver
@@ -332,10 +332,7 @@ def compile(energy, d: int, *, mode: str = "paper", path: str = "auto", schedule
 
 
 def _attach_callables(module: TermUpdate, term: Term) -> None:
-    """Opaque primitives are referenced by the emitted code as ``self.f``, ``self.kernel``, ..."""
-    if isinstance(term, Attention):
-        module.f = term.f.fn
-        module.kernel = term.K.fn
-        module.phi = term.K.phi.fn if term.K.phi is not None else None
-    else:
-        module.g, module.h = (term.g.fn if hasattr(term, "g") else None), term.h.fn
+    """Opaque primitives are referenced by the emitted code as ``self.<role>`` (``self.f``, ``self.phi``, ...; a
+    kernel as ``self.kernel``), whatever the family: every primitive field of the term."""
+    for role, prim in primitives_of(term).items():
+        setattr(module, "kernel" if role == "K" else role, prim.fn)

@@ -28,7 +28,6 @@ from pathlib import Path
 
 
 from .derivation import PATTERNS, Derivation, family_of
-from .energy import Attention
 from .errors import CompileError
 
 #: Fixed text of every emitted module. Everything that comes from a declaration (names, expressions, reasons)
@@ -46,10 +45,39 @@ from energyarch.runtime import CausalTermUpdate, causal_mask, causal_prefix_oute
 from energyarch.runtime import GatedTermUpdate, cross_kernel, diag_kernel, sq_distances_qk
 from energyarch.runtime import causal_apply, causal_gram, causal_sq_distances
 from energyarch.blockwise import distance_couple, gram_couple, kernel_callable, kernel_on_distance, kernel_on_gram, pair_grad, pair_row_sum
+from energyarch.runtime_qk import QKTermUpdate, qk_bisoftmax_sdpa, qk_softmax_sdpa
 
 """
 
-#: Names an emitted module may read besides its own locals and arguments.
+#: name → module of everything an emitted module may import (the ``from`` lines of :data:`HEADER`); a module
+#: imports only the names its code uses (:func:`module_header`)
+_IMPORTABLE = {alias.name: node.module for node in ast.parse(HEADER).body if isinstance(node, ast.ImportFrom)
+               for alias in node.names}
+_PREAMBLE = HEADER[:HEADER.index("from energyarch")]        # the comments, ``import math`` and ``import torch``
+
+
+def module_header(body: str) -> str:
+    """The header of one emitted module: the fixed preamble and the runtime names ``body`` uses, one ``from``
+    line per module, in :data:`HEADER`'s order.
+
+    >>> print(module_header("class A(TermUpdate): x = row_logsumexp"), end="")  # doctest: +ELLIPSIS
+    # Emitted by energyarch...
+    import math
+    <BLANKLINE>
+    import torch
+    <BLANKLINE>
+    from energyarch.runtime import TermUpdate, row_logsumexp
+    <BLANKLINE>
+    """
+    by_module: dict[str, list[str]] = {}
+    for name, module in _IMPORTABLE.items():
+        if re.search(rf"(?<![\w.]){re.escape(name)}\b", body):
+            by_module.setdefault(module, []).append(name)
+    lines = [f"from {module} import {', '.join(names)}" for module, names in by_module.items()]
+    return _PREAMBLE + "".join(line + "\n" for line in lines) + ("\n" if lines else "")
+
+
+#: Names an emitted module may read besides its own locals and arguments (when it imports them).
 _GLOBALS = {"math", "torch", "self", "TermUpdate", "_logcosh", "_step", "bisoftmax_sdpa", "pairwise_kernel",
             "pairwise_kernel_grad", "distance_softmax_dense", "distance_softmax_sdpa", "sq_distances", "abs", "float",
             "row_logsumexp", "distance_row_logsumexp",
@@ -57,7 +85,9 @@ _GLOBALS = {"math", "torch", "self", "TermUpdate", "_logcosh", "_step", "bisoftm
             "diag_kernel", "sq_distances_qk", "causal_apply", "causal_gram", "causal_sq_distances",
             # blockwise evaluation above sdpa_threshold (energyarch.blockwise)
             "distance_couple", "gram_couple", "kernel_callable", "kernel_on_distance", "kernel_on_gram", "pair_grad",
-            "pair_row_sum"}
+            "pair_row_sum",
+            # bidirectional attention with an interaction (energyarch.runtime_qk)
+            "QKTermUpdate", "qk_bisoftmax_sdpa", "qk_softmax_sdpa"}
 _CONSTANT_NAMES = ("TERM", "FAMILY", "ENERGY", "PATTERN", "PATH", "REASON", "TYING")
 _EXPR_NODES = (ast.BinOp, ast.UnaryOp, ast.Call, ast.Attribute, ast.Name, ast.Constant, ast.Compare, ast.Lambda,
                ast.keyword, ast.Tuple, ast.arguments, ast.arg, ast.operator, ast.unaryop, ast.cmpop,
@@ -83,19 +113,29 @@ def check_source(source: str) -> None:
         tree = ast.parse(source)
     except SyntaxError as err:
         bad(err, f"syntax error {err.msg}")
-    fixed = ast.parse(HEADER).body
+    fixed = ast.parse(_PREAMBLE).body
     if len(tree.body) < len(fixed) or ast.dump(ast.Module(tree.body[:len(fixed)], [])) != ast.dump(ast.Module(fixed, [])):
         bad(tree, "the import block differs from the template")
-    rest = tree.body[len(fixed):]
+    imported, n_imports = set(), len(fixed)
+    for node in tree.body[len(fixed):]:
+        if not isinstance(node, (ast.Import, ast.ImportFrom)):
+            break
+        if not (isinstance(node, ast.ImportFrom) and node.level == 0 and node.names
+                and all(a.asname is None and _IMPORTABLE.get(a.name) == node.module for a in node.names)):
+            bad(node, "an import that the template does not make")
+        imported |= {a.name for a in node.names}
+        n_imports += 1
+    rest = tree.body[n_imports:]
     for node in rest[:-1]:
         if not (isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name)
                 and node.targets[0].id in _CONSTANT_NAMES and isinstance(node.value, ast.Constant)
                 and isinstance(node.value.value, str)):
             bad(node, "a module-level statement other than a string constant")
     cls = rest[-1] if rest else None
-    bases = [[ast.dump(ast.Name(name, ast.Load()))] for name in ("TermUpdate", "CausalTermUpdate", "GatedTermUpdate")]
+    bases = [[ast.dump(ast.Name(name, ast.Load()))] for name in ("TermUpdate", "CausalTermUpdate", "GatedTermUpdate",
+                                                                     "QKTermUpdate")]
     if not (isinstance(cls, ast.ClassDef) and [ast.dump(b) for b in cls.bases] in bases
-            and not cls.keywords and not cls.decorator_list):
+            and not cls.keywords and not cls.decorator_list and cls.bases[0].id in imported):
         bad(cls or tree, "the last statement is not the TermUpdate subclass")
     methods = set()
     for i, node in enumerate(cls.body):
@@ -107,15 +147,15 @@ def check_source(source: str) -> None:
         if isinstance(node, ast.FunctionDef) and node.name in ("grad_Z", "energy_Z") and not node.decorator_list \
                 and node.name not in methods:
             methods.add(node.name)
-            _check_method(node, bad)
+            _check_method(node, bad, imported)
             continue
         bad(node, f"unexpected {type(node).__name__} in the class body")
     if methods != {"grad_Z", "energy_Z"}:
         bad(cls, "grad_Z and energy_Z must both be defined")
 
 
-def _check_method(fn: ast.FunctionDef, bad) -> None:
-    known = set(_GLOBALS) | {a.arg for a in fn.args.args}
+def _check_method(fn: ast.FunctionDef, bad, imported: set) -> None:
+    known = {n for n in _GLOBALS if n in imported or n not in _IMPORTABLE} | {a.arg for a in fn.args.args}
     if fn.args.vararg or fn.args.kwarg or fn.args.kwonlyargs or fn.args.defaults or fn.returns:
         bad(fn, "unexpected method signature")
 
@@ -159,44 +199,52 @@ def _check_method(fn: ast.FunctionDef, bad) -> None:
     block(fn.body, known)
 
 
+_ALIAS = re.compile(r"(Phi\w*) = ([A-Z])")
+
+
+def _without_aliases(lines: list[str]) -> list[str]:
+    """Drop ``Phi = Z`` (an identity feature map binds a second name to the same tensor) and write ``Z`` where
+    ``Phi`` was used, unless the name is assigned again later; drop brackets around a lone name (``-(Sigma).sum``).
+
+    >>> _without_aliases(["Phi = Z", "P = Phi @ Phi.transpose(-1, -2)", "return dPhi * P"])
+    ['P = Z @ Z.transpose(-1, -2)', 'return dPhi * P']
+    """
+    out: list[str] = []
+    rename: dict[str, str] = {}
+    for i, line in enumerate(lines):
+        alias = _ALIAS.fullmatch(line.strip())
+        if alias and not any(re.match(rf"\s*{alias.group(1)}\s*=[^=]", later) for later in lines[i + 1:]):
+            rename[alias.group(1)] = alias.group(2)
+            continue
+        for old, new in rename.items():
+            line = re.sub(rf"\b{old}\b", new, line)
+        code, hash_, comment = line.partition("#")
+        out.append(_LONE_NAME.sub(r"\1", code) + hash_ + comment)
+    return out
+
+
+#: ``(Sigma)`` outside a call: brackets around a single name, which the templates leave when a piece is a name
+_LONE_NAME = re.compile(r"(?<![\w\])\]])\(([A-Za-z_]\w*)\)")
+
+
+_ACRONYMS = {"qk": "QK", "ff": "FF"}
+
+
 def _class_name(dv: Derivation) -> str:
-    words = re.split(r"[^A-Za-z0-9]+", f"{dv.term.name} {dv.pattern} update")
-    return "".join(w[:1].upper() + w[1:] for w in words if w)
+    """``ReLUFFUpdate``, ``QKBiSoftmaxUpdate``; a term not named ``attn`` / ``ff`` leads: ``GateGatedFFUpdate``.
 
-
-def _energy_text(dv: Derivation) -> str:
-    t = dv.term
-    if isinstance(t, Attention):
-        k = t.K.name if t.K.kind == "callable" else str(t.K.expr)
-        phi = f", Phi(x) = {t.K.phi.name}" if t.K.phi is not None else ""
-        if t.family == "causal attention":
-            return (f"E_t = sum_h f(sum_(s<=t) K(q_t, k_s)) for each token t (conditional), f(x) = {t.f.name}, "
-                    f"K = {k}{phi}, heads = {t.heads}, self-term {t.self_term}")
-        return f"E = sum_h sum_i f(sum_j K(z_i, z_j)), f(x) = {t.f.name}, K = {k}{phi}, heads = {t.heads}"
-    if t.family == "gated feedforward":
-        return f"E = -sum_i sum_m h(d_m . x_i) (v_m . xbar_i), gate held fixed, h(x) = {t.h.name}"
-    return f"E = -sum_i g(sum_m h(d_m . x_i)), g(x) = {t.g.name}, h(x) = {t.h.name}"
-
-
-def _signature(dv: Derivation) -> dict:
-    """What differs between the families in the template: base class, arguments, docstrings, the rule."""
-    t = dv.term
-    if t.family == "causal attention":
-        return {"base": "CausalTermUpdate", "args": "Q, K", "shape": "(B, H, N, p)",
-                "grad_doc": "(∂/∂Q, ∂/∂K) of Σ_t E_t(x_t | x_<t), each token's own energy, earlier tokens fixed",
-                "energy_doc": "E_t of every token and head at queries Q and keys K (B, H, N, p); shape (B, H, N).",
-                "rule": "x_t ← x_t − step ⊙ ∇_(x_t) E_t, through the interaction's projections (see TYING)"}
-    if t.family == "gated feedforward":
-        return {"base": "GatedTermUpdate", "args": "U, V", "shape": "(B, 1, N, M)",
-                "grad_doc": "∇_U E with the gate V held fixed", "energy_doc": "Energy at U and gate V; shape (B,).",
-                "rule": "X ← X − step ⊙ (∇_U E)(U, V) Dᵀ, D both up and down projection"}
-    if isinstance(t, Attention):
-        return {"base": "TermUpdate", "args": "Z", "shape": "(B, H, N, p)", "grad_doc": "∇_Z E",
-                "energy_doc": "Energy of the term at Z (B, H, N, p); shape (B,).",
-                "rule": "X ← X − step ⊙ Σ_h (∇_Z E)(Z_h) W_hᵀ"}
-    return {"base": "TermUpdate", "args": "U", "shape": "(B, 1, N, M)",
-            "grad_doc": "∇_U E (E_FF = −Σ g(Σ h) carries the minus sign of Eq. 20)",
-            "energy_doc": "Energy of the term at U (B, 1, N, M); shape (B,).", "rule": "X ← X − step ⊙ (∇_U E)(U) Dᵀ"}
+    >>> from energyarch import FeedForward
+    >>> from energyarch.derivation import derive
+    >>> _class_name(derive(FeedForward(g="x", h="relu(x)**2/2"), 8)), _class_name(derive(FeedForward(
+    ...     g="x", h="relu(x)**2/2", name="mlp_2"), 8))
+    ('ReLUFFUpdate', 'Mlp2ReLUFFUpdate')
+    """
+    def camel(text: str) -> str:
+        words = [w for w in re.split(r"[^A-Za-z0-9]+", text) if w]
+        return "".join(_ACRONYMS.get(w, w[:1].upper() + w[1:]) for w in words)
+    lead = "" if dv.term.name in ("attn", "ff") else camel(dv.term.name.replace("_", " "))
+    name = f"{lead}{camel(dv.pattern)}Update"
+    return name if name.isidentifier() and name.isascii() else f"Term{name}"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -204,19 +252,20 @@ def _signature(dv: Derivation) -> dict:
 def emit_source(dv: Derivation) -> str:
     """The Python source of the update module for ``dv``."""
     t = dv.term
-    sig = _signature(dv)
     family = family_of(t)
+    sig = family.signature(dv)
     pattern = PATTERNS.get(dv.pattern)
-    grad = family.autodiff_lines(dv) if dv.path == "autodiff" else pattern.grad_lines(dv)
-    energy = (pattern.energy_lines(dv) if dv.path != "autodiff" else None) or family.energy_lines(dv)
+    grad = _without_aliases(family.autodiff_lines(dv) if dv.path == "autodiff" else pattern.grad_lines(dv))
+    energy = _without_aliases((pattern.energy_lines(dv) if dv.path != "autodiff" else None)
+                              or family.energy_lines(dv))
     prelude = ["beta = self.beta"] if any("beta" in ln for ln in grad + energy) else []
     doc = "    " + repr(f"{dv.pattern} update for term {t.name!r}: {sig['rule']}. See REASON.") + "\n"
-    constants = {"TERM": t.name, "FAMILY": t.family, "ENERGY": _energy_text(dv), "PATTERN": dv.pattern,
+    constants = {"TERM": t.name, "FAMILY": t.family, "ENERGY": family.energy_text(dv), "PATTERN": dv.pattern,
                  "PATH": dv.path, "REASON": dv.reason}
     tying = getattr(getattr(t, "interaction", None), "tying", "")
     if tying:
         constants["TYING"] = f"{t.interaction.kind}: {tying}"
-    lines = [HEADER + "\n".join(f"{key} = {str(value)!r}" for key, value in constants.items()),
+    lines = ["\n".join(f"{key} = {str(value)!r}" for key, value in constants.items()),
              "",
              f"class {_class_name(dv)}({sig['base']}):",
              doc,
@@ -234,7 +283,8 @@ def emit_source(dv: Derivation) -> str:
              f"        {sig['energy_doc']!r}",
              *("        " + ln for ln in prelude + energy),
              ""]
-    return "\n".join(lines)
+    body = "\n".join(lines)
+    return module_header(body) + body
 
 
 def _cache_dir() -> Path:

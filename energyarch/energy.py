@@ -13,10 +13,11 @@ The two families of the paper (Eqs. 19–20), in the row-token convention ``X �
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from typing import Mapping, Optional, Union
 
 from .errors import DeclarationError
+from .interactions import INTERACTIONS, Interaction, SharedBasis
 from .primitives import Kernel, Scalar, as_kernel, as_scalar
 
 
@@ -49,12 +50,18 @@ def _real(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-class _Term:
-    """Shared behaviour of energy terms: addition into an :class:`Energy`."""
+class Term:
+    """Base class of energy terms: addition into an :class:`Energy`, renaming.
+
+    A new family is a frozen dataclass subclassing ``Term`` (with a ``name`` field and a ``family`` string naming
+    its registered :class:`~energyarch.derivation.Family`); its :class:`~energyarch.primitives.Scalar` /
+    :class:`~energyarch.primitives.Kernel` fields are its primitives (see :func:`params_of`).
+    """
 
     name: str
+    family: str = ""
 
-    def __add__(self, other: Union["_Term", "Energy"]) -> "Energy":
+    def __add__(self, other: Union["Term", "Energy"]) -> "Energy":
         return Energy((self,)) + other
 
     def __radd__(self, other):
@@ -67,7 +74,7 @@ class _Term:
 
 
 @dataclass(frozen=True)
-class Attention(_Term):
+class Attention(Term):
     """E_ATTN = Σ_h Σ_i f(Σ_j K(z_i^h, z_j^h)) with H heads of width p = d/H (Eq. 19).
 
     Args:
@@ -78,6 +85,18 @@ class Attention(_Term):
         constraint: the sphere of each head's coordinates (default radius √p).
         beta: value of the symbol ``beta`` (default 1/√p).
         name: term name (used for step sizes and energy breakdowns).
+        radius: shorthand for ``constraint=Sphere(radius)``.
+        interaction: how queries and keys come from the tokens (:mod:`energyarch.interactions`): None or
+            ``SharedBasis()`` (Hyper-SET's one basis per head, the default), ``QueryKey()`` (separate W_Q, W_K per
+            head, as in Energy Transformer) or ``DiagLowRank(rank)``. With queries q and keys k,
+            ``S_i = Σ_j K(q_i, k_j)`` is no longer symmetric in i, j; the gradient of both roles is derived
+            (docs: Concepts, "Bidirectional interactions").
+
+    >>> Attention(f="log(x)/beta", K="exp(beta*s)", heads=2).family
+    'attention'
+    >>> from energyarch.interactions import QueryKey
+    >>> Attention(f="log(x)/beta", K="exp(beta*s)", heads=2, interaction=QueryKey()).family
+    'qk attention'
     """
 
     f: Scalar
@@ -86,9 +105,11 @@ class Attention(_Term):
     constraint: Sphere = Sphere()
     beta: Optional[float] = None
     name: str = "attn"
+    interaction: object = None
 
     def __init__(self, f, K, heads: int = 1, phi=None, constraint: Optional[Sphere] = None,
-                 beta: Optional[float] = None, name: str = "attn", radius: Optional[float] = None):
+                 beta: Optional[float] = None, name: str = "attn", radius: Optional[float] = None,
+                 interaction=None):
         kernel = as_kernel(K)
         if phi is not None:
             if kernel.kind != "inner":
@@ -107,8 +128,14 @@ class Attention(_Term):
         object.__setattr__(self, "constraint", constraint or Sphere(radius))
         object.__setattr__(self, "beta", None if beta is None else float(beta))
         object.__setattr__(self, "name", _check_name(name))
+        interaction = _check_interaction("Attention", interaction, self.K)
+        object.__setattr__(self, "interaction", None if interaction.kind == "shared" else interaction)
 
-    family = "attention"
+    @property
+    def family(self) -> str:
+        """``'attention'`` (one basis per head, Eq. 19) or ``'qk attention'`` (queries and keys from an
+        interaction other than the shared basis)."""
+        return "attention" if self.interaction is None else "qk attention"
 
 
 @dataclass(frozen=True)
@@ -141,24 +168,32 @@ class CausalAttention(Attention):
     def __init__(self, f, K, heads: int = 1, phi=None, constraint: Optional[Sphere] = None,
                  beta: Optional[float] = None, name: str = "attn", radius: Optional[float] = None,
                  interaction=None, self_term: str = "exact"):
-        from .interactions import Interaction, SharedBasis
-
         Attention.__init__(self, f, K, heads=heads, phi=phi, constraint=constraint, beta=beta, name=name,
                            radius=radius)
-        interaction = SharedBasis() if interaction is None else interaction
-        if not isinstance(interaction, Interaction):
-            raise DeclarationError(f"CausalAttention: interaction={interaction!r}; give ea.SharedBasis(), "
-                                   f"ea.QueryKey() or ea.DiagLowRank(rank=8)")
-        if self_term not in ("exact", "stopped"):
+        interaction = _check_interaction("CausalAttention", interaction, self.K)
+        if self_term not in SELF_TERMS:
             raise DeclarationError(f"CausalAttention: self_term={self_term!r}; choose 'exact' (differentiate x_t's "
                                    f"key role in its own term) or 'stopped' (hold it fixed)")
-        if self.K.kind == "distance" and interaction.kind == "diag-low-rank":
-            raise DeclarationError("CausalAttention: a distance kernel needs queries and keys of one kind; use "
-                                   "SharedBasis() or QueryKey() with K in r, or write the kernel in s")
         object.__setattr__(self, "interaction", interaction)
         object.__setattr__(self, "self_term", self_term)
 
     family = "causal attention"
+
+
+#: How a causal term treats x_t's key role in its own term K(q_t, k_t).
+SELF_TERMS = ("exact", "stopped")
+
+
+def _check_interaction(where: str, interaction, K: Kernel):
+    """The declared interaction (``SharedBasis()`` for None), checked against the kernel."""
+    interaction = SharedBasis() if interaction is None else interaction
+    if not isinstance(interaction, Interaction):
+        raise DeclarationError(f"{where}: interaction={interaction!r}; give one of "
+                               + ", ".join(f"ea.{cls.__name__}()" for cls in INTERACTIONS.values()))
+    if K.kind == "distance" and interaction.kind == "diag-low-rank":
+        raise DeclarationError(f"{where}: a distance kernel needs queries and keys of one kind; use "
+                               f"SharedBasis() or QueryKey() with K in r, or write the kernel in s")
+    return interaction
 
 
 def _init_width_terms(term, where: str, h, width, ratio, constraint, radius, name) -> None:
@@ -178,7 +213,7 @@ def _init_width_terms(term, where: str, h, width, ratio, constraint, radius, nam
 
 
 @dataclass(frozen=True)
-class FeedForward(_Term):
+class FeedForward(Term):
     """E_FF = − Σ_i g(Σ_m h(d_mᵀ x_i)) with M basis vectors (Eq. 20).
 
     Args:
@@ -209,7 +244,7 @@ class FeedForward(_Term):
 
 
 @dataclass(frozen=True)
-class GatedFeedForward(_Term):
+class GatedFeedForward(Term):
     """Gated feed-forward with shared up/down projections, as an element-wise energy (CEM)::
 
         E = − Σ_i Σ_m h(d_mᵀ x_i) (v_mᵀ x̄_i),   u = RMSNorm(Dᵀx) on the sphere of radius √M, x̄ = RMSNorm(x) held fixed
@@ -240,7 +275,7 @@ class GatedFeedForward(_Term):
     resolve_width = FeedForward.resolve_width
 
 
-Term = Union[Attention, FeedForward, GatedFeedForward]
+_Term = Term   # the older private name
 
 
 def _check_name(name: str) -> str:
@@ -274,8 +309,9 @@ class Energy:
         seen: dict[str, int] = {}
         fixed = []
         for t in self.terms:
-            if not isinstance(t, (Attention, FeedForward, GatedFeedForward)):
-                raise DeclarationError(f"Energy: {t!r} is not an Attention, FeedForward or GatedFeedForward term")
+            if not isinstance(t, Term):
+                raise DeclarationError(f"Energy: {type(t).__name__} {t!r:.80} is not an energy term (ea.Attention, "
+                                       f"ea.FeedForward, ... or a subclass of energyarch.energy.Term)")
             if t.name in seen:
                 seen[t.name] += 1
                 t = t.renamed(f"{t.name}_{seen[t.name]}")
@@ -286,7 +322,7 @@ class Energy:
     def __add__(self, other) -> "Energy":
         if isinstance(other, Energy):
             return Energy(self.terms + other.terms)
-        if isinstance(other, (Attention, FeedForward, GatedFeedForward)):
+        if isinstance(other, Term):
             return Energy(self.terms + (other,))
         return NotImplemented
 
@@ -310,19 +346,32 @@ class Energy:
 def as_energy(value) -> Energy:
     if isinstance(value, Energy):
         return value
-    if isinstance(value, (Attention, FeedForward, GatedFeedForward)):
+    if isinstance(value, Term):
         return Energy((value,))
-    raise DeclarationError(f"expected an Energy, Attention or FeedForward term, got {type(value).__name__}")
+    raise DeclarationError(f"expected an Energy or an energy term (ea.Attention, ea.FeedForward, ...), got "
+                           f"{type(value).__name__}")
+
+
+def primitives_of(term: Term) -> dict:
+    """The term's primitives by role: its :class:`Scalar` and :class:`Kernel` fields, and a kernel's feature map
+    as ``'phi'``.
+
+    >>> sorted(primitives_of(FeedForward(g="x", h="relu(x)**2/2")))
+    ['g', 'h']
+    """
+    out: dict = {}
+    for f in fields(term):
+        value = getattr(term, f.name)
+        if isinstance(value, (Scalar, Kernel)):
+            out[f.name] = value
+            if isinstance(value, Kernel) and value.phi is not None:
+                out["phi"] = value.phi
+    return out
 
 
 def params_of(term: Term) -> Mapping[str, float]:
     """User parameters declared on the term's primitives (merged)."""
     out: dict[str, float] = {}
-    prims = ([term.f, term.K, term.K.phi] if isinstance(term, Attention)
-             else [term.h] if isinstance(term, GatedFeedForward) else [term.g, term.h])
-    for prim in prims:
-        if prim is not None:
-            out.update(dict(prim.params))
-            if isinstance(prim, Kernel) and prim.phi is not None:
-                out.update(dict(prim.phi.params))
+    for prim in primitives_of(term).values():
+        out.update(dict(prim.params))
     return out

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ast
 import math
+import re
 from typing import Iterable, Mapping, Optional
 
 import sympy as sp
@@ -496,8 +497,18 @@ def to_torch(expr: sp.Expr, tensor_symbols: Iterable[str]) -> str:
 
     >>> to_torch(parse("sigmoid(beta*s)", ("s", "beta")), ["s"])
     'torch.sigmoid(beta*s)'
+    >>> to_torch(parse("relu(x)**2/2 + x**2/4", ("x",)), ["x"])
+    '(1/4)*x**2 + 0.5*torch.relu(x)**2'
     """
-    return EnergyTorchPrinter(tensor_symbols).doprint(expr)
+    text = EnergyTorchPrinter(tensor_symbols).doprint(expr)
+    # the printer parenthesises a rational coefficient twice, ``((1/4))*x``, and a decimal one once, ``(0.5)*x``;
+    # outside a call (no name, ``)`` or ``]`` before the bracket) a positive literal needs no brackets of its own
+    text = _DOUBLE_RATIONAL.sub(r"(\1)", text)
+    return _BRACKETED_NUMBER.sub(r"\1", text)
+
+
+_DOUBLE_RATIONAL = re.compile(r"(?<![\w\])\]])\(\((-?\d+/\d+)\)\)")
+_BRACKETED_NUMBER = re.compile(r"(?<![\w\])\]])\((\d+(?:\.\d+)?)\)")
 
 
 def tidy(expr: sp.Expr) -> sp.Expr:

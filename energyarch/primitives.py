@@ -58,6 +58,39 @@ def _as_params(params: Optional[Mapping[str, float]], where: str) -> tuple[tuple
     return tuple(sorted((k, float(v)) for k, v in params.items()))
 
 
+def check_params_used(params: Mapping[str, float], exprs: Mapping[str, sp.Expr], where: str) -> None:
+    """Refuse a declared parameter that no expression uses (a misspelling would otherwise be ignored), naming it
+    and the symbols the expressions do use.
+
+    >>> check_params_used({"gama": 2.0}, {"K": parse("exp(-gamma*r)", ("r", "gamma"))}, "Kernel")
+    Traceback (most recent call last):
+    ...
+    energyarch.errors.DeclarationError: Kernel: parameter 'gama' is not used by K = exp(-gamma*r); its symbols are gamma, r (did you mean 'gamma'?); remove it or correct its name
+    """
+    used = set().union(*({s.name for s in e.free_symbols} for e in exprs.values() if e is not None))
+    for name in params:
+        if name not in used:
+            import difflib
+
+            close = difflib.get_close_matches(str(name), sorted(used), n=1)
+            shown = ", ".join(f"{k} = {e}" if k else str(e) for k, e in exprs.items() if e is not None)
+            raise DeclarationError(
+                f"{where}: parameter {name!r} is not used by {shown}; its symbols are {', '.join(sorted(used))}"
+                + (f" (did you mean {close[0]!r}?)" if close else "") + "; remove it or correct its name")
+
+
+def used_params(text: str, params: Optional[Mapping[str, float]], variables: tuple = ("x", "s", "r")) -> dict:
+    """The part of ``params`` that the expression ``text`` uses (to give each primitive of a term only its own,
+    when a table declares one ``params`` for all of them). Text that does not parse keeps every parameter: the
+    parser's own error comes when the primitive is made."""
+    params = dict(params or {})
+    try:
+        names = {s.name for s in parse(text, (*variables, *PARAMETERS, *params), where="expression").free_symbols}
+    except Exception:  # noqa: BLE001 - reported by Scalar.parse / Kernel.parse with the user's text
+        return params
+    return {k: v for k, v in params.items() if k in names}
+
+
 def _check_label(name, where: str) -> str:
     """Names are free text for people (reports, plots); they reach emitted source only as repr() literals."""
     if not isinstance(name, str):
@@ -107,6 +140,7 @@ class Scalar:
         """Make a scalar function from an expression string in ``x`` (restricted parser, no eval)."""
         p = _as_params(params, f"Scalar {text!r}")
         expr = parse(text, ("x", *PARAMETERS, *dict(p)), where=f"scalar function {text!r}")
+        check_params_used(dict(p), {"": expr}, f"Scalar {text!r}")
         return cls(name=name or text, expr=expr, params=p)
 
     @classmethod
@@ -115,7 +149,9 @@ class Scalar:
         if not isinstance(expr, sp.Expr):
             raise DeclarationError(f"from_sympy: expected a sympy expression, got {type(expr).__name__}")
         subs = {s: sp.Symbol(s.name, real=True) for s in expr.free_symbols}
-        return cls(name=name or str(expr), expr=expr.xreplace(subs), params=_as_params(params, "from_sympy"))
+        p = _as_params(params, "from_sympy")
+        check_params_used(dict(p), {"": expr}, f"from_sympy {expr}")
+        return cls(name=name or str(expr), expr=expr.xreplace(subs), params=p)
 
     @classmethod
     def from_torch(cls, fn: Callable[[torch.Tensor], torch.Tensor], name: Optional[str] = None) -> "Scalar":
@@ -195,6 +231,7 @@ class Kernel:
                 f"kernel {text!r} uses both s (inner product) and r (squared distance); write it in one of them "
                 f"(on the sphere of radius R, r = 2R² - 2s)"
             )
+        check_params_used(dict(p), {"": expr}, f"Kernel {text!r}")
         kind = "distance" if "r" in names else "inner"
         phi_s = as_scalar(phi, "phi") if phi is not None else None
         return cls(name=name or text, kind=kind, expr=expr, phi=phi_s, params=p)

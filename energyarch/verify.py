@@ -26,38 +26,24 @@ import torch
 from torch import Tensor
 
 from .compile import EnergyStep, compile as compile_energy
-from .energy import Attention, Term, params_of
+from .derivation import family_of
+from .energy import Term, params_of
 from .errors import VerificationError
 from .expr import evaluate
 from .primitives import Kernel
-from .runtime import CausalTermUpdate, GatedTermUpdate, TermUpdate, pairwise_kernel
+from .runtime import CausalTermUpdate, GatedTermUpdate, TermUpdate
+from .runtime_qk import QKTermUpdate
 
 
 def declared_energy(term: Term, Z: Tensor, env: Mapping[str, float]) -> Tensor:
-    """E of ``term`` at coordinates ``Z`` (…, H, N, p), built from the declaration alone (shape ``(…,)``).
+    """E of ``term`` at coordinates ``Z`` (…, H, N, p), built from the declaration alone (shape ``(…,)``): its
+    family's :meth:`~energyarch.derivation.Family.reference_energy`.
 
     Independent of the derivation: expressions are evaluated by walking the declared sympy trees, opaque
     primitives are called as given, and a distance kernel sees ``r = ‖z_i − z_j‖²`` formed from differences
     (never rewritten with the radius). ``env`` binds ``beta``, ``p``, ``M``, ``d``.
     """
-    env = {**env, **params_of(term)}
-
-    def scalar(prim, t):
-        return prim.fn(t) if prim.fn is not None else _full(evaluate(prim.expr, {**env, "x": t}), t)
-
-    if isinstance(term, Attention):
-        K: Kernel = term.K
-        if K.kind == "callable":
-            Kmat = pairwise_kernel(K.fn, Z)
-        elif K.kind == "inner":
-            Phi = scalar(K.phi, Z) if K.phi is not None else Z
-            Kmat = _full(evaluate(K.expr, {**env, "s": Phi @ Phi.transpose(-1, -2)}), Z[..., :1])
-        else:
-            r = (Z.unsqueeze(-2) - Z.unsqueeze(-3)).pow(2).sum(-1)          # (…, N, N) ‖z_i − z_j‖²
-            Kmat = _full(evaluate(K.expr, {**env, "r": r}), r)
-        return scalar(term.f, Kmat.sum(-1)).sum(dim=(-1, -2))
-    Sigma = scalar(term.h, Z).sum(-1)
-    return -scalar(term.g, Sigma).sum(dim=(-1, -2))
+    return family_of(term).reference_energy(term, Z, env)
 
 
 def reference_energy(term: Term, module: TermUpdate, Z: Tensor) -> Tensor:
@@ -194,6 +180,10 @@ def verify(step: EnergyStep, *, batch: int = 2, tokens: int = 7, seed: int = 0, 
             report.terms.append(_check_gated(name, term, module, reference.terms[name], X, step.derivations[name],
                                              step_size))
             continue
+        if isinstance(module, QKTermUpdate):
+            report.terms.append(_check_qk(name, term, module, reference.terms[name], X, step.derivations[name],
+                                          step_size))
+            continue
         if isinstance(module, CausalTermUpdate):
             report.terms.append(_check_causal(name, term, module, reference.terms[name], X, step.derivations[name],
                                               step_size))
@@ -227,6 +217,58 @@ def verify(step: EnergyStep, *, batch: int = 2, tokens: int = 7, seed: int = 0, 
     if raise_on_fail and not report.ok:
         raise VerificationError(str(report))
     return report
+
+
+# ------------------------------------------------------------------------------------------------------------
+# bidirectional attention with an interaction: both roles
+# ------------------------------------------------------------------------------------------------------------
+
+def declared_qk_energy(term: Term, Q: Tensor, K: Tensor, env: Mapping[str, float]) -> Tensor:
+    """E = Σ_h Σ_i f(Σ_j K(q_i, k_j)) at queries ``Q`` and keys ``K`` (…, H, N, p), from the declaration alone
+    (shape ``(…,)``); a distance kernel sees ``r = ‖q_i − k_j‖²`` formed from differences."""
+    env = {**env, **params_of(term)}
+
+    def scalar(prim, t):
+        return prim.fn(t) if prim.fn is not None else _full(evaluate(prim.expr, {**env, "x": t}), t)
+
+    Kd: Kernel = term.K
+    if Kd.kind == "callable":
+        rows = torch.vmap(torch.vmap(Kd.fn, in_dims=(None, 0)), in_dims=(0, None))
+        flat_q, flat_k = Q.reshape(-1, *Q.shape[-2:]), K.reshape(-1, *K.shape[-2:])
+        Kmat = torch.stack([rows(q, k) for q, k in zip(flat_q, flat_k)]).reshape(*Q.shape[:-1], K.shape[-2])
+    elif Kd.kind == "inner":
+        Phi_q = scalar(Kd.phi, Q) if Kd.phi is not None else Q
+        Phi_k = scalar(Kd.phi, K) if Kd.phi is not None else K
+        Kmat = _full(evaluate(Kd.expr, {**env, "s": Phi_q @ Phi_k.transpose(-1, -2)}), Q[..., :1])
+    else:
+        r = (Q.unsqueeze(-2) - K.unsqueeze(-3)).pow(2).sum(-1)           # (…, N, N) ‖q_i − k_j‖²
+        Kmat = _full(evaluate(Kd.expr, {**env, "r": r}), r)
+    return scalar(term.f, Kmat.sum(-1)).sum(dim=(-1, -2))
+
+
+def _check_qk(name: str, term: Term, module: QKTermUpdate, reference: QKTermUpdate, X: Tensor, dv,
+              step_size: float) -> TermCheck:
+    """(∂E/∂Q, ∂E/∂K) vs ``torch.func.grad`` of the declared energy in both roles; the update vs the autodiff
+    module and vs the reference gradients mapped back through the interaction; a small step lowers E."""
+    env = {"beta": float(module.beta), "p": module.head_dim, "M": module.head_dim, "d": module.d}
+    with torch.no_grad():
+        Q, K, Q_raw, K_raw = module.query_key(X)
+        G_q, G_k = module.grad_Z(Q, K)
+        R_q, R_k = torch.func.grad(lambda Q_, K_: declared_qk_energy(term, Q_, K_, env).sum(), argnums=(0, 1))(Q, K)
+        G, G_ref = torch.cat([G_q, G_k], -1), torch.cat([R_q, R_k], -1)
+        if module.mode != "paper":
+            R_q, R_k = module.constrain(R_q, Q, Q_raw), module.constrain(R_k, K, K_raw)
+        dir_ref = -module.interaction.pullback(module, R_q, R_k, None)
+        direction = module.direction(X)
+        X1 = module(X, 0.1)
+        X1_ref = torch.maximum((X1 - reference(X, 0.1)).abs(), (X1 - (X + 0.1 * dir_ref)).abs())
+        t = step_size / max(1.0, float(direction.abs().max()))
+        e0, e1 = module.energy(X), module.energy(X + t * direction)
+    return TermCheck(name=name, pattern=dv.pattern, path=dv.path, grad_max_abs_diff=float((G - G_ref).abs().max()),
+                     update_max_abs_diff=float(X1_ref.max()), energy_before=float(e0.sum()),
+                     energy_after=float(e1.sum()), step=t, grad_scale=float(G_ref.abs().max()),
+                     update_scale=float((0.1 * dir_ref).abs().max()), finite=_finite(G, G_ref, X1, X1_ref, e0, e1),
+                     stationary=_stationary(direction, t, float(G_ref.abs().max()), e0, e1))
 
 
 # ------------------------------------------------------------------------------------------------------------

@@ -137,7 +137,7 @@ def test_the_emitted_source_shows_the_tying():
     qk = ea.compile(ea.CausalAttention(f="log(x)/beta", K="exp(beta*s)", heads=2, interaction=ea.QueryKey()), d=8)
     src = qk.source
     assert "TYING = 'query-key: query W_Q, key W_K; value = key projection" in src
-    assert "causal_softmax_sdpa(Phi_q, Phi_k" in src
+    assert "causal_softmax_sdpa(Q, K" in src and "Phi_q = Q" not in src   # no identity aliases
     assert set(dict(qk.named_parameters())) == {"terms.attn.weight", "terms.attn.weight_k"}
     shared = ea.compile(ea.CausalAttention(f="log(x)/beta", K="exp(beta*s)", heads=2), d=8)
     assert "Q = K = V = W_h" in shared.source and set(dict(shared.named_parameters())) == {"terms.attn.weight"}

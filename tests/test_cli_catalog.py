@@ -51,7 +51,7 @@ def test_derive_prints_pattern_path_reason_latex_and_source(capsys):
     assert code == 0 and not err
     assert "pattern:    bi-softmax" in out and "path:       symbolic" in out and "reason:" in out
     assert r"\operatorname{softmax}_{\text{col}}" in out and "printed:" in out
-    assert "class AttnBiSoftmaxUpdate(TermUpdate)" in out and "def grad_Z(self, Z):" in out
+    assert "class BiSoftmaxUpdate(TermUpdate)" in out and "def grad_Z(self, Z):" in out
     assert "matches the printed form" in out
 
 

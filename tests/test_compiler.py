@@ -178,7 +178,7 @@ def test_energy_falls_over_iterations_with_a_small_step():
 def test_emitted_source_is_readable_saveable_and_inspectable(tmp_path):
     step = ea.compile(ATTENTION["bi-softmax"], d=16)
     src = step.source
-    assert "class AttnBiSoftmaxUpdate(TermUpdate)" in src and "P = torch.softmax" in src
+    assert "class BiSoftmaxUpdate(TermUpdate)" in src and "P = torch.softmax" in src
     assert step.terms["attn"].source in src  # inspect.getsource sees the lines that run
     out = step.save_source(tmp_path / "layer.py")
     assert (out / "layer_attn.py").read_text() == src

@@ -56,7 +56,7 @@ def test_catalog_name_builds_the_entry_term_with_config_heads_and_width():
 
 def test_inline_declaration_equals_the_python_declaration():
     cfg = TrainConfig.from_toml_string(TINY + INLINE, source="run.toml")
-    by_hand = (ea.Attention(f=ea.Scalar.parse("log(x)", params={"gamma": 0.5}),
+    by_hand = (ea.Attention(f=ea.Scalar.parse("log(x)"),   # each primitive gets the params it uses
                             K=ea.Kernel.parse("exp(-gamma*r)", params={"gamma": 0.5}), heads=2)
                + ea.FeedForward(g="x", h="softplus(x)", ratio=2))
     assert cfg.model.energy() == by_hand

@@ -58,7 +58,8 @@ def _only_template_statements(source: str) -> None:
     for node in ast.walk(tree):
         if isinstance(node, (ast.Import, ast.ImportFrom)):
             names = [a.name for a in node.names]
-            assert names in (["math"], ["torch"]) or node.module in ("energyarch.runtime", "energyarch.blockwise"), \
+            assert names in (["math"], ["torch"]) or node.module in ("energyarch.runtime", "energyarch.blockwise",
+                                                                          "energyarch.runtime_qk"), \
                 ast.unparse(node)
         assert not (isinstance(node, ast.Name) and node.id in ("os", "open", "eval", "exec", "__import__"))
 

@@ -25,6 +25,7 @@ import functools
 
 from ..energy import Term
 from . import attention, causal, feedforward, gated, patterns  # noqa: F401 - registers the families and patterns
+from . import qk_attention  # noqa: F401 - bidirectional attention with an interaction
 from .core import (BETA, FAMILIES, PATTERNS, SIGMA, SJ, SK, SYMBOLIC_BUDGET, Candidate, Derivation, Dims, Family,
                    Pattern, family_of, patterns_for, register_family, register_pattern)
 

@@ -11,14 +11,14 @@ import math
 
 import torch
 
-from ..energy import Attention, Term
+from ..energy import Attention, Term, params_of
 from ..errors import CompileError, DeclarationError
+from ..expr import evaluate
 from ..primitives import R, S, X
 from . import core
 from .codegen import code, phi_lines
 from .core import (MAX_ELEMENTS, Candidate, Derivation, Dims, Family, bind, check_callable_scalar, check_domain,
-                   check_size, diff,
-                   needs_positive, numeric, register_family, sphere_samples)
+                   check_size, declared_scalar, diff, needs_positive, numeric, register_family, sphere_samples)
 
 
 def attention_dims(term: Term, d: int, coord_dim=None, radius_dim=None) -> Dims:
@@ -132,6 +132,12 @@ class AttentionFamily(Family):
                 *("    " + ln for ln in lines),
                 f"return ({f_code}).sum(dim=(-1, -2))"]
 
+    def energy_text(self, dv: Derivation) -> str:
+        return f"E = sum_h sum_i f(sum_j K(z_i, z_j)), {attention_text(dv.term)}"
+
+    def reference_energy(self, term, Z, env):
+        return attention_reference_energy(term, Z, env)
+
     def autodiff_lines(self, dv: Derivation) -> list[str]:
         """Above ``sdpa_threshold`` the same chain rule tile by tile: ``∇_Z E = Σ_j f'(S_k) ∂₁K(z_k, z_j) +
         f'(S_j) ∂₂K(z_j, z_k)``, with f' and ∂K by autodiff (:func:`energyarch.blockwise.pair_grad`)."""
@@ -182,15 +188,46 @@ def check_callable_kernel(term: Term, dims: Dims) -> None:
         )
 
 
+def attention_reference_energy(term: Term, Z: torch.Tensor, env) -> torch.Tensor:
+    """E = Σ_h Σ_i f(Σ_j K(z_i, z_j)) at coordinates ``Z`` (…, H, N, p), from the declaration alone (shape ``(…,)``).
+
+    Independent of the derivation: expressions are evaluated by walking the declared sympy trees, opaque
+    primitives are called as given, and a distance kernel sees ``r = ‖z_i − z_j‖²`` formed from differences
+    (never rewritten with the radius). ``env`` binds ``beta``, ``p``, ``M``, ``d``.
+    """
+    from ..runtime import pairwise_kernel
+
+    env = {**env, **params_of(term)}
+    K = term.K
+    if K.kind == "callable":
+        Kmat = pairwise_kernel(K.fn, Z)
+    elif K.kind == "inner":
+        Phi = declared_scalar(K.phi, Z, env) if K.phi is not None else Z
+        Kmat = _full(evaluate(K.expr, {**env, "s": Phi @ Phi.transpose(-1, -2)}), Z[..., :1])
+    else:
+        r = (Z.unsqueeze(-2) - Z.unsqueeze(-3)).pow(2).sum(-1)          # (…, N, N) ‖z_i − z_j‖²
+        Kmat = _full(evaluate(K.expr, {**env, "r": r}), r)
+    return declared_scalar(term.f, Kmat.sum(-1), env).sum(dim=(-1, -2))
+
+
+def _full(value, like: torch.Tensor) -> torch.Tensor:
+    return value if isinstance(value, torch.Tensor) else torch.full_like(like, float(value))
+
+
+def attention_text(term) -> str:
+    """``K = ..., Phi(x) = ..., heads = H`` of an attention-like term (for the emitted ENERGY constant)."""
+    k = term.K.name if term.K.kind == "callable" else str(term.K.expr)
+    phi = f", Phi(x) = {term.K.phi.name}" if term.K.phi is not None else ""
+    return f"f(x) = {term.f.name}, K = {k}{phi}, heads = {term.heads}"
+
+
 def check_energy_finite(term: Term, dims: Dims) -> None:
     """Probe a term with opaque primitives on the constraint set: its energy must be a finite real number."""
-    from ..verify import declared_energy  # the independent reference energy, built from the declaration
-
     Z = sphere_samples(dims.head_dim, dims.radius, n=24, seed=3).reshape(1, 1, -1, dims.head_dim)
     env = {"beta": dims.beta, "p": dims.head_dim, "M": dims.head_dim, "d": dims.d}
     try:
         with torch.no_grad():
-            E = declared_energy(term, Z, env)
+            E = core.family_of(term).reference_energy(term, Z, env)
     except Exception as err:  # noqa: BLE001 - the user's callable failed: say which term
         raise DeclarationError(f"term {term.name!r}: evaluating the energy on the constraint set failed: "
                                f"{type(err).__name__}: {err}") from err

@@ -21,7 +21,8 @@ import dataclasses
 from ..energy import CausalAttention
 from ..primitives import R, S, X
 from . import core
-from .attention import attention_dims, candidate, check_opaque, declared_pieces
+from .attention import (attention_dims, attention_reference_energy, attention_text, candidate, check_opaque,
+                        declared_pieces)
 from .codegen import code, phi_lines
 from .core import Derivation, Dims, Family, register_family
 
@@ -91,6 +92,21 @@ class CausalFamily(Family):
                      f"s_self = (Phi_q * {self_key(dv)}).sum(dim=-1)",
                      f"S = S + {code(kappa, S, 's_self')}"]
         return [*lines, f"return {f_code}                      # (B, H, N): E_t per head"]
+
+    def signature(self, dv: Derivation) -> dict:
+        return {"base": "CausalTermUpdate", "args": "Q, K", "shape": "(B, H, N, p)",
+                "grad_doc": "(∂/∂Q, ∂/∂K) of Σ_t E_t(x_t | x_<t), each token's own energy, earlier tokens fixed",
+                "energy_doc": "E_t of every token and head at queries Q and keys K (B, H, N, p); shape (B, H, N).",
+                "rule": "x_t ← x_t − step ⊙ ∇_(x_t) E_t, through the interaction's projections (see TYING)"}
+
+    def energy_text(self, dv: Derivation) -> str:
+        return (f"E_t = sum_h f(sum_(s<=t) K(q_t, k_s)) for each token t (conditional), {attention_text(dv.term)}, "
+                f"self-term {dv.term.self_term}")
+
+    def reference_energy(self, term, Z, env):
+        """The bidirectional energy at one set of coordinates (a finiteness probe; verify checks causal terms
+        token by token)."""
+        return attention_reference_energy(term, Z, env)
 
     def autodiff_lines(self, dv: Derivation) -> list[str]:
         return ["# generic path: each token's conditional energy, earlier tokens held fixed (stop-gradient)",

@@ -26,7 +26,7 @@ from typing import Callable, Mapping, Optional
 import sympy as sp
 import torch
 
-from ..energy import Term, params_of
+from ..energy import Term, params_of, primitives_of
 from ..errors import CompileError, DeclarationError
 from ..expr import evaluate, tidy
 from ..primitives import X, Scalar
@@ -134,10 +134,21 @@ class Pattern:
 
 
 class Family:
-    """An energy family: the term type it derives, and its generic pieces (energy, autodiff)."""
+    """An energy family: the term type it derives, and everything the pipeline asks about its terms.
+
+    A new family is one decorated subclass (and its term class, a frozen dataclass subclassing
+    :class:`energyarch.energy.Term` whose ``family`` is this ``name``): :meth:`derive` gives the
+    :class:`Derivation`; :meth:`energy_lines` / :meth:`autodiff_lines` the emitted energy and generic gradient;
+    :meth:`signature` and :meth:`energy_text` the emitted module's template (runtime base class, arguments,
+    docstrings); :meth:`reference_energy` the independent energy that :func:`energyarch.verify` differentiates.
+    The defaults describe a term on per-head coordinates ``Z`` (B, H, N, p) with the plain
+    :class:`~energyarch.runtime.TermUpdate`.
+    """
 
     name: str = ""
     term_type: type = object
+    #: the emitted module's argument (coordinates) for the default signature and autodiff path
+    variable: str = "Z"
 
     def derive(self, term: Term, d: int) -> Derivation:
         raise NotImplementedError
@@ -146,9 +157,25 @@ class Family:
         raise NotImplementedError
 
     def autodiff_lines(self, dv: Derivation) -> list[str]:
-        var = "Z" if dv.term.family != "feedforward" else "U"
+        var = self.variable
         return ["# generic path: differentiate the term's energy with torch.func.grad",
                 f"return torch.func.grad(lambda {var}_: self.energy_Z({var}_).sum())({var})"]
+
+    def signature(self, dv: Derivation) -> dict:
+        """What the emitted template takes from the family: base class, arguments, docstrings, the rule."""
+        var = self.variable
+        return {"base": "TermUpdate", "args": var, "shape": "(B, H, N, p)", "grad_doc": f"∇_{var} E",
+                "energy_doc": f"Energy of the term at {var} (B, H, N, p); shape (B,).",
+                "rule": f"X ← X − step ⊙ Σ_h (∇_{var} E)({var}_h) W_hᵀ"}
+
+    def energy_text(self, dv: Derivation) -> str:
+        """One line saying what the energy is (the ENERGY constant of the emitted module)."""
+        prims = ", ".join(f"{k} = {p.name}" for k, p in primitives_of(dv.term).items())
+        return f"{dv.term.family} term {dv.term.name}: {prims}"
+
+    def reference_energy(self, term: Term, Z, env: Mapping[str, float]):
+        """E of ``term`` at coordinates ``Z``, built from the declaration alone (shape ``Z.shape[:-3]``)."""
+        raise NotImplementedError(f"family {self.name!r} defines no reference energy")
 
 
 PATTERNS: dict[str, Pattern] = {}
@@ -187,7 +214,12 @@ def first_match(c: Candidate) -> Derivation:
 
 
 def family_of(term: Term) -> Family:
-    """The registered family of the most specific class of ``term`` (a CausalAttention is not an Attention's)."""
+    """The registered family of ``term``: the one named by ``term.family`` when it takes the term's type (an
+    Attention with a query-key interaction is a ``'qk attention'`` term), else that of its most specific class
+    (a CausalAttention is not an Attention's)."""
+    named = FAMILIES.get(getattr(term, "family", None))
+    if named is not None and isinstance(term, named.term_type):
+        return named
     for cls in type(term).__mro__:
         for fam in FAMILIES.values():
             if fam.term_type is cls:
@@ -369,6 +401,15 @@ def numeric(expr: sp.Expr, dims: Dims, var: sp.Symbol, values: torch.Tensor) -> 
 
 def lx(expr: sp.Expr) -> str:
     return sp.latex(sp.simplify(expr))
+
+
+def declared_scalar(prim: Scalar, t: torch.Tensor, env: Mapping[str, float]) -> torch.Tensor:
+    """A scalar primitive applied to ``t``: the torch callable, or its expression evaluated by walking the sympy
+    tree (never the emitted code), broadcast to ``t``'s shape."""
+    if prim.fn is not None:
+        return prim.fn(t)
+    value = evaluate(prim.expr, {**env, "x": t})
+    return value if isinstance(value, torch.Tensor) else torch.full_like(t, float(value))
 
 
 def check_callable_scalar(term: Term, role: str, prim: Scalar) -> None:

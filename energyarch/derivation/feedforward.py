@@ -6,15 +6,14 @@ import math
 
 import torch
 
-from ..energy import FeedForward
+from ..energy import FeedForward, params_of
 from ..errors import CompileError
 from ..primitives import X
 from . import core
 from .attention import check_energy_finite
 from .codegen import code
 from .core import (MAX_ELEMENTS, SIGMA, Candidate, Derivation, Dims, Family, bind, check_callable_scalar,
-                   check_domain,
-                   check_size, diff, needs_positive, numeric, register_family)
+                   check_domain, check_size, declared_scalar, diff, needs_positive, numeric, register_family)
 
 
 def ff_dims(term: FeedForward, d: int) -> Dims:
@@ -40,6 +39,22 @@ def ff_candidate(term: FeedForward, dims: Dims, declared: dict) -> Candidate:
 class FeedForwardFamily(Family):
     name = "feedforward"
     term_type = FeedForward
+    variable = "U"
+
+    def signature(self, dv: Derivation) -> dict:
+        return {"base": "TermUpdate", "args": "U", "shape": "(B, 1, N, M)",
+                "grad_doc": "∇_U E (E_FF = −Σ g(Σ h) carries the minus sign of Eq. 20)",
+                "energy_doc": "Energy of the term at U (B, 1, N, M); shape (B,).",
+                "rule": "X ← X − step ⊙ (∇_U E)(U) Dᵀ"}
+
+    def energy_text(self, dv: Derivation) -> str:
+        return f"E = -sum_i g(sum_m h(d_m . x_i)), g(x) = {dv.term.g.name}, h(x) = {dv.term.h.name}"
+
+    def reference_energy(self, term, U, env):
+        """E = −Σ_i g(Σ_m h(u_im)) at coordinates ``U`` (…, 1, N, M), from the declaration alone."""
+        env = {**env, **params_of(term)}
+        Sigma = declared_scalar(term.h, U, env).sum(-1)
+        return -declared_scalar(term.g, Sigma, env).sum(dim=(-1, -2))
 
     def derive(self, term: FeedForward, d: int) -> Derivation:
         dims = ff_dims(term, d)

@@ -36,6 +36,14 @@ class GatedFamily(Family):
         h = "self.h(U)" if not dv.term.h.symbolic else code(dv.pieces["h"], X, "U")
         return [f"return -(({h}) * V).sum(dim=(-1, -2, -3))     # −Σ_i Σ_m h(u_im) v_im"]
 
+    def signature(self, dv: Derivation) -> dict:
+        return {"base": "GatedTermUpdate", "args": "U, V", "shape": "(B, 1, N, M)",
+                "grad_doc": "∇_U E with the gate V held fixed", "energy_doc": "Energy at U and gate V; shape (B,).",
+                "rule": "X ← X − step ⊙ (∇_U E)(U, V) Dᵀ, D both up and down projection"}
+
+    def energy_text(self, dv: Derivation) -> str:
+        return f"E = -sum_i sum_m h(d_m . x_i) (v_m . xbar_i), gate held fixed, h(x) = {dv.term.h.name}"
+
     def autodiff_lines(self, dv: Derivation) -> list[str]:
         return ["# generic path: differentiate the energy in U with the gate V held fixed",
                 "return torch.func.grad(lambda U_: self.energy_Z(U_, V).sum())(U)"]

@@ -20,9 +20,13 @@ import math
 from dataclasses import dataclass
 from typing import Any, Mapping, Optional, Union
 
-from ..energy import Attention, Energy, FeedForward, GatedFeedForward, Sphere, params_of
+from ..compile import SCHEDULES
+from ..energy import SELF_TERMS, Attention, Energy, FeedForward, GatedFeedForward, Sphere, Term, params_of
 from ..errors import ConfigError, EnergyArchError
-from ..primitives import Kernel, Scalar
+from ..interactions import INTERACTIONS
+from ..primitives import Kernel, Scalar, check_params_used, used_params
+from ..runtime import MODES
+from .terms import check_terms, config_energy, declaration_of_terms, describe
 
 ARCHS = ("hyperset", "transformer", "energy_transformer", "crate")
 TIME_EMBEDDINGS = ("energyarch", "official")
@@ -177,18 +181,20 @@ def _declared_term(family: str, table: Mapping[str, Any], cfg: "ModelConfig"):
                 raise ConfigError(f"[model.attention] heads = {heads} but [model] heads = {cfg.heads}; make them "
                                   f"equal or drop heads from [model.attention]")
             key = "phi"
-            phi = Scalar.parse(table["phi"], params=params) if "phi" in table else None
+            phi = Scalar.parse(table["phi"], params=used_params(table["phi"], params)) if "phi" in table else None
             key = "f"
-            f = Scalar.parse(table["f"], params=params)
+            f = Scalar.parse(table["f"], params=used_params(table["f"], params))
             key = "K"
-            K = Kernel.parse(table["K"], phi=phi, params=params)
+            K = Kernel.parse(table["K"], phi=phi, params=used_params(table["K"], params))
             key = None
+            check_params_used(params, {"f": f.expr, "K": K.expr, "phi": phi and phi.expr}, "params")
             return Attention(f=f, K=K, heads=heads, beta=table.get("beta"), radius=table.get("radius"))
         key = "g"
-        g = Scalar.parse(table["g"], params=params)
+        g = Scalar.parse(table["g"], params=used_params(table["g"], params))
         key = "h"
-        h = Scalar.parse(table["h"], params=params)
+        h = Scalar.parse(table["h"], params=used_params(table["h"], params))
         key = None
+        check_params_used(params, {"g": g.expr, "h": h.expr}, "params")
         ratio = table.get("ratio", cfg.ff_ratio if "width" not in table else 1.0)
         return FeedForward(g=g, h=h, width=table.get("width"), ratio=ratio, radius=table.get("radius"))
     except ConfigError:
@@ -286,6 +292,11 @@ class ModelConfig:
     #   'diag-low-rank' (diag(δ) + W_Q W_Kᵀ, rank interaction_rank)
     interaction_rank: int = 8  # rank r of the 'diag-low-rank' interaction
     self_term: str = "exact"  # 'exact': differentiate x_t's key role in its own term | 'stopped': hold it fixed
+    # --- a model of any number of terms (models/terms.py): replaces attention / feedforward when given ----------
+    terms: Any = None  # the whole energy: [[model.terms]] tables ({family, name, ...}) or an ea.Energy (Python:
+    #   ModelConfig(energy=E)); each term gets its own basis, step size, LoRA and solver state, in declared order
+    schedule: str = "sequential"  # hyperset: 'sequential' (one step per term in declared order, the paper's
+    #   splitting) | 'joint' (one step on the sum of the terms, every direction at the same point)
 
     def __post_init__(self):
         _choice("ModelConfig", "arch", self.arch, ARCHS)
@@ -303,9 +314,10 @@ class ModelConfig:
                                                f"arch={self.arch!r}; use lora_rank=0")
         _choice("ModelConfig", "step_sizes", self.step_sizes, ("learned", "fixed"))
         _choice("ModelConfig", "condition", self.condition, ("x0", "xt"))
-        _choice("ModelConfig", "mode", self.mode, ("paper", "exact", "riemannian"))
-        _choice("ModelConfig", "interaction", self.interaction, ("shared", "query-key", "diag-low-rank"))
-        _choice("ModelConfig", "self_term", self.self_term, ("exact", "stopped"))
+        _choice("ModelConfig", "mode", self.mode, MODES)
+        _choice("ModelConfig", "interaction", self.interaction, tuple(INTERACTIONS))
+        _choice("ModelConfig", "self_term", self.self_term, SELF_TERMS)
+        _choice("ModelConfig", "schedule", self.schedule, SCHEDULES)
         _pos_int("interaction_rank", self.interaction_rank)
         self._check_solver()
         _choice("ModelConfig", "time_embedding", self.time_embedding, TIME_EMBEDDINGS)
@@ -321,9 +333,13 @@ class ModelConfig:
                                            or not (math.isfinite(self.norm_eps) and self.norm_eps >= 0)):
             _fail("norm_eps", self.norm_eps, "give a number >= 0 (default 1e-6) or 'machine' (the dtype's machine "
                                              "epsilon, as the official code's nn.RMSNorm)")
-        for family in ("attention", "feedforward"):
-            self._check_term(family)
-        if self.norm_gain and self.arch == "hyperset" and self.term("attention").K.kind == "distance":
+        if self.terms is not None:
+            self._check_terms()
+        else:
+            for family in ("attention", "feedforward"):
+                self._check_term(family)
+        if self.norm_gain and self.arch == "hyperset" and any(
+                isinstance(t, Attention) and t.K.kind == "distance" for t in self.energy().terms):
             _fail("norm_gain", self.norm_gain, "a distance kernel's energy is evaluated with r = 2R² − 2s, which holds "
                                                "on the sphere only, and gains move Z off it; use an inner-product "
                                                "kernel (in s) or norm_gain=False")
@@ -350,8 +366,15 @@ class ModelConfig:
 
         return make_solver(self.solver, **self.solver_params)
 
+    def _check_terms(self) -> None:
+        check_terms(self)
+
     def _check_term(self, family: str) -> None:
         value = getattr(self, family)
+        if isinstance(value, (Energy, Term)) and not (
+                isinstance(value, Attention if family == "attention" else (FeedForward, GatedFeedForward))):
+            _fail(family, describe(value), "a model of several terms (or of other families) is "
+                                           "ModelConfig(energy=E) in Python, [[model.terms]] tables in TOML")
         cls = Attention if family == "attention" else FeedForward
         if isinstance(value, str):
             _named_term(family, value, self)
@@ -389,8 +412,11 @@ class ModelConfig:
         return float(torch.finfo(dtype or torch.get_default_dtype()).eps)
 
     def declaration(self, family: str):
-        """The term as plain data (a name or an inline table), or None if only Python can build it."""
+        """The term as plain data (a name or an inline table), or None if only Python can build it; for
+        ``'terms'`` the list of ``[[model.terms]]`` tables."""
         value = getattr(self, family)
+        if family == "terms":
+            return declaration_of_terms(value)
         if isinstance(value, (str, Mapping)):
             return value
         return declaration_of(value)
@@ -398,6 +424,8 @@ class ModelConfig:
     def energy(self, causal: bool = False) -> Energy:
         """The Hyper-SET energy E_ATTN + E_FF this config declares (Eqs. 19-20); with ``causal`` the attention
         term is its causal conditional form (:func:`causal_attention`), for language modelling."""
+        if self.terms is not None:
+            return config_energy(self, causal)
         attn, ff = self.term("attention"), self.term("feedforward")
         if self.norm_eps != 1e-6:
             eps = self.resolved_eps()
@@ -418,8 +446,8 @@ def causal_attention(term, interaction: str = "shared", self_term: str = "exact"
                           "energyarch does not have; use arch='transformer' (the causal GPT-style baseline)")
     if isinstance(term, cls):
         return term
-    inter = {"shared": energyarch.SharedBasis(), "query-key": energyarch.QueryKey(),
-             "diag-low-rank": energyarch.DiagLowRank(rank=rank)}[interaction]
+    icls = INTERACTIONS[interaction]
+    inter = icls(rank=rank) if "rank" in {f.name for f in dataclasses.fields(icls)} else icls()
     return cls(f=term.f, K=term.K, heads=term.heads, constraint=term.constraint, beta=term.beta, name=term.name,
                interaction=inter, self_term=self_term)
 
@@ -468,3 +496,19 @@ class TaskSpec:
             _, H, W = self.image_shape
             n = (H // self.patch_size) * (W // self.patch_size)
         return n + (self.output == "cls")
+
+
+_dataclass_init = ModelConfig.__init__
+
+
+def _init(self, *args, energy=None, **kwargs):
+    if energy is not None:
+        if kwargs.get("terms") is not None:
+            raise ConfigError("ModelConfig: give the energy once, as energy=E (Python) or terms=[...] (tables)")
+        kwargs["terms"] = energy
+    _dataclass_init(self, *args, **kwargs)
+
+
+_init.__doc__ = _dataclass_init.__doc__
+_init.__wrapped__ = _dataclass_init
+ModelConfig.__init__ = _init   # ModelConfig(energy=E): the whole energy (stored in ``terms``)

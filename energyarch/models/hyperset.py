@@ -162,7 +162,7 @@ class HyperSET(nn.Module):
         self.cfg, self.causal = cfg, causal
         self.iters = cfg.iters
         step = compile_energy(cfg.energy(causal=causal), d=cfg.d, mode=cfg.mode,   # norm_eps: in each Sphere
-                              solver=cfg.solver_object())
+                              solver=cfg.solver_object(), schedule=cfg.schedule)
         layers = []
         for _ in range(cfg.layers):
             own = copy.deepcopy(step)

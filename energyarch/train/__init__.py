@@ -10,6 +10,7 @@ from .checkpoint import load_checkpoint as load_checkpoint
 from .checkpoint import save_checkpoint as save_checkpoint
 from .config import TrainConfig as TrainConfig
 from .iterates import forward_all as forward_all
+from .registry import register_task as register_task
 from .tasks import ImageTask as ImageTask
 from .tasks import SudokuTask as SudokuTask
 from .tasks import Task as Task
@@ -23,6 +24,6 @@ from .trainer import train as train
 
 __all__ = [
     "ImageTask", "SudokuTask", "Task", "TrainConfig", "Trainer", "TrainingDivergedError", "architecture_signature",
-    "build_task", "evaluate_dataset", "forward_all", "load_checkpoint", "load_run", "lr_at", "save_checkpoint",
-    "train",
+    "build_task", "evaluate_dataset", "forward_all", "load_checkpoint", "load_run", "lr_at", "register_task",
+    "save_checkpoint", "train",
 ]

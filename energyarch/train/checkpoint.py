@@ -65,10 +65,11 @@ def architecture_signature(model: nn.Module) -> dict:
 
 def _plain(cfg, name: str, value):
     """A config value as JSON data: energy terms as their declaration (a name or a table) when they have one."""
-    if name in ("attention", "feedforward") and hasattr(cfg, "declaration"):
-        decl = cfg.declaration(name)
-        if decl is not None:
-            return json.loads(json.dumps(decl))
+    if name in ("attention", "feedforward", "terms") and hasattr(cfg, "declaration"):
+        from ..models.record import energy_fields
+
+        decl = energy_fields(cfg)[0].get(name)         # names, tables, or the fingerprint of a Python energy
+        return None if decl is None else json.loads(json.dumps(decl))
     return value if isinstance(value, (str, int, float, bool)) else repr(value)
 
 

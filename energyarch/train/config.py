@@ -24,13 +24,14 @@ from typing import Any, Mapping, Optional, Sequence
 from .._atomic import atomic_open
 from ..errors import ConfigError
 from ..models import ModelConfig
+from ..models.record import energy_fields
+from .registry import TASKS  # task name → builder, filled by energyarch.train.tasks (@register_task)
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - python 3.10
     import tomli as tomllib
 
-TASKS = ("sudoku", "digits", "fashion_mnist", "cifar10", "cifar100", "text")
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "fp32", "bf16")
 
@@ -148,13 +149,15 @@ class TrainConfig:
     # dict / TOML / JSON
     # ---------------------------------------------------------------------------------------------------------
 
-    def to_dict(self) -> dict:
-        """Plain data (the model as a nested dict; ``None`` fields are left out, as TOML has no null)."""
+    def to_dict(self, python_energy: bool = False) -> dict:
+        """Plain data (the model as a nested dict; ``None`` fields are left out, as TOML has no null). With
+        ``python_energy`` an energy with torch callables is written as its fingerprint (see
+        :func:`model_config_to_dict`) instead of raising ConfigError."""
         out: dict[str, Any] = {}
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
             if f.name == "model":
-                value = model_config_to_dict(value)
+                value = model_config_to_dict(value, python_energy)
             elif isinstance(value, tuple):
                 value = list(value)
             if value is not None:
@@ -185,9 +188,14 @@ class TrainConfig:
         model = data.pop("model")
         lines = [f"{k} = {_toml_value(v)}" for k, v in data.items()]
         tables = {k: v for k, v in model.items() if isinstance(v, dict)}      # inline energy declarations
-        lines += ["", "[model]"] + [f"{k} = {_toml_value(v)}" for k, v in model.items() if k not in tables]
+        arrays = {k: v for k, v in model.items() if isinstance(v, list) and v and all(isinstance(t, dict) for t in v)}
+        lines += ["", "[model]"] + [f"{k} = {_toml_value(v)}" for k, v in model.items()
+                                    if k not in tables and k not in arrays]
         for name, table in tables.items():
             lines += ["", f"[model.{name}]"] + [f"{k} = {_toml_value(v)}" for k, v in table.items()]
+        for name, array in arrays.items():                                   # [[model.terms]]: one table per term
+            for table in array:
+                lines += ["", f"[[model.{name}]]"] + [f"{k} = {_toml_value(v)}" for k, v in table.items()]
         return "\n".join(lines) + "\n"
 
     def to_json(self) -> str:
@@ -346,22 +354,26 @@ def _suggest(key: str, valid: Sequence[str]) -> str:
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
-def model_config_to_dict(cfg: ModelConfig) -> dict:
-    """ModelConfig → plain dict; an energy term is written as its name or its inline declaration (a table).
+def model_config_to_dict(cfg: ModelConfig, python_energy: bool = False) -> dict:
+    """ModelConfig → plain dict; the energy is written as names or inline declarations (``[model.attention]`` and
+    ``[model.feedforward]``, or ``[[model.terms]]`` tables for other families, interactions and names).
 
-    A term that only Python can build (a torch callable, a renamed term) cannot be written to a file."""
+    An energy with a torch callable cannot be written: a ConfigError says so, unless ``python_energy``, which
+    writes its fingerprint instead (``terms = { python_energy = ..., names = [...] }``; see
+    :func:`energyarch.models.terms.energy_fields`), for ``load_run(path, energy=E)``."""
+    energy, why = energy_fields(cfg)
+    if why and not python_energy:
+        raise ConfigError(f"the model's energy cannot be written as a declaration: {why}. The run records the "
+                          f"energy's fingerprint {energy['terms']['python_energy']} instead; reload it from Python "
+                          f"with energyarch.train.load_run(path, energy=E), passing the same energy E (another "
+                          f"energy is refused)")
     out = {}
     for f in dataclasses.fields(cfg):
-        value = getattr(cfg, f.name)
-        if f.name in ("attention", "feedforward"):
-            decl = cfg.declaration(f.name)
-            if decl is None:
-                raise ConfigError(f"ModelConfig.{f.name} is a custom {type(value).__name__} that cannot be written "
-                                  f"as a declaration (it uses a torch callable or a non-default name); declare it "
-                                  f"with expression strings, or build the model yourself and pass it to "
-                                  f"Trainer(model=...)")
-            value = json.loads(json.dumps(decl)) if isinstance(decl, Mapping) else decl    # a plain copy
-        out[f.name] = value
+        if f.name in ("attention", "feedforward", "terms"):
+            if energy.get(f.name) is not None:
+                out[f.name] = json.loads(json.dumps(energy[f.name]))           # a plain copy
+            continue
+        out[f.name] = getattr(cfg, f.name)
     return out
 
 
@@ -376,6 +388,8 @@ def model_config_from_dict(data: Mapping[str, Any], source: str = "[model]") -> 
         if key not in MODEL_KEYS:
             raise ConfigError(f"{source}: unknown key {key!r}{_suggest(key, MODEL_KEYS)}; valid keys: "
                               f"{', '.join(MODEL_KEYS)}")
+        if key == "terms":
+            continue                                      # checked by ModelConfig (models/terms.py)
         if key in ("attention", "feedforward"):
             if not isinstance(value, (str, Mapping)):
                 raise ConfigError(f"{source}: {key} = {value!r} has the wrong type; give a name, e.g. {key} = "

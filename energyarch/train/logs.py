@@ -17,6 +17,7 @@ False
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -48,17 +49,18 @@ class Progress:
         total, initial: steps of the epoch and steps already done (a resumed epoch); ``desc``: the bar's label.
         enabled: False shows nothing (``progress = false``, or not the main process).
         stream: where a bar would be drawn (default ``sys.stderr``); ``interval``: seconds between plain lines.
+        always: draw the bar even when ``stream`` is not a terminal (a notebook's captured stderr).
     """
 
     def __init__(self, total: int, desc: str, initial: int = 0, enabled: bool = True,
-                 stream: Optional[IO] = None, interval: Optional[float] = None):
+                 stream: Optional[IO] = None, interval: Optional[float] = None, always: bool = False):
         self.total, self.done, self.desc = total, initial, desc
         self.enabled = enabled
         self.interval = LOG_INTERVAL_S if interval is None else interval
         self.last_line = time.perf_counter()
         self.bar = None
         stream = sys.stderr if stream is None else stream
-        if enabled and interactive(stream):
+        if enabled and (always or interactive(stream)):         # always: train() from Python (a notebook)
             from tqdm import tqdm
 
             self.bar = tqdm(total=total, initial=initial, desc=desc, leave=False, dynamic_ncols=True, file=stream)
@@ -79,6 +81,35 @@ class Progress:
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
+
+
+@contextlib.contextmanager
+def python_messages(enabled: bool):
+    """While training from Python with nobody listening to ``energyarch.train`` (no handler: the command line
+    installs its own), show its INFO messages (per-epoch lines, the summary) on stdout, through ``tqdm.write`` so
+    that the bar stays intact; yields whether it did. Removed again on exit."""
+    if not enabled or log.handlers:
+        yield False
+        return
+    from tqdm import tqdm
+
+    class _Write(logging.Handler):
+        def emit(self, record):
+            try:
+                tqdm.write(self.format(record), file=sys.stdout)
+            except Exception:  # pragma: no cover - logging must not raise
+                self.handleError(record)
+
+    handler, level, propagate = _Write(), log.level, log.propagate
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    log.propagate = False
+    try:
+        yield True
+    finally:
+        log.removeHandler(handler)
+        log.setLevel(level)
+        log.propagate = propagate
 
 
 class Board:

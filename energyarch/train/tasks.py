@@ -27,6 +27,7 @@ from torch.utils.data import Dataset, TensorDataset
 from ..errors import ConfigError
 from ..models import TaskSpec
 from .config import TrainConfig
+from .registry import TASKS, register_task
 
 #: default patch side per image task (digits 8x8 -> 16 patches, Fashion-MNIST 28x28 -> 49, CIFAR 32x32 -> 16)
 DEFAULT_PATCH = {"digits": 2, "fashion_mnist": 4, "cifar10": 8, "cifar100": 8}
@@ -184,6 +185,7 @@ class TextTask(Task):
         return {"loss": sums["loss_sum"] / n, "bpb": bits_per_byte(sums["loss_sum"], n), "top1": sums["correct"] / n}
 
 
+@register_task("text")
 def _text_task(cfg: TrainConfig) -> TextTask:
     from ..data.text import ByteWindows, split_bytes, text_corpus
 
@@ -204,6 +206,7 @@ def _limit(n: int, *tensors: Tensor) -> list[Tensor]:
     return [t[:n] if n else t for t in tensors]
 
 
+@register_task("digits", "fashion_mnist", "cifar10", "cifar100")
 def _image_task(cfg: TrainConfig) -> ImageTask:
     from ..data import load_cifar, load_digits_dataset, load_fashion_mnist
 
@@ -231,6 +234,7 @@ def _image_task(cfg: TrainConfig) -> ImageTask:
                      data.image_shape, data.num_classes, patch, augment=cfg.augment)
 
 
+@register_task("sudoku")
 def _sudoku_task(cfg: TrainConfig) -> SudokuTask:
     from ..data import SudokuDataset, load_or_generate, load_palm_csv
 
@@ -254,9 +258,8 @@ def _sudoku_task(cfg: TrainConfig) -> SudokuTask:
 
 
 def build_task(cfg: TrainConfig) -> Task:
-    """The task named by ``cfg.task``, with its data loaded (nothing is downloaded)."""
-    if cfg.task == "sudoku":
-        return _sudoku_task(cfg)
-    if cfg.task == "text":
-        return _text_task(cfg)
-    return _image_task(cfg)
+    """The task named by ``cfg.task`` (its registered builder, :mod:`energyarch.train.registry`), with its data
+    loaded (nothing is downloaded)."""
+    if cfg.task not in TASKS:
+        raise ConfigError(f"TrainConfig.task={cfg.task!r}: no such task; registered: {tuple(TASKS)}")
+    return TASKS[cfg.task](cfg)

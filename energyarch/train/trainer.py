@@ -38,7 +38,9 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import BatchSampler, DataLoader, DistributedSampler
 from ..errors import CheckpointError, ConfigError, EnergyArchError
+from ..energy import as_energy
 from ..models import ModelConfig, build_model, count_parameters
+from ..models.record import energy_fingerprint
 from . import distributed, logs
 from .checkpoint import STATE_FILE, check_run_folder, load_checkpoint, read_state, save_checkpoint, set_rng_state
 from .config import TrainConfig, atomic_write_text
@@ -139,6 +141,9 @@ class Trainer:
         compile_info: how the model was compiled and what its first step cost.
     """
 
+    #: draw the epoch's bar even when stderr is not a terminal (set by :func:`train` from Python)
+    bar_always = False
+
     def __init__(self, cfg: TrainConfig, model: Optional[nn.Module] = None, task: Optional[Task] = None):
         if not isinstance(cfg, TrainConfig):
             raise ConfigError(f"Trainer: cfg is a {type(cfg).__name__}; pass a TrainConfig")
@@ -220,14 +225,9 @@ class Trainer:
                 "data": getattr(self.task, "data_info", None)}      # e.g. the text corpus: files, sha256
 
     def _config_dict(self) -> dict:
-        """The config as data; a custom energy in cfg.model is kept as its repr (rebuild such models yourself)."""
-        try:
-            return self.cfg.to_dict()
-        except ConfigError:
-            data = {f: getattr(self.cfg, f) for f in self.cfg.__dataclass_fields__ if f != "model"}
-            data = {k: list(v) if isinstance(v, tuple) else v for k, v in data.items() if v is not None}
-            return {**data, "model": {k: v if isinstance(v, (int, float, str, bool)) else repr(v)
-                                      for k, v in vars(self.cfg.model).items()}}
+        """The config as data; an energy with torch callables is recorded as its fingerprint (reload the run with
+        ``load_run(path, energy=E)``)."""
+        return self.cfg.to_dict(python_energy=True)
 
     def save(self) -> Optional[Path]:
         """Checkpoint (main process only; every process waits for it)."""
@@ -450,7 +450,8 @@ class Trainer:
             return True
         loader = self._train_loader(self.epoch, self.batch_in_epoch)
         bar = logs.Progress(total=self.steps_per_epoch, initial=self.batch_in_epoch,
-                            desc=f"epoch {self.epoch + 1}/{cfg.epochs}", enabled=cfg.progress and info.is_main)
+                            desc=f"epoch {self.epoch + 1}/{cfg.epochs}", enabled=cfg.progress and info.is_main,
+                            always=self.bar_always)
         start, seen, elapsed_before = time.perf_counter(), 0, self.elapsed
         # throughput of this epoch: samples of every process over the wall time of the loop (loading included),
         # without checkpoint writes and without a first compiled step (its cost is reported on its own)
@@ -579,13 +580,22 @@ def _json(obj) -> str:
     return json.dumps(obj, indent=1, allow_nan=True)
 
 
-def load_run(path, device: str = "cpu", task: Optional[Task] = None, **overrides):
+def load_run(path, device: str = "cpu", task: Optional[Task] = None, energy=None, **overrides):
     """Rebuild the model of a finished (or interrupted) run from its checkpoint: ``(model, task, cfg, state)``.
 
-    ``overrides`` replace config fields (e.g. ``data_dir``, ``limit_test``) for building the task.
+    ``overrides`` replace config fields (e.g. ``data_dir``, ``limit_test``) for building the task. A run whose
+    energy has torch callables recorded only their fingerprint: pass the same energy back as ``energy=E`` (an
+    ``ea.Energy`` or a term); another energy is refused.
     """
     state, folder = read_state(path)
-    cfg = TrainConfig.from_dict(state["config"], source=f"{folder / STATE_FILE} [config]")
+    config = state["config"]
+    recorded = config.get("model", {}).get("terms") if isinstance(config.get("model"), dict) else None
+    if isinstance(recorded, dict) and "python_energy" in recorded:
+        config = _with_python_energy(config, recorded, energy, folder)
+    elif energy is not None:
+        raise ConfigError(f"load_run: run {folder} recorded its energy as a declaration; drop energy= (it is "
+                          f"rebuilt from {STATE_FILE})")
+    cfg = TrainConfig.from_dict(config, source=f"{folder / STATE_FILE} [config]")
     if overrides:
         cfg = TrainConfig.from_dict({**cfg.to_dict(), **overrides}, source="load_run overrides")
     if task is None:
@@ -631,14 +641,39 @@ def _progress(state: dict, where, steps_per_epoch: int) -> tuple:
     return step, epoch, batch, epoch_loss, list(history), list(speed), elapsed
 
 
+def _with_python_energy(config: dict, recorded: dict, energy, folder) -> dict:
+    """``config`` with the energy handed back from Python, after checking it against the recorded fingerprint."""
+    names, fingerprint = recorded.get("names"), recorded["python_energy"]
+    if energy is None:
+        raise ConfigError(f"load_run: run {folder} was trained on an energy with torch callables (terms {names}), "
+                          f"recorded as its fingerprint {fingerprint}; pass the same energy back: "
+                          f"load_run(path, energy=E)")
+    energy = as_energy(energy)
+    model = {**config["model"], "terms": energy}
+    mine = energy_fingerprint(energy, model.get("d", ModelConfig().d))
+    if mine != fingerprint:
+        raise ConfigError(f"load_run: energy= (terms {energy.names}) is not the energy run {folder} was trained on "
+                          f"(fingerprint {mine}, recorded {fingerprint}, terms {names}); pass that energy")
+    return {**config, "model": model}
+
+
 def train(cfg: TrainConfig, resume: bool = False, model: Optional[nn.Module] = None, task: Optional[Task] = None,
           report: bool = True) -> dict:
     """Train, then (main process) sweep test-time iterations and draw the plots; returns a summary dict.
 
     The summary has ``final`` (last history entry), ``history``, ``out_dir``, and with ``report`` the sweep and
-    the plot paths (see :func:`energyarch.train.evaluate.report`).
+    the plot paths (see :func:`energyarch.train.evaluate.report`). From Python (nothing configured the
+    ``energyarch.train`` logger) it shows a tqdm bar and the per-epoch lines, as the command line does;
+    ``progress=False`` in the config switches both off.
     """
+    with logs.python_messages(cfg.progress) as shown:
+        return _train(cfg, resume, model, task, report, shown)
+
+
+def _train(cfg: TrainConfig, resume: bool, model: Optional[nn.Module], task: Optional[Task], report: bool,
+           bar_always: bool) -> dict:
     trainer = Trainer(cfg, model=model, task=task)
+    trainer.bar_always = bar_always
     try:
         final = trainer.fit(resume=resume)
         summary = {"final": final, "history": trainer.history, "out_dir": str(trainer.out_dir),
