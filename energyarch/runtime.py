@@ -473,7 +473,7 @@ def causal_softmax_sdpa(Phi_q: Tensor, Phi_k: Tensor, b: float) -> tuple[Tensor,
     every query, with score c_t ≥ every score of row t and value [0, 1]; its share of the output gives L.
     c_t = |b| ‖Φ_q,t‖ max_{s≤t} ‖Φ_k,s‖ uses tokens s ≤ t only, so row t is exactly independent of later tokens.
     """
-    *batch, N, p = Phi_q.shape
+    *batch, _, p = Phi_q.shape
     width = sdpa_width(p + 1, sdpa_device_type(Phi_q))                             # p + 1, padded on CUDA
     with torch.no_grad():
         c = abs(b) * Phi_q.norm(dim=-1, keepdim=True) * torch.cummax(Phi_k.norm(dim=-1, keepdim=True), dim=-2).values
