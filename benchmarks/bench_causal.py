@@ -1,4 +1,5 @@
-"""Causal bi-softmax layer (emitted) vs a GPT block: one training step, time, peak memory, analytic FLOPs.
+"""Causal bi-softmax layer (emitted) vs a GPT block: one training step, time, peak memory, FLOPs (analytic, and
+counted by ``torch.utils.flop_counter`` plus the recorded SDPA calls, which the counter misses on the CPU).
 
 Both layers are one step of the same shape: the causal Hyper-SET step is the conditional-energy attention term
 (ea.CausalAttention, one SDPA call with is_causal=True plus the self-term) followed by a ReLU feed-forward term of
@@ -21,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing as mp
+import os
 import statistics
 import sys
 from pathlib import Path
@@ -30,7 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_layers import machine_header, maxrss_bytes, rss_bytes, timed  # noqa: E402
+from bench_layers import counted_flops, machine_header, maxrss_bytes, rss_bytes, timed  # noqa: E402
 
 import energyarch as ea  # noqa: E402
 
@@ -94,8 +96,11 @@ def measure(layer: str, B: int, N: int, d: int, repeats: int, warmup: int, threa
         model(X).square().mean().backward()
 
     times = timed(step, warmup, repeats)
-    return {"layer": layer, "N": N, "train_s": statistics.median(times), "train_mem": maxrss_bytes() - rss0,
-            "params": sum(p.numel() for p in params), "flops": flops("gpt" if layer == "gpt block" else "hyperset", B, N, d)}
+    mem = maxrss_bytes() - rss0
+    mm, sdpa = counted_flops(step)               # torch.utils.flop_counter + the recorded SDPA calls (untimed)
+    return {"layer": layer, "N": N, "train_s": statistics.median(times), "train_mem": mem,
+            "params": sum(p.numel() for p in params), "flops": flops("gpt" if layer == "gpt block" else "hyperset", B, N, d),
+            "counted": mm + sdpa, "counted_sdpa": sdpa}
 
 
 def _target(queue, *args):
@@ -141,9 +146,10 @@ def main(argv=None) -> int:
         g = res["gpt block"]
         for layer, r in res.items():
             tpf = (r["train_s"] / r["flops"]) / (g["train_s"] / g["flops"])
+            tpc = (r["train_s"] / r["counted"]) / (g["train_s"] / g["counted"])
             rows.append(f"| {N} | {layer} | {r['params']:,} | {r['train_s']:.3f} | {r['train_s'] / g['train_s']:.2f}× "
                         f"| {r['train_mem'] / 2**20:,.0f} | {r['flops'] / 1e9:.2f} | {r['flops'] / g['flops']:.2f}× "
-                        f"| {tpf:.2f} |")
+                        f"| {tpf:.2f} | {r['counted'] / 1e9:.2f} ({r['counted_sdpa'] / 1e9:.2f} SDPA) | {tpc:.2f} |")
             print(json.dumps({k: v for k, v in r.items()}), flush=True)
     header = machine_header(
         "Causal bi-softmax layer vs GPT block (one training step)",
@@ -151,7 +157,9 @@ def main(argv=None) -> int:
         f"{a.warmup} warm-up, {a.threads} thread(s), each configuration in its own process",
         "python benchmarks/bench_causal.py " + " ".join(argv if argv is not None else sys.argv[1:]))
     text = (header + "\n| N | layer | params | train s | time ÷ GPT | peak ΔRSS MB | GFLOPs (analytic) | FLOPs ÷ GPT "
-            "| time-per-FLOP ÷ GPT |\n|---|---|---|---|---|---|---|---|---|\n" + "\n".join(rows) + "\n")
+            "| time-per-FLOP ÷ GPT | GFLOPs counted (flop_counter + SDPA) | time-per-counted-FLOP ÷ GPT |\n"
+            "|---|---|---|---|---|---|---|---|---|---|---|\n" + "\n".join(rows) + "\n"
+            f"\nLoad average at the end: {', '.join(f'{x:.2f}' for x in os.getloadavg())} (1, 5, 15 min).\n")
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(text)
     print(text)
