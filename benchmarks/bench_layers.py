@@ -30,7 +30,8 @@ Configurations whose *estimated* training memory exceeds ``--mem-limit-gb`` are 
     python3 benchmarks/bench_layers.py --device cuda --sizes 1024 4096 16384 --layers emitted generic vanilla
 
 On ``--device cuda`` the layers run under bf16 autocast (``--precision``, fp32 weights), the vanilla block's SDPA
-is restricted to the FlashAttention kernel, every configuration runs in this process (``--isolation none``) and
+is restricted to the FlashAttention kernel and the others' to FlashAttention or the memory-efficient kernel (never
+the N×N math kernel), every configuration runs in this process (``--isolation none``) and
 memory is the peak of ``torch.cuda.max_memory_allocated`` over what was allocated before the first step.
 """
 
@@ -303,16 +304,20 @@ def machine_header(title: str, setup: str, command: str) -> str:
 
 
 def _device_context(layer: str, device: str, precision: str):
-    """bf16 autocast (``precision='bf16'``); on CUDA the vanilla block's SDPA is held to FlashAttention."""
+    """bf16 autocast (``precision='bf16'``); on CUDA the vanilla block's SDPA is held to FlashAttention and every
+    other layer's to FlashAttention or the memory-efficient kernel: a call that would need the N×N math kernel
+    raises instead of silently losing memory-linearity (reported as that configuration's error)."""
     import contextlib
 
     stack = contextlib.ExitStack()
     if precision == "bf16":
         stack.enter_context(torch.autocast(device_type=device, dtype=torch.bfloat16))
-    if device == "cuda" and precision == "bf16" and layer.startswith("vanilla"):
+    if device == "cuda":
         from torch.nn.attention import SDPBackend, sdpa_kernel
 
-        stack.enter_context(sdpa_kernel([SDPBackend.FLASH_ATTENTION]))
+        fused = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION]
+        held = [SDPBackend.FLASH_ATTENTION] if precision == "bf16" and layer.startswith("vanilla") else fused
+        stack.enter_context(sdpa_kernel(held))
     return stack
 
 
