@@ -76,8 +76,8 @@ def transpose_pass_symmetric(Phi: Tensor, L: Tensor, b: float) -> Tensor:
     """``Pᵀ Φ`` for the symmetric scores ``s = b ΦΦᵀ`` from the row log-sum-exp ``L`` (..., N, 1), one plain SDPA.
 
     Since ``Σ_j e^{s_ij} = e^{L_i}`` is also column i's normaliser, ``(PᵀΦ)_i = Σ_j e^{s_ij − L_j} Φ_j
-    = e^{L_i − m} · SDPA(Φ, Φ, e^{m − L_j} Φ_j)_i`` for any constant ``m`` (DESIGN: "A plain second pass for
-    symmetric scores"). ``m`` is the midpoint of L's range per batch entry and head, held constant (the identity
+    = e^{L_i − m} · SDPA(Φ, Φ, e^{m − L_j} Φ_j)_i`` for any constant ``m``: the per-key bias ``−L_j`` moves from
+    the scores into the values, so no extra coordinate and no sink key are needed. ``m`` is the midpoint of L's range per batch entry and head, held constant (the identity
     holds for every m, so the gradient through it is zero): the factors stay within ``e^{±spread/2}``,
     ``spread = max L − min L`` (≤ log N on the sphere, see :func:`symmetric_pass_ok`).
     """
