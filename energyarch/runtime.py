@@ -55,7 +55,7 @@ def bisoftmax_sdpa(Phi: Tensor, b: float, *, second_pass: str = "auto") -> Tenso
        - ``'sink'`` (:func:`transpose_pass_sink`): query ``[Φ_k, 1]``, keys ``[Φ_i, −L_i/b]`` so that the
          score is ``log P_ik``, and a sink of score 0 and value ``[0, 1]`` that recovers the column sum;
        - ``'auto'`` (default): ``'symmetric'`` where :func:`symmetric_pass_ok` says its scale factors fit the
-         dtype, else ``'sink'``.
+         dtype (float32, bfloat16, float64 always; float16 when L's range is small enough), else ``'sink'``.
 
     Memory is O(N·p) and gradients are exact (SDPA's own backward).
 
@@ -116,21 +116,26 @@ def compute_dtype(t: Tensor) -> torch.dtype:
 
 
 def symmetric_pass_ok(L: Tensor, Phi: Tensor) -> bool:
-    """The rule that chooses :func:`transpose_pass_symmetric`: in every batch entry and head, L's range
-    ``max L − min L`` is at most :func:`_spread_limit` of the dtype SDPA computes in (:func:`compute_dtype`).
+    """The rule that chooses :func:`transpose_pass_symmetric` over the sink: its factors ``e^{±spread/2}``,
+    ``spread = max L − min L`` per batch entry and head, must fit :func:`_spread_limit` of the dtype SDPA computes
+    in (:func:`compute_dtype`).
 
-    On the sphere of radius r with ``b > 0``, ``L_i ∈ [b r², b r² + log N]`` (the self-score is the largest), so
-    the range is at most log N: float32 and bfloat16 hold any N, float16 N up to e^13 at r = √32. Off the sphere
-    (a feature map, gains) the range grows with the spread of the row norms; pass 1's sink (score = the largest
-    score of all rows) resolves a row only while ``bound − L_i`` stays below about ``log(1/eps)`` of the dtype
-    (17 in float32, 7 in float16), well inside these limits, so the rule is a guard that the tests exercise,
-    not a regime the layer reaches. Reads two numbers back (one device sync on CUDA; a graph break under
-    ``torch.compile``).
+    - float32, bfloat16, float64: always. Pass 1 resolves row i only while ``L_i > c − log(2/eps)`` (its sink's
+      weight ``1/(1 + e^{L_i − c})`` must differ from 1; c is the largest score), and ``L_i ≤ c + log(N + 1)``, so
+      wherever pass 1 is valid the range is below ``log(2/eps) + log(N + 1)`` (< 40 in float32 for any N below
+      10⁹), far inside their limit (≈ 168). On the sphere of radius r with ``b > 0``, ``L_i ∈ [b r², b r² + log N]``.
+    - float16: the limit (≈ 13 at ``max|Φ| = √32``) can be below that range, so L's range is checked (two numbers
+      read back); under ``torch.compile`` float16 takes the sink (no data-dependent branch in the graph).
     """
+    dtype = compute_dtype(Phi)
+    if dtype != torch.float16:
+        return True
+    if torch.compiler.is_compiling():
+        return False
     with torch.no_grad():
         spread = float((L.amax(dim=-2) - L.amin(dim=-2)).max())
         phi_max = float(Phi.abs().amax())
-    return spread <= _spread_limit(compute_dtype(Phi), phi_max)
+    return spread <= _spread_limit(dtype, phi_max)
 
 
 def sdpa_device_type(t: Tensor) -> str:

@@ -203,35 +203,42 @@ def test_bisoftmax_symmetric_pass_float32_agreement(capsys):
 
 
 def test_symmetric_pass_rule_and_its_fallback(monkeypatch):
-    """The rule: L's range within the dtype's limit. On the sphere (b > 0) the range is at most log N: float32,
-    bfloat16 and float16 take the symmetric pass; rows of very different norms (range ≈ b (r_max² − r_min²)) fall
-    back to the sink, in float32 beyond a range of ~168, in float16 beyond ~12. Both passes match the dense form off
-    the sphere too (a range of 16, float64)."""
+    """The rule. float32/bfloat16/float64 always take the symmetric pass: wherever pass 1 resolves its rows, L's
+    range is below log(2/eps) + log(N + 1), far inside their limit (~168) — checked on rows of growing norm up to
+    where pass 1 fails. float16 (limit ~13) checks L's range: on the sphere (range ≤ log N) symmetric, with row
+    norms from √p to 2√p (range ~16) the sink. Both passes match the dense form off the sphere (float64)."""
+    import math
+
     from energyarch import runtime
     from energyarch.runtime import _row_softmax_sdpa, bisoftmax_dense, bisoftmax_sdpa, symmetric_pass_ok
 
     b = 32 ** -0.5
     Phi = _sphere(1, 2, 300, 32, radius=32 ** 0.5)
     L = _row_softmax_sdpa(Phi, b)[1]
-    assert b * 32 - 1e-9 <= float(L.min()) and float(L.max()) <= b * 32 + torch.log(torch.tensor(300.0)) + 1e-9
-    for dtype in (torch.float32, torch.bfloat16, torch.float16):
-        assert symmetric_pass_ok(L.to(dtype), Phi.to(dtype)), dtype
+    assert b * 32 - 1e-9 <= float(L.min()) and float(L.max()) <= b * 32 + math.log(300) + 1e-9
     assert 160 < runtime._spread_limit(torch.float32) < 180 and 160 < runtime._spread_limit(torch.bfloat16) < 180
     assert 12 < runtime._spread_limit(torch.float16, 32 ** 0.5) < 14
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert runtime.compute_dtype(Phi.float()) == torch.bfloat16
-    L_far = torch.linspace(0.0, 200.0, 300).reshape(1, 1, 300, 1)           # a range pass 1 cannot produce (below)
-    assert not symmetric_pass_ok(L_far, Phi.float()) and symmetric_pass_ok(L_far / 2, Phi.float())
 
-    def spread_out(r_max):                                   # row norms from √p to r_max·√p
-        X = Phi * torch.linspace(1.0, r_max, 300, dtype=torch.float64)[:, None]
-        L = _row_softmax_sdpa(X, b)[1]
+    def spread_out(r_max, dtype=torch.float64):              # row norms from √p to r_max·√p
+        X = (Phi * torch.linspace(1.0, r_max, 300, dtype=torch.float64)[:, None]).to(dtype)
+        L = _row_softmax_sdpa(X, b)[1].double()
         return X, L, float((L.amax(-2) - L.amin(-2)).max())
 
-    wide, L_wide, spread = spread_out(2.0)
-    assert 12 < spread < 20
-    assert symmetric_pass_ok(L_wide.float(), wide.float()) and not symmetric_pass_ok(L_wide.half(), wide.half())
+    for dtype in (torch.float32, torch.float64):             # the static rule's premise, up to pass 1's failure
+        eps = torch.finfo(dtype).eps
+        for r_max in (1.5, 2.0, 2.5, 3.0, 4.0):
+            X, L_X, spread = spread_out(r_max, dtype)
+            if math.isfinite(spread):
+                assert spread <= math.log(2 / eps) + math.log(301) < runtime._spread_limit(dtype), (dtype, r_max)
+                assert symmetric_pass_ok(L_X.to(dtype), X)
     assert spread_out(3.0)[2] == float("inf")                # pass 1's own limit: its sink is the global bound
+
+    wide, L_wide, spread = spread_out(2.0)
+    assert 13.2 < spread < 20
+    assert symmetric_pass_ok(L.half(), Phi.half()) and not symmetric_pass_ok(L_wide.half(), wide.half())
+    assert symmetric_pass_ok(L_wide.half(), (wide / 4).half()) is False        # the range decides, not |Φ| alone
 
     chosen = []
     for name in ("transpose_pass_symmetric", "transpose_pass_sink"):
