@@ -477,6 +477,11 @@ def causal_softmax_sdpa(Phi_q: Tensor, Phi_k: Tensor, b: float) -> tuple[Tensor,
     in N; width p + 1, padded to :func:`sdpa_width` on CUDA): a dummy first query and a "sink" first key, seen by
     every query, with score c_t ≥ every score of row t and value [0, 1]; its share of the output gives L.
     c_t = |b| ‖Φ_q,t‖ max_{s≤t} ‖Φ_k,s‖ uses tokens s ≤ t only, so row t is exactly independent of later tokens.
+
+    The plain second pass of :func:`transpose_pass_symmetric` has no counterpart here: there is no Pᵀ pass (each
+    token's key gradient is its own self-term, elementwise from L), and the masked scores are not symmetric (row t
+    normalises over s ≤ t, column s sums over t ≥ s). The sink stays because L must come out of the same pass
+    with a gradient, which a stock kernel's backward gives only through a constant value channel.
     """
     *batch, _, p = Phi_q.shape
     width = sdpa_width(p + 1, sdpa_device_type(Phi_q))                             # p + 1, padded on CUDA
