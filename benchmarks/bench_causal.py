@@ -1,4 +1,5 @@
-"""Causal bi-softmax layer (emitted) vs a GPT block: one training step, time, peak memory, analytic FLOPs.
+"""Causal bi-softmax layer (emitted) vs a GPT block: one training step, time, peak memory, FLOPs (analytic, and
+counted by ``torch.utils.flop_counter`` plus the recorded SDPA calls, which the counter misses on the CPU).
 
 Both layers are one step of the same shape: the causal Hyper-SET step is the conditional-energy attention term
 (ea.CausalAttention, one SDPA call with is_causal=True plus the self-term) followed by a ReLU feed-forward term of
@@ -21,8 +22,10 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing as mp
+import os
 import statistics
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -30,7 +33,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_layers import machine_header, maxrss_bytes, rss_bytes, timed  # noqa: E402
+from bench_layers import counted_flops, machine_header, maxrss_bytes, rss_bytes, timed  # noqa: E402
 
 import energyarch as ea  # noqa: E402
 
@@ -88,14 +91,22 @@ def measure(layer: str, B: int, N: int, d: int, repeats: int, warmup: int, threa
     params = list(model.parameters())
     rss0 = rss_bytes()
 
+    cpu = []
+
     def step():
         for p in params:
             p.grad = None
+        c0 = time.process_time()
         model(X).square().mean().backward()
+        cpu.append(time.process_time() - c0)
 
     times = timed(step, warmup, repeats)
-    return {"layer": layer, "N": N, "train_s": statistics.median(times), "train_mem": maxrss_bytes() - rss0,
-            "params": sum(p.numel() for p in params), "flops": flops("gpt" if layer == "gpt block" else "hyperset", B, N, d)}
+    cpu_s = min(cpu[warmup:])                   # this process's CPU time: less exposed to other load
+    mem = maxrss_bytes() - rss0
+    mm, sdpa = counted_flops(step)               # torch.utils.flop_counter + the recorded SDPA calls (untimed)
+    return {"layer": layer, "N": N, "train_s": statistics.median(times), "train_mem": mem, "cpu_s": cpu_s,
+            "params": sum(p.numel() for p in params), "flops": flops("gpt" if layer == "gpt block" else "hyperset", B, N, d),
+            "counted": mm + sdpa, "counted_sdpa": sdpa}
 
 
 def _target(queue, *args):
@@ -141,9 +152,12 @@ def main(argv=None) -> int:
         g = res["gpt block"]
         for layer, r in res.items():
             tpf = (r["train_s"] / r["flops"]) / (g["train_s"] / g["flops"])
+            tpc = (r["train_s"] / r["counted"]) / (g["train_s"] / g["counted"])
+            tpcpu = (r["cpu_s"] / r["flops"]) / (g["cpu_s"] / g["flops"])
             rows.append(f"| {N} | {layer} | {r['params']:,} | {r['train_s']:.3f} | {r['train_s'] / g['train_s']:.2f}× "
                         f"| {r['train_mem'] / 2**20:,.0f} | {r['flops'] / 1e9:.2f} | {r['flops'] / g['flops']:.2f}× "
-                        f"| {tpf:.2f} |")
+                        f"| {tpf:.2f} | {r['counted'] / 1e9:.2f} ({r['counted_sdpa'] / 1e9:.2f} SDPA) | {tpc:.2f} | "
+                        f"{r['cpu_s']:.3f} | {tpcpu:.2f} |")
             print(json.dumps({k: v for k, v in r.items()}), flush=True)
     header = machine_header(
         "Causal bi-softmax layer vs GPT block (one training step)",
@@ -151,7 +165,9 @@ def main(argv=None) -> int:
         f"{a.warmup} warm-up, {a.threads} thread(s), each configuration in its own process",
         "python benchmarks/bench_causal.py " + " ".join(argv if argv is not None else sys.argv[1:]))
     text = (header + "\n| N | layer | params | train s | time ÷ GPT | peak ΔRSS MB | GFLOPs (analytic) | FLOPs ÷ GPT "
-            "| time-per-FLOP ÷ GPT |\n|---|---|---|---|---|---|---|---|---|\n" + "\n".join(rows) + "\n")
+            "| time-per-FLOP ÷ GPT | GFLOPs counted (flop_counter + SDPA) | time-per-counted-FLOP ÷ GPT "
+            "| CPU s (min) | CPU-time-per-FLOP ÷ GPT |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|\n" + "\n".join(rows) + "\n"
+            f"\nLoad average at the end: {', '.join(f'{x:.2f}' for x in os.getloadavg())} (1, 5, 15 min).\n")
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(text)
     print(text)

@@ -30,7 +30,8 @@ Configurations whose *estimated* training memory exceeds ``--mem-limit-gb`` are 
     python3 benchmarks/bench_layers.py --device cuda --sizes 1024 4096 16384 --layers emitted generic vanilla
 
 On ``--device cuda`` the layers run under bf16 autocast (``--precision``, fp32 weights), the vanilla block's SDPA
-is restricted to the FlashAttention kernel, every configuration runs in this process (``--isolation none``) and
+is restricted to the FlashAttention kernel and the others' to FlashAttention or the memory-efficient kernel (never
+the N×N math kernel), every configuration runs in this process (``--isolation none``) and
 memory is the peak of ``torch.cuda.max_memory_allocated`` over what was allocated before the first step.
 """
 
@@ -70,6 +71,7 @@ LABELS = {
 }
 B, D, HEADS, ITERS, STEP = 8, 256, 4, 12, 0.1
 THREADS = 2
+COUNT_FLOPS = True   # count a training step's FLOPs with torch.utils.flop_counter (+ SDPA); off with --quick
 
 # Training-memory model used only to decide what to skip, bytes ≈ ITERS·(nn·B·H·N²·4 + nt·B·N·d·4):
 # nn = N×N float32 tensors kept per iteration for backward, nt = (N, d)-sized ones. Calibrated on this
@@ -236,15 +238,15 @@ def flops(layer: str, N: int, sdpa_threshold: int = 512) -> float:
     is 3 × the forward count. Per iteration, forward, with the sizes B, N, d and the FF width M:
 
     - (a) emitted: coordinates ``XW`` and direction ``G Wᵀ`` 4BNd², Gram matrix and ``(P + Pᵀ)Φ`` 4BN²d
-      (dense, N ≤ ``sdpa_threshold``), or two SDPA passes of width p + 1, 8BN²(d + H) (above it); ReLU FF
-      ``XD`` and ``ReLU(U) Dᵀ`` 4BNdM with M = d;
+      (dense, N ≤ ``sdpa_threshold``), or two SDPA passes (above it): pass 1 of width p + 1, 4BN²(d + H), and the
+      plain second pass of width p for symmetric scores, 4BN²d; ReLU FF ``XD`` and ``ReLU(U) Dᵀ`` 4BNdM with M = d;
     - (b) generic: as (a), but the attention core is the Gram matrix and its vector–Jacobian product, 6BN²d;
     - (c) hand: as (a) dense;
     - (d), (e) vanilla: QKV and output projections 8BNd², attention 4BN²d, MLP 4BNdM with M = 4d or d.
     """
     proj, ff1 = 4 * B * N * D * D, 4 * B * N * D * D            # M = d for (a)-(c)
     if layer in ("emitted", "hand"):
-        core = 8 * B * N * N * (D + HEADS) if layer == "emitted" and N > sdpa_threshold else 4 * B * N * N * D
+        core = 4 * B * N * N * (2 * D + HEADS) if layer == "emitted" and N > sdpa_threshold else 4 * B * N * N * D
         fwd = proj + core + ff1
     elif layer == "generic":
         fwd = proj + 6 * B * N * N * D + ff1
@@ -254,6 +256,29 @@ def flops(layer: str, N: int, sdpa_threshold: int = 512) -> float:
     else:
         raise ValueError(f"unknown layer {layer!r}; choose from {LAYERS}")
     return 3.0 * ITERS * fwd
+
+
+def sdpa_flops(calls) -> float:
+    """FLOPs of a training step's SDPA calls (recorded by :func:`energyarch.sdpa_check.record_sdpa_calls`), which
+    ``torch.utils.flop_counter`` does not count on the CPU: forward ``2 N_q N_k (w_qk + w_v)`` per batch entry and
+    head (half of the pairs with ``is_causal``), training = 3 × forward as in :func:`flops`."""
+    total = 0.0
+    for c in calls:
+        pairs = c.q[-2] * c.k[-2] * (0.5 if c.is_causal else 1.0)
+        total += 3 * 2 * math.prod(c.q[:-2]) * pairs * (c.q[-1] + c.v[-1])
+    return total
+
+
+def counted_flops(step) -> tuple[float, float]:
+    """``(matrix products counted by torch.utils.flop_counter, SDPA FLOPs from the recorded calls)`` of one call of
+    ``step()`` (a training step: forward and backward)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from energyarch.sdpa_check import record_sdpa_calls
+
+    with FlopCounterMode(display=False) as counter, record_sdpa_calls() as calls:
+        step()
+    return float(counter.get_total_flops()), sdpa_flops(calls)
 
 
 def timed(fn, warmup: int, repeats: int, after=None) -> list[float]:
@@ -279,16 +304,20 @@ def machine_header(title: str, setup: str, command: str) -> str:
 
 
 def _device_context(layer: str, device: str, precision: str):
-    """bf16 autocast (``precision='bf16'``); on CUDA the vanilla block's SDPA is held to FlashAttention."""
+    """bf16 autocast (``precision='bf16'``); on CUDA the vanilla block's SDPA is held to FlashAttention and every
+    other layer's to FlashAttention or the memory-efficient kernel: a call that would need the N×N math kernel
+    raises instead of silently losing memory-linearity (reported as that configuration's error)."""
     import contextlib
 
     stack = contextlib.ExitStack()
     if precision == "bf16":
         stack.enter_context(torch.autocast(device_type=device, dtype=torch.bfloat16))
-    if device == "cuda" and precision == "bf16" and layer.startswith("vanilla"):
+    if device == "cuda":
         from torch.nn.attention import SDPBackend, sdpa_kernel
 
-        stack.enter_context(sdpa_kernel([SDPBackend.FLASH_ATTENTION]))
+        fused = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION]
+        held = [SDPBackend.FLASH_ATTENTION] if precision == "bf16" and layer.startswith("vanilla") else fused
+        stack.enter_context(sdpa_kernel(held))
     return stack
 
 
@@ -337,6 +366,8 @@ def measure(layer: str, N: int, repeats: int, warmup: int, inference: bool, seed
             raise RuntimeError(f"{layer} N={N}: missing or non-finite parameter gradient")
 
     times = timed(synced(train_step), warmup, repeats, after=check_grads)
+    if COUNT_FLOPS and not cuda:                # counted FLOPs (an extra, untimed step)
+        out["counted_flops"], out["sdpa_flops"] = counted_flops(train_step)
     out["train_s"] = statistics.median(times)
     out["train_min_s"] = min(times)
     out["train_mem"] = peak()
@@ -363,8 +394,11 @@ def _one_main(argv: list[str]) -> None:
     ap.add_argument("--batch", type=int, default=B)
     ap.add_argument("--width", type=int, default=D)
     ap.add_argument("--iters", type=int, default=ITERS)
+    ap.add_argument("--no-count-flops", action="store_true")
     a = ap.parse_args(argv)
     _set_sizes(a.batch, a.width, a.iters)
+    global COUNT_FLOPS
+    COUNT_FLOPS = not a.no_count_flops
     res = measure(a.one, a.N, a.repeats, a.warmup, not a.no_inference, device=a.device, precision=a.precision)
     print("RESULT " + json.dumps(res), flush=True)
 
@@ -406,6 +440,7 @@ def run_isolated(layer: str, N: int, repeats: int, warmup: int, inference: bool,
     cmd = [sys.executable, str(Path(__file__).resolve()), "--one", layer, "--N", str(N),
            "--repeats", str(repeats), "--warmup", str(warmup), "--device", device, "--precision", precision,
            "--batch", str(B), "--width", str(D), "--iters", str(ITERS)] + \
+        ([] if COUNT_FLOPS else ["--no-count-flops"]) + \
         ([] if inference else ["--no-inference"])
     try:
         cp = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
@@ -455,7 +490,8 @@ def table(results: dict[tuple[str, int], dict], sizes: list[int], repeats: int, 
 
 def flop_table(results: dict[tuple[str, int], dict], sizes: list[int]) -> str:
     """FLOP parity: analytic FLOPs of a training step (:func:`flops`) and time per FLOP against (d) and (e)."""
-    head = ["layer", "N", "GFLOP / step", "FLOPs ÷ (d)", "time ÷ (d)", "time/FLOP ÷ (d)", "time/FLOP ÷ (e)"]
+    head = ["layer", "N", "GFLOP / step", "counted GFLOP (mm + SDPA)", "FLOPs ÷ (d)", "time ÷ (d)",
+            "time/FLOP ÷ (d)", "time/FLOP ÷ (e)", "time/counted FLOP ÷ (d)"]
     rows = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
     for N in sizes:
         per_flop = {layer: results[(layer, N)]["train_min_s"] / flops(layer, N)
@@ -463,12 +499,19 @@ def flop_table(results: dict[tuple[str, int], dict], sizes: list[int]) -> str:
         for layer in LAYERS:
             if layer not in per_flop:
                 continue
-            t = results[(layer, N)]["train_min_s"]
+            r = results[(layer, N)]
+            t = r["train_min_s"]
             tv = results.get(("vanilla", N), {}).get("train_min_s")
-            cells = [LABELS[layer], str(N), f"{flops(layer, N) / 1e9:,.1f}",
+            counted = {k: v["counted_flops"] + v["sdpa_flops"] for (k, n), v in results.items()
+                       if n == N and "counted_flops" in v}
+            cells = [LABELS[layer], str(N), f"{flops(layer, N) / 1e9:,.2f}",
+                     (f"{counted[layer] / 1e9:,.2f} ({r['counted_flops'] / 1e9:,.2f} + {r['sdpa_flops'] / 1e9:,.2f})"
+                      if layer in counted else "—"),
                      f"{flops(layer, N) / flops('vanilla', N):.2f}", _ratio(t, tv).rstrip("×"),
                      _ratio(per_flop[layer], per_flop.get("vanilla")).rstrip("×"),
-                     _ratio(per_flop[layer], per_flop.get("vanilla-ff1")).rstrip("×")]
+                     _ratio(per_flop[layer], per_flop.get("vanilla-ff1")).rstrip("×"),
+                     _ratio(t / counted[layer], tv / counted["vanilla"]).rstrip("×")
+                     if layer in counted and "vanilla" in counted and tv else "—"]
             rows.append("| " + " | ".join(cells) + " |")
     return "\n".join(rows)
 
@@ -542,6 +585,8 @@ def main(argv=None) -> int:
     ap.add_argument("--batch", type=int, default=B, help=f"batch size B (default {B})")
     ap.add_argument("--width", type=int, default=D, help=f"model width d (default {D})")
     ap.add_argument("--iters", type=int, default=ITERS, help=f"iterations per step (default {ITERS})")
+    ap.add_argument("--no-count-flops", action="store_true",
+                    help="skip the counted FLOPs (torch.utils.flop_counter + SDPA; one extra step; off with --quick)")
     ap.add_argument("--output", default=None,
                     help="markdown file to write (default benchmarks/results/bench_layers.md; "
                          "none with --quick unless given; '' to disable)")
@@ -549,6 +594,8 @@ def main(argv=None) -> int:
     _set_sizes(a.batch, a.width, a.iters)
     if a.quick:
         a.sizes, a.repeats, a.warmup = [64], 1, 1
+    global COUNT_FLOPS
+    COUNT_FLOPS = not (a.no_count_flops or a.quick)
     isolation = a.isolation or ("none" if a.device == "cuda" else "fork" if a.quick else "subprocess")
     precision = a.precision or ("bf16" if a.device == "cuda" else "fp32")
     if a.device == "cuda" and not torch.cuda.is_available():
@@ -594,6 +641,8 @@ def main(argv=None) -> int:
     body = (table(results, a.sizes, a.repeats, inference)
             + "\n\nFLOP parity (analytic FLOPs of a training step, matrix products only; see flops()):\n\n"
             + flop_table(results, a.sizes) + "\n\nTargets (this run):\n\n" + targets(results, a.sizes))
+    body += (f"\n\nLoad average at the end: {', '.join(f'{x:.2f}' for x in os.getloadavg())} (1, 5, 15 min); "
+             f"{os.cpu_count()} logical CPUs.")
     report = header + "\n" + body + "\n"
     print("\n" + body, flush=True)
     if output:

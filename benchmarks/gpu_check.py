@@ -3,8 +3,14 @@
 
 1. ``bench_layers.py --device cuda`` at N = 1024, 4096, 16384: the emitted bi-softmax layer, the generic
    ``torch.func.grad`` layer and a vanilla Transformer block whose SDPA is held to FlashAttention, bf16 autocast,
-   one training step of 12 iterations (time and peak ``max_memory_allocated``), at most 150 s;
-2. the paper's Sudoku recipe (packaged config ``sudoku_paper``: d = 768, 12 heads, 24 iterations, 5.2 M
+   one training step of 12 iterations (time and peak ``max_memory_allocated``), at most 150 s; the emitted layer's
+   SDPA is held to the fused kernels (FlashAttention, memory-efficient), so the N×N math kernel raises instead of
+   running;
+2. attention against FlashAttention (issue 20), bf16, N = 1024 … 16384: the SDPA calls of one emitted training
+   step (bidirectional and causal) with the kernel :mod:`energyarch.sdpa_check` predicts and
+   ``torch.backends.cuda.can_use_flash_attention`` confirms, then forward + backward of ``bisoftmax_sdpa`` (both
+   second passes) and of ``causal_softmax_sdpa`` against one and two FlashAttention calls of width p, at most 60 s;
+3. the paper's Sudoku recipe (packaged config ``sudoku_paper``: d = 768, 12 heads, 24 iterations, 5.2 M
    parameters, batch 16, 200-epoch cosine schedule) with the compiled bf16 trainer, for as many whole epochs as fit
    in the time left (evaluated after each epoch), then the test-time iteration sweep; per-epoch throughput, peak
    memory and the cost of the first compiled step. That first step compiles 24 unrolled iterations (forward and
@@ -23,6 +29,7 @@ CPU in fp32, without torch.compile unless ``--compile`` is given; its markdown g
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import json
 import os
@@ -48,12 +55,14 @@ PAPER_BOARD_ACC = 54.70   # % of test boards solved after 200 epochs, as the Hyp
 #: what each mode runs: bench_layers arguments and the training overrides of the packaged sudoku_paper config
 MODES = {
     "gpu": {
+        "attention": {"sizes": [1024, 4096, 16384], "batch": 2, "heads": 4, "p": 32, "repeats": 5},
         "bench": ["--device", "cuda", "--sizes", "1024", "4096", "16384", "--layers", "emitted", "generic",
                   "vanilla", "--repeats", "3", "--warmup", "1", "--no-inference"],
         "train": ['precision="bf16"', "eval_every=1"],
         "max_epochs": 200,
     },
     "dry": {
+        "attention": {"sizes": [32, 64], "batch": 1, "heads": 2, "p": 8, "repeats": 1},
         "bench": ["--device", "cpu", "--precision", "fp32", "--sizes", "32", "--layers", "emitted", "generic",
                   "vanilla", "--repeats", "1", "--warmup", "0", "--isolation", "none", "--no-inference"],
         "train": ['precision="auto"', "eval_every=1", "n_train=64", "n_test=16", "minimal=false",
@@ -193,6 +202,128 @@ def run_bench(args: list[str], table_file: Path, timeout: float) -> str:
     return text.replace("# bench_layers", "### bench_layers", 1)
 
 
+def _timed_min(fn, repeats: int, sync) -> float:
+    fn()                                                 # warm-up
+    sync()
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        sync()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def _kernel_report(device: torch.device, dtype: torch.dtype, N: int) -> list[str]:
+    """The SDPA calls of one emitted training step (bidirectional and causal) at N tokens: their widths, the kernel
+    sdpa_check predicts and, on CUDA, what torch.backends.cuda.can_use_flash/efficient_attention say. On the CPU
+    (dry run) the layers are given the widths they would use on CUDA."""
+    import energyarch as ea
+    from energyarch import runtime
+    from energyarch.sdpa_check import record_sdpa_calls
+
+    as_device = runtime.sdpa_device_type
+    if device.type != "cuda":
+        runtime.sdpa_device_type = lambda t: "cuda"
+    try:
+        return _kernel_rows(ea, record_sdpa_calls, device, dtype, N)
+    finally:
+        runtime.sdpa_device_type = as_device
+
+
+def _kernel_rows(ea, record_sdpa_calls, device, dtype, N) -> list[str]:
+    rows = []
+    energies = {"bi-softmax": ea.Attention(f="log(x)/beta", K="exp(beta*s)", heads=4),
+                "causal bi-softmax": ea.CausalAttention(f="log(x)/beta", K="exp(beta*s)", heads=4)}
+    for name, energy in energies.items():
+        step = ea.compile(energy, d=128, sdpa_threshold=N // 2).to(device)      # the SDPA lowering at N
+        X = torch.randn(1, N, 128, device=device)
+        seen = []
+
+        def probe(q, k, v, *args, **kw):                    # torch's own verdict on the real tensors (CUDA only)
+            if device.type == "cuda":
+                from torch.backends.cuda import SDPAParams, can_use_efficient_attention, can_use_flash_attention
+
+                cast = [t.to(dtype) for t in (q, k, v)]
+                params = SDPAParams(*cast, kw.get("attn_mask"), 0.0, bool(kw.get("is_causal", False)), False)
+                seen.append((can_use_flash_attention(params, False), can_use_efficient_attention(params, False)))
+            return inner(q, k, v, *args, **kw)
+
+        with record_sdpa_calls() as calls:
+            inner = torch.nn.functional.scaled_dot_product_attention       # the recorder
+            torch.nn.functional.scaled_dot_product_attention = probe
+            try:
+                with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
+                    step(X, 0.1).float().square().mean().backward()
+            finally:
+                torch.nn.functional.scaled_dot_product_attention = inner
+        for i, c in enumerate(calls):
+            torch_says = (f"flash {seen[i][0]}, efficient {seen[i][1]}" if i < len(seen) else "— (no CUDA)")
+            rows.append(f"| {name} | {N} | q {c.q[-2]}×{c.q[-1]}, k {c.k[-2]}×{c.k[-1]}, v ×{c.v[-1]} | {c.dtype} | "
+                        f"{c.kernel or 'math (N×N)'} | {torch_says} |")
+    return rows
+
+
+def run_attention(spec: dict, device: torch.device, timeout: float) -> str:
+    """Section 2: the kernels the emitted layers' SDPA calls get, and their time against FlashAttention."""
+    from energyarch.runtime import bisoftmax_sdpa, causal_softmax_sdpa
+
+    cuda = device.type == "cuda"
+    dtype = torch.bfloat16 if cuda else torch.float32
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    deadline = time.monotonic() + timeout
+    kernels = ["| layer | N | SDPA call | dtype | kernel (sdpa_check) | torch.backends.cuda.can_use_* |",
+               "|---|---|---|---|---|---|"] + _kernel_report(device, dtype, max(spec["sizes"]))
+    flash_only = contextlib.nullcontext
+    if cuda:
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        def flash_only():                                   # no silent fallback: a declined call raises
+            return sdpa_kernel([SDPBackend.FLASH_ATTENTION])
+    B, H, p, repeats = spec["batch"], spec["heads"], spec["p"], spec["repeats"]
+    b = p ** -0.5
+    rows = ["| N | 1 FlashAttention ms | 2 FlashAttention ms | bisoftmax symmetric ms | bisoftmax sink ms | "
+            "causal_softmax_sdpa ms | causal FlashAttention ms | symmetric ÷ 2 FA | sink ÷ 2 FA | causal ÷ causal FA |",
+            "|---|---|---|---|---|---|---|---|---|---|"]
+    for N in spec["sizes"]:
+        if time.monotonic() > deadline:
+            rows.append(f"| {N} | stopped: the stage's {timeout:.0f} s were used |" + " |" * 8)
+            break
+        g = torch.Generator(device=device).manual_seed(0)
+        Phi = torch.randn(B, H, N, p, device=device, generator=g)
+        Phi = (torch.nn.functional.normalize(Phi, dim=-1) * p ** 0.5).to(dtype).requires_grad_(True)
+        V = torch.randn(Phi.shape, device=device, dtype=dtype, generator=g)
+        sdpa = torch.nn.functional.scaled_dot_product_attention
+
+        def fwd_bwd(fn):
+            def run():
+                Phi.grad = None
+                with flash_only():
+                    (fn() * V).sum().backward()
+            return run
+
+        t = {}
+        try:
+            t["fa1"] = _timed_min(fwd_bwd(lambda: sdpa(Phi, Phi, Phi, scale=b)), repeats, sync)
+            t["fa2"] = _timed_min(fwd_bwd(lambda: sdpa(Phi, Phi, Phi, scale=b) + sdpa(Phi, Phi, Phi, scale=b)),
+                                  repeats, sync)
+            t["sym"] = _timed_min(fwd_bwd(lambda: bisoftmax_sdpa(Phi, b, second_pass="symmetric")), repeats, sync)
+            t["sink"] = _timed_min(fwd_bwd(lambda: bisoftmax_sdpa(Phi, b, second_pass="sink")), repeats, sync)
+            t["causal"] = _timed_min(fwd_bwd(lambda: causal_softmax_sdpa(Phi, Phi, b)[0]), repeats, sync)
+            t["cfa"] = _timed_min(fwd_bwd(lambda: sdpa(Phi, Phi, Phi, scale=b, is_causal=True)), repeats, sync)
+        except RuntimeError as exc:                         # e.g. a kernel declined under flash_only: report it
+            rows.append(f"| {N} | error: {str(exc).strip().splitlines()[0][:200]} |" + " |" * 8)
+            continue
+        ms = {k: f"{1e3 * v:.2f}" for k, v in t.items()}
+        rows.append(f"| {N} | {ms['fa1']} | {ms['fa2']} | {ms['sym']} | {ms['sink']} | {ms['causal']} | {ms['cfa']} | "
+                    f"{t['sym'] / t['fa2']:.2f} | {t['sink'] / t['fa2']:.2f} | {t['causal'] / t['cfa']:.2f} |")
+        print(rows[-1], flush=True)
+    return (f"B = {B}, H = {H}, p = {p}, {dtype}, forward + backward, min of {repeats} after a warm-up"
+            + ("; every call held to FlashAttention (a declined call raises)" if cuda else "") + ".\n\n"
+            + "SDPA calls of one emitted training step:\n\n" + "\n".join(kernels) + "\n\nTimes:\n\n"
+            + "\n".join(rows))
+
+
 def run_training(mode: dict, out: Path, budget_end: float, reserve_s: float, compile_model: bool,
                  data_dir, progress: bool):
     """Train sudoku_paper until the time budget (minus ``reserve_s`` for the sweep) is used; returns the
@@ -264,13 +395,19 @@ def main(argv=None) -> int:
     bench_s = a.bench_s or (150.0 if not dry else 300.0)
     table = run_bench(mode["bench"], output.parent / "gpu_check_bench_layers.md", bench_s)
     parts["bench"] = "## 1. Layers: one training step (bench_layers)\n\n" + table
-    parts["train"] = "## 2. Sudoku, paper recipe (sudoku_paper)\n\n(running)"
+    parts["attention"] = "## 2. Attention against FlashAttention\n\n(running)"
+    write(output, parts)
+    try:
+        parts["attention"] = "## 2. Attention against FlashAttention\n\n" + run_attention(mode["attention"], device, 60.0)
+    except Exception as exc:                            # report and go on to the training stage
+        parts["attention"] = f"## 2. Attention against FlashAttention\n\n**failed**: {type(exc).__name__}: {exc}"
+    parts["train"] = "## 3. Sudoku, paper recipe (sudoku_paper)\n\n(running)"
     write(output, parts)
 
     reserve = 20.0 if dry else 60.0
     trainer, cfg, sweep, wall = run_training(mode, out_dir, budget_end, reserve, compile_model, a.data_dir,
                                              progress=True)
-    parts["train"] = ("## 2. Sudoku, paper recipe (sudoku_paper)\n\n" + training_markdown(trainer, cfg, sweep, wall)
+    parts["train"] = ("## 3. Sudoku, paper recipe (sudoku_paper)\n\n" + training_markdown(trainer, cfg, sweep, wall)
                       + f"\n\nRun folder: `{out_dir}` (metrics.json, TensorBoard events, plots).")
     parts["end"] = f"Total wall time: {time.monotonic() - start:.0f} s."
     write(output, parts)

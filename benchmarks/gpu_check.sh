@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The prepared GPU check (issue 11 §4), at most 8 minutes on one GPU:
 #   1. bench_layers on CUDA at N = 1024, 4096, 16384: emitted vs generic vs vanilla (FlashAttention), bf16;
-#   2. as many epochs as fit of the paper's Sudoku recipe (sudoku_paper) with the compiled bf16 trainer;
+#   2. the emitted layers' SDPA calls (which kernel) and their time against FlashAttention, N up to 16384, bf16;
+#   3. as many epochs as fit of the paper's Sudoku recipe (sudoku_paper) with the compiled bf16 trainer;
 # writing one results markdown, benchmarks/results/gpu_check.md (see benchmarks/gpu_check.py for the options).
 #
 #   bash benchmarks/gpu_check.sh              # on a machine with a GPU

@@ -39,44 +39,143 @@ def _logcosh(x: Tensor) -> Tensor:
     return ax + torch.log1p(torch.exp(-2 * ax)) - math.log(2.0)
 
 
-def bisoftmax_sdpa(Phi: Tensor, b: float) -> Tensor:
+def bisoftmax_sdpa(Phi: Tensor, b: float, *, second_pass: str = "auto") -> Tensor:
     """(P + Pᵀ) Φ with P = row-softmax(b ΦΦᵀ), without forming the N×N matrix.
 
-    Two calls of :func:`torch.nn.functional.scaled_dot_product_attention` with one extra coordinate and
-    one extra "sink" key (an energyarch construction, not in the paper):
+    Two calls of :func:`torch.nn.functional.scaled_dot_product_attention` (an energyarch construction, not in
+    the paper):
 
     1. ``P Φ`` and the row log-sum-exp ``L``: keys ``[Φ_j, 0]`` plus a sink ``[0, c/b]`` of score ``c``
        (an upper bound of every score, so nothing underflows) with value ``[0, 1]``. The sink channel
        of the output is ``e^c / (Σ_j e^{s_ij} + e^c)``, which gives ``L_i`` and un-normalises ``P Φ``.
-    2. ``Pᵀ Φ``: query ``[Φ_k, 1]``, keys ``[Φ_i, −L_i/b]`` so that the score is ``log P_ik``; the sink
-       (score 0, value ``[0, 1]``) recovers the column sum, since SDPA normalises over keys.
+    2. ``Pᵀ Φ``, by one of two constructions (``second_pass``):
+
+       - ``'symmetric'`` (:func:`transpose_pass_symmetric`): the scores are symmetric, so
+         ``(PᵀΦ)_i = e^{L_i − m} · SDPA(Φ, Φ, e^{m − L_j} Φ_j)_i``, a plain SDPA of width p;
+       - ``'sink'`` (:func:`transpose_pass_sink`): query ``[Φ_k, 1]``, keys ``[Φ_i, −L_i/b]`` so that the
+         score is ``log P_ik``, and a sink of score 0 and value ``[0, 1]`` that recovers the column sum;
+       - ``'auto'`` (default): ``'symmetric'`` where :func:`symmetric_pass_ok` says its scale factors fit the
+         dtype (float32, bfloat16, float64 always; float16 when L's range is small enough), else ``'sink'``.
 
     Memory is O(N·p) and gradients are exact (SDPA's own backward).
+
+    >>> Phi = torch.nn.functional.normalize(torch.randn(2, 600, 8, dtype=torch.float64), dim=-1) * 8 ** 0.5
+    >>> ref = bisoftmax_dense(Phi, 0.35)
+    >>> all(torch.allclose(bisoftmax_sdpa(Phi, 0.35, second_pass=s), ref) for s in ("symmetric", "sink"))
+    True
     """
-    *batch, N, p = Phi.shape
+    if second_pass not in ("auto", "symmetric", "sink"):
+        raise CompileError(f"bisoftmax_sdpa(second_pass={second_pass!r}): choose 'auto', 'symmetric' or 'sink'")
     P_Phi, L, q, v = _row_softmax_sdpa(Phi, b)
-    k2 = torch.cat([torch.cat([Phi, -L / b], dim=-1), Phi.new_zeros(*batch, 1, p + 1)], dim=-2)
+    if second_pass == "symmetric" or (second_pass == "auto" and symmetric_pass_ok(L, Phi)):
+        return P_Phi + transpose_pass_symmetric(Phi, L, b)
+    return P_Phi + transpose_pass_sink(Phi, L, b, q, v)
+
+
+def transpose_pass_symmetric(Phi: Tensor, L: Tensor, b: float) -> Tensor:
+    """``Pᵀ Φ`` for the symmetric scores ``s = b ΦΦᵀ`` from the row log-sum-exp ``L`` (..., N, 1), one plain SDPA.
+
+    Since ``Σ_j e^{s_ij} = e^{L_i}`` is also column i's normaliser, ``(PᵀΦ)_i = Σ_j e^{s_ij − L_j} Φ_j
+    = e^{L_i − m} · SDPA(Φ, Φ, e^{m − L_j} Φ_j)_i`` for any constant ``m``: the per-key bias ``−L_j`` moves from
+    the scores into the values, so no extra coordinate and no sink key are needed. ``m`` is the midpoint of L's range per batch entry and head, held constant (the identity
+    holds for every m, so the gradient through it is zero): the factors stay within ``e^{±spread/2}``,
+    ``spread = max L − min L`` (≤ log N on the sphere, see :func:`symmetric_pass_ok`).
+    """
+    with torch.no_grad():
+        m = (L.amax(dim=-2, keepdim=True) + L.amin(dim=-2, keepdim=True)) / 2     # (..., 1, 1)
+    out = F.scaled_dot_product_attention(Phi, Phi, torch.exp(m - L) * Phi, scale=b)
+    return torch.exp(L - m) * out
+
+
+def transpose_pass_sink(Phi: Tensor, L: Tensor, b: float, q: Tensor, v: Tensor) -> Tensor:
+    """``Pᵀ Φ`` with the per-key bias ``−L_i`` as one extra coordinate and a sink key (any score matrix
+    ``b ΦΦᵀ`` whose row log-sum-exp is L; ``q``, ``v`` are pass 1's query and values, see :func:`bisoftmax_sdpa`)."""
+    *batch, N, p = Phi.shape
+    w = q.shape[-1]                                                       # p + 1, or padded on CUDA
+    keys = torch.cat([Phi, -L / b, Phi.new_zeros(*batch, N, w - p - 1)], dim=-1)
+    k2 = torch.cat([keys, Phi.new_zeros(*batch, 1, w)], dim=-2)
     out2 = F.scaled_dot_product_attention(q, k2, v, scale=b)
-    Pt_Phi = out2[..., :p] / out2[..., p:]
-    return P_Phi + Pt_Phi
+    return out2[..., :p] / out2[..., p:p + 1]
+
+
+def _spread_limit(dtype: torch.dtype, phi_max: float = 1.0) -> float:
+    """Largest ``max L − min L`` for which :func:`transpose_pass_symmetric`'s factors stay 16× inside the normal
+    range of ``dtype``: ``e^{spread/2} · max|Φ|`` below its largest value, ``e^{−spread/2}`` above its smallest
+    normal (float32, bfloat16: about 168; float16: 13.2 at ``max|Φ| = √32``)."""
+    fi = torch.finfo(dtype)
+    half = min(math.log(fi.max) - math.log(max(phi_max, 1.0)), -math.log(fi.tiny)) - math.log(16.0)
+    return 2 * half
+
+
+def compute_dtype(t: Tensor) -> torch.dtype:
+    """The dtype SDPA computes ``t`` in: the autocast dtype where autocast is on for its device, else its own."""
+    dev = t.device.type
+    if torch.is_autocast_enabled(dev) and t.is_floating_point():
+        return torch.get_autocast_dtype(dev)
+    return t.dtype
+
+
+def symmetric_pass_ok(L: Tensor, Phi: Tensor) -> bool:
+    """The rule that chooses :func:`transpose_pass_symmetric` over the sink: its factors ``e^{±spread/2}``,
+    ``spread = max L − min L`` per batch entry and head, must fit :func:`_spread_limit` of the dtype SDPA computes
+    in (:func:`compute_dtype`).
+
+    - float32, bfloat16, float64: always. Pass 1 resolves row i only while ``L_i > c − log(2/eps)`` (its sink's
+      weight ``1/(1 + e^{L_i − c})`` must differ from 1; c is the largest score), and ``L_i ≤ c + log(N + 1)``, so
+      wherever pass 1 is valid the range is below ``log(2/eps) + log(N + 1)`` (< 40 in float32 for any N below
+      10⁹), far inside their limit (≈ 168). On the sphere of radius r with ``b > 0``, ``L_i ∈ [b r², b r² + log N]``.
+    - float16: the limit (≈ 13 at ``max|Φ| = √32``) can be below that range, so L's range is checked (two numbers
+      read back); under ``torch.compile`` float16 takes the sink (no data-dependent branch in the graph).
+    """
+    dtype = compute_dtype(Phi)
+    if dtype != torch.float16:
+        return True
+    if torch.compiler.is_compiling():
+        return False
+    with torch.no_grad():
+        spread = float((L.amax(dim=-2) - L.amin(dim=-2)).max())
+        phi_max = float(Phi.abs().amax())
+    return spread <= _spread_limit(dtype, phi_max)
+
+
+def sdpa_device_type(t: Tensor) -> str:
+    """The device type whose SDPA kernels the widths are chosen for (tests patch it to check the CUDA path)."""
+    return t.device.type
+
+
+def _widen(t: Tensor, pad: int) -> Tensor:
+    """``t`` with ``pad`` zero columns appended (``t`` itself when there are none)."""
+    return F.pad(t, (0, pad)) if pad else t
+
+
+def sdpa_width(width: int, device_type: str) -> int:
+    """The head width given to SDPA for ``width`` coordinates: on CUDA the next multiple of 8 (FlashAttention and
+    the memory-efficient kernel take those without a padded copy or a fallback to the math kernel), else ``width``.
+    """
+    return -(-width // 8) * 8 if device_type == "cuda" else width
 
 
 def _row_softmax_sdpa(Phi: Tensor, b: float):
-    """Pass 1 of :func:`bisoftmax_sdpa`: ``(P Φ, L, q, v)`` with L the row log-sum-exp of ``b ΦΦᵀ`` (..., N, 1)."""
+    """Pass 1 of :func:`bisoftmax_sdpa`: ``(P Φ, L, q, v)`` with L the row log-sum-exp of ``b ΦΦᵀ`` (..., N, 1).
+
+    Width ``w = p + 1`` (the sink coordinate), zero-padded to :func:`sdpa_width` on CUDA.
+    """
     *batch, N, p = Phi.shape
-    ones = Phi.new_ones(*batch, N, 1)
-    zeros = Phi.new_zeros(*batch, N, 1)
+    w = sdpa_width(p + 1, sdpa_device_type(Phi))
     with torch.no_grad():
         bound = abs(b) * Phi.pow(2).sum(-1).amax()  # ≥ every score b Φ_i·Φ_j (Cauchy–Schwarz)
-    sink_value = Phi.new_zeros(*batch, 1, p + 1)
+    sink_value = Phi.new_zeros(*batch, 1, w)
     sink_value[..., 0, p] = 1.0
-    q = torch.cat([Phi, ones], dim=-1)                                   # (B, H, N, p+1)
-    v = torch.cat([torch.cat([Phi, zeros], dim=-1), sink_value], dim=-2)  # (B, H, N+1, p+1)
-    sink_key = Phi.new_zeros(*batch, 1, p + 1)
+    pad = Phi.new_zeros(*batch, N, w - p)                                # [0, …]: the sink coordinate and padding
+    q = torch.cat([Phi, pad], dim=-1)
+    q[..., p] = 1.0                                                      # (B, H, N, w): [Φ, 1, 0…]
+    kv = torch.cat([Phi, pad], dim=-1)                                   # [Φ, 0, 0…]
+    v = torch.cat([kv, sink_value], dim=-2)                              # (B, H, N+1, w)
+    sink_key = Phi.new_zeros(*batch, 1, w)
     sink_key[..., 0, p] = bound / b
-    k1 = torch.cat([torch.cat([Phi, zeros], dim=-1), sink_key], dim=-2)
-    out1 = F.scaled_dot_product_attention(q, k1, v, scale=b)             # (B, H, N, p+1)
-    w_sink = out1[..., p:]                                               # e^c / (Σ_j e^{s_ij} + e^c)
+    k1 = torch.cat([kv, sink_key], dim=-2)
+    out1 = F.scaled_dot_product_attention(q, k1, v, scale=b)             # (B, H, N, w)
+    w_sink = out1[..., p:p + 1]                                          # e^c / (Σ_j e^{s_ij} + e^c)
     L = bound + torch.log1p(-w_sink) - torch.log(w_sink)                 # (B, H, N, 1) row log-sum-exp
     return out1[..., :p] / (1 - w_sink), L, q, v
 
@@ -122,7 +221,8 @@ def distance_softmax_sdpa(Z: Tensor, b: float) -> tuple[Tensor, Tensor]:
     # pass 2: (Pᵀ Z)_k = Σ_i P_ik z_i with score log P_ik = β z_i·z_k + c_k − L_i; the sink (score 0) gives Σ_i P_ik
     q2 = torch.cat([Z, ones, b * sq / beta], -1)
     k2 = torch.cat([torch.cat([Z, -L / beta, ones], -1), Z.new_zeros(*batch, 1, p + 2)], -2)
-    out2 = F.scaled_dot_product_attention(q2, k2, v, scale=beta)
+    pad = v.shape[-1] - p - 2                                             # 0, or the CUDA padding of pass 1
+    out2 = F.scaled_dot_product_attention(_widen(q2, pad), _widen(k2, pad), v, scale=beta)
     w2 = out2[..., p:p + 1]
     return P_Z + out2[..., :p] / w2, (1 - w2) / w2
 
@@ -143,7 +243,9 @@ def _distance_pass1(Z: Tensor, b: float):
     sink_k1 = Z.new_zeros(*batch, 1, p + 2)
     sink_k1[..., 0, p] = bound / beta
     k1 = torch.cat([torch.cat([Z, b * sq / beta, zeros], -1), sink_k1], -2)
-    out1 = F.scaled_dot_product_attention(q1, k1, v, scale=beta)
+    pad = sdpa_width(p + 2, sdpa_device_type(Z)) - p - 2                  # zero columns on CUDA (multiple of 8)
+    v = _widen(v, pad)
+    out1 = F.scaled_dot_product_attention(_widen(q1, pad), _widen(k1, pad), v, scale=beta)
     w1 = out1[..., p:p + 1]
     return out1[..., :p] / (1 - w1), bound + torch.log1p(-w1) - torch.log(w1), v, sq
 
@@ -372,26 +474,32 @@ def causal_softmax_sdpa(Phi_q: Tensor, Phi_k: Tensor, b: float) -> tuple[Tensor,
     """``(P Φ_k, L)`` with ``P_ts = softmax_{s≤t}(b Φ_q,t·Φ_k,s)`` and L its row log-sum-exp, shape (..., N, 1).
 
     One call of ``F.scaled_dot_product_attention(..., is_causal=True)`` (FlashAttention on GPU, memory linear
-    in N): a dummy first query and a "sink" first key, seen by every query, with score c_t ≥ every score of
-    row t and value [0, 1]; its share of the output gives L. c_t = |b| ‖Φ_q,t‖ max_{s≤t} ‖Φ_k,s‖ uses tokens
-    s ≤ t only, so row t is exactly independent of later tokens. A key holding inf or NaN is replaced by zeros
-    before the call (0·inf in the fused kernel would carry it into earlier rows), and the rows that see it,
-    s ≤ t, are set to NaN: non-finite by right, and never finite by accident.
+    in N; width p + 1, padded to :func:`sdpa_width` on CUDA): a dummy first query and a "sink" first key, seen by
+    every query, with score c_t ≥ every score of row t and value [0, 1]; its share of the output gives L.
+    c_t = |b| ‖Φ_q,t‖ max_{s≤t} ‖Φ_k,s‖ uses tokens s ≤ t only, so row t is exactly independent of later tokens.
+    A key holding inf or NaN is replaced by zeros before the call (0·inf in the fused kernel would carry it into
+    earlier rows), and the rows that see it, s ≤ t, are set to NaN: non-finite by right, and never finite by
+    accident.
+
+    The plain second pass of :func:`transpose_pass_symmetric` has no counterpart here: there is no Pᵀ pass (each
+    token's key gradient is its own self-term, elementwise from L), and the masked scores are not symmetric (row t
+    normalises over s ≤ t, column s sums over t ≥ s). The sink stays because L must come out of the same pass
+    with a gradient, which a stock kernel's backward gives only through a constant value channel.
     """
     *batch, N, p = Phi_q.shape
+    width = sdpa_width(p + 1, sdpa_device_type(Phi_q))                             # p + 1, padded on CUDA
     bad = ~torch.isfinite(Phi_k).all(dim=-1, keepdim=True)                           # (..., N, 1)
     seen = torch.cumsum(bad.to(torch.int32), dim=-2) > 0                              # some s ≤ t is bad
     Phi_k = torch.where(bad, 0, Phi_k)
     with torch.no_grad():
         c = abs(b) * Phi_q.norm(dim=-1, keepdim=True) * torch.cummax(Phi_k.norm(dim=-1, keepdim=True), dim=-2).values
-    zero_row = Phi_q.new_zeros(*batch, 1, p + 1)
-    q = torch.cat([zero_row, torch.cat([Phi_q, c / b], dim=-1)], dim=-2)           # (..., N+1, p+1)
-    sink = Phi_q.new_zeros(*batch, 1, p + 1)
+    zero_row = Phi_q.new_zeros(*batch, 1, width)
+    q = torch.cat([zero_row, _widen(torch.cat([Phi_q, c / b], dim=-1), width - p - 1)], dim=-2)  # (..., N+1, w)
+    sink = Phi_q.new_zeros(*batch, 1, width)
     sink[..., 0, p] = 1.0
-    k = torch.cat([sink, torch.cat([Phi_k, Phi_k.new_zeros(*batch, N, 1)], dim=-1)], dim=-2)
-    v = torch.cat([sink, torch.cat([Phi_k, Phi_k.new_zeros(*batch, N, 1)], dim=-1)], dim=-2)
-    out = F.scaled_dot_product_attention(q, k, v, scale=b, is_causal=True)[..., 1:, :]   # drop the dummy query
-    w = out[..., p:]                                                                      # e^c / (Σ_s e^{score} + e^c)
+    kv = torch.cat([sink, _widen(Phi_k, width - p)], dim=-2)                   # keys = values: [Φ_k, 0…]
+    out = F.scaled_dot_product_attention(q, kv, kv, scale=b, is_causal=True)[..., 1:, :]   # drop the dummy query
+    w = out[..., p:p + 1]                                                                 # e^c / (Σ_s e^{score} + e^c)
     PK, L = out[..., :p] / (1 - w), c + torch.log1p(-w) - torch.log(w)
     return torch.where(seen, math.nan, PK), torch.where(seen, math.nan, L)
 

@@ -37,8 +37,21 @@ def test_flops_match_the_counted_products(bl, layer):
 
 
 def test_emitted_sdpa_path_counts_two_passes(bl):
-    """Above sdpa_threshold the emitted layer's attention is two SDPA passes of width p + 1 over N + 1 keys."""
+    """Above sdpa_threshold the emitted layer's attention is two SDPA passes: width p + 1 over N + 1 keys, then the
+    plain second pass of width p over N keys (symmetric scores)."""
     N, B, d, H = 24, 2, 32, 4
     dense_part = bl.flops("emitted", N, sdpa_threshold=N)                     # dense: 4BN²d per iteration
     sdpa_part = bl.flops("emitted", N, sdpa_threshold=N - 1)
-    assert sdpa_part - dense_part == 3 * 2 * (8 * B * N * N * (d + H) - 4 * B * N * N * d)
+    assert sdpa_part - dense_part == 3 * 2 * (4 * B * N * N * (d + H) + 4 * B * N * N * d - 4 * B * N * N * d)
+
+
+def test_counted_sdpa_flops_of_the_emitted_sdpa_path(bl):
+    """The counter (matrix products) plus the recorded SDPA calls against the analytic count, N above the threshold;
+    the analytic count takes N + 1 keys as N, so they agree to O(1/N)."""
+    N, B, d = 64, 2, 32
+    torch.manual_seed(0)
+    model = bl.CompiledRecurrent(d, 4, "auto", 2, sdpa_threshold=16)
+    X = torch.randn(B, N, d, requires_grad=True)
+    mm, sdpa = bl.counted_flops(lambda: model(X).square().mean().backward())
+    analytic = bl.flops("emitted", N, sdpa_threshold=16)
+    assert sdpa > 0 and abs(mm + sdpa - analytic) / analytic < 2.0 / N

@@ -1,5 +1,7 @@
 """benchmarks/gpu_check.sh: the dry run (tiny sizes on the CPU) writes a complete results markdown whose numbers
-are those of the run folder; the trainer it uses stops at the epoch that would overrun its time budget."""
+are those of the run folder, with the attention-against-FlashAttention section (the emitted layers' SDPA calls get a
+fused kernel at the widths they use on CUDA); the trainer it uses stops at the epoch that would overrun its time
+budget."""
 
 import importlib.util
 import json
@@ -39,6 +41,12 @@ def test_dry_run_writes_the_results_markdown(tmp_path):
     for h in metrics["history"]:                        # the table shows the run folder's numbers
         assert f"| {h['epoch']} | {h['step']} | {h['train_loss']:.4f} | {100 * h['test_board_acc']:.2f} % |" in text
     assert "| iterations | 1 | 2 | 3 |" in text and list((tmp_path / "run").glob("events.out.tfevents.*"))
+    attention = text.split("## 2. Attention against FlashAttention")[1].split("## 3.")[0]   # issue 20
+    kernels = [ln for ln in attention.splitlines() if ln.startswith(("| bi-softmax |", "| causal bi-softmax |"))]
+    assert len(kernels) >= 3 and all("math" not in ln for ln in kernels), attention
+    for N in (32, 64):
+        row = next(ln for ln in attention.splitlines() if ln.startswith(f"| {N} |"))
+        assert "error" not in row and float(row.split("|")[-2]) > 0, row
 
 
 def test_timed_trainer_stops_before_an_epoch_that_would_not_fit(tmp_path):

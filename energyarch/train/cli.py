@@ -21,6 +21,7 @@ from typing import Optional
 
 from ..errors import ConfigError
 from .config import TrainConfig
+from .threads import set_threads
 
 log = logging.getLogger("energyarch.train")
 
@@ -130,6 +131,7 @@ def cmd_train(args) -> int:
     from .trainer import train
 
     setup_logging(args.quiet)
+    set_threads(args.threads, announce=int(os.environ.get("RANK", "0")) == 0)
     if args.config is None:
         if not (args.resume and args.out):
             raise ConfigError("train: give --config (a TOML file or a packaged name such as 'digits'), or "
@@ -192,6 +194,7 @@ def cmd_demo(args) -> int:
     from .demo import run_demo
 
     setup_logging(args.quiet)
+    set_threads(args.threads)
     return run_demo(task=args.task, out_dir=args.out, epochs=args.epochs, progress=not args.quiet,
                     overrides=args.set or ())
 
@@ -220,6 +223,7 @@ def register(subparsers) -> None:
     p.add_argument("--out", help="output folder (overrides out_dir)")
     p.add_argument("--no-report", action="store_true", help="skip the iteration sweep and plots after training")
     p.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch messages")
+    p.add_argument("--threads", type=int, help="CPU threads (default: physical cores, or OMP_NUM_THREADS)")
     p.set_defaults(func=cmd_train)
 
     p = subparsers.add_parser("eval", help="sweep test-time iterations of a trained run and draw its plots",
@@ -248,6 +252,7 @@ def register(subparsers) -> None:
     p.add_argument("--epochs", type=int, help="override the number of epochs")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a setting of the demo config")
     p.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch messages")
+    p.add_argument("--threads", type=int, help="CPU threads (default: physical cores, or OMP_NUM_THREADS)")
     p.set_defaults(func=cmd_demo)
 
     p = subparsers.add_parser("generate", help="sample bytes from a trained byte-level language model",
