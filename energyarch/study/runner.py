@@ -124,7 +124,7 @@ class Objective:
     def __call__(self, trial) -> float:
         import optuna
 
-        from ..train.evaluate import default_sweep
+        from ..train.evaluate import evaluate_checkpoint
         from ..train.trainer import train
 
         spec = self.spec
@@ -139,7 +139,8 @@ class Objective:
         cfg = spec.trial_config(params)
         T = cfg.model.iters
         recurrent = cfg.model.arch == "hyperset"
-        iters = set(cfg.eval_iters or default_sweep(T)) | ({T, 2 * T} if recurrent else {T})
+        asked = cfg.eval_iters if "eval_iters" in spec.overrides else []    # else only what the report needs
+        iters = ({T, 2 * T} | set(asked)) if recurrent else {T}
         from dataclasses import replace
 
         cfg = replace(cfg, out_dir=str(folder), progress=False, eval_iters=sorted(iters))
@@ -149,17 +150,19 @@ class Objective:
         start = time.time()
         try:
             summary = train(cfg, report=True)
-        except EnergyArchError as err:
+            if not summary.get("sweep"):            # stopped by max_steps before the last epoch: evaluate anyway
+                summary["sweep"] = evaluate_checkpoint(folder, iters=cfg.eval_iters)["sweep"]
+            metrics = collect_metrics(summary, folder, T, spec.metric)
+            metrics["wall_s"] = round(time.time() - start, 2)
+            for k, v in metrics.items():
+                trial.set_user_attr(k, v)
+            value = metrics.get(f"{spec.metric}_T")
+            if value is None:
+                raise ConfigError(f"trial {trial.number}: the run wrote no {spec.metric!r} at T={T}; set [study] "
+                                  f"metric to a metric of task {cfg.task!r}")
+        except EnergyArchError as err:            # a result of the design (e.g. divergence): recorded, not retried
             trial.set_user_attr("error", f"{type(err).__name__}: {err}"[:2000])
             raise
-        metrics = collect_metrics(summary, folder, T, spec.metric)
-        metrics["wall_s"] = round(time.time() - start, 2)
-        for k, v in metrics.items():
-            trial.set_user_attr(k, v)
-        value = metrics.get(f"{spec.metric}_T")
-        if value is None:
-            raise ConfigError(f"trial {trial.number}: the run wrote no {spec.metric!r} at T={T}; set [study] "
-                              f"metric to a metric of task {cfg.task!r}")
         return float(value)
 
 

@@ -38,6 +38,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - python 3.10
     import tomli as tomllib
 
+DESIGN_AXIS = "design"
 STUDY_KEYS = ("name", "base", "seeds", "workers", "baseline", "metric", "direction", "sampler", "trials",
               "heartbeat", "max_retry", "set")
 SAMPLERS = ("grid", "tpe", "random")
@@ -98,6 +99,7 @@ class StudySpec:
     overrides: dict = field(default_factory=dict)
     grid: dict = field(default_factory=dict)
     search: dict = field(default_factory=dict)
+    named: dict = field(default_factory=dict)
     workers: int = 1
     baseline: Any = None
     metric: str = "top1"
@@ -133,8 +135,10 @@ class StudySpec:
         data = self.base_config.to_dict()
         for key, value in self.overrides.items():
             set_path(data, key, value)
+        for key, value in self.named.get(params.get(DESIGN_AXIS), {}).items():
+            set_path(data, key, value, where=f"[designs.{params[DESIGN_AXIS]}]")
         for key, value in params.items():
-            if key != SEED_PARAM:
+            if key not in (SEED_PARAM, DESIGN_AXIS) or (key == DESIGN_AXIS and not self.named):
                 set_path(data, key, value, where="[grid]" if key in self.grid else "[search]")
         if SEED_PARAM in params:
             data["seed"] = params[SEED_PARAM]
@@ -169,10 +173,10 @@ class StudySpec:
     def from_dict(cls, data: Mapping[str, Any], source: str = "<study>", root: Optional[Path] = None) -> "StudySpec":
         from ..train.cli import resolve_config
 
-        unknown = [k for k in data if k not in ("study", "grid", "search")]
+        unknown = [k for k in data if k not in ("study", "grid", "search", "designs")]
         if unknown:
             raise ConfigError(f"{source}: unknown table {unknown[0]!r}; a study file has [study], [study.set], "
-                              f"[grid] and [search]")
+                              f"[designs], [grid] and [search]")
         study = data.get("study")
         if not isinstance(study, Mapping):
             raise ConfigError(f"{source}: no [study] table; start the file with [study] name = \"...\" base = "
@@ -216,6 +220,15 @@ class StudySpec:
                     or len({repr(v) for v in values}) != len(values)):
                 raise _err(f"[grid] {key!r}", values, "give a non-empty list of distinct numbers, strings or "
                                                       "booleans, e.g. [\"bisoftmax\", \"linear\"]")
+        named = data.get("designs") or {}
+        if named:
+            if not isinstance(named, Mapping) or not all(isinstance(v, Mapping) for v in named.values()):
+                raise _err("[designs]", named, "give one table of overrides per design, e.g. [designs.gpt] "
+                                               "\"model.arch\" = \"transformer\"")
+            if DESIGN_AXIS in grid:
+                raise _err(f"[grid] {DESIGN_AXIS!r}", grid[DESIGN_AXIS], "the [designs] tables make the "
+                                                                         "'design' axis; remove it from [grid]")
+            grid = {DESIGN_AXIS: list(named), **grid}
         search = {}
         for key, spec in (data.get("search") or {}).items():
             search[key] = _search_param(key, spec)
@@ -251,7 +264,7 @@ class StudySpec:
         if direction not in ("maximize", "minimize"):
             raise _err("[study] direction", direction, "choose \"maximize\" or \"minimize\"")
         spec = cls(name=name, base=base, base_config=base_config, seeds=list(seeds), overrides=dict(overrides),
-                   grid={k: list(v) for k, v in grid.items()}, search=search, workers=workers,
+                   grid={k: list(v) for k, v in grid.items()}, search=search, named={k: dict(v) for k, v in named.items()}, workers=workers,
                    baseline=study.get("baseline"), metric=metric, direction=direction, sampler=sampler,
                    trials=trials, heartbeat=heartbeat, max_retry=max_retry, source=source)
         if spec.baseline is not None and spec.baseline_design() is None:

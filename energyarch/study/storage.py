@@ -69,7 +69,7 @@ def spec_record(spec: StudySpec) -> dict:
     return {"grid": spec.grid, "seeds": spec.seeds, "axes": spec.axes, "metric": spec.metric,
             "direction": spec.direction, "baseline": list(spec.baseline_design() or []) or None,
             "sampler": spec.sampler, "total_trials": spec.total_trials, "base": spec.base,
-            "overrides": spec.overrides, "search": {k: vars(v) for k, v in spec.search.items()}}
+            "overrides": spec.overrides, "designs": spec.named, "search": {k: vars(v) for k, v in spec.search.items()}}
 
 
 def make_sampler(spec: StudySpec):
