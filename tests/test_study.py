@@ -97,6 +97,11 @@ def test_study_file_grid_designs_and_nested_keys():
     cfg = spec.trial_config({"design": "b", "model.solver_params.steps": "bounded", "seed": 4})
     assert (cfg.model.d, cfg.model.heads, cfg.model.solver_params, cfg.seed) == (16, 2, {"steps": "bounded"}, 4)
     assert spec.baseline_design() == ("a", "free")
+    # a nested override of one design does not leak into the next trial's config
+    spec = StudySpec.from_toml_string('[study]\nname = "x"\nbase = "digits"\n[designs.m]\nmodel.solver = "momentum"\n'
+                                      '"model.solver_params.momentum" = 0.5\n[designs.g]\n')
+    assert spec.trial_config({"design": "m", "seed": 0}).model.solver_params == {"momentum": 0.5}
+    assert spec.trial_config({"design": "g", "seed": 0}).model.solver_params == {}
 
 
 def test_cli_reports_a_bad_study_file(tmp_path, capsys):

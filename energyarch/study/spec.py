@@ -132,7 +132,7 @@ class StudySpec:
 
     def trial_config(self, params: Mapping[str, Any]) -> TrainConfig:
         """The training config of one trial: base, then the study's overrides, then the trial's values."""
-        data = self.base_config.to_dict()
+        data = copy.deepcopy(self.base_config.to_dict())     # to_dict shares nested dicts with the config
         for key, value in self.overrides.items():
             set_path(data, key, value)
         for key, value in self.named.get(params.get(DESIGN_AXIS), {}).items():
@@ -264,7 +264,8 @@ class StudySpec:
         if direction not in ("maximize", "minimize"):
             raise _err("[study] direction", direction, "choose \"maximize\" or \"minimize\"")
         spec = cls(name=name, base=base, base_config=base_config, seeds=list(seeds), overrides=dict(overrides),
-                   grid={k: list(v) for k, v in grid.items()}, search=search, named={k: dict(v) for k, v in named.items()}, workers=workers,
+                   grid={k: list(v) for k, v in grid.items()}, search=search,
+                   named={k: dict(v) for k, v in named.items()}, workers=workers,
                    baseline=study.get("baseline"), metric=metric, direction=direction, sampler=sampler,
                    trials=trials, heartbeat=heartbeat, max_retry=max_retry, source=source)
         if spec.baseline is not None and spec.baseline_design() is None:
