@@ -36,6 +36,10 @@ def plot_study(board: dict, rows: list[dict], folder) -> dict:
         ax.set_title(f"{board['study']}: mean ± 95 % interval over seeds", fontsize=9)
         if len(pts) <= 12:
             ax.legend(fontsize=6, loc="best")
+        else:                                  # too many for a legend: each point names its design
+            for e in pts:
+                ax.annotate(e["label"], (e[key] * xscale, e["mean"] * scale), fontsize=5, alpha=0.8,
+                            xytext=(3, 2), textcoords="offset points")
         ax.grid(alpha=0.3)
         made[name] = _save(fig, out / f"{name}.png")
     fig, (ax,) = _figure(width=max(5.0, 0.55 * len(table) + 2), height=4.4)
