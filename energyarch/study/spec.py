@@ -292,10 +292,11 @@ def _search_param(key: str, spec) -> SearchParam:
     extra = set(spec) - {"low", "high", "log", "step", "int"}
     if extra:
         raise _err(f"[search] {key!r}", spec, f"unknown field {sorted(extra)[0]!r}; {fix}")
-    low, high = spec.get("low"), spec.get("high")
-    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in (low, high)) \
-            or not low < high:
+    ends = spec.get("low"), spec.get("high")
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in ends) \
+            or not float(ends[0]) < float(ends[1]):               # type: ignore[arg-type]
         raise _err(f"[search] {key!r}", spec, f"need finite numbers low < high; {fix}")
+    low, high = float(ends[0]), float(ends[1])                     # type: ignore[arg-type]
     log = spec.get("log", False)
     if not isinstance(log, bool) or (log and low <= 0):
         raise _err(f"[search] {key!r}", spec, "log = true needs low > 0 (log is true or false)")

@@ -90,7 +90,8 @@ def open_study(spec: StudySpec, url: str, heartbeat: bool = True):
     storage = open_storage(url, spec.heartbeat if heartbeat else None, spec.max_retry)
     with quiet_optuna():
         study = optuna.create_study(study_name=spec.name, storage=storage, sampler=make_sampler(spec),
-                                    direction=spec.direction, load_if_exists=True)
+                                    direction=optuna.study.StudyDirection[spec.direction.upper()],
+                                    load_if_exists=True)
         record = spec_record(spec)
         stored = study.user_attrs.get("spec")
         if stored is None:
