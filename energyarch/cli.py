@@ -1,7 +1,8 @@
 """The ``energyarch`` command: catalog, derivation, training and evaluation.
 
 Each sub-command group lives with the code it drives and registers itself here:
-``energyarch.catalog_cli`` (``catalog …``) and ``energyarch.train.cli`` (``train``, ``eval``, ``demo``).
+``energyarch.catalog_cli`` (``catalog …``), ``energyarch.train.cli`` (``train``, ``eval``, ``demo``) and
+``energyarch.study.cli`` (``study run``, ``study report``).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import Optional, Sequence
 from .errors import EnergyArchError
 
 #: modules that expose ``register(subparsers)``; each sub-parser sets ``func(args) -> int``
-COMMAND_MODULES = ("energyarch.catalog_cli", "energyarch.train.cli")
+COMMAND_MODULES = ("energyarch.catalog_cli", "energyarch.train.cli", "energyarch.study.cli")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 DOCS_PLUGINS = ("mkdocs", "material", "mkdocstrings", "mkdocstrings_handlers.python", "mkdocs_jupyter")
 EXPECTED_NOTEBOOKS = ("01_new_energy", "02_catalog", "03_train_and_inspect", "04_explore_alternatives",
-                      "05_constraint_modes", "06_causal_language_model")
+                      "05_constraint_modes", "06_causal_language_model", "07_design_study")
 
 
 def _load_script(name: str, path: Path):
@@ -132,7 +132,7 @@ def test_every_nav_page_is_built(site):
                      "notebooks.md", "reference/index.md", *(f"notebooks/{n}.ipynb" for n in EXPECTED_NOTEBOOKS)):
         assert required in pages, f"{required} is missing from the nav of mkdocs.yml"
     for module in ("energyarch", "compile", "derive", "emit", "runtime", "verify", "energy", "primitives", "expr",
-                   "catalog", "models", "train", "data"):
+                   "catalog", "models", "train", "study", "data"):
         assert f"reference/{module}.md" in pages, f"API page reference/{module}.md is missing from the nav"
     for page in pages:
         html = _html_path(site, page)
@@ -154,6 +154,7 @@ def test_api_pages_document_the_modules(site):
     for module, symbol in (("energyarch", "energyarch.Attention"), ("compile", "energyarch.compile.compile"),
                            ("verify", "energyarch.verify.verify"), ("catalog", "energyarch.catalog.tables_markdown"),
                            ("models", "energyarch.models"), ("train", "energyarch.train"),
+                           ("study", "energyarch.study"),
                            ("data", "energyarch.data")):
         html = (site / "reference" / module / "index.html").read_text(encoding="utf-8")
         assert f'id="{symbol}"' in html, f"reference/{module}: no documented object {symbol}"
