@@ -38,7 +38,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - python 3.10
     import tomli as tomllib
 
-DESIGN_AXIS = "design"
+NAMED_AXIS = "design"
 STUDY_KEYS = ("name", "base", "seeds", "workers", "baseline", "metric", "direction", "sampler", "trials",
               "heartbeat", "max_retry", "set")
 SAMPLERS = ("grid", "tpe", "random")
@@ -135,10 +135,10 @@ class StudySpec:
         data = copy.deepcopy(self.base_config.to_dict())     # to_dict shares nested dicts with the config
         for key, value in self.overrides.items():
             set_path(data, key, value)
-        for key, value in self.named.get(params.get(DESIGN_AXIS), {}).items():
-            set_path(data, key, value, where=f"[designs.{params[DESIGN_AXIS]}]")
+        for key, value in self.named.get(params.get(NAMED_AXIS), {}).items():
+            set_path(data, key, value, where=f"[designs.{params[NAMED_AXIS]}]")
         for key, value in params.items():
-            if key not in (SEED_PARAM, DESIGN_AXIS) or (key == DESIGN_AXIS and not self.named):
+            if key not in (SEED_PARAM, NAMED_AXIS) or (key == NAMED_AXIS and not self.named):
                 set_path(data, key, value, where="[grid]" if key in self.grid else "[search]")
         if SEED_PARAM in params:
             data["seed"] = params[SEED_PARAM]
@@ -225,10 +225,10 @@ class StudySpec:
             if not isinstance(named, Mapping) or not all(isinstance(v, Mapping) for v in named.values()):
                 raise _err("[designs]", named, "give one table of overrides per design, e.g. [designs.gpt] "
                                                "\"model.arch\" = \"transformer\"")
-            if DESIGN_AXIS in grid:
-                raise _err(f"[grid] {DESIGN_AXIS!r}", grid[DESIGN_AXIS], "the [designs] tables make the "
+            if NAMED_AXIS in grid:
+                raise _err(f"[grid] {NAMED_AXIS!r}", grid[NAMED_AXIS], "the [designs] tables make the "
                                                                          "'design' axis; remove it from [grid]")
-            grid = {DESIGN_AXIS: list(named), **grid}
+            grid = {NAMED_AXIS: list(named), **grid}
         search = {}
         for key, spec in (data.get("search") or {}).items():
             search[key] = _search_param(key, spec)
