@@ -1010,15 +1010,17 @@ def _cli(*args: str) -> tuple[int, str]:
 
 
 def _template(kind: str) -> Path:
-    """A finished tiny run (``digits`` or ``text``), trained once in the parent before any child forks."""
+    """A finished tiny run (``digits`` or ``text``), trained once in the parent before any child forks (with one
+    thread: a child forked after the parent set a multi-threaded OpenMP pool can deadlock in its first torch op)."""
     if kind not in _TEMPLATES:
         root = Path(tempfile.mkdtemp(prefix=f"safety_probe_{kind}_"))
         if kind == "digits":
-            args = ["train", "--config", "digits", "--out", str(root / "run"), "--quiet", "--no-report", *TINY_RUN]
+            args = ["train", "--config", "digits", "--out", str(root / "run"), "--quiet", "--no-report", "--threads",
+                    "1", *TINY_RUN]
         else:
             (root / "t.txt").write_text("def f(x):\n    return x + 1\n" * 40)
             args = ["train", "--config", "text_small", "--out", str(root / "run"), "--quiet", "--no-report",
-                    "--set", "model.arch=transformer", "--set", f"text_path={json.dumps(str(root / 't.txt'))}",
+                    "--threads", "1", "--set", "model.arch=transformer", "--set", f"text_path={json.dumps(str(root / 't.txt'))}",
                     "--set", "model.d=16", "--set", "model.heads=2", "--set", "model.iters=1", "--set",
                     "model.time_freq=8", "--set", "seq_len=8", "--set", "batch_size=4", "--set", "limit_train=8",
                     "--set", "limit_test=4", "--set", "epochs=1"]
