@@ -24,6 +24,8 @@ from ..energy import Attention, Energy, FeedForward, GatedFeedForward, Sphere, p
 from ..errors import ConfigError, EnergyArchError
 from ..primitives import Kernel, Scalar
 
+#: the largest step size α = max_step · sigmoid(raw) of ModelConfig's default rule, steps = 'descent'
+DESCENT_MAX_STEP = 1.0
 ARCHS = ("hyperset", "transformer", "energy_transformer", "crate")
 TIME_EMBEDDINGS = ("energyarch", "official")
 
@@ -273,9 +275,11 @@ class ModelConfig:
     lora_rank: int = 0  # hyperset: rank r of depth-wise LoRA (App. G.2); 0 = off
     lora_scale: float = 4.0  # s in W_t = W + s * A_t B_t
     mode: str = "paper"  # hyperset constraint semantics: 'paper' | 'exact' | 'riemannian' (see ea.compile)
+    steps: str = "descent"  # hyperset step-size rule: 'descent' (positive, backtracked: no sub-step raises its
+    #   term's energy) | 'bounded' | 'free' (the paper's signed steps); solver_params.steps, if given, wins
     solver: str = "gd"  # hyperset update rule: 'gd' | 'momentum' | 'nesterov' | 'rmsprop' | 'adam' (energyarch.solvers)
     solver_params: dict = dataclasses.field(default_factory=dict)  # its hyper-parameters, e.g. { momentum = 0.9 },
-    #   { beta1 = 0.9, beta2 = 0.96 }; descent-safe steps: { steps = "bounded", max_step = 0.2, backtrack = 4 }
+    #   { beta1 = 0.9, beta2 = 0.96 }, { max_step = 1.0 } (the largest step under 'descent' and 'bounded')
     # --- the official Hyper-SET code's conventions (off by default; docs/training.md "Official conventions") ---
     norm_gain: bool = False  # hyperset: learnable RMSNorm gain per term, Z = g ⊙ RMSNorm(X W_h) (paper mode only)
     norm_eps: Union[float, str] = 1e-6  # hyperset: RMSNorm epsilon; 'machine' = torch.finfo(dtype).eps (official)
@@ -329,9 +333,10 @@ class ModelConfig:
                                                "kernel (in s) or norm_gain=False")
 
     def _check_solver(self) -> None:
-        from ..solvers import solver_names
+        from ..solvers import STEP_RULES, solver_names
 
         _choice("ModelConfig", "solver", self.solver, solver_names())
+        _choice("ModelConfig", "steps", self.steps, STEP_RULES)
         if not isinstance(self.solver_params, Mapping):
             _fail("solver_params", self.solver_params, "give a table of the solver's hyper-parameters, e.g. "
                                                        "{ momentum = 0.9 }")
@@ -348,7 +353,12 @@ class ModelConfig:
         """The :class:`~energyarch.solvers.Solver` this config declares (``solver`` with ``solver_params``)."""
         from ..solvers import make_solver
 
-        return make_solver(self.solver, **self.solver_params)
+        params = dict(self.solver_params)
+        if self.arch == "hyperset":
+            params.setdefault("steps", self.steps)
+            if params["steps"] == "descent":
+                params.setdefault("max_step", DESCENT_MAX_STEP)
+        return make_solver(self.solver, **params)
 
     def _check_term(self, family: str) -> None:
         value = getattr(self, family)
