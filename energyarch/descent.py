@@ -152,10 +152,10 @@ class DescentReport:
         return "\n".join(lines)
 
 
-def sub_step_rises(layer, X: Tensor, iters: int) -> tuple[dict, dict, list]:
+def sub_step_rises(layer, X: Tensor, iters: int, rtol: float = 1e-5) -> tuple[dict, dict, list]:
     """Replay ``iters`` iterations of a Hyper-SET layer from X (no gradient): per term, ``(rises, counts, worst)``
-    where rises / counts count sub-steps whose own energy rose beyond rounding, and worst lists
-    ``(iteration, term, rise)``. Every stage of the compiled schedule is one sub-step."""
+    where rises / counts count sub-steps whose own energy rose by more than ``rtol · max(1, |E|)``, and worst
+    lists ``(iteration, term, rise)``. Every stage of the compiled schedule is one sub-step."""
     step = layer.step
     rises = {n: 0 for n in step.names}
     counts = {n: 0 for n in step.names}
@@ -169,7 +169,7 @@ def sub_step_rises(layer, X: Tensor, iters: int) -> tuple[dict, dict, list]:
                 X1, state = step._stage(X, stage, steps, weights, state, layer.gains)
                 e0 = sub_step_energy(step, stage, X, X, weights, layer.gains)
                 e1 = sub_step_energy(step, stage, X, X1, weights, layer.gains)
-                tol = 1e-5 * e0.abs().clamp_min(1.0)
+                tol = rtol * e0.abs().clamp_min(1.0)
                 rose = e1 > e0 + tol
                 name = "+".join(stage)
                 for n in stage:
@@ -181,12 +181,14 @@ def sub_step_rises(layer, X: Tensor, iters: int) -> tuple[dict, dict, list]:
     return rises, counts, worst
 
 
-def verify_descent(model, batch, iters: Optional[int] = None, raise_on_fail: bool = False) -> DescentReport:
+def verify_descent(model, batch, iters: Optional[int] = None, rtol: float = 1e-5,
+                   raise_on_fail: bool = False) -> DescentReport:
     """Replay a trained Hyper-SET model on ``batch`` (the task's input, e.g. images or token ids) and report, per
     term and iteration, any splitting sub-step that raised the energy it descends (module docstring).
 
     Under ``steps='descent'`` nothing rises (up to rounding, relative 1e-5); under ``'free'`` or ``'bounded'``
-    the report says which term and iteration rose. Raises :class:`~energyarch.errors.VerificationError` with the
+    the report says which term and iteration rose. A rise counts above ``rtol · max(1, |E|)`` (float32 rounding of
+    evaluating the energy twice). Raises :class:`~energyarch.errors.VerificationError` with the
     report when ``raise_on_fail`` and something rose.
     """
     backbone = getattr(model, "backbone", model)
@@ -198,15 +200,15 @@ def verify_descent(model, batch, iters: Optional[int] = None, raise_on_fail: boo
     if backbone is not model and not hasattr(model, "embed"):
         raise ShapeError("verify_descent: the model has a backbone but no embed; pass a model built by "
                          "energyarch.train (or a HyperSET backbone and embedded tokens (B, N, d))")
+    T = iters if iters is not None else backbone.iters
     was = model.training
     model.eval()
-    report = DescentReport()
+    report = DescentReport(rtol=rtol)
     try:
         with torch.no_grad():
             X = model.embed(batch) if backbone is not model else batch
             for index, layer in enumerate(layers):
-                T = iters if iters is not None else layer.iters
-                rises, counts, worst = sub_step_rises(layer, X, T)
+                rises, counts, worst = sub_step_rises(layer, X, T, rtol)
                 for n in rises:
                     key = n if len(layers) == 1 else f"layer{index}.{n}"
                     report.fractions[key] = rises[n] / max(1, counts[n])
