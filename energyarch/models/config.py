@@ -345,9 +345,14 @@ class ModelConfig:
             _fail("solver", self.solver, f"solvers apply to arch='hyperset' only, not arch={self.arch!r}; use "
                                          f"solver='gd' without solver_params")
         try:
-            self.solver_object()
+            solver = self.solver_object()
         except EnergyArchError as err:
             _fail("solver_params", self.solver_params, str(err))
+        if self.arch == "hyperset" and self.step_sizes == "fixed" and solver.steps != "free" \
+                and not self.fixed_step < solver.max_step:
+            _fail("fixed_step", self.fixed_step, f"under steps={solver.steps!r} the step size is at most max_step="
+                                                 f"{solver.max_step!r}; lower fixed_step or raise solver_params."
+                                                 f"max_step (or use steps='free')")
 
     def solver_object(self):
         """The :class:`~energyarch.solvers.Solver` this config declares (``solver`` with ``solver_params``)."""
