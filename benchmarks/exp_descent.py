@@ -147,11 +147,13 @@ def main(argv=None) -> int:
     ap.add_argument("--negate", default="", help="tasks on which E and −E are trained (gd, first seed, each rule)")
     ap.add_argument("--negate-epochs", type=int, default=3)
     ap.add_argument("--out", default="runs/exp_descent")
+    ap.add_argument("--append", action="store_true", help="add to the rows already in OUT/results.json")
     args = ap.parse_args(argv)
     args.epochs = {k: int(v) for k, v in (p.split("=") for p in args.epochs.split(",") if p)}
     setup_logging(False)
     out = Path(args.out)
-    rows = []
+    rows = json.loads((out / "results.json").read_text())["rows"] if args.append and (out / "results.json").exists() \
+        else []
     seeds = [int(s) for s in args.seeds.split(",")]
     for task in args.tasks.split(","):
         for seed in seeds:
