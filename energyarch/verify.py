@@ -137,13 +137,13 @@ class VerificationReport:
         rows = ["| term | pattern | path | max abs Δ∇ | rel Δ∇ | max abs ΔX' | rel ΔX' | E before | E after − E before "
                 "| descends |", "|---|---|---|---|---|---|---|---|---|---|"]
         for t in self.terms:
+            if t.not_smooth is not None:
+                rows.append(f"| {t.name} | {t.pattern} | {t.path} | NOT SMOOTH ON THE SPHERE: {t.not_smooth} "
+                            f"| | | | | | |")
+                continue
             if not t.finite:
                 rows.append(f"| {t.name} | {t.pattern} | {t.path} | OVERFLOW: inf or NaN in the gradient, update or "
                             f"energy (E = {t.energy_before:.6g}); reduce beta / the kernel's scale or use a bounded f "
-                            f"| | | | | | |")
-                continue
-            if t.not_smooth is not None:
-                rows.append(f"| {t.name} | {t.pattern} | {t.path} | NOT SMOOTH ON THE SPHERE: {t.not_smooth} "
                             f"| | | | | | |")
                 continue
             rows.append(f"| {t.name} | {t.pattern} | {t.path} | {t.grad_max_abs_diff:.2e} | {t.grad_rel_diff:.1e} "

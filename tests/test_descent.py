@@ -233,3 +233,16 @@ def test_official_momentum_convention_differs_with_varying_steps():
     assert float(ours.update(d, 1.0, state_e)[0]) == pytest.approx(1.09)      # 0.9 · 0.1 + 1.0
     with pytest.raises(CompileError, match="convention"):
         ea.solvers.make_solver("momentum", convention="pytorch")
+
+
+@pytest.mark.parametrize("K, where", [("1 - (pi/2 - atan((s/p)/sqrt(1 - (s/p)**2)))/pi", "s = R²"),
+                                      ("exp(-sqrt(r))", "r = 0"), ("(p - s)**0.5 + s", "s = R²")])
+def test_verify_flags_kernels_not_smooth_on_the_sphere(K, where):
+    """The arc-cosine kernel 1 − acos(s/p)/π written with atan: its derivative is infinite at s = p (each token
+    with itself); verify used to pass it at random points (RMSNorm's epsilon keeps |z|² just below p)."""
+    step = ea.compile(ea.Attention(f="x", K=K, heads=HEADS), d=D)
+    report = ea.verify(step, raise_on_fail=False)
+    assert not report.ok and where in report.terms[0].not_smooth and "NOT SMOOTH" in str(report)
+    with pytest.raises(ea.errors.VerificationError, match="NOT SMOOTH"):
+        ea.verify(step)
+    assert ea.verify(ea.compile(ea.Attention(f="x", K="tanh(beta*s)", heads=HEADS), d=D)).ok

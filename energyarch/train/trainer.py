@@ -338,10 +338,15 @@ class Trainer:
         where = (f"the last good checkpoint (step {self.last_checkpoint_step}) is kept in {self.out_dir}"
                  if self.last_checkpoint_step is not None else
                  "no checkpoint had been written yet (set checkpoint_every to keep earlier ones)")
+        advice = [f"lower lr (now {self.cfg.lr:g})"]
+        advice.append("set grad_clip (now off), e.g. 1.0" if not self.cfg.grad_clip else
+                      "check the energy with ea.verify (a kernel not smooth on the sphere diverges whatever the "
+                      f"clipping, here grad_clip = {self.cfg.grad_clip:g})")
+        then = ("then resume from it with --resume" if self.last_checkpoint_step is not None else
+                "then train again (there is no checkpoint to resume from)")
         raise TrainingDivergedError(
             f"{what} is {value} at step {self.step} (epoch {self.epoch + 1}, batch {self.batch_in_epoch + 1}); "
-            f"training stopped without applying this update, {where}. Lower lr (now {self.cfg.lr:g}), set "
-            f"grad_clip (now {self.cfg.grad_clip:g}) or warmup, then resume with --resume")
+            f"training stopped without applying this update, {where}. To fix: {'; '.join(advice)}; {then}")
 
     def train_step(self, batch) -> float:
         self.model.train()
