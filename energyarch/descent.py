@@ -112,9 +112,14 @@ def backtrack(step, solver, stage: list, X: Tensor, total: Tensor, weights: Mapp
     with torch.no_grad():
         X0, T0 = X.detach(), total.detach()
         scales = [2.0 ** -k for k in range(solver.halvings + 1)]
-        E0 = sub_step_energy(step, stage, X0, X0, weights, gains)
-        cands = torch.stack([X0 + T0 * s for s in scales])                       # (K, *batch, N, d)
-        E = sub_step_energy(step, stage, X0, cands, weights, gains)               # (K, *E0.shape)
+        E0 = sub_step_energy(step, stage, X0, torch.stack([X0, X0 + T0]), weights, gains)   # X and the full step
+        E = E0[1:]
+        E0 = E0[0]
+        if len(scales) > 1 and not bool(((E[0] <= E0) & torch.isfinite(E[0])).all()):     # else: all accept s = 1
+            cands = torch.stack([X0 + T0 * s for s in scales[1:]])                         # (K − 1, *batch, N, d)
+            E = torch.cat([E, sub_step_energy(step, stage, X0, cands, weights, gains)])   # (K, *E0.shape)
+        else:
+            scales = scales[:1]
         ok = (E <= E0) & torch.isfinite(E)
         factors = torch.tensor(scales, dtype=X.dtype, device=X.device).view(-1, *([1] * E0.dim()))
         s = torch.where(ok, factors, torch.zeros_like(factors)).amax(0)
