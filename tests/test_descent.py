@@ -246,3 +246,14 @@ def test_verify_flags_kernels_not_smooth_on_the_sphere(K, where):
     with pytest.raises(ea.errors.VerificationError, match="NOT SMOOTH"):
         ea.verify(step)
     assert ea.verify(ea.compile(ea.Attention(f="x", K="tanh(beta*s)", heads=HEADS), d=D)).ok
+
+
+def test_runs_saved_before_the_step_rule_existed_load_with_free_steps():
+    from energyarch.train.checkpoint import _defaults
+    from energyarch.train.config import TrainConfig, saved_config
+
+    old = TrainConfig(task="digits", model=ModelConfig(d=16, heads=2, iters=2, time_freq=8)).to_dict()
+    del old["model"]["steps"]                                  # as written before the field existed
+    assert TrainConfig.from_dict(saved_config(old)).model.steps == "free"
+    assert TrainConfig.from_dict(old).model.steps == "descent"  # a config file without it gets today's default
+    assert _defaults("model")["steps"] == "free"

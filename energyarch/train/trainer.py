@@ -41,7 +41,7 @@ from ..errors import ConfigError, EnergyArchError
 from ..models import ModelConfig, build_model, count_parameters
 from . import distributed, logs
 from .checkpoint import STATE_FILE, load_checkpoint, read_state, save_checkpoint, set_rng_state
-from .config import TrainConfig, atomic_write_text
+from .config import TrainConfig, atomic_write_text, saved_config
 from .iterates import forward_all
 from .tasks import Task, build_task
 
@@ -564,7 +564,7 @@ def load_run(path, device: str = "cpu", task: Optional[Task] = None, **overrides
     ``overrides`` replace config fields (e.g. ``data_dir``, ``limit_test``) for building the task.
     """
     state, folder = read_state(path)
-    cfg = TrainConfig.from_dict(state["config"], source=f"{folder / STATE_FILE} [config]")
+    cfg = TrainConfig.from_dict(saved_config(state["config"]), source=f"{folder / STATE_FILE} [config]")
     if overrides:
         cfg = TrainConfig.from_dict({**cfg.to_dict(), **overrides}, source="load_run overrides")
     if task is None:
