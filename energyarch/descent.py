@@ -115,7 +115,8 @@ def backtrack(step, solver, stage: list, X: Tensor, total: Tensor, weights: Mapp
         E0 = sub_step_energy(step, stage, X0, torch.stack([X0, X0 + T0]), weights, gains)   # X and the full step
         E = E0[1:]
         E0 = E0[0]
-        if len(scales) > 1 and not bool(((E[0] <= E0) & torch.isfinite(E[0])).all()):     # else: all accept s = 1
+        # eager: the halvings only when some sample rejects s = 1; compiled: always (no data-dependent branch)
+        if len(scales) > 1 and (torch.compiler.is_compiling() or not bool(((E[0] <= E0) & torch.isfinite(E[0])).all())):
             cands = torch.stack([X0 + T0 * s for s in scales[1:]])                         # (K − 1, *batch, N, d)
             E = torch.cat([E, sub_step_energy(step, stage, X0, cands, weights, gains)])   # (K, *E0.shape)
         else:
