@@ -188,7 +188,7 @@ def test_default_descent_trains_e_and_minus_e_to_different_models_and_reports_no
     E = {"f": "log(x)/beta", "K": "exp(beta*s)"}
     minus_E = {"f": "-log(x)/beta", "K": "exp(beta*s)"}
     assert ModelConfig().steps == "descent"
-    a, summary, model, x = _tiny_digits(E, "descent", tmp_path, "pos")
+    a, _, model, x = _tiny_digits(E, "descent", tmp_path, "pos")
     b, *_ = _tiny_digits(minus_E, "descent", tmp_path, "neg")
     assert (a - b).abs().max() > 1e-3                       # the energy's sign matters
     ev = json.loads((tmp_path / "pos" / "eval.json").read_text())
