@@ -155,7 +155,7 @@ def main(argv=None) -> int:
     rows = json.loads((out / "results.json").read_text())["rows"] if args.append and (out / "results.json").exists() \
         else []
     seeds = [int(s) for s in args.seeds.split(",")]
-    for task in args.tasks.split(","):
+    for task in [t for t in args.tasks.split(",") if t]:
         for seed in seeds:
             for solver in args.solvers.split(","):
                 for rule in args.rules.split(","):
