@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from exp_common import record, table  # noqa: E402
+from exp_common import record, seconds_per_step, table  # noqa: E402
 
 from energyarch.train import TrainConfig, train  # noqa: E402
 from energyarch.train.cli import setup_logging  # noqa: E402
@@ -135,6 +135,28 @@ def _record(out: Path, rows: list) -> None:
            {"loadavg": load})
 
 
+def timing(tasks: list, rules: list, args, out: Path, rounds: int = 2, steps: int = 8) -> str:
+    """Median seconds per training step of each rule, measured in one process, rules interleaved (``rounds``
+    times ``steps`` steps each), with the ratio to free steps: the cost of the rule under the same load."""
+    import os
+
+    lines = ["| task | solver | rule | s/step (median) | ÷ free |", "|---|---|---|---|---|"]
+    for task in tasks:
+        for solver in args.solvers.split(","):
+            times: dict = {r: [] for r in rules}
+            for _ in range(rounds):
+                for rule in rules:
+                    cfg = config(task, rule, solver, 0, out / "timing", args)
+                    times[rule].append(seconds_per_step(cfg, steps=steps))
+            med = {r: statistics.median(v) for r, v in times.items()}
+            for rule in rules:
+                ratio = med[rule] / med["free"] if "free" in med else float("nan")
+                lines.append(f"| {task} | {solver} | {rule} | {med[rule]:.3g} | {ratio:.2f} |")
+    load = os.getloadavg()
+    return "\n".join(lines) + (f"\n\nOne process, rules interleaved, {rounds} × {steps} steps each (after a warm-up "
+                                f"step); load average (1, 5, 15 min) {load[0]:.2f}, {load[1]:.2f}, {load[2]:.2f}")
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--tasks", default="digits")
@@ -148,10 +170,19 @@ def main(argv=None) -> int:
     ap.add_argument("--negate-epochs", type=int, default=3)
     ap.add_argument("--out", default="runs/exp_descent")
     ap.add_argument("--append", action="store_true", help="add to the rows already in OUT/results.json")
+    ap.add_argument("--timing", action="store_true", help="only measure seconds per training step of each rule "
+                                                          "(one process, interleaved) into OUT/timing.md")
     args = ap.parse_args(argv)
     args.epochs = {k: int(v) for k, v in (p.split("=") for p in args.epochs.split(",") if p)}
     setup_logging(False)
     out = Path(args.out)
+    if args.timing:
+        from energyarch.train.config import atomic_write_text
+
+        text = timing([t for t in args.tasks.split(",") if t], args.rules.split(","), args, out)
+        atomic_write_text(out / "timing.md", text + "\n")
+        print(text)
+        return 0
     rows = json.loads((out / "results.json").read_text())["rows"] if args.append and (out / "results.json").exists() \
         else []
     seeds = [int(s) for s in args.seeds.split(",")]
