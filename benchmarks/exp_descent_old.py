@@ -3,7 +3,8 @@
 That study's recipe (``exp_solvers.task_config``: d = 32, T = 8, 6 epochs, lr 2e-3, batch 64) trained its 'safe' rule
 (steps='bounded', max_step = 0.2) *without* backtracking and evaluated it *with* ``backtrack = 3``: the model met a
 different layer at test time than in training. Here, on that recipe and seed: free, bounded and descent are trained,
-and every trained model is evaluated at T and 2T with backtrack = 0 and 3 (the same weights).
+and every free or bounded model is evaluated at T and 2T with backtrack = 0 and 3 (the same weights; the descent
+rule refuses inference-only backtracking, since it backtracks every sub-step in training already).
 
     python benchmarks/exp_descent_old.py --seeds 0,1 --out runs/exp_descent_old
 """
@@ -49,7 +50,7 @@ def main(argv=None) -> int:
             cfg = dataclasses.replace(cfg, model=model_cfg, seed=seed, out_dir=str(folder), diagnostics_samples=0)
             train(cfg, report=False)
             model, task, _, _ = load_run(folder)
-            for back in (0, 3):
+            for back in (0, 3) if params["steps"] != "descent" else (0,):   # descent backtracks in training already
                 for layer in model.backbone.layers:
                     layer.step.solver = dataclasses.replace(layer.step.solver, backtrack=back)
                 sweep = {r["iters"]: r["top1"] for r in sweep_iterations(model, task, task.test_set, [8, 16])}

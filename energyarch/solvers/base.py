@@ -108,6 +108,10 @@ class Solver:
         if isinstance(self.backtrack, bool) or not isinstance(self.backtrack, int) or not 0 <= self.backtrack <= 60:
             raise CompileError(f"{owner}: backtrack={self.backtrack!r} must be an integer in [0, 60] (halvings of "
                                f"a step at inference; 0 = off)")
+        if self.backtrack and self.steps == "descent":
+            raise CompileError(f"{owner}: backtrack={self.backtrack!r} with steps='descent': the descent rule already "
+                               f"backtracks every sub-step, in training and at inference; use backtrack=0 (or "
+                               f"steps='free' / 'bounded' for inference-only backtracking on the total energy)")
         if isinstance(self.halvings, bool) or not isinstance(self.halvings, int) or not 0 <= self.halvings <= 30:
             raise CompileError(f"{owner}: halvings={self.halvings!r} must be an integer in [0, 30] (candidates "
                                f"1, 1/2, …, 2^-halvings of each step under steps='descent'; e.g. 4)")
