@@ -172,7 +172,7 @@ def kernel_smoothness(term: Term, module: TermUpdate) -> Optional[str]:
 
     The compiled step evaluates κ'(s) (κ'(r) for a distance kernel) at every pair of tokens, the token with itself
     included: s = R² (r = 0) on the diagonal, s ∈ [−R², R²] (r ∈ [0, 4R²]) in general. A derivative that is
-    infinite or NaN at an end of that range, or grows without bound towards it (|κ'| at distance 1e-10 from the end
+    infinite or NaN at an end of that range where the kernel itself is finite, or grows without bound towards it (|κ'| at distance 1e-10 from the end
     more than 100 times |κ'| at 1e-4 and above 1e3), makes a step there unbounded: RMSNorm's epsilon keeps the
     norm just below R and hides it from a check at random points (e.g. the arc-cosine kernel 1 − acos(s/p)/π at
     s = p). Inner-product kernels with a feature map Φ and opaque kernels are not checked.
@@ -192,6 +192,8 @@ def kernel_smoothness(term: Term, module: TermUpdate) -> Optional[str]:
         with torch.enable_grad():
             value = _full(evaluate(K.expr, {**env, var: x}), x)
             (grad,) = torch.autograd.grad(value.sum(), x, allow_unused=True)
+        if not bool(torch.isfinite(value).all()):
+            return None                     # the kernel itself overflows there: reported as overflow, not here
         grad = torch.zeros_like(x) if grad is None else grad.detach()
         at, near, far = (float(v) for v in grad.abs())
         label = f"{var}: {K.expr}"
