@@ -98,21 +98,19 @@ def _ms(values) -> str:
 
 
 def summary(rows: list) -> str:
-    """Per (task, solver, rule): mean ± sample standard deviation over seeds, and the step-time ratio to free."""
+    """Per (task, solver, rule): mean ± sample standard deviation over seeds (the cost of a rule: ``--timing``)."""
     lines = ["| task | solver | rule | seeds | metric at T | at 2T | term rise (max) | total energy rise | "
-             "s/step | ÷ free |", "|---|---|---|---|---|---|---|---|---|---|"]
+             "s/step (wall; load varied between runs) |", "|---|---|---|---|---|---|---|---|---|"]
     groups: dict = {}
     for r in rows:
         if not r["sign"]:
             groups.setdefault((r["task"], r["solver"], r["rule"]), []).append(r)
     for (task, solver, rule), rs in groups.items():
-        free = groups.get((task, solver, "free"))
         step = statistics.mean(r["step_s"] for r in rs)
-        ratio = step / statistics.mean(r["step_s"] for r in free) if free else None
         scale = 100 if rs[0]["metric"] != "bpb" else 1
         lines.append(f"| {task} | {solver} | {rule} | {len(rs)} | {_ms([scale * r['at_T'] for r in rs])} "
                      f"| {_ms([scale * r['at_2T'] for r in rs])} | {_ms([r['term_rise_max'] for r in rs])} "
-                     f"| {_ms([r['energy_rise'] for r in rs])} | {step:.3g} | {'' if ratio is None else f'{ratio:.2f}'} |")
+                     f"| {_ms([r['energy_rise'] for r in rs])} | {step:.3g} |")
     neg = [r for r in rows if r["sign"]]
     if neg:
         lines += ["", "E vs −E (gd, first seed; max abs logit difference on 256 test examples):", "",
