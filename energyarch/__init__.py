@@ -32,13 +32,14 @@ from .runtime import finite_checks as finite_checks
 from .verify import verify as verify
 from .solvers import Solver as Solver
 from .solvers import verify_solver as verify_solver
+from .descent import verify_descent as verify_descent
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Attention", "CausalAttention", "DiagLowRank", "QueryKey", "SharedBasis", "Derivation", "Energy", "EnergyArchError", "EnergyStep", "FeedForward", "GatedFeedForward", "Kernel", "Scalar",
     "Sphere", "TermUpdate", "compile", "derive", "energy_graph", "finite_checks", "verify",
-    "Solver", "verify_solver",
+    "Solver", "verify_solver", "verify_descent",
 ]
 
 

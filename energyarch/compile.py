@@ -192,9 +192,12 @@ class EnergyStep(nn.Module):
                 inc, st = self._curvature_cap(solver, point, d, inc, st, state[n])
             increments.append(inc)
             new[n] = st
-        if solver.backtrack and not self.training:
-            increments, new = self._backtrack(solver, X, stage, increments, new, weights, gains)
-        X = X + increments[0] if len(increments) == 1 else X + sum(increments)
+        if solver.steps == "descent":                                    # guaranteed descent of this sub-step
+            X, new = self._descend(solver, X, stage, increments, new, weights, gains)
+        else:
+            if solver.backtrack and not self.training:
+                increments, new = self._backtrack(solver, X, stage, increments, new, weights, gains)
+            X = X + increments[0] if len(increments) == 1 else X + sum(increments)
         if _FINITE_CHECK.active:
             _FINITE_CHECK.check(X, "+".join(stage))
         return X, new
@@ -214,6 +217,18 @@ class EnergyStep(nn.Module):
             s = s.detach()[..., None, None]
             inc, st = inc * s, solver.accept(st, s)
         return inc, {**st, "_point": point.detach(), "_dir": d.detach()}
+
+    def _descend(self, solver: Solver, X: Tensor, stage: list[str], increments: list, new: dict,
+                 weights: Mapping, gains: Optional[Mapping[str, Tensor]]):
+        """``steps='descent'``: the largest of ``1, 1/2, …, 2^−halvings`` times the stage's increment that does not
+        raise the energy this sub-step descends (:func:`energyarch.descent.backtrack`), per sample (per token for
+        a causal term), else no step; the scale carries no gradient, the increment does."""
+        from .descent import backtrack
+
+        total = increments[0] if len(increments) == 1 else sum(increments)
+        s = backtrack(self, solver, stage, X, total, weights, gains)
+        X1 = torch.where(s > 0, X + total * s, X)            # s = 0: X itself (also when Δ overflowed)
+        return X1, {n: solver.accept(new[n], s) if n in stage else new[n] for n in new}
 
     def _backtrack(self, solver: Solver, X: Tensor, stage: list[str], increments: list, new: dict,
                    weights: Mapping, gains: Optional[Mapping[str, Tensor]]):

@@ -6,7 +6,9 @@
    walking the declared expressions, not the emitted code): max abs diff ≤ ``rtol`` × max |reference|;
 2. the emitted update ``X ↦ X'`` equals the update of the autodiff-path module with the same weights, and
    the update built from the reference gradient (same relative tolerance);
-3. a small step decreases the term's energy (evaluated at the constrained point, as in the paper's Fig. 5).
+3. a small step decreases the term's energy (evaluated at the constrained point, as in the paper's Fig. 5);
+4. the kernel is smooth on the constraint set: its derivative is finite and bounded at the ends of the range the
+   sphere allows (:func:`kernel_smoothness`; the token with itself sits at one end).
 
 >>> import energyarch as ea
 >>> report = ea.verify(ea.compile(ea.Attention(f="log(x)/beta", K="exp(beta*s)", heads=2), d=8))
@@ -77,6 +79,7 @@ class TermCheck:
     finite: bool = True          # False when a gradient, update or energy overflowed to inf / NaN
     per_token_descent: Optional[bool] = None   # causal terms: every token's own E_t fell under its own step
     stationary: bool = False     # the direction is exactly zero (e.g. a saturated f): nothing can descend
+    not_smooth: Optional[str] = None   # why the kernel's derivative is unbounded on the constraint set (or None)
 
     @property
     def grad_rel_diff(self) -> float:
@@ -109,7 +112,8 @@ class VerificationReport:
         return self.rtol
 
     def term_ok(self, t: TermCheck) -> bool:
-        return t.finite and t.grad_rel_diff <= self.rtol and t.update_rel_diff <= self.rtol and t.decreased
+        return (t.finite and t.not_smooth is None and t.grad_rel_diff <= self.rtol and t.update_rel_diff <= self.rtol
+                and t.decreased)
 
     @property
     def ok(self) -> bool:
@@ -119,6 +123,10 @@ class VerificationReport:
         rows = ["| term | pattern | path | max abs Δ∇ | rel Δ∇ | max abs ΔX' | rel ΔX' | E before | E after − E before "
                 "| descends |", "|---|---|---|---|---|---|---|---|---|---|"]
         for t in self.terms:
+            if t.not_smooth is not None:
+                rows.append(f"| {t.name} | {t.pattern} | {t.path} | NOT SMOOTH ON THE SPHERE: {t.not_smooth} "
+                            f"| | | | | | |")
+                continue
             if not t.finite:
                 rows.append(f"| {t.name} | {t.pattern} | {t.path} | OVERFLOW: inf or NaN in the gradient, update or "
                             f"energy (E = {t.energy_before:.6g}); reduce beta / the kernel's scale or use a bounded f "
@@ -143,6 +151,45 @@ def _stationary(direction: Tensor, t: float, grad_scale: float, e0: Tensor, e1: 
     change = t * float(direction.abs().max()) * grad_scale * direction.shape[-2]
     resolution = 8 * torch.finfo(torch.float64).eps * max(1.0, float(e0.abs().sum()))
     return bool((e1 == e0).all()) and change <= resolution
+
+
+def kernel_smoothness(term: Term, module: TermUpdate) -> Optional[str]:
+    """Why the kernel's derivative is unbounded where the constraint set reaches, or None.
+
+    The compiled step evaluates κ'(s) (κ'(r) for a distance kernel) at every pair of tokens, the token with itself
+    included: s = R² (r = 0) on the diagonal, s ∈ [−R², R²] (r ∈ [0, 4R²]) in general. A derivative that is
+    infinite or NaN at an end of that range where the kernel itself is finite, or grows without bound towards it (|κ'| at distance 1e-10 from the end
+    more than 100 times |κ'| at 1e-4 and above 1e3), makes a step there unbounded: RMSNorm's epsilon keeps the
+    norm just below R and hides it from a check at random points (e.g. the arc-cosine kernel 1 − acos(s/p)/π at
+    s = p). Inner-product kernels with a feature map Φ and opaque kernels are not checked.
+    """
+    K = getattr(term, "K", None)
+    if K is None or K.expr is None or K.kind not in ("inner", "distance") or (K.kind == "inner" and K.phi is not None):
+        return None
+    env = {"beta": float(module.beta), "p": module.head_dim, "M": module.head_dim, "d": module.d, **params_of(term)}
+    R2 = module.radius ** 2
+    var = "s" if K.kind == "inner" else "r"
+    ends = [(R2, -1.0), (-R2, 1.0)] if K.kind == "inner" else [(0.0, 1.0), (4 * R2, -1.0)]
+    where = {R2: "s = R² (each token with itself)", -R2: "s = −R²", 0.0: "r = 0 (each token with itself)",
+             4 * R2: "r = 4R²"}
+    for end, inward in ends:
+        gaps = torch.tensor([0.0, 1e-10, 1e-4], dtype=torch.float64) * max(1.0, abs(R2))
+        x = (end + inward * gaps).requires_grad_(True)
+        with torch.enable_grad():
+            value = _full(evaluate(K.expr, {**env, var: x}), x)
+            (grad,) = torch.autograd.grad(value.sum(), x, allow_unused=True)
+        if not bool(torch.isfinite(value).all()):
+            return None                     # the kernel itself overflows there: reported as overflow, not here
+        grad = torch.zeros_like(x) if grad is None else grad.detach()
+        at, near, far = (float(v) for v in grad.abs())
+        label = f"{var}: {K.expr}"
+        if not math.isfinite(at) or not math.isfinite(near):
+            return (f"the kernel's derivative is {'NaN' if math.isnan(at) else 'infinite'} at {where[end]} "
+                    f"(kernel in {label}); use a kernel smooth on the whole sphere, e.g. exp(beta*s)")
+        if near > 1e3 and near > 100 * max(far, 1e-300):
+            return (f"the kernel's derivative grows without bound towards {where[end]} (|κ'| = {near:.3g} at "
+                    f"1e-10 from it, {far:.3g} at 1e-4; kernel in {label}); use a kernel smooth on the whole sphere")
+    return None
 
 
 def _finite(*tensors: Tensor) -> bool:
@@ -214,6 +261,8 @@ def verify(step: EnergyStep, *, batch: int = 2, tokens: int = 7, seed: int = 0, 
             grad_scale=float(G_ref.abs().max()), update_scale=float((0.1 * dir_ref).abs().max()), finite=finite,
             stationary=_stationary(direction, t, float(G_ref.abs().max()), e0, e1),
         ))
+    for check, (name, module) in zip(report.terms, step64.terms.items()):
+        check.not_smooth = kernel_smoothness(step.energy_decl[name], module)
     if raise_on_fail and not report.ok:
         raise VerificationError(str(report))
     return report

@@ -69,13 +69,17 @@ def test_gradient_reaches_every_parameter(arch):
 
 
 def test_hyperset_is_identity_at_init_and_step_sizes_are_zero():
+    """With the paper's signed steps (steps='free') the zero-initialised step net makes the layer the identity;
+    under the default 'descent' rule the raw steps are zero and the step sizes max_step / 2."""
     torch.manual_seed(2)
-    net = HyperSET(cfg(layers=2, lora_rank=2))
+    net = HyperSET(cfg(layers=2, lora_rank=2, steps="free"))
     X = torch.randn(2, 5, D)
     steps = net.layers[0].stepnet(0, X)
     assert set(steps) == {"attn", "ff"} and all(torch.equal(s, torch.zeros(2, 5, D)) for s in steps.values())
     assert torch.equal(net(X), X)
     assert torch.equal(net(X, iters=3 * T), X)
+    descent = HyperSET(cfg(layers=2, lora_rank=2))
+    assert descent.layers[0].step.solver.step_size(descent.layers[0].stepnet(0, X)["attn"]).eq(0.5).all()
 
 
 def test_evaluation_beyond_training_iterations():
@@ -96,7 +100,7 @@ def test_fixed_steps_have_no_parameters_and_move_tokens():
     step = model.layers[0].step
     expected = X
     for _ in range(T):
-        expected = step(expected, 0.1)
+        expected = step(expected, step.solver.raw_step(0.1))          # α = 0.1 under the default positive rule
     torch.testing.assert_close(model(X), expected)
 
 

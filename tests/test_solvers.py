@@ -344,7 +344,7 @@ class _TinyTask:
 def test_energy_rise_counts_pairs_against_the_recorded_energies():
     from energyarch.train.evaluate import adaptive_depth, energy_rise
 
-    cfg = ModelConfig(d=8, heads=2, layers=2, iters=3, time_freq=8, step_sizes="fixed", fixed_step=2.0)
+    cfg = ModelConfig(d=8, heads=2, layers=2, iters=3, time_freq=8, step_sizes="fixed", fixed_step=2.0, steps="free")
     model = build_model(cfg, TaskSpec(seq_len=5, num_outputs=10))
     data = torch.randint(0, 10, (6, 5), generator=torch.Generator().manual_seed(0))
     rise = energy_rise(model, _TinyTask(), data, iters=3, samples=6)

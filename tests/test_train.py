@@ -264,8 +264,11 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
 def test_nan_before_any_checkpoint_says_so(tmp_path):
     trainer = NaNAt(tiny(tmp_path))
     trainer.bad = 0
-    with pytest.raises(TrainingDivergedError, match="no checkpoint had been written yet"):
+    with pytest.raises(TrainingDivergedError, match="no checkpoint had been written yet") as err:
         trainer.fit()
+    msg = str(err.value)      # advice fits the situation: nothing to resume from, clipping already on
+    assert "--resume" not in msg and "no checkpoint to resume from" in msg
+    assert "set grad_clip" not in msg and "ea.verify" in msg
 
 
 def test_ddp_two_processes_identical_replicas(tmp_path):

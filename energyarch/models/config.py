@@ -28,6 +28,8 @@ from ..primitives import Kernel, Scalar, check_params_used, used_params
 from ..runtime import MODES
 from .terms import check_terms, config_energy, declaration_of_terms, describe
 
+#: the largest step size α = max_step · sigmoid(raw) of ModelConfig's default rule, steps = 'descent'
+DESCENT_MAX_STEP = 1.0
 ARCHS = ("hyperset", "transformer", "energy_transformer", "crate")
 TIME_EMBEDDINGS = ("energyarch", "official")
 
@@ -279,9 +281,11 @@ class ModelConfig:
     lora_rank: int = 0  # hyperset: rank r of depth-wise LoRA (App. G.2); 0 = off
     lora_scale: float = 4.0  # s in W_t = W + s * A_t B_t
     mode: str = "paper"  # hyperset constraint semantics: 'paper' | 'exact' | 'riemannian' (see ea.compile)
+    steps: str = "descent"  # hyperset step-size rule: 'descent' (positive, backtracked: no sub-step raises its
+    #   term's energy) | 'bounded' | 'free' (the paper's signed steps); solver_params.steps, if given, wins
     solver: str = "gd"  # hyperset update rule: 'gd' | 'momentum' | 'nesterov' | 'rmsprop' | 'adam' (energyarch.solvers)
     solver_params: dict = dataclasses.field(default_factory=dict)  # its hyper-parameters, e.g. { momentum = 0.9 },
-    #   { beta1 = 0.9, beta2 = 0.96 }; descent-safe steps: { steps = "bounded", max_step = 0.2, backtrack = 4 }
+    #   { beta1 = 0.9, beta2 = 0.96 }, { max_step = 1.0 } (the largest step under 'descent' and 'bounded')
     # --- the official Hyper-SET code's conventions (off by default; docs/training.md "Official conventions") ---
     norm_gain: bool = False  # hyperset: learnable RMSNorm gain per term, Z = g ⊙ RMSNorm(X W_h) (paper mode only)
     norm_eps: Union[float, str] = 1e-6  # hyperset: RMSNorm epsilon; 'machine' = torch.finfo(dtype).eps (official)
@@ -345,9 +349,10 @@ class ModelConfig:
                                                "kernel (in s) or norm_gain=False")
 
     def _check_solver(self) -> None:
-        from ..solvers import solver_names
+        from ..solvers import STEP_RULES, solver_names
 
         _choice("ModelConfig", "solver", self.solver, solver_names())
+        _choice("ModelConfig", "steps", self.steps, STEP_RULES)
         if not isinstance(self.solver_params, Mapping):
             _fail("solver_params", self.solver_params, "give a table of the solver's hyper-parameters, e.g. "
                                                        "{ momentum = 0.9 }")
@@ -356,15 +361,25 @@ class ModelConfig:
             _fail("solver", self.solver, f"solvers apply to arch='hyperset' only, not arch={self.arch!r}; use "
                                          f"solver='gd' without solver_params")
         try:
-            self.solver_object()
+            solver = self.solver_object()
         except EnergyArchError as err:
             _fail("solver_params", self.solver_params, str(err))
+        if self.arch == "hyperset" and self.step_sizes == "fixed" and solver.steps != "free" \
+                and not self.fixed_step < solver.max_step:
+            _fail("fixed_step", self.fixed_step, f"under steps={solver.steps!r} the step size is at most max_step="
+                                                 f"{solver.max_step!r}; lower fixed_step or raise solver_params."
+                                                 f"max_step (or use steps='free')")
 
     def solver_object(self):
         """The :class:`~energyarch.solvers.Solver` this config declares (``solver`` with ``solver_params``)."""
         from ..solvers import make_solver
 
-        return make_solver(self.solver, **self.solver_params)
+        params = dict(self.solver_params)
+        if self.arch == "hyperset":
+            params.setdefault("steps", self.steps)
+            if params["steps"] == "descent":
+                params.setdefault("max_step", DESCENT_MAX_STEP)
+        return make_solver(self.solver, **params)
 
     def _check_terms(self) -> None:
         check_terms(self)

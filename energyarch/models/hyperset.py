@@ -50,7 +50,7 @@ class HyperSETLayer(nn.Module):
         if cfg.step_sizes == "learned":
             self.stepnet = StepSizeNet(cfg.d, names, cfg.time_freq, embedding=cfg.time_embedding)
         else:
-            self.stepnet = FixedSteps(names, cfg.fixed_step)
+            self.stepnet = FixedSteps(names, step.solver.raw_step(cfg.fixed_step))   # α = fixed_step under every rule
         self.condition = cfg.condition
         self.lora = (DepthLoRA({n: tuple(m.weight.shape) for n, m in step.terms.items()}, cfg.iters,
                                cfg.lora_rank, cfg.lora_scale) if cfg.lora_rank else None)

@@ -39,6 +39,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import CheckpointError, ConfigError
+from ..solvers import OFFICIAL_SOLVER_PARAMS
 from .config import ModelConfig
 
 KINDS = ("sudoku", "image")
@@ -156,7 +157,10 @@ def _layers(state_dict, prefix: str) -> int:
 def official_config(state_dict: Mapping[str, Tensor], kind: Optional[str] = None, **overrides) -> ModelConfig:
     """A :class:`ModelConfig` whose shapes and conventions match an official state_dict (d, heads, layers, M,
     time-embedding width from the tensors; gains, machine epsilon and the official time embedding switched on;
-    the image model's GELU feed-forward). ``overrides`` set the rest (``iters`` = the official ``n_recur``)."""
+    the image model's GELU feed-forward; the paper's signed steps, ``steps='free'``). ``overrides`` set the rest
+    (``iters`` = the official ``n_recur``); ``solver='momentum' | 'rmsprop' | 'adam'`` gets the official code's
+    hyper-parameters (:data:`~energyarch.solvers.OFFICIAL_SOLVER_PARAMS`: its momentum convention, ε = 1e-6)
+    unless ``solver_params`` is given."""
     state_dict = _checked(state_dict, "official state_dict")
     kind = kind or detect_kind(state_dict)
     _check_kind(kind)
@@ -172,8 +176,11 @@ def official_config(state_dict: Mapping[str, Tensor], kind: Optional[str] = None
                           f"(the head width p = d / heads); the tensors do not come from one official model")
     values = dict(d=d, heads=d // gain.shape[0], layers=_layers(state_dict, block), ff_ratio=M / d, time_freq=freq,
                   norm_gain=True, norm_eps="machine", time_embedding="official", step_sizes="learned",
-                  condition="x0" if kind == "sudoku" else "xt", feedforward="relu" if kind == "sudoku" else "gelu-ff")
+                  condition="x0" if kind == "sudoku" else "xt", feedforward="relu" if kind == "sudoku" else "gelu-ff",
+                  steps="free")                                    # the official code's signed steps
     values.update(overrides)
+    if values.get("solver", "gd") in OFFICIAL_SOLVER_PARAMS and "solver_params" not in overrides:
+        values["solver_params"] = dict(OFFICIAL_SOLVER_PARAMS[values.get("solver", "gd")])
     return ModelConfig(**values)
 
 

@@ -86,7 +86,8 @@ class StepSizeNet(nn.Module):
 
 
 class FixedSteps(nn.Module):
-    """The fixed-step ablation (Table 4): every step size is the constant ``value``; no parameters."""
+    """The fixed-step ablation (Table 4): every raw step size is the constant ``value``; no parameters. Under a
+    positive step rule the layer passes ``solver.raw_step(α)`` so that the step size used is α itself."""
 
     def __init__(self, names: Sequence[str], value: float = 0.1):
         super().__init__()

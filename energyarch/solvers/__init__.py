@@ -22,6 +22,16 @@ from . import momentum as _momentum  # noqa: F401 - registers 'momentum'
 from . import nesterov as _nesterov  # noqa: F401 - registers 'nesterov'
 from . import rmsprop as _rmsprop  # noqa: F401 - registers 'rmsprop'
 from .adam import Adam as Adam
+
+#: the official Hyper-SET Sudoku code's solvers, as energyarch hyper-parameters: its momentum keeps a running sum of
+#: raw gradients (b ← 0.9 b + g, x ← x − α_t b: ``convention='official'``), its RMSProp (η = 0.8) and Adam
+#: (0.9, 0.96) add ε = 1e-6 (energyarch's default is 1e-8). ``ea.models.official_config(sd, solver=name)`` uses them.
+OFFICIAL_SOLVER_PARAMS = {
+    "gd": {},
+    "momentum": {"momentum": 0.9, "convention": "official"},
+    "rmsprop": {"rho": 0.8, "eps": 1e-6},
+    "adam": {"beta1": 0.9, "beta2": 0.96, "eps": 1e-6},
+}
 from .base import SOLVERS as SOLVERS
 from .base import STEP_RULES as STEP_RULES
 from .base import Solver as Solver
@@ -36,5 +46,5 @@ from .momentum import Momentum as Momentum
 from .nesterov import Nesterov as Nesterov
 from .rmsprop import RMSProp as RMSProp
 
-__all__ = ["Adam", "GradientDescent", "Momentum", "Nesterov", "RMSProp", "SOLVERS", "STEP_RULES", "Solver",
+__all__ = ["Adam", "GradientDescent", "Momentum", "Nesterov", "OFFICIAL_SOLVER_PARAMS", "RMSProp", "SOLVERS", "STEP_RULES", "Solver",
            "SolverCheck", "make_solver", "register_solver", "run", "solver_names", "verify_solver"]

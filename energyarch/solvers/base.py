@@ -12,11 +12,20 @@ methods per term and iteration (``d`` is the term's descent direction −g as de
 
 The step-size rule (``steps``) is shared by every solver:
 
-- ``'free'``: the step sizes as given (learned, either sign, any size; today's behaviour);
+- ``'free'``: the step sizes as given (learned, either sign, any size): the paper's signed steps, used by the
+  paper-reproduction configs and the official-checkpoint converter. With a zero-initialised step-size network the
+  energy's sign is then learned away (E and −E train to the same model);
 - ``'bounded'``: ``α = max_step · sigmoid(raw)`` (positive and below ``max_step``), and each term's increment is
   scaled per sample by ``s = min(1, ⟨d, Δ⟩ / (L̂ ‖Δ‖²))`` (0 when Δ points uphill), where L̂ is the secant
   curvature ``‖d_k − d_{k−1}‖ / ‖x_k − x_{k−1}‖`` of the term's direction along the trajectory: the step stays
-  below the minimiser of the quadratic model with curvature L̂ (half the largest descent step 2/L̂).
+  below the minimiser of the quadratic model with curvature L̂ (half the largest descent step 2/L̂). Positive, but
+  a descent of the energy is not guaranteed;
+- ``'descent'``: ``α = max_step · sigmoid(raw)`` and backtracking inside the forward pass, in training as at
+  inference: per sample (per token for a causal term), each sub-step takes the largest ``s ∈ {1, 1/2, …,
+  2^−halvings}`` whose candidate ``X + s Δ`` does not raise the energy the sub-step descends (the term's own energy
+  under sequential splitting, the stage's total under a joint step), else no step (s = 0). The choice is made
+  without gradient; the increment ``s Δ`` keeps its gradient through α and the direction. Guaranteed descent
+  (docs: Numerics, "What descent is guaranteed").
 
 ``backtrack = k`` (in eval mode only): a stage's increment is halved per sample, up to k times, while the total
 energy rises, and dropped (s = 0) if it still rises, so that the total energy never increases at inference.
@@ -44,7 +53,9 @@ from ..errors import CompileError
 
 #: name → solver class (filled by :func:`register_solver`)
 SOLVERS: dict[str, type["Solver"]] = {}
-STEP_RULES = ("free", "bounded")
+STEP_RULES = ("free", "bounded", "descent")
+#: rules whose step size is ``max_step · sigmoid(raw)`` (positive)
+POSITIVE_RULES = ("bounded", "descent")
 
 State = dict  # a term's solver state: name → Tensor (and 'k', the number of updates, an int)
 
@@ -80,28 +91,52 @@ class Solver:
     Subclasses override :meth:`update` (and :meth:`shift`, :meth:`accept` when they carry a velocity)."""
 
     name: ClassVar[str] = "solver"
-    steps: str = "free"  # step-size rule: 'free' (as given, today's) | 'bounded' (positive, ≤ max_step, curvature cap)
-    max_step: float = 0.2  # 'bounded': α = max_step · sigmoid(raw); at raw = 0 (zero-initialised net) α = max_step / 2
+    steps: str = "free"  # step-size rule: 'free' (the paper's signed steps) | 'bounded' (positive, ≤ max_step,
+    #   curvature cap) | 'descent' (positive, ≤ max_step, backtracking on each sub-step's energy: guaranteed descent)
+    max_step: float = 0.2  # 'bounded', 'descent': α = max_step · sigmoid(raw); at raw = 0 α = max_step / 2
     backtrack: int = 0  # eval mode: halve a stage's increment up to this many times while the total energy rises
+    halvings: int = 4  # 'descent': candidates s ∈ {1, 1/2, …, 2^-halvings} of each sub-step, else s = 0
 
     def __post_init__(self):
         owner = f"solver {self.name!r}"
         if self.steps not in STEP_RULES:
             raise CompileError(f"{owner}: steps={self.steps!r}: choose one of {STEP_RULES} ('free': step sizes as "
-                               f"given; 'bounded': positive, at most max_step, capped by a curvature estimate)")
+                               f"given, the paper's signed steps; 'bounded': positive, at most max_step, capped by a "
+                               f"curvature estimate; 'descent': positive, backtracked so that no sub-step raises its "
+                               f"energy)")
         _number(owner, "max_step", self.max_step, 0.0, math.inf, lo_open=True)
         if isinstance(self.backtrack, bool) or not isinstance(self.backtrack, int) or not 0 <= self.backtrack <= 60:
             raise CompileError(f"{owner}: backtrack={self.backtrack!r} must be an integer in [0, 60] (halvings of "
                                f"a step at inference; 0 = off)")
+        if self.backtrack and self.steps == "descent":
+            raise CompileError(f"{owner}: backtrack={self.backtrack!r} with steps='descent': the descent rule already "
+                               f"backtracks every sub-step, in training and at inference; use backtrack=0 (or "
+                               f"steps='free' / 'bounded' for inference-only backtracking on the total energy)")
+        if isinstance(self.halvings, bool) or not isinstance(self.halvings, int) or not 0 <= self.halvings <= 30:
+            raise CompileError(f"{owner}: halvings={self.halvings!r} must be an integer in [0, 30] (candidates "
+                               f"1, 1/2, …, 2^-halvings of each step under steps='descent'; e.g. 4)")
 
     # -- the step size ----------------------------------------------------------------------------------------------
     def step_size(self, raw: Union[float, Tensor]) -> Union[float, Tensor]:
-        """The step size used from the given (learned or fixed) one: as is, or ``max_step · sigmoid(raw)``."""
+        """The step size used from the given (learned or fixed) one: as is ('free'), or ``max_step · sigmoid(raw)``."""
         if self.steps == "free":
             return raw
         if isinstance(raw, Tensor):
             return self.max_step * torch.sigmoid(raw)
         return self.max_step / (1.0 + math.exp(-raw)) if raw > -700 else 0.0
+
+    def raw_step(self, alpha: float) -> float:
+        """The raw value whose step size is ``alpha`` (the inverse of :meth:`step_size`; fixed steps use it).
+
+        >>> round(make_solver("gd", steps="descent", max_step=0.4).raw_step(0.2), 12)
+        0.0
+        """
+        if self.steps == "free":
+            return alpha
+        if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 < alpha < self.max_step:
+            raise CompileError(f"solver {self.name!r}: a fixed step size {alpha!r} under steps={self.steps!r} must "
+                               f"lie in (0, max_step={self.max_step!r}); lower it or raise max_step")
+        return math.log(alpha / (self.max_step - alpha))
 
     # -- the rule ---------------------------------------------------------------------------------------------------
     def shift(self, state: State) -> Optional[Tensor]:
@@ -124,7 +159,8 @@ class Solver:
 
     def describe(self) -> str:
         extra = ", ".join(f"{k}={v!r}" for k, v in self.params().items())
-        rule = f"steps={self.steps!r}" + (f", max_step={self.max_step!r}" if self.steps == "bounded" else "")
+        rule = f"steps={self.steps!r}" + (f", max_step={self.max_step!r}" if self.steps in POSITIVE_RULES else "")
+        rule += f", halvings={self.halvings}" if self.steps == "descent" else ""
         back = f", backtrack={self.backtrack}" if self.backtrack else ""
         return f"{self.name}({extra + ', ' if extra else ''}{rule}{back})"
 

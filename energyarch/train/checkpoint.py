@@ -80,7 +80,12 @@ def _defaults(part: str) -> dict:
     if part not in ("model", "task"):
         return {}
     defaults = ModelConfig() if part == "model" else TaskSpec()
-    return {k: v for k, v in vars(defaults).items() if isinstance(v, (str, int, float, bool))}
+    values = {k: v for k, v in vars(defaults).items() if isinstance(v, (str, int, float, bool))}
+    if part == "model":
+        from .config import SAVED_MODEL_DEFAULTS
+
+        values.update(SAVED_MODEL_DEFAULTS)       # e.g. steps: runs saved before the field trained with free steps
+    return values
 
 
 def compare_signatures(saved: dict, current: dict, where: str) -> None:

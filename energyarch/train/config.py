@@ -377,6 +377,19 @@ def model_config_to_dict(cfg: ModelConfig, python_energy: bool = False) -> dict:
     return out
 
 
+#: [model] values that configs saved before the field existed implicitly had (their runs used them)
+SAVED_MODEL_DEFAULTS = {"steps": "free"}
+
+
+def saved_config(data: Mapping[str, Any]) -> Mapping[str, Any]:
+    """A run's saved config (``checkpoint.json``'s ``config``) with the values it implicitly had filled in: a run
+    saved before ``[model] steps`` existed trained with the paper's free steps (today's default is 'descent')."""
+    model = data.get("model") if isinstance(data, Mapping) else None
+    if not isinstance(model, Mapping) or model.get("arch", "hyperset") != "hyperset":
+        return data
+    return {**data, "model": {**SAVED_MODEL_DEFAULTS, **model}}
+
+
 def model_config_from_dict(data: Mapping[str, Any], source: str = "[model]") -> ModelConfig:
     """Plain dict → ModelConfig; unknown keys and wrong types raise ConfigError naming them and ``source``."""
     if isinstance(data, ModelConfig):

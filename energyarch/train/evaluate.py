@@ -133,6 +133,39 @@ def energy_rise(model: nn.Module, task: Task, dataset, iters: int, samples: int 
 
 
 @torch.no_grad()
+def term_rise(model: nn.Module, task: Task, dataset, iters: int, samples: int = 256) -> Optional[dict]:
+    """Does each splitting sub-step descend its own term's energy? (:func:`energyarch.descent.sub_step_rises`:
+    the energy each sub-step descends — the term's own, per token for a causal term, the total for a joint stage —
+    before and after it, on the first ``samples`` examples, eval mode.)
+
+    Returns ``{'per_term': {term: fraction}, 'max', 'worst', 'rtol'}``: per term the fraction of (sample,
+    iteration) sub-steps (causal: (sample, token, iteration)) whose energy rose by more than ``RISE_RTOL · max(1,
+    |E|)``, the maximum over terms, and the first few rises ``[layer, iteration, term, rise]``; None for backbones
+    without energy.
+    """
+    from ..descent import sub_step_rises
+
+    layers = _energy_layers(model)
+    n = min(samples, len(dataset))
+    if layers is None or n == 0:
+        return None
+    batch = dataset[list(range(n))]
+    was_training = model.training
+    model.eval()
+    X = model.embed(task.inputs(batch, _device(model)))
+    per_term, worst = {}, []
+    for index, layer in enumerate(layers):
+        rises, counts, rose = sub_step_rises(layer, X, iters, RISE_RTOL)
+        for name in rises:
+            per_term[name if len(layers) == 1 else f"layer{index}.{name}"] = rises[name] / max(1, counts[name])
+        worst += [[index, t, name, r] for t, name, r in rose[:5]]
+        X = layer(X, iters)
+    model.train(was_training)
+    return {"per_term": per_term, "max": max(per_term.values(), default=0.0), "worst": worst[:10],
+            "rtol": RISE_RTOL}
+
+
+@torch.no_grad()
 def adaptive_depth(model: nn.Module, task: Task, dataset, tols: Sequence[float], max_iters: int,
                    batch_size: int = 256) -> list[dict]:
     """Adaptive depth at test time (App. H.4): each sample iterates until the relative change of its total energy
@@ -172,8 +205,9 @@ def report(model: nn.Module, task: Task, cfg: TrainConfig, out_dir: str | os.Pat
     ``sweep/*`` over the iteration count, ``energy/<term>``, ``effective_rank/<term>``, ``angle/<term>`` over the
     iterations). Runs in fp32, whatever the training precision.
 
-    The JSON also holds ``energy_rise_fraction`` and ``energy_rise_max`` (:func:`energy_rise`, Hyper-SET only; None
-    otherwise) and, with ``adaptive_tols``, the rows of :func:`adaptive_depth` (``adaptive``; at most
+    The JSON also holds ``energy_rise_fraction`` and ``energy_rise_max`` (:func:`energy_rise`, the total energy per
+    iteration), ``term_rise_fraction`` (:func:`term_rise`: per term, the fraction of sub-steps that raised the
+    term's own energy, and ``max`` over the terms; Hyper-SET only; None otherwise) and, with ``adaptive_tols``, the rows of :func:`adaptive_depth` (``adaptive``; at most
     ``adaptive_max`` iterations per layer, default the largest swept count) with a plot of the metric against the
     mean iterations used.
 
@@ -187,6 +221,9 @@ def report(model: nn.Module, task: Task, cfg: TrainConfig, out_dir: str | os.Pat
     sweep = sweep_iterations(model, task, data, iters, batch_size=bs)
     trace = diagnostics(model, task, data, max(iters), cfg.diagnostics_samples) if cfg.diagnostics_samples else {}
     rise = energy_rise(model, task, data, max(iters), cfg.diagnostics_samples) if cfg.diagnostics_samples else None
+    terms = term_rise(model, task, data, max(iters), cfg.diagnostics_samples) if cfg.diagnostics_samples else None
+    if rise is not None and terms is not None:
+        rise = {**rise, "term_fraction": terms["per_term"]}
     adaptive = (adaptive_depth(model, task, data, adaptive_tols, adaptive_max or max(iters), batch_size=bs)
                 if adaptive_tols else None)
     metric = task.primary
@@ -204,13 +241,15 @@ def report(model: nn.Module, task: Task, cfg: TrainConfig, out_dir: str | os.Pat
     made = {k: v for k, v in made.items() if v}
     result = {"train_iters": T, "metric": metric, "sweep": sweep, "diagnostics": trace, "plots": made,
               "energy_rise_fraction": rise["fraction"] if rise else None,
-              "energy_rise_max": rise["max"] if rise else None, "energy_rise": rise}
+              "energy_rise_max": rise["max"] if rise else None, "energy_rise": rise,
+              "term_rise_fraction": ({**terms["per_term"], "max": terms["max"]} if terms else None),
+              "term_rise": terms}
     if adaptive:
         result["adaptive"] = adaptive
     atomic_write_text(out / EVAL_FILE, json.dumps(result, indent=1, allow_nan=True))
     logs.log_report(out, sweep, trace, metric)
     return {"sweep": sweep, "plots": made, "eval_file": str(out / EVAL_FILE), "energy_rise": rise,
-            "adaptive": adaptive}
+            "term_rise": terms, "adaptive": adaptive}
 
 
 def evaluate_checkpoint(path: str | os.PathLike, iters: Optional[Sequence[int]] = None,
@@ -238,4 +277,4 @@ def evaluate_checkpoint(path: str | os.PathLike, iters: Optional[Sequence[int]] 
 
 
 __all__ = ["adaptive_depth", "default_sweep", "diagnostics", "energy_rise", "evaluate_checkpoint", "report",
-           "sweep_iterations"]
+           "sweep_iterations", "term_rise"]

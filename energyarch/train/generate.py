@@ -26,7 +26,7 @@ from torch import nn
 from ..errors import CheckpointError, ConfigError
 from ..models import build_model
 from .checkpoint import STATE_FILE, load_checkpoint, read_state
-from .config import TrainConfig
+from .config import TrainConfig, saved_config
 from .tasks import text_spec
 
 
@@ -35,7 +35,7 @@ def load_text_model(path: str | os.PathLike, device: str = "cpu") -> tuple[nn.Mo
     from . import distributed
 
     state, folder = read_state(path)
-    cfg = TrainConfig.from_dict(state["config"], source=f"{folder / STATE_FILE} [config]")
+    cfg = TrainConfig.from_dict(saved_config(state["config"]), source=f"{folder / STATE_FILE} [config]")
     if cfg.task != "text":
         raise CheckpointError(f"checkpoint {str(path)!r} was trained on task={cfg.task!r}, not a language model; "
                               f"generate needs a run with task = \"text\", e.g. energyarch train --config "

@@ -82,7 +82,9 @@ def plot_energies(trace: Mapping, path: str | os.PathLike, train_iters: Optional
     """Energy of each term per iteration (Fig. 5), one panel per term; None when the trace has no energies.
 
     With ``rise`` (from :func:`energyarch.train.evaluate.energy_rise`) a last panel draws the fraction of samples
-    whose total energy rises at each iteration, and the title gives the overall fraction and the largest rise."""
+    whose total energy rises at each iteration, and the title gives the overall fraction and the largest rise, and
+    with ``rise['term_fraction']`` (:func:`energyarch.train.evaluate.term_rise`) the per-term fraction of sub-steps
+    that raised their own term's energy."""
     energies = trace.get("energies") or {}
     if not energies:
         return None
@@ -100,8 +102,12 @@ def plot_energies(trace: Mapping, path: str | os.PathLike, train_iters: Optional
         ax.set(xlabel="iteration", ylabel="samples whose total energy rises (%)", ylim=(0, 100),
                title="total energy rises")
         ax.grid(alpha=0.3)
+        terms = rise.get("term_fraction")
+        own = ("; own term's energy rises in " + ", ".join(f"{n}: {100 * v:.1f}%" for n, v in terms.items())
+               + " of sub-steps") if terms else ""
         fig.suptitle(f"total energy rises in {100 * rise['fraction']:.1f}% of (sample, iteration) pairs; "
-                     f"largest rise {rise['max']:.3g} ({100 * rise['max_relative']:.2g}% of |E|)", fontsize="medium")
+                     f"largest rise {rise['max']:.3g} ({100 * rise['max_relative']:.2g}% of |E|){own}",
+                     fontsize="medium")
     return _save(fig, path)
 
 

@@ -43,7 +43,7 @@ from ..models import ModelConfig, build_model, count_parameters
 from ..models.record import energy_fingerprint
 from . import distributed, logs
 from .checkpoint import STATE_FILE, check_run_folder, load_checkpoint, read_state, save_checkpoint, set_rng_state
-from .config import TrainConfig, atomic_write_text
+from .config import TrainConfig, atomic_write_text, saved_config
 from .iterates import forward_all
 from .tasks import Task, build_task
 
@@ -359,15 +359,19 @@ class Trainer:
     def _diverged(self, what: str, value: float) -> None:
         if self.last_checkpoint_step is not None:
             where = f"the last good checkpoint (step {self.last_checkpoint_step}) is kept in {self.out_dir}"
-            then = "then continue from it with --resume (the new settings apply from that step)"
+            then = "then resume from it with --resume (the new settings apply from that step)"
         else:   # advice that fits the disk: no checkpoint, so --resume would have nothing to continue
             where = ("no checkpoint had been written yet, so there is nothing to resume (set checkpoint_every to "
                      "keep earlier ones)")
-            then = f"then train again into a new --out (or delete the files of this attempt in {self.out_dir})"
+            then = (f"then train again into a new --out (or delete the files of this attempt in {self.out_dir}); "
+                    f"there is no checkpoint to resume from")
+        advice = [f"lower lr (now {self.cfg.lr:g})"]
+        advice.append("set grad_clip (now off), e.g. 1.0" if not self.cfg.grad_clip else
+                      "check the energy with ea.verify (a kernel not smooth on the sphere diverges whatever the "
+                      f"clipping, here grad_clip = {self.cfg.grad_clip:g})")
         raise TrainingDivergedError(
             f"{what} is {value} at step {self.step} (epoch {self.epoch + 1}, batch {self.batch_in_epoch + 1}); "
-            f"training stopped without applying this update, {where}. Lower lr (now {self.cfg.lr:g}), set "
-            f"grad_clip (now {self.cfg.grad_clip:g}) or warmup, {then}")
+            f"training stopped without applying this update, {where}. To fix: {'; '.join(advice)}; {then}")
 
     def train_step(self, batch) -> float:
         self.model.train()
@@ -588,7 +592,7 @@ def load_run(path, device: str = "cpu", task: Optional[Task] = None, energy=None
     ``ea.Energy`` or a term); another energy is refused.
     """
     state, folder = read_state(path)
-    config = state["config"]
+    config = saved_config(state["config"])
     recorded = config.get("model", {}).get("terms") if isinstance(config.get("model"), dict) else None
     if isinstance(recorded, dict) and "python_energy" in recorded:
         config = _with_python_energy(config, recorded, energy, folder)
