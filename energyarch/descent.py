@@ -36,12 +36,19 @@ from torch import Tensor
 from .errors import ShapeError, VerificationError
 from .expr import evaluate
 from .runtime import CausalTermUpdate, GatedTermUpdate, causal_mask, cross_kernel, diag_kernel
+from .runtime_qk import QKTermUpdate
 
 __all__ = ["DescentReport", "conditional_token_energies", "sub_step_energy", "verify_descent"]
 
 
 def _full(value, like: Tensor) -> Tensor:
     return value if isinstance(value, Tensor) else torch.full_like(like, float(value))
+
+
+def _causal(module) -> bool:
+    """A causal term's module (per-token conditional energies), not a bidirectional query-key term that shares its
+    interaction machinery (:class:`~energyarch.runtime_qk.QKTermUpdate`, one global energy)."""
+    return isinstance(module, CausalTermUpdate) and not isinstance(module, QKTermUpdate)
 
 
 def conditional_token_energies(module: CausalTermUpdate, term, X0: Tensor, X1: Tensor,
@@ -89,11 +96,11 @@ def sub_step_energy(step, stage: list, X0: Tensor, X1: Tensor, weights: Optional
     ``X1`` (which may carry extra leading dimensions): per sample ``X1.shape[:-2]``, or per token
     ``X1.shape[:-1]`` for a stage of one causal term (see the module docstring)."""
     weights = weights or {}
-    per_token = len(stage) == 1 and isinstance(step.terms[stage[0]], CausalTermUpdate)
+    per_token = len(stage) == 1 and _causal(step.terms[stage[0]])
     total = None
     for n in stage:
         module, w = step.terms[n], weights.get(n)
-        if isinstance(module, CausalTermUpdate):
+        if _causal(module):
             e = conditional_token_energies(module, step.energy_decl[n], X0, X1, w)
             e = e if per_token else e.sum(-1)
         elif isinstance(module, GatedTermUpdate):
