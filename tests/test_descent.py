@@ -22,6 +22,7 @@ from energyarch.errors import CompileError, ConfigError  # noqa: E402
 from energyarch.models import ModelConfig, TaskSpec, build_model  # noqa: E402
 from energyarch.models.config import ATTENTION_PRESETS, FEEDFORWARD_PRESETS  # noqa: E402
 from energyarch.runtime import MODES, CausalTermUpdate, GatedTermUpdate  # noqa: E402
+from energyarch.runtime_qk import QKTermUpdate  # noqa: E402
 
 settings.register_profile("ci", max_examples=20, deadline=None, derandomize=True,
                           suppress_health_check=[HealthCheck.too_slow])
@@ -70,7 +71,7 @@ def _independent(step, stage, X0, X1):
         return sum(_independent(step, [n], X0, X1).reshape(X0.shape[0], -1).sum(-1) for n in stage)
     n = stage[0]
     module = step.terms[n]
-    if isinstance(module, CausalTermUpdate):       # token t moved alone: E_t(x1_t | x0_<t), emitted energies
+    if isinstance(module, CausalTermUpdate) and not isinstance(module, QKTermUpdate):   # token t moved alone: E_t(x1_t | x0_<t), emitted energies
         out = torch.empty(X0.shape[:-1], dtype=X0.dtype)
         for t in range(X0.shape[-2]):
             Xt = X0.clone()
@@ -119,6 +120,20 @@ def test_no_sub_step_raises_its_energy_under_descent(att, ff, causal, mode, join
     X = torch.randn(B, N, D, generator=gen, dtype=F64)
     raw = [{n: scale * torch.randn(B, N, D, generator=gen, dtype=F64) for n in step.names} for _ in range(3)]
     assert _rises(step, X, raw) <= 1e-10
+
+
+@pytest.mark.parametrize("interaction", [ea.QueryKey(), ea.DiagLowRank(2)], ids=["query-key", "diag-low-rank"])
+@pytest.mark.parametrize("K", ["exp(beta*s)", "sigmoid(beta*s)"])
+def test_bidirectional_interactions_descend_their_energy(interaction, K):
+    """A bidirectional attention term with separate query and key projections (one global energy, not per token)."""
+    f = "log(x)/beta" if K.startswith("exp") else "x/(2*beta)"
+    energy = ea.Attention(f=f, K=K, heads=HEADS, interaction=interaction) + FEEDFORWARD_PRESETS["softmax"](1.0)
+    step = ea.compile(energy, d=D, dtype=F64, steps="descent", max_step=20.0)
+    gen = torch.Generator().manual_seed(1)
+    X = torch.randn(B, N, D, generator=gen, dtype=F64)
+    raw = [{n: 3.0 * torch.randn(B, N, D, generator=gen, dtype=F64) for n in step.names} for _ in range(3)]
+    assert _rises(step, X, raw) <= 1e-10
+    assert _rises(step.with_solver("gd"), X, raw) > 1e-3          # the same steps, signed: the check can fail
 
 
 def test_the_check_fails_under_free_steps():
