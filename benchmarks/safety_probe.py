@@ -117,7 +117,8 @@ def _error_outcome(err: BaseException, project_word: str) -> dict:
 
 
 def _child(probe: Probe, folder: Path, conn) -> None:
-    torch.set_num_threads(1)
+    os.environ["OMP_NUM_THREADS"] = "1"      # so that `energyarch train` in the child keeps one thread: an OpenMP
+    torch.set_num_threads(1)                 # pool of more threads, re-created after a fork, deadlocks
     word = {"energies": "refused", "malformed": "project error", "attacks": "rejected",
             "round3": "rejected"}[probe.category]
     try:

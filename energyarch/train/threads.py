@@ -70,7 +70,8 @@ def set_threads(n: Optional[int] = None, *, announce: bool = True) -> int:
         "OMP_NUM_THREADS" if os.environ.get("OMP_NUM_THREADS", "").strip().isdigit() else
         f"physical cores of the {len(_allowed_cpus())} CPUs this process may use")
     n = default_threads() if n is None else n
-    torch.set_num_threads(n)
+    if torch.get_num_threads() != n:      # re-creating an OpenMP pool that is already this size breaks later forks
+        torch.set_num_threads(n)
     if announce:
         print(f"threads: {n} ({how}; --threads N to change)", flush=True)
     return n
