@@ -61,7 +61,7 @@ def config(task: str, rule: str, solver: str, seed: int, out: Path, args, sign: 
 def one(task, rule, solver, seed, out: Path, args, sign: int = 0) -> dict:
     cfg = config(task, rule, solver, seed, out, args, sign)
     start = time.perf_counter()
-    summary = train(cfg)
+    train(cfg)
     minutes = (time.perf_counter() - start) / 60
     ev = json.loads((out / "eval.json").read_text())
     T = cfg.model.iters

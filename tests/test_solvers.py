@@ -159,7 +159,8 @@ def test_gd_is_bit_identical_to_the_term_updates(step64):
 
 def test_hyperset_with_gains_steps_as_before():
     """The gain-scaled step (official convention) now goes through EnergyStep: same formula, written out here."""
-    cfg = ModelConfig(d=8, heads=2, iters=2, time_freq=8, norm_gain=True, step_sizes="fixed", fixed_step=0.1)
+    cfg = ModelConfig(d=8, heads=2, iters=2, time_freq=8, norm_gain=True, step_sizes="fixed", fixed_step=0.1,
+                      steps="free")          # the formula below is the plain (free-step) update
     net = build_model(cfg, TaskSpec(seq_len=5)).backbone.double()
     layer = net.layers[0]
     with torch.no_grad():
