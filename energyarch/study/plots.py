@@ -7,7 +7,7 @@ import math
 from pathlib import Path
 
 from ..train.plots import _figure, _save
-from .report import PERCENT
+from .stats import PERCENT
 
 
 def _scale(metric: str) -> tuple[float, str]:

@@ -15,10 +15,7 @@ from typing import Optional
 
 from ..train.config import atomic_write_text
 from .spec import SEED_PARAM
-from .stats import mean_interval, paired_differences
-
-#: metrics shown in percent
-PERCENT = ("top1", "board_acc", "cell_acc")
+from .stats import PERCENT, mean_interval, paired_differences
 
 
 def trial_rows(study) -> list[dict]:

@@ -171,7 +171,7 @@ class StudySpec:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], source: str = "<study>", root: Optional[Path] = None) -> "StudySpec":
-        from ..train.cli import resolve_config
+        from ..train.config import resolve_config
 
         unknown = [k for k in data if k not in ("study", "grid", "search", "designs")]
         if unknown:

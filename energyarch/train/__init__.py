@@ -7,6 +7,7 @@
 
 from .checkpoint import architecture_signature as architecture_signature
 from .checkpoint import load_checkpoint as load_checkpoint
+from .checkpoint import load_run as load_run
 from .checkpoint import save_checkpoint as save_checkpoint
 from .config import TrainConfig as TrainConfig
 from .iterates import forward_all as forward_all
@@ -18,7 +19,6 @@ from .tasks import build_task as build_task
 from .trainer import Trainer as Trainer
 from .trainer import TrainingDivergedError as TrainingDivergedError
 from .trainer import evaluate_dataset as evaluate_dataset
-from .trainer import load_run as load_run
 from .trainer import lr_at as lr_at
 from .trainer import train as train
 

@@ -8,7 +8,8 @@ A checkpoint in ``out_dir`` is two files::
 
 The tensor file is written first (temporary file, then ``os.replace``) and ``checkpoint.json`` last, so the JSON
 always points at a complete tensor file: it is the commit point, and a crash in between leaves the previous
-checkpoint in force. Nothing is pickled; loading never executes code.
+checkpoint in force. Nothing is pickled; loading never executes code. :func:`load_run` rebuilds a whole run (its
+config, task and model) from the folder.
 
 >>> import tempfile, torch
 >>> from torch import nn
@@ -36,8 +37,13 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .._atomic import atomic_path
+from ..energy import as_energy
 from ..errors import CheckpointError, ConfigError
-from .config import atomic_write_text
+from ..models import ModelConfig, TaskSpec, build_model
+from ..models.record import energy_fields, energy_fingerprint
+from . import distributed
+from .config import SAVED_MODEL_DEFAULTS, TrainConfig, atomic_write_text, saved_config
+from .tasks import Task, build_task
 
 STATE_FILE = "checkpoint.json"
 FORMAT = "energyarch-checkpoint-1"
@@ -66,8 +72,6 @@ def architecture_signature(model: nn.Module) -> dict:
 def _plain(cfg, name: str, value):
     """A config value as JSON data: energy terms as their declaration (a name or a table) when they have one."""
     if name in ("attention", "feedforward", "terms") and hasattr(cfg, "declaration"):
-        from ..models.record import energy_fields
-
         decl = energy_fields(cfg)[0].get(name)         # names, tables, or the fingerprint of a Python energy
         return None if decl is None else json.loads(json.dumps(decl))
     return value if isinstance(value, (str, int, float, bool)) else repr(value)
@@ -75,15 +79,11 @@ def _plain(cfg, name: str, value):
 
 def _defaults(part: str) -> dict:
     """Values of config fields that checkpoints written before the field existed implicitly had."""
-    from ..models import ModelConfig, TaskSpec
-
     if part not in ("model", "task"):
         return {}
     defaults = ModelConfig() if part == "model" else TaskSpec()
     values = {k: v for k, v in vars(defaults).items() if isinstance(v, (str, int, float, bool))}
     if part == "model":
-        from .config import SAVED_MODEL_DEFAULTS
-
         values.update(SAVED_MODEL_DEFAULTS)       # e.g. steps: runs saved before the field trained with free steps
     return values
 
@@ -507,3 +507,50 @@ def load_checkpoint(path: str | os.PathLike, model: nn.Module, optimizer: Option
     if restore_rng and "rng" in state:
         set_rng_state(state["rng"])
     return state
+
+
+# -------------------------------------------------------------------------------------------------------------
+# a whole run
+# -------------------------------------------------------------------------------------------------------------
+
+
+def load_run(path: str | os.PathLike, device: str = "cpu", task: Optional[Task] = None, energy: Any = None,
+             **overrides: Any) -> tuple[nn.Module, Task, TrainConfig, dict]:
+    """Rebuild the model of a finished (or interrupted) run from its checkpoint: ``(model, task, cfg, state)``.
+
+    ``overrides`` replace config fields (e.g. ``data_dir``, ``limit_test``) for building the task. A run whose
+    energy has torch callables recorded only their fingerprint: pass the same energy back as ``energy=E`` (an
+    ``ea.Energy`` or a term); another energy is refused.
+    """
+    state, folder = read_state(path)
+    config = saved_config(state["config"])
+    recorded = config.get("model", {}).get("terms") if isinstance(config.get("model"), dict) else None
+    if isinstance(recorded, dict) and "python_energy" in recorded:
+        config = _with_python_energy(config, recorded, energy, folder)
+    elif energy is not None:
+        raise ConfigError(f"load_run: run {folder} recorded its energy as a declaration; drop energy= (it is "
+                          f"rebuilt from {STATE_FILE})")
+    cfg = TrainConfig.from_dict(config, source=f"{folder / STATE_FILE} [config]")
+    if overrides:
+        cfg = TrainConfig.from_dict({**cfg.to_dict(), **overrides}, source="load_run overrides")
+    if task is None:
+        task = build_task(cfg)
+    model = build_model(cfg.model, task.spec)
+    load_checkpoint(folder, model)
+    return model.to(distributed.resolve_device(device)), task, cfg, state
+
+
+def _with_python_energy(config: dict, recorded: dict, energy: Any, folder: Path) -> dict:
+    """``config`` with the energy handed back from Python, after checking it against the recorded fingerprint."""
+    names, fingerprint = recorded.get("names"), recorded["python_energy"]
+    if energy is None:
+        raise ConfigError(f"load_run: run {folder} was trained on an energy with torch callables (terms {names}), "
+                          f"recorded as its fingerprint {fingerprint}; pass the same energy back: "
+                          f"load_run(path, energy=E)")
+    energy = as_energy(energy)
+    model = {**config["model"], "terms": energy}
+    mine = energy_fingerprint(energy, model.get("d", ModelConfig().d))
+    if mine != fingerprint:
+        raise ConfigError(f"load_run: energy= (terms {energy.names}) is not the energy run {folder} was trained on "
+                          f"(fingerprint {mine}, recorded {fingerprint}, terms {names}); pass that energy")
+    return {**config, "model": model}

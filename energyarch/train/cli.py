@@ -15,33 +15,15 @@ from __future__ import annotations
 import json
 import logging
 import os
-from importlib import resources
 from pathlib import Path
 from typing import Optional
 
 from ..errors import ConfigError
-from .config import TrainConfig
+from .config import TrainConfig, packaged_configs, resolve_config
+from .logs import format_metric, interactive, print_summary
 from .threads import set_threads
 
 log = logging.getLogger("energyarch.train")
-
-
-def packaged_configs() -> dict[str, Path]:
-    """Name → path of the example configs shipped in ``energyarch/train/configs``."""
-    folder = resources.files("energyarch.train") / "configs"
-    return {Path(str(p)).stem: Path(str(p)) for p in folder.iterdir() if str(p).endswith(".toml")}
-
-
-def resolve_config(name: str) -> Path:
-    """A path to a config file, or the name of a packaged one (``digits`` → configs/digits.toml)."""
-    p = Path(name)
-    if p.is_file():
-        return p
-    known = packaged_configs()
-    if name in known or p.stem in known and not p.parent.parts:
-        return known[p.stem]
-    raise ConfigError(f"--config {name!r}: no such file; give a path to a .toml file or one of the packaged "
-                      f"configs: {', '.join(sorted(known))}")
 
 
 class _TqdmHandler(logging.Handler):
@@ -59,8 +41,6 @@ def setup_logging(quiet: bool = False) -> None:
     not a terminal (a log file) each line starts with the time."""
     if not log.handlers:
         import sys
-
-        from .logs import interactive
 
         handler = _TqdmHandler()
         handler.setFormatter(logging.Formatter("%(message)s" if interactive(sys.stdout) else
@@ -100,28 +80,6 @@ def _parse_tols(text: Optional[str]) -> Optional[list[float]]:
     return values
 
 
-#: primary metric of each task (the others: top1)
-PRIMARY_METRIC = {"sudoku": "board_acc", "text": "bpb"}
-
-
-def _value(name: str, value: float) -> str:
-    """A metric for the terminal: bits per byte as a number, accuracies in percent."""
-    return f"{value:.4f}" if name == "bpb" else f"{100 * value:.2f}%"
-
-
-def _print_summary(summary: dict, metric: str) -> None:
-    final = summary.get("final", {})
-    if f"test_{metric}" in final:
-        print(f"test {metric}: {_value(metric, final[f'test_{metric}'])}  (epoch {final['epoch']}, step "
-              f"{final['step']}, {summary.get('parameters', 0):,} parameters)")
-    for row in summary.get("sweep", []):
-        values = "  ".join(f"{k}={_value(k, v)}" for k, v in row.items() if k not in ("iters", "loss"))
-        print(f"  iters={row['iters']:>3}  {values}  loss={row['loss']:.4f}")
-    for name, path in summary.get("plots", {}).items():
-        print(f"plot {name}: {path}")
-    print(f"run folder: {summary.get('out_dir')}")
-
-
 # -------------------------------------------------------------------------------------------------------------
 # commands
 # -------------------------------------------------------------------------------------------------------------
@@ -150,7 +108,7 @@ def cmd_train(args) -> int:
         cfg = cfg.with_overrides(overrides)
     summary = train(cfg, resume=args.resume, report=not args.no_report)
     if int(os.environ.get("RANK", "0")) == 0:
-        _print_summary(summary, PRIMARY_METRIC.get(cfg.task, "top1"))
+        print_summary(summary, summary["metric"])
         if not summary.get("finished"):
             print(f"stopped before the last epoch (max_steps={cfg.max_steps}); continue with --resume")
     return 0
@@ -178,7 +136,7 @@ def cmd_eval(args) -> int:
                                  device=args.device, adaptive_tols=_parse_tols(args.adaptive_tol),
                                  adaptive_max=args.adaptive_max, **overrides)
     print(f"checkpoint {args.checkpoint} (epoch {result['epoch']}, step {result['step']})")
-    _print_summary({"sweep": result["sweep"], "plots": result["plots"], "out_dir": args.out or args.checkpoint},
+    print_summary({"sweep": result["sweep"], "plots": result["plots"], "out_dir": args.out or args.checkpoint},
                    result["metric"])
     rise = result.get("energy_rise")
     if rise:
@@ -186,7 +144,7 @@ def cmd_eval(args) -> int:
               f"largest rise {rise['max']:.4g}")
     for row in result.get("adaptive") or []:
         print(f"  adaptive tol={row['tol']:g}  mean iters={row['mean_iters']:.2f} (max {row['max_iters']})  "
-              f"{result['metric']}={_value(result['metric'], row[result['metric']])}")
+              f"{result['metric']}={format_metric(result['metric'], row[result['metric']])}")
     return 0
 
 

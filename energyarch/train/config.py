@@ -18,6 +18,7 @@ import math
 import os
 import sys
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
 
@@ -217,8 +218,6 @@ class TrainConfig:
         """Read a ``.toml`` or ``.json`` file, or a packaged config by name (``TrainConfig.load("digits")``)."""
         p = Path(path)
         if not p.is_file() and not p.suffix and not p.parent.parts:
-            from .cli import packaged_configs
-
             p = packaged_configs().get(p.name, p)
         if not p.is_file():
             raise ConfigError(f"config file {str(p)!r} does not exist; pass a .toml file such as "
@@ -448,6 +447,24 @@ def _toml_value(value) -> str:
     if isinstance(value, Mapping):
         return "{ " + ", ".join(f"{k} = {_toml_value(v)}" for k, v in value.items()) + " }"
     raise ConfigError(f"cannot write {value!r} ({type(value).__name__}) to TOML")  # pragma: no cover
+
+
+def packaged_configs() -> dict[str, Path]:
+    """Name → path of the example configs shipped in ``energyarch/train/configs``."""
+    folder = resources.files("energyarch.train") / "configs"
+    return {Path(str(p)).stem: Path(str(p)) for p in folder.iterdir() if str(p).endswith(".toml")}
+
+
+def resolve_config(name: str) -> Path:
+    """A path to a config file, or the name of a packaged one (``digits`` → configs/digits.toml)."""
+    p = Path(name)
+    if p.is_file():
+        return p
+    known = packaged_configs()
+    if name in known or p.stem in known and not p.parent.parts:
+        return known[p.stem]
+    raise ConfigError(f"--config {name!r}: no such file; give a path to a .toml file or one of the packaged "
+                      f"configs: {', '.join(sorted(known))}")
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:

@@ -16,8 +16,8 @@ from typing import Optional, Sequence
 from .. import compile as compile_energy
 from .. import verify
 from ..models import ModelConfig
-from .cli import packaged_configs
-from .config import TrainConfig
+from .config import TrainConfig, packaged_configs
+from .logs import print_summary
 
 DEMO_CONFIGS = {"digits": "digits", "sudoku": "sudoku_small"}
 
@@ -46,7 +46,6 @@ def _fresh_folder(base: str) -> str:
 def run_demo(task: str = "digits", out_dir: Optional[str] = None, epochs: Optional[int] = None,
              progress: bool = True, overrides: Sequence[str] = ()) -> int:
     """Run the three demo stages and print their results; returns the exit status 0."""
-    from .cli import _print_summary
     from .trainer import train
 
     cfg = demo_config(task, out_dir, epochs, overrides)
@@ -66,5 +65,5 @@ def run_demo(task: str = "digits", out_dir: Optional[str] = None, epochs: Option
     summary = train(cfg)
     print()
     print(f"== 3. results ({time.perf_counter() - start:.0f} s)")
-    _print_summary(summary, "board_acc" if cfg.task == "sudoku" else "top1")
+    print_summary(summary, summary["metric"])
     return 0

@@ -21,6 +21,7 @@ from torch import nn
 
 from ..errors import ConfigError
 from . import logs, plots
+from .checkpoint import load_run
 from .config import TrainConfig, atomic_write_text
 from .iterates import capture_states
 from .tasks import Task
@@ -258,8 +259,6 @@ def evaluate_checkpoint(path: str | os.PathLike, iters: Optional[Sequence[int]] 
                         **overrides) -> dict:
     """Load a run's checkpoint, sweep ``iters`` (default: config's eval_iters or T/4..2T), write plots; with
     ``adaptive_tols`` also adaptive depth (:func:`adaptive_depth`)."""
-    from .trainer import load_run
-
     model, task, cfg, state = load_run(path, device=device, **overrides)
     folder = Path(path) if Path(path).is_dir() else Path(path).parent
     trained_on, now = (state.get("data") or {}).get("sha256"), (getattr(task, "data_info", None) or {}).get("sha256")

@@ -4,6 +4,7 @@
   file) one plain log line every :data:`LOG_INTERVAL_S` seconds instead of hundreds of carriage-return redraws.
 - :class:`Board`: TensorBoard scalars in the run folder (``tensorboard --logdir runs``); without the optional
   ``tensorboard`` package a one-line notice and nothing else.
+- :func:`print_summary`: the lines a finished run or an evaluation prints on the terminal.
 - :func:`peak_memory_mb`: CUDA ``max_memory_allocated`` on a GPU, the process's peak RSS on a CPU.
 
 >>> import io
@@ -175,6 +176,30 @@ def log_report(folder: str | os.PathLike, sweep: list, trace: Mapping, metric: s
     log.debug("TensorBoard: sweep of %s and diagnostics written to %s", metric, folder)
 
 
+def format_metric(name: str, value: float) -> str:
+    """A metric for the terminal: bits per byte as a number, accuracies in percent.
+
+    >>> format_metric("top1", 0.9583), format_metric("bpb", 2.5)
+    ('95.83%', '2.5000')
+    """
+    return f"{value:.4f}" if name == "bpb" else f"{100 * value:.2f}%"
+
+
+def print_summary(summary: Mapping, metric: str) -> None:
+    """Print the test ``metric`` of a run's ``final`` entry, its iteration ``sweep``, ``plots`` and ``out_dir``
+    (the summary of :func:`energyarch.train.train`, or the same keys from an evaluation)."""
+    final = summary.get("final", {})
+    if f"test_{metric}" in final:
+        print(f"test {metric}: {format_metric(metric, final[f'test_{metric}'])}  (epoch {final['epoch']}, step "
+              f"{final['step']}, {summary.get('parameters', 0):,} parameters)")
+    for row in summary.get("sweep", []):
+        values = "  ".join(f"{k}={format_metric(k, v)}" for k, v in row.items() if k not in ("iters", "loss"))
+        print(f"  iters={row['iters']:>3}  {values}  loss={row['loss']:.4f}")
+    for name, path in summary.get("plots", {}).items():
+        print(f"plot {name}: {path}")
+    print(f"run folder: {summary.get('out_dir')}")
+
+
 def peak_memory_mb(device: torch.device) -> Optional[float]:
     """Peak memory in MiB: CUDA ``max_memory_allocated`` (since the last reset) on a GPU; on a CPU the process's
     peak resident set size since it started (``getrusage``), or None where that is not available."""
@@ -198,5 +223,5 @@ def reset_peak_memory(device: torch.device) -> None:
 PEAK_MEMORY_KIND = {"cuda": "torch.cuda.max_memory_allocated per epoch",
                     "cpu": "process peak RSS since start (getrusage ru_maxrss)"}
 
-__all__ = ["Board", "LOG_INTERVAL_S", "PEAK_MEMORY_KIND", "Progress", "interactive", "log_report",
-           "peak_memory_mb", "reset_peak_memory"]
+__all__ = ["Board", "LOG_INTERVAL_S", "PEAK_MEMORY_KIND", "Progress", "format_metric", "interactive", "log_report",
+           "peak_memory_mb", "print_summary", "reset_peak_memory"]

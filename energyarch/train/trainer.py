@@ -38,12 +38,10 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import BatchSampler, DataLoader, DistributedSampler
 from ..errors import CheckpointError, ConfigError, EnergyArchError
-from ..energy import as_energy
 from ..models import ModelConfig, build_model, count_parameters
-from ..models.record import energy_fingerprint
 from . import distributed, logs
-from .checkpoint import STATE_FILE, check_run_folder, load_checkpoint, read_state, save_checkpoint, set_rng_state
-from .config import TrainConfig, atomic_write_text, saved_config
+from .checkpoint import STATE_FILE, check_run_folder, load_checkpoint, load_run, save_checkpoint, set_rng_state
+from .config import TrainConfig, atomic_write_text
 from .iterates import forward_all
 from .tasks import Task, build_task
 
@@ -584,31 +582,6 @@ def _json(obj) -> str:
     return json.dumps(obj, indent=1, allow_nan=True)
 
 
-def load_run(path, device: str = "cpu", task: Optional[Task] = None, energy=None, **overrides):
-    """Rebuild the model of a finished (or interrupted) run from its checkpoint: ``(model, task, cfg, state)``.
-
-    ``overrides`` replace config fields (e.g. ``data_dir``, ``limit_test``) for building the task. A run whose
-    energy has torch callables recorded only their fingerprint: pass the same energy back as ``energy=E`` (an
-    ``ea.Energy`` or a term); another energy is refused.
-    """
-    state, folder = read_state(path)
-    config = saved_config(state["config"])
-    recorded = config.get("model", {}).get("terms") if isinstance(config.get("model"), dict) else None
-    if isinstance(recorded, dict) and "python_energy" in recorded:
-        config = _with_python_energy(config, recorded, energy, folder)
-    elif energy is not None:
-        raise ConfigError(f"load_run: run {folder} recorded its energy as a declaration; drop energy= (it is "
-                          f"rebuilt from {STATE_FILE})")
-    cfg = TrainConfig.from_dict(config, source=f"{folder / STATE_FILE} [config]")
-    if overrides:
-        cfg = TrainConfig.from_dict({**cfg.to_dict(), **overrides}, source="load_run overrides")
-    if task is None:
-        task = build_task(cfg)
-    model = build_model(cfg.model, task.spec)
-    load_checkpoint(folder, model)
-    return model.to(distributed.resolve_device(device)), task, cfg, state
-
-
 #: Largest step / epoch counter accepted from a checkpoint (far beyond any run; a crafted 10**30 is refused).
 MAX_COUNTER = 2**53
 
@@ -645,27 +618,12 @@ def _progress(state: dict, where, steps_per_epoch: int) -> tuple:
     return step, epoch, batch, epoch_loss, list(history), list(speed), elapsed
 
 
-def _with_python_energy(config: dict, recorded: dict, energy, folder) -> dict:
-    """``config`` with the energy handed back from Python, after checking it against the recorded fingerprint."""
-    names, fingerprint = recorded.get("names"), recorded["python_energy"]
-    if energy is None:
-        raise ConfigError(f"load_run: run {folder} was trained on an energy with torch callables (terms {names}), "
-                          f"recorded as its fingerprint {fingerprint}; pass the same energy back: "
-                          f"load_run(path, energy=E)")
-    energy = as_energy(energy)
-    model = {**config["model"], "terms": energy}
-    mine = energy_fingerprint(energy, model.get("d", ModelConfig().d))
-    if mine != fingerprint:
-        raise ConfigError(f"load_run: energy= (terms {energy.names}) is not the energy run {folder} was trained on "
-                          f"(fingerprint {mine}, recorded {fingerprint}, terms {names}); pass that energy")
-    return {**config, "model": model}
-
-
 def train(cfg: TrainConfig, resume: bool = False, model: Optional[nn.Module] = None, task: Optional[Task] = None,
           report: bool = True) -> dict:
     """Train, then (main process) sweep test-time iterations and draw the plots; returns a summary dict.
 
-    The summary has ``final`` (last history entry), ``history``, ``out_dir``, and with ``report`` the sweep and
+    The summary has ``final`` (last history entry), ``history``, ``out_dir``, ``metric`` (the task's primary
+    metric), ``parameters``, ``finished``, and with ``report`` the sweep and
     the plot paths (see :func:`energyarch.train.evaluate.report`). From Python (nothing configured the
     ``energyarch.train`` logger) it shows a tqdm bar and the per-epoch lines, as the command line does;
     ``progress=False`` in the config switches both off.
@@ -681,6 +639,7 @@ def _train(cfg: TrainConfig, resume: bool, model: Optional[nn.Module], task: Opt
     try:
         final = trainer.fit(resume=resume)
         summary = {"final": final, "history": trainer.history, "out_dir": str(trainer.out_dir),
+                   "metric": trainer.task.primary,
                    "parameters": count_parameters(trainer.model), "finished": trainer.epoch >= cfg.epochs}
         if report and trainer.dist.is_main and summary["finished"]:
             from .evaluate import report as make_report
