@@ -14,7 +14,9 @@ from energyarch.errors import CheckpointError, ConfigError
 from energyarch.models import ModelConfig, TaskSpec, build_model
 from energyarch.train import TrainConfig, load_checkpoint
 from energyarch.train.checkpoint import STATE_FILE
-from energyarch.train.cli import packaged_configs
+from energyarch.train.config import packaged_configs
+
+from conftest import TINY_TOML as TINY
 
 INLINE = '''
 [model.attention]
@@ -28,23 +30,6 @@ g = "x"
 h = "softplus(x)"
 ratio = 2
 '''
-
-TINY = '''task = "digits"
-epochs = 1
-batch_size = 16
-limit_train = 32
-limit_test = 16
-diagnostics_samples = 4
-eval_iters = [1, 2]
-progress = false
-
-[model]
-d = 16
-heads = 2
-iters = 2
-time_freq = 8
-'''
-
 
 def test_catalog_name_builds_the_entry_term_with_config_heads_and_width():
     cfg = ModelConfig(d=16, heads=2, attention="tanh-kernel", feedforward="softplus-ff", ff_ratio=2.0)

@@ -14,13 +14,14 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import json
-import os
 import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from conftest import python_env, run_python
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -90,8 +91,7 @@ def site(tmp_path_factory) -> Path:
     if missing:
         pytest.skip(f"documentation tools not installed ({', '.join(missing)}): pip install -e '.[dev]'")
     out = tmp_path_factory.mktemp("site")
-    env = {**os.environ, "NO_MKDOCS_2_WARNING": "1"}
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
+    env = python_env(NO_MKDOCS_2_WARNING="1")
     proc = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(out)],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=1800)
     if proc.returncode != 0:
@@ -272,12 +272,7 @@ def test_getting_started_example_runs_as_written(tmp_path):
     assert page.count("```python") == 2, "every python block of the page is run here"
     reload = re.search(r"`(model, task, cfg, state = energyarch\.train\.load_run\(\"runs/cauchy\"\))`", page)
     code += f'\nimport energyarch\n{reload.group(1)}\nprint("reloaded", type(model).__name__)\n'   # as the page writes it
-    script = tmp_path / "getting_started.py"
-    script.write_text(code, encoding="utf-8")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)}
-    proc = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=env, capture_output=True, text=True,
-                          timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = run_python(code, tmp_path, "getting_started.py")
     assert re.search(r"^test accuracy \d+\.\d% after 1 epochs \(chance 10%\)$", proc.stdout, re.MULTILINE), proc.stdout
     assert "verification (paper mode" in proc.stdout and "reloaded" in proc.stdout
 

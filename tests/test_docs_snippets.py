@@ -2,16 +2,11 @@
 Python shows its progress."""
 
 import logging
-import os
 import re
-import subprocess
-import sys
-from pathlib import Path
 
-from energyarch.models import ModelConfig
 from energyarch.train import TrainConfig, train
 
-ROOT = Path(__file__).resolve().parents[1]
+from conftest import ROOT, run_python, tiny
 
 
 def test_write_your_own_energy_runs_as_written(tmp_path):
@@ -20,12 +15,7 @@ def test_write_your_own_energy_runs_as_written(tmp_path):
     assert len(blocks) == page.count("```python") >= 5
     reload = re.search(r'`(energyarch\.train\.load_run\("runs/three-terms"\))`', page).group(1)
     code = "\n".join(blocks) + f"\nimport energyarch\nmodel, *_ = {reload}\nprint('reloaded', model.cfg.energy().names)\n"
-    script = tmp_path / "snippets.py"
-    script.write_text(code, encoding="utf-8")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)}
-    proc = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=env, capture_output=True, text=True,
-                          timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = run_python(code, tmp_path, "snippets.py")
     out = proc.stdout
     assert "qk bi-softmax" in out and out.count("True") >= 2 and "verification (paper mode" in out
     assert "reloaded ['attn', 'et', 'hopfield']" in out
@@ -33,9 +23,7 @@ def test_write_your_own_energy_runs_as_written(tmp_path):
 
 
 def _tiny(tmp_path, progress: bool) -> TrainConfig:
-    return TrainConfig(task="digits", epochs=1, batch_size=16, limit_train=32, limit_test=16, progress=progress,
-                       diagnostics_samples=4, eval_iters=[1], out_dir=str(tmp_path / "run"),
-                       model=ModelConfig(d=16, heads=2, iters=2, time_freq=8))
+    return tiny(tmp_path, epochs=1, limit_train=32, limit_test=16, progress=progress)
 
 
 def test_train_from_python_shows_a_bar_and_the_epoch_line_unless_switched_off(tmp_path, capsys, monkeypatch):

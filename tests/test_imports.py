@@ -13,6 +13,9 @@ still a cycle), relative or absolute:
   itself. Only an explicit import *of the package* counts: a submodule that takes a name from its own package's
   ``__init__`` (``from . import TrainConfig``, ``from energyarch import Energy``) depends on everything that
   ``__init__`` imports, its siblings included, and closes a real cycle.
+- Imports in the body of ``if TYPE_CHECKING:`` are left out: they never run (annotations only, under
+  ``from __future__ import annotations``), and they are the one way a lower module may name the type of a module
+  above it. Everything else in that ``if`` (its ``else``) counts.
 - Imports of other distributions (torch, sympy, ...) are ignored; so are dynamic imports
   (``importlib.import_module``, module ``__getattr__``), which a static reading cannot follow.
 
@@ -25,6 +28,7 @@ from __future__ import annotations
 import ast
 from collections import deque
 from pathlib import Path
+from typing import Iterator
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -52,6 +56,25 @@ def _resolve(module: str, is_package: bool, level: int, name: str | None) -> str
     return ".".join(base + ([name] if name else []))
 
 
+def _type_checking(test: ast.expr) -> bool:
+    """The condition ``TYPE_CHECKING`` or ``typing.TYPE_CHECKING``."""
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING"
+            or isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
+
+
+def _imports(tree: ast.AST) -> Iterator[ast.Import | ast.ImportFrom]:
+    """Every import statement of ``tree`` in source order, at any depth, except in the body of ``if TYPE_CHECKING:``."""
+    stack = [tree]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            yield node
+        elif isinstance(node, ast.If) and _type_checking(node.test):
+            stack.extend(reversed(node.orelse))
+        else:
+            stack.extend(reversed(list(ast.iter_child_nodes(node))))
+
+
 def import_graph(src: Path, package: str) -> Graph:
     """The import graph of ``package`` (see the module docstring for what counts as an edge)."""
     modules = _modules(src, package)
@@ -66,7 +89,7 @@ def import_graph(src: Path, package: str) -> Graph:
 
     for name, path in modules.items():
         is_package = path.name == "__init__.py"
-        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), filename=str(path))):
+        for node in _imports(ast.parse(path.read_text(encoding="utf-8"), filename=str(path))):
             if isinstance(node, ast.Import):
                 for alias in node.names:
                     add(name, alias.name, node.lineno)
@@ -217,9 +240,12 @@ def test_a_name_taken_from_the_own_package_init_is_a_cycle(tmp_path):
         "pkg/b.py": "from . import A  # defined in the sibling a, re-exported by the package\nB = A\n",
         "pkg/deep/__init__.py": "",
         "pkg/deep/d.py": "def f():\n    from .. import b\n    from pkg.b import B\n",
+        "pkg/typed.py": ("from typing import TYPE_CHECKING\nimport typing\nif TYPE_CHECKING:\n    from . import b\n"
+                         "if typing.TYPE_CHECKING:\n    from .a import A\nelse:\n    from .deep import d\n"),
     })
     graph = import_graph(src, "pkg")
     assert graph["pkg.b"] == {"pkg": [1]}
     assert graph["pkg.deep.d"] == {"pkg.b": [2, 3]}  # a submodule by ``..``; a name of the module pkg.b
+    assert graph["pkg.typed"] == {"pkg.deep.d": [8]}  # annotations-only imports are left out, ``else`` counts
     assert strongly_connected(graph) == [["pkg", "pkg.b"]]
     assert cycles(graph) == [["pkg", "pkg.b", "pkg"]]

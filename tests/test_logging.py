@@ -1,6 +1,7 @@
 """Logs people read: plain progress lines instead of a carriage-return bar when the output is not a terminal,
 TensorBoard event files in the run folder (and a one-line notice when tensorboard is missing)."""
 
+import functools
 import io
 import logging
 import os
@@ -11,19 +12,14 @@ from pathlib import Path
 
 import pytest
 
-from energyarch.models import ModelConfig
-from energyarch.train import TrainConfig, lr_at, train
+from energyarch.train import lr_at, train
 from energyarch.train import logs
 
-ROOT = Path(__file__).resolve().parents[1]
+import conftest
+from conftest import ROOT
 
-
-def tiny(tmp_path, **kw) -> TrainConfig:
-    base = dict(task="digits", epochs=2, batch_size=16, lr=3e-3, limit_train=48, limit_test=16, progress=False,
-                diagnostics_samples=8, eval_iters=[1, 2, 3], out_dir=str(tmp_path / "run"),
-                model=ModelConfig(d=16, heads=2, iters=2, time_freq=8))
-    base.update(kw)
-    return TrainConfig(**base)
+#: the shared tiny run on 48 training images: 3 steps per epoch
+tiny = functools.partial(conftest.tiny, limit_train=48, limit_test=16)
 
 
 class FakeTerminal(io.StringIO):

@@ -12,22 +12,9 @@ from energyarch.models import ModelConfig, TaskSpec, build_model
 from energyarch.models.record import energy_fingerprint
 from energyarch.train import TrainConfig
 
-THREE_TERMS = """
-task = "digits"
-epochs = 1
-batch_size = 16
-limit_train = 32
-limit_test = 16
-diagnostics_samples = 4
-eval_iters = [1, 2]
-progress = false
+from conftest import TINY_TOML
 
-[model]
-d = 16
-heads = 2
-iters = 2
-time_freq = 8
-
+THREE_TERMS = TINY_TOML + """
 [[model.terms]]
 family = "attention"
 f = "log(x)/beta"

@@ -3,7 +3,6 @@ architecture checks, NaN handling, data-parallel replicas (torchrun), evaluation
 
 import json
 import math
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -20,21 +19,11 @@ from energyarch.train import (
     TrainConfig, Trainer, TrainingDivergedError, build_task, forward_all, load_checkpoint, lr_at, train,
 )
 from energyarch.train.checkpoint import STATE_FILE
-from energyarch.train.cli import packaged_configs
+from energyarch.train.config import packaged_configs
 from energyarch.train.distributed import parameter_digest
 from energyarch.train.evaluate import evaluate_checkpoint, sweep_iterations
 
-ROOT = Path(__file__).resolve().parents[1]
-TINY_MODEL = dict(d=16, heads=2, iters=2, time_freq=8)
-
-
-def tiny(tmp_path, **kw) -> TrainConfig:
-    """Digits, 64 training images in batches of 16 (4 steps per epoch), a 2-iteration d=16 Hyper-SET."""
-    base = dict(task="digits", epochs=2, batch_size=16, lr=3e-3, limit_train=64, limit_test=32, progress=False,
-                diagnostics_samples=8, eval_iters=[1, 2, 3], out_dir=str(tmp_path / "run"),
-                model=ModelConfig(**TINY_MODEL))
-    base.update(kw)
-    return TrainConfig(**base)
+from conftest import TINY_MODEL, python_env, tiny
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -275,8 +264,7 @@ def test_ddp_two_processes_identical_replicas(tmp_path):
     """The same `energyarch train` command under torchrun with 2 gloo processes."""
     cfg = tiny(tmp_path, epochs=1, max_steps=3, out_dir=str(tmp_path / "ddp"))
     cfg.save(tmp_path / "ddp.toml")
-    env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
-           "OMP_NUM_THREADS": "1"}
+    env = python_env(OMP_NUM_THREADS="1")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "energyarch",
            "train", "--config", str(tmp_path / "ddp.toml"), "--no-report", "--quiet"]
     cp = subprocess.run(cmd, capture_output=True, text=True, timeout=240, cwd=tmp_path, env=env)

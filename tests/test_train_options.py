@@ -1,6 +1,7 @@
 """Training speed options on the CPU: precision (fp32 / auto / bf16 autocast), torch.compile (fullgraph, its
 fallback, the first-step cost), and the speed log (throughput, peak memory) in metrics.json."""
 
+import functools
 import json
 import logging
 import os
@@ -11,19 +12,14 @@ from torch import nn
 
 import energyarch.train.trainer as trainer_module
 from energyarch.errors import ConfigError
-from energyarch.models import ModelConfig
 from energyarch.train import TrainConfig, Trainer
 from energyarch.train.trainer import autocast_dtype, make_optimizer
 
-TINY_MODEL = dict(d=16, heads=2, iters=2, time_freq=8)
+import conftest
 
-
-def tiny(tmp_path, **kw) -> TrainConfig:
-    """Digits, 56 training images in batches of 16: 4 steps per epoch, the last one a partial batch of 8."""
-    base = dict(task="digits", epochs=1, batch_size=16, lr=3e-3, limit_train=56, limit_test=16, progress=False,
-                out_dir=str(tmp_path / "run"), model=ModelConfig(**TINY_MODEL))
-    base.update(kw)
-    return TrainConfig(**base)
+#: the shared tiny run for one epoch on 56 training images in batches of 16: 4 steps per epoch, the last one a
+#: partial batch of 8
+tiny = functools.partial(conftest.tiny, epochs=1, limit_train=56, limit_test=16)
 
 
 def first_batch(trainer: Trainer):

@@ -89,6 +89,18 @@ def _energy_layers(model: nn.Module):
     return list(layers)
 
 
+def _first_examples(model: nn.Module, task: Task, dataset, samples: int) -> Optional[tuple[list, torch.Tensor, bool]]:
+    """``(layers, inputs, was_training)``: the energy layers and the model inputs of the first ``samples`` examples,
+    with ``model`` switched to eval mode (``was_training`` restores it); None without energy layers or examples."""
+    layers = _energy_layers(model)
+    n = min(samples, len(dataset))
+    if layers is None or n == 0:
+        return None
+    was_training = model.training
+    model.eval()
+    return layers, task.inputs(dataset[list(range(n))], _device(model)), was_training
+
+
 #: a rise counts when E_after − E_before > RISE_RTOL · |E_before| (float32 rounding of the energy)
 RISE_RTOL = 1e-6
 
@@ -102,15 +114,12 @@ def energy_rise(model: nn.Module, task: Task, dataset, iters: int, samples: int 
     energy rises (by more than ``RISE_RTOL`` relative), the largest rise (absolute and relative to |E_before|),
     the fraction per iteration (all layers in order), and the number of pairs; None for backbones without energy.
     """
-    layers = _energy_layers(model)
-    n = min(samples, len(dataset))
-    if layers is None or n == 0:
+    first = _first_examples(model, task, dataset, samples)
+    if first is None:
         return None
-    batch = dataset[list(range(n))]
-    was_training = model.training
-    model.eval()
-    inputs = task.inputs(batch, _device(model))
+    layers, inputs, was_training = first
     X = model.embed(inputs)                                             # (B, N, d), the first layer's input
+    n = X.shape[0]
     with capture_states(model) as states:
         model(inputs, iters=iters)
     model.train(was_training)
@@ -146,14 +155,11 @@ def term_rise(model: nn.Module, task: Task, dataset, iters: int, samples: int = 
     """
     from ..descent import sub_step_rises
 
-    layers = _energy_layers(model)
-    n = min(samples, len(dataset))
-    if layers is None or n == 0:
+    first = _first_examples(model, task, dataset, samples)
+    if first is None:
         return None
-    batch = dataset[list(range(n))]
-    was_training = model.training
-    model.eval()
-    X = model.embed(task.inputs(batch, _device(model)))
+    layers, inputs, was_training = first
+    X = model.embed(inputs)
     per_term, worst = {}, []
     for index, layer in enumerate(layers):
         rises, counts, rose = sub_step_rises(layer, X, iters, RISE_RTOL)
