@@ -12,6 +12,7 @@ from .checkpoint import save_checkpoint as save_checkpoint
 from .config import TrainConfig as TrainConfig
 from .iterates import forward_all as forward_all
 from .registry import register_task as register_task
+from .tasks import ClassificationTask as ClassificationTask
 from .tasks import ImageTask as ImageTask
 from .tasks import SudokuTask as SudokuTask
 from .tasks import Task as Task
@@ -23,7 +24,7 @@ from .trainer import lr_at as lr_at
 from .trainer import train as train
 
 __all__ = [
-    "ImageTask", "SudokuTask", "Task", "TrainConfig", "Trainer", "TrainingDivergedError", "architecture_signature",
-    "build_task", "evaluate_dataset", "forward_all", "load_checkpoint", "load_run", "lr_at", "register_task",
-    "save_checkpoint", "train",
+    "ClassificationTask", "ImageTask", "SudokuTask", "Task", "TrainConfig", "Trainer", "TrainingDivergedError",
+    "architecture_signature", "build_task", "evaluate_dataset", "forward_all", "load_checkpoint", "load_run", "lr_at",
+    "register_task", "save_checkpoint", "train",
 ]

@@ -28,7 +28,7 @@ import math
 import os
 import random
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Mapping, Optional
 
 import numpy as np
 import torch
@@ -540,7 +540,7 @@ def load_run(path: str | os.PathLike, device: str = "cpu", task: Optional[Task] 
     return model.to(distributed.resolve_device(device)), task, cfg, state
 
 
-def _with_python_energy(config: dict, recorded: dict, energy: Any, folder: Path) -> dict:
+def _with_python_energy(config: Mapping[str, Any], recorded: dict, energy: Any, folder: Path) -> dict:
     """``config`` with the energy handed back from Python, after checking it against the recorded fingerprint."""
     names, fingerprint = recorded.get("names"), recorded["python_energy"]
     if energy is None:

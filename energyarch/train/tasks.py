@@ -100,22 +100,13 @@ class SudokuTask(Task):
                 "cell_acc": 1.0 - sums["cells_wrong"] / cells}
 
 
-class ImageTask(Task):
-    """Image classification with a class token: ``(B, C, H, W)`` -> ``(B, classes)`` logits."""
+class ClassificationTask(Task):
+    """One class label per example (``batch[1]``) against ``(B, classes)`` logits: cross-entropy, ``top1``.
+
+    A classification task of one's own subclasses it and writes ``__init__`` (datasets, spec) and ``inputs``.
+    """
 
     primary = "top1"
-
-    def __init__(self, name: str, train_set: Dataset, test_set: Dataset, image_shape: tuple, num_classes: int,
-                 patch_size: int, augment: bool = False):
-        self.name, self.train_set, self.test_set, self.augment = name, train_set, test_set, augment
-        self.spec = TaskSpec(kind="image", num_outputs=num_classes, output="cls", image_shape=tuple(image_shape),
-                             patch_size=patch_size)
-
-    def inputs(self, batch, device, train=False, generator=None):
-        x = batch[0]
-        if train and self.augment:
-            x = augment(x, generator)
-        return x.to(device, non_blocking=True)
 
     def loss_one(self, logits, batch):
         return F.cross_entropy(logits.float(), batch[1].to(logits.device))
@@ -128,6 +119,22 @@ class ImageTask(Task):
     def finalize(self, sums):
         n = max(sums["n"], 1.0)
         return {"loss": sums["loss_sum"] / n, "top1": sums["correct"] / n}
+
+
+class ImageTask(ClassificationTask):
+    """Image classification with a class token: ``(B, C, H, W)`` -> ``(B, classes)`` logits."""
+
+    def __init__(self, name: str, train_set: Dataset, test_set: Dataset, image_shape: tuple, num_classes: int,
+                 patch_size: int, augment: bool = False):
+        self.name, self.train_set, self.test_set, self.augment = name, train_set, test_set, augment
+        self.spec = TaskSpec(kind="image", num_outputs=num_classes, output="cls", image_shape=tuple(image_shape),
+                             patch_size=patch_size)
+
+    def inputs(self, batch, device, train=False, generator=None):
+        x = batch[0]
+        if train and self.augment:
+            x = augment(x, generator)
+        return x.to(device, non_blocking=True)
 
 
 def augment(x: Tensor, generator: Optional[torch.Generator] = None) -> Tensor:
