@@ -34,8 +34,15 @@ def tiny(tmp_path: Path, **kw: Any) -> TrainConfig:
     return TrainConfig(**base)
 
 
-#: the TOML of a one-epoch digits run of the same tiny model (32 training images), without an energy: a test adds
-#: its ``[model.attention]`` / ``[[model.terms]]`` tables after it
+def quick(tmp_path: Path, **kw: Any) -> TrainConfig:
+    """:func:`tiny` for one epoch on 32 training images (2 steps), evaluated on 16, iterations 1 and 2 swept: a run
+    whose training is not under test; ``kw`` replace any field."""
+    return tiny(tmp_path, **{**dict(epochs=1, limit_train=32, limit_test=16, diagnostics_samples=4,
+                                    eval_iters=[1, 2]), **kw})
+
+
+#: the TOML of a :func:`quick` run (at the default learning rate), without an energy: a test adds its
+#: ``[model.attention]`` / ``[[model.terms]]`` tables after it
 TINY_TOML = """task = "digits"
 epochs = 1
 batch_size = 16

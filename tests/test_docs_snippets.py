@@ -4,9 +4,9 @@ Python shows its progress."""
 import logging
 import re
 
-from energyarch.train import TrainConfig, train
+from energyarch.train import train
 
-from conftest import ROOT, run_python, tiny
+from conftest import ROOT, quick, run_python
 
 
 def test_write_your_own_energy_runs_as_written(tmp_path):
@@ -22,16 +22,12 @@ def test_write_your_own_energy_runs_as_written(tmp_path):
     assert "epoch 1/1" in proc.stderr                         # the progress bar, from Python
 
 
-def _tiny(tmp_path, progress: bool) -> TrainConfig:
-    return tiny(tmp_path, epochs=1, limit_train=32, limit_test=16, progress=progress)
-
-
 def test_train_from_python_shows_a_bar_and_the_epoch_line_unless_switched_off(tmp_path, capsys, monkeypatch):
     # as in a fresh Python session: nothing configured the logger (the command line's tests in this process did)
     monkeypatch.setattr(logging.getLogger("energyarch.train"), "handlers", [])
-    train(_tiny(tmp_path, True), report=False)
+    train(quick(tmp_path, progress=True), report=False)
     out, err = capsys.readouterr()
     assert "epoch 1/1" in err and ("it/s" in err or "s/it" in err)   # tqdm bar on stderr
     assert re.search(r"^epoch 1/1 +train_loss=", out, re.MULTILINE)    # the per-epoch line on stdout
-    train(_tiny(tmp_path / "quiet", False), report=False)
+    train(quick(tmp_path / "quiet"), report=False)
     assert capsys.readouterr() == ("", "")

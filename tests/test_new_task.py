@@ -9,7 +9,7 @@ from torch.utils.data import TensorDataset
 from energyarch.models import TaskSpec
 from energyarch.train import ClassificationTask, TrainConfig, register_task, train
 
-from conftest import tiny
+from conftest import quick
 
 
 class Parity(ClassificationTask):
@@ -35,8 +35,7 @@ def build_parity(cfg: TrainConfig) -> Parity:
 
 
 def test_a_task_defined_in_this_file_trains_and_evaluates(tmp_path):
-    cfg = tiny(tmp_path, task="parity", epochs=1, limit_train=32, limit_test=16, diagnostics_samples=4,
-               eval_iters=[1, 2])
+    cfg = quick(tmp_path, task="parity")
     summary = train(cfg)
     assert summary["finished"] and 0 <= summary["final"]["test_top1"] <= 1
     assert math.isfinite(summary["final"]["test_loss"]) and [r["iters"] for r in summary["sweep"]] == [1, 2]

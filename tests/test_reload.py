@@ -13,12 +13,8 @@ from energyarch.errors import ConfigError
 from energyarch.models import ModelConfig
 from energyarch.train import TrainConfig, train
 
-TINY = dict(d=16, heads=2, iters=2, time_freq=8)
-
-
-def _digits(tmp_path, model: ModelConfig) -> TrainConfig:
-    return TrainConfig(task="digits", epochs=1, batch_size=16, limit_train=32, limit_test=16, progress=False,
-                       diagnostics_samples=4, eval_iters=[1, 2], out_dir=str(tmp_path / "run"), model=model)
+from conftest import TINY_MODEL as TINY
+from conftest import quick
 
 
 def test_a_causal_and_gated_run_trained_from_python_reloads_for_generate(tmp_path, capsys):
@@ -47,7 +43,7 @@ def test_an_energy_with_a_torch_callable_is_handed_back_and_checked(tmp_path, ca
         return torch.relu(u) ** 2 / 2
 
     energy = ea.Attention(f="log(x)/beta", K="exp(beta*s)", heads=2) + ea.FeedForward(g="x", h=relu_sq, ratio=2)
-    cfg = _digits(tmp_path, ModelConfig(**TINY, energy=energy))
+    cfg = quick(tmp_path, model=ModelConfig(**TINY, energy=energy))
     with pytest.raises(ConfigError, match=r"h = relu_sq is a torch callable.*fingerprint [0-9a-f]{16}.*"
                                           r"load_run\(path, energy=E\).*another energy is refused"):
         cfg.to_toml()
