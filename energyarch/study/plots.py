@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from ..train.plots import _figure, _save
+from ..train.plots import new_figure, save_figure
 from .stats import PERCENT
 
 
@@ -27,7 +27,7 @@ def plot_study(board: dict, rows: list[dict], folder) -> dict:
         pts = [e for e in table if e.get(key) is not None]
         if not pts:
             continue
-        fig, (ax,) = _figure(width=6.0, height=4.2)
+        fig, (ax,) = new_figure(width=6.0, height=4.2)
         for e in pts:
             err = 0.0 if math.isnan(e["half"]) else e["half"] * scale
             ax.errorbar([e[key] * xscale], [e["mean"] * scale], yerr=[err], fmt="o", capsize=3, label=e["label"])
@@ -41,8 +41,8 @@ def plot_study(board: dict, rows: list[dict], folder) -> dict:
                 ax.annotate(e["label"], (e[key] * xscale, e["mean"] * scale), fontsize=5, alpha=0.8,
                             xytext=(3, 2), textcoords="offset points")
         ax.grid(alpha=0.3)
-        made[name] = _save(fig, out / f"{name}.png")
-    fig, (ax,) = _figure(width=max(5.0, 0.55 * len(table) + 2), height=4.4)
+        made[name] = save_figure(fig, out / f"{name}.png")
+    fig, (ax,) = new_figure(width=max(5.0, 0.55 * len(table) + 2), height=4.4)
     labels = [e["label"] for e in table]
     for i, e in enumerate(table):
         ys = [v * scale for v in e["values"].values() if v is not None]
@@ -56,7 +56,7 @@ def plot_study(board: dict, rows: list[dict], folder) -> dict:
     ax.set_ylabel(ylabel)
     ax.set_title("per seed (dots) and mean ± 95 % interval (red)", fontsize=9)
     ax.grid(alpha=0.3, axis="y")
-    made["spread"] = _save(fig, out / "spread.png")
+    made["spread"] = save_figure(fig, out / "spread.png")
     return made
 
 

@@ -20,14 +20,16 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 
-def _figure(ncols: int = 1, width: float = 5.0, height: float = 3.6):
+def new_figure(ncols: int = 1, width: float = 5.0, height: float = 3.6) -> tuple[Figure, list]:
+    """A figure of ``ncols`` axes side by side on the Agg canvas (no display needed) and the list of its axes."""
     fig = Figure(figsize=(width * ncols, height), layout="constrained")
     FigureCanvasAgg(fig)
     axes = fig.subplots(1, ncols, squeeze=False)[0]
     return fig, list(axes)
 
 
-def _save(fig: Figure, path: str | os.PathLike) -> str:
+def save_figure(fig: Figure, path: str | os.PathLike) -> str:
+    """Write ``fig`` as a PNG to ``path`` (folders made as needed); returns the path as a string."""
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(p, dpi=120)
@@ -52,7 +54,7 @@ def _mark_train(ax, train_iters: Optional[int]) -> None:
 def plot_sweep(sweep: Sequence[Mapping], metric: str, train_iters: Optional[int], path: str | os.PathLike,
                extra: Sequence[str] = (), title: str = "Test-time iterations (Fig. 3b)") -> str:
     """Metric(s) against the number of test-time iterations; a dashed line marks the training T."""
-    fig, (ax,) = _figure()
+    fig, (ax,) = new_figure()
     xs = [row["iters"] for row in sweep]
     for name in (metric, *extra):
         ax.plot(xs, [_scale(name)[0] * row[name] for row in sweep], marker="o", label=name)
@@ -61,20 +63,20 @@ def plot_sweep(sweep: Sequence[Mapping], metric: str, train_iters: Optional[int]
            title=title)
     ax.grid(alpha=0.3)
     ax.legend()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_comparison(curves: Mapping[str, Sequence[Mapping]], metric: str, train_iters: Optional[int],
                     path: str | os.PathLike, title: str = "Extrapolation") -> str:
     """Several models' sweeps on one axis (label → list of {'iters', metric})."""
-    fig, (ax,) = _figure()
+    fig, (ax,) = new_figure()
     for label, sweep in curves.items():
         ax.plot([r["iters"] for r in sweep], [_scale(metric)[0] * r[metric] for r in sweep], marker="o", label=label)
     _mark_train(ax, train_iters)
     ax.set(xlabel="iterations at test time", ylabel=_scale(metric)[1], title=title)
     ax.grid(alpha=0.3)
     ax.legend()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_energies(trace: Mapping, path: str | os.PathLike, train_iters: Optional[int] = None,
@@ -88,7 +90,7 @@ def plot_energies(trace: Mapping, path: str | os.PathLike, train_iters: Optional
     energies = trace.get("energies") or {}
     if not energies:
         return None
-    fig, axes = _figure(len(energies) + (rise is not None), width=4.2)
+    fig, axes = new_figure(len(energies) + (rise is not None), width=4.2)
     for ax, (name, values) in zip(axes, energies.items()):
         ax.plot(range(1, len(values) + 1), values, marker=".", color="C0")
         _mark_train(ax, train_iters)
@@ -108,14 +110,14 @@ def plot_energies(trace: Mapping, path: str | os.PathLike, train_iters: Optional
         fig.suptitle(f"total energy rises in {100 * rise['fraction']:.1f}% of (sample, iteration) pairs; "
                      f"largest rise {rise['max']:.3g} ({100 * rise['max_relative']:.2g}% of |E|){own}",
                      fontsize="medium")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_adaptive(rows: Sequence[Mapping], sweep: Sequence[Mapping], metric: str, path: str | os.PathLike,
                   title: str = "Adaptive depth") -> str:
     """Metric against the mean number of iterations per sample: adaptive depth (one point per tolerance, labelled)
     and fixed depth (the iteration sweep) on the same axes."""
-    fig, (ax,) = _figure()
+    fig, (ax,) = new_figure()
     factor, label = _scale(metric)
     ax.plot([r["iters"] for r in sweep], [factor * r[metric] for r in sweep], marker="o", color="C0",
             label="fixed depth")
@@ -126,7 +128,7 @@ def plot_adaptive(rows: Sequence[Mapping], sweep: Sequence[Mapping], metric: str
     ax.set(xlabel="mean iterations per sample", ylabel=label, title=title)
     ax.grid(alpha=0.3)
     ax.legend()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_rank_angle(trace: Mapping, path: str | os.PathLike, train_iters: Optional[int] = None,
@@ -136,7 +138,7 @@ def plot_rank_angle(trace: Mapping, path: str | os.PathLike, train_iters: Option
     if not ranks:
         return None
     family = family or next(iter(ranks))
-    fig, (ax_r, ax_a) = _figure(2, width=4.6)
+    fig, (ax_r, ax_a) = new_figure(2, width=4.6)
     for ax, values, label in ((ax_r, ranks[family], "effective rank"), (ax_a, angles[family], "average angle (deg)")):
         steps = range(1, len(values) + 1)
         heads = len(values[0]) if values else 0
@@ -147,14 +149,14 @@ def plot_rank_angle(trace: Mapping, path: str | os.PathLike, train_iters: Option
         ax.grid(alpha=0.3)
     if heads <= 12:
         ax_a.legend(fontsize="x-small", ncols=2)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_history(history: Sequence[Mapping], metric: str, path: str | os.PathLike) -> Optional[str]:
     """Training loss, test loss and test metric per epoch; None without history."""
     if not history:
         return None
-    fig, (ax_l, ax_m) = _figure(2, width=4.6)
+    fig, (ax_l, ax_m) = new_figure(2, width=4.6)
     epochs = [h["epoch"] for h in history]
     ax_l.plot(epochs, [h["train_loss"] for h in history], marker=".", label="train")
     tested = [h for h in history if "test_loss" in h]
@@ -168,4 +170,4 @@ def plot_history(history: Sequence[Mapping], metric: str, path: str | os.PathLik
         ax.grid(alpha=0.3)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax_l.legend()
-    return _save(fig, path)
+    return save_figure(fig, path)
