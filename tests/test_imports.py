@@ -8,11 +8,14 @@ still a cycle), relative or absolute:
 - ``import a.b.c`` and ``from a.b import c`` where ``a/b/c.py`` (or ``a/b/c/__init__.py``) exists are edges to the
   module ``a.b.c``; ``from a.b import name`` where ``name`` is not a submodule is an edge to ``a.b`` itself (its
   ``__init__`` defines or re-exports the name).
-- Importing ``a.b.c`` also runs the ``__init__`` of ``a`` and ``a.b`` first, but that is not an edge: a submodule is
-  only ever loaded after its package, so a package ``__init__`` importing (re-exporting) its children is no cycle by
-  itself. Only an explicit import *of the package* counts: a submodule that takes a name from its own package's
-  ``__init__`` (``from . import TrainConfig``, ``from energyarch import Energy``) depends on everything that
-  ``__init__`` imports, its siblings included, and closes a real cycle.
+- Importing ``a.b.c`` runs the ``__init__`` of ``a`` and ``a.b`` first: those are edges too, except to the packages
+  that hold the importing module itself. Its own packages are already running when it runs (a submodule is only
+  ever loaded after its package), so a package ``__init__`` importing (re-exporting) its children is no cycle by
+  itself, and neither is a sibling import (``from .config import X``). An explicit import *of its own package*
+  does count: a submodule that takes a name from its package's ``__init__`` (``from . import TrainConfig``,
+  ``from energyarch import Energy``) depends on everything that ``__init__`` imports, its siblings included, and
+  closes a real cycle. Importing ``energyarch.models.record`` from ``energyarch.train`` runs
+  ``energyarch/models/__init__.py``, and through it every module that ``__init__`` imports.
 - Imports in the body of ``if TYPE_CHECKING:`` are left out: they never run (annotations only, under
   ``from __future__ import annotations``), and they are the one way a lower module may name the type of a module
   above it. Everything else in that ``if`` (its ``else``) counts.
@@ -80,24 +83,29 @@ def import_graph(src: Path, package: str) -> Graph:
     modules = _modules(src, package)
     graph: Graph = {name: {} for name in modules}
 
-    def add(origin: str, target: str, line: int) -> None:
-        # the longest prefix of ``target`` that is a module of the package (``a.b.C`` -> ``a.b``)
+    def add(origin: str, target: str, line: int, origin_is_package: bool) -> None:
+        # the longest prefix of ``target`` that is a module of the package (``a.b.C`` -> ``a.b``) ...
         while target and target not in modules:
             target = target.rpartition(".")[0]
-        if target and target != origin:
-            graph[origin].setdefault(target, []).append(line)
+        parts = target.split(".") if target else []
+        own = origin.split(".") if origin_is_package else origin.split(".")[:-1]   # the packages running already
+        # ... and the packages above it that run first, except the importing module's own packages
+        for k in range(1, len(parts) + 1):
+            name = ".".join(parts[:k])
+            if name != origin and (k == len(parts) or parts[:k] != own[:k]):
+                graph[origin].setdefault(name, []).append(line)
 
     for name, path in modules.items():
         is_package = path.name == "__init__.py"
         for node in _imports(ast.parse(path.read_text(encoding="utf-8"), filename=str(path))):
             if isinstance(node, ast.Import):
                 for alias in node.names:
-                    add(name, alias.name, node.lineno)
+                    add(name, alias.name, node.lineno, is_package)
             elif isinstance(node, ast.ImportFrom):
                 base = _resolve(name, is_package, node.level, node.module)
                 for alias in node.names:
                     sub = f"{base}.{alias.name}" if base else alias.name
-                    add(name, sub if sub in modules else base, node.lineno)
+                    add(name, sub if sub in modules else base, node.lineno, is_package)
     return graph
 
 
@@ -246,6 +254,21 @@ def test_a_name_taken_from_the_own_package_init_is_a_cycle(tmp_path):
     graph = import_graph(src, "pkg")
     assert graph["pkg.b"] == {"pkg": [1]}
     assert graph["pkg.deep.d"] == {"pkg.b": [2, 3]}  # a submodule by ``..``; a name of the module pkg.b
-    assert graph["pkg.typed"] == {"pkg.deep.d": [8]}  # annotations-only imports are left out, ``else`` counts
+    # annotations-only imports are left out, ``else`` counts (and runs pkg/deep/__init__.py first)
+    assert graph["pkg.typed"] == {"pkg.deep": [8], "pkg.deep.d": [8]}
     assert strongly_connected(graph) == [["pkg", "pkg.b"]]
     assert cycles(graph) == [["pkg", "pkg.b", "pkg"]]
+
+
+def test_importing_a_submodule_of_another_package_runs_that_package_init(tmp_path):
+    src = _package(tmp_path, {
+        "pkg/__init__.py": "",
+        "pkg/low/__init__.py": "from .rules import R\nfrom .check import check\n",   # a facade over two layers
+        "pkg/low/rules.py": "R = 1\n",
+        "pkg/low/check.py": "def check(step):\n    from ..high import Step\n    return isinstance(step, Step)\n",
+        "pkg/high.py": "from .low.rules import R\nclass Step:\n    rule = R\n",
+    })
+    graph = import_graph(src, "pkg")
+    assert graph["pkg.high"] == {"pkg.low": [1], "pkg.low.rules": [1]}
+    assert graph["pkg.low.check"] == {"pkg.high": [2]}  # its own packages pkg and pkg.low are no edges
+    assert cycles(graph) == [["pkg.high", "pkg.low", "pkg.low.check", "pkg.high"]]
