@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Optional, Protocol
 
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from ..errors import DeclarationError
 
@@ -30,9 +30,9 @@ class Layer(Protocol):
     head_dim: int
     radius: float
     eps: float
-    weight: Tensor
-    weight_k: Tensor
-    delta: Tensor
+    weight: nn.Parameter
+    weight_k: nn.Parameter
+    delta: nn.Parameter
 
 
 def register_interaction(cls: type[Interaction]) -> type[Interaction]:
