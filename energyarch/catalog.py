@@ -341,7 +341,8 @@ def load_catalog(directory: Union[str, Path, None] = None) -> dict[str, Entry]:
     for e in entries:
         slot = (e.table, e.row)
         if slot in seen:
-            raise _fail(cast(Path, e.source), "row", f"table {e.table} row {e.row} is also taken by {seen[slot].source}")
+            raise _fail(cast(Path, e.source), "row",  # loaded from a file: it has a source
+                        f"table {e.table} row {e.row} is also taken by {seen[slot].source}")
         seen[slot] = e
     return {e.name: e for e in sorted(entries, key=_order)}
 

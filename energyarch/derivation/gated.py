@@ -44,7 +44,8 @@ class GatedFamily(Family[GatedFeedForward]):
                 "rule": "X ← X − step ⊙ (∇_U E)(U, V) Dᵀ, D both up and down projection"}
 
     def energy_text(self, dv: Derivation) -> str:
-        return f"E = -sum_i sum_m h(d_m . x_i) (v_m . xbar_i), gate held fixed, h(x) = {cast(GatedFeedForward, dv.term).h.name}"
+        h = cast(GatedFeedForward, dv.term).h
+        return f"E = -sum_i sum_m h(d_m . x_i) (v_m . xbar_i), gate held fixed, h(x) = {h.name}"
 
     def autodiff_lines(self, dv: Derivation) -> list[str]:
         return ["# generic path: differentiate the energy in U with the gate V held fixed",

@@ -27,7 +27,7 @@ import math
 import os
 import random
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, cast
 
 import numpy as np
 import torch
@@ -136,7 +136,7 @@ def _few(items: list, n: int = 8) -> str:
 
 def rng_state() -> dict:
     """torch (CPU and CUDA), numpy and python RNG states as plain lists."""
-    np_state = np.random.get_state()
+    np_state = cast(tuple, np.random.get_state())  # the legacy form (the default): a tuple
     py_state = random.getstate()
     out = {"torch": torch.get_rng_state().tolist(),
            "numpy": [np_state[0], np_state[1].tolist(), int(np_state[2]), int(np_state[3]), float(np_state[4])],
@@ -215,7 +215,8 @@ def optimizer_param_names(model: nn.Module, optimizer: torch.optim.Optimizer) ->
 def _split_optimizer(model, optimizer) -> tuple[dict, dict]:
     sd = optimizer.state_dict()
     names = optimizer_param_names(model, optimizer)
-    tensors, scalars = {}, {}
+    tensors: dict[str, torch.Tensor] = {}
+    scalars: dict[str, dict] = {}
     for idx, entry in sd["state"].items():
         for key, value in entry.items():
             if isinstance(value, torch.Tensor):

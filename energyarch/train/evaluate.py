@@ -14,12 +14,13 @@ import json
 import logging
 import os
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Optional, Sequence, cast
 
 import torch
 from torch import nn
 
 from ..errors import ConfigError
+from ..models import HyperSET, Model
 from . import logs, plots
 from .config import TrainConfig, atomic_write_text
 from .iterates import capture_states
@@ -41,7 +42,7 @@ def _device(model: nn.Module) -> torch.device:
 
 
 @torch.no_grad()
-def sweep_iterations(model: nn.Module, task: Task, dataset, iters: Sequence[int], batch_size: int = 256) -> list[dict]:
+def sweep_iterations(model: Model, task: Task, dataset, iters: Sequence[int], batch_size: int = 256) -> list[dict]:
     """Metrics at each test-time iteration count in ``iters``: a list of ``{'iters': k, **metrics}``."""
     iters = sorted({int(k) for k in iters})
     if not iters or iters[0] < 1:
@@ -93,7 +94,7 @@ RISE_RTOL = 1e-6
 
 
 @torch.no_grad()
-def energy_rise(model: nn.Module, task: Task, dataset, iters: int, samples: int = 256) -> Optional[dict]:
+def energy_rise(model: Model, task: Task, dataset, iters: int, samples: int = 256) -> Optional[dict]:
     """Does each iteration descend? The total energy of every (sample, iteration) pair, before and after the
     iteration's step with the iteration's weights, on the first ``samples`` examples (eval mode).
 
@@ -133,7 +134,7 @@ def energy_rise(model: nn.Module, task: Task, dataset, iters: int, samples: int 
 
 
 @torch.no_grad()
-def term_rise(model: nn.Module, task: Task, dataset, iters: int, samples: int = 256) -> Optional[dict]:
+def term_rise(model: Model, task: Task, dataset, iters: int, samples: int = 256) -> Optional[dict]:
     """Does each splitting sub-step descend its own term's energy? (:func:`energyarch.descent.sub_step_rises`:
     the energy each sub-step descends — the term's own, per token for a causal term, the total for a joint stage —
     before and after it, on the first ``samples`` examples, eval mode.)
@@ -166,7 +167,7 @@ def term_rise(model: nn.Module, task: Task, dataset, iters: int, samples: int = 
 
 
 @torch.no_grad()
-def adaptive_depth(model: nn.Module, task: Task, dataset, tols: Sequence[float], max_iters: int,
+def adaptive_depth(model: Model, task: Task, dataset, tols: Sequence[float], max_iters: int,
                    batch_size: int = 256) -> list[dict]:
     """Adaptive depth at test time (App. H.4): each sample iterates until the relative change of its total energy
     falls below ``tol``, at most ``max_iters`` times per layer. One row per tolerance:
@@ -188,7 +189,7 @@ def adaptive_depth(model: nn.Module, task: Task, dataset, tols: Sequence[float],
         used = 0
         for start in range(0, len(dataset), batch_size):
             batch = dataset[list(range(start, min(start + batch_size, len(dataset))))]
-            X, n_iters = model.backbone.adaptive(model.embed(task.inputs(batch, device)), tol, max_iters)
+            X, n_iters = cast(HyperSET, model.backbone).adaptive(model.embed(task.inputs(batch, device)), tol, max_iters)
             used += int(n_iters.sum())
             for name, v in task.sums(model.readout(X), batch).items():
                 sums[name] = sums.get(name, 0.0) + v
@@ -198,7 +199,7 @@ def adaptive_depth(model: nn.Module, task: Task, dataset, tols: Sequence[float],
     return rows
 
 
-def report(model: nn.Module, task: Task, cfg: TrainConfig, out_dir: str | os.PathLike,
+def report(model: Model, task: Task, cfg: TrainConfig, out_dir: str | os.PathLike,
            history: Optional[list] = None, iters: Optional[Sequence[int]] = None, dataset=None,
            adaptive_tols: Optional[Sequence[float]] = None, adaptive_max: Optional[int] = None) -> dict:
     """Sweep, diagnostics and plots into ``out_dir`` (``eval.json``, ``plots/*.png`` and TensorBoard scalars
