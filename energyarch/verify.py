@@ -326,7 +326,8 @@ def _check_qk(name: str, term: Attention, module: QKTermUpdate, reference: QKTer
 # causal conditional energies: token by token
 # ------------------------------------------------------------------------------------------------------------
 
-def declared_conditional_energy(term: Attention, q: Tensor, keys: Tensor, k_self: Tensor, env: Mapping[str, float]) -> Tensor:
+def declared_conditional_energy(term: Attention, q: Tensor, keys: Tensor, k_self: Tensor,
+                                env: Mapping[str, float]) -> Tensor:
     """E_t = f(Σ_{s<t} K(q_t, k_s) + K(q_t, k_t)) for one token and head, from the declaration alone.
 
     ``q`` (p,), ``keys`` (t, p) the earlier tokens' keys, ``k_self`` (p,) the token's own key.
@@ -351,7 +352,8 @@ def declared_conditional_energy(term: Attention, q: Tensor, keys: Tensor, k_self
     return scalar(term.f, values.sum())
 
 
-def causal_reference_grads(term: CausalAttention, module: CausalTermUpdate, Q: Tensor, K: Tensor) -> tuple[Tensor, Tensor]:
+def causal_reference_grads(term: CausalAttention, module: CausalTermUpdate, Q: Tensor,
+                           K: Tensor) -> tuple[Tensor, Tensor]:
     """(∂E_t/∂q_t, ∂E_t/∂k_t) for every token and head by ``torch.func.grad`` of each token's own conditional
     energy in a loop (independent of the emitted module and of the stop-gradient construction)."""
     env = {"beta": float(module.beta), "p": module.head_dim, "M": module.head_dim, "d": module.d}
@@ -367,8 +369,8 @@ def causal_reference_grads(term: CausalAttention, module: CausalTermUpdate, Q: T
     return G_q, G_k
 
 
-def _check_causal(name: str, term: CausalAttention, module: CausalTermUpdate, reference: CausalTermUpdate, X: Tensor, dv,
-                  step_size: float) -> TermCheck:
+def _check_causal(name: str, term: CausalAttention, module: CausalTermUpdate, reference: CausalTermUpdate,
+                  X: Tensor, dv, step_size: float) -> TermCheck:
     """Gradients of each token's conditional energy vs a per-token torch.func.grad; the update vs the autodiff
     module; and token by token, a small step on x_t alone lowers E_t(x_t | x_<t)."""
     with torch.no_grad():

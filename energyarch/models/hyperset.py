@@ -67,7 +67,7 @@ class HyperSETLayer(nn.Module):
         self.machine_eps = cfg.norm_eps == "machine"
 
     @property
-    def gain_map(self) -> Optional[Mapping[str, Tensor]]:
+    def _gain_map(self) -> Optional[Mapping[str, Tensor]]:
         """``gains`` as the mapping it is (torch does not type nn.ParameterDict as a Mapping)."""
         return cast(Optional[Mapping[str, Tensor]], self.gains)
 
@@ -88,7 +88,7 @@ class HyperSETLayer(nn.Module):
 
     def _direction(self, name: str, X: Tensor, W: Optional[Tensor]) -> Tensor:
         """``−Σ_h ∇E(Z_h) W_hᵀ`` of one term at the gain-scaled point, shape like X (:meth:`EnergyStep.direction`)."""
-        return self.step.direction(name, X, W, self.gain_map)
+        return self.step.direction(name, X, W, self._gain_map)
 
     def update(self, X: Tensor, steps: dict, W: Optional[dict] = None, state: Optional[dict] = None):
         """One iteration of every term in the compiled schedule, with the layer's gains (if any) and the solver
@@ -97,7 +97,7 @@ class HyperSETLayer(nn.Module):
 
     def energies(self, X: Tensor, W: Optional[dict] = None) -> dict[str, Tensor]:
         """Energy of each term at its (gain-scaled) point, each of shape ``(B,)``."""
-        return self.step.energies(X, W, self.gain_map)
+        return self.step.energies(X, W, self._gain_map)
 
     def weights(self, t: int) -> Optional[dict[str, Tensor]]:
         """The bases used at iteration ``t``: None (the shared W) without LoRA, else ``W + s A_t B_t``."""
@@ -140,9 +140,9 @@ class HyperSETLayer(nn.Module):
         for t in range(max_iters):
             W = self.weights(t)
             steps = self.stepnet(t, X0 if self.condition == "x0" else X)
-            E0 = self.step.energy(X, W, self.gain_map)
+            E0 = self.step.energy(X, W, self._gain_map)
             X1, state1 = self.update(X, steps, W, state)
-            E1 = self.step.energy(X1, W, self.gain_map)
+            E1 = self.step.energy(X1, W, self._gain_map)
             keep = active[..., None, None]
             X = torch.where(keep, X1, X)
             state = {n: {k: (torch.where(keep, v, state[n][k]) if isinstance(v, Tensor) and k in state[n] else v)

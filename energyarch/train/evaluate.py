@@ -189,7 +189,8 @@ def adaptive_depth(model: Model, task: Task, dataset, tols: Sequence[float], max
         used = 0
         for start in range(0, len(dataset), batch_size):
             batch = dataset[list(range(start, min(start + batch_size, len(dataset))))]
-            X, n_iters = cast(HyperSET, model.backbone).adaptive(model.embed(task.inputs(batch, device)), tol, max_iters)
+            backbone = cast(HyperSET, model.backbone)  # adaptive depth: hyperset models only
+            X, n_iters = backbone.adaptive(model.embed(task.inputs(batch, device)), tol, max_iters)
             used += int(n_iters.sum())
             for name, v in task.sums(model.readout(X), batch).items():
                 sums[name] = sums.get(name, 0.0) + v
