@@ -37,7 +37,7 @@ True
 from __future__ import annotations
 
 import math
-from typing import Callable, Optional, Sequence
+from typing import Callable, Optional, Sequence, cast
 
 import torch
 from torch import Tensor
@@ -114,14 +114,14 @@ def _reduce(fn, rows, cols, T: int) -> Tensor:
     out = []
     for I in _tiles(N_rows, T):
         r = [t[..., I, :] for t in rows]
-        acc = None
+        acc: Optional[Tensor] = None
         for J in _tiles(N_cols, T):
             part = fn(r, [t[..., J, :] for t in cols])
             if acc is None:   # accumulate low-precision tiles (bf16 autocast) in float32
                 acc = part.float() if part.dtype in (torch.float16, torch.bfloat16) else part.clone()
             else:
                 acc += part
-        out.append(acc.to(part.dtype))
+        out.append(cast(Tensor, acc).to(part.dtype))  # N_cols ≥ 1: at least one tile was added
     return torch.cat(out, dim=-2)
 
 
@@ -157,8 +157,8 @@ class _PairReduce(torch.autograd.Function):
                     got = torch.autograd.grad(part, [pieces[k] for k in wanted], g.to(part.dtype),
                                               allow_unused=True)
                 for k, gk in zip(wanted, got):
-                    if gk is not None:
-                        grads[k][..., I if k < n_rows else J, :] += gk
+                    if gk is not None:  # wanted: its input needs a gradient, so grads[k] is a tensor
+                        cast(Tensor, grads[k])[..., I if k < n_rows else J, :] += gk
         return (None, None, None, *grads)
 
 
@@ -231,7 +231,7 @@ def kernel_callable(K: Callable[[Tensor, Tensor], Tensor]):
     """
     def tile_kernel(A, B):
         return pairwise(K, A, B)
-    tile_kernel.wide = True
+    tile_kernel.wide = True  # type: ignore[attr-defined]  # a function attribute, read by _per_pair
     return tile_kernel
 
 
@@ -250,7 +250,7 @@ def pair_row_sum(K, A: Tensor, *, per_pair: float = 4.0) -> Tensor:
 
 
 def _coupling(C, x: Tensor, s_rows: Optional[Tensor], s_cols: Optional[Tensor]) -> Tensor:
-    out = C(x) if s_rows is None else C(x, s_rows, s_cols.transpose(-1, -2))
+    out = C(x) if s_rows is None else C(x, s_rows, cast(Tensor, s_cols).transpose(-1, -2))  # both or neither
     return _full(out, x)
 
 

@@ -29,7 +29,7 @@ import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Mapping, Optional, Union
+from typing import Any, Callable, Mapping, Optional, Union, cast
 
 import sympy as sp
 import torch
@@ -42,6 +42,7 @@ from .errors import DeclarationError, EnergyArchError
 from .expr import evaluate, logcosh, parse, relu, sigmoid, softplus, step
 from .derivation import patterns_for
 from .primitives import R as R_SYM, S as S_SYM, X as X_SYM, Kernel, Scalar, used_params
+from .runtime import TermUpdate
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -112,7 +113,7 @@ class Entry:
     paper_operator: Optional[str] = None
     paper_sign: Optional[int] = None
     source: Optional[Path] = field(default=None, compare=False)
-    _primitives: Mapping[str, object] = field(default_factory=dict, compare=False, repr=False)
+    _primitives: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
     _radius: Optional[sp.Expr] = field(default=None, compare=False, repr=False)
 
     @property
@@ -147,11 +148,13 @@ class Entry:
         default √p / √M; ``beta`` overrides 1/√p (attention only)."""
         prim = self._primitives
         if self.family == "attention":
+            assert self.heads is not None, "an attention entry has heads (checked on load)"
             radius = self.radius(None if d is None else d // self.heads)
             return Attention(f=prim["f"], K=prim["K"], heads=self.heads, constraint=Sphere(radius), beta=beta,
                              name=self.term_name)
         if beta is not None:
             raise DeclarationError(f"entry {self.name!r}: beta= applies to attention entries only")
+        assert self.ratio is not None, "a feed-forward entry has a ratio (checked on load)"
         radius = self.radius(None if d is None else max(1, int(round(self.ratio * d))))
         return FeedForward(g=prim["g"], h=prim["h"], ratio=self.ratio, constraint=Sphere(radius), name=self.term_name)
 
@@ -206,7 +209,7 @@ def _check_keys(path: Path, data: Mapping[str, object]) -> None:
             raise _fail(path, key, f"missing required field for a Table {table} entry ({FIELDS[key][1]})")
 
 
-def _check_values(path: Path, data: Mapping[str, object]) -> None:
+def _check_values(path: Path, data: Mapping[str, Any]) -> None:  # types checked by _check_keys
     if data["name"] != path.stem:
         raise _fail(path, "name", f"{data['name']!r} must equal the file name {path.stem!r}")
     if not _NAME.match(data["name"]):
@@ -232,10 +235,10 @@ def _check_values(path: Path, data: Mapping[str, object]) -> None:
             raise _fail(path, "params", f"parameter {key} = {value!r} must be a number")
 
 
-def _parse_primitives(path: Path, data: Mapping[str, object]) -> dict[str, object]:
+def _parse_primitives(path: Path, data: Mapping[str, Any]) -> dict[str, Any]:
     params = {k: float(v) for k, v in data.get("params", {}).items()}
-    out: dict[str, object] = {}
-    key = None
+    out: dict[str, Any] = {}
+    key = ""
     try:
         if data["family"] == "attention":
             key = "phi"
@@ -252,7 +255,7 @@ def _parse_primitives(path: Path, data: Mapping[str, object]) -> dict[str, objec
     return out
 
 
-def _parse_constraint(path: Path, data: Mapping[str, object]) -> Optional[sp.Expr]:
+def _parse_constraint(path: Path, data: Mapping[str, Any]) -> Optional[sp.Expr]:
     dim = "p" if data["family"] == "attention" else "M"
     try:
         rule = parse(data["constraint"], (dim,), where=f"constraint radius rule (in {dim})")
@@ -338,7 +341,8 @@ def load_catalog(directory: Union[str, Path, None] = None) -> dict[str, Entry]:
     for e in entries:
         slot = (e.table, e.row)
         if slot in seen:
-            raise _fail(e.source, "row", f"table {e.table} row {e.row} is also taken by {seen[slot].source}")
+            raise _fail(cast(Path, e.source), "row",  # loaded from a file: it has a source
+                        f"table {e.table} row {e.row} is also taken by {seen[slot].source}")
         seen[slot] = e
     return {e.name: e for e in sorted(entries, key=_order)}
 
@@ -447,7 +451,7 @@ def paper_reference(entry: Union[str, Entry], coords: Tensor, *, beta: Optional[
     entry = get(entry, directory)
     if not entry.in_paper:
         raise DeclarationError(f"entry {entry.name!r} is beyond the paper: it has no printed formula")
-    op = PAPER_OPERATORS[entry.paper_operator]
+    op = PAPER_OPERATORS[cast(str, entry.paper_operator)]  # a paper entry has one (checked on load)
     if beta is None:
         beta = 1.0 / math.sqrt(coords.shape[-1])
     return op.fn(coords, beta)
@@ -497,7 +501,8 @@ def compare_with_paper(entry: Union[str, Entry], *, d: int = 16, tokens: int = 7
     entry = get(entry, directory)
     if not entry.in_paper:
         raise DeclarationError(f"entry {entry.name!r} is beyond the paper: nothing to compare with")
-    module = entry.compile(d, dtype=torch.float64).terms[entry.term_name]
+    module = cast(TermUpdate, entry.compile(d, dtype=torch.float64).terms[entry.term_name])
+    sign = cast(int, entry.paper_sign)  # a paper entry has one (checked on load)
     gen = torch.Generator().manual_seed(seed)
     X = torch.randn(2, tokens, d, generator=gen, dtype=torch.float64)
     with torch.no_grad():
@@ -506,8 +511,8 @@ def compare_with_paper(entry: Union[str, Entry], *, d: int = 16, tokens: int = 7
         printed = paper_reference(entry, Z, beta=getattr(module, "beta", None))
         diffs = {s: float((emitted - s * printed).abs().max()) for s in (1, -1)}
         measured = next((s for s, v in diffs.items() if v <= tol), None)
-        direction = module.direction(X) - entry.paper_sign * paper_direction(entry, module, X)
-    return PaperCheck(entry.name, entry.paper_sign, measured, diffs[entry.paper_sign],
+        direction = module.direction(X) - sign * paper_direction(entry, module, X)
+    return PaperCheck(entry.name, sign, measured, diffs[sign],
                       float(direction.abs().max()), tol)
 
 
@@ -575,7 +580,7 @@ def _energy_tex(entry: Entry) -> str:
 
 def printed_formula(entry: Entry) -> str:
     """The printed −∇E of a paper entry without its trailing source annotation and ``−∇E =`` prefix."""
-    text = re.split(r"\\quad\s*\\text\{\s*\(", entry.paper_formula)[0].strip()
+    text = re.split(r"\\quad\s*\\text\{\s*\(", cast(str, entry.paper_formula))[0].strip()
     return re.split(r"-\\nabla_\{\\mathbf\{X\}\} E_\{\\text\{\w+\}\}\s*=\s*", text)[-1]
 
 
@@ -641,8 +646,8 @@ def tables_markdown(directory: Union[str, Path, None] = None, *, d: int = 64, ch
             params = _params_tex(e)
             if table == "beyond":
                 lhs = {"K": r"K(\mathbf{x}, \mathbf{y})", "phi": r"\Phi(x)"}
-                roles = [f"{lhs.get(r, r + '(x)')} = {_primitive_tex(e, r)}" for r in e.expressions]
-                roles = _math(",\\ ".join(roles + ([params] if params else [])))
+                role_tex = [f"{lhs.get(r, r + '(x)')} = {_primitive_tex(e, r)}" for r in e.expressions]
+                roles = _math(",\\ ".join(role_tex + ([params] if params else [])))
                 cells = [_text(e.title), e.family, roles, _math(_energy_tex(e)), derived, pattern,
                          _text(_first_sentence(e.notes))]
             else:
@@ -651,7 +656,7 @@ def tables_markdown(directory: Union[str, Path, None] = None, *, d: int = 64, ch
                 if e.phi is not None:
                     second_tex += r",\ \Phi(x) = " + _primitive_tex(e, "phi")
                 check = compare_with_paper(e, d=check_d)
-                where = PAPER_OPERATORS[e.paper_operator].where
+                where = PAPER_OPERATORS[cast(str, e.paper_operator)].where
                 cells = [_text(e.title), _math(_primitive_tex(e, first)), _math(second_tex),
                          _math(_energy_tex(e)), derived, _math(printed_formula(e)), pattern,
                          _text(f"{check.summary()}; printed in {where}")]

@@ -15,10 +15,11 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Sequence
+from typing import Sequence, cast
 
 from . import catalog
 from .errors import EnergyArchError
+from .runtime import TermUpdate
 from .verify import verify
 
 
@@ -98,7 +99,7 @@ def cmd_derive(args) -> int:
     entry = catalog.get(args.name, args.catalog_dir)
     step = entry.compile(args.d)
     dv = step.derivations[entry.term_name]
-    module = step.terms[entry.term_name]
+    module = cast(TermUpdate, step.terms[entry.term_name])
     print(f"entry:      {entry.name} ({_where(entry)}): {entry.title}")
     print(f"energy:     {'  '.join(f'{k} = {v}' for k, v in entry.expressions.items())}"
           + (f"  ({', '.join(f'{k} = {v:g}' for k, v in entry.params)})" if entry.params else ""))
@@ -114,7 +115,7 @@ def cmd_derive(args) -> int:
     if entry.in_paper:
         check = catalog.compare_with_paper(entry)
         print(f"paper:      {check.summary()} (paper_sign = {entry.paper_sign:+d}; "
-              f"{catalog.PAPER_OPERATORS[entry.paper_operator].where})")
+              f"{catalog.PAPER_OPERATORS[cast(str, entry.paper_operator)].where})")
     if args.latex:
         print(f"latex:      {dv.latex}")
         if entry.in_paper:

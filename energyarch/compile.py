@@ -14,7 +14,7 @@ from __future__ import annotations
 import copy
 import functools
 from pathlib import Path
-from typing import Mapping, Optional, Sequence, Union
+from typing import Mapping, Optional, Sequence, Union, cast
 
 import networkx as nx
 import torch
@@ -90,7 +90,7 @@ class EnergyStep(nn.Module):
 
     @property
     def d(self) -> int:
-        return next(iter(self.terms.values())).d
+        return cast(TermUpdate, next(iter(self.terms.values()))).d
 
     def with_solver(self, solver: Union[str, Solver], **params) -> "EnergyStep":
         """A copy sharing this step's term modules (same parameters) with another solver."""
@@ -130,14 +130,14 @@ class EnergyStep(nn.Module):
             if len(steps) != len(names):
                 raise ShapeError(f"steps: got {len(steps)} values for {len(names)} terms {names}; give one per term")
             return dict(zip(names, steps))
-        return {n: steps for n in names}
+        return {n: cast(Union[float, Tensor], steps) for n in names}  # one scalar or tensor for all
 
     # -- one term at a (gain-scaled) point ------------------------------------------------------------------------
     def direction(self, name: str, X: Tensor, weight: Optional[Tensor] = None,
                   gains: Optional[Mapping[str, Tensor]] = None) -> Tensor:
         """The descent direction of term ``name`` at X, shape like X. With ``gains`` (the official code's RMSNorm
         gain g per term) the point is ``Z = g ⊙ RMSNorm(X W_h)·R/√p`` and the step the paper-mode step there."""
-        term = self.terms[name]
+        term = cast(TermUpdate, self.terms[name])
         if gains is None:
             return term.direction(X, weight)
         W = term._check(X, weight)
@@ -149,7 +149,7 @@ class EnergyStep(nn.Module):
     def term_energy(self, name: str, X: Tensor, weight: Optional[Tensor] = None,
                     gains: Optional[Mapping[str, Tensor]] = None) -> Tensor:
         """Energy of term ``name`` at its (gain-scaled) constrained point, shape ``X.shape[:-2]``."""
-        term = self.terms[name]
+        term = cast(TermUpdate, self.terms[name])
         if gains is None:
             return term.energy(X, weight)
         return term.energy_Z(term.normalize(term.coords(X, weight)) * gains[name])
@@ -255,7 +255,7 @@ class EnergyStep(nn.Module):
     def energy(self, X: Tensor, weights: Optional[Mapping[str, Tensor]] = None,
                gains: Optional[Mapping[str, Tensor]] = None) -> Tensor:
         """Total energy (sum of :meth:`energies`)."""
-        return sum(self.energies(X, weights, gains).values())
+        return cast(Tensor, sum(self.energies(X, weights, gains).values()))  # at least one term
 
     @property
     def source(self) -> str:

@@ -28,7 +28,7 @@ True
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Mapping, Optional
+from typing import Mapping, Optional, cast
 
 import torch
 from torch import Tensor
@@ -108,7 +108,7 @@ def sub_step_energy(step, stage: list, X0: Tensor, X1: Tensor, weights: Optional
         else:
             e = step.term_energy(n, X1, w, gains)
         total = e if total is None else total + e
-    return total
+    return cast(Tensor, total)  # a stage names at least one term
 
 
 def backtrack(step, solver, stage: list, X: Tensor, total: Tensor, weights: Mapping,

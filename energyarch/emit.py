@@ -25,9 +25,10 @@ import re
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any, Callable, NoReturn, cast
 
 
-from .derivation import PATTERNS, Derivation, family_of
+from .derivation import PATTERNS, Derivation, Pattern, family_of
 from .errors import CompileError
 
 #: Fixed text of every emitted module. Everything that comes from a declaration (names, expressions, reasons)
@@ -52,7 +53,7 @@ from energyarch.runtime_qk import QKTermUpdate, qk_bisoftmax_sdpa, qk_softmax_sd
 #: name → module of everything an emitted module may import (the ``from`` lines of :data:`HEADER`); a module
 #: imports only the names its code uses (:func:`module_header`)
 _IMPORTABLE = {alias.name: node.module for node in ast.parse(HEADER).body if isinstance(node, ast.ImportFrom)
-               for alias in node.names}
+               and node.module is not None for alias in node.names}
 _PREAMBLE = HEADER[:HEADER.index("from energyarch")]        # the comments, ``import math`` and ``import torch``
 
 
@@ -104,7 +105,7 @@ def check_source(source: str) -> None:
     template defines. Anything else (an import, a ``for``, a dunder attribute, an unknown global) is a
     :class:`~energyarch.errors.CompileError` and the module is not imported.
     """
-    def bad(node, why):
+    def bad(node, why) -> NoReturn:
         line = getattr(node, "lineno", "?")
         raise CompileError(f"emitted source failed its structural check at line {line}: {why}; this is a bug in "
                            f"energyarch (please report it with the declaration); nothing was imported")
@@ -135,7 +136,7 @@ def check_source(source: str) -> None:
     bases = [[ast.dump(ast.Name(name, ast.Load()))] for name in ("TermUpdate", "CausalTermUpdate", "GatedTermUpdate",
                                                                      "QKTermUpdate")]
     if not (isinstance(cls, ast.ClassDef) and [ast.dump(b) for b in cls.bases] in bases
-            and not cls.keywords and not cls.decorator_list and cls.bases[0].id in imported):
+            and not cls.keywords and not cls.decorator_list and cast(ast.Name, cls.bases[0]).id in imported):
         bad(cls or tree, "the last statement is not the TermUpdate subclass")
     methods = set()
     for i, node in enumerate(cls.body):
@@ -154,7 +155,7 @@ def check_source(source: str) -> None:
         bad(cls, "grad_Z and energy_Z must both be defined")
 
 
-def _check_method(fn: ast.FunctionDef, bad, imported: set) -> None:
+def _check_method(fn: ast.FunctionDef, bad: Callable[[ast.AST, str], NoReturn], imported: set) -> None:
     known = {n for n in _GLOBALS if n in imported or n not in _IMPORTABLE} | {a.arg for a in fn.args.args}
     if fn.args.vararg or fn.args.kwarg or fn.args.kwonlyargs or fn.args.defaults or fn.returns:
         bad(fn, "unexpected method signature")
@@ -255,16 +256,18 @@ def emit_source(dv: Derivation) -> str:
     family = family_of(t)
     sig = family.signature(dv)
     pattern = PATTERNS.get(dv.pattern)
-    grad = _without_aliases(family.autodiff_lines(dv) if dv.path == "autodiff" else pattern.grad_lines(dv))
-    energy = _without_aliases((pattern.energy_lines(dv) if dv.path != "autodiff" else None)
+    grad = _without_aliases(family.autodiff_lines(dv) if dv.path == "autodiff"
+                            else cast(Pattern, pattern).grad_lines(dv))    # a symbolic path has its pattern
+    energy = _without_aliases((cast(Pattern, pattern).energy_lines(dv) if dv.path != "autodiff" else None)
                               or family.energy_lines(dv))
     prelude = ["beta = self.beta"] if any("beta" in ln for ln in grad + energy) else []
     doc = "    " + repr(f"{dv.pattern} update for term {t.name!r}: {sig['rule']}. See REASON.") + "\n"
     constants = {"TERM": t.name, "FAMILY": t.family, "ENERGY": family.energy_text(dv), "PATTERN": dv.pattern,
                  "PATH": dv.path, "REASON": dv.reason}
-    tying = getattr(getattr(t, "interaction", None), "tying", "")
+    interaction: Any = getattr(t, "interaction", None)
+    tying = getattr(interaction, "tying", "")
     if tying:
-        constants["TYING"] = f"{t.interaction.kind}: {tying}"
+        constants["TYING"] = f"{interaction.kind}: {tying}"
     lines = ["\n".join(f"{key} = {str(value)!r}" for key, value in constants.items()),
              "",
              f"class {_class_name(dv)}({sig['base']}):",
@@ -318,6 +321,7 @@ def load_class(source: str, class_name: str) -> type:
         os.replace(tmp, path)
     module_name = f"energyarch_emitted_{digest}"
     spec = importlib.util.spec_from_file_location(module_name, path)
+    assert spec is not None and spec.loader is not None, path  # a .py file always has a spec and a loader
     module = importlib.util.module_from_spec(spec)
     sys.modules[module_name] = module
     spec.loader.exec_module(module)  # our generated file, not user text

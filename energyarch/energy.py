@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, fields, replace
-from typing import Mapping, Optional, Union
+from typing import Any, ClassVar, Mapping, Optional, Union
 
 from .errors import DeclarationError
 from .interactions import INTERACTIONS, Interaction, SharedBasis
@@ -59,7 +59,12 @@ class Term:
     """
 
     name: str
-    family: str = ""
+    __dataclass_fields__: ClassVar[dict[str, Any]]  # every term is a dataclass: fields() and replace() apply
+
+    @property
+    def family(self) -> str:
+        """The name of the term's registered :class:`~energyarch.derivation.Family` (subclasses set it)."""
+        return ""
 
     def __add__(self, other: Union["Term", "Energy"]) -> "Energy":
         return Energy((self,)) + other
@@ -105,7 +110,7 @@ class Attention(Term):
     constraint: Sphere = Sphere()
     beta: Optional[float] = None
     name: str = "attn"
-    interaction: object = None
+    interaction: Optional[Interaction] = None  # None: the shared basis
 
     def __init__(self, f, K, heads: int = 1, phi=None, constraint: Optional[Sphere] = None,
                  beta: Optional[float] = None, name: str = "attn", radius: Optional[float] = None,
@@ -162,7 +167,7 @@ class CausalAttention(Attention):
             ``'stopped'`` holds it fixed (a declared stop-gradient).
     """
 
-    interaction: object = None
+    interaction: Interaction = SharedBasis()
     self_term: str = "exact"
 
     def __init__(self, f, K, heads: int = 1, phi=None, constraint: Optional[Sphere] = None,
@@ -272,7 +277,9 @@ class GatedFeedForward(Term):
         _init_width_terms(self, "GatedFeedForward", h, width, ratio, constraint, radius, name)
 
     family = "gated feedforward"
-    resolve_width = FeedForward.resolve_width
+
+    def resolve_width(self, d: int) -> int:
+        return self.width if self.width is not None else max(1, int(round(self.ratio * d)))
 
 
 _Term = Term   # the older private name

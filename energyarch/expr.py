@@ -14,7 +14,7 @@ from __future__ import annotations
 import ast
 import math
 import re
-from typing import Iterable, Mapping, Optional
+from typing import Any, Callable, Iterable, Mapping, NoReturn, Optional
 
 import sympy as sp
 from sympy.printing.pytorch import TorchPrinter
@@ -166,7 +166,7 @@ class elu(_Named):  # noqa: N801
 
 
 #: Python (math) values of the named functions, used to fold constant arguments at parse time.
-_NAMED_MATH = {
+_NAMED_MATH: dict[str, Callable[[float], float]] = {
     "sigmoid": lambda v: 1.0 / (1.0 + math.exp(-v)) if v >= 0 else math.exp(v) / (1.0 + math.exp(v)),
     "relu": lambda v: max(v, 0.0),
     "step": lambda v: 1.0 if v > 0 else 0.0,
@@ -178,14 +178,14 @@ _NAMED_MATH = {
 }
 
 #: Python (math) values of sympy's own functions, to check constant arguments at parse time (finite, bounded).
-_SYMPY_MATH = {
+_SYMPY_MATH: dict[str, Callable[[float], float]] = {
     "exp": math.exp, "log": math.log, "sqrt": math.sqrt, "tanh": math.tanh, "cosh": math.cosh,
     "sinh": math.sinh, "sin": math.sin, "cos": math.cos, "atan": math.atan, "abs": abs, "erf": math.erf,
 }
 
 
 #: Functions a user may call in an expression string, by name.
-FUNCTIONS: Mapping[str, object] = {
+FUNCTIONS: Mapping[str, Callable[[Any], Any]] = {
     "exp": sp.exp,
     "log": sp.log,
     "sqrt": sp.sqrt,
@@ -282,13 +282,13 @@ def parse(text: str, symbols: Iterable[str], where: str = "expression") -> sp.Ex
         raise ParseError(f"{where}: {_short(text)} has {nodes} syntax nodes; the limit is {LIMITS['nodes']}. "
                          f"Split it into named parameters or simplify it")
 
-    def fail(node: ast.AST, why: str) -> None:
+    def fail(node: ast.AST, why: str) -> NoReturn:
         raise ParseError(
             f"{where}: {why} in {_short(text)}. Allowed: numbers, + - * / **, the names "
             f"{sorted(allowed) + sorted(CONSTANTS)} and the functions {sorted(FUNCTIONS)}."
         )
 
-    def limit(node: ast.AST, why: str) -> None:
+    def limit(node: ast.AST, why: str) -> NoReturn:
         raise ParseError(f"{where}: {why} in {_short(text)}; limits: {LIMITS}")
 
     def checked(node: ast.AST, expr: sp.Expr, value: Optional[float]) -> tuple[sp.Expr, Optional[float]]:
@@ -326,7 +326,7 @@ def parse(text: str, symbols: Iterable[str], where: str = "expression") -> sp.Ex
                 fail(node, f"constant {_short(repr(node.value), 40)} is not a number")
             if isinstance(node.value, int) and node.value.bit_length() > 4 * LIMITS["constant_digits"]:
                 limit(node, "an integer literal is too long")
-            value = float(node.value)
+            value: Optional[float] = float(node.value)
             if isinstance(node.value, float):
                 if not math.isfinite(node.value):
                     fail(node, f"constant {node.value!r} is not finite")

@@ -19,7 +19,7 @@ import keyword
 import math
 import re
 from dataclasses import dataclass
-from typing import Callable, Mapping, Optional
+from typing import Callable, Mapping, Optional, cast
 
 import sympy as sp
 import torch
@@ -262,10 +262,10 @@ class Kernel:
         if self.kind == "callable":
             return r"\mathrm{%s}(\mathbf{x}, \mathbf{y})" % _latex_name(self.name)
         if self.kind == "distance":
-            return sp.latex(self.expr.subs(R, sp.Symbol(r"\|\mathbf{x}-\mathbf{y}\|^2")))
+            return sp.latex(cast(sp.Expr, self.expr).subs(R, sp.Symbol(r"\|\mathbf{x}-\mathbf{y}\|^2")))
         inner = (r"\mathbf{x}^\top \mathbf{y}" if self.phi is None
                  else r"\Phi(\mathbf{x})^\top \Phi(\mathbf{y})")
-        return sp.latex(self.expr.subs(S, sp.Symbol("(" + inner + ")")))
+        return sp.latex(cast(sp.Expr, self.expr).subs(S, sp.Symbol("(" + inner + ")")))  # not callable: an expr
 
 
 def as_kernel(value) -> Kernel:

@@ -17,7 +17,7 @@ An emitted module subclasses :class:`TermUpdate` and supplies two methods derive
 from __future__ import annotations
 
 import math
-from typing import Optional, Union
+from typing import Any, Optional, Union
 
 import torch
 import torch.nn.functional as F
@@ -340,6 +340,7 @@ class TermUpdate(nn.Module):
     term_name: str = "term"
     pattern: str = "generic"
     path: str = "symbolic"
+    beta: float  # attention terms only
 
     def __init__(self, d: int, heads: int, head_dim: int, radius: float, mode: str = "paper",
                  eps: float = 1e-6, sdpa_threshold: int = 512):
@@ -432,10 +433,12 @@ class TermUpdate(nn.Module):
         return self.energy_Z(self.normalize(self.coords(X, weight)))
 
     # -- supplied by emitted subclasses ---------------------------------------------------------------
-    def grad_Z(self, Z: Tensor) -> Tensor:  # pragma: no cover - abstract
+    # (their arguments are the family's coordinates: Z here, (Q, K) or (U, V) in the subclasses below; grad_Z
+    # returns one gradient per argument, a tuple where there are two)
+    def grad_Z(self, *coords: Tensor) -> Any:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def energy_Z(self, Z: Tensor) -> Tensor:  # pragma: no cover - abstract
+    def energy_Z(self, *coords: Tensor) -> Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
 
     @property
@@ -577,6 +580,8 @@ class CausalTermUpdate(TermUpdate):
     """
 
     tying: str = ""
+    weight_k: nn.Parameter  # made by the query-key and diagonal-plus-low-rank interactions
+    delta: nn.Parameter  # made by the diagonal-plus-low-rank interaction
 
     def __init__(self, d: int, heads: int, head_dim: int, radius: float, mode: str = "paper", eps: float = 1e-6,
                  sdpa_threshold: int = 512, interaction=None):

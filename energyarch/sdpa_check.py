@@ -48,7 +48,7 @@ class SDPACall:
     k: tuple
     v: tuple
     last_strides: tuple
-    dtype: torch.dtype
+    dtype: Optional[torch.dtype]  # None: q, k and v differ in dtype
     mask: Optional[str]
     dropout_p: float
     is_causal: bool

@@ -22,14 +22,14 @@ import copy
 import itertools
 import math
 from dataclasses import dataclass, field
-from typing import Mapping, Optional
+from typing import Callable, Mapping, Optional, cast
 
 import torch
 from torch import Tensor
 
 from .compile import EnergyStep, compile as compile_energy
 from .derivation import family_of
-from .energy import Term, params_of
+from .energy import Attention, CausalAttention, GatedFeedForward, Term, params_of
 from .errors import VerificationError
 from .expr import evaluate
 from .primitives import Kernel
@@ -211,29 +211,31 @@ def verify(step: EnergyStep, *, batch: int = 2, tokens: int = 7, seed: int = 0, 
             raise VerificationError(f"verify: {name}={value!r} must be an integer >= {low}")
     if tol is not None:
         rtol = tol
-    for name, value in (("rtol", rtol), ("step_size", step_size)):
-        if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 < value < math.inf:
-            raise VerificationError(f"verify: {name}={value!r} must be a positive finite number")
+    for name, number in (("rtol", rtol), ("step_size", step_size)):
+        if not isinstance(number, (int, float)) or isinstance(number, bool) or not 0 < number < math.inf:
+            raise VerificationError(f"verify: {name}={number!r} must be a positive finite number")
     step64 = copy.deepcopy(step).to(torch.float64)
-    mode = next(iter(step64.terms.values())).mode
+    terms64 = cast(Mapping[str, TermUpdate], step64.terms)
+    mode = next(iter(terms64.values())).mode
     reference = compile_energy(step.energy_decl, step.d, mode=mode, path="autodiff", dtype=torch.float64)
     reference.load_state_dict(step64.state_dict())
     gen = torch.Generator().manual_seed(seed)
     X = torch.randn(batch, tokens, step.d, generator=gen, dtype=torch.float64)
     report = VerificationReport(rtol=rtol, mode=mode)
-    for name, module in step64.terms.items():
+    for name, module in terms64.items():
         term = step.energy_decl[name]
+        ref = reference.terms[name]  # the autodiff module of the same term: the same runtime class
         if isinstance(module, GatedTermUpdate):
-            report.terms.append(_check_gated(name, term, module, reference.terms[name], X, step.derivations[name],
-                                             step_size))
+            report.terms.append(_check_gated(name, cast(GatedFeedForward, term), module, cast(GatedTermUpdate, ref),
+                                             X, step.derivations[name], step_size))
             continue
         if isinstance(module, QKTermUpdate):
-            report.terms.append(_check_qk(name, term, module, reference.terms[name], X, step.derivations[name],
-                                          step_size))
+            report.terms.append(_check_qk(name, cast(Attention, term), module, cast(QKTermUpdate, ref), X,
+                                          step.derivations[name], step_size))
             continue
         if isinstance(module, CausalTermUpdate):
-            report.terms.append(_check_causal(name, term, module, reference.terms[name], X, step.derivations[name],
-                                              step_size))
+            report.terms.append(_check_causal(name, cast(CausalAttention, term), module, cast(CausalTermUpdate, ref),
+                                              X, step.derivations[name], step_size))
             continue
         with torch.no_grad():
             Z = module.normalize(module.coords(X))
@@ -261,7 +263,7 @@ def verify(step: EnergyStep, *, batch: int = 2, tokens: int = 7, seed: int = 0, 
             grad_scale=float(G_ref.abs().max()), update_scale=float((0.1 * dir_ref).abs().max()), finite=finite,
             stationary=_stationary(direction, t, float(G_ref.abs().max()), e0, e1),
         ))
-    for check, (name, module) in zip(report.terms, step64.terms.items()):
+    for check, (name, module) in zip(report.terms, terms64.items()):
         check.not_smooth = kernel_smoothness(step.energy_decl[name], module)
     if raise_on_fail and not report.ok:
         raise VerificationError(str(report))
@@ -272,7 +274,7 @@ def verify(step: EnergyStep, *, batch: int = 2, tokens: int = 7, seed: int = 0, 
 # bidirectional attention with an interaction: both roles
 # ------------------------------------------------------------------------------------------------------------
 
-def declared_qk_energy(term: Term, Q: Tensor, K: Tensor, env: Mapping[str, float]) -> Tensor:
+def declared_qk_energy(term: Attention, Q: Tensor, K: Tensor, env: Mapping[str, float]) -> Tensor:
     """E = Σ_h Σ_i f(Σ_j K(q_i, k_j)) at queries ``Q`` and keys ``K`` (…, H, N, p), from the declaration alone
     (shape ``(…,)``); a distance kernel sees ``r = ‖q_i − k_j‖²`` formed from differences."""
     env = {**env, **params_of(term)}
@@ -282,7 +284,7 @@ def declared_qk_energy(term: Term, Q: Tensor, K: Tensor, env: Mapping[str, float
 
     Kd: Kernel = term.K
     if Kd.kind == "callable":
-        rows = torch.vmap(torch.vmap(Kd.fn, in_dims=(None, 0)), in_dims=(0, None))
+        rows = torch.vmap(torch.vmap(cast(Callable, Kd.fn), in_dims=(None, 0)), in_dims=(0, None))
         flat_q, flat_k = Q.reshape(-1, *Q.shape[-2:]), K.reshape(-1, *K.shape[-2:])
         Kmat = torch.stack([rows(q, k) for q, k in zip(flat_q, flat_k)]).reshape(*Q.shape[:-1], K.shape[-2])
     elif Kd.kind == "inner":
@@ -295,7 +297,7 @@ def declared_qk_energy(term: Term, Q: Tensor, K: Tensor, env: Mapping[str, float
     return scalar(term.f, Kmat.sum(-1)).sum(dim=(-1, -2))
 
 
-def _check_qk(name: str, term: Term, module: QKTermUpdate, reference: QKTermUpdate, X: Tensor, dv,
+def _check_qk(name: str, term: Attention, module: QKTermUpdate, reference: QKTermUpdate, X: Tensor, dv,
               step_size: float) -> TermCheck:
     """(∂E/∂Q, ∂E/∂K) vs ``torch.func.grad`` of the declared energy in both roles; the update vs the autodiff
     module and vs the reference gradients mapped back through the interaction; a small step lowers E."""
@@ -324,7 +326,8 @@ def _check_qk(name: str, term: Term, module: QKTermUpdate, reference: QKTermUpda
 # causal conditional energies: token by token
 # ------------------------------------------------------------------------------------------------------------
 
-def declared_conditional_energy(term: Term, q: Tensor, keys: Tensor, k_self: Tensor, env: Mapping[str, float]) -> Tensor:
+def declared_conditional_energy(term: Attention, q: Tensor, keys: Tensor, k_self: Tensor,
+                                env: Mapping[str, float]) -> Tensor:
     """E_t = f(Σ_{s<t} K(q_t, k_s) + K(q_t, k_t)) for one token and head, from the declaration alone.
 
     ``q`` (p,), ``keys`` (t, p) the earlier tokens' keys, ``k_self`` (p,) the token's own key.
@@ -337,7 +340,7 @@ def declared_conditional_energy(term: Term, q: Tensor, keys: Tensor, k_self: Ten
     K: Kernel = term.K
     all_keys = torch.cat([keys, k_self.unsqueeze(0)], dim=0)                  # (t + 1, p)
     if K.kind == "callable":
-        values = torch.stack([K.fn(q, k) for k in all_keys.unbind(0)])
+        values = torch.stack([cast(Callable, K.fn)(q, k) for k in all_keys.unbind(0)])
     elif K.kind == "inner":
         Phi_q = scalar(K.phi, q) if K.phi is not None else q
         Phi_k = scalar(K.phi, all_keys) if K.phi is not None else all_keys
@@ -349,7 +352,8 @@ def declared_conditional_energy(term: Term, q: Tensor, keys: Tensor, k_self: Ten
     return scalar(term.f, values.sum())
 
 
-def causal_reference_grads(term: Term, module: CausalTermUpdate, Q: Tensor, K: Tensor) -> tuple[Tensor, Tensor]:
+def causal_reference_grads(term: CausalAttention, module: CausalTermUpdate, Q: Tensor,
+                           K: Tensor) -> tuple[Tensor, Tensor]:
     """(∂E_t/∂q_t, ∂E_t/∂k_t) for every token and head by ``torch.func.grad`` of each token's own conditional
     energy in a loop (independent of the emitted module and of the stop-gradient construction)."""
     env = {"beta": float(module.beta), "p": module.head_dim, "M": module.head_dim, "d": module.d}
@@ -365,8 +369,8 @@ def causal_reference_grads(term: Term, module: CausalTermUpdate, Q: Tensor, K: T
     return G_q, G_k
 
 
-def _check_causal(name: str, term: Term, module: CausalTermUpdate, reference: CausalTermUpdate, X: Tensor, dv,
-                  step_size: float) -> TermCheck:
+def _check_causal(name: str, term: CausalAttention, module: CausalTermUpdate, reference: CausalTermUpdate,
+                  X: Tensor, dv, step_size: float) -> TermCheck:
     """Gradients of each token's conditional energy vs a per-token torch.func.grad; the update vs the autodiff
     module; and token by token, a small step on x_t alone lowers E_t(x_t | x_<t)."""
     with torch.no_grad():
@@ -398,7 +402,7 @@ def _check_causal(name: str, term: Term, module: CausalTermUpdate, reference: Ca
                      per_token_descent=descends)
 
 
-def _check_gated(name: str, term: Term, module: GatedTermUpdate, reference: GatedTermUpdate, X: Tensor, dv,
+def _check_gated(name: str, term: GatedFeedForward, module: GatedTermUpdate, reference: GatedTermUpdate, X: Tensor, dv,
                  step_size: float) -> TermCheck:
     """Gated feed-forward: ∇_U of −Σ h(U) ⊙ V (V fixed) from the declaration, the update vs the autodiff module,
     and a small step lowers the energy with the gate held at its value."""

@@ -1,4 +1,5 @@
-"""The linter configured in pyproject.toml passes on the repository (rules: [tool.ruff.lint])."""
+"""The linter and the type checker configured in pyproject.toml pass on the repository (rules: [tool.ruff.lint],
+settings: [tool.mypy])."""
 
 import importlib.util
 import subprocess
@@ -16,3 +17,13 @@ def test_ruff_lint_passes():
     proc = subprocess.run([sys.executable, "-m", "ruff", "check", str(ROOT)], cwd=ROOT, capture_output=True,
                           text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-1000:]
+
+
+def test_mypy_passes():
+    """``mypy`` with the [tool.mypy] settings (the energyarch package, check_untyped_defs): no errors. Its cache
+    (.mypy_cache in the repository) makes a re-run a few seconds; the first run takes about half a minute."""
+    if importlib.util.find_spec("mypy") is None:
+        pytest.skip("mypy is not installed (it is in the dev extra: pip install -e '.[dev]')")
+    proc = subprocess.run([sys.executable, "-m", "mypy"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-1000:]
+    assert "Success: no issues found" in proc.stdout, proc.stdout[-3000:]

@@ -118,7 +118,7 @@ def _make(
 # IDX (MNIST / Fashion-MNIST)
 # --------------------------------------------------------------------------------------------------------------
 
-_IDX_DTYPES = {
+_IDX_DTYPES: dict[int, np.dtype] = {
     0x08: np.dtype(np.uint8),
     0x09: np.dtype(np.int8),
     0x0B: np.dtype(">i2"),
@@ -269,7 +269,7 @@ def load_digits_dataset(test_size: int = 360, seed: int = 0) -> ImageData:
 try:  # numpy >= 2
     from numpy._core.multiarray import _reconstruct as _np_reconstruct
     from numpy._core.multiarray import scalar as _np_scalar
-    from numpy._core.numeric import _frombuffer as _np_frombuffer
+    from numpy._core.numeric import _frombuffer as _np_frombuffer  # type: ignore[attr-defined]  # private: no stub
 except ImportError:  # pragma: no cover - numpy 1.x
     from numpy.core.multiarray import _reconstruct as _np_reconstruct  # type: ignore[no-redef]
     from numpy.core.multiarray import scalar as _np_scalar  # type: ignore[no-redef]

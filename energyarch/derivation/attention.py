@@ -8,6 +8,7 @@ gives the closed form. Opaque callables take the pairwise or autodiff path.
 from __future__ import annotations
 
 import math
+from typing import Any, Callable, cast
 
 import torch
 
@@ -21,7 +22,7 @@ from .core import (MAX_ELEMENTS, Candidate, Derivation, Dims, Family, bind, chec
                    check_size, declared_scalar, diff, needs_positive, numeric, register_family, sphere_samples)
 
 
-def attention_dims(term: Term, d: int, coord_dim=None, radius_dim=None) -> Dims:
+def attention_dims(term: Attention, d: int, coord_dim=None, radius_dim=None) -> Dims:
     """Sizes of an attention-like term; ``coord_dim`` / ``radius_dim`` override p and the sphere's dimension."""
     if not isinstance(d, int) or d < 1:
         raise CompileError(f"d={d!r} must be a positive integer (the model width)")
@@ -40,7 +41,7 @@ def attention_dims(term: Term, d: int, coord_dim=None, radius_dim=None) -> Dims:
     return Dims(d=d, heads=term.heads, head_dim=p, radius=radius, beta=beta)
 
 
-def declared_pieces(term: Term, dims: Dims) -> dict:
+def declared_pieces(term: Attention, dims: Dims) -> dict:
     """The bound expressions of the declaration (for the energy and the autodiff path), no derivative."""
     K, pieces = term.K, {}
     if term.f.symbolic:
@@ -54,7 +55,7 @@ def declared_pieces(term: Term, dims: Dims) -> dict:
     return pieces
 
 
-def check_opaque(term: Term, dims: Dims) -> None:
+def check_opaque(term: Attention, dims: Dims) -> None:
     """Probe callables (elementwise f / Φ, a scalar symmetric kernel) and the energy's finiteness."""
     K = term.K
     if not term.f.symbolic:
@@ -67,7 +68,7 @@ def check_opaque(term: Term, dims: Dims) -> None:
         check_energy_finite(term, dims)
 
 
-def candidate(term: Term, dims: Dims, declared: dict) -> Candidate:
+def candidate(term: Attention, dims: Dims, declared: dict) -> Candidate:
     """Derivatives and domain checks of a fully symbolic term (inside the symbolic budget)."""
     K = term.K
     f = declared["f"]
@@ -93,7 +94,7 @@ def candidate(term: Term, dims: Dims, declared: dict) -> Candidate:
 
 
 @register_family
-class AttentionFamily(Family):
+class AttentionFamily(Family[Attention]):
     name = "attention"
     term_type = Attention
 
@@ -113,7 +114,7 @@ class AttentionFamily(Family):
                                          lambda: core.first_match(candidate(term, dims, declared)))
 
     def energy_lines(self, dv: Derivation) -> list[str]:
-        t = dv.term
+        t = cast(Attention, dv.term)
         f_code = "self.f(S)" if not t.f.symbolic else code(dv.pieces["f"], X, "S")
         on = "Z" if t.K.kind != "inner" else "Phi"
         if t.K.kind == "distance":
@@ -133,7 +134,7 @@ class AttentionFamily(Family):
                 f"return ({f_code}).sum(dim=(-1, -2))"]
 
     def energy_text(self, dv: Derivation) -> str:
-        return f"E = sum_h sum_i f(sum_j K(z_i, z_j)), {attention_text(dv.term)}"
+        return f"E = sum_h sum_i f(sum_j K(z_i, z_j)), {attention_text(cast(Attention, dv.term))}"
 
     def reference_energy(self, term, Z, env):
         return attention_reference_energy(term, Z, env)
@@ -141,7 +142,7 @@ class AttentionFamily(Family):
     def autodiff_lines(self, dv: Derivation) -> list[str]:
         """Above ``sdpa_threshold`` the same chain rule tile by tile: ``∇_Z E = Σ_j f'(S_k) ∂₁K(z_k, z_j) +
         f'(S_j) ∂₂K(z_j, z_k)``, with f' and ∂K by autodiff (:func:`energyarch.blockwise.pair_grad`)."""
-        t = dv.term
+        t = cast(Attention, dv.term)
         f_code = "self.f(S_)" if not t.f.symbolic else code(dv.pieces["f"], X, "S_")
         symmetric = t.K.kind != "callable" or t.K.symmetric
         return ["if Z.shape[-2] > self.sdpa_threshold:             # long sequences: autodiff tile by tile",
@@ -155,7 +156,7 @@ class AttentionFamily(Family):
 def tile_kernel(dv: Derivation, with_phi: bool = False) -> str:
     """Source of the term's kernel on one tile of pairs (:mod:`energyarch.blockwise`); with ``with_phi`` the
     feature map is applied inside (the kernel then takes Z, not Φ)."""
-    t = dv.term
+    t = cast(Attention, dv.term)
     if t.K.kind == "distance":
         return f"kernel_on_distance(lambda r: {code(dv.pieces['rho'], R, 'r')})"
     if t.K.kind == "callable":
@@ -167,11 +168,12 @@ def tile_kernel(dv: Derivation, with_phi: bool = False) -> str:
     return f"kernel_on_gram({kappa}, phi={phi})"
 
 
-def check_callable_kernel(term: Term, dims: Dims) -> None:
+def check_callable_kernel(term: Attention, dims: Dims) -> None:
     g = torch.Generator().manual_seed(1)
     x, y = (torch.randn(dims.head_dim, generator=g, dtype=torch.float64) for _ in range(2))
+    fn = cast(Callable, term.K.fn)  # a kernel of kind 'callable' has fn
     try:
-        kxy, kyx = term.K.fn(x, y), term.K.fn(y, x)
+        kxy, kyx = fn(x, y), fn(y, x)
     except Exception as err:  # noqa: BLE001 - report the user's function failing
         raise DeclarationError(f"term {term.name!r}: kernel {term.K.name!r} failed on two p={dims.head_dim} vectors: {err}") from err
     if not isinstance(kxy, torch.Tensor) or kxy.dim() != 0:
@@ -188,7 +190,7 @@ def check_callable_kernel(term: Term, dims: Dims) -> None:
         )
 
 
-def attention_reference_energy(term: Term, Z: torch.Tensor, env) -> torch.Tensor:
+def attention_reference_energy(term: Attention, Z: torch.Tensor, env) -> torch.Tensor:
     """E = Σ_h Σ_i f(Σ_j K(z_i, z_j)) at coordinates ``Z`` (…, H, N, p), from the declaration alone (shape ``(…,)``).
 
     Independent of the derivation: expressions are evaluated by walking the declared sympy trees, opaque
@@ -214,7 +216,7 @@ def _full(value, like: torch.Tensor) -> torch.Tensor:
     return value if isinstance(value, torch.Tensor) else torch.full_like(like, float(value))
 
 
-def attention_text(term) -> str:
+def attention_text(term: Attention) -> str:
     """``K = ..., Phi(x) = ..., heads = H`` of an attention-like term (for the emitted ENERGY constant)."""
     k = term.K.name if term.K.kind == "callable" else str(term.K.expr)
     phi = f", Phi(x) = {term.K.phi.name}" if term.K.phi is not None else ""
@@ -233,10 +235,11 @@ def check_energy_finite(term: Term, dims: Dims) -> None:
                                f"{type(err).__name__}: {err}") from err
     if not isinstance(E, torch.Tensor) or E.is_complex() or not bool(torch.isfinite(E).all()):
         value = E.flatten()[:1].tolist() if isinstance(E, torch.Tensor) else E
+        t: Any = term  # any family: the message names f and K, or g and h, whichever the term declares
         raise DeclarationError(
             f"term {term.name!r}: the energy is not finite on the constraint set (value {value} at random points "
             f"of the sphere of radius {dims.radius:.4g}); check the domain of "
-            + (f"f = {term.f.name!r} against the values of K = {term.K.name!r} (e.g. log needs Σ_j K > 0)"
-               if hasattr(term, "f") else
-               f"g = {term.g.name!r} against the values of h = {term.h.name!r} (e.g. log needs Σ_m h > 0)")
+            + (f"f = {t.f.name!r} against the values of K = {t.K.name!r} (e.g. log needs Σ_j K > 0)"
+               if hasattr(t, "f") else
+               f"g = {t.g.name!r} against the values of h = {t.h.name!r} (e.g. log needs Σ_m h > 0)")
         )

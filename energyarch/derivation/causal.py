@@ -17,8 +17,10 @@ exactly the per-token update above.
 from __future__ import annotations
 
 import dataclasses
+from typing import cast
 
-from ..energy import CausalAttention
+from ..energy import Attention, CausalAttention
+from ..interactions import Interaction
 from ..primitives import R, S, X
 from . import core
 from .attention import (attention_dims, attention_reference_energy, attention_text, candidate, check_opaque,
@@ -27,11 +29,12 @@ from .codegen import code, phi_lines
 from .core import Derivation, Dims, Family, register_family
 
 
-def causal_dims(term: CausalAttention, d: int) -> Dims:
+def causal_dims(term: Attention, d: int) -> Dims:
     """The coordinates' width comes from the interaction (d + r for diagonal plus low rank, whose x̄ lies on the
     sphere of radius √d)."""
-    low_rank = term.interaction.kind == "diag-low-rank"
-    return attention_dims(term, d, coord_dim=term.interaction.coord_dim(d, term.heads) if isinstance(d, int) and d > 0
+    inter = cast(Interaction, term.interaction)  # causal and query-key terms always carry one
+    low_rank = inter.kind == "diag-low-rank"
+    return attention_dims(term, d, coord_dim=inter.coord_dim(d, term.heads) if isinstance(d, int) and d > 0
                           and d % term.heads == 0 else None, radius_dim=d if low_rank else None)
 
 
@@ -42,11 +45,11 @@ def qk_phi_lines(dv: Derivation, with_derivative: bool) -> list[str]:
 
 def self_key(dv: Derivation, name: str = "Phi_k") -> str:
     """The key of a token's own term: differentiated (exact self-term) or held fixed (stopped)."""
-    return name if dv.term.self_term == "exact" else f"{name}.detach()"
+    return name if cast(CausalAttention, dv.term).self_term == "exact" else f"{name}.detach()"
 
 
 @register_family
-class CausalFamily(Family):
+class CausalFamily(Family[CausalAttention]):
     name = "causal attention"
     term_type = CausalAttention
 
@@ -68,7 +71,7 @@ class CausalFamily(Family):
 
     def energy_lines(self, dv: Derivation) -> list[str]:
         """Σ_h f(S_t) per head and token, (..., H, N); keys of earlier tokens held fixed (stop-gradient)."""
-        t = dv.term
+        t = cast(CausalAttention, dv.term)
         f_code = "self.f(S)" if not t.f.symbolic else code(dv.pieces["f"], X, "S")
         strict = "mask = causal_mask(Q.shape[-2], Q.device, strict=True)   # s < t"
         if t.K.kind == "callable":
@@ -100,8 +103,9 @@ class CausalFamily(Family):
                 "rule": "x_t ← x_t − step ⊙ ∇_(x_t) E_t, through the interaction's projections (see TYING)"}
 
     def energy_text(self, dv: Derivation) -> str:
-        return (f"E_t = sum_h f(sum_(s<=t) K(q_t, k_s)) for each token t (conditional), {attention_text(dv.term)}, "
-                f"self-term {dv.term.self_term}")
+        t = cast(CausalAttention, dv.term)
+        return (f"E_t = sum_h f(sum_(s<=t) K(q_t, k_s)) for each token t (conditional), {attention_text(t)}, "
+                f"self-term {t.self_term}")
 
     def reference_energy(self, term, Z, env):
         """The bidirectional energy at one set of coordinates (a finiteness probe; verify checks causal terms
@@ -116,7 +120,7 @@ class CausalFamily(Family):
 
 def _with_roles(dv: Derivation) -> Derivation:
     """Say in the reason (and so in report()) how the self-term is treated and which tying the interaction gives."""
-    t = dv.term
+    t = cast(CausalAttention, dv.term)
     own = ("self-term exact: x_t's key role in K(q_t, k_t) is differentiated" if t.self_term == "exact"
            else "self-term stopped (declared): x_t's own key is held fixed")
     return dataclasses.replace(dv, reason=f"{dv.reason}; {own}; interaction {t.interaction.kind}: {t.interaction.tying}")

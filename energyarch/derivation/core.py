@@ -21,7 +21,7 @@ import ctypes
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Mapping, Optional
+from typing import Any, Callable, Generic, Mapping, Optional, TypeVar, cast
 
 import sympy as sp
 import torch
@@ -38,6 +38,8 @@ MAX_ELEMENTS = 2**31
 BETA = sp.Symbol("beta", positive=True)
 SK, SJ = sp.symbols("S_k S_j", positive=True)
 SIGMA = sp.Symbol("Sigma", real=True)  # Σ_m h(u_m) in the feed-forward family
+
+T = TypeVar("T", bound=Term)  # the term type a family derives
 
 
 @dataclass(frozen=True)
@@ -133,7 +135,7 @@ class Pattern:
                           self.operator(c), self.latex(c, consts))
 
 
-class Family:
+class Family(Generic[T]):
     """An energy family: the term type it derives, and everything the pipeline asks about its terms.
 
     A new family is one decorated subclass (and its term class, a frozen dataclass subclassing
@@ -150,7 +152,7 @@ class Family:
     #: the emitted module's argument (coordinates) for the default signature and autodiff path
     variable: str = "Z"
 
-    def derive(self, term: Term, d: int) -> Derivation:
+    def derive(self, term: T, d: int) -> Derivation:
         raise NotImplementedError
 
     def energy_lines(self, dv: Derivation) -> list[str]:
@@ -173,13 +175,13 @@ class Family:
         prims = ", ".join(f"{k} = {p.name}" for k, p in primitives_of(dv.term).items())
         return f"{dv.term.family} term {dv.term.name}: {prims}"
 
-    def reference_energy(self, term: Term, Z, env: Mapping[str, float]):
+    def reference_energy(self, term: T, Z, env: Mapping[str, float]):
         """E of ``term`` at coordinates ``Z``, built from the declaration alone (shape ``Z.shape[:-3]``)."""
         raise NotImplementedError(f"family {self.name!r} defines no reference energy")
 
 
 PATTERNS: dict[str, Pattern] = {}
-FAMILIES: dict[str, Family] = {}
+FAMILIES: dict[str, Family[Any]] = {}
 
 
 def register_pattern(cls: type) -> type:
@@ -213,11 +215,11 @@ def first_match(c: Candidate) -> Derivation:
                        f"register one (energyarch.derivation.register_pattern) or use path='autodiff'")
 
 
-def family_of(term: Term) -> Family:
+def family_of(term: Term) -> Family[Any]:
     """The registered family of ``term``: the one named by ``term.family`` when it takes the term's type (an
     Attention with a query-key interaction is a ``'qk attention'`` term), else that of its most specific class
     (a CausalAttention is not an Attention's)."""
-    named = FAMILIES.get(getattr(term, "family", None))
+    named = FAMILIES.get(term.family)
     if named is not None and isinstance(term, named.term_type):
         return named
     for cls in type(term).__mro__:
@@ -262,7 +264,8 @@ def _time_budget(seconds: float):
     if set_async is None:
         yield
         return
-    done, lock, fired = threading.Event(), threading.Lock(), []
+    done, lock = threading.Event(), threading.Lock()
+    fired: list[bool] = []
     wall_start = time.monotonic()
 
     def spent() -> bool:
@@ -415,7 +418,7 @@ def declared_scalar(prim: Scalar, t: torch.Tensor, env: Mapping[str, float]) -> 
 def check_callable_scalar(term: Term, role: str, prim: Scalar) -> None:
     probe = torch.linspace(-1, 1, 7, dtype=torch.float64)
     try:
-        out = prim.fn(probe)
+        out = cast(Callable, prim.fn)(probe)  # an opaque primitive: fn is set
     except Exception as err:  # noqa: BLE001
         raise DeclarationError(f"term {term.name!r}: {role} = {prim.name!r} failed on a tensor: {err}") from err
     if not isinstance(out, torch.Tensor) or out.shape != probe.shape:

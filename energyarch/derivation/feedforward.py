@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import math
+from typing import Union, cast
 
 import torch
 
-from ..energy import FeedForward, params_of
+from ..energy import FeedForward, GatedFeedForward, params_of
 from ..errors import CompileError
 from ..primitives import X
 from . import core
@@ -16,7 +17,7 @@ from .core import (MAX_ELEMENTS, SIGMA, Candidate, Derivation, Dims, Family, bin
                    check_domain, check_size, declared_scalar, diff, needs_positive, numeric, register_family)
 
 
-def ff_dims(term: FeedForward, d: int) -> Dims:
+def ff_dims(term: Union[FeedForward, GatedFeedForward], d: int) -> Dims:
     if not isinstance(d, int) or d < 1:
         raise CompileError(f"d={d!r} must be a positive integer (the model width)")
     M = term.resolve_width(d)
@@ -36,7 +37,7 @@ def ff_candidate(term: FeedForward, dims: Dims, declared: dict) -> Candidate:
 
 
 @register_family
-class FeedForwardFamily(Family):
+class FeedForwardFamily(Family[FeedForward]):
     name = "feedforward"
     term_type = FeedForward
     variable = "U"
@@ -48,7 +49,8 @@ class FeedForwardFamily(Family):
                 "rule": "X ← X − step ⊙ (∇_U E)(U) Dᵀ"}
 
     def energy_text(self, dv: Derivation) -> str:
-        return f"E = -sum_i g(sum_m h(d_m . x_i)), g(x) = {dv.term.g.name}, h(x) = {dv.term.h.name}"
+        t = cast(FeedForward, dv.term)
+        return f"E = -sum_i g(sum_m h(d_m . x_i)), g(x) = {t.g.name}, h(x) = {t.h.name}"
 
     def reference_energy(self, term, U, env):
         """E = −Σ_i g(Σ_m h(u_im)) at coordinates ``U`` (…, 1, N, M), from the declaration alone."""
@@ -70,7 +72,7 @@ class FeedForwardFamily(Family):
                                          lambda: core.first_match(ff_candidate(term, dims, declared)))
 
     def energy_lines(self, dv: Derivation) -> list[str]:
-        t = dv.term
+        t = cast(FeedForward, dv.term)
         h = "self.h(U)" if not t.h.symbolic else code(dv.pieces["h"], X, "U")
         g = "self.g(Sigma)" if not t.g.symbolic else code(dv.pieces["g"], X, "Sigma")
         return [f"Sigma = ({h}).sum(dim=-1)                  # (B, 1, N): Σ_m h(u_m)",

@@ -6,6 +6,8 @@
 
 from __future__ import annotations
 
+from typing import cast
+
 from ..energy import GatedFeedForward
 from ..primitives import X
 from . import core
@@ -15,7 +17,7 @@ from .feedforward import ff_dims
 
 
 @register_family
-class GatedFamily(Family):
+class GatedFamily(Family[GatedFeedForward]):
     name = "gated feedforward"
     term_type = GatedFeedForward
 
@@ -33,7 +35,7 @@ class GatedFamily(Family):
         return core.symbolic_or_fallback(term, dims, declared, build)
 
     def energy_lines(self, dv: Derivation) -> list[str]:
-        h = "self.h(U)" if not dv.term.h.symbolic else code(dv.pieces["h"], X, "U")
+        h = "self.h(U)" if not cast(GatedFeedForward, dv.term).h.symbolic else code(dv.pieces["h"], X, "U")
         return [f"return -(({h}) * V).sum(dim=(-1, -2, -3))     # −Σ_i Σ_m h(u_im) v_im"]
 
     def signature(self, dv: Derivation) -> dict:
@@ -42,7 +44,8 @@ class GatedFamily(Family):
                 "rule": "X ← X − step ⊙ (∇_U E)(U, V) Dᵀ, D both up and down projection"}
 
     def energy_text(self, dv: Derivation) -> str:
-        return f"E = -sum_i sum_m h(d_m . x_i) (v_m . xbar_i), gate held fixed, h(x) = {dv.term.h.name}"
+        h = cast(GatedFeedForward, dv.term).h
+        return f"E = -sum_i sum_m h(d_m . x_i) (v_m . xbar_i), gate held fixed, h(x) = {h.name}"
 
     def autodiff_lines(self, dv: Derivation) -> list[str]:
         return ["# generic path: differentiate the energy in U with the gate V held fixed",

@@ -21,8 +21,10 @@ and opaque callables take ``torch.func.grad`` of the energy.
 from __future__ import annotations
 
 import dataclasses
+from typing import cast
 
 from ..energy import Attention
+from ..interactions import Interaction
 from ..primitives import R, S, X
 from . import core
 from .attention import attention_reference_energy, attention_text, candidate, check_opaque, declared_pieces
@@ -32,7 +34,7 @@ from .core import Derivation, Family, register_family
 
 
 @register_family
-class QKAttentionFamily(Family):
+class QKAttentionFamily(Family[Attention]):
     name = "qk attention"
     term_type = Attention
 
@@ -58,7 +60,7 @@ class QKAttentionFamily(Family):
 
     def energy_lines(self, dv: Derivation) -> list[str]:
         """f(S_i) per head and token, (..., H, N), with S_i = Σ_j K(q_i, k_j) (N×N)."""
-        t = dv.term
+        t = cast(Attention, dv.term)
         f_code = "self.f(S)" if not t.f.symbolic else code(dv.pieces["f"], X, "S")
         if t.K.kind == "callable":
             lines = ["S = cross_kernel(self.kernel, Q, K).sum(dim=-1)      # (B, H, N): Σ_j K(q_i, k_j)"]
@@ -78,8 +80,9 @@ class QKAttentionFamily(Family):
                 "rule": "X ← X − step ⊙ (∂E/∂Q, ∂E/∂K) mapped back through the interaction's projections (see TYING)"}
 
     def energy_text(self, dv: Derivation) -> str:
-        return (f"E = sum_h sum_i f(sum_j K(q_i, k_j)), queries and keys from the {dv.term.interaction.kind} "
-                f"interaction, {attention_text(dv.term)}")
+        t = cast(Attention, dv.term)
+        return (f"E = sum_h sum_i f(sum_j K(q_i, k_j)), queries and keys from the "
+                f"{cast(Interaction, t.interaction).kind} interaction, {attention_text(t)}")
 
     def reference_energy(self, term, Z, env):
         """The energy with queries = keys = ``Z`` (a finiteness probe; verify differentiates both roles with
@@ -94,5 +97,5 @@ class QKAttentionFamily(Family):
 
 def _with_tying(dv: Derivation) -> Derivation:
     """Say in the reason (and so in report()) which tying the interaction gives."""
-    inter = dv.term.interaction
+    inter = cast(Interaction, cast(Attention, dv.term).interaction)  # a query-key term carries one
     return dataclasses.replace(dv, reason=f"{dv.reason}; interaction {inter.kind}: {inter.tying}")

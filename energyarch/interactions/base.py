@@ -10,17 +10,32 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Optional
+from typing import Optional, Protocol
 
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import DeclarationError
 
-INTERACTIONS: dict[str, type] = {}
+INTERACTIONS: dict[str, type["Interaction"]] = {}
 
 
-def register_interaction(cls: type) -> type:
+class Layer(Protocol):
+    """What an interaction reads and sets on the layer that owns it (a :class:`energyarch.runtime.TermUpdate`):
+    its sizes and sphere, and the parameters the interaction makes (``delta`` and ``weight_k`` where it has them).
+    A protocol because nn.Module types its attributes only as ``Tensor | Module``."""
+
+    d: int
+    heads: int
+    head_dim: int
+    radius: float
+    eps: float
+    weight: nn.Parameter
+    weight_k: nn.Parameter
+    delta: nn.Parameter
+
+
+def register_interaction(cls: type[Interaction]) -> type[Interaction]:
     """Class decorator: register an :class:`Interaction` subclass by its ``kind``."""
     INTERACTIONS[cls.kind] = cls
     return cls
@@ -37,14 +52,14 @@ class Interaction:
         """Width of each head's query/key coordinates."""
         return d // heads
 
-    def make_parameters(self, module: nn.Module) -> None:
+    def make_parameters(self, module: Layer) -> None:
         raise NotImplementedError
 
-    def coords(self, module: nn.Module, X: Tensor, weight: Optional[Tensor]) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    def coords(self, module: Layer, X: Tensor, weight: Optional[Tensor]) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """(Q, K, Q_raw, K_raw), each (..., H, N, p): constrained coordinates and the raw ones before RMSNorm."""
         raise NotImplementedError
 
-    def pullback(self, module: nn.Module, G_q: Tensor, G_k: Tensor, weight: Optional[Tensor]) -> Tensor:
+    def pullback(self, module: Layer, G_q: Tensor, G_k: Tensor, weight: Optional[Tensor]) -> Tensor:
         """Token-space gradient Σ_h (G_q,h ∂q_h/∂x + G_k,h ∂k_h/∂x), shape (..., N, d)."""
         raise NotImplementedError
 

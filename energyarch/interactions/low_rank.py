@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import Interaction, check_rank, register_interaction
+from .base import Interaction, Layer, check_rank, register_interaction
 
 
 @register_interaction
@@ -31,7 +31,7 @@ class DiagLowRank(Interaction):
     def coord_dim(self, d: int, heads: int) -> int:
         return d + self.rank
 
-    def make_parameters(self, module: nn.Module) -> None:
+    def make_parameters(self, module: Layer) -> None:
         H, d, r = module.heads, module.d, self.rank
         module.delta = nn.Parameter(torch.ones(H, d) / math.sqrt(d))
         module.weight = nn.Parameter(torch.randn(d, H * r) / math.sqrt(d))

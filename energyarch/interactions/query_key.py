@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .base import Interaction, heads_in, heads_out, register_interaction, sphere
+from .base import Interaction, Layer, heads_in, heads_out, register_interaction, sphere
 
 
 @register_interaction
@@ -23,7 +23,7 @@ class QueryKey(Interaction):
     kind = "query-key"
     tying = "query W_Q, key W_K; value = key projection (k_s), output = W_Qᵀ; self-term output W_Kᵀ (CEM tying)"
 
-    def make_parameters(self, module: nn.Module) -> None:
+    def make_parameters(self, module: Layer) -> None:
         module.weight = nn.Parameter(torch.empty(module.d, module.heads * module.head_dim))
         module.weight_k = nn.Parameter(torch.empty(module.d, module.heads * module.head_dim))
         nn.init.orthogonal_(module.weight)

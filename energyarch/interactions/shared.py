@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .base import Interaction, heads_in, heads_out, register_interaction, sphere
+from .base import Interaction, Layer, heads_in, heads_out, register_interaction, sphere
 
 
 @register_interaction
@@ -22,7 +22,7 @@ class SharedBasis(Interaction):
     kind = "shared"
     tying = "one basis per head: Q = K = V = W_h, output W_hᵀ (Hyper-SET)"
 
-    def make_parameters(self, module: nn.Module) -> None:
+    def make_parameters(self, module: Layer) -> None:
         module.weight = nn.Parameter(torch.empty(module.d, module.heads * module.head_dim))
         nn.init.orthogonal_(module.weight)
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Any, Mapping, Optional, Union
+from typing import Any, Callable, Mapping, NoReturn, Optional, Union, cast
 
 from ..compile import SCHEDULES
 from ..energy import SELF_TERMS, Attention, Energy, FeedForward, GatedFeedForward, Sphere, Term, params_of
@@ -64,10 +64,11 @@ DECLARATION_KEYS = {
                     "radius": "radius of the sphere of D^T x (default sqrt(M))"},
 }
 _REQUIRED = {"attention": ("f", "K"), "feedforward": ("g", "h")}
-_PRESETS = {"attention": ATTENTION_PRESETS, "feedforward": FEEDFORWARD_PRESETS}
+_PRESETS: dict[str, Mapping[str, Callable[[Any], Term]]] = {"attention": ATTENTION_PRESETS,
+                                                             "feedforward": FEEDFORWARD_PRESETS}
 
 
-def _fail(name: str, value, fix: str):
+def _fail(name: str, value, fix: str) -> NoReturn:
     raise ConfigError(f"ModelConfig.{name}={value!r}: {fix}")
 
 
@@ -112,7 +113,7 @@ def _named_term(family: str, name: str, cfg: "ModelConfig"):
         known = tuple(_PRESETS[family]) + tuple(catalog_names(family))
         why = (f"is a {entry.family} entry" if entry is not None else "is neither a preset nor a catalog entry")
         _fail(family, name, f"{why}; choose one of {known}, or declare the term inline in a [model.{family}] table")
-    base = entry.term(cfg.d)
+    base: Any = entry.term(cfg.d)  # an Attention or a FeedForward, by family
     if family == "attention":
         return Attention(f=base.f, K=base.K, heads=cfg.heads, constraint=Sphere(entry.radius(cfg.head_dim)))
     width = max(1, int(round(cfg.ff_ratio * cfg.d)))
@@ -172,7 +173,7 @@ def normalize_declaration(family: str, table: Mapping[str, Any]) -> dict:
     return out
 
 
-def _declared_term(family: str, table: Mapping[str, Any], cfg: "ModelConfig"):
+def _declared_term(family: str, table: Mapping[str, Any], cfg: Union["ModelConfig", "_Shape"]):
     """Build the term of an inline declaration (already normalised) with energyarch's public API."""
     params = table.get("params", {})
     key = None
@@ -398,7 +399,7 @@ class ModelConfig:
             setattr(self, family, value)
             _declared_term(family, value, self)
         elif isinstance(value, cls) or (family == "feedforward" and isinstance(value, GatedFeedForward)):
-            if family == "attention" and value.heads != self.heads:
+            if family == "attention" and isinstance(value, Attention) and value.heads != self.heads:
                 _fail("attention", value, f"declares heads={value.heads} but heads={self.heads}; make them equal")
         else:
             _fail(family, value, f"give a preset name {tuple(_PRESETS[family])}, a catalog entry name, an inline "
@@ -462,7 +463,7 @@ def causal_attention(term, interaction: str = "shared", self_term: str = "exact"
     if isinstance(term, cls):
         return term
     icls = INTERACTIONS[interaction]
-    inter = icls(rank=rank) if "rank" in {f.name for f in dataclasses.fields(icls)} else icls()
+    inter = cast(Any, icls)(rank=rank) if "rank" in {f.name for f in dataclasses.fields(icls)} else icls()
     return cls(f=term.f, K=term.K, heads=term.heads, constraint=term.constraint, beta=term.beta, name=term.name,
                interaction=inter, self_term=self_term)
 
@@ -508,7 +509,7 @@ class TaskSpec:
         if self.kind == "tokens":
             n = self.seq_len
         else:
-            _, H, W = self.image_shape
+            _, H, W = cast(tuple, self.image_shape)  # an image task has one
             n = (H // self.patch_size) * (W // self.patch_size)
         return n + (self.output == "cls")
 
@@ -525,5 +526,5 @@ def _init(self, *args, energy=None, **kwargs):
 
 
 _init.__doc__ = _dataclass_init.__doc__
-_init.__wrapped__ = _dataclass_init
-ModelConfig.__init__ = _init   # ModelConfig(energy=E): the whole energy (stored in ``terms``)
+_init.__wrapped__ = _dataclass_init  # type: ignore[attr-defined]  # for inspect.signature
+ModelConfig.__init__ = _init  # type: ignore[method-assign]  # ModelConfig(energy=E): the whole energy (in ``terms``)

@@ -20,7 +20,7 @@ torch.Size([2, 5, 16])
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import Iterable, Optional, cast
 
 import torch
 from torch import Tensor, nn
@@ -55,7 +55,7 @@ class EnergyTransformerLayer(nn.Module):
 
     def energy_g(self, g: Tensor) -> Tensor:
         """Total energy summed over the batch (the scalar that ``torch.func.grad`` differentiates)."""
-        return sum(self.energies_g(g).values()).sum()
+        return cast(Tensor, sum(self.energies_g(g).values())).sum()
 
     def energies(self, X: Tensor) -> dict[str, Tensor]:
         return self.energies_g(self.norm(X))
@@ -79,7 +79,7 @@ class EnergyTransformer(nn.Module):
         """Returns X, or ``(X, Trace)`` with energies and per-head query diagnostics when ``record``."""
         iters = self.iters if iters is None else iters
         recorder = TraceRecorder() if record else None
-        for index, layer in enumerate(self.layers):
+        for index, layer in enumerate(cast(Iterable[EnergyTransformerLayer], self.layers)):
             for t in range(iters):
                 if recorder is None:
                     X = layer(X)
@@ -87,4 +87,4 @@ class EnergyTransformer(nn.Module):
                 before, coords = layer.energies(X), {"attn": layer.queries(layer.norm(X))}
                 X = layer(X)
                 recorder.add(index, t, before, layer.energies(X), coords)
-        return (X, recorder.finish()) if record else X
+        return (X, recorder.finish()) if recorder is not None else X

@@ -23,13 +23,14 @@ True
 from __future__ import annotations
 
 import copy
-from typing import Optional
+from typing import Iterable, Mapping, Optional, Union, cast
 
 import torch
 from torch import Tensor, nn
 
 from ..compile import EnergyStep, compile as compile_energy
 from ..energy import Attention
+from ..runtime import TermUpdate
 from .config import ModelConfig
 from .diagnostics import TraceRecorder
 from .lora import DepthLoRA
@@ -48,39 +49,46 @@ class HyperSETLayer(nn.Module):
         self.step = step
         names = step.names
         if cfg.step_sizes == "learned":
-            self.stepnet = StepSizeNet(cfg.d, names, cfg.time_freq, embedding=cfg.time_embedding)
+            self.stepnet: Union[StepSizeNet, FixedSteps] = StepSizeNet(cfg.d, names, cfg.time_freq,
+                                                                       embedding=cfg.time_embedding)
         else:
             self.stepnet = FixedSteps(names, step.solver.raw_step(cfg.fixed_step))   # α = fixed_step under every rule
         self.condition = cfg.condition
-        self.lora = (DepthLoRA({n: tuple(m.weight.shape) for n, m in step.terms.items()}, cfg.iters,
+        terms = cast(Mapping[str, TermUpdate], step.terms)
+        self.lora = (DepthLoRA({n: tuple(m.weight.shape) for n, m in terms.items()}, cfg.iters,
                                cfg.lora_rank, cfg.lora_scale) if cfg.lora_rank else None)
         decl = step.energy_decl
         #: terms whose per-head coordinates the diagnostics look at (the subspace/attention terms)
         self.subspace_terms = [t.name for t in decl.terms if isinstance(t, Attention)]
         #: learnable RMSNorm gain g per term (length p or M, initialised to 1), or None
-        self.gains = (nn.ParameterDict({n: nn.Parameter(torch.ones(m.head_dim)) for n, m in step.terms.items()})
+        self.gains = (nn.ParameterDict({n: nn.Parameter(torch.ones(m.head_dim)) for n, m in terms.items()})
                       if cfg.norm_gain else None)
         #: the RMSNorm epsilon follows the parameters' dtype (torch.finfo(dtype).eps) when norm_eps = 'machine'
         self.machine_eps = cfg.norm_eps == "machine"
+
+    @property
+    def _gain_map(self) -> Optional[Mapping[str, Tensor]]:
+        """``gains`` as the mapping it is (torch does not type nn.ParameterDict as a Mapping)."""
+        return cast(Optional[Mapping[str, Tensor]], self.gains)
 
     def _apply(self, fn, *args, **kwargs):
         """``.to(dtype)`` / ``.double()`` / ...: with norm_eps = 'machine' the epsilon follows the new dtype."""
         out = super()._apply(fn, *args, **kwargs)
         if self.machine_eps:
-            for term in self.step.terms.values():
+            for term in cast(Mapping[str, TermUpdate], self.step.terms).values():
                 term.eps = float(torch.finfo(term.weight.dtype).eps)
         return out
 
     def _point(self, name: str, X: Tensor, W: Optional[Tensor]) -> tuple[Tensor, Tensor]:
         """``(Z_raw, Z)`` of one term: raw coordinates and the (gain-scaled) normalised point, (B, H, N, p)."""
-        term = self.step.terms[name]
+        term = cast(TermUpdate, self.step.terms[name])
         Z_raw = term.coords(X, W)
         Z = term.normalize(Z_raw)
         return Z_raw, (Z if self.gains is None else Z * self.gains[name])
 
     def _direction(self, name: str, X: Tensor, W: Optional[Tensor]) -> Tensor:
         """``−Σ_h ∇E(Z_h) W_hᵀ`` of one term at the gain-scaled point, shape like X (:meth:`EnergyStep.direction`)."""
-        return self.step.direction(name, X, W, self.gains)
+        return self.step.direction(name, X, W, self._gain_map)
 
     def update(self, X: Tensor, steps: dict, W: Optional[dict] = None, state: Optional[dict] = None):
         """One iteration of every term in the compiled schedule, with the layer's gains (if any) and the solver
@@ -89,13 +97,13 @@ class HyperSETLayer(nn.Module):
 
     def energies(self, X: Tensor, W: Optional[dict] = None) -> dict[str, Tensor]:
         """Energy of each term at its (gain-scaled) point, each of shape ``(B,)``."""
-        return self.step.energies(X, W, self.gains)
+        return self.step.energies(X, W, self._gain_map)
 
     def weights(self, t: int) -> Optional[dict[str, Tensor]]:
         """The bases used at iteration ``t``: None (the shared W) without LoRA, else ``W + s A_t B_t``."""
         if self.lora is None:
             return None
-        return self.lora.weights(t, {n: m.weight for n, m in self.step.terms.items()})
+        return self.lora.weights(t, {n: m.weight for n, m in cast(Mapping[str, TermUpdate], self.step.terms).items()})
 
     def head_coords(self, X: Tensor, weights: Optional[dict] = None) -> dict[str, Tensor]:
         """Normalised per-head coordinates ``RMSNorm(X W_h)`` of each attention term: name → (B, H, N, p)."""
@@ -132,9 +140,9 @@ class HyperSETLayer(nn.Module):
         for t in range(max_iters):
             W = self.weights(t)
             steps = self.stepnet(t, X0 if self.condition == "x0" else X)
-            E0 = self.step.energy(X, W, self.gains)
+            E0 = self.step.energy(X, W, self._gain_map)
             X1, state1 = self.update(X, steps, W, state)
-            E1 = self.step.energy(X1, W, self.gains)
+            E1 = self.step.energy(X1, W, self._gain_map)
             keep = active[..., None, None]
             X = torch.where(keep, X1, X)
             state = {n: {k: (torch.where(keep, v, state[n][k]) if isinstance(v, Tensor) and k in state[n] else v)
@@ -166,7 +174,7 @@ class HyperSET(nn.Module):
         layers = []
         for _ in range(cfg.layers):
             own = copy.deepcopy(step)
-            for term in own.terms.values():
+            for term in cast(Mapping[str, TermUpdate], own.terms).values():
                 term.reset_parameters()
             layers.append(HyperSETLayer(own, cfg))
         self.layers = nn.ModuleList(layers)
@@ -177,7 +185,7 @@ class HyperSET(nn.Module):
         recorder = TraceRecorder() if record else None
         for index, layer in enumerate(self.layers):
             X = layer(X, iters, recorder, index)
-        return (X, recorder.finish()) if record else X
+        return (X, recorder.finish()) if recorder is not None else X
 
     @torch.no_grad()
     def adaptive(self, X: Tensor, tol: float, max_iters: Optional[int] = None) -> tuple[Tensor, Tensor]:
@@ -185,7 +193,7 @@ class HyperSET(nn.Module):
         sample used, summed over the layers, ``(B,)``. ``max_iters`` per layer (default: the training T)."""
         max_iters = self.iters if max_iters is None else max_iters
         used = torch.zeros(X.shape[:-2], dtype=torch.long, device=X.device)
-        for layer in self.layers:
+        for layer in cast(Iterable[HyperSETLayer], self.layers):
             X, n = layer.adaptive(X, tol, max_iters)
             used = used + n
         return X, used

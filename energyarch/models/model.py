@@ -9,7 +9,7 @@ torch.Size([2, 81, 9])
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, cast
 
 from torch import Tensor, nn
 
@@ -77,10 +77,11 @@ def build_model(model_cfg: ModelConfig, task_spec: TaskSpec) -> Model:
     if not isinstance(task_spec, TaskSpec):
         raise ConfigError(f"build_model: task_spec is a {type(task_spec).__name__}; pass a TaskSpec")
     d, cls = model_cfg.d, task_spec.output == "cls"
+    embed: nn.Module
     if task_spec.kind == "tokens":
         embed = TokenEmbedding(task_spec.vocab_size, task_spec.seq_len, d, cls=cls, causal=task_spec.causal)
     else:
-        embed = PatchEmbedding(task_spec.image_shape, task_spec.patch_size, d, cls=cls)
+        embed = PatchEmbedding(cast(tuple, task_spec.image_shape), task_spec.patch_size, d, cls=cls)
     readout = ClsReadout(d, task_spec.num_outputs) if cls else TokenReadout(d, task_spec.num_outputs)
     return Model(embed, _backbone(model_cfg, causal=task_spec.causal), readout, model_cfg, task_spec)
 

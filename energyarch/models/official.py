@@ -33,7 +33,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Mapping, Optional, Union
+from typing import Any, Callable, Mapping, Optional, Union
 
 import torch
 from torch import Tensor, nn
@@ -174,10 +174,11 @@ def official_config(state_dict: Mapping[str, Tensor], kind: Optional[str] = None
     if d % gain.shape[0]:
         raise ConfigError(f"{where}: the attention gain has {gain.shape[0]} entries, which does not divide d = {d} "
                           f"(the head width p = d / heads); the tensors do not come from one official model")
-    values = dict(d=d, heads=d // gain.shape[0], layers=_layers(state_dict, block), ff_ratio=M / d, time_freq=freq,
-                  norm_gain=True, norm_eps="machine", time_embedding="official", step_sizes="learned",
-                  condition="x0" if kind == "sudoku" else "xt", feedforward="relu" if kind == "sudoku" else "gelu-ff",
-                  steps="free")                                    # the official code's signed steps
+    values: dict[str, Any] = dict(
+        d=d, heads=d // gain.shape[0], layers=_layers(state_dict, block), ff_ratio=M / d, time_freq=freq,
+        norm_gain=True, norm_eps="machine", time_embedding="official", step_sizes="learned",
+        condition="x0" if kind == "sudoku" else "xt", feedforward="relu" if kind == "sudoku" else "gelu-ff",
+        steps="free")                                    # the official code's signed steps
     values.update(overrides)
     if values.get("solver", "gd") in OFFICIAL_SOLVER_PARAMS and "solver_params" not in overrides:
         values["solver_params"] = dict(OFFICIAL_SOLVER_PARAMS[values.get("solver", "gd")])

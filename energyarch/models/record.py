@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-from typing import Optional
+from typing import Callable, Optional, cast
 
 import torch
 
@@ -76,7 +76,7 @@ def energy_fingerprint(energy: Energy, d: int) -> str:
             if value.expr is not None:
                 return ["expr", str(value.expr), list(value.params)]
             with torch.no_grad():
-                out = value.fn(torch.linspace(-2, 2, 9, dtype=torch.float64))
+                out = cast(Callable, value.fn)(torch.linspace(-2, 2, 9, dtype=torch.float64))  # no expr: a callable
             return ["fn", value.name, _rounded(out)]
         if isinstance(value, Kernel):
             if value.kind != "callable":
@@ -86,7 +86,8 @@ def energy_fingerprint(energy: Energy, d: int) -> str:
             g = torch.Generator().manual_seed(0)
             x, y = torch.randn(2, 3, p, generator=g, dtype=torch.float64)
             with torch.no_grad():
-                out = torch.stack([value.fn(a, b) for a, b in zip(x, y)])
+                fn = cast(Callable, value.fn)  # a callable kernel
+                out = torch.stack([fn(a, b) for a, b in zip(x, y)])
             return ["fn", value.name, value.symmetric, _rounded(out)]
         return repr(value)
 

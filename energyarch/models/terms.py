@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, Mapping, Optional, Sequence, cast
 
 from ..energy import (SELF_TERMS, Attention, CausalAttention, Energy, FeedForward, GatedFeedForward, Sphere, Term,
                       as_energy, primitives_of)
@@ -145,12 +145,12 @@ def _normalize(i: int, table: Mapping[str, Any]) -> dict:
 
 def build_term(table: Mapping[str, Any], heads: int, ff_ratio: float, where: str = "[[model.terms]]"):
     """The term of one normalised table, built with energyarch's public API."""
-    cls, _, _ = FAMILIES[table["family"]]
+    cls: Any = FAMILIES[table["family"]][0]  # a term class: its keyword arguments are the family's keys
     params = table.get("params", {})
     texts = {k: table[k] for k in _EXPRESSIONS if k in table}
     key = None
     try:
-        prims = {}
+        prims: dict[str, Any] = {}  # Scalar or Kernel, by role
         for key, text in texts.items():
             own = used_params(text, params)
             prims[key] = Kernel.parse(text, phi=prims.get("phi"), params=own) if key == "K" else \
@@ -212,8 +212,8 @@ def _table(term, family: str, prims: dict, texts: dict) -> Optional[dict]:
         if inter is not None and (family == "attention" or inter.kind != "shared"):
             table["interaction"] = inter.kind
             table.update({k: getattr(inter, k) for k in _interaction_fields(inter.kind)})
-        if family == "causal" and term.self_term != "exact":
-            table["self_term"] = term.self_term
+        if family == "causal" and cast(CausalAttention, term).self_term != "exact":
+            table["self_term"] = cast(CausalAttention, term).self_term
     elif term.width is not None:
         table["width"] = term.width
     else:
@@ -233,7 +233,7 @@ def _table(term, family: str, prims: dict, texts: dict) -> Optional[dict]:
 def declaration_of_energy(energy: Energy) -> Optional[list[dict]]:
     """The ``[[model.terms]]`` tables of every term, or None when one of them has no declaration."""
     tables = [declaration_of_term(t) for t in energy.terms]
-    return None if any(t is None for t in tables) else tables
+    return None if any(t is None for t in tables) else cast(list[dict], tables)
 
 
 def _key(term) -> tuple:

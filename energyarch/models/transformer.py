@@ -15,7 +15,7 @@ torch.Size([2, 5, 16])
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Iterable, Optional, cast
 
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -80,12 +80,12 @@ class SharedWeightStack(nn.Module):
         """Returns X, or ``(X, Trace)`` with per-head diagnostics (no energies) when ``record``."""
         iters = self.iters if iters is None else iters
         recorder = TraceRecorder() if record else None
-        for index, block in enumerate(self.layers):
+        for index, block in enumerate(cast(Iterable[Block], self.layers)):
             for t in range(iters):
                 if recorder is not None:
                     recorder.add(index, t, coords=block.head_coords(X))
                 X = block(X)
-        return (X, recorder.finish()) if record else X
+        return (X, recorder.finish()) if recorder is not None else X
 
 
 class Transformer(SharedWeightStack):

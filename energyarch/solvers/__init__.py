@@ -16,6 +16,8 @@ by :class:`~energyarch.compile.EnergyStep` (``X, state = step(X, steps, state=st
 ['v']
 """
 
+from typing import Any
+
 from . import adam as _adam  # noqa: F401 - registers 'adam'
 from . import gd as _gd  # noqa: F401 - registers 'gd'
 from . import momentum as _momentum  # noqa: F401 - registers 'momentum'
@@ -26,7 +28,7 @@ from .adam import Adam as Adam
 #: the official Hyper-SET Sudoku code's solvers, as energyarch hyper-parameters: its momentum keeps a running sum of
 #: raw gradients (b ← 0.9 b + g, x ← x − α_t b: ``convention='official'``), its RMSProp (η = 0.8) and Adam
 #: (0.9, 0.96) add ε = 1e-6 (energyarch's default is 1e-8). ``ea.models.official_config(sd, solver=name)`` uses them.
-OFFICIAL_SOLVER_PARAMS = {
+OFFICIAL_SOLVER_PARAMS: dict[str, dict[str, Any]] = {
     "gd": {},
     "momentum": {"momentum": 0.9, "convention": "official"},
     "rmsprop": {"rho": 0.8, "eps": 1e-6},

@@ -195,7 +195,8 @@ def run(solver: Solver, direction: Callable[[Tensor], Tensor], x0: Tensor, alpha
     >>> [float(x[0]) for x in xs]
     [1.0, 0.5, 0.25]
     """
-    x, state, out = x0, {}, [x0]
+    x, out = x0, [x0]
+    state: State = {}
     alpha = solver.step_size(alpha)
     for _ in range(iters):
         shift = solver.shift(state)

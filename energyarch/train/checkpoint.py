@@ -28,7 +28,7 @@ import math
 import os
 import random
 from pathlib import Path
-from typing import Any, Mapping, Optional
+from typing import Any, Mapping, Optional, cast
 
 import numpy as np
 import torch
@@ -39,7 +39,7 @@ from torch import nn
 from .._atomic import atomic_path
 from ..energy import as_energy
 from ..errors import CheckpointError, ConfigError
-from ..models import ModelConfig, TaskSpec, build_model
+from ..models import Model, ModelConfig, TaskSpec, build_model
 from ..models.record import energy_fields, energy_fingerprint
 from . import distributed
 from .config import SAVED_MODEL_DEFAULTS, TrainConfig, atomic_write_text, saved_config
@@ -136,7 +136,7 @@ def _few(items: list, n: int = 8) -> str:
 
 def rng_state() -> dict:
     """torch (CPU and CUDA), numpy and python RNG states as plain lists."""
-    np_state = np.random.get_state()
+    np_state = cast(tuple, np.random.get_state())  # the legacy form (the default): a tuple
     py_state = random.getstate()
     out = {"torch": torch.get_rng_state().tolist(),
            "numpy": [np_state[0], np_state[1].tolist(), int(np_state[2]), int(np_state[3]), float(np_state[4])],
@@ -215,7 +215,8 @@ def optimizer_param_names(model: nn.Module, optimizer: torch.optim.Optimizer) ->
 def _split_optimizer(model, optimizer) -> tuple[dict, dict]:
     sd = optimizer.state_dict()
     names = optimizer_param_names(model, optimizer)
-    tensors, scalars = {}, {}
+    tensors: dict[str, torch.Tensor] = {}
+    scalars: dict[str, dict] = {}
     for idx, entry in sd["state"].items():
         for key, value in entry.items():
             if isinstance(value, torch.Tensor):
@@ -515,7 +516,7 @@ def load_checkpoint(path: str | os.PathLike, model: nn.Module, optimizer: Option
 
 
 def load_run(path: str | os.PathLike, device: str = "cpu", task: Optional[Task] = None, energy: Any = None,
-             **overrides: Any) -> tuple[nn.Module, Task, TrainConfig, dict]:
+             **overrides: Any) -> tuple[Model, Task, TrainConfig, dict]:
     """Rebuild the model of a finished (or interrupted) run from its checkpoint: ``(model, task, cfg, state)``.
 
     ``overrides`` replace config fields (e.g. ``data_dir``, ``limit_test``) for building the task. A run whose

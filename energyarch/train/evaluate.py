@@ -14,12 +14,13 @@ import json
 import logging
 import os
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Optional, Sequence, cast
 
 import torch
 from torch import nn
 
 from ..errors import ConfigError
+from ..models import HyperSET, Model
 from . import logs, plots
 from .checkpoint import load_run
 from .config import TrainConfig, atomic_write_text
@@ -42,7 +43,7 @@ def _device(model: nn.Module) -> torch.device:
 
 
 @torch.no_grad()
-def sweep_iterations(model: nn.Module, task: Task, dataset, iters: Sequence[int], batch_size: int = 256) -> list[dict]:
+def sweep_iterations(model: Model, task: Task, dataset, iters: Sequence[int], batch_size: int = 256) -> list[dict]:
     """Metrics at each test-time iteration count in ``iters``: a list of ``{'iters': k, **metrics}``."""
     iters = sorted({int(k) for k in iters})
     if not iters or iters[0] < 1:
@@ -106,7 +107,7 @@ RISE_RTOL = 1e-6
 
 
 @torch.no_grad()
-def energy_rise(model: nn.Module, task: Task, dataset, iters: int, samples: int = 256) -> Optional[dict]:
+def energy_rise(model: Model, task: Task, dataset, iters: int, samples: int = 256) -> Optional[dict]:
     """Does each iteration descend? The total energy of every (sample, iteration) pair, before and after the
     iteration's step with the iteration's weights, on the first ``samples`` examples (eval mode).
 
@@ -143,7 +144,7 @@ def energy_rise(model: nn.Module, task: Task, dataset, iters: int, samples: int 
 
 
 @torch.no_grad()
-def term_rise(model: nn.Module, task: Task, dataset, iters: int, samples: int = 256) -> Optional[dict]:
+def term_rise(model: Model, task: Task, dataset, iters: int, samples: int = 256) -> Optional[dict]:
     """Does each splitting sub-step descend its own term's energy? (:func:`energyarch.descent.sub_step_rises`:
     the energy each sub-step descends — the term's own, per token for a causal term, the total for a joint stage —
     before and after it, on the first ``samples`` examples, eval mode.)
@@ -173,7 +174,7 @@ def term_rise(model: nn.Module, task: Task, dataset, iters: int, samples: int = 
 
 
 @torch.no_grad()
-def adaptive_depth(model: nn.Module, task: Task, dataset, tols: Sequence[float], max_iters: int,
+def adaptive_depth(model: Model, task: Task, dataset, tols: Sequence[float], max_iters: int,
                    batch_size: int = 256) -> list[dict]:
     """Adaptive depth at test time (App. H.4): each sample iterates until the relative change of its total energy
     falls below ``tol``, at most ``max_iters`` times per layer. One row per tolerance:
@@ -195,7 +196,8 @@ def adaptive_depth(model: nn.Module, task: Task, dataset, tols: Sequence[float],
         used = 0
         for start in range(0, len(dataset), batch_size):
             batch = dataset[list(range(start, min(start + batch_size, len(dataset))))]
-            X, n_iters = model.backbone.adaptive(model.embed(task.inputs(batch, device)), tol, max_iters)
+            backbone = cast(HyperSET, model.backbone)  # adaptive depth: hyperset models only
+            X, n_iters = backbone.adaptive(model.embed(task.inputs(batch, device)), tol, max_iters)
             used += int(n_iters.sum())
             for name, v in task.sums(model.readout(X), batch).items():
                 sums[name] = sums.get(name, 0.0) + v
@@ -205,7 +207,7 @@ def adaptive_depth(model: nn.Module, task: Task, dataset, tols: Sequence[float],
     return rows
 
 
-def report(model: nn.Module, task: Task, cfg: TrainConfig, out_dir: str | os.PathLike,
+def report(model: Model, task: Task, cfg: TrainConfig, out_dir: str | os.PathLike,
            history: Optional[list] = None, iters: Optional[Sequence[int]] = None, dataset=None,
            adaptive_tols: Optional[Sequence[float]] = None, adaptive_max: Optional[int] = None) -> dict:
     """Sweep, diagnostics and plots into ``out_dir`` (``eval.json``, ``plots/*.png`` and TensorBoard scalars
@@ -267,13 +269,14 @@ def evaluate_checkpoint(path: str | os.PathLike, iters: Optional[Sequence[int]] 
     ``adaptive_tols`` also adaptive depth (:func:`adaptive_depth`)."""
     model, task, cfg, state = load_run(path, device=device, **overrides)
     folder = Path(path) if Path(path).is_dir() else Path(path).parent
-    trained_on, now = (state.get("data") or {}).get("sha256"), (getattr(task, "data_info", None) or {}).get("sha256")
+    info: dict = getattr(task, "data_info", None) or {}
+    trained_on, now = (state.get("data") or {}).get("sha256"), info.get("sha256")
     if trained_on and now and trained_on != now:
         # e.g. the embedded text corpus read under another Python version: the numbers are not comparable
         log.warning("the evaluation data differ from the training run's (sha256 %s… then, %s… now; source %s, "
                     "Python %s then, %s now); the metrics are not comparable with the run's own",
-                    trained_on[:12], now[:12], task.data_info.get("source"), state["data"].get("python"),
-                    task.data_info.get("python"))
+                    trained_on[:12], now[:12], info.get("source"), state["data"].get("python"),
+                    info.get("python"))
     result = report(model, task, cfg, out_dir or folder, history=state.get("history"), iters=iters,
                     adaptive_tols=adaptive_tols, adaptive_max=adaptive_max)
     result.update(step=state.get("step"), epoch=state.get("epoch"), metric=task.primary,

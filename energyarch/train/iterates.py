@@ -23,6 +23,7 @@ from typing import Iterator, Optional
 from torch import Tensor, nn
 
 from ..errors import ConfigError
+from ..models import Model
 
 
 def iteration_modules(model: nn.Module) -> list[nn.Module]:
@@ -55,7 +56,7 @@ def capture_states(model: nn.Module) -> Iterator[list[Tensor]]:
             h.remove()
 
 
-def forward_all(model: nn.Module, inputs: Tensor, iters: Optional[int] = None,
+def forward_all(model: Model, inputs: Tensor, iters: Optional[int] = None,
                 runner: Optional[nn.Module] = None) -> list[Tensor]:
     """Logits after each of the L·T iterations (the last entry is the model's output).
 

@@ -17,7 +17,7 @@ iterations it is given (the last one, or every one, App. D.2), and reduces predi
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Optional, Sequence, cast
 
 import torch
 import torch.nn.functional as F
@@ -250,7 +250,7 @@ def _sudoku_task(cfg: TrainConfig) -> SudokuTask:
                           f"give both Palm et al. CSV files (train.csv and test.csv), or neither to generate")
     if cfg.sudoku_csv_train is not None:
         tq, ts = load_palm_csv(cfg.sudoku_csv_train)
-        vq, vs = load_palm_csv(cfg.sudoku_csv_test)
+        vq, vs = load_palm_csv(cast(str, cfg.sudoku_csv_test))  # both or neither (checked above)
         tq, ts = tq[: cfg.n_train], ts[: cfg.n_train]
         vq, vs = vq[: cfg.n_test], vs[: cfg.n_test]
     else:

@@ -30,7 +30,7 @@ import time
 import warnings
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Optional
+from typing import Any, Mapping, Optional, Sized, cast
 
 import numpy as np
 import torch
@@ -183,7 +183,7 @@ class Trainer:
             self.runner = self._compiled(fullgraph)
         self.out_dir = Path(cfg.out_dir)
         self.batch = cfg.batch_size // info.world
-        n = len(self.task.train_set)
+        n = len(cast(Sized, self.task.train_set))
         if n == 0:
             raise ConfigError("the training set is empty; check limit_train / n_train")
         per_rank = math.ceil(n / info.world)
@@ -200,7 +200,7 @@ class Trainer:
         self.board = logs.Board(self.out_dir, enabled=False)    # opened by fit() on the main process
 
     def _compiled(self, fullgraph: bool) -> nn.Module:
-        return torch.compile(self.eager_runner, fullgraph=fullgraph, backend=COMPILE_BACKEND)
+        return cast(nn.Module, torch.compile(self.eager_runner, fullgraph=fullgraph, backend=COMPILE_BACKEND))
 
     def autocast(self):
         """The autocast context of ``precision`` (a no-op for fp32)."""
@@ -498,7 +498,7 @@ class Trainer:
         self.batch_in_epoch, self.epoch_loss = 0, [0.0, 0]
         entry = {"epoch": self.epoch, "step": self.step, "train_loss": train_loss,
                  "lr": self.optimizer.param_groups[0]["lr"], "elapsed_s": round(self.elapsed, 3),
-                 "epoch_samples_per_s": round(len(self.task.train_set) / max(epoch_time, 1e-9), 2)}
+                 "epoch_samples_per_s": round(len(cast(Sized, self.task.train_set)) / max(epoch_time, 1e-9), 2)}
         if (cfg.eval_every and self.epoch % cfg.eval_every == 0) or self.epoch == cfg.epochs:
             entry.update({f"test_{k}": v for k, v in self.evaluate().items()})
         self.history.append(entry)

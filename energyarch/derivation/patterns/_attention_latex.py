@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Callable
+
 import sympy as sp
 
 from ...primitives import X
 
 
-def phi_symbols(pieces) -> tuple[str, callable]:
+def phi_symbols(pieces) -> tuple[str, Callable[[str], str]]:
     """(Φ(Z) as LaTeX, a wrapper applying Φ'(Z) ⊙) — the identity map when there is no feature map."""
     if pieces["phi"] == X:
         return r"\mathbf{Z}_h", (lambda body: body)

@@ -5,6 +5,8 @@ Lowering: dense below ``sdpa_threshold``; above it tile by tile (:func:`energyar
 
 from __future__ import annotations
 
+from typing import cast
+
 import sympy as sp
 
 from ...primitives import S, X
@@ -26,7 +28,7 @@ class KernelAttention(Pattern):
         return None if a is None else {"a": a}
 
     def operator(self, c):
-        return 2 * constant(c.pieces["df"], X) * c.pieces["dkappa"]
+        return 2 * cast(sp.Expr, constant(c.pieces["df"], X)) * c.pieces["dkappa"]  # matched: f' is a constant
 
     def latex(self, c, consts):
         Phi, wrap = phi_symbols(c.pieces)
