@@ -151,7 +151,7 @@ def docstrings(dv: Derivation) -> dict[str, str]:
                    "Emitted by energyarch: do not edit; regenerate with energyarch.compile().\n"
                    "The declaration and the derivation this module comes from are the string constants below."),
         "class": f"{dv.pattern} update for term {t.name!r} (why this pattern: REASON).\n\n{sig['rule']}.",
-        "grad_Z": f"{sig['grad_doc']} at the constrained coordinates {sig['args']} {sig['shape']}.",
+        "grad_Z": f"{sig['grad_doc']}.\n\n{sig['args']}: the constrained coordinates {sig['shape']}.",
         "energy_Z": sig["energy_doc"],
     }
 
@@ -293,27 +293,56 @@ def _check_method(fn: ast.FunctionDef, bad: Callable[[object, str], NoReturn], i
 # tidying the method bodies: no no-op aliases, no brackets that change nothing
 # ---------------------------------------------------------------------------------------------
 
-_ALIAS = re.compile(r"(Phi\w*) = ([A-Z])")
+def _stores(tree: ast.AST, name: str) -> list[int]:
+    """Line numbers where ``name`` is bound (assigned, or a lambda's argument)."""
+    out = [n.lineno for n in ast.walk(tree) if isinstance(n, ast.Name) and n.id == name and isinstance(n.ctx, ast.Store)]
+    return out + [n.lineno for n in ast.walk(tree) if isinstance(n, ast.arg) and n.arg == name]
+
+
+def _loads_after(tree: ast.AST, names: set[str], line: int) -> bool:
+    return any(isinstance(n, ast.Name) and n.id in names and isinstance(n.ctx, ast.Load) and n.lineno > line
+               for n in ast.walk(tree))
 
 
 def _without_aliases(lines: list[str]) -> list[str]:
-    """Drop ``Phi = Z`` (an identity feature map binds a second name to the same tensor) and write ``Z`` where
-    ``Phi`` was used, unless the name is assigned again later.
+    """Drop the no-op lines of a method body: an alias ``A = B`` at its top level (an identity feature map's
+    ``Phi = Z``, a role's ``G_q = PK``) when ``A`` is bound nowhere else and ``B`` not again after it, reading ``B``
+    where ``A`` was read; then every top-level assignment whose names nothing reads afterwards (``P_self`` of a
+    stopped self-term). What the method returns is computed by the same operations.
 
-    >>> _without_aliases(["Phi = Z", "P = Phi @ Phi.transpose(-1, -2)", "return dPhi * P"])
+    >>> _without_aliases(["Phi = Z", "P = Phi @ Phi.transpose(-1, -2)", "unused = P + 1", "return dPhi * P"])
     ['P = Z @ Z.transpose(-1, -2)', 'return dPhi * P']
     """
-    out: list[str] = []
-    rename: dict[str, str] = {}
-    for i, line in enumerate(lines):
-        alias = _ALIAS.fullmatch(line.strip())
-        if alias and not any(re.match(rf"\s*{alias.group(1)}\s*=[^=]", later) for later in lines[i + 1:]):
-            rename[alias.group(1)] = alias.group(2)
-            continue
-        for old, new in rename.items():
-            line = re.sub(rf"\b{old}\b", new, line)
-        out.append(line)
-    return out
+    lines = list(lines)
+    changed = True
+    while changed:
+        changed = False
+        try:
+            tree = ast.parse("\n".join(lines))
+        except SyntaxError:
+            return lines
+        for st in tree.body:
+            if not (isinstance(st, ast.Assign) and len(st.targets) == 1 and st.lineno == st.end_lineno):
+                continue
+            target = st.targets[0]
+            names = {n.id for n in (target.elts if isinstance(target, ast.Tuple) else [target])
+                     if isinstance(n, ast.Name)}
+            if isinstance(target, ast.Name) and isinstance(st.value, ast.Name) and _stores(tree, target.id) == [
+                    st.lineno] and not [n for n in _stores(tree, st.value.id) if n > st.lineno]:
+                alias, name = target.id, st.value.id
+                reads = sorted(((n.lineno, n.col_offset) for n in ast.walk(tree) if isinstance(n, ast.Name)
+                                and n.id == alias and isinstance(n.ctx, ast.Load)), reverse=True)
+                for row, col in reads:
+                    text = lines[row - 1]
+                    lines[row - 1] = text[:col] + name + text[col + len(alias):]
+            elif names and not _loads_after(tree, names, st.lineno):
+                pass
+            else:
+                continue
+            del lines[st.lineno - 1]
+            changed = True
+            break
+    return lines
 
 
 _NOT_CALLS = {"return", "if", "elif", "else", "and", "or", "not", "in", "is", "lambda"}
