@@ -442,6 +442,11 @@ def _method_lines(lines: list[str]) -> list[str]:
     return _tidy_brackets(_without_aliases(lines))
 
 
+def _with_beta(lines: list[str]) -> list[str]:
+    """``beta = self.beta`` first where the body reads ``beta``."""
+    return ["beta = self.beta", *lines] if "beta" in _names_read("\n".join(lines)) else lines
+
+
 def emit_source(dv: Derivation) -> str:
     """The Python source of the update module for ``dv``."""
     t = dv.term
@@ -450,7 +455,6 @@ def emit_source(dv: Derivation) -> str:
     pattern = PATTERNS.get(dv.pattern)
     grad = _method_lines(family.autodiff_lines(dv) if dv.path == "autodiff" else pattern.grad_lines(dv))
     energy = _method_lines((pattern.energy_lines(dv) if dv.path != "autodiff" else None) or family.energy_lines(dv))
-    prelude = ["beta = self.beta"] if any("beta" in ln for ln in grad + energy) else []
     docs = docstrings(dv)
     constants = {"TERM": t.name, "FAMILY": family.name, "ENERGY": family.energy_text(dv), "PATTERN": dv.pattern,
                  "PATH": dv.path, "REASON": dv.reason}
@@ -471,11 +475,11 @@ def emit_source(dv: Derivation) -> str:
              "",
              f"    def grad_Z(self, {sig['args']}):",
              "        " + docstring(docs["grad_Z"], "        "),
-             *("        " + ln for ln in prelude + grad),
+             *("        " + ln for ln in _with_beta(grad)),
              "",
              f"    def energy_Z(self, {sig['args']}):",
              "        " + docstring(docs["energy_Z"], "        "),
-             *("        " + ln for ln in prelude + energy),
+             *("        " + ln for ln in _with_beta(energy)),
              ""]
     body = "\n".join(lines)
     return docstring(docs["module"], "") + "\n\n" + module_header(body, family) + body

@@ -237,6 +237,9 @@ def _check_runtime_names(owner: str, names: Mapping[str, tuple[str, ...]], base:
 
     if not isinstance(names, Mapping):
         fail(f"runtime_names = {names!r} is not a mapping")
+    for module, listed in names.items():
+        if isinstance(listed, str) or not isinstance(listed, (tuple, list)) or not all(isinstance(n, str) for n in listed):
+            fail(f"the names of {module!r} must be a tuple of strings, got {listed!r}")
     if base is not None:
         if not (isinstance(base, tuple) and len(base) == 2 and all(isinstance(b, str) for b in base)):
             fail(f"runtime_base = {base!r} is not a (module, class name) pair")
@@ -244,8 +247,6 @@ def _check_runtime_names(owner: str, names: Mapping[str, tuple[str, ...]], base:
     for module, listed in names.items():
         if not (isinstance(module, str) and module and all(part.isidentifier() for part in module.split("."))):
             fail(f"module {module!r} is not a dotted module path")
-        if isinstance(listed, str) or not all(isinstance(n, str) for n in listed):
-            fail(f"the names of {module!r} must be a tuple of strings, got {listed!r}")
         for n in listed:
             if not n.isidentifier() or n.startswith("__") or n in TEMPLATE_NAMES:
                 fail(f"name {n!r} of {module!r} is not an identifier the template may import")
