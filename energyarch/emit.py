@@ -245,7 +245,7 @@ def check_source(source: str, family: Optional[Family] = None) -> None:
 def _check_method(fn: ast.FunctionDef, bad: Callable[[object, str], NoReturn], imported: set[str],
                   reserved: set[str]) -> None:
     """A method: a docstring, then assignments to new local names, ``if`` and ``return`` over known names."""
-    known = _TEMPLATE_GLOBALS | imported | {a.arg for a in fn.args.args}
+    known = set(_TEMPLATE_GLOBALS) | imported | {a.arg for a in fn.args.args}
     if fn.args.vararg or fn.args.kwarg or fn.args.kwonlyargs or fn.args.defaults or fn.returns:
         bad(fn, "unexpected method signature")
 
@@ -438,8 +438,26 @@ def _class_name(dv: Derivation) -> str:
 
 # ---------------------------------------------------------------------------------------------
 
+def _tidy_comments(lines: list[str], width: int = 112) -> list[str]:
+    """A line longer than ``width`` (the body's own indentation not counted) keeps three spaces before its comment,
+    not the template's alignment."""
+    out = list(lines)
+    try:
+        tokens = list(tokenize.generate_tokens(io.StringIO("\n".join(lines)).readline))
+    except (tokenize.TokenError, SyntaxError):
+        return out
+    for tok in tokens:
+        if tok.type == tokenize.COMMENT:
+            row, col = tok.start
+            line = out[row - 1]
+            code = line[:col].rstrip()
+            if len(line) > width and col - len(code) > 3:
+                out[row - 1] = code + "   " + line[col:]
+    return out
+
+
 def _method_lines(lines: list[str]) -> list[str]:
-    return _tidy_brackets(_without_aliases(lines))
+    return _tidy_comments(_tidy_brackets(_without_aliases(lines)))
 
 
 def _with_beta(lines: list[str]) -> list[str]:
@@ -452,15 +470,19 @@ def emit_source(dv: Derivation) -> str:
     t = dv.term
     family = family_of(t)
     sig = family.signature(dv)
-    pattern = PATTERNS.get(dv.pattern)
-    grad = _method_lines(family.autodiff_lines(dv) if dv.path == "autodiff" else pattern.grad_lines(dv))
-    energy = _method_lines((pattern.energy_lines(dv) if dv.path != "autodiff" else None) or family.energy_lines(dv))
+    if dv.path == "autodiff":
+        grad, energy = family.autodiff_lines(dv), family.energy_lines(dv)
+    else:
+        pattern = PATTERNS[dv.pattern]
+        grad, energy = pattern.grad_lines(dv), pattern.energy_lines(dv) or family.energy_lines(dv)
+    grad, energy = _method_lines(grad), _method_lines(energy)
     docs = docstrings(dv)
     constants = {"TERM": t.name, "FAMILY": family.name, "ENERGY": family.energy_text(dv), "PATTERN": dv.pattern,
                  "PATH": dv.path, "REASON": dv.reason}
-    tying = getattr(getattr(t, "interaction", None), "tying", "")
-    if tying:
-        constants["TYING"] = f"{t.interaction.kind}: {tying}"
+    interaction = getattr(t, "interaction", None)
+    tying = getattr(interaction, "tying", "")
+    if tying and interaction is not None:
+        constants["TYING"] = f"{interaction.kind}: {tying}"
     lines = ["\n".join(f"{key} = {str(value)!r}" for key, value in constants.items()),
              "",
              "",
