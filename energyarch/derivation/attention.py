@@ -8,6 +8,7 @@ gives the closed form. Opaque callables take the pairwise or autodiff path.
 from __future__ import annotations
 
 import math
+from typing import Optional
 
 import torch
 
@@ -158,6 +159,15 @@ class AttentionFamily(Family):
                 f"    df_S = torch.func.grad(lambda S_: ({f_code}).sum())(S)   # f'(S), elementwise",
                 f"    return pair_grad(K, Z, df_S, symmetric={symmetric!r})",
                 *super().autodiff_lines(dv)]
+
+
+def opaque_reason(term: Term) -> Optional[str]:
+    """Why a query-key term takes the generic path (an opaque kernel or primitive), or None."""
+    if term.K.kind == "callable":
+        return "the kernel is an opaque torch callable"
+    if not (term.f.symbolic and term.K.symbolic):
+        return "a primitive is an opaque torch callable"
+    return None
 
 
 class QueryKeyFamily(Family):

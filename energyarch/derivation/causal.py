@@ -28,7 +28,7 @@ from ..expr import evaluate
 from ..primitives import R, S, X
 from . import core
 from .attention import (QueryKeyFamily, attention_dims, attention_text, candidate, check_opaque, declared_pieces,
-                        full)
+                        full, opaque_reason)
 from .checks import TermCheck, finite, module_env
 from .codegen import code, phi_lines
 from .core import Derivation, Dims, declared_scalar, register_family
@@ -69,11 +69,7 @@ class CausalFamily(QueryKeyFamily):
         dims = causal_dims(term, d)
         check_opaque(term, dims)
         declared = declared_pieces(term, dims)
-        why = None
-        if term.K.kind == "callable":
-            why = "the kernel is an opaque torch callable"
-        elif not (term.f.symbolic and term.K.symbolic):
-            why = "a primitive is an opaque torch callable"
+        why = opaque_reason(term)
         if why:
             return _with_roles(Derivation(term, dims, "autodiff", "autodiff",
                                           f"{why}: torch.func.grad of Σ_t f(Σ_(s<t) K(q_t, sg(k_s)) + K(q_t, k_t))",

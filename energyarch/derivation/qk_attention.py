@@ -30,7 +30,8 @@ from ..energy import Attention, params_of
 from ..expr import evaluate
 from ..primitives import R, S, X
 from . import core
-from .attention import QueryKeyFamily, attention_text, candidate, check_opaque, declared_pieces, full
+from .attention import (QueryKeyFamily, attention_text, candidate, check_opaque, declared_pieces, full,
+                        opaque_reason)
 from .causal import causal_dims, qk_phi_lines
 from .checks import TermCheck, finite, module_env, stationary
 from .codegen import code
@@ -52,8 +53,7 @@ class QKAttentionFamily(QueryKeyFamily):
         dims = causal_dims(term, d)          # coordinate width and sphere from the interaction
         check_opaque(term, dims)
         declared = declared_pieces(term, dims)
-        why = ("the kernel is an opaque torch callable" if term.K.kind == "callable" else
-               "a primitive is an opaque torch callable" if not (term.f.symbolic and term.K.symbolic) else None)
+        why = opaque_reason(term)
         if why:
             return _with_tying(Derivation(term, dims, "autodiff", "autodiff",
                                           f"{why}: torch.func.grad of Σ_i f(Σ_j K(q_i, k_j))", declared))
