@@ -605,12 +605,19 @@ DANGEROUS_NAMES = {"os", "open", "eval", "exec", "__import__", "compile", "getat
 
 
 def _imports(source: str) -> set[str]:
-    return {ast.unparse(n) for n in ast.walk(ast.parse(source)) if isinstance(n, (ast.Import, ast.ImportFrom))}
+    """Each imported name as ``from M import n`` / ``import n``."""
+    return {f"from {n.module} import {a.name}" if isinstance(n, ast.ImportFrom) else f"import {a.name}"
+            for n in ast.walk(ast.parse(source)) if isinstance(n, (ast.Import, ast.ImportFrom)) for a in n.names}
 
 
 def _template_imports() -> set[str]:
-    """The import statements of a benign emission (the template's own), to tell a payload's import apart."""
-    return _imports(emit_source(ea.compile(FF(g="x", h="relu(x)**2/2"), d=8).derivations["ff"]))
+    """What the template may import (``math``, ``torch``, the names each registered family lists), to tell a
+    payload's import apart."""
+    from energyarch.derivation import FAMILIES
+    from energyarch.derivation.core import runtime_imports
+
+    return {"import math", "import torch"} | {f"from {module} import {name}" for family in FAMILIES.values()
+                                             for name, module in runtime_imports(family).items()}
 
 
 def _code_of_payload(source: str, allowed: set[str]) -> list[str]:

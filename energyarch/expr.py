@@ -414,6 +414,10 @@ def _float_binop(op: ast.operator, a: float, b: float, limit) -> float:
 # --------------------------------------------------------------------------------------------
 
 
+#: runtime helpers the printed code calls (``_step``, ``_logcosh``): every emitted module may import them
+RUNTIME_NAMES = {"energyarch.runtime": ("_logcosh", "_step")}
+
+
 class EnergyTorchPrinter(TorchPrinter):
     """Print sympy expressions as torch code.
 
@@ -449,6 +453,12 @@ class EnergyTorchPrinter(TorchPrinter):
 
     def _print_Half(self, expr):
         return "0.5"
+
+    def _print_Pi(self, expr):
+        return "math.pi"
+
+    def _print_Exp1(self, expr):
+        return "math.e"
 
     def _print_Function(self, expr):
         name = type(expr).__name__

@@ -1,14 +1,18 @@
 """The catalog: every entry compiles and verifies; paper entries equal paper_sign × what the paper printed."""
 
+import ast
 import dataclasses
 import json
 import math
+import re
 
 import pytest
 import torch
 
 import energyarch as ea
 from energyarch import catalog
+from energyarch.derivation import autodiff_derivation
+from energyarch.emit import check_source, emit_source
 from energyarch.errors import DeclarationError
 
 ENTRIES = catalog.load_catalog()
@@ -301,3 +305,102 @@ def test_the_default_radius_is_recognised_numerically(tmp_path):
     for rule in ("(-p)**0.5", "1/(p-1)", "exp(exp(p))", "sin(p)"):
         with pytest.raises(DeclarationError, match="positive radius"):
             catalog.load_entry(_write(tmp_path, constraint=rule))
+
+
+# ------------------------------------------------------------------------------------------------------------
+# the emitted source reads like hand-written code (issue 18, req. 11): every catalog entry, both paths
+# ------------------------------------------------------------------------------------------------------------
+
+#: declarations of the families the catalog does not hold (causal, query-key, gated), with and without Φ
+OTHER_FAMILIES = {
+    "causal bi-softmax, stopped": ea.CausalAttention(f="log(x)/beta", K="exp(beta*s)", heads=4, self_term="stopped"),
+    "causal distance": ea.CausalAttention(f="log(x)", K="exp(-r)", heads=4),
+    "causal linear": ea.CausalAttention(f="x", K="s**2/2", heads=4, interaction=ea.QueryKey()),
+    "causal phi": ea.CausalAttention(f="x", K="s", phi="sigmoid(x)", heads=4, interaction=ea.DiagLowRank(2)),
+    "qk bi-softmax": ea.Attention(f="log(x)/beta", K="exp(beta*s)", heads=4, interaction=ea.QueryKey()),
+    "qk phi": ea.Attention(f="log(x)/beta", K="exp(beta*s)", phi="sigmoid(x)", heads=4, interaction=ea.QueryKey()),
+    "gated": ea.GatedFeedForward(h="sigmoid(x)"),
+}
+
+_ARTIFACTS = {
+    "a bracketed number outside a call, (0.5)*": re.compile(r"(?<![\w)\]])\(\d+(\.\d+)?\)"),
+    "a bracketed name outside a call, -(Sigma).sum": re.compile(r"(?<![\w)\]])\([A-Za-z_][\w.]*\)"),
+    "pi or e printed as digits": re.compile(r"3\.14159|2\.71828"),
+    "an alias line, Phi = Z": re.compile(r"^\s*[A-Za-z_]\w* = [A-Za-z_]\w*\s*$"),
+}
+
+
+def _code_lines(source: str) -> list[str]:
+    """The method bodies' code without docstrings and comments."""
+    tree = ast.parse(source)
+    lines = source.splitlines()
+    out = []
+    for fn in (n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef)):
+        for st in fn.body[1:]:
+            out += [ln.partition("#")[0].rstrip() for ln in lines[st.lineno - 1:st.end_lineno]]
+    return out
+
+
+def _doubled_brackets(code: str) -> bool:
+    """``((…))``: a bracket pair right inside another that closes with it."""
+    close, stack = {}, []
+    for i, ch in enumerate(code):
+        if ch == "(":
+            stack.append(i)
+        elif ch == ")" and stack:
+            close[stack.pop()] = i
+    return any(code[i:i + 2] == "((" and close.get(i + 1, -9) + 1 == close.get(i) for i in close)
+
+
+def _readability_problems(source: str) -> list[str]:
+    tree = ast.parse(source)
+    problems = []
+    code = _code_lines(source)
+    for name, rx in _ARTIFACTS.items():
+        problems += [f"{name}: {ln.strip()}" for ln in code if rx.search(ln)]
+    problems += [f"doubled brackets: {ln.strip()}" for ln in code if _doubled_brackets(ln)]
+    read = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)}
+    for node in tree.body:
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            problems += [f"imports {a.name} and never reads it" for a in node.names if a.name not in read]
+    cls = tree.body[-1]
+    for where in [tree, cls, *(n for n in cls.body if isinstance(n, ast.FunctionDef))]:
+        doc = where.body[0]
+        if not (isinstance(doc, ast.Expr) and ast.get_source_segment(source, doc).startswith('"""')):
+            problems.append(f"{getattr(where, 'name', 'module')}: no triple-quoted docstring")
+    for fn in (n for n in cls.body if isinstance(n, ast.FunctionDef)):
+        stores = [n.id for n in ast.walk(fn) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store)]
+        problems += [f"{fn.name}: {v} is assigned and never read" for v in stores
+                     if v not in {n.id for n in ast.walk(fn) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)}
+                     and not any(isinstance(n, ast.Tuple) and any(getattr(e, "id", None) == v for e in n.elts)
+                                 for n in ast.walk(fn))]
+    if not re.fullmatch(r"(?:[A-Z][a-z0-9]*|QK|FF|ReLU)+Update", cls.name):
+        problems.append(f"class name {cls.name}")
+    return problems
+
+
+@pytest.mark.parametrize("name", [*ENTRIES, *OTHER_FAMILIES])
+def test_emitted_source_reads_like_hand_written_code(name):
+    term = ENTRIES[name].term(D) if name in ENTRIES else OTHER_FAMILIES[name]
+    for dv in (ea.derive(term, D), autodiff_derivation(term, D)):
+        source = emit_source(dv)
+        check_source(source)
+        assert _readability_problems(source) == [], (dv.path, source)
+
+
+def test_the_readability_checks_can_fail():
+    source = emit_source(ea.derive(ENTRIES["relu-ff"].term(D), D))
+    for before, after, problem in [
+            ("-torch.relu(U)", "-(0.5)*torch.relu(U)", "bracketed number"),
+            ("return -Sigma.sum", "return -(Sigma).sum", "bracketed name"),
+            ("return -torch.relu(U)", "return -((torch.relu(U)))", "doubled"),
+            ("return -torch.relu(U)", "U2 = U\n        return -torch.relu(U2)", "alias"),
+            ("return -torch.relu(U)", "unused = U + 1\n        return -torch.relu(U)", "never read"),
+            ("import torch\n", "import torch\nimport math\n", "never reads"),
+            ("class ReLUFFUpdate", "class Relu_ff_update", "class name")]:
+        tampered = source.replace(before, after, 1)
+        assert tampered != source and any(problem in p for p in _readability_problems(tampered)), problem
+    doc = ast.parse(source).body[-1].body[0]                    # the class docstring, written as a repr() literal
+    segment = ast.get_source_segment(source, doc)
+    tampered = source.replace(segment, repr(ast.literal_eval(segment)), 1)
+    assert tampered != source and "ReLUFFUpdate: no triple-quoted docstring" in _readability_problems(tampered)

@@ -5,6 +5,7 @@ Profiles: ``ci`` (default, a few seconds per test) and ``dev`` (``HYPOTHESIS_PRO
     HYPOTHESIS_PROFILE=dev python -m pytest tests/test_properties.py
 """
 
+import ast
 import math
 import os
 import time
@@ -19,6 +20,7 @@ from hypothesis import strategies as st  # noqa: E402
 
 import energyarch as ea  # noqa: E402
 from energyarch.derive import SYMBOLIC_BUDGET  # noqa: E402
+from energyarch.emit import docstring  # noqa: E402
 from energyarch.errors import DeclarationError, ParseError  # noqa: E402
 from energyarch.expr import FUNCTIONS, evaluate, parse  # noqa: E402
 
@@ -108,3 +110,22 @@ def test_random_compositions_compile_in_budget_and_verify_or_refuse(f, K, phi, g
             continue
         assert t.grad_rel_diff <= 1e-8 and t.update_rel_diff <= 1e-8, (f, K, phi, g, h, str(report))
         assert t.energy_after <= t.energy_before + 1e-12 * abs(t.energy_before), str(report)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# emitted docstrings: any text (quotes, backslashes, line breaks of every kind, surrogates) reads back as itself
+# ------------------------------------------------------------------------------------------------------------
+
+@given(text=st.text(st.characters(blacklist_categories=())) | st.lists(st.sampled_from(
+           ['"', "'", "\\", "\n", "\r", "\x00", "\u2028", "N{", "x", "u", " "])).map("".join),
+       indent=st.sampled_from(["", "    ", "        "]))
+def test_any_text_becomes_a_docstring_literal_that_reads_back_as_itself(text, indent):
+    literal = docstring(text, indent)
+    assert literal.startswith('"""') and literal.endswith('"""')          # never the repr() fallback
+    assert all(ch.isprintable() or ch == "\n" for ch in literal)          # the only real line breaks are the text's
+    lines = text.split("\n")
+    expected = [lines[0], *(indent + ln if ln else "" for ln in lines[1:]), *([indent] if len(lines) > 1 else [])]
+    assert ast.literal_eval(literal).split("\n") == expected
+    tree = ast.parse(f"class C:\n    {docstring(text, '    ')}\n    x = 1\n")   # as a class docstring
+    assert len(tree.body[0].body) == 2 and ast.get_docstring(tree.body[0], clean=False) == "\n".join(
+        [lines[0], *("    " + ln if ln else "" for ln in lines[1:]), *(["    "] if len(lines) > 1 else [])])

@@ -4,6 +4,7 @@ Each test is one of the defect classes a new user found; each would fail on the 
 """
 
 import ast
+import inspect
 import json
 import math
 import os
@@ -110,7 +111,17 @@ def test_catalog_expression_with_a_backslash_continuation_stays_data(tmp_path):
 
 @pytest.mark.parametrize("tamper", [
     lambda s: s + "\nimport os\n",
-    lambda s: s.replace("import math\n", "import math\nimport os\n", 1),
+    lambda s: s.replace("import torch\n", "import torch\nimport os\n", 1),
+    lambda s: s.replace("import torch\n", "import torch as math\n", 1),
+    lambda s: s.replace("TermUpdate\n", "TermUpdate, _FINITE_CHECK\n", 1),              # a runtime name not listed
+    lambda s: s.replace("from energyarch.runtime import", "from energyarch.runtime_qk import", 1),   # other module
+    lambda s: s.replace("(TermUpdate):", "(TermUpdate, object):", 1),
+    lambda s: s.replace("FAMILY = 'feedforward'", "FAMILY = 'causal attention'", 1),     # its base is another
+    lambda s: s.replace("FAMILY = 'feedforward'", "FAMILY = 'no such family'", 1),
+    lambda s: s[s.index('"""\n\n') + 5:],                                                 # no module docstring
+    lambda s: s.replace("        return ", "        'a second string'\n        return ", 1),
+    lambda s: s.replace("        return ", "        if U is None:\n            'not a docstring'\n        return ", 1),
+    lambda s: s.replace('        """∇_U E', '        V = 1\n        """∇_U E', 1),         # not the first statement
     lambda s: s.replace("    def energy_Z", "    def energy_Z2(self, U):\n        return open('x')\n\n    def energy_Z", 1),
     lambda s: s.replace("        return ", "        __import__('os')\n        return ", 1),
     lambda s: s.replace("        return ", "        for i in range(3):\n            pass\n        return ", 1),
@@ -120,8 +131,78 @@ def test_catalog_expression_with_a_backslash_continuation_stays_data(tmp_path):
 def test_structural_check_rejects_anything_the_template_does_not_make(tamper):
     source = emit_source(ea.derive(ea.FeedForward(g="x", h="relu(x)**2/2"), 8))
     check_source(source)
+    assert tamper(source) != source
     with pytest.raises(CompileError, match="structural check"):
         check_source(tamper(source))
+
+
+# --------------------------------------------------------------------------------------------------------------
+# docstrings: real triple-quoted docstrings, and still no text becomes code
+# --------------------------------------------------------------------------------------------------------------
+
+HOSTILE = ['x"""; import os; """', "x'''; import os; '''", 'a quote at the end"', '""', '"', "\\", "back\\",
+           '\\"""', 'x\\\n"""\nimport os\n"""', "line\nbreak", "cr\rlf\r\n", "nul\x00", "\u2028ls\u2029ps\x85",
+           "bidi \u202eevil\u202c", "bom\ufeff", "é β ∂E/∂Z 🙂", "\\N{BULLET}", "\\x41", "{name}", "%s",
+           "tab\tend ", "  leading", "\\u2028"]
+
+
+def _skeleton(source: str) -> str:
+    """The module's structure: every string constant blanked, the class named alike."""
+    tree = ast.parse(source)
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Constant) and isinstance(node.value, str):
+            node.value = ""
+        if isinstance(node, ast.ClassDef):
+            node.name = "C"
+    return ast.dump(tree)
+
+
+def _hostile_declarations(text: str):
+    """Declarations that carry ``text`` into the emitted docstrings: as a primitive's name (the module docstring's
+    energy line) and as the term's name (every docstring; built-in terms refuse such names, so it is forced here, as
+    a term class of one's own might carry it)."""
+    h = ea.FeedForward(g="x", h=ea.Scalar.from_torch(lambda u: torch.relu(u) ** 2 / 2, name=text))
+    named = ea.FeedForward(g="x", h="relu(x)**2/2")
+    object.__setattr__(named, "name", text)
+    return {"primitive name": h, "term name": named}
+
+
+@pytest.mark.parametrize("text", HOSTILE, ids=[ascii(t)[:24] for t in HOSTILE])
+def test_hostile_text_in_docstrings_stays_text(tmp_path, monkeypatch, text):
+    from energyarch.emit import _class_name, docstrings, load_class
+
+    monkeypatch.setenv("ENERGYARCH_CACHE", str(tmp_path))
+    benign = {k: emit_source(ea.derive(t, 8)) for k, t in _hostile_declarations("benign").items()}
+    for kind, term in _hostile_declarations(text).items():
+        dv = ea.derive(term, 8)
+        source = emit_source(dv)
+        check_source(source)
+        assert _skeleton(source) == _skeleton(benign[kind]), kind     # the same statements, only the text differs
+        tree = ast.parse(source)
+        cls = tree.body[-1]
+        wanted = docstrings(dv)
+        got = {"module": ast.get_docstring(tree), "class": ast.get_docstring(cls),
+               **{fn.name: ast.get_docstring(fn) for fn in cls.body if isinstance(fn, ast.FunctionDef)}}
+        assert got == {k: inspect.cleandoc(v) for k, v in wanted.items()}, kind
+        assert source.startswith('"""') and all(ch.isprintable() or ch == "\n" for ch in source), kind
+        if kind == "term name":
+            assert repr(text) in wanted["class"]
+        else:
+            assert "".join(text.split()) in "".join(wanted["module"].split())
+        module_class = load_class(source, _class_name(dv))             # imports (runs) the module
+        assert inspect.getdoc(module_class) == inspect.cleandoc(wanted["class"])
+    assert not any(p.name == "pwned" for p in tmp_path.rglob("*"))
+
+
+def test_a_docstring_that_does_not_read_back_is_written_as_its_repr():
+    from energyarch.emit import docstring, reads_back
+
+    text = 'three quotes """ and a \\n'
+    unescaped = docstring(text, "    ", escape=lambda line: line)        # an escaping bug: the check catches it
+    assert unescaped == repr(text) and ast.literal_eval(unescaped) == text
+    literal = docstring(text, "    ")
+    assert literal.startswith('"""') and ast.literal_eval(literal) == text
+    assert reads_back(literal, text) and not reads_back(literal + " + 'x'", text) and not reads_back("x", "x")
 
 
 # --------------------------------------------------------------------------------------------------------------

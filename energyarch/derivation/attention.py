@@ -8,7 +8,7 @@ gives the closed form. Opaque callables take the pairwise or autodiff path.
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, cast
+from typing import Any, Callable, Optional, TypeVar, cast
 
 import torch
 
@@ -97,6 +97,14 @@ def candidate(term: Attention, dims: Dims, declared: dict) -> Candidate:
 class AttentionFamily(Family[Attention]):
     name = "attention"
     term_type = Attention
+    runtime_names = {
+        "energyarch.runtime": ("bisoftmax_sdpa", "row_logsumexp", "pairwise_kernel", "pairwise_kernel_grad",
+                               "sq_distances", "distance_softmax_dense", "distance_softmax_sdpa",
+                               "distance_row_logsumexp"),
+        # above sdpa_threshold: tiles of pairs, never N×N
+        "energyarch.blockwise": ("pair_row_sum", "pair_grad", "gram_couple", "distance_couple", "kernel_on_gram",
+                                 "kernel_on_distance", "kernel_callable"),
+    }
 
     def derive(self, term: Attention, d: int) -> Derivation:
         dims = attention_dims(term, d)
@@ -153,6 +161,45 @@ class AttentionFamily(Family[Attention]):
                 *super().autodiff_lines(dv)]
 
 
+def opaque_reason(term: Attention) -> Optional[str]:
+    """Why a query-key term takes the generic path (an opaque kernel or primitive), or None."""
+    if term.K.kind == "callable":
+        return "the kernel is an opaque torch callable"
+    if not (term.f.symbolic and term.K.symbolic):
+        return "a primitive is an opaque torch callable"
+    return None
+
+
+A = TypeVar("A", bound=Attention)  # the query-key family's term type
+
+
+class QueryKeyFamily(Family[A]):
+    """An attention family whose emitted module takes queries and keys ``(Q, K)`` (B, H, N, p) from an interaction
+    (the causal and the query-key families): the template, the reference energy with queries = keys, the
+    generic path in both roles. Subclasses set the docstrings ``grad_doc``, ``energy_doc`` and the ``rule``."""
+
+    variable = "Q, K"
+    grad_doc: str = ""
+    energy_doc: str = ""
+    rule: str = ""
+    #: the comment on the generic path's first line
+    autodiff_comment: str = "differentiate the energy in both roles with torch.func.grad"
+
+    def signature(self, dv: Derivation) -> dict:
+        return {"args": self.variable, "shape": "(B, H, N, p)", "grad_doc": self.grad_doc,
+                "energy_doc": self.energy_doc, "rule": self.rule}
+
+    def reference_energy(self, term, Z, env):
+        """The energy with queries = keys = ``Z`` (a finiteness probe; the family's :meth:`check` differentiates
+        both roles)."""
+        return attention_reference_energy(term, Z, env)
+
+    def autodiff_lines(self, dv: Derivation) -> list[str]:
+        return [f"# generic path: {self.autodiff_comment}",
+                "G_q, G_k = torch.func.grad(lambda Q_, K_: self.energy_Z(Q_, K_).sum(), argnums=(0, 1))(Q, K)",
+                "return G_q, G_k"]
+
+
 def tile_kernel(dv: Derivation, with_phi: bool = False) -> str:
     """Source of the term's kernel on one tile of pairs (:mod:`energyarch.blockwise`); with ``with_phi`` the
     feature map is applied inside (the kernel then takes Z, not Φ)."""
@@ -205,14 +252,15 @@ def attention_reference_energy(term: Attention, Z: torch.Tensor, env) -> torch.T
         Kmat = pairwise_kernel(K.fn, Z)
     elif K.kind == "inner":
         Phi = declared_scalar(K.phi, Z, env) if K.phi is not None else Z
-        Kmat = _full(evaluate(K.expr, {**env, "s": Phi @ Phi.transpose(-1, -2)}), Z[..., :1])
+        Kmat = full(evaluate(K.expr, {**env, "s": Phi @ Phi.transpose(-1, -2)}), Z[..., :1])
     else:
         r = (Z.unsqueeze(-2) - Z.unsqueeze(-3)).pow(2).sum(-1)          # (…, N, N) ‖z_i − z_j‖²
-        Kmat = _full(evaluate(K.expr, {**env, "r": r}), r)
+        Kmat = full(evaluate(K.expr, {**env, "r": r}), r)
     return declared_scalar(term.f, Kmat.sum(-1), env).sum(dim=(-1, -2))
 
 
-def _full(value, like: torch.Tensor) -> torch.Tensor:
+def full(value, like: torch.Tensor) -> torch.Tensor:
+    """``value`` as a tensor shaped like ``like`` (an expression that does not depend on the variable is a float)."""
     return value if isinstance(value, torch.Tensor) else torch.full_like(like, float(value))
 
 

@@ -17,16 +17,22 @@ exactly the per-token update above.
 from __future__ import annotations
 
 import dataclasses
-from typing import cast
+import itertools
+from typing import Callable, Mapping, cast
 
-from ..energy import Attention, CausalAttention
+import torch
+from torch import Tensor
+
+from ..energy import Attention, CausalAttention, params_of
+from ..expr import evaluate
 from ..interactions import Interaction
 from ..primitives import R, S, X
 from . import core
-from .attention import (attention_dims, attention_reference_energy, attention_text, candidate, check_opaque,
-                        declared_pieces)
+from .attention import (QueryKeyFamily, attention_dims, attention_text, candidate, check_opaque, declared_pieces,
+                        full, opaque_reason)
+from .checks import TermCheck, finite, module_env
 from .codegen import code, phi_lines
-from .core import Derivation, Dims, Family, register_family
+from .core import Derivation, Dims, declared_scalar, register_family
 
 
 def causal_dims(term: Attention, d: int) -> Dims:
@@ -49,19 +55,23 @@ def self_key(dv: Derivation, name: str = "Phi_k") -> str:
 
 
 @register_family
-class CausalFamily(Family[CausalAttention]):
+class CausalFamily(QueryKeyFamily[CausalAttention]):
     name = "causal attention"
     term_type = CausalAttention
+    runtime_base = ("energyarch.runtime", "CausalTermUpdate")
+    runtime_names = {"energyarch.runtime": ("causal_mask", "causal_gram", "causal_sq_distances", "causal_apply",
+                                            "causal_prefix_outer", "causal_softmax_sdpa", "cross_kernel",
+                                            "diag_kernel")}
+    grad_doc = "(∂/∂Q, ∂/∂K) of Σ_t E_t(x_t | x_<t), each token's own energy, earlier tokens fixed"
+    energy_doc = "E_t of every token and head at queries Q and keys K (B, H, N, p); shape (B, H, N)."
+    rule = "x_t ← x_t − step ⊙ ∇_(x_t) E_t, through the interaction's projections (see TYING)"
+    autodiff_comment = "each token's conditional energy, earlier tokens held fixed (stop-gradient)"
 
     def derive(self, term: CausalAttention, d: int) -> Derivation:
         dims = causal_dims(term, d)
         check_opaque(term, dims)
         declared = declared_pieces(term, dims)
-        why = None
-        if term.K.kind == "callable":
-            why = "the kernel is an opaque torch callable"
-        elif not (term.f.symbolic and term.K.symbolic):
-            why = "a primitive is an opaque torch callable"
+        why = opaque_reason(term)
         if why:
             return _with_roles(Derivation(term, dims, "autodiff", "autodiff",
                                           f"{why}: torch.func.grad of Σ_t f(Σ_(s<t) K(q_t, sg(k_s)) + K(q_t, k_t))",
@@ -96,26 +106,78 @@ class CausalFamily(Family[CausalAttention]):
                      f"S = S + {code(kappa, S, 's_self')}"]
         return [*lines, f"return {f_code}                      # (B, H, N): E_t per head"]
 
-    def signature(self, dv: Derivation) -> dict:
-        return {"base": "CausalTermUpdate", "args": "Q, K", "shape": "(B, H, N, p)",
-                "grad_doc": "(∂/∂Q, ∂/∂K) of Σ_t E_t(x_t | x_<t), each token's own energy, earlier tokens fixed",
-                "energy_doc": "E_t of every token and head at queries Q and keys K (B, H, N, p); shape (B, H, N).",
-                "rule": "x_t ← x_t − step ⊙ ∇_(x_t) E_t, through the interaction's projections (see TYING)"}
-
     def energy_text(self, dv: Derivation) -> str:
         t = cast(CausalAttention, dv.term)
         return (f"E_t = sum_h f(sum_(s<=t) K(q_t, k_s)) for each token t (conditional), {attention_text(t)}, "
                 f"self-term {t.self_term}")
 
-    def reference_energy(self, term, Z, env):
-        """The bidirectional energy at one set of coordinates (a finiteness probe; verify checks causal terms
-        token by token)."""
-        return attention_reference_energy(term, Z, env)
+    def check(self, term, module, reference, X, dv, step_size) -> TermCheck:
+        """Gradients of each token's conditional energy vs a per-token torch.func.grad; the update vs the autodiff
+        module; and token by token, a small step on x_t alone lowers E_t(x_t | x_<t)."""
+        with torch.no_grad():
+            Q, K, _, _ = module.query_key(X)
+            G_q, G_k = module.grad_Z(Q, K)
+            R_q, R_k = causal_reference_grads(term, module, Q, K)
+            G, G_ref = torch.cat([G_q, G_k], -1), torch.cat([R_q, R_k], -1)
+            direction = module.direction(X)
+            X1 = module(X, 0.1)
+            X1_ref = (X1 - reference(X, 0.1)).abs()
+            e_tokens = module.token_energies(X)                                  # (B, N)
+            t_step = step_size / max(1.0, float(direction.abs().max()))
+            e_after = torch.zeros_like(e_tokens)
+            for t in range(X.shape[-2]):                                          # move x_t alone, others fixed
+                Xt = X.clone()
+                Xt[..., t, :] = X[..., t, :] + t_step * direction[..., t, :]
+                Q_t, K_t, _, _ = module.query_key(Xt)
+                K_t = K_t if term.self_term == "exact" else K              # a stopped self-term holds k_t fixed
+                e_after[..., t] = module.energy_Z(Q_t, K_t).sum(-2)[..., t]
+            moving = direction.abs().amax(-1) > 1e-12 * max(1e-300, float(direction.abs().max()))   # (B, N)
+            tol = 1e-13 * e_tokens.abs().clamp_min(1)
+            descends = bool(((e_after <= e_tokens + tol) & (~moving | (e_after < e_tokens))).all())
+        # energy_after reports the summed per-token energies after each token's own small step
+        return TermCheck(name=term.name, pattern=dv.pattern, path=dv.path,
+                         grad_max_abs_diff=float((G - G_ref).abs().max()), update_max_abs_diff=float(X1_ref.max()),
+                         energy_before=float(e_tokens.sum()), energy_after=float(e_after.sum()), step=t_step,
+                         grad_scale=float(G_ref.abs().max()), update_scale=float((X1 - X).abs().max()),
+                         finite=finite(G, G_ref, X1, e_tokens, e_after), per_token_descent=descends)
 
-    def autodiff_lines(self, dv: Derivation) -> list[str]:
-        return ["# generic path: each token's conditional energy, earlier tokens held fixed (stop-gradient)",
-                "G_q, G_k = torch.func.grad(lambda Q_, K_: self.energy_Z(Q_, K_).sum(), argnums=(0, 1))(Q, K)",
-                "return G_q, G_k"]
+
+def declared_conditional_energy(term: CausalAttention, q: Tensor, keys: Tensor, k_self: Tensor,
+                                env: Mapping[str, float]) -> Tensor:
+    """E_t = f(Σ_{s<t} K(q_t, k_s) + K(q_t, k_t)) for one token and head, from the declaration alone.
+
+    ``q`` (p,), ``keys`` (t, p) the earlier tokens' keys, ``k_self`` (p,) the token's own key.
+    """
+    env = {**env, **params_of(term)}
+    K = term.K
+    all_keys = torch.cat([keys, k_self.unsqueeze(0)], dim=0)                  # (t + 1, p)
+    if K.kind == "callable":
+        values = torch.stack([cast(Callable, K.fn)(q, k) for k in all_keys.unbind(0)])
+    elif K.kind == "inner":
+        Phi_q = declared_scalar(K.phi, q, env) if K.phi is not None else q
+        Phi_k = declared_scalar(K.phi, all_keys, env) if K.phi is not None else all_keys
+        s = (Phi_k * Phi_q).sum(-1)
+        values = full(evaluate(K.expr, {**env, "s": s}), s)
+    else:
+        r = (all_keys - q).pow(2).sum(-1)
+        values = full(evaluate(K.expr, {**env, "r": r}), r)
+    return declared_scalar(term.f, values.sum(), env)
+
+
+def causal_reference_grads(term: CausalAttention, module, Q: Tensor, K: Tensor) -> tuple[Tensor, Tensor]:
+    """(∂E_t/∂q_t, ∂E_t/∂k_t) for every token and head by ``torch.func.grad`` of each token's own conditional
+    energy in a loop (independent of the emitted module and of the stop-gradient construction)."""
+    env = module_env(module)
+    G_q, G_k = torch.zeros_like(Q), torch.zeros_like(K)
+    for idx in itertools.product(*[range(n) for n in Q.shape[:-2]]):      # every batch element and head
+        for t in range(Q.shape[-2]):
+            def E(q, k_self):
+                return declared_conditional_energy(term, q, K[idx][:t], k_self, env)
+            gq, gk = torch.func.grad(E, argnums=(0, 1))(Q[idx][t], K[idx][t])
+            G_q[idx + (t,)] = gq
+            if term.self_term == "exact":
+                G_k[idx + (t,)] = gk
+    return G_q, G_k
 
 
 def _with_roles(dv: Derivation) -> Derivation:

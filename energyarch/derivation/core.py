@@ -21,15 +21,16 @@ import ctypes
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Generic, Mapping, Optional, TypeVar, cast
+from typing import Any, Callable, Generic, Mapping, NoReturn, Optional, TypeVar, cast
 
 import sympy as sp
 import torch
 
 from ..energy import Term, params_of, primitives_of
 from ..errors import CompileError, DeclarationError
-from ..expr import evaluate, tidy
+from ..expr import RUNTIME_NAMES, evaluate, tidy
 from ..primitives import X, Scalar
+from .checks import TermCheck, gradient_check
 
 #: Largest basis (entries of one term's weight matrix) compile accepts: a typo such as width=2**40 is a
 #: CompileError naming the size, not an allocator failure.
@@ -130,6 +131,9 @@ class Pattern:
         """Body of the emitted ``energy_Z``; None means the family's generic energy."""
         return None
 
+    #: runtime helpers this pattern's lines call beyond its family's :attr:`Family.runtime_names`: module → names
+    runtime_names: Mapping[str, tuple[str, ...]] = {}
+
     def derivation(self, c: Candidate, consts: dict) -> Derivation:
         return Derivation(c.term, c.dims, "symbolic", self.name, self.reason, dict(c.pieces), consts,
                           self.operator(c), self.latex(c, consts))
@@ -141,16 +145,23 @@ class Family(Generic[T]):
     A new family is one decorated subclass (and its term class, a frozen dataclass subclassing
     :class:`energyarch.energy.Term` whose ``family`` is this ``name``): :meth:`derive` gives the
     :class:`Derivation`; :meth:`energy_lines` / :meth:`autodiff_lines` the emitted energy and generic gradient;
-    :meth:`signature` and :meth:`energy_text` the emitted module's template (runtime base class, arguments,
-    docstrings); :meth:`reference_energy` the independent energy that :func:`energyarch.verify` differentiates.
-    The defaults describe a term on per-head coordinates ``Z`` (B, H, N, p) with the plain
-    :class:`~energyarch.runtime.TermUpdate`.
+    :meth:`signature` and :meth:`energy_text` the emitted module's template (arguments, docstrings);
+    :attr:`runtime_base` and :attr:`runtime_names` what the emitted module subclasses and may import (the emitted
+    module imports nothing else, :func:`energyarch.emit.check_source`); :meth:`reference_energy` the independent
+    energy and :meth:`check` the check that :func:`energyarch.verify` runs. The defaults describe a term on
+    per-head coordinates ``Z`` (B, H, N, p) with the plain :class:`~energyarch.runtime.TermUpdate`.
     """
 
     name: str = ""
     term_type: type = object
     #: the emitted module's argument (coordinates) for the default signature and autodiff path
     variable: str = "Z"
+    #: the class the emitted update subclasses, as (module, class name): a
+    #: :class:`~energyarch.runtime.TermUpdate` subclass whose constructor takes TermUpdate's arguments
+    runtime_base: tuple[str, str] = ("energyarch.runtime", "TermUpdate")
+    #: the runtime helpers its emitted lines (and its patterns') call: module → names; the emitted module imports
+    #: those it uses, besides :attr:`runtime_base` and the printer's helpers (:data:`energyarch.expr.RUNTIME_NAMES`)
+    runtime_names: Mapping[str, tuple[str, ...]] = {}
 
     def derive(self, term: T, d: int) -> Derivation:
         raise NotImplementedError
@@ -164,9 +175,9 @@ class Family(Generic[T]):
                 f"return torch.func.grad(lambda {var}_: self.energy_Z({var}_).sum())({var})"]
 
     def signature(self, dv: Derivation) -> dict:
-        """What the emitted template takes from the family: base class, arguments, docstrings, the rule."""
+        """What the emitted template takes from the family: arguments, docstrings, the rule."""
         var = self.variable
-        return {"base": "TermUpdate", "args": var, "shape": "(B, H, N, p)", "grad_doc": f"∇_{var} E",
+        return {"args": var, "shape": "(B, H, N, p)", "grad_doc": f"∇_{var} E",
                 "energy_doc": f"Energy of the term at {var} (B, H, N, p); shape (B,).",
                 "rule": f"X ← X − step ⊙ Σ_h (∇_{var} E)({var}_h) W_hᵀ"}
 
@@ -179,6 +190,15 @@ class Family(Generic[T]):
         """E of ``term`` at coordinates ``Z``, built from the declaration alone (shape ``Z.shape[:-3]``)."""
         raise NotImplementedError(f"family {self.name!r} defines no reference energy")
 
+    def check(self, term: Term, module, reference, X: torch.Tensor, dv: Derivation, step_size: float) -> TermCheck:
+        """:func:`energyarch.verify`'s check of one compiled term (float64): ``module`` is the emitted module,
+        ``reference`` the autodiff-path module with the same weights, ``X`` (B, N, d) the random input.
+
+        The default compares ``∇_Z E`` with ``torch.func.grad`` of :meth:`reference_energy`, the update with both
+        references, and checks descent (:func:`~energyarch.derivation.checks.gradient_check`).
+        """
+        return gradient_check(self, term, module, reference, X, dv, step_size)
+
 
 PATTERNS: dict[str, Pattern] = {}
 FAMILIES: dict[str, Family[Any]] = {}
@@ -189,15 +209,70 @@ def register_pattern(cls: type) -> type:
     inst = cls()
     if not inst.name or inst.name in PATTERNS:
         raise CompileError(f"pattern {inst.name!r} is unnamed or registered twice")
+    _check_runtime_names(f"pattern {inst.name!r}", inst.runtime_names)
     PATTERNS[inst.name] = inst
     return cls
 
 
 def register_family(cls: type) -> type:
-    """Class decorator: register a :class:`Family` (one instance, by name)."""
+    """Class decorator: register a :class:`Family` (one instance, by name); its runtime base class and names
+    must be importable names (checked here, so that a bad registration fails where it is written)."""
     inst = cls()
+    if not inst.name or not isinstance(inst.name, str):
+        raise CompileError(f"family class {cls.__name__}: set name = '<family name>' (got {inst.name!r})")
+    _check_runtime_names(f"family {inst.name!r}", inst.runtime_names, base=inst.runtime_base)
     FAMILIES[inst.name] = inst
     return cls
+
+
+#: names the emitted template defines itself (``import math`` / ``import torch``, ``self``, the builtins it calls,
+#: its string constants): no runtime name may take them
+TEMPLATE_NAMES = frozenset({"math", "torch", "self", "abs", "float", "TERM", "FAMILY", "ENERGY", "PATTERN", "PATH",
+                            "REASON", "TYING"})
+
+
+def _check_runtime_names(owner: str, names: Mapping[str, tuple[str, ...]], base: Optional[tuple] = None) -> None:
+    """Module paths are dotted identifiers, names are identifiers, none private-dunder or a template name."""
+    def fail(why: str) -> NoReturn:
+        raise CompileError(f"{owner}: {why}; runtime names are {{'package.module': ('name', ...)}} and "
+                           f"runtime_base is ('package.module', 'ClassName')")
+
+    if not isinstance(names, Mapping):
+        fail(f"runtime_names = {names!r} is not a mapping")
+    for module, listed in names.items():
+        if isinstance(listed, str) or not isinstance(listed, (tuple, list)) or not all(isinstance(n, str) for n in listed):
+            fail(f"the names of {module!r} must be a tuple of strings, got {listed!r}")
+    if base is not None:
+        if not (isinstance(base, tuple) and len(base) == 2 and all(isinstance(b, str) for b in base)):
+            fail(f"runtime_base = {base!r} is not a (module, class name) pair")
+        names = {**names, base[0]: (*names.get(base[0], ()), base[1])}
+    for module, listed in names.items():
+        if not (isinstance(module, str) and module and all(part.isidentifier() for part in module.split("."))):
+            fail(f"module {module!r} is not a dotted module path")
+        for n in listed:
+            if not n.isidentifier() or n.startswith("__") or n in TEMPLATE_NAMES:
+                fail(f"name {n!r} of {module!r} is not an identifier the template may import")
+
+
+def runtime_imports(family: Family) -> dict[str, str]:
+    """name → module of everything the emitted module of ``family`` may import: its runtime base class, its
+    :attr:`~Family.runtime_names` and its patterns', and the printer's helpers (:data:`energyarch.expr.RUNTIME_NAMES`);
+    in that order (the base class's module first).
+
+    >>> runtime_imports(FAMILIES["gated feedforward"])
+    {'GatedTermUpdate': 'energyarch.runtime', '_logcosh': 'energyarch.runtime', '_step': 'energyarch.runtime'}
+    """
+    out: dict[str, str] = {family.runtime_base[1]: family.runtime_base[0]}
+    sources = [(f"family {family.name!r}", family.runtime_names),
+               *((f"pattern {p.name!r}", p.runtime_names) for p in patterns_for(family.name)),
+               ("the expression printer", RUNTIME_NAMES)]
+    for owner, names in sources:
+        for module, listed in names.items():
+            for n in listed:
+                if out.setdefault(n, module) != module:
+                    raise CompileError(f"{owner} lists {n!r} from {module!r}, but family {family.name!r} already "
+                                       f"imports {n!r} from {out[n]!r}; one name, one module")
+    return out
 
 
 def patterns_for(family: str, kind: Optional[str] = None) -> list[Pattern]:

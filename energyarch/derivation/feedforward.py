@@ -43,7 +43,7 @@ class FeedForwardFamily(Family[FeedForward]):
     variable = "U"
 
     def signature(self, dv: Derivation) -> dict:
-        return {"base": "TermUpdate", "args": "U", "shape": "(B, 1, N, M)",
+        return {"args": "U", "shape": "(B, 1, N, M)",
                 "grad_doc": "∇_U E (E_FF = −Σ g(Σ h) carries the minus sign of Eq. 20)",
                 "energy_doc": "Energy of the term at U (B, 1, N, M); shape (B,).",
                 "rule": "X ← X − step ⊙ (∇_U E)(U) Dᵀ"}

@@ -8,11 +8,16 @@ from __future__ import annotations
 
 from typing import cast
 
-from ..energy import GatedFeedForward
+import torch
+from torch import Tensor
+
+from ..energy import GatedFeedForward, params_of
 from ..primitives import X
 from . import core
+from .checks import TermCheck, finite, module_env, stationary
 from .codegen import code
-from .core import Candidate, Derivation, Family, bind, check_callable_scalar, check_size, diff, register_family
+from .core import (Candidate, Derivation, Family, bind, check_callable_scalar, check_size, declared_scalar, diff,
+                   register_family)
 from .feedforward import ff_dims
 
 
@@ -20,6 +25,7 @@ from .feedforward import ff_dims
 class GatedFamily(Family[GatedFeedForward]):
     name = "gated feedforward"
     term_type = GatedFeedForward
+    runtime_base = ("energyarch.runtime", "GatedTermUpdate")
 
     def derive(self, term: GatedFeedForward, d: int) -> Derivation:
         dims = ff_dims(term, d)
@@ -39,7 +45,7 @@ class GatedFamily(Family[GatedFeedForward]):
         return [f"return -(({h}) * V).sum(dim=(-1, -2, -3))     # −Σ_i Σ_m h(u_im) v_im"]
 
     def signature(self, dv: Derivation) -> dict:
-        return {"base": "GatedTermUpdate", "args": "U, V", "shape": "(B, 1, N, M)",
+        return {"args": "U, V", "shape": "(B, 1, N, M)",
                 "grad_doc": "∇_U E with the gate V held fixed", "energy_doc": "Energy at U and gate V; shape (B,).",
                 "rule": "X ← X − step ⊙ (∇_U E)(U, V) Dᵀ, D both up and down projection"}
 
@@ -50,3 +56,28 @@ class GatedFamily(Family[GatedFeedForward]):
     def autodiff_lines(self, dv: Derivation) -> list[str]:
         return ["# generic path: differentiate the energy in U with the gate V held fixed",
                 "return torch.func.grad(lambda U_: self.energy_Z(U_, V).sum())(U)"]
+
+    def check(self, term, module, reference, X, dv, step_size) -> TermCheck:
+        """∇_U of −Σ h(U) ⊙ V (V fixed) from the declaration, the update vs the autodiff module, and a small step
+        lowers the energy with the gate held at its value."""
+        env = {**module_env(module), **params_of(term)}
+
+        def declared(U_: Tensor, V_: Tensor) -> Tensor:
+            return -(declared_scalar(term.h, U_, env) * V_).sum()
+
+        with torch.no_grad():
+            U, V = module.normalize(module.coords(X)), module.gate(X)
+            G = module.grad_Z(U, V)
+            G_ref = torch.func.grad(declared)(U, V)
+            direction = module.direction(X)
+            X1 = module(X, 0.1)
+            X1_ref = (X1 - reference(X, 0.1)).abs()
+            t = step_size / max(1.0, float(direction.abs().max()))
+            U1 = module.normalize(module.coords(X + t * direction))
+            e0, e1 = module.energy_Z(U, V), module.energy_Z(U1, V)              # the gate held at its value
+        return TermCheck(name=term.name, pattern=dv.pattern, path=dv.path,
+                         grad_max_abs_diff=float((G - G_ref).abs().max()), update_max_abs_diff=float(X1_ref.max()),
+                         energy_before=float(e0.sum()), energy_after=float(e1.sum()), step=t,
+                         grad_scale=float(G_ref.abs().max()), update_scale=float((X1 - X).abs().max()),
+                         finite=finite(G, G_ref, X1, e0, e1),
+                         stationary=stationary(direction, t, float(G_ref.abs().max()), e0, e1))

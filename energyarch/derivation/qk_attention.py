@@ -21,29 +21,40 @@ and opaque callables take ``torch.func.grad`` of the energy.
 from __future__ import annotations
 
 import dataclasses
-from typing import cast
+from typing import Callable, Mapping, cast
 
-from ..energy import Attention
+import torch
+from torch import Tensor
+
+from ..energy import Attention, params_of
+from ..expr import evaluate
 from ..interactions import Interaction
 from ..primitives import R, S, X
 from . import core
-from .attention import attention_reference_energy, attention_text, candidate, check_opaque, declared_pieces
+from .attention import (QueryKeyFamily, attention_text, candidate, check_opaque, declared_pieces, full,
+                        opaque_reason)
 from .causal import causal_dims, qk_phi_lines
+from .checks import TermCheck, finite, module_env, stationary
 from .codegen import code
-from .core import Derivation, Family, register_family
+from .core import Derivation, declared_scalar, register_family
 
 
 @register_family
-class QKAttentionFamily(Family[Attention]):
+class QKAttentionFamily(QueryKeyFamily[Attention]):
     name = "qk attention"
     term_type = Attention
+    runtime_base = ("energyarch.runtime_qk", "QKTermUpdate")
+    runtime_names = {"energyarch.runtime_qk": ("qk_bisoftmax_sdpa", "qk_softmax_sdpa"),
+                     "energyarch.runtime": ("cross_kernel", "sq_distances_qk")}
+    grad_doc = "(∂E/∂Q, ∂E/∂K) of E = Σ_h Σ_i f(Σ_j K(q_i, k_j))"
+    energy_doc = "f(S_i) of every token and head at queries Q and keys K (B, H, N, p); shape (B, H, N)."
+    rule = "X ← X − step ⊙ (∂E/∂Q, ∂E/∂K) mapped back through the interaction's projections (see TYING)"
 
     def derive(self, term: Attention, d: int) -> Derivation:
         dims = causal_dims(term, d)          # coordinate width and sphere from the interaction
         check_opaque(term, dims)
         declared = declared_pieces(term, dims)
-        why = ("the kernel is an opaque torch callable" if term.K.kind == "callable" else
-               "a primitive is an opaque torch callable" if not (term.f.symbolic and term.K.symbolic) else None)
+        why = opaque_reason(term)
         if why:
             return _with_tying(Derivation(term, dims, "autodiff", "autodiff",
                                           f"{why}: torch.func.grad of Σ_i f(Σ_j K(q_i, k_j))", declared))
@@ -73,26 +84,53 @@ class QKAttentionFamily(Family[Attention]):
                      f"S = ({code(dv.pieces['kappa'], S, 'G')}).sum(dim=-1)   # (B, H, N): Σ_j K(q_i, k_j)"]
         return [*lines, f"return {f_code}                      # (B, H, N): f(S_i) per head"]
 
-    def signature(self, dv: Derivation) -> dict:
-        return {"base": "QKTermUpdate", "args": "Q, K", "shape": "(B, H, N, p)",
-                "grad_doc": "(∂E/∂Q, ∂E/∂K) of E = Σ_h Σ_i f(Σ_j K(q_i, k_j))",
-                "energy_doc": "f(S_i) of every token and head at queries Q and keys K (B, H, N, p); shape (B, H, N).",
-                "rule": "X ← X − step ⊙ (∂E/∂Q, ∂E/∂K) mapped back through the interaction's projections (see TYING)"}
-
     def energy_text(self, dv: Derivation) -> str:
         t = cast(Attention, dv.term)
         return (f"E = sum_h sum_i f(sum_j K(q_i, k_j)), queries and keys from the "
                 f"{cast(Interaction, t.interaction).kind} interaction, {attention_text(t)}")
 
-    def reference_energy(self, term, Z, env):
-        """The energy with queries = keys = ``Z`` (a finiteness probe; verify differentiates both roles with
-        :func:`energyarch.verify.declared_qk_energy`)."""
-        return attention_reference_energy(term, Z, env)
+    def check(self, term, module, reference, X, dv, step_size) -> TermCheck:
+        """(∂E/∂Q, ∂E/∂K) vs ``torch.func.grad`` of :func:`declared_qk_energy` in both roles; the update vs the
+        autodiff module and vs the reference gradients mapped back through the interaction; a small step lowers E."""
+        env = module_env(module)
+        with torch.no_grad():
+            Q, K, Q_raw, K_raw = module.query_key(X)
+            G_q, G_k = module.grad_Z(Q, K)
+            R_q, R_k = torch.func.grad(lambda Q_, K_: declared_qk_energy(term, Q_, K_, env).sum(), argnums=(0, 1))(Q, K)
+            G, G_ref = torch.cat([G_q, G_k], -1), torch.cat([R_q, R_k], -1)
+            if module.mode != "paper":
+                R_q, R_k = module.constrain(R_q, Q, Q_raw), module.constrain(R_k, K, K_raw)
+            dir_ref = -module.interaction.pullback(module, R_q, R_k, None)
+            direction = module.direction(X)
+            X1 = module(X, 0.1)
+            X1_ref = torch.maximum((X1 - reference(X, 0.1)).abs(), (X1 - (X + 0.1 * dir_ref)).abs())
+            t = step_size / max(1.0, float(direction.abs().max()))
+            e0, e1 = module.energy(X), module.energy(X + t * direction)
+        return TermCheck(name=term.name, pattern=dv.pattern, path=dv.path,
+                         grad_max_abs_diff=float((G - G_ref).abs().max()), update_max_abs_diff=float(X1_ref.max()),
+                         energy_before=float(e0.sum()), energy_after=float(e1.sum()), step=t,
+                         grad_scale=float(G_ref.abs().max()), update_scale=float((0.1 * dir_ref).abs().max()),
+                         finite=finite(G, G_ref, X1, X1_ref, e0, e1),
+                         stationary=stationary(direction, t, float(G_ref.abs().max()), e0, e1))
 
-    def autodiff_lines(self, dv: Derivation) -> list[str]:
-        return ["# generic path: differentiate the energy in both roles with torch.func.grad",
-                "G_q, G_k = torch.func.grad(lambda Q_, K_: self.energy_Z(Q_, K_).sum(), argnums=(0, 1))(Q, K)",
-                "return G_q, G_k"]
+
+def declared_qk_energy(term: Attention, Q: Tensor, K: Tensor, env: Mapping[str, float]) -> Tensor:
+    """E = Σ_h Σ_i f(Σ_j K(q_i, k_j)) at queries ``Q`` and keys ``K`` (…, H, N, p), from the declaration alone
+    (shape ``(…,)``); a distance kernel sees ``r = ‖q_i − k_j‖²`` formed from differences."""
+    env = {**env, **params_of(term)}
+    Kd = term.K
+    if Kd.kind == "callable":
+        rows = torch.vmap(torch.vmap(cast(Callable, Kd.fn), in_dims=(None, 0)), in_dims=(0, None))
+        flat_q, flat_k = Q.reshape(-1, *Q.shape[-2:]), K.reshape(-1, *K.shape[-2:])
+        Kmat = torch.stack([rows(q, k) for q, k in zip(flat_q, flat_k)]).reshape(*Q.shape[:-1], K.shape[-2])
+    elif Kd.kind == "inner":
+        Phi_q = declared_scalar(Kd.phi, Q, env) if Kd.phi is not None else Q
+        Phi_k = declared_scalar(Kd.phi, K, env) if Kd.phi is not None else K
+        Kmat = full(evaluate(Kd.expr, {**env, "s": Phi_q @ Phi_k.transpose(-1, -2)}), Q[..., :1])
+    else:
+        r = (Q.unsqueeze(-2) - K.unsqueeze(-3)).pow(2).sum(-1)           # (…, N, N) ‖q_i − k_j‖²
+        Kmat = full(evaluate(Kd.expr, {**env, "r": r}), r)
+    return declared_scalar(term.f, Kmat.sum(-1), env).sum(dim=(-1, -2))
 
 
 def _with_tying(dv: Derivation) -> Derivation:
