@@ -155,6 +155,12 @@ class EnergyStep(nn.Module):
                                f"step.solvers[name] for a term's solver")
         return first
 
+    @solver.setter
+    def solver(self, value: SolverSpec) -> None:
+        """``step.solver = s``: the solver of every term."""
+        solver = make_solver(value)
+        self.solvers = {n: solver for n in self.names}
+
     def _uniform(self) -> bool:
         return len(set(self.solvers.values())) <= 1
 

@@ -97,6 +97,8 @@ def test_report_and_repr_show_per_term_solvers_only_when_they_differ():
     assert back.solver == make_solver("gd") and mixed.solvers["ff"].name == "adam"
     partial = mixed.with_solver(solvers={"attn": "rmsprop"})
     assert [s.name for s in partial.solvers.values()] == ["rmsprop", "adam"]
+    partial.solver = "nesterov"                                   # every term's solver
+    assert [s.name for s in partial.solvers.values()] == ["nesterov", "nesterov"]
 
 
 @torch.no_grad()
