@@ -286,11 +286,14 @@ class EnergyStep(nn.Module):
                 inc, st = self._curvature_cap(solver, point, d, inc, st, state[n])
             increments.append(inc)
             new[n] = st
-        descent = [s for s in solvers.values() if s.steps == "descent"]
-        if descent:                                                      # guaranteed descent of this sub-step
-            X, new = self._descend(max(descent, key=lambda s: s.halvings), X, stage, increments, new, weights, gains)
+        guard, halvings = None, 0           # the 'descent' solver with the most halvings; the largest backtrack
+        for n in stage:
+            if solvers[n].steps == "descent" and (guard is None or solvers[n].halvings > guard.halvings):
+                guard = solvers[n]
+            halvings = max(halvings, solvers[n].backtrack)
+        if guard is not None:                                            # guaranteed descent of this sub-step
+            X, new = self._descend(guard, X, stage, increments, new, weights, gains)
         else:
-            halvings = max(s.backtrack for s in solvers.values())
             if halvings and not self.training:
                 increments, new = self._backtrack(halvings, X, stage, increments, new, weights, gains)
             X = X + increments[0] if len(increments) == 1 else X + sum(increments)
