@@ -318,3 +318,11 @@ def test_a_term_gives_its_solver_in_one_place():
               {"family": "feedforward", "g": "x", "h": "relu(x)**2/2"}]
     with pytest.raises(ConfigError, match=r"term 'attn' gives its solver keys in its \[\[model\.terms\]\] table too"):
         ModelConfig(**TINY, terms=tables, solvers={"attn": {"steps": "free"}})
+
+
+def test_mixed_solvers_compile_to_one_graph():
+    """torch.compile(fullgraph=True) of a model whose terms mix solvers and rules in a joint stage equals eager."""
+    net = HyperSET(ModelConfig(**TINY, solver="momentum", schedule="joint",
+                               solvers={"ff": {"solver": "adam", "steps": "free"}}))      # attn: momentum, descent
+    X = torch.randn(2, 5, 16, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(torch.compile(net, fullgraph=True, backend="eager")(X), net(X))
