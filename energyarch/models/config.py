@@ -402,7 +402,7 @@ class ModelConfig:
                                                f"drop the per-term solvers")
             return
         specs = self._term_specs()
-        names = self.energy().names
+        names = self._names()
         unknown = sorted(set(specs) - set(names))
         if unknown:
             _fail("solvers", self.solvers, f"unknown term name(s) {unknown}; the terms are {names}")
@@ -417,6 +417,16 @@ class ModelConfig:
                 _fail("fixed_step", self.fixed_step, f"under steps={solver.steps!r} the step size is at most max_step="
                                                      f"{solver.max_step!r}; lower fixed_step or raise {whose} "
                                                      f"solver_params.max_step (or use steps='free')")
+
+    def _names(self) -> list[str]:
+        """The term names, in declared order (without building the energy's spheres)."""
+        if isinstance(self.terms, Energy):
+            return self.terms.names
+        if isinstance(self.terms, list):
+            from .terms import build_energy
+
+            return build_energy(self.terms, self.heads, self.ff_ratio).names
+        return [self.term("attention").name, self.term("feedforward").name]
 
     def _term_solver(self, spec: Mapping[str, Any]):
         """The solver of a term with its own keys ``spec`` over the model's: another solver keeps only the model's
@@ -446,8 +456,8 @@ class ModelConfig:
         """
         if self.arch != "hyperset":
             default = self.solver_object()
-            return {n: default for n in (names if names is not None else self.energy().names)}
-        names = list(names) if names is not None else self.energy().names
+            return {n: default for n in (names if names is not None else self._names())}
+        names = list(names) if names is not None else self._names()
         specs = self._term_specs()
         return {n: self._term_solver(specs[n][1] if n in specs else {}) for n in names}
 
