@@ -25,10 +25,53 @@ from .emit import emit, emit_source
 from .energy import Energy, Term, as_energy, primitives_of
 from .errors import CompileError, ShapeError
 from .runtime import _FINITE_CHECK, MODES, TermUpdate, check_step
-from .solvers.base import Solver, make_solver
+from .solvers.base import SOLVERS, Solver, make_solver
 
 Steps = Union[float, Tensor, Mapping[str, Union[float, Tensor]], Sequence[Union[float, Tensor]]]
 SCHEDULES = ("sequential", "joint")
+#: a solver given by name or as an object (``solvers={"attn": "momentum", "ff": make_solver("adam", ...)}``)
+SolverSpec = Union[str, Solver]
+#: the step-rule fields a solver given by name takes from the default solver (``compile(..., steps='descent')``)
+RULE_FIELDS = ("steps", "max_step", "backtrack", "halvings")
+
+
+def resolve_solvers(names: Sequence[str], defaults: Mapping[str, Solver],
+                    solvers: Optional[Mapping[str, SolverSpec]]) -> dict[str, Solver]:
+    """One :class:`~energyarch.solvers.Solver` per term: ``solvers[name]`` where given, else ``defaults[name]``.
+
+    A solver given by name takes the step rule (``steps``, ``max_step``, ``backtrack``, ``halvings``) of the term's
+    default, so that ``compile(E, d, steps='descent', solvers={'attn': 'momentum'})`` descends with momentum; a
+    :class:`~energyarch.solvers.Solver` object is used as is.
+
+    >>> from energyarch.solvers import make_solver
+    >>> gd = make_solver("gd", steps="descent")
+    >>> out = resolve_solvers(["attn", "ff"], {"attn": gd, "ff": gd}, {"attn": "momentum"})
+    >>> out["attn"].describe(), out["ff"] is gd
+    ("momentum(momentum=0.9, convention='energyarch', steps='descent', max_step=0.2, halvings=4)", True)
+    """
+    out = dict(defaults)
+    if solvers is None:
+        return out
+    if not isinstance(solvers, Mapping):
+        raise CompileError(f"solvers={solvers!r:.80}: give a mapping term name → solver (a registered name such as "
+                           f"'momentum' or an energyarch.solvers Solver), e.g. solvers={{{names[0]!r}: 'momentum'}}")
+    unknown = sorted(set(solvers) - set(names), key=str)
+    if unknown:
+        raise CompileError(f"solvers: unknown term name(s) {unknown}; the terms are {list(names)}")
+    for name, spec in solvers.items():
+        if isinstance(spec, Solver):
+            out[name] = spec
+        elif isinstance(spec, str):
+            rule = {k: getattr(defaults[name], k) for k in RULE_FIELDS}
+            try:
+                out[name] = make_solver(spec, **rule)
+            except CompileError as err:
+                raise CompileError(f"solvers[{name!r}]={spec!r}: {err}") from None
+        else:
+            raise CompileError(f"solvers[{name!r}]={spec!r:.80}: give a registered solver name (one of "
+                               f"{tuple(SOLVERS)}) or an energyarch.solvers Solver, e.g. make_solver('momentum', "
+                               f"momentum=0.5)")
+    return out
 
 
 def energy_graph(energy: Energy) -> nx.DiGraph:
@@ -70,11 +113,20 @@ class EnergyStep(nn.Module):
         terms: ``nn.ModuleDict`` of per-term :class:`~energyarch.runtime.TermUpdate` modules.
         derivations: the :class:`~energyarch.derive.Derivation` of each term.
         graph: the networkx graph of the energy; ``stages`` the schedule derived from it.
-        solver: the :class:`~energyarch.solvers.Solver` (update rule and step-size rule; no parameters).
+        solvers: the :class:`~energyarch.solvers.Solver` of each term (update rule and step-size rule; no
+            parameters), ``solvers[name]``; ``solver`` is the common one when every term has the same.
+
+    Each term's solver state is its own (``state[name]``). Under the sequential schedule every stage is one term, so
+    each term's sub-step follows its own step rule. A joint stage whose terms mix rules is one step of the sum: each
+    term's step size and increment follow its own solver (a ``'bounded'`` term's curvature cap included), and when
+    any of them asks for ``'descent'`` the stage's summed increment is backtracked on the stage's energy (the sum of
+    its terms) with the largest ``halvings`` among them, so that the stage never raises that sum; otherwise, at
+    inference, the largest ``backtrack`` among them applies to the total energy.
     """
 
     def __init__(self, energy: Energy, terms: Mapping[str, TermUpdate], derivations: Mapping[str, Derivation],
-                 schedule_kind: str = "sequential", solver: Union[str, Solver, None] = "gd"):
+                 schedule_kind: str = "sequential", solver: Union[SolverSpec, None] = "gd",
+                 solvers: Optional[Mapping[str, SolverSpec]] = None):
         super().__init__()
         self.energy_decl = energy
         self.terms = nn.ModuleDict(terms)
@@ -82,7 +134,8 @@ class EnergyStep(nn.Module):
         self.graph = energy_graph(energy)
         self.schedule_kind = schedule_kind
         self.stages = schedule(self.graph, schedule_kind)
-        self.solver = make_solver(solver)
+        default = make_solver(solver)
+        self.solvers: dict[str, Solver] = resolve_solvers(self.names, {n: default for n in self.names}, solvers)
 
     @property
     def names(self) -> list[str]:
@@ -92,11 +145,50 @@ class EnergyStep(nn.Module):
     def d(self) -> int:
         return cast(TermUpdate, next(iter(self.terms.values()))).d
 
-    def with_solver(self, solver: Union[str, Solver], **params) -> "EnergyStep":
-        """A copy sharing this step's term modules (same parameters) with another solver."""
+    @property
+    def solver(self) -> Solver:
+        """The solver of every term, when they all have the same (else a :class:`~energyarch.errors.CompileError`:
+        read ``solvers[name]``)."""
+        first = next(iter(self.solvers.values()))
+        if any(s != first for s in self.solvers.values()):
+            raise CompileError(f"this step has one solver per term ({self._describe_solvers()}); read "
+                               f"step.solvers[name] for a term's solver")
+        return first
+
+    @solver.setter
+    def solver(self, value: SolverSpec) -> None:
+        """``step.solver = s``: the solver of every term."""
+        solver = make_solver(value)
+        self.solvers = {n: solver for n in self.names}
+
+    def _uniform(self) -> bool:
+        return len(set(self.solvers.values())) <= 1
+
+    def _describe_solvers(self) -> str:
+        return ", ".join(f"{n}: {s.describe()}" for n, s in self.solvers.items())
+
+    def with_solver(self, solver: Union[SolverSpec, None] = None, *,
+                    solvers: Optional[Mapping[str, SolverSpec]] = None, **params) -> "EnergyStep":
+        """A copy sharing this step's term modules (same parameters) with other solvers: ``solver`` (with
+        ``params``) for every term, and/or ``solvers`` (name → solver) for some; a term given neither keeps its own.
+
+        >>> import energyarch as ea
+        >>> step = ea.compile(ea.Attention(f="log(x)/beta", K="exp(beta*s)", heads=2) + ea.FeedForward(g="x",
+        ...                   h="relu(x)**2/2"), d=8)
+        >>> other = step.with_solver(solvers={"attn": "momentum"})
+        >>> other.solvers["attn"].name, other.solvers["ff"].name, other.terms["attn"] is step.terms["attn"]
+        ('momentum', 'gd', True)
+        """
+        if solver is None and params:
+            raise CompileError(f"with_solver: hyper-parameters {sorted(params)} need a solver; e.g. "
+                               f"with_solver('momentum', momentum=0.5)")
+        defaults = dict(self.solvers)
+        if solver is not None:
+            default = make_solver(solver, **params)
+            defaults = {n: default for n in self.names}
         other = copy.copy(self)
         object.__setattr__(other, "_modules", dict(self._modules))
-        other.solver = make_solver(solver, **params)
+        other.solvers = resolve_solvers(self.names, defaults, solvers)
         return other
 
     def init_state(self) -> dict[str, dict]:
@@ -179,12 +271,14 @@ class EnergyStep(nn.Module):
 
     def _stage(self, X: Tensor, stage: list[str], steps: dict, weights: Mapping, state: dict,
                gains: Optional[Mapping[str, Tensor]]) -> tuple[Tensor, dict]:
-        """One stage of the schedule: every term's direction at the (shifted) point, the solver's increments."""
-        solver = self.solver
-        shifts = [s for s in (solver.shift(state[n]) for n in stage) if s is not None]
+        """One stage of the schedule: every term's direction at the (shifted) point, its solver's increment; the
+        stage's safeguard (class docstring) when one of its terms asks for it."""
+        solvers = {n: self.solvers[n] for n in stage}
+        shifts = [s for s in (solvers[n].shift(state[n]) for n in stage) if s is not None]
         point = X + sum(shifts) if shifts else X                        # Nesterov: the look-ahead point
         increments, new = [], dict(state)
         for n in stage:
+            solver = solvers[n]
             alpha = solver.step_size(check_step(steps[n], X, n))
             d = self.direction(n, point, weights.get(n), gains)
             inc, st = solver.update(d, alpha, state[n])
@@ -192,11 +286,16 @@ class EnergyStep(nn.Module):
                 inc, st = self._curvature_cap(solver, point, d, inc, st, state[n])
             increments.append(inc)
             new[n] = st
-        if solver.steps == "descent":                                    # guaranteed descent of this sub-step
-            X, new = self._descend(solver, X, stage, increments, new, weights, gains)
+        guard, halvings = None, 0           # the 'descent' solver with the most halvings; the largest backtrack
+        for n in stage:
+            if solvers[n].steps == "descent" and (guard is None or solvers[n].halvings > guard.halvings):
+                guard = solvers[n]
+            halvings = max(halvings, solvers[n].backtrack)
+        if guard is not None:                                            # guaranteed descent of this sub-step
+            X, new = self._descend(guard, X, stage, increments, new, weights, gains)
         else:
-            if solver.backtrack and not self.training:
-                increments, new = self._backtrack(solver, X, stage, increments, new, weights, gains)
+            if halvings and not self.training:
+                increments, new = self._backtrack(halvings, X, stage, increments, new, weights, gains)
             X = X + increments[0] if len(increments) == 1 else X + sum(increments)
         if _FINITE_CHECK.active:
             _FINITE_CHECK.check(X, "+".join(stage))
@@ -220,31 +319,33 @@ class EnergyStep(nn.Module):
 
     def _descend(self, solver: Solver, X: Tensor, stage: list[str], increments: list, new: dict,
                  weights: Mapping, gains: Optional[Mapping[str, Tensor]]):
-        """``steps='descent'``: the largest of ``1, 1/2, …, 2^−halvings`` times the stage's increment that does not
-        raise the energy this sub-step descends (:func:`energyarch.descent.backtrack`), per sample (per token for
-        a causal term), else no step; the scale carries no gradient, the increment does."""
+        """``steps='descent'``: the largest of ``1, 1/2, …, 2^−halvings`` (``solver.halvings``) times the stage's
+        increment that does not raise the energy this sub-step descends (:func:`energyarch.descent.backtrack`), per
+        sample (per token for a causal term), else no step; the scale carries no gradient, the increment does.
+        Each term's own solver accepts the scale into its state."""
         from .descent import backtrack
 
         total = increments[0] if len(increments) == 1 else sum(increments)
         s = backtrack(self, solver, stage, X, total, weights, gains)
         X1 = torch.where(s > 0, X + total * s, X)            # s = 0: X itself (also when Δ overflowed)
-        return X1, {n: solver.accept(new[n], s) if n in stage else new[n] for n in new}
+        return X1, {n: self.solvers[n].accept(new[n], s) if n in stage else new[n] for n in new}
 
-    def _backtrack(self, solver: Solver, X: Tensor, stage: list[str], increments: list, new: dict,
+    def _backtrack(self, halvings: int, X: Tensor, stage: list[str], increments: list, new: dict,
                    weights: Mapping, gains: Optional[Mapping[str, Tensor]]):
-        """Halve the stage's increment per sample while the total energy rises (``solver.backtrack`` times), then
+        """Halve the stage's increment per sample while the total energy rises (``halvings`` times), then
         drop it where it still rises: the total energy never increases."""
         with torch.no_grad():
             total = sum(increments)
             E0 = self.energy(X, weights, gains)                                     # (*batch,)
             scale = torch.ones_like(E0)
-            for i in range(solver.backtrack + 1):
+            for i in range(halvings + 1):
                 E1 = self.energy(X + scale[..., None, None] * total, weights, gains)
                 rises = E1 > E0
-                last = i == solver.backtrack
+                last = i == halvings
                 scale = torch.where(rises, torch.zeros_like(scale) if last else scale / 2, scale)
         s = scale[..., None, None]
-        return [inc * s for inc in increments], {n: solver.accept(new[n], s) if n in stage else new[n] for n in new}
+        return [inc * s for inc in increments], {n: self.solvers[n].accept(new[n], s) if n in stage else new[n]
+                                                 for n in new}
 
     def energies(self, X: Tensor, weights: Optional[Mapping[str, Tensor]] = None,
                  gains: Optional[Mapping[str, Tensor]] = None) -> dict[str, Tensor]:
@@ -273,7 +374,9 @@ class EnergyStep(nn.Module):
     def report(self) -> str:
         """Markdown summary: per term, the pattern, the path taken and why, and −∇E in LaTeX."""
         lines = [f"schedule: {self.schedule_kind} {self.stages}"]
-        if self.solver != make_solver("gd"):
+        if not self._uniform():
+            lines.append("solvers: " + self._describe_solvers())
+        elif self.solver != make_solver("gd"):
             lines.append(f"solver: {self.solver.describe()}")
         for n in self.names:
             dv, m = self.derivations[n], self.terms[n]
@@ -283,7 +386,9 @@ class EnergyStep(nn.Module):
         return "\n".join(lines)
 
     def extra_repr(self) -> str:
-        return f"schedule={self.schedule_kind!r}, stages={self.stages}, solver={self.solver.describe()}"
+        solvers = (f"solver={self.solver.describe()}" if self._uniform()
+                   else "solvers={" + self._describe_solvers() + "}")
+        return f"schedule={self.schedule_kind!r}, stages={self.stages}, {solvers}"
 
 
 @functools.lru_cache(maxsize=256)
@@ -302,7 +407,8 @@ def _term_class(term: Term, d: int, path: str) -> tuple[type, Derivation]:
 
 def compile(energy, d: int, *, mode: str = "paper", path: str = "auto", schedule: str = "sequential",
             sdpa_threshold: int = 512, dtype: Optional[torch.dtype] = None,
-            solver: Union[str, Solver] = "gd", **solver_params) -> EnergyStep:
+            solver: SolverSpec = "gd", solvers: Optional[Mapping[str, SolverSpec]] = None,
+            **solver_params) -> EnergyStep:
     """Compile ``energy`` (an :class:`~energyarch.energy.Energy` or a single term) for width ``d``.
 
     Args:
@@ -318,7 +424,18 @@ def compile(energy, d: int, *, mode: str = "paper", path: str = "auto", schedule
         dtype: parameter dtype (default: torch's default dtype).
         solver: the update rule, a registered name (``'gd'`` default, ``'momentum'``, ``'nesterov'``,
             ``'rmsprop'``, ``'adam'``) or an :class:`~energyarch.solvers.Solver`; ``solver_params`` its
-            hyper-parameters (e.g. ``momentum=0.9``, ``steps='bounded'``, ``backtrack=4``).
+            hyper-parameters (e.g. ``momentum=0.9``, ``steps='bounded'``, ``backtrack=4``): every term's solver.
+        solvers: a solver per term, overriding ``solver`` for the terms it names: term name → a registered name
+            (it takes the step rule ``steps``, ``max_step``, ``backtrack``, ``halvings`` of ``solver``) or a
+            :class:`~energyarch.solvers.Solver` (used as is), e.g. ``solvers={"attn": "momentum"}``. Each term keeps
+            its own solver state; how a joint stage mixes step rules is in :class:`EnergyStep`.
+
+    >>> import energyarch as ea
+    >>> E = ea.Attention(f="log(x)/beta", K="exp(beta*s)", heads=2) + ea.FeedForward(g="x", h="relu(x)**2/2")
+    >>> step = ea.compile(E, d=8, steps="descent", solvers={"attn": ea.solvers.make_solver("momentum", momentum=0.5,
+    ...                                                                                     steps="free")})
+    >>> step.solvers["attn"].steps, step.solvers["ff"].describe()
+    ('free', "gd(steps='descent', max_step=0.2, halvings=4)")
     """
     energy = as_energy(energy)
     if mode not in MODES:
@@ -343,7 +460,7 @@ def compile(energy, d: int, *, mode: str = "paper", path: str = "auto", schedule
         if dtype is not None:
             module.to(dtype)
         modules[term.name], derivations[term.name] = module, dv
-    return EnergyStep(energy, modules, derivations, schedule, make_solver(solver, **solver_params))
+    return EnergyStep(energy, modules, derivations, schedule, make_solver(solver, **solver_params), solvers)
 
 
 def _attach_callables(module: TermUpdate, term: Term) -> None:

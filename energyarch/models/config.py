@@ -18,7 +18,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping, NoReturn, Optional, Union, cast
+from typing import Any, Callable, Mapping, NoReturn, Optional, Sequence, Union, cast
 
 from ..compile import SCHEDULES
 from ..energy import SELF_TERMS, Attention, Energy, FeedForward, GatedFeedForward, Sphere, Term, params_of
@@ -26,7 +26,8 @@ from ..errors import ConfigError, EnergyArchError
 from ..interactions import INTERACTIONS
 from ..primitives import Kernel, Scalar, check_params_used, used_params
 from ..runtime import MODES
-from .terms import check_terms, config_energy, declaration_of_terms, describe
+from .terms import (check_terms, config_energy, declaration_of_terms, describe, normalize_solver_spec,
+                    size_fields, solver_spec)
 
 #: the largest step size α = max_step · sigmoid(raw) of ModelConfig's default rule, steps = 'descent'
 DESCENT_MAX_STEP = 1.0
@@ -222,16 +223,7 @@ def declaration_of(term) -> Optional[dict]:
     params = dict(params_of(term))
     if params:
         table["params"] = {k: float(v) for k, v in sorted(params.items())}
-    if family == "attention":
-        table["heads"] = term.heads
-        if term.beta is not None:
-            table["beta"] = term.beta
-    elif term.width is not None:
-        table["width"] = term.width
-    else:
-        table["ratio"] = term.ratio
-    if term.constraint.radius is not None:
-        table["radius"] = float(term.constraint.radius)
+    table.update(size_fields(term))
     try:
         table = normalize_declaration(family, table)
         rebuilt = _declared_term(family, table, _Shape(term.heads if family == "attention" else 1, term.ratio
@@ -287,6 +279,9 @@ class ModelConfig:
     solver: str = "gd"  # hyperset update rule: 'gd' | 'momentum' | 'nesterov' | 'rmsprop' | 'adam' (energyarch.solvers)
     solver_params: dict = dataclasses.field(default_factory=dict)  # its hyper-parameters, e.g. { momentum = 0.9 },
     #   { beta1 = 0.9, beta2 = 0.96 }, { max_step = 1.0 } (the largest step under 'descent' and 'bounded')
+    solvers: dict = dataclasses.field(default_factory=dict)  # hyperset: a solver and step rule per term, for the
+    #   terms it names (the three fields above are the default): { attn = { solver = "momentum", solver_params =
+    #   { momentum = 0.5 }, steps = "free" } }; [[model.terms]] tables take the same keys
     # --- the official Hyper-SET code's conventions (off by default; docs/training.md "Official conventions") ---
     norm_gain: bool = False  # hyperset: learnable RMSNorm gain per term, Z = g ⊙ RMSNorm(X W_h) (paper mode only)
     norm_eps: Union[float, str] = 1e-6  # hyperset: RMSNorm epsilon; 'machine' = torch.finfo(dtype).eps (official)
@@ -343,6 +338,7 @@ class ModelConfig:
         else:
             for family in ("attention", "feedforward"):
                 self._check_term(family)
+        self._check_term_solvers()
         if self.norm_gain and self.arch == "hyperset" and any(
                 isinstance(t, Attention) and t.K.kind == "distance" for t in self.energy().terms):
             _fail("norm_gain", self.norm_gain, "a distance kernel's energy is evaluated with r = 2R² − 2s, which holds "
@@ -362,14 +358,9 @@ class ModelConfig:
             _fail("solver", self.solver, f"solvers apply to arch='hyperset' only, not arch={self.arch!r}; use "
                                          f"solver='gd' without solver_params")
         try:
-            solver = self.solver_object()
+            self.solver_object()
         except EnergyArchError as err:
             _fail("solver_params", self.solver_params, str(err))
-        if self.arch == "hyperset" and self.step_sizes == "fixed" and solver.steps != "free" \
-                and not self.fixed_step < solver.max_step:
-            _fail("fixed_step", self.fixed_step, f"under steps={solver.steps!r} the step size is at most max_step="
-                                                 f"{solver.max_step!r}; lower fixed_step or raise solver_params."
-                                                 f"max_step (or use steps='free')")
 
     def solver_object(self):
         """The :class:`~energyarch.solvers.Solver` this config declares (``solver`` with ``solver_params``)."""
@@ -381,6 +372,95 @@ class ModelConfig:
             if params["steps"] == "descent":
                 params.setdefault("max_step", DESCENT_MAX_STEP)
         return make_solver(self.solver, **params)
+
+    def _term_specs(self) -> dict[str, tuple[str, dict]]:
+        """Each term's own solver keys, ``name → (where they were given, keys)``: ``[[model.terms]]`` tables and
+        ``solvers`` entries (a term given in both is refused)."""
+        specs: dict[str, tuple[str, dict]] = {}
+        if isinstance(self.terms, list):
+            from .terms import build_energy
+
+            names = build_energy(self.terms, self.heads, self.ff_ratio).names
+            for i, (name, table) in enumerate(zip(names, self.terms)):
+                if solver_spec(table):
+                    specs[name] = (f"[[model.terms]] #{i + 1} ({name!r})", solver_spec(table))
+        for name, spec in self.solvers.items():
+            if name in specs:
+                _fail("solvers", self.solvers, f"term {name!r} gives its solver keys in its [[model.terms]] table "
+                                               f"too; keep them in one place")
+            specs[name] = (f"ModelConfig.solvers[{name!r}]", spec)
+        return specs
+
+    def _check_term_solvers(self) -> None:
+        if not isinstance(self.solvers, Mapping):
+            _fail("solvers", self.solvers, "give a table term name → { solver, solver_params, steps }, e.g. "
+                                           "{ attn = { solver = \"momentum\" } }")
+        self.solvers = {name: normalize_solver_spec(f"ModelConfig.solvers[{name!r}]", spec)
+                        for name, spec in self.solvers.items()}
+        if self.arch != "hyperset":
+            if self.solvers:
+                _fail("solvers", self.solvers, f"solvers apply to arch='hyperset' only, not arch={self.arch!r}; "
+                                               f"drop the per-term solvers")
+            return
+        specs = self._term_specs()
+        names = self._names()
+        unknown = sorted(set(specs) - set(names))
+        if unknown:
+            _fail("solvers", self.solvers, f"unknown term name(s) {unknown}; the terms are {names}")
+        for name in names:
+            where, spec = specs.get(name, ("", {}))
+            try:
+                solver = self._term_solver(spec)
+            except EnergyArchError as err:
+                raise ConfigError(f"{where}: {err}") from None
+            if self.step_sizes == "fixed" and solver.steps != "free" and not self.fixed_step < solver.max_step:
+                whose = f"term {name!r}'s" if where else "the"
+                _fail("fixed_step", self.fixed_step, f"under steps={solver.steps!r} the step size is at most max_step="
+                                                     f"{solver.max_step!r}; lower fixed_step or raise {whose} "
+                                                     f"solver_params.max_step (or use steps='free')")
+
+    def _names(self) -> list[str]:
+        """The term names, in declared order (without building the energy's spheres)."""
+        if isinstance(self.terms, Energy):
+            return self.terms.names
+        if isinstance(self.terms, list):
+            from .terms import build_energy
+
+            return build_energy(self.terms, self.heads, self.ff_ratio).names
+        return [self.term("attention").name, self.term("feedforward").name]
+
+    def _term_solver(self, spec: Mapping[str, Any]):
+        """The solver of a term with its own keys ``spec`` over the model's: another solver keeps only the model's
+        step-rule keys (steps, max_step, backtrack, halvings); the term's ``steps`` wins over every other."""
+        from ..compile import RULE_FIELDS
+        from ..solvers import make_solver
+
+        name = spec.get("solver", self.solver)
+        model = {k: v for k, v in self.solver_params.items() if name == self.solver or k in RULE_FIELDS}
+        params = {**model, **spec.get("solver_params", {})}
+        if "steps" in spec:
+            params["steps"] = spec["steps"]
+        params.setdefault("steps", self.steps)
+        if params["steps"] == "descent":
+            params.setdefault("max_step", DESCENT_MAX_STEP)
+        return make_solver(name, **params)
+
+    def solver_objects(self, names: Optional[Sequence[str]] = None) -> dict:
+        """One :class:`~energyarch.solvers.Solver` per term (``names``, default the energy's): the term's own
+        (``solvers`` or its ``[[model.terms]]`` keys) over the model's ``solver``, ``solver_params``, ``steps``.
+
+        >>> cfg = ModelConfig(d=16, heads=2, solver="momentum", solver_params={"momentum": 0.5},
+        ...                   solvers={"ff": {"solver": "adam", "steps": "free"}})
+        >>> {n: s.describe() for n, s in cfg.solver_objects().items()}  # doctest: +NORMALIZE_WHITESPACE
+        {'attn': "momentum(momentum=0.5, convention='energyarch', steps='descent', max_step=1.0, halvings=4)",
+         'ff': "adam(beta1=0.9, beta2=0.96, eps=1e-08, steps='free')"}
+        """
+        if self.arch != "hyperset":
+            default = self.solver_object()
+            return {n: default for n in (names if names is not None else self._names())}
+        names = list(names) if names is not None else self._names()
+        specs = self._term_specs()
+        return {n: self._term_solver(specs[n][1] if n in specs else {}) for n in names}
 
     def _check_terms(self) -> None:
         check_terms(self)

@@ -14,9 +14,9 @@ as in the official code).
 
 >>> import torch
 >>> from energyarch.models import ModelConfig
->>> net = HyperSET(ModelConfig(d=16, heads=2, iters=3, time_freq=8))
+>>> net = HyperSET(ModelConfig(d=16, heads=2, iters=3, time_freq=8, steps="free"))
 >>> X = torch.randn(2, 5, 16)
->>> torch.equal(net(X), X)      # zero-initialised step sizes: the identity at initialisation
+>>> torch.equal(net(X), X)      # zero-initialised free step sizes: the identity at initialisation
 True
 """
 
@@ -52,7 +52,8 @@ class HyperSETLayer(nn.Module):
             self.stepnet: Union[StepSizeNet, FixedSteps] = StepSizeNet(cfg.d, names, cfg.time_freq,
                                                                        embedding=cfg.time_embedding)
         else:
-            self.stepnet = FixedSteps(names, step.solver.raw_step(cfg.fixed_step))   # α = fixed_step under every rule
+            # α = fixed_step under each term's rule
+            self.stepnet = FixedSteps(names, {n: step.solvers[n].raw_step(cfg.fixed_step) for n in names})
         self.condition = cfg.condition
         terms = cast(Mapping[str, TermUpdate], step.terms)
         self.lora = (DepthLoRA({n: tuple(m.weight.shape) for n, m in terms.items()}, cfg.iters,
@@ -160,8 +161,8 @@ class HyperSET(nn.Module):
 
     Args:
         cfg: the model config; uses d, heads, layers, iters, attention, feedforward, ff_ratio, step_sizes,
-            fixed_step, condition, time_freq, lora_rank, lora_scale, mode, solver, solver_params, norm_gain, norm_eps,
-            time_embedding.
+            fixed_step, condition, time_freq, lora_rank, lora_scale, mode, solver, solver_params, solvers (one solver
+            and step rule per term), norm_gain, norm_eps, time_embedding.
         causal: compile the attention term's causal conditional energy (ea.CausalAttention), for language models.
     """
 
@@ -169,8 +170,10 @@ class HyperSET(nn.Module):
         super().__init__()
         self.cfg, self.causal = cfg, causal
         self.iters = cfg.iters
-        step = compile_energy(cfg.energy(causal=causal), d=cfg.d, mode=cfg.mode,   # norm_eps: in each Sphere
-                              solver=cfg.solver_object(), schedule=cfg.schedule)
+        energy = cfg.energy(causal=causal)
+        step = compile_energy(energy, d=cfg.d, mode=cfg.mode,   # norm_eps: in each Sphere
+                              solver=cfg.solver_object(), solvers=cfg.solver_objects(energy.names),
+                              schedule=cfg.schedule)
         layers = []
         for _ in range(cfg.layers):
             own = copy.deepcopy(step)

@@ -20,7 +20,7 @@ training range are well defined (test-time extrapolation, Fig. 3b).
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Mapping, Sequence, Union
 
 import torch
 import torch.nn.functional as F
@@ -86,15 +86,29 @@ class StepSizeNet(nn.Module):
 
 
 class FixedSteps(nn.Module):
-    """The fixed-step ablation (Table 4): every raw step size is the constant ``value``; no parameters. Under a
-    positive step rule the layer passes ``solver.raw_step(α)`` so that the step size used is α itself."""
+    """The fixed-step ablation (Table 4): every raw step size is the constant ``value`` (one for all terms, or a
+    mapping term name → value); no parameters. Under a positive step rule the layer passes each term's
+    ``solver.raw_step(α)`` so that the step size used is α itself, whatever the term's rule.
 
-    def __init__(self, names: Sequence[str], value: float = 0.1):
+    >>> FixedSteps(["attn", "ff"], {"attn": 0.1, "ff": -2.0})(0, torch.zeros(1, 2, 3))
+    {'attn': 0.1, 'ff': -2.0}
+    """
+
+    def __init__(self, names: Sequence[str], value: Union[float, Mapping[str, float]] = 0.1):
         super().__init__()
-        self.names, self.value = list(names), float(value)
+        self.names = list(names)
+        self.values = ({n: float(value[n]) for n in self.names} if isinstance(value, Mapping)
+                       else {n: float(value) for n in self.names})
+
+    @property
+    def value(self) -> float:
+        """The common raw value (the first term's when they differ)."""
+        return self.values[self.names[0]]
 
     def forward(self, t: float, X: Tensor) -> dict[str, float]:
-        return {n: self.value for n in self.names}
+        return dict(self.values)
 
     def extra_repr(self) -> str:
-        return f"value={self.value}"
+        if len(set(self.values.values())) == 1:
+            return f"value={self.value}"
+        return "values={" + ", ".join(f"{n}: {v:.6g}" for n, v in self.values.items()) + "}"

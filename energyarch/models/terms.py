@@ -14,6 +14,9 @@ nothing is evaluated::
     family = "feedforward"
     g = "log(x)"
     h = "exp(x)"
+    solver = "momentum"             # this term's solver and step rule (default: [model] solver, steps)
+    solver_params = { momentum = 0.5 }
+    steps = "free"
 
 :func:`declaration_of_term` writes a term back as such a table whenever it can (expressions only), so that a run
 trained from Python is written to ``config.toml`` and reloads from it.
@@ -41,8 +44,13 @@ from ..errors import ConfigError, EnergyArchError
 from ..interactions import INTERACTIONS
 from ..primitives import Kernel, Scalar, check_params_used, used_params
 
+#: a term's own solver and step rule (``[[model.terms]]`` keys, ``ModelConfig.solvers`` entries)
+SOLVER_KEYS = {"solver": "this term's update rule, e.g. \"momentum\" (default: [model] solver)",
+               "solver_params": "its hyper-parameters, e.g. { momentum = 0.5 } (default: [model] solver_params, "
+                                "whose step-rule keys max_step, backtrack, halvings apply to every solver)",
+               "steps": "this term's step rule: \"descent\" | \"bounded\" | \"free\" (default: [model] steps)"}
 _COMMON = {"name": "term name (default 'attn' or 'ff'; repeated names get _2, _3, ...)",
-           "params": "values of extra symbols, e.g. { gamma = 0.5 }"}
+           "params": "values of extra symbols, e.g. { gamma = 0.5 }", **SOLVER_KEYS}
 _ATTENTION = {"f": "outer function f(x), e.g. \"log(x)/beta\"",
               "K": "kernel in s = x.y or r = |x - y|^2, e.g. \"exp(beta*s)\"",
               "phi": "optional feature map, e.g. \"sigmoid(x)\" (inner-product kernels only)",
@@ -112,7 +120,9 @@ def _normalize(i: int, table: Mapping[str, Any]) -> dict:
         if key not in table:
             continue
         value = table[key]
-        if key in _EXPRESSIONS or key == "name":
+        if key in SOLVER_KEYS:
+            out.update(normalize_solver_spec(where, {key: value}))
+        elif key in _EXPRESSIONS or key == "name":
             if not isinstance(value, str):
                 raise ConfigError(f"{where}: {key} = {value!r} must be a string; {keys[key]}")
             out[key] = value
@@ -140,6 +150,62 @@ def _normalize(i: int, table: Mapping[str, Any]) -> dict:
             takes = [k for k, cls in INTERACTIONS.items() if key in _interaction_fields(k)]
             raise ConfigError(f"{where}: {key} = {out[key]} applies to interaction = "
                               + " | ".join(f'"{k}"' for k in takes) + f" only, not {kind!r}")
+    return out
+
+
+def normalize_solver_spec(where: str, spec: Mapping[str, Any]) -> dict:
+    """Check a term's own solver keys (:data:`SOLVER_KEYS`: ``solver``, ``solver_params``, ``steps``); returns a
+    plain dict. The hyper-parameters themselves are checked against the solver by ``ModelConfig``.
+
+    >>> normalize_solver_spec("ModelConfig.solvers['attn']", {"solver": "adam", "steps": "free"})
+    {'solver': 'adam', 'steps': 'free'}
+    """
+    from ..solvers import STEP_RULES, solver_names
+
+    if not isinstance(spec, Mapping):
+        raise ConfigError(f"{where} = {spec!r:.80}: give a table with some of the keys {', '.join(SOLVER_KEYS)}, "
+                          f"e.g. {{ solver = \"momentum\", steps = \"free\" }}")
+    out: dict[str, Any] = {}
+    for key, value in spec.items():
+        if key == "solver":
+            if value not in solver_names():
+                raise ConfigError(f"{where}: solver = {value!r}; choose one of {solver_names()}")
+        elif key == "steps":
+            if value not in STEP_RULES:
+                raise ConfigError(f"{where}: steps = {value!r}; choose one of {STEP_RULES}")
+        elif key == "solver_params":
+            if not isinstance(value, Mapping) or not all(isinstance(k, str) for k in value):
+                raise ConfigError(f"{where}: solver_params = {value!r:.80}: give a table of the solver's "
+                                  f"hyper-parameters, e.g. solver_params = {{ momentum = 0.5 }}")
+            value = dict(value)
+            if "steps" in value and "steps" in spec:
+                raise ConfigError(f"{where}: gives steps = {spec['steps']!r} and solver_params.steps = "
+                                  f"{value['steps']!r}; keep one (steps)")
+        else:
+            close = difflib.get_close_matches(str(key), SOLVER_KEYS, n=1)
+            raise ConfigError(f"{where}: unknown key {key!r}" + (f" (did you mean {close[0]!r}?)" if close else "")
+                              + f"; a term's solver takes {', '.join(SOLVER_KEYS)}")
+        out[key] = value
+    return out
+
+
+def solver_spec(table: Mapping[str, Any]) -> dict:
+    """The solver keys of a normalised ``[[model.terms]]`` table (empty when it keeps the model's solver)."""
+    return {k: table[k] for k in SOLVER_KEYS if k in table}
+
+
+def size_fields(term) -> dict[str, Any]:
+    """The size keys of a term's table: ``heads`` and ``beta`` (attention) or ``width`` / ``ratio``
+    (feed-forward), and ``radius`` when the sphere's is not the default."""
+    out: dict[str, Any]
+    if isinstance(term, Attention):
+        out = {"heads": term.heads}
+        if term.beta is not None:
+            out["beta"] = term.beta
+    else:
+        out = {"width": term.width} if term.width is not None else {"ratio": term.ratio}
+    if term.constraint.radius is not None:
+        out["radius"] = float(term.constraint.radius)
     return out
 
 
@@ -204,22 +270,14 @@ def _table(term, family: str, prims: dict, texts: dict) -> Optional[dict]:
         params.update(dict(p.params))
     if params:
         table["params"] = {k: float(v) for k, v in sorted(params.items())}
+    table.update(size_fields(term))
     if isinstance(term, Attention):
-        table["heads"] = term.heads
-        if term.beta is not None:
-            table["beta"] = term.beta
         inter = term.interaction
         if inter is not None and (family == "attention" or inter.kind != "shared"):
             table["interaction"] = inter.kind
             table.update({k: getattr(inter, k) for k in _interaction_fields(inter.kind)})
         if family == "causal" and cast(CausalAttention, term).self_term != "exact":
             table["self_term"] = cast(CausalAttention, term).self_term
-    elif term.width is not None:
-        table["width"] = term.width
-    else:
-        table["ratio"] = term.ratio
-    if term.constraint.radius is not None:
-        table["radius"] = float(term.constraint.radius)
     if term.name != ("attn" if isinstance(term, Attention) else "ff"):
         table["name"] = term.name
     try:

@@ -10,7 +10,9 @@ methods per term and iteration (``d`` is the term's descent direction −g as de
     state''      = accept(state', s)                 when a safeguard scales Δ by s ∈ [0, 1] (per sample)
     X            ← X + Σ_stage Δ
 
-The step-size rule (``steps``) is shared by every solver:
+Every term may have its own solver (``ea.compile(E, d, solvers={"attn": "momentum"})``, ``ModelConfig.solvers``,
+``[[model.terms]]`` keys), and so its own step rule; a joint stage mixing rules is defined in
+:class:`~energyarch.compile.EnergyStep`. The step-size rule (``steps``) is shared by every solver:
 
 - ``'free'``: the step sizes as given (learned, either sign, any size): the paper's signed steps, used by the
   paper-reproduction configs and the official-checkpoint converter. With a zero-initialised step-size network the

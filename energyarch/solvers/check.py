@@ -88,26 +88,35 @@ def verify_solver(step, solver: Union[str, Solver, None] = None, *, iters: int =
             raise VerificationError(f"verify_solver: {name}={value!r} must be an integer >= {low}")
     if isinstance(step_size, bool) or not isinstance(step_size, (int, float)) or not 0 < step_size < float("inf"):
         raise VerificationError(f"verify_solver: step_size={step_size!r} must be a positive finite number")
-    chosen = make_solver(step.solver if solver is None else solver, **solver_params)
-    step64 = copy.deepcopy(step).to(torch.float64).with_solver(chosen)
+    if solver is None and not solver_params:
+        step64 = copy.deepcopy(step).to(torch.float64)               # the step's own solver(s), one per term
+    else:
+        chosen_one = make_solver(step.solver if solver is None else solver, **solver_params)
+        step64 = copy.deepcopy(step).to(torch.float64).with_solver(chosen_one)
+    chosen = step64.solvers
     step64.eval()
     gen = torch.Generator().manual_seed(seed)
     X = torch.randn(batch, tokens, step.d, generator=gen, dtype=torch.float64)
     with torch.no_grad():
         scale = max(float(step64.direction(n, X).abs().max()) for n in step64.names)
         alpha = step_size / max(1.0, scale)
-        if chosen.steps == "bounded":      # the rule maps raw → max_step·sigmoid(raw): ask for alpha itself
-            alpha = min(alpha, chosen.max_step / 2)
-            raw = float(torch.logit(torch.tensor(alpha / chosen.max_step, dtype=torch.float64)))
-        else:
-            raw = alpha
+        raw = {}
+        for n, rule in chosen.items():
+            if rule.steps == "bounded":      # the rule maps raw → max_step·sigmoid(raw): ask for alpha itself
+                a = min(alpha, rule.max_step / 2)
+                raw[n] = float(torch.logit(torch.tensor(a / rule.max_step, dtype=torch.float64)))
+            else:
+                raw[n] = alpha
+        if all(rule.steps == "bounded" for rule in chosen.values()):
+            alpha = min(alpha, *(rule.max_step / 2 for rule in chosen.values()))
         state, energies = step64.init_state(), [step64.energy(X)]
         for _ in range(iters):
             X, state = step64(X, raw, state=state)
             energies.append(step64.energy(X))
-    check = SolverCheck(solver=chosen.describe(), step_size=alpha, energies=torch.stack(energies))
+    described = step64._describe_solvers() if not step64._uniform() else step64.solver.describe()
+    check = SolverCheck(solver=described, step_size=alpha, energies=torch.stack(energies))
     if raise_on_fail and not check.ok:
-        raise VerificationError(f"verify_solver: the energy does not descend under {chosen.describe()} with a "
+        raise VerificationError(f"verify_solver: the energy does not descend under {described} with a "
                                 f"constant step {alpha:.3g}; the solver or the energy's direction is wrong (or the "
                                 f"step too large: pass a smaller step_size)\n{check}")
     return check

@@ -74,6 +74,8 @@ def _plain(cfg, name: str, value):
     if name in ("attention", "feedforward", "terms") and hasattr(cfg, "declaration"):
         decl = energy_fields(cfg)[0].get(name)         # names, tables, or the fingerprint of a Python energy
         return None if decl is None else json.loads(json.dumps(decl))
+    if name == "solvers":                       # per-term solvers as data; none (as in runs saved before) → None
+        return json.loads(json.dumps(value)) if value else None
     return value if isinstance(value, (str, int, float, bool)) else repr(value)
 
 
