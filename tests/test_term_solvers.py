@@ -326,3 +326,14 @@ def test_mixed_solvers_compile_to_one_graph():
                                solvers={"ff": {"solver": "adam", "steps": "free"}}))      # attn: momentum, descent
     X = torch.randn(2, 5, 16, generator=torch.Generator().manual_seed(0))
     torch.testing.assert_close(torch.compile(net, fullgraph=True, backend="eager")(X), net(X))
+
+
+def test_set_reaches_one_key_of_the_per_term_solvers():
+    """``--set model.solvers.ff.solver=adam`` (and ``model.solver_params.<key>``) sets one key of a table that
+    starts empty; a misspelled term name is still refused by name."""
+    cfg = TrainConfig().with_overrides(["model.solvers.ff.solver=adam", "model.solvers.ff.steps=free",
+                                        "model.solver_params.max_step=0.5"])
+    assert cfg.model.solvers == {"ff": {"solver": "adam", "steps": "free"}}
+    assert cfg.model.solver_params == {"max_step": 0.5}
+    with pytest.raises(ConfigError, match="fff"):
+        TrainConfig().with_overrides(["model.solvers.fff.solver=adam"])

@@ -268,8 +268,10 @@ class TrainConfig:
             parts = key.split(".")
             if len(parts) == 2 and parts[0] == "model":
                 data["model"][parts[1]] = value
-            elif len(parts) > 2 and parts[0] == "model" and parts[1] in ("attention", "feedforward"):
+            elif len(parts) > 2 and parts[0] == "model" and parts[1] in _NESTED_MODEL_TABLES:
                 table = data["model"].get(parts[1])
+                if table is None and parts[1] in ("solvers", "solver_params"):      # tables that start empty
+                    table = data["model"][parts[1]] = {}
                 if not isinstance(table, dict):
                     raise ConfigError(f"--set {item!r}: model.{parts[1]} is {table!r}, not an inline declaration; "
                                       f"set the whole term, e.g. --set 'model.{parts[1]}={{ f = \"log(x)\", "
@@ -292,6 +294,9 @@ class TrainConfig:
 # -------------------------------------------------------------------------------------------------------------
 # helpers
 # -------------------------------------------------------------------------------------------------------------
+
+#: the model tables whose keys ``--set model.<table>.<key>...=VALUE`` reaches one by one
+_NESTED_MODEL_TABLES = ("attention", "feedforward", "solvers", "solver_params")
 
 _TYPES: dict[str, Any] = {
     "task": str, "data_dir": (str, type(None)), "epochs": int, "batch_size": int, "eval_batch_size": int,
