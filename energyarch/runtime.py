@@ -22,6 +22,7 @@ from typing import Optional, Union
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch._C._functorch import is_functorch_wrapped_tensor
 
 from .errors import CompileError, ShapeError
 
@@ -68,7 +69,7 @@ def bisoftmax_sdpa(Phi: Tensor, b: float, *, second_pass: str = "auto") -> Tenso
         raise CompileError(f"bisoftmax_sdpa(second_pass={second_pass!r}): choose 'auto', 'symmetric' or 'sink'")
     if second_pass != "sink" and flash_lse_ok(Phi):                      # CPU: pass 1 at width p, L from the kernel
         P_Phi, L = flash_lse(Phi, Phi, Phi, b)
-        if second_pass == "symmetric" or _spread_ok(L, Phi):
+        if second_pass == "symmetric" or _spread_ok(L, Phi, flash=True):
             return P_Phi + transpose_pass_symmetric(Phi, L, b)
         return P_Phi + transpose_pass_sink(Phi, L, b, *_sink_query_values(Phi, Phi.shape[-1] + 1))
     P_Phi, L, q, v = _row_softmax_sdpa(Phi, b)
@@ -139,14 +140,23 @@ def symmetric_pass_ok(L: Tensor, Phi: Tensor) -> bool:
     return _spread_ok(L, Phi)
 
 
-def _spread_ok(L: Tensor, Phi: Tensor) -> bool:
-    """L's range per batch entry and head is within :func:`_spread_limit` (two numbers read back). Used for
-    float16, and for the L of :func:`flash_lse`, which is exact on every row, so the range argument of
-    :func:`symmetric_pass_ok` (pass 1's sink) does not bound it."""
+def _spread_ok(L: Tensor, Phi: Tensor, flash: bool = False) -> bool:
+    """L's range per batch entry and head is within :func:`_spread_limit` (two numbers read back); float16's rule.
+
+    ``flash``: L from :func:`flash_lse` is exact on every row, so the range argument of :func:`symmetric_pass_ok`
+    (pass 1's sink) does not bound it; the range is then also held below that argument's bound
+    ``log(2/eps) + log(N + 1)``: the symmetric pass keeps float32 accuracy there (on the sphere the range is at
+    most log N), while at ranges near the overflow limit its values lose digits (1e-4 relative at a range of 82,
+    0.3 at 132, measured in float32); beyond it the sink pass 2, fed the exact L, stays accurate.
+    """
+    dtype = compute_dtype(Phi)
     with torch.no_grad():
         spread = float((L.amax(dim=-2) - L.amin(dim=-2)).max())
         phi_max = float(Phi.abs().amax())
-    return spread <= _spread_limit(compute_dtype(Phi), phi_max)
+    limit = _spread_limit(dtype, phi_max)
+    if flash:
+        limit = min(limit, math.log(2 / torch.finfo(dtype).eps) + math.log(Phi.shape[-2] + 1))
+    return spread <= limit
 
 
 def sdpa_device_type(t: Tensor) -> str:
@@ -171,9 +181,11 @@ _CPU_FLASH_DTYPES = (torch.float32, torch.float64)
 
 def flash_lse_ok(*ts: Tensor) -> bool:
     """Whether :func:`flash_lse` takes the CPU flash op's own log-sum-exp (width p, no sink): CPU tensors of
-    float32/float64 with no autocast and outside ``torch.compile`` (whose graph keeps the sink construction)."""
+    float32/float64 with no autocast, outside ``torch.compile`` (whose graph keeps the sink construction) and
+    outside ``torch.func`` transforms (``grad``, ``vmap``: a custom backward with a data-dependent branch)."""
     return (not torch.compiler.is_compiling()
-            and all(t.device.type == "cpu" and t.dim() >= 2 and compute_dtype(t) in _CPU_FLASH_DTYPES for t in ts)
+            and all(t.device.type == "cpu" and t.dim() >= 2 and compute_dtype(t) in _CPU_FLASH_DTYPES
+                    and not is_functorch_wrapped_tensor(t) for t in ts)
             and sdpa_device_type(ts[0]) == "cpu")
 
 
