@@ -10,7 +10,8 @@ Analytic FLOPs (multiply-add = 2 FLOPs; causal attention counts the lower triang
 is counted as twice the forward, the usual convention):
 
 - GPT block forward: QKV 6Nd² + scores and P·V 2·2·(N²/2)·d + output projection 2Nd² + MLP 16Nd²
-- causal Hyper-SET step forward: X W 2Nd² + SDPA over p + 1 coordinates 2·2·(N²/2)·(d + H) + self-term 4Nd
+- causal Hyper-SET step forward: X W 2Nd² + SDPA over the p coordinates 2·2·(N²/2)·d (on the CPU in float32,
+  :func:`energyarch.runtime.flash_lse`; the sink construction elsewhere has width p + 1) + self-term 4Nd
   + G Wᵀ 2Nd² + X D 8Nd² + ReLU(U) Dᵀ 8Nd²
 
     python benchmarks/bench_causal.py                      # N = 256, 1024; B = 8, d = 256 (about 2 minutes)
@@ -79,7 +80,7 @@ def flops(layer: str, B: int, N: int, d: int, heads: int = HEADS) -> float:
     if layer == "gpt":
         fwd = 6 * N * d * d + 2 * 2 * (N * N / 2) * d + 2 * N * d * d + 16 * N * d * d
     else:
-        fwd = 2 * N * d * d + 2 * 2 * (N * N / 2) * (d + heads) + 4 * N * d + 2 * N * d * d + 16 * N * d * d
+        fwd = 2 * N * d * d + 2 * 2 * (N * N / 2) * d + 4 * N * d + 2 * N * d * d + 16 * N * d * d
     return 3 * B * fwd
 
 

@@ -177,6 +177,8 @@ def sdpa_width(width: int, device_type: str) -> int:
 
 
 _CPU_FLASH_DTYPES = (torch.float32, torch.float64)
+#: callables ``f(q, k, v, is_causal)`` told of every :func:`flash_lse` call (``sdpa_check.record_sdpa_calls``)
+FLASH_OBSERVERS: list = []
 
 
 def flash_lse_ok(*ts: Tensor) -> bool:
@@ -241,6 +243,8 @@ def flash_lse(q: Tensor, k: Tensor, v: Tensor, scale: float, is_causal: bool = F
     >>> bool(torch.allclose(O, torch.softmax(S, -1) @ q) and torch.allclose(L, torch.logsumexp(S, -1, keepdim=True)))
     True
     """
+    for observe in FLASH_OBSERVERS:
+        observe(q, k, v, is_causal)
     if q.dim() == 4:
         out, lse = _FlashLSE.apply(q, k, v, scale, is_causal)
         return out, lse.unsqueeze(-1)
