@@ -131,3 +131,31 @@ def test_qk_bisoftmax_both_passes_float64(flash, monkeypatch):
     want = torch.autograd.grad(sum((a * c).sum() for a, c in zip(ref, w)), (Q, K))
     for a, r in zip(got, want):
         assert _rel(a, r) < 1e-12
+
+
+def test_sphere_norm_matches_rms_norm_with_first_and_second_derivatives():
+    """The hand-written RMSNorm backward: values and gradients against F.rms_norm (float64, relative), a second
+    derivative (gradgradcheck), torch.func.grad and vmap; low-precision dtypes use F.rms_norm itself."""
+    import torch.nn.functional as F
+
+    from energyarch.runtime import sphere_norm
+
+    g = torch.Generator().manual_seed(2)
+    z = torch.randn(3, 2, 5, 7, dtype=torch.float64, generator=g).requires_grad_(True)
+    w = torch.randn(3, 2, 5, 7, dtype=torch.float64, generator=g)
+
+    def ref(t):
+        return F.rms_norm(t, (7,), eps=1e-6) * 1.7 / 7 ** 0.5
+
+    def ours(t):
+        return sphere_norm(t, 1.7, 1e-6)
+    assert _rel(ours(z), ref(z)) < 1e-14
+    got, = torch.autograd.grad((ours(z) * w).sum(), z)
+    want, = torch.autograd.grad((ref(z) * w).sum(), z)
+    assert _rel(got, want) < 1e-13
+    assert torch.autograd.gradcheck(ours, (z,)) and torch.autograd.gradgradcheck(ours, (z,))
+    fg = torch.func.grad(lambda t: (ours(t).sin() * w).sum())(z.detach())
+    assert _rel(fg, torch.func.grad(lambda t: (ref(t).sin() * w).sum())(z.detach())) < 1e-13
+    assert _rel(torch.func.vmap(ours)(z.detach()), ref(z.detach())) < 1e-14
+    zb = z.detach().bfloat16()
+    assert torch.equal(sphere_norm(zb, 1.7, 1e-6), F.rms_norm(zb, (7,), eps=1e-6) * (1.7 / 7 ** 0.5))
