@@ -636,11 +636,14 @@ def causal_softmax_sdpa(Phi_q: Tensor, Phi_k: Tensor, b: float) -> tuple[Tensor,
     column s sums over t ≥ s).
     """
     *batch, N, p = Phi_q.shape
+    flash = flash_lse_ok(Phi_q, Phi_k) and Phi_q.shape == Phi_k.shape
+    if flash and bool(torch.isfinite(Phi_k).all()):                  # CPU, every key finite: one call, no masking
+        return flash_lse(Phi_q, Phi_k, Phi_k, b, is_causal=True)
     width = sdpa_width(p + 1, sdpa_device_type(Phi_q))                             # p + 1, padded on CUDA
     bad = ~torch.isfinite(Phi_k).all(dim=-1, keepdim=True)                           # (..., N, 1)
     seen = torch.cumsum(bad.to(torch.int32), dim=-2) > 0                              # some s ≤ t is bad
     Phi_k = torch.where(bad, 0, Phi_k)
-    if flash_lse_ok(Phi_q, Phi_k) and Phi_q.shape == Phi_k.shape:          # CPU: width p, L from the kernel
+    if flash:                                                                        # CPU: width p, L from the kernel
         PK, L = flash_lse(Phi_q, Phi_k, Phi_k, b, is_causal=True)
         return torch.where(seen, math.nan, PK), torch.where(seen, math.nan, L)
     with torch.no_grad():
