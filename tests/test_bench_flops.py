@@ -58,3 +58,26 @@ def test_counted_sdpa_flops_of_the_emitted_sdpa_path(bl):
     mm, sdpa = bl.counted_flops(lambda: model(X).square().mean().backward())
     analytic = bl.flops("emitted", N, sdpa_threshold=16)
     assert sdpa > 0 and abs(mm + sdpa - analytic) / analytic < 2.0 / N
+
+
+def _script(name):
+    spec = importlib.util.spec_from_file_location(f"{name}_smoke", SCRIPT.parent / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_causal_interleaved_and_the_pass_benchmark_run(tmp_path, capsys):
+    """bench_causal --interleaved writes one row per layer with the GPT block at ratio 1.00; bench_bisoftmax_sdpa
+    times the flash, sink and floor variants (bidirectional and --causal) at a small size."""
+    out = tmp_path / "causal.md"
+    assert _script("bench_causal").main(["--interleaved", "--ns", "48", "--batch", "1", "--d", "32", "--repeats", "1",
+                                         "--out", str(out)]) == 0
+    rows = [r for r in out.read_text().splitlines() if r.startswith("| 48 |")]
+    assert len(rows) == 2 and rows[0].startswith("| 48 | gpt block |") and rows[0].endswith("| 1.00 | 1.00 | 1.00 |")
+    bench = _script("bench_bisoftmax_sdpa")
+    for extra in ([], ["--causal"]):
+        assert bench.main(["--sizes", "40", "--repeats", "1", "--batch", "1", "--heads", "1", "--head-dim", "8",
+                           *extra]) == 0
+    text = capsys.readouterr().out
+    assert text.count("| 40 | CPU |") == 2 and "flash ÷ sink1" in text
