@@ -10,11 +10,13 @@ Analytic FLOPs (multiply-add = 2 FLOPs; causal attention counts the lower triang
 is counted as twice the forward, the usual convention):
 
 - GPT block forward: QKV 6Nd² + scores and P·V 2·2·(N²/2)·d + output projection 2Nd² + MLP 16Nd²
-- causal Hyper-SET step forward: X W 2Nd² + SDPA over p + 1 coordinates 2·2·(N²/2)·(d + H) + self-term 4Nd
+- causal Hyper-SET step forward: X W 2Nd² + SDPA over the p coordinates 2·2·(N²/2)·d (on the CPU in float32,
+  :func:`energyarch.runtime.flash_lse`; the sink construction elsewhere has width p + 1) + self-term 4Nd
   + G Wᵀ 2Nd² + X D 8Nd² + ReLU(U) Dᵀ 8Nd²
 
     python benchmarks/bench_causal.py                      # N = 256, 1024; B = 8, d = 256 (about 2 minutes)
     python benchmarks/bench_causal.py --ns 128 --batch 2 --d 64 --repeats 2   # a quick look
+    python benchmarks/bench_causal.py --interleaved --ns 256,1024,4096 --batch 2 --d 128 --repeats 9
 """
 
 from __future__ import annotations
@@ -79,7 +81,7 @@ def flops(layer: str, B: int, N: int, d: int, heads: int = HEADS) -> float:
     if layer == "gpt":
         fwd = 6 * N * d * d + 2 * 2 * (N * N / 2) * d + 2 * N * d * d + 16 * N * d * d
     else:
-        fwd = 2 * N * d * d + 2 * 2 * (N * N / 2) * (d + heads) + 4 * N * d + 2 * N * d * d + 16 * N * d * d
+        fwd = 2 * N * d * d + 2 * 2 * (N * N / 2) * d + 4 * N * d + 2 * N * d * d + 16 * N * d * d
     return 3 * B * fwd
 
 
@@ -107,6 +109,65 @@ def measure(layer: str, B: int, N: int, d: int, repeats: int, warmup: int, threa
     return {"layer": layer, "N": N, "train_s": statistics.median(times), "train_mem": mem, "cpu_s": cpu_s,
             "params": sum(p.numel() for p in params), "flops": flops("gpt" if layer == "gpt block" else "hyperset", B, N, d),
             "counted": mm + sdpa, "counted_sdpa": sdpa}
+
+
+def interleaved(B: int, N: int, d: int, rounds: int, threads: int) -> dict:
+    """Both layers in this process, one training step of each per round in alternating order (after one warm-up
+    round); min over rounds of wall time and process CPU time. Ratios within one process are what a shared
+    machine can still measure (no memory column: the layers share the process)."""
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    X = torch.randn(B, N, d)
+    steps, out = {}, {}
+    for layer in ("gpt block", "causal hyperset"):
+        model = CausalHyperSETStep(d) if layer == "causal hyperset" else GPTBlock(d)
+        params = list(model.parameters())
+
+        def step(model=model, params=params):
+            for p in params:
+                p.grad = None
+            model(X).square().mean().backward()
+        steps[layer] = step
+        mm, sdpa = counted_flops(step)                                   # also a warm-up step
+        out[layer] = {"flops": flops("gpt" if layer == "gpt block" else "hyperset", B, N, d), "counted": mm + sdpa,
+                      "wall": [], "cpu": []}
+    order = list(steps)
+    for r in range(rounds + 1):
+        for layer in (order if r % 2 else order[::-1]):
+            w0, c0 = time.perf_counter(), time.process_time()
+            steps[layer]()
+            if r:                                                        # round 0: warm-up
+                out[layer]["cpu"].append(time.process_time() - c0)
+                out[layer]["wall"].append(time.perf_counter() - w0)
+    return out
+
+
+def main_interleaved(a, argv) -> int:
+    """``--interleaved``: :func:`interleaved` per N, a table of time per FLOP ÷ the GPT block's."""
+    rows = []
+    for N in [int(n) for n in a.ns.split(",")]:
+        res = interleaved(a.batch, N, a.d, a.repeats, a.threads)
+        g = res["gpt block"]
+        for layer, r in res.items():
+            cpu, wall = min(r["cpu"]), min(r["wall"])
+            rows.append(f"| {N} | {layer} | {wall:.4f} | {cpu:.4f} | {r['flops'] / 1e9:.2f} | {r['counted'] / 1e9:.2f} | "
+                        f"{(cpu / r['flops']) / (min(g['cpu']) / g['flops']):.2f} | "
+                        f"{(cpu / r['counted']) / (min(g['cpu']) / g['counted']):.2f} | "
+                        f"{(wall / r['flops']) / (min(g['wall']) / g['flops']):.2f} |")
+            print(rows[-1], flush=True)
+    header = machine_header(
+        "Causal bi-softmax layer vs GPT block, interleaved in one process (one training step)",
+        f"B={a.batch}, d={a.d}, H={HEADS}, one step (attention + FF of width 4d), one warm-up round then "
+        f"{a.repeats} rounds alternating the order, min over rounds; {a.threads} thread(s)",
+        "python benchmarks/bench_causal.py " + " ".join(argv if argv is not None else sys.argv[1:]))
+    text = (header + "\n| N | layer | wall s (min) | CPU s (min) | GFLOPs (analytic) | GFLOPs counted "
+            "| CPU time per analytic FLOP ÷ GPT | CPU time per counted FLOP ÷ GPT | wall time per analytic FLOP ÷ GPT |"
+            "\n|---|---|---|---|---|---|---|---|---|\n" + "\n".join(rows) + "\n"
+            f"\nLoad average at the end: {', '.join(f'{x:.2f}' for x in os.getloadavg())} (1, 5, 15 min).\n")
+    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(a.out).write_text(text)
+    print(text)
+    return 0
 
 
 def _target(queue, *args):
@@ -139,7 +200,11 @@ def main(argv=None) -> int:
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default="benchmarks/results/bench_causal.md")
+    ap.add_argument("--interleaved", action="store_true",
+                    help="both layers in one process, alternating (--repeats rounds): for a shared machine")
     a = ap.parse_args(argv)
+    if a.interleaved:
+        return main_interleaved(a, argv)
     ns = [int(n) for n in a.ns.split(",")]
     rows = []
     for N in ns:

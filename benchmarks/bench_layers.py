@@ -71,6 +71,7 @@ LABELS = {
 }
 B, D, HEADS, ITERS, STEP = 8, 256, 4, 12, 0.1
 THREADS = 2
+SINK_PASS1 = False   # flops(): pass 1 with the sink coordinate (set for --device cuda: bf16 autocast runs it)
 COUNT_FLOPS = True   # count a training step's FLOPs with torch.utils.flop_counter (+ SDPA); off with --quick
 
 # Training-memory model used only to decide what to skip, bytes ≈ ITERS·(nn·B·H·N²·4 + nt·B·N·d·4):
@@ -230,7 +231,7 @@ def estimate_train_bytes(layer: str, N: int, sdpa_threshold: int = 512) -> float
     return ITERS * (nn_ * B * HEADS * N * N * 4 + nt * B * N * D * 4)
 
 
-def flops(layer: str, N: int, sdpa_threshold: int = 512) -> float:
+def flops(layer: str, N: int, sdpa_threshold: int = 512, sink: bool | None = None) -> float:
     """Analytic FLOPs of one training step (forward + backward) at batch B, width D, ITERS iterations.
 
     Matrix products only (2mnk each; elementwise work — softmax, norms, activations — is not counted, the usual
@@ -238,15 +239,18 @@ def flops(layer: str, N: int, sdpa_threshold: int = 512) -> float:
     is 3 × the forward count. Per iteration, forward, with the sizes B, N, d and the FF width M:
 
     - (a) emitted: coordinates ``XW`` and direction ``G Wᵀ`` 4BNd², Gram matrix and ``(P + Pᵀ)Φ`` 4BN²d
-      (dense, N ≤ ``sdpa_threshold``), or two SDPA passes (above it): pass 1 of width p + 1, 4BN²(d + H), and the
-      plain second pass of width p for symmetric scores, 4BN²d; ReLU FF ``XD`` and ``ReLU(U) Dᵀ`` 4BNdM with M = d;
+      (dense, N ≤ ``sdpa_threshold``), or two SDPA passes (above it): pass 1 of width p, 4BN²d (on the CPU in
+      float32, :func:`energyarch.runtime.flash_lse`; with ``sink``, the construction CUDA, autocast and
+      ``torch.compile`` run, width p + 1: 4BN²(d + H)), and the plain second pass of width p for symmetric
+      scores, 4BN²d; ReLU FF ``XD`` and ``ReLU(U) Dᵀ`` 4BNdM with M = d;
     - (b) generic: as (a), but the attention core is the Gram matrix and its vector–Jacobian product, 6BN²d;
     - (c) hand: as (a) dense;
     - (d), (e) vanilla: QKV and output projections 8BNd², attention 4BN²d, MLP 4BNdM with M = 4d or d.
     """
     proj, ff1 = 4 * B * N * D * D, 4 * B * N * D * D            # M = d for (a)-(c)
     if layer in ("emitted", "hand"):
-        core = 4 * B * N * N * (2 * D + HEADS) if layer == "emitted" and N > sdpa_threshold else 4 * B * N * N * D
+        sdpa, sink = layer == "emitted" and N > sdpa_threshold, SINK_PASS1 if sink is None else sink
+        core = 4 * B * N * N * (2 * D + (HEADS if sink else 0)) if sdpa else 4 * B * N * N * D
         fwd = proj + core + ff1
     elif layer == "generic":
         fwd = proj + 6 * B * N * N * D + ff1
@@ -594,8 +598,9 @@ def main(argv=None) -> int:
     _set_sizes(a.batch, a.width, a.iters)
     if a.quick:
         a.sizes, a.repeats, a.warmup = [64], 1, 1
-    global COUNT_FLOPS
+    global COUNT_FLOPS, SINK_PASS1
     COUNT_FLOPS = not (a.no_count_flops or a.quick)
+    SINK_PASS1 = a.device == "cuda"
     isolation = a.isolation or ("none" if a.device == "cuda" else "fork" if a.quick else "subprocess")
     precision = a.precision or ("bf16" if a.device == "cuda" else "fp32")
     if a.device == "cuda" and not torch.cuda.is_available():

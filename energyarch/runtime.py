@@ -17,11 +17,13 @@ An emitted module subclasses :class:`TermUpdate` and supplies two methods derive
 from __future__ import annotations
 
 import math
+from itertools import zip_longest
 from typing import Any, Optional, Union
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch._C._functorch import is_functorch_wrapped_tensor
 
 from .errors import CompileError, ShapeError
 
@@ -66,6 +68,11 @@ def bisoftmax_sdpa(Phi: Tensor, b: float, *, second_pass: str = "auto") -> Tenso
     """
     if second_pass not in ("auto", "symmetric", "sink"):
         raise CompileError(f"bisoftmax_sdpa(second_pass={second_pass!r}): choose 'auto', 'symmetric' or 'sink'")
+    if second_pass != "sink" and flash_lse_ok(Phi):                      # CPU: pass 1 at width p, L from the kernel
+        P_Phi, L = flash_lse(Phi, Phi, Phi, b)
+        if second_pass == "symmetric" or _spread_ok(L, Phi, flash=True):
+            return P_Phi + transpose_pass_symmetric(Phi, L, b)
+        return P_Phi + transpose_pass_sink(Phi, L, b, *_sink_query_values(Phi, Phi.shape[-1] + 1))
     P_Phi, L, q, v = _row_softmax_sdpa(Phi, b)
     if second_pass == "symmetric" or (second_pass == "auto" and symmetric_pass_ok(L, Phi)):
         return P_Phi + transpose_pass_symmetric(Phi, L, b)
@@ -127,15 +134,30 @@ def symmetric_pass_ok(L: Tensor, Phi: Tensor) -> bool:
     - float16: the limit (≈ 13 at ``max|Φ| = √32``) can be below that range, so L's range is checked (two numbers
       read back); under ``torch.compile`` float16 takes the sink (no data-dependent branch in the graph).
     """
-    dtype = compute_dtype(Phi)
-    if dtype != torch.float16:
+    if compute_dtype(Phi) != torch.float16:
         return True
     if torch.compiler.is_compiling():
         return False
+    return _spread_ok(L, Phi)
+
+
+def _spread_ok(L: Tensor, Phi: Tensor, flash: bool = False) -> bool:
+    """L's range per batch entry and head is within :func:`_spread_limit` (two numbers read back); float16's rule.
+
+    ``flash``: L from :func:`flash_lse` is exact on every row, so the range argument of :func:`symmetric_pass_ok`
+    (pass 1's sink) does not bound it; the range is then also held below that argument's bound
+    ``log(2/eps) + log(N + 1)``: the symmetric pass keeps float32 accuracy there (on the sphere the range is at
+    most log N), while at ranges near the overflow limit its values lose digits (1e-4 relative at a range of 82,
+    0.3 at 132, measured in float32); beyond it the sink pass 2, fed the exact L, stays accurate.
+    """
+    dtype = compute_dtype(Phi)
     with torch.no_grad():
         spread = float((L.amax(dim=-2) - L.amin(dim=-2)).max())
         phi_max = float(Phi.abs().amax())
-    return spread <= _spread_limit(dtype, phi_max)
+    limit = _spread_limit(dtype, phi_max)
+    if flash:
+        limit = min(limit, math.log(2 / torch.finfo(dtype).eps) + math.log(Phi.shape[-2] + 1))
+    return spread <= limit
 
 
 def sdpa_device_type(t: Tensor) -> str:
@@ -155,6 +177,84 @@ def sdpa_width(width: int, device_type: str) -> int:
     return -(-width // 8) * 8 if device_type == "cuda" else width
 
 
+_CPU_FLASH_DTYPES = (torch.float32, torch.float64)
+#: callables ``f(q, k, v, is_causal)`` told of every :func:`flash_lse` call (``sdpa_check.record_sdpa_calls``)
+FLASH_OBSERVERS: list = []
+
+
+def flash_lse_ok(*ts: Tensor) -> bool:
+    """Whether :func:`flash_lse` takes the CPU flash op's own log-sum-exp (width p, no sink): CPU tensors of
+    float32/float64 with no autocast, outside ``torch.compile`` (whose graph keeps the sink construction) and
+    outside ``torch.func`` transforms (``grad``, ``vmap``: a custom backward with a data-dependent branch)."""
+    return (not torch.compiler.is_compiling()
+            and all(t.device.type == "cpu" and t.dim() >= 2 and compute_dtype(t) in _CPU_FLASH_DTYPES
+                    and not is_functorch_wrapped_tensor(t) for t in ts)
+            and sdpa_device_type(ts[0]) == "cpu")
+
+
+class _FlashLSE(torch.autograd.Function):
+    """``(out, lse)`` of the CPU flash-attention op with a gradient for both (see :func:`flash_lse`)."""
+
+    @staticmethod
+    def forward(ctx, q: Tensor, k: Tensor, v: Tensor, scale: float, is_causal: bool):
+        out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, 0.0, is_causal, scale=scale)
+        ctx.save_for_backward(q, k, v, out, lse)
+        ctx.scale, ctx.is_causal = scale, is_causal
+        return out, lse
+
+    @staticmethod
+    def backward(ctx, g_out: Tensor, g_lse: Tensor):
+        q, k, v, out, lse = ctx.saved_tensors
+        back = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward
+
+        def grads(g: Tensor, o: Tensor):
+            return back(g.contiguous(), q, k, v, o, lse, 0.0, ctx.is_causal, scale=ctx.scale)
+
+        # dS_ij = P_ij (g_i·v_j − D_i + gL_i), D_i = g_i·o_i: the kernel computes D from (g, o) only, so gL is
+        # folded into o: o'_i = o_i − gL_i g_i / ‖g_i‖² gives g_i·o'_i = D_i − gL_i.
+        gl = g_lse.unsqueeze(-1)
+        fi = torch.finfo(out.dtype)
+        nrm = g_out.pow(2).sum(-1, keepdim=True)
+        weak = (gl != 0) & (nrm < fi.tiny / fi.eps)                          # rows where g cannot carry gL
+        if not bool(weak.any()):
+            return (*grads(g_out, out - (gl / torch.where(gl != 0, nrm, 1)) * g_out), None, None)
+        # exact for every row: add u_i (‖u_i‖ ~ |gL_i|) to g on the weak rows, then subtract u's own gradient
+        c = gl.abs().clamp(math.sqrt(fi.tiny / fi.eps), math.sqrt(fi.max) / 64)
+        u = torch.where(weak, c, 0).expand_as(g_out)
+        g_a = g_out + u
+        nrm_a = g_a.pow(2).sum(-1, keepdim=True)
+        gq, gk, gv = grads(g_a, out - (gl / torch.where(gl != 0, nrm_a, 1)) * g_a)
+        uq, uk, uv = grads(u, out)
+        return gq - uq, gk - uk, gv - uv, None, None
+
+
+def flash_lse(q: Tensor, k: Tensor, v: Tensor, scale: float, is_causal: bool = False) -> tuple[Tensor, Tensor]:
+    """``(softmax(scale q kᵀ) v, L)`` with L the row log-sum-exp (..., N, 1), both differentiable, in one call of
+    the CPU flash-attention kernel at the heads' own width (no sink coordinate, no extra key).
+
+    The kernel returns L but its backward takes the output's gradient only; the gradient of L enters the score
+    gradient as ``dS_ij = P_ij (dO_i·v_j − D_i + gL_i)`` with ``D_i = dO_i·O_i``, which the backward receives by
+    handing it ``O_i − gL_i dO_i / ‖dO_i‖²`` in place of O_i (the kernel reads O only to form D). Rows where dO_i
+    is too small to carry gL_i (an energy that uses L alone) get a second backward call that adds and removes an
+    auxiliary gradient: exact, and only then. Use where :func:`flash_lse_ok` holds.
+
+    >>> q = torch.randn(2, 7, 4, dtype=torch.float64)
+    >>> O, L = flash_lse(q, q, q, 0.5)
+    >>> S = 0.5 * q @ q.transpose(-1, -2)
+    >>> bool(torch.allclose(O, torch.softmax(S, -1) @ q) and torch.allclose(L, torch.logsumexp(S, -1, keepdim=True)))
+    True
+    """
+    for observe in FLASH_OBSERVERS:
+        observe(q, k, v, is_causal)
+    if q.dim() == 4:
+        out, lse = _FlashLSE.apply(q, k, v, scale, is_causal)
+        return out, lse.unsqueeze(-1)
+    shape = q.shape[:-1]                                                   # other ranks: heads as one batch axis
+    q4, k4, v4 = (t.reshape(-1, 1, *t.shape[-2:]) for t in (q, k, v))
+    out, lse = _FlashLSE.apply(q4, k4, v4, scale, is_causal)
+    return out.reshape(*shape, v.shape[-1]), lse.reshape(*shape, 1)
+
+
 def _row_softmax_sdpa(Phi: Tensor, b: float):
     """Pass 1 of :func:`bisoftmax_sdpa`: ``(P Φ, L, q, v)`` with L the row log-sum-exp of ``b ΦΦᵀ`` (..., N, 1).
 
@@ -164,13 +264,8 @@ def _row_softmax_sdpa(Phi: Tensor, b: float):
     w = sdpa_width(p + 1, sdpa_device_type(Phi))
     with torch.no_grad():
         bound = abs(b) * Phi.pow(2).sum(-1).amax()  # ≥ every score b Φ_i·Φ_j (Cauchy–Schwarz)
-    sink_value = Phi.new_zeros(*batch, 1, w)
-    sink_value[..., 0, p] = 1.0
-    pad = Phi.new_zeros(*batch, N, w - p)                                # [0, …]: the sink coordinate and padding
-    q = torch.cat([Phi, pad], dim=-1)
-    q[..., p] = 1.0                                                      # (B, H, N, w): [Φ, 1, 0…]
-    kv = torch.cat([Phi, pad], dim=-1)                                   # [Φ, 0, 0…]
-    v = torch.cat([kv, sink_value], dim=-2)                              # (B, H, N+1, w)
+    q, v = _sink_query_values(Phi, w)
+    kv = v[..., :N, :]                                                   # [Φ, 0, 0…]
     sink_key = Phi.new_zeros(*batch, 1, w)
     sink_key[..., 0, p] = bound / b
     k1 = torch.cat([kv, sink_key], dim=-2)
@@ -180,9 +275,23 @@ def _row_softmax_sdpa(Phi: Tensor, b: float):
     return out1[..., :p] / (1 - w_sink), L, q, v
 
 
+def _sink_query_values(Phi: Tensor, w: int) -> tuple[Tensor, Tensor]:
+    """Pass 1's query ``[Φ, 1, 0…]`` (..., N, w) and values ``[Φ, 0, 0…]`` plus the sink's ``[0, 1, 0…]``
+    (..., N + 1, w)."""
+    *batch, N, p = Phi.shape
+    sink_value = Phi.new_zeros(*batch, 1, w)
+    sink_value[..., 0, p] = 1.0
+    pad = Phi.new_zeros(*batch, N, w - p)                                # [0, …]: the sink coordinate and padding
+    q = torch.cat([Phi, pad], dim=-1)
+    q[..., p] = 1.0
+    return q, torch.cat([torch.cat([Phi, pad], dim=-1), sink_value], dim=-2)
+
+
 def row_logsumexp(Phi: Tensor, b: float, threshold: int) -> Tensor:
     """``log Σ_j exp(b Φ_i·Φ_j)``, shape (..., N): dense up to ``threshold`` tokens, one SDPA pass above it."""
     if Phi.shape[-2] > threshold:
+        if flash_lse_ok(Phi):
+            return flash_lse(Phi, Phi, Phi, b)[1].squeeze(-1)
         return _row_softmax_sdpa(Phi, b)[1].squeeze(-1)
     return torch.logsumexp(b * (Phi @ Phi.transpose(-1, -2)), dim=-1)
 
@@ -256,20 +365,32 @@ def bisoftmax_dense(Phi: Tensor, b: float) -> Tensor:
     return (P + P.transpose(-1, -2)) @ Phi
 
 
+def _broadcast_shape(a: tuple, b: tuple) -> Optional[tuple]:
+    """``torch.broadcast_shapes(a, b)``, or None where they do not broadcast; plain Python (no dispatch: this runs
+    for every term and iteration)."""
+    out = []
+    for x, y in zip_longest(reversed(a), reversed(b), fillvalue=1):
+        if x != y and x != 1 and y != 1:
+            return None
+        out.append(y if x == 1 else x)
+    return tuple(reversed(out))
+
+
 def check_step(step, X: Tensor, where: str):
     """Validate a step size against X: a real finite number, or a real tensor that broadcasts to X (cast to
     X's dtype). Raises :class:`~energyarch.errors.ShapeError` naming the term and the fix."""
     if isinstance(step, Tensor):
+        if step.dim() == 0 and step.is_floating_point() and not step.is_complex():   # a scalar: broadcasts
+            return step.to(X.dtype) if step.dtype != X.dtype else step
         if step.is_complex() or not (step.is_floating_point() or step.dtype in (torch.int32, torch.int64)):
             raise ShapeError(f"{where}: step size has dtype {step.dtype}; give a real floating-point tensor or a float")
-        try:
-            torch.broadcast_shapes(step.shape, X.shape)
-        except RuntimeError:
+        shape = _broadcast_shape(tuple(step.shape), tuple(X.shape))
+        if shape is None:
             raise ShapeError(
                 f"{where}: step size of shape {tuple(step.shape)} does not broadcast against X of shape "
                 f"{tuple(X.shape)}; use a scalar, (d,), or (..., N, d)"
-            ) from None
-        if len(torch.broadcast_shapes(step.shape, X.shape)) != X.dim():
+            )
+        if len(shape) != X.dim():
             raise ShapeError(f"{where}: step size of shape {tuple(step.shape)} has more dimensions than X "
                              f"{tuple(X.shape)}; use a scalar, (d,), or (..., N, d)")
         return step.to(X.dtype) if step.dtype != X.dtype else step
@@ -321,6 +442,48 @@ class finite_checks:  # noqa: N801 - used as a context manager, like torch.no_gr
     def __exit__(self, *exc):
         _FINITE_CHECK.active, _FINITE_CHECK.calls = self._was
         return False
+
+
+def _sphere_factor(z: Tensor, s: float, eps: float) -> Tensor:
+    """``s / sqrt(mean(z²) + eps)`` over the last axis, kept (…, 1): one pass over z, no squared temporary."""
+    sq = torch.linalg.vector_norm(z, dim=-1, keepdim=True).square()
+    return torch.rsqrt(sq / z.shape[-1] + eps) * s
+
+
+class _SphereNorm(torch.autograd.Function):
+    """``z · s / sqrt(mean(z²) + eps)`` over the last axis with a hand-written backward (see :func:`sphere_norm`)."""
+
+    @staticmethod
+    def forward(ctx, z: Tensor, s: float, eps: float) -> Tensor:
+        ctx.save_for_backward(z)
+        ctx.s, ctx.eps = s, eps
+        return z * _sphere_factor(z, s, eps)
+
+    @staticmethod
+    def backward(ctx, g: Tensor):
+        # y = s r z, r = (mean z² + eps)^(-1/2): dz = s r g − (s r³ / p) (g·z) z; r recomputed from z with
+        # differentiable operations, so a second derivative through this backward is exact too
+        (z,) = ctx.saved_tensors
+        sr = _sphere_factor(z, ctx.s, ctx.eps)
+        coef = (g * z).sum(-1, keepdim=True) * (sr.pow(3) / (-z.shape[-1] * ctx.s * ctx.s))
+        return torch.addcmul(g * sr, z, coef), None, None
+
+
+def sphere_norm(Z_raw: Tensor, radius: float, eps: float) -> Tensor:
+    """RMSNorm without gain over the last axis, scaled to the sphere of radius R: ``R/√p · z / sqrt(mean z² + eps)``
+    (Eq. 8). In float32/float64 with a hand-written backward (fewer passes over the (…, N, p) tensor than
+    ``F.rms_norm(…) · R/√p`` and its autograd, which also copies to upcast: 1.5 ms against 4.0 ms of CPU time
+    forward + backward at (2, 1, 1024, 512), one thread), otherwise, and inside ``torch.func`` transforms,
+    ``F.rms_norm``.
+
+    >>> z = torch.randn(3, 5, 8, dtype=torch.float64)
+    >>> bool(torch.allclose(sphere_norm(z, 2.0, 1e-6), F.rms_norm(z, (8,), eps=1e-6) * 2.0 / 8 ** 0.5))
+    True
+    """
+    scale = radius / math.sqrt(Z_raw.shape[-1])
+    if Z_raw.dtype in (torch.float32, torch.float64) and not torch._C._are_functorch_transforms_active():
+        return _SphereNorm.apply(Z_raw, scale, eps)
+    return F.rms_norm(Z_raw, (Z_raw.shape[-1],), eps=eps) * scale
 
 
 class TermUpdate(nn.Module):
@@ -389,9 +552,8 @@ class TermUpdate(nn.Module):
         return Z.unflatten(-1, (self.heads, self.head_dim)).transpose(-2, -3)
 
     def normalize(self, Z_raw: Tensor) -> Tensor:
-        """RMSNorm without gain, scaled to the sphere of radius R (Eq. 8)."""
-        scale = self.radius / math.sqrt(self.head_dim)
-        return F.rms_norm(Z_raw, (self.head_dim,), eps=self.eps) * scale
+        """RMSNorm without gain, scaled to the sphere of radius R (Eq. 8); :func:`sphere_norm`."""
+        return sphere_norm(Z_raw, self.radius, self.eps)
 
     def constrain(self, G: Tensor, Z: Tensor, Z_raw: Tensor) -> Tensor:
         """Apply the constraint mode to ∇_Z E evaluated at the normalised point ``Z``."""
@@ -484,16 +646,23 @@ def causal_softmax_sdpa(Phi_q: Tensor, Phi_k: Tensor, b: float) -> tuple[Tensor,
     earlier rows), and the rows that see it, s ≤ t, are set to NaN: non-finite by right, and never finite by
     accident.
 
-    The plain second pass of :func:`transpose_pass_symmetric` has no counterpart here: there is no Pᵀ pass (each
-    token's key gradient is its own self-term, elementwise from L), and the masked scores are not symmetric (row t
-    normalises over s ≤ t, column s sums over t ≥ s). The sink stays because L must come out of the same pass
-    with a gradient, which a stock kernel's backward gives only through a constant value channel.
+    On CPU (float32, float64; :func:`flash_lse_ok`) there is no sink and no dummy query: :func:`flash_lse` takes
+    L from the kernel at width p and folds its gradient into the kernel's backward. The plain second pass of
+    :func:`transpose_pass_symmetric` has no counterpart here: there is no Pᵀ pass (each token's key gradient is
+    its own self-term, elementwise from L), and the masked scores are not symmetric (row t normalises over s ≤ t,
+    column s sums over t ≥ s).
     """
     *batch, N, p = Phi_q.shape
+    flash = flash_lse_ok(Phi_q, Phi_k) and Phi_q.shape == Phi_k.shape
+    if flash and bool(torch.isfinite(Phi_k).all()):                  # CPU, every key finite: one call, no masking
+        return flash_lse(Phi_q, Phi_k, Phi_k, b, is_causal=True)
     width = sdpa_width(p + 1, sdpa_device_type(Phi_q))                             # p + 1, padded on CUDA
     bad = ~torch.isfinite(Phi_k).all(dim=-1, keepdim=True)                           # (..., N, 1)
     seen = torch.cumsum(bad.to(torch.int32), dim=-2) > 0                              # some s ≤ t is bad
     Phi_k = torch.where(bad, 0, Phi_k)
+    if flash:                                                                        # CPU: width p, L from the kernel
+        PK, L = flash_lse(Phi_q, Phi_k, Phi_k, b, is_causal=True)
+        return torch.where(seen, math.nan, PK), torch.where(seen, math.nan, L)
     with torch.no_grad():
         c = abs(b) * Phi_q.norm(dim=-1, keepdim=True) * torch.cummax(Phi_k.norm(dim=-1, keepdim=True), dim=-2).values
     zero_row = Phi_q.new_zeros(*batch, 1, width)

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .runtime import CausalTermUpdate
+from .runtime import CausalTermUpdate, flash_lse, flash_lse_ok
 
 
 class QKTermUpdate(CausalTermUpdate):
@@ -49,7 +49,12 @@ def qk_softmax_sdpa(Phi_q: Tensor, Phi_k: Tensor, b: float) -> tuple[Tensor, Ten
     ``L_i = c_i + log(1 − w_i) − log w_i`` and the un-normalised P Φ_k. c comes from a plain SDPA call without
     gradient (SDPA shifts by the row maximum itself). An upper-bound sink (Cauchy–Schwarz, as for the shared
     basis, whose diagonal reaches the bound) would lose L to rounding when b‖q‖‖k‖ is large.
+
+    On CPU (:func:`~energyarch.runtime.flash_lse_ok`): one call of :func:`~energyarch.runtime.flash_lse` at width p
+    (L from the kernel, no sink and no call for c).
     """
+    if flash_lse_ok(Phi_q, Phi_k):
+        return flash_lse(Phi_q, Phi_k, Phi_k, b)
     *batch, N, p = Phi_q.shape
     Nk = Phi_k.shape[-2]
     with torch.no_grad():
@@ -67,7 +72,8 @@ def qk_softmax_sdpa(Phi_q: Tensor, Phi_k: Tensor, b: float) -> tuple[Tensor, Ten
 def qk_bisoftmax_sdpa(Phi_q: Tensor, Phi_k: Tensor, b: float) -> tuple[Tensor, Tensor, Tensor]:
     """``(P Φ_k, Pᵀ Φ_q, L)`` with P = row-softmax(b Φ_q Φ_kᵀ), memory O(N p).
 
-    Pass 2 runs over the keys as queries: ``(Pᵀ Φ_q)_m = Σ_i e^{b q_i·k_m − L_i} Φ_q,i``, the per-query bias −L_i
+    Pass 1 is :func:`qk_softmax_sdpa` (on CPU one kernel call at width p, see
+    :func:`~energyarch.runtime.flash_lse`). Pass 2 runs over the keys as queries: ``(Pᵀ Φ_q)_m = Σ_i e^{b q_i·k_m − L_i} Φ_q,i``, the per-query bias −L_i
     carried as one extra coordinate (query ``[Φ_k, 1]``, key ``[Φ_q, −L/b]``); a sink of score 0 ≥ log P_im with
     value [0, 1] recovers the column sum, which SDPA's normalisation over keys divides out.
     """

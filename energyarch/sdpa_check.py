@@ -126,8 +126,9 @@ def memory_linear_kernel(q: Tensor, k: Tensor, v: Tensor, attn_mask: Optional[Te
 
 @contextlib.contextmanager
 def record_sdpa_calls():
-    """Record the :class:`SDPACall` of every ``F.scaled_dot_product_attention`` call inside the block (the call
-    itself runs unchanged). Yields the list the calls are appended to.
+    """Record the :class:`SDPACall` of every ``F.scaled_dot_product_attention`` call inside the block, and of every
+    direct call of the CPU flash kernel by :func:`energyarch.runtime.flash_lse` (the calls themselves run
+    unchanged). Yields the list the calls are appended to.
 
     >>> import torch
     >>> with record_sdpa_calls() as calls:
@@ -142,8 +143,15 @@ def record_sdpa_calls():
         calls.append(describe(query, key, value, attn_mask, dropout_p, is_causal))
         return inner(query, key, value, attn_mask, dropout_p, is_causal, *args, **kwargs)
 
+    def observe(query, key, value, is_causal):
+        calls.append(describe(query, key, value, None, 0.0, is_causal))
+
+    from . import runtime
+
     F.scaled_dot_product_attention = spy
+    runtime.FLASH_OBSERVERS.append(observe)
     try:
         yield calls
     finally:
         F.scaled_dot_product_attention = inner
+        runtime.FLASH_OBSERVERS.remove(observe)
