@@ -46,6 +46,32 @@ def test_causal_energy_verifies_token_by_token(case, interaction, self_term):
     assert t.grad_rel_diff <= 1e-12 and t.update_rel_diff <= 1e-12 and t.decreased, str(report)
 
 
+@pytest.mark.parametrize("mode", ["paper", "riemannian", "exact"])
+@pytest.mark.parametrize("seed", [14, 18, 46])
+def test_per_token_descent_holds_for_separate_query_and_key_bases(seed, mode):
+    """Seeds whose random query and key bases once made ``verify`` report "descends NO" in paper mode: the paper
+    direction in token space is not a descent direction for a general pair of bases (no derivation error); the
+    per-token statement checked is the one each mode guarantees (token space in exact mode, the coordinate step
+    otherwise)."""
+    torch.manual_seed(seed)
+    step = ea.compile(ea.CausalAttention(f="log(x)", K="exp(-r/8)", heads=2, interaction=ea.QueryKey()), d=8, mode=mode)
+    assert ea.verify(step).terms[0].decreased
+
+
+@pytest.mark.parametrize("mode", ["paper", "exact"])
+@pytest.mark.parametrize("self_term", ["exact", "stopped"])
+def test_per_token_descent_check_fails_for_a_wrong_sign(monkeypatch, mode, self_term):
+    """The per-token check can fail: the emitted gradient with its sign flipped raises every moving token's E_t."""
+    torch.manual_seed(0)
+    step = ea.compile(ea.CausalAttention(f="log(x)/beta", K="exp(beta*s)", heads=2, self_term=self_term), d=8,
+                      mode=mode)
+    cls = type(step.terms["attn"])
+    grad_Z = cls.grad_Z
+    monkeypatch.setattr(cls, "grad_Z", lambda self, Q, K: tuple(-g for g in grad_Z(self, Q, K)))
+    report = ea.verify(step, raise_on_fail=False)
+    assert report.terms[0].per_token_descent is False and not report.ok
+
+
 def _kernel(x, y):
     return torch.exp((x * y).sum() / 4) + 0.1 * torch.tanh(x[0] - y[0])   # not symmetric: fine for causal
 
