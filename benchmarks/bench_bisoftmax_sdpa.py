@@ -67,8 +67,9 @@ BIDIRECTIONAL: dict[str, Callable[[torch.Tensor, float], torch.Tensor]] = {
     "flash": lambda Phi, b: runtime.bisoftmax_sdpa(Phi, b),
     "sink1": _sink1,
     "sink": lambda Phi, b: runtime.bisoftmax_sdpa(Phi, b, second_pass="sink"),
-    "floor": lambda Phi, b: (F.scaled_dot_product_attention(Phi, Phi, Phi, scale=b)
-                             + F.scaled_dot_product_attention(Phi, Phi, Phi, scale=b)),
+    "floor": lambda Phi, b: (
+        F.scaled_dot_product_attention(Phi, Phi, Phi, scale=b) + F.scaled_dot_product_attention(Phi, Phi, Phi, scale=b)
+    ),
 }
 CAUSAL: dict[str, Callable[[torch.Tensor, float], torch.Tensor]] = {
     "flash": lambda Phi, b: sum(runtime.causal_softmax_sdpa(Phi, Phi, b)),
@@ -89,23 +90,30 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
     variants = CAUSAL if a.causal else BIDIRECTIONAL
-    b = a.head_dim ** -0.5
-    print(f"# {'causal_softmax_sdpa' if a.causal else 'bisoftmax_sdpa'}: forward + backward, B={a.batch}, "
-          f"H={a.heads}, p={a.head_dim}, {a.threads} thread(s), min of {a.repeats} interleaved repeats; "
-          f"load average at start {os.getloadavg()[0]:.2f}\n")
+    b = a.head_dim**-0.5
+    print(
+        f"# {'causal_softmax_sdpa' if a.causal else 'bisoftmax_sdpa'}: forward + backward, B={a.batch}, "
+        f"H={a.heads}, p={a.head_dim}, {a.threads} thread(s), min of {a.repeats} interleaved repeats; "
+        f"load average at start {os.getloadavg()[0]:.2f}\n"
+    )
     names = list(variants)
-    print("| N | clock | " + " | ".join(f"{k} s" for k in names) + " | "
-          + " | ".join(f"{k} ÷ floor" for k in names if k != "floor") + " | flash ÷ sink1 |")
+    print(
+        "| N | clock | "
+        + " | ".join(f"{k} s" for k in names)
+        + " | "
+        + " | ".join(f"{k} ÷ floor" for k in names if k != "floor")
+        + " | flash ÷ sink1 |"
+    )
     print("|---|---|" + "---|" * (2 * len(names)))
     for N in a.sizes:
         g = torch.Generator().manual_seed(0)
         Z = torch.randn(a.batch, a.heads, N, a.head_dim, generator=g)
-        Phi = (F.normalize(Z, dim=-1) * a.head_dim ** 0.5).requires_grad_(True)
+        Phi = (F.normalize(Z, dim=-1) * a.head_dim**0.5).requires_grad_(True)
         V = torch.randn(a.batch, a.heads, N, a.head_dim, generator=g)
         wall: dict[str, list[float]] = {k: [] for k in names}
         cpu: dict[str, list[float]] = {k: [] for k in names}
-        for r in range(a.repeats + 1):                           # the first round is a warm-up
-            for name in (names if r % 2 else names[::-1]):       # alternate the order: no variant always first
+        for r in range(a.repeats + 1):  # the first round is a warm-up
+            for name in names if r % 2 else names[::-1]:  # alternate the order: no variant always first
                 t0, c0 = time.perf_counter(), time.process_time()
                 (variants[name](Phi, b) * V).sum().backward()
                 wall[name].append(time.perf_counter() - t0)
@@ -113,11 +121,18 @@ def main(argv: list[str] | None = None) -> int:
                 Phi.grad = None
         for clock, data in (("wall", wall), ("CPU", cpu)):
             t = {k: min(v[1:]) for k, v in data.items()}
-            print(f"| {N} | {clock} | " + " | ".join(f"{t[k]:.4f}" for k in names) + " | "
-                  + " | ".join(f"{t[k] / t['floor']:.3f}" for k in names if k != "floor")
-                  + f" | {t['flash'] / t['sink1']:.3f} |", flush=True)
-    print(f"\nload average at end {os.getloadavg()[0]:.2f}; medians (N={a.sizes[-1]}): " + ", ".join(
-        f"{k} {statistics.median(v[1:]):.4f} s" for k, v in wall.items()))
+            print(
+                f"| {N} | {clock} | "
+                + " | ".join(f"{t[k]:.4f}" for k in names)
+                + " | "
+                + " | ".join(f"{t[k] / t['floor']:.3f}" for k in names if k != "floor")
+                + f" | {t['flash'] / t['sink1']:.3f} |",
+                flush=True,
+            )
+    print(
+        f"\nload average at end {os.getloadavg()[0]:.2f}; medians (N={a.sizes[-1]}): "
+        + ", ".join(f"{k} {statistics.median(v[1:]):.4f} s" for k, v in wall.items())
+    )
     return 0
 
 

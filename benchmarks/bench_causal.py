@@ -47,8 +47,9 @@ class CausalHyperSETStep(nn.Module):
 
     def __init__(self, d: int, heads: int = HEADS):
         super().__init__()
-        energy = (ea.CausalAttention(f="log(x)/beta", K="exp(beta*s)", heads=heads)
-                  + ea.FeedForward(g="x", h="relu(x)**2/2", ratio=4))
+        energy = ea.CausalAttention(f="log(x)/beta", K="exp(beta*s)", heads=heads) + ea.FeedForward(
+            g="x", h="relu(x)**2/2", ratio=4
+        )
         self.step = ea.compile(energy, d=d)
         self.alpha = nn.Parameter(torch.full((d,), 0.1))
         self.gamma = nn.Parameter(torch.full((d,), 0.1))
@@ -103,12 +104,20 @@ def measure(layer: str, B: int, N: int, d: int, repeats: int, warmup: int, threa
         cpu.append(time.process_time() - c0)
 
     times = timed(step, warmup, repeats)
-    cpu_s = min(cpu[warmup:])                   # this process's CPU time: less exposed to other load
+    cpu_s = min(cpu[warmup:])  # this process's CPU time: less exposed to other load
     mem = maxrss_bytes() - rss0
-    mm, sdpa = counted_flops(step)               # torch.utils.flop_counter + the recorded SDPA calls (untimed)
-    return {"layer": layer, "N": N, "train_s": statistics.median(times), "train_mem": mem, "cpu_s": cpu_s,
-            "params": sum(p.numel() for p in params), "flops": flops("gpt" if layer == "gpt block" else "hyperset", B, N, d),
-            "counted": mm + sdpa, "counted_sdpa": sdpa}
+    mm, sdpa = counted_flops(step)  # torch.utils.flop_counter + the recorded SDPA calls (untimed)
+    return {
+        "layer": layer,
+        "N": N,
+        "train_s": statistics.median(times),
+        "train_mem": mem,
+        "cpu_s": cpu_s,
+        "params": sum(p.numel() for p in params),
+        "flops": flops("gpt" if layer == "gpt block" else "hyperset", B, N, d),
+        "counted": mm + sdpa,
+        "counted_sdpa": sdpa,
+    }
 
 
 def interleaved(B: int, N: int, d: int, rounds: int, threads: int) -> dict:
@@ -127,16 +136,21 @@ def interleaved(B: int, N: int, d: int, rounds: int, threads: int) -> dict:
             for p in params:
                 p.grad = None
             model(X).square().mean().backward()
+
         steps[layer] = step
-        mm, sdpa = counted_flops(step)                                   # also a warm-up step
-        out[layer] = {"flops": flops("gpt" if layer == "gpt block" else "hyperset", B, N, d), "counted": mm + sdpa,
-                      "wall": [], "cpu": []}
+        mm, sdpa = counted_flops(step)  # also a warm-up step
+        out[layer] = {
+            "flops": flops("gpt" if layer == "gpt block" else "hyperset", B, N, d),
+            "counted": mm + sdpa,
+            "wall": [],
+            "cpu": [],
+        }
     order = list(steps)
     for r in range(rounds + 1):
-        for layer in (order if r % 2 else order[::-1]):
+        for layer in order if r % 2 else order[::-1]:
             w0, c0 = time.perf_counter(), time.process_time()
             steps[layer]()
-            if r:                                                        # round 0: warm-up
+            if r:  # round 0: warm-up
                 out[layer]["cpu"].append(time.process_time() - c0)
                 out[layer]["wall"].append(time.perf_counter() - w0)
     return out
@@ -150,20 +164,25 @@ def main_interleaved(a, argv) -> int:
         g = res["gpt block"]
         for layer, r in res.items():
             cpu, wall = min(r["cpu"]), min(r["wall"])
-            rows.append(f"| {N} | {layer} | {wall:.4f} | {cpu:.4f} | {r['flops'] / 1e9:.2f} | {r['counted'] / 1e9:.2f} | "
-                        f"{(cpu / r['flops']) / (min(g['cpu']) / g['flops']):.2f} | "
-                        f"{(cpu / r['counted']) / (min(g['cpu']) / g['counted']):.2f} | "
-                        f"{(wall / r['flops']) / (min(g['wall']) / g['flops']):.2f} |")
+            rows.append(
+                f"| {N} | {layer} | {wall:.4f} | {cpu:.4f} | {r['flops'] / 1e9:.2f} | {r['counted'] / 1e9:.2f} | "
+                f"{(cpu / r['flops']) / (min(g['cpu']) / g['flops']):.2f} | "
+                f"{(cpu / r['counted']) / (min(g['cpu']) / g['counted']):.2f} | "
+                f"{(wall / r['flops']) / (min(g['wall']) / g['flops']):.2f} |"
+            )
             print(rows[-1], flush=True)
     header = machine_header(
         "Causal bi-softmax layer vs GPT block, interleaved in one process (one training step)",
         f"B={a.batch}, d={a.d}, H={HEADS}, one step (attention + FF of width 4d), one warm-up round then "
         f"{a.repeats} rounds alternating the order, min over rounds; {a.threads} thread(s)",
-        "python benchmarks/bench_causal.py " + " ".join(argv if argv is not None else sys.argv[1:]))
-    text = (header + "\n| N | layer | wall s (min) | CPU s (min) | GFLOPs (analytic) | GFLOPs counted "
-            "| CPU time per analytic FLOP ÷ GPT | CPU time per counted FLOP ÷ GPT | wall time per analytic FLOP ÷ GPT |"
-            "\n|---|---|---|---|---|---|---|---|---|\n" + "\n".join(rows) + "\n"
-            f"\nLoad average at the end: {', '.join(f'{x:.2f}' for x in os.getloadavg())} (1, 5, 15 min).\n")
+        "python benchmarks/bench_causal.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+    )
+    text = (
+        header + "\n| N | layer | wall s (min) | CPU s (min) | GFLOPs (analytic) | GFLOPs counted "
+        "| CPU time per analytic FLOP ÷ GPT | CPU time per counted FLOP ÷ GPT | wall time per analytic FLOP ÷ GPT |"
+        "\n|---|---|---|---|---|---|---|---|---|\n" + "\n".join(rows) + "\n"
+        f"\nLoad average at the end: {', '.join(f'{x:.2f}' for x in os.getloadavg())} (1, 5, 15 min).\n"
+    )
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(text)
     print(text)
@@ -200,16 +219,21 @@ def main(argv=None) -> int:
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default="benchmarks/results/bench_causal.md")
-    ap.add_argument("--interleaved", action="store_true",
-                    help="both layers in one process, alternating (--repeats rounds): for a shared machine")
+    ap.add_argument(
+        "--interleaved",
+        action="store_true",
+        help="both layers in one process, alternating (--repeats rounds): for a shared machine",
+    )
     a = ap.parse_args(argv)
     if a.interleaved:
         return main_interleaved(a, argv)
     ns = [int(n) for n in a.ns.split(",")]
     rows = []
     for N in ns:
-        res = {layer: isolated(layer, a.batch, N, a.d, a.repeats, a.warmup, a.threads)
-               for layer in ("gpt block", "causal hyperset")}
+        res = {
+            layer: isolated(layer, a.batch, N, a.d, a.repeats, a.warmup, a.threads)
+            for layer in ("gpt block", "causal hyperset")
+        }
         for r in res.values():
             if "error" in r:
                 print(f"N={N}: {r['error']}", file=sys.stderr)
@@ -219,20 +243,27 @@ def main(argv=None) -> int:
             tpf = (r["train_s"] / r["flops"]) / (g["train_s"] / g["flops"])
             tpc = (r["train_s"] / r["counted"]) / (g["train_s"] / g["counted"])
             tpcpu = (r["cpu_s"] / r["flops"]) / (g["cpu_s"] / g["flops"])
-            rows.append(f"| {N} | {layer} | {r['params']:,} | {r['train_s']:.3f} | {r['train_s'] / g['train_s']:.2f}× "
-                        f"| {r['train_mem'] / 2**20:,.0f} | {r['flops'] / 1e9:.2f} | {r['flops'] / g['flops']:.2f}× "
-                        f"| {tpf:.2f} | {r['counted'] / 1e9:.2f} ({r['counted_sdpa'] / 1e9:.2f} SDPA) | {tpc:.2f} | "
-                        f"{r['cpu_s']:.3f} | {tpcpu:.2f} |")
+            rows.append(
+                f"| {N} | {layer} | {r['params']:,} | {r['train_s']:.3f} | {r['train_s'] / g['train_s']:.2f}× "
+                f"| {r['train_mem'] / 2**20:,.0f} | {r['flops'] / 1e9:.2f} | {r['flops'] / g['flops']:.2f}× "
+                f"| {tpf:.2f} | {r['counted'] / 1e9:.2f} ({r['counted_sdpa'] / 1e9:.2f} SDPA) | {tpc:.2f} | "
+                f"{r['cpu_s']:.3f} | {tpcpu:.2f} |"
+            )
             print(json.dumps({k: v for k, v in r.items()}), flush=True)
     header = machine_header(
         "Causal bi-softmax layer vs GPT block (one training step)",
         f"B={a.batch}, d={a.d}, H={HEADS}, one step (attention + FF of width 4d), median of {a.repeats} after "
         f"{a.warmup} warm-up, {a.threads} thread(s), each configuration in its own process",
-        "python benchmarks/bench_causal.py " + " ".join(argv if argv is not None else sys.argv[1:]))
-    text = (header + "\n| N | layer | params | train s | time ÷ GPT | peak ΔRSS MB | GFLOPs (analytic) | FLOPs ÷ GPT "
-            "| time-per-FLOP ÷ GPT | GFLOPs counted (flop_counter + SDPA) | time-per-counted-FLOP ÷ GPT "
-            "| CPU s (min) | CPU-time-per-FLOP ÷ GPT |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|\n" + "\n".join(rows) + "\n"
-            f"\nLoad average at the end: {', '.join(f'{x:.2f}' for x in os.getloadavg())} (1, 5, 15 min).\n")
+        "python benchmarks/bench_causal.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+    )
+    text = (
+        header + "\n| N | layer | params | train s | time ÷ GPT | peak ΔRSS MB | GFLOPs (analytic) | FLOPs ÷ GPT "
+        "| time-per-FLOP ÷ GPT | GFLOPs counted (flop_counter + SDPA) | time-per-counted-FLOP ÷ GPT "
+        "| CPU s (min) | CPU-time-per-FLOP ÷ GPT |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|\n"
+        + "\n".join(rows)
+        + "\n"
+        f"\nLoad average at the end: {', '.join(f'{x:.2f}' for x in os.getloadavg())} (1, 5, 15 min).\n"
+    )
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(text)
     print(text)

@@ -60,7 +60,7 @@ def bench(layer: str, N: int, repeats: int, warmup: int) -> dict:
     torch._dynamo.reset()
     try:
         compiled = torch.compile(eager)
-        res["compile_s"] = train_step(compiled, params, X)           # cold: traces, compiles fwd + bwd
+        res["compile_s"] = train_step(compiled, params, X)  # cold: traces, compiles fwd + bwd
         for _ in range(warmup):
             train_step(compiled, params, X)
         times = [train_step(compiled, params, X) for _ in range(repeats)]
@@ -70,8 +70,9 @@ def bench(layer: str, N: int, repeats: int, warmup: int) -> dict:
         res["traceback_tail"] = "".join(traceback.format_exception(exc)[-3:])[-1500:]
         return res
     res["compiled_min"], res["compiled_med"] = min(times), statistics.median(times)
-    res["grad_max_rel_diff"] = max(float((p.grad - g).abs().max() / g.abs().max().clamp_min(1e-30))
-                                   for p, g in zip(params, grads_eager))
+    res["grad_max_rel_diff"] = max(
+        float((p.grad - g).abs().max() / g.abs().max().clamp_min(1e-30)) for p, g in zip(params, grads_eager)
+    )
     return res
 
 
@@ -89,26 +90,35 @@ def main(argv=None) -> int:
         f"bench_compile: eager vs torch.compile, one training step ({ITERS} iterations, shared weights)",
         f"B={B}, N={a.N}, d={D}, H={HEADS}; torch.compile defaults (inductor); warm-up {a.warmup}, "
         f"repeats {a.repeats}; inductor cache: {'default' if a.keep_cache else 'fresh (cold compile)'}",
-        f"python3 benchmarks/bench_compile.py {' '.join(sys.argv[1:] if argv is None else argv)}")
+        f"python3 benchmarks/bench_compile.py {' '.join(sys.argv[1:] if argv is None else argv)}",
+    )
     print(header, flush=True)
-    rows = ["| layer | eager s (min) | eager s (median) | compiled s (min) | compiled s (median) | "
-            "eager ÷ compiled (min) | first compiled call s | grad rel. diff vs eager |",
-            "|---|---|---|---|---|---|---|---|"]
+    rows = [
+        "| layer | eager s (min) | eager s (median) | compiled s (min) | compiled s (median) | "
+        "eager ÷ compiled (min) | first compiled call s | grad rel. diff vs eager |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     errors = []
     for layer in a.layers:
         t0 = time.perf_counter()
         r = bench(layer, a.N, a.repeats, a.warmup)
         if "error" in r:
             print(f"{layer}: eager {r['eager_min']:.3f} s; torch.compile FAILED: {r['error']}", flush=True)
-            rows.append(f"| {bl.LABELS[layer]} | {r['eager_min']:.3f} | {r['eager_med']:.3f} | "
-                        f"failed: {r['error']} | | | | |")
+            rows.append(
+                f"| {bl.LABELS[layer]} | {r['eager_min']:.3f} | {r['eager_med']:.3f} | failed: {r['error']} | | | | |"
+            )
             errors.append(f"- {layer}: {r['error']}\n\n```\n{r['traceback_tail']}\n```")
             continue
-        print(f"{layer}: eager {r['eager_min']:.3f} s, compiled {r['compiled_min']:.3f} s, first call "
-              f"{r['compile_s']:.1f} s [{time.perf_counter() - t0:.0f} s wall]", flush=True)
-        rows.append(f"| {bl.LABELS[layer]} | {r['eager_min']:.3f} | {r['eager_med']:.3f} | {r['compiled_min']:.3f} | "
-                    f"{r['compiled_med']:.3f} | {r['eager_min'] / r['compiled_min']:.2f}× | {r['compile_s']:.1f} | "
-                    f"{r['grad_max_rel_diff']:.1e} |")
+        print(
+            f"{layer}: eager {r['eager_min']:.3f} s, compiled {r['compiled_min']:.3f} s, first call "
+            f"{r['compile_s']:.1f} s [{time.perf_counter() - t0:.0f} s wall]",
+            flush=True,
+        )
+        rows.append(
+            f"| {bl.LABELS[layer]} | {r['eager_min']:.3f} | {r['eager_med']:.3f} | {r['compiled_min']:.3f} | "
+            f"{r['compiled_med']:.3f} | {r['eager_min'] / r['compiled_min']:.2f}× | {r['compile_s']:.1f} | "
+            f"{r['grad_max_rel_diff']:.1e} |"
+        )
     text = "\n".join(rows)
     if errors:
         text += "\n\ntorch.compile errors:\n\n" + "\n".join(errors)

@@ -45,11 +45,22 @@ def main(argv=None) -> int:
         f"FLOP parity, interleaved: one training step of {a.iters} iterations, all layers in one process",
         f"B={a.batch}, d={a.width}, H={bl.HEADS}; one warm-up round, then {a.rounds} rounds alternating the order; "
         f"min over rounds of wall time and of process CPU time; {a.threads} thread(s)",
-        "python3 benchmarks/bench_interleaved.py " + " ".join(argv if argv is not None else sys.argv[1:]))
+        "python3 benchmarks/bench_interleaved.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+    )
     print(header, flush=True)
-    head = ["N", "layer", "wall s (min)", "wall s (median)", "CPU s (min)", "GFLOP analytic", "GFLOP counted",
-            "time/FLOP ÷ (d), CPU, analytic", "time/FLOP ÷ (d), CPU, counted", "time/FLOP ÷ (d), wall, analytic",
-            "time/FLOP ÷ (e), CPU, analytic"]
+    head = [
+        "N",
+        "layer",
+        "wall s (min)",
+        "wall s (median)",
+        "CPU s (min)",
+        "GFLOP analytic",
+        "GFLOP counted",
+        "time/FLOP ÷ (d), CPU, analytic",
+        "time/FLOP ÷ (d), CPU, counted",
+        "time/FLOP ÷ (d), wall, analytic",
+        "time/FLOP ÷ (e), CPU, analytic",
+    ]
     rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for N in a.sizes:
         torch.manual_seed(0)
@@ -63,31 +74,53 @@ def main(argv=None) -> int:
                 for p in params:
                     p.grad = None
                 model(X).square().mean().backward()
+
             steps[layer] = step
-            mm, sdpa = bl.counted_flops(step)                     # also the warm-up step
+            mm, sdpa = bl.counted_flops(step)  # also the warm-up step
             counted[layer] = mm + sdpa
         wall = {k: [] for k in steps}
         cpu = {k: [] for k in steps}
         order = list(steps)
         for r in range(a.rounds):
-            for layer in (order if r % 2 == 0 else order[::-1]):
+            for layer in order if r % 2 == 0 else order[::-1]:
                 w0, c0 = time.perf_counter(), time.process_time()
                 steps[layer]()
                 cpu[layer].append(time.process_time() - c0)
                 wall[layer].append(time.perf_counter() - w0)
-        per = {k: {"cpu": min(cpu[k]) / bl.flops(k, N), "cpu_c": min(cpu[k]) / counted[k],
-                   "wall": min(wall[k]) / bl.flops(k, N)} for k in steps}
+        per = {
+            k: {
+                "cpu": min(cpu[k]) / bl.flops(k, N),
+                "cpu_c": min(cpu[k]) / counted[k],
+                "wall": min(wall[k]) / bl.flops(k, N),
+            }
+            for k in steps
+        }
         ref, ref1 = per.get("vanilla"), per.get("vanilla-ff1")
         for layer in steps:
             p = per[layer]
-            cells = [str(N), bl.LABELS[layer], f"{min(wall[layer]):.3f}", f"{statistics.median(wall[layer]):.3f}",
-                     f"{min(cpu[layer]):.3f}", f"{bl.flops(layer, N) / 1e9:.2f}", f"{counted[layer] / 1e9:.2f}",
-                     f"{p['cpu'] / ref['cpu']:.2f}" if ref else "—", f"{p['cpu_c'] / ref['cpu_c']:.2f}" if ref else "—",
-                     f"{p['wall'] / ref['wall']:.2f}" if ref else "—", f"{p['cpu'] / ref1['cpu']:.2f}" if ref1 else "—"]
+            cells = [
+                str(N),
+                bl.LABELS[layer],
+                f"{min(wall[layer]):.3f}",
+                f"{statistics.median(wall[layer]):.3f}",
+                f"{min(cpu[layer]):.3f}",
+                f"{bl.flops(layer, N) / 1e9:.2f}",
+                f"{counted[layer] / 1e9:.2f}",
+                f"{p['cpu'] / ref['cpu']:.2f}" if ref else "—",
+                f"{p['cpu_c'] / ref['cpu_c']:.2f}" if ref else "—",
+                f"{p['wall'] / ref['wall']:.2f}" if ref else "—",
+                f"{p['cpu'] / ref1['cpu']:.2f}" if ref1 else "—",
+            ]
             rows.append("| " + " | ".join(cells) + " |")
             print(rows[-1], flush=True)
-    text = (header + "\n" + "\n".join(rows) + f"\n\nLoad average at the end: "
-            + ", ".join(f"{x:.2f}" for x in os.getloadavg()) + f" (1, 5, 15 min); {os.cpu_count()} logical CPUs.\n")
+    text = (
+        header
+        + "\n"
+        + "\n".join(rows)
+        + f"\n\nLoad average at the end: "
+        + ", ".join(f"{x:.2f}" for x in os.getloadavg())
+        + f" (1, 5, 15 min); {os.cpu_count()} logical CPUs.\n"
+    )
     if a.output:
         Path(a.output).parent.mkdir(parents=True, exist_ok=True)
         Path(a.output).write_text(text)

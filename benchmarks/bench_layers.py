@@ -71,15 +71,15 @@ LABELS = {
 }
 B, D, HEADS, ITERS, STEP = 8, 256, 4, 12, 0.1
 THREADS = 2
-SINK_PASS1 = False   # flops(): pass 1 with the sink coordinate (set for --device cuda: bf16 autocast runs it)
-COUNT_FLOPS = True   # count a training step's FLOPs with torch.utils.flop_counter (+ SDPA); off with --quick
+SINK_PASS1 = False  # flops(): pass 1 with the sink coordinate (set for --device cuda: bf16 autocast runs it)
+COUNT_FLOPS = True  # count a training step's FLOPs with torch.utils.flop_counter (+ SDPA); off with --quick
 
 # Training-memory model used only to decide what to skip, bytes ≈ ITERS·(nn·B·H·N²·4 + nt·B·N·d·4):
 # nn = N×N float32 tensors kept per iteration for backward, nt = (N, d)-sized ones. Calibrated on this
 # machine (torch 2.13 CPU) from measured peaks at N = 256, 512 (and 1024 for the emitted SDPA path), rounded
 # up; only a guard against running out of memory, the measured column is what counts.
 MEM_MODEL = {  # layer: (nn, nt); measured fits: emitted (2.0, 20), generic (1.1, 28), hand (2.4, 20), vanilla (0, 22)
-    "emitted": (2.0, 20.0),   # N > sdpa_threshold uses bisoftmax_sdpa: nn = 0 there (measured nt ≈ 20 at N=1024)
+    "emitted": (2.0, 20.0),  # N > sdpa_threshold uses bisoftmax_sdpa: nn = 0 there (measured nt ≈ 20 at N=1024)
     "generic": (1.5, 28.0),
     "hand": (2.5, 20.0),
     "vanilla": (0.0, 22.0),
@@ -91,9 +91,11 @@ MEM_MODEL = {  # layer: (nn, nt); measured fits: emitted (2.0, 20), generic (1.1
 # the layers
 # ---------------------------------------------------------------------------------------------------------
 
+
 def hyperset_energy(heads: int = HEADS):
-    return (ea.Attention(f="log(x)/beta", K="exp(beta*s)", heads=heads)
-            + ea.FeedForward(g="x", h="relu(x)**2/2", ratio=1))
+    return ea.Attention(f="log(x)/beta", K="exp(beta*s)", heads=heads) + ea.FeedForward(
+        g="x", h="relu(x)**2/2", ratio=1
+    )
 
 
 class CompiledRecurrent(nn.Module):
@@ -129,7 +131,7 @@ class HandHyperSET(nn.Module):
         self.d, self.heads, self.p, self.M = d, heads, d // heads, ratio * d
         self.beta = 1.0 / math.sqrt(self.p)
         self.eps, self.iters = eps, iters
-        self.W = nn.Parameter(torch.empty(d, d))            # [W_1 | … | W_H], each d×p
+        self.W = nn.Parameter(torch.empty(d, d))  # [W_1 | … | W_H], each d×p
         self.D = nn.Parameter(torch.empty(d, self.M))
         nn.init.orthogonal_(self.W)
         nn.init.orthogonal_(self.D)
@@ -138,16 +140,16 @@ class HandHyperSET(nn.Module):
 
     def attention_step(self, X: Tensor, alpha: Tensor) -> Tensor:
         Bx, N, _ = X.shape
-        Z = (X @ self.W).view(Bx, N, self.heads, self.p).transpose(1, 2)    # (B, H, N, p): Z_h = X W_h
-        Z = F.rms_norm(Z, (self.p,), eps=self.eps)                            # Eq. 8
-        QK = self.beta * (Z @ Z.transpose(-1, -2))                            # (B, H, N, N)
-        A = torch.softmax(QK, dim=-2) + torch.softmax(QK, dim=-1)             # column-wise + row-wise
-        upd = A.transpose(-1, -2) @ Z                                         # (B, H, N, p)
-        return X - alpha * (upd.transpose(1, 2).reshape(Bx, N, self.d) @ self.W.t())   # Eq. 9
+        Z = (X @ self.W).view(Bx, N, self.heads, self.p).transpose(1, 2)  # (B, H, N, p): Z_h = X W_h
+        Z = F.rms_norm(Z, (self.p,), eps=self.eps)  # Eq. 8
+        QK = self.beta * (Z @ Z.transpose(-1, -2))  # (B, H, N, N)
+        A = torch.softmax(QK, dim=-2) + torch.softmax(QK, dim=-1)  # column-wise + row-wise
+        upd = A.transpose(-1, -2) @ Z  # (B, H, N, p)
+        return X - alpha * (upd.transpose(1, 2).reshape(Bx, N, self.d) @ self.W.t())  # Eq. 9
 
     def ff_step(self, X: Tensor, gamma: Tensor) -> Tensor:
-        U = F.rms_norm(X @ self.D, (self.M,), eps=self.eps)                   # RMSNorm(Dᵀ X)
-        return X + gamma * (torch.relu(U) @ self.D.t())                       # Eq. 11
+        U = F.rms_norm(X @ self.D, (self.M,), eps=self.eps)  # RMSNorm(Dᵀ X)
+        return X + gamma * (torch.relu(U) @ self.D.t())  # Eq. 11
 
     def forward(self, X: Tensor) -> Tensor:
         for _ in range(self.iters):
@@ -171,7 +173,7 @@ class VanillaBlock(nn.Module):
     def forward(self, X: Tensor) -> Tensor:
         Bx, N, d = X.shape
         q, k, v = self.qkv(self.norm1(X)).view(Bx, N, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
-        a = F.scaled_dot_product_attention(q, k, v)                           # (B, H, N, p)
+        a = F.scaled_dot_product_attention(q, k, v)  # (B, H, N, p)
         X = X + self.proj(a.transpose(1, 2).reshape(Bx, N, d))
         return X + self.fc2(F.gelu(self.fc1(self.norm2(X))))
 
@@ -215,6 +217,7 @@ def copy_weights(src: CompiledRecurrent, dst: HandHyperSET) -> HandHyperSET:
 # measurement (inside the isolated process)
 # ---------------------------------------------------------------------------------------------------------
 
+
 def rss_bytes() -> int:
     with open("/proc/self/statm") as fh:
         return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
@@ -247,7 +250,7 @@ def flops(layer: str, N: int, sdpa_threshold: int = 512, sink: bool | None = Non
     - (c) hand: as (a) dense;
     - (d), (e) vanilla: QKV and output projections 8BNd², attention 4BN²d, MLP 4BNdM with M = 4d or d.
     """
-    proj, ff1 = 4 * B * N * D * D, 4 * B * N * D * D            # M = d for (a)-(c)
+    proj, ff1 = 4 * B * N * D * D, 4 * B * N * D * D  # M = d for (a)-(c)
     if layer in ("emitted", "hand"):
         sdpa, sink = layer == "emitted" and N > sdpa_threshold, SINK_PASS1 if sink is None else sink
         core = 4 * B * N * N * (2 * D + (HEADS if sink else 0)) if sdpa else 4 * B * N * N * D
@@ -302,9 +305,11 @@ def timed(fn, warmup: int, repeats: int, after=None) -> list[float]:
 def machine_header(title: str, setup: str, command: str) -> str:
     """The first lines of a results file: title, date, torch and machine, the setup, the command."""
     stamp = datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
-    return (f"# {title}\n\n- date: {stamp}\n- torch {torch.__version__}, threads {torch.get_num_threads()}, "
-            f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-            f"load average at start {os.getloadavg()[0]:.2f}\n- {setup}\n- command: `{command}`\n")
+    return (
+        f"# {title}\n\n- date: {stamp}\n- torch {torch.__version__}, threads {torch.get_num_threads()}, "
+        f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+        f"load average at start {os.getloadavg()[0]:.2f}\n- {setup}\n- command: `{command}`\n"
+    )
 
 
 def _device_context(layer: str, device: str, precision: str):
@@ -325,8 +330,16 @@ def _device_context(layer: str, device: str, precision: str):
     return stack
 
 
-def measure(layer: str, N: int, repeats: int, warmup: int, inference: bool, seed: int = 0, device: str = "cpu",
-            precision: str = "fp32") -> dict:
+def measure(
+    layer: str,
+    N: int,
+    repeats: int,
+    warmup: int,
+    inference: bool,
+    seed: int = 0,
+    device: str = "cpu",
+    precision: str = "fp32",
+) -> dict:
     torch.set_num_threads(THREADS)
     torch.manual_seed(seed)
     cuda = device == "cuda"
@@ -334,7 +347,7 @@ def measure(layer: str, N: int, repeats: int, warmup: int, inference: bool, seed
     X = torch.randn(B, N, D, device=device)
     params = [p for p in model.parameters() if p.requires_grad]
     out = {"layer": layer, "N": N, "params": sum(p.numel() for p in params)}
-    if cuda:                                    # memory = peak allocated over what is allocated now
+    if cuda:  # memory = peak allocated over what is allocated now
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
@@ -343,10 +356,11 @@ def measure(layer: str, N: int, repeats: int, warmup: int, inference: bool, seed
     def peak() -> int:
         return torch.cuda.max_memory_allocated() - base if cuda else maxrss_bytes() - rss0
 
-    def synced(fn):                             # CUDA runs asynchronously: time up to the last kernel
+    def synced(fn):  # CUDA runs asynchronously: time up to the last kernel
         return (lambda: (fn(), torch.cuda.synchronize())) if cuda else fn
 
     if inference:
+
         def infer():
             with torch.no_grad(), _device_context(layer, device, precision):
                 model(X)
@@ -370,7 +384,7 @@ def measure(layer: str, N: int, repeats: int, warmup: int, inference: bool, seed
             raise RuntimeError(f"{layer} N={N}: missing or non-finite parameter gradient")
 
     times = timed(synced(train_step), warmup, repeats, after=check_grads)
-    if COUNT_FLOPS and not cuda:                # counted FLOPs (an extra, untimed step)
+    if COUNT_FLOPS and not cuda:  # counted FLOPs (an extra, untimed step)
         out["counted_flops"], out["sdpa_flops"] = counted_flops(train_step)
     out["train_s"] = statistics.median(times)
     out["train_min_s"] = min(times)
@@ -414,12 +428,21 @@ def _fork_target(queue, layer, N, repeats, warmup, inference, device="cpu", prec
         queue.put({"error": f"{type(exc).__name__}: {exc}"})
 
 
-def run_isolated(layer: str, N: int, repeats: int, warmup: int, inference: bool, isolation: str,
-                 timeout: float, device: str = "cpu", precision: str = "fp32") -> dict:
+def run_isolated(
+    layer: str,
+    N: int,
+    repeats: int,
+    warmup: int,
+    inference: bool,
+    isolation: str,
+    timeout: float,
+    device: str = "cpu",
+    precision: str = "fp32",
+) -> dict:
     if isolation == "none":
         try:
             return measure(layer, N, repeats, warmup, inference, device=device, precision=precision)
-        except RuntimeError as exc:                     # on CUDA, e.g. out of memory: report it and go on
+        except RuntimeError as exc:  # on CUDA, e.g. out of memory: report it and go on
             if device != "cuda":
                 raise
             return {"error": f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:300]}"}
@@ -441,18 +464,39 @@ def run_isolated(layer: str, N: int, repeats: int, warmup: int, inference: bool,
             return {"error": f"no result within {timeout:.0f} s (exit code {proc.exitcode})"}
         proc.join()
         return res
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--one", layer, "--N", str(N),
-           "--repeats", str(repeats), "--warmup", str(warmup), "--device", device, "--precision", precision,
-           "--batch", str(B), "--width", str(D), "--iters", str(ITERS)] + \
-        ([] if COUNT_FLOPS else ["--no-count-flops"]) + \
-        ([] if inference else ["--no-inference"])
+    cmd = (
+        [
+            sys.executable,
+            str(Path(__file__).resolve()),
+            "--one",
+            layer,
+            "--N",
+            str(N),
+            "--repeats",
+            str(repeats),
+            "--warmup",
+            str(warmup),
+            "--device",
+            device,
+            "--precision",
+            precision,
+            "--batch",
+            str(B),
+            "--width",
+            str(D),
+            "--iters",
+            str(ITERS),
+        ]
+        + ([] if COUNT_FLOPS else ["--no-count-flops"])
+        + ([] if inference else ["--no-inference"])
+    )
     try:
         cp = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
         return {"error": f"timed out after {timeout:.0f} s"}
     for line in cp.stdout.splitlines():
         if line.startswith("RESULT "):
-            return json.loads(line[len("RESULT "):])
+            return json.loads(line[len("RESULT ") :])
     tail = (cp.stderr or cp.stdout).strip().splitlines()[-1:] or [f"exit code {cp.returncode}"]
     return {"error": f"exit code {cp.returncode}: {tail[0][:300]}"}
 
@@ -460,6 +504,7 @@ def run_isolated(layer: str, N: int, repeats: int, warmup: int, inference: bool,
 # ---------------------------------------------------------------------------------------------------------
 # report
 # ---------------------------------------------------------------------------------------------------------
+
 
 def _mb(x: float) -> str:
     return f"{x / 2**20:,.0f}"
@@ -470,8 +515,15 @@ def _ratio(a, b) -> str:
 
 
 def table(results: dict[tuple[str, int], dict], sizes: list[int], repeats: int, inference: bool) -> str:
-    head = ["N", "layer", "train s (min)", f"train s (median of {repeats})", "train peak ΔRSS MB",
-            "time ÷ (a)", "mem ÷ (a)"]
+    head = [
+        "N",
+        "layer",
+        "train s (min)",
+        f"train s (median of {repeats})",
+        "train peak ΔRSS MB",
+        "time ÷ (a)",
+        "mem ÷ (a)",
+    ]
     if inference:
         head += ["infer s (min)", "infer peak ΔRSS MB", "infer time ÷ (a)", "infer mem ÷ (a)"]
     rows = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
@@ -483,39 +535,74 @@ def table(results: dict[tuple[str, int], dict], sizes: list[int], repeats: int, 
                 why = r.get("skipped") or r.get("error") or "not run"
                 cells = [str(N), LABELS[layer], f"skipped: {why}"] + [""] * (len(head) - 3)
             else:
-                cells = [str(N), LABELS[layer], f"{r['train_min_s']:.3f}", f"{r['train_s']:.3f}", _mb(r["train_mem"]),
-                         _ratio(r["train_min_s"], ref.get("train_min_s")), _ratio(r["train_mem"], ref.get("train_mem"))]
+                cells = [
+                    str(N),
+                    LABELS[layer],
+                    f"{r['train_min_s']:.3f}",
+                    f"{r['train_s']:.3f}",
+                    _mb(r["train_mem"]),
+                    _ratio(r["train_min_s"], ref.get("train_min_s")),
+                    _ratio(r["train_mem"], ref.get("train_mem")),
+                ]
                 if inference:
-                    cells += [f"{r['infer_min_s']:.3f}", _mb(r["infer_mem"]), _ratio(r["infer_min_s"], ref.get("infer_min_s")),
-                              _ratio(r["infer_mem"], ref.get("infer_mem"))]
+                    cells += [
+                        f"{r['infer_min_s']:.3f}",
+                        _mb(r["infer_mem"]),
+                        _ratio(r["infer_min_s"], ref.get("infer_min_s")),
+                        _ratio(r["infer_mem"], ref.get("infer_mem")),
+                    ]
             rows.append("| " + " | ".join(cells) + " |")
     return "\n".join(rows)
 
 
 def flop_table(results: dict[tuple[str, int], dict], sizes: list[int]) -> str:
     """FLOP parity: analytic FLOPs of a training step (:func:`flops`) and time per FLOP against (d) and (e)."""
-    head = ["layer", "N", "GFLOP / step", "counted GFLOP (mm + SDPA)", "FLOPs ÷ (d)", "time ÷ (d)",
-            "time/FLOP ÷ (d)", "time/FLOP ÷ (e)", "time/counted FLOP ÷ (d)"]
+    head = [
+        "layer",
+        "N",
+        "GFLOP / step",
+        "counted GFLOP (mm + SDPA)",
+        "FLOPs ÷ (d)",
+        "time ÷ (d)",
+        "time/FLOP ÷ (d)",
+        "time/FLOP ÷ (e)",
+        "time/counted FLOP ÷ (d)",
+    ]
     rows = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
     for N in sizes:
-        per_flop = {layer: results[(layer, N)]["train_min_s"] / flops(layer, N)
-                    for layer in LAYERS if "train_min_s" in results.get((layer, N), {})}
+        per_flop = {
+            layer: results[(layer, N)]["train_min_s"] / flops(layer, N)
+            for layer in LAYERS
+            if "train_min_s" in results.get((layer, N), {})
+        }
         for layer in LAYERS:
             if layer not in per_flop:
                 continue
             r = results[(layer, N)]
             t = r["train_min_s"]
             tv = results.get(("vanilla", N), {}).get("train_min_s")
-            counted = {k: v["counted_flops"] + v["sdpa_flops"] for (k, n), v in results.items()
-                       if n == N and "counted_flops" in v}
-            cells = [LABELS[layer], str(N), f"{flops(layer, N) / 1e9:,.2f}",
-                     (f"{counted[layer] / 1e9:,.2f} ({r['counted_flops'] / 1e9:,.2f} + {r['sdpa_flops'] / 1e9:,.2f})"
-                      if layer in counted else "—"),
-                     f"{flops(layer, N) / flops('vanilla', N):.2f}", _ratio(t, tv).rstrip("×"),
-                     _ratio(per_flop[layer], per_flop.get("vanilla")).rstrip("×"),
-                     _ratio(per_flop[layer], per_flop.get("vanilla-ff1")).rstrip("×"),
-                     _ratio(t / counted[layer], tv / counted["vanilla"]).rstrip("×")
-                     if layer in counted and "vanilla" in counted and tv else "—"]
+            counted = {
+                k: v["counted_flops"] + v["sdpa_flops"]
+                for (k, n), v in results.items()
+                if n == N and "counted_flops" in v
+            }
+            cells = [
+                LABELS[layer],
+                str(N),
+                f"{flops(layer, N) / 1e9:,.2f}",
+                (
+                    f"{counted[layer] / 1e9:,.2f} ({r['counted_flops'] / 1e9:,.2f} + {r['sdpa_flops'] / 1e9:,.2f})"
+                    if layer in counted
+                    else "—"
+                ),
+                f"{flops(layer, N) / flops('vanilla', N):.2f}",
+                _ratio(t, tv).rstrip("×"),
+                _ratio(per_flop[layer], per_flop.get("vanilla")).rstrip("×"),
+                _ratio(per_flop[layer], per_flop.get("vanilla-ff1")).rstrip("×"),
+                _ratio(t / counted[layer], tv / counted["vanilla"]).rstrip("×")
+                if layer in counted and "vanilla" in counted and tv
+                else "—",
+            ]
             rows.append("| " + " | ".join(cells) + " |")
     return "\n".join(rows)
 
@@ -539,17 +626,20 @@ def targets(results: dict[tuple[str, int], dict], sizes: list[int]) -> str:
         me, mg = get("emitted", N, "train_mem"), get("generic", N, "train_mem")
         if te and tg and me and mg:
             ok = tg / te >= 1.5 and me / mg <= 0.5
-            lines.append(f"- N={N}: ≥ 1.5× faster and ≤ 0.5× memory of generic: {tg / te:.2f}× faster, "
-                         f"{me / mg:.3f}× memory → {'PASS' if ok else 'FAIL'}")
+            lines.append(
+                f"- N={N}: ≥ 1.5× faster and ≤ 0.5× memory of generic: {tg / te:.2f}× faster, "
+                f"{me / mg:.3f}× memory → {'PASS' if ok else 'FAIL'}"
+            )
         else:
             why = results.get(("generic", N), {}).get("skipped") or results.get(("generic", N), {}).get("error")
             lines.append(f"- N={N}: emitted vs generic: not measured ({why or 'missing'})")
-    for N in sizes:   # issue 11: time per FLOP within 1.1× of the vanilla block's
+    for N in sizes:  # issue 11: time per FLOP within 1.1× of the vanilla block's
         te, tv = get("emitted", N, "train_min_s"), get("vanilla", N, "train_min_s")
         if te and tv:
             ratio = (te / flops("emitted", N)) / (tv / flops("vanilla", N))
-            lines.append(f"- N={N}: emitted time per FLOP ≤ 1.1× vanilla's: {ratio:.2f}× → "
-                         f"{'PASS' if ratio <= 1.1 else 'FAIL'}")
+            lines.append(
+                f"- N={N}: emitted time per FLOP ≤ 1.1× vanilla's: {ratio:.2f}× → {'PASS' if ratio <= 1.1 else 'FAIL'}"
+            )
     big = [n for n in sizes if n >= 4096 and get("emitted", n, "train_mem")]
     small = [n for n in sizes if n < max(big, default=0) and get("emitted", n, "train_mem") and n > 512]
     if big and small:
@@ -557,8 +647,10 @@ def targets(results: dict[tuple[str, int], dict], sizes: list[int]) -> str:
         m1, m0 = get("emitted", n1, "train_mem"), get("emitted", n0, "train_mem")
         k = math.log(m1 / m0) / math.log(n1 / n0)
         ok = k <= 1.25
-        lines.append(f"- emitted memory linear in N at N={n1}: peak ΔRSS ×{m1 / m0:.2f} from N={n0} to N={n1} "
-                     f"(N ×{n1 / n0:.0f}; exponent {k:.2f}; 1 = linear, 2 = quadratic) → {'PASS' if ok else 'FAIL'}")
+        lines.append(
+            f"- emitted memory linear in N at N={n1}: peak ΔRSS ×{m1 / m0:.2f} from N={n0} to N={n1} "
+            f"(N ×{n1 / n0:.0f}; exponent {k:.2f}; 1 = linear, 2 = quadratic) → {'PASS' if ok else 'FAIL'}"
+        )
     else:
         lines.append("- emitted memory linear in N at N=4096: needs N=4096 and a size in (512, 4096)")
     return "\n".join(lines)
@@ -569,31 +661,50 @@ def main(argv=None) -> int:
     if "--one" in argv:
         _one_main(argv)
         return 0
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--sizes", type=int, nargs="+", default=[256, 1024, 4096], help="sequence lengths N")
     ap.add_argument("--layers", nargs="+", default=list(LAYERS), choices=LAYERS)
     ap.add_argument("--repeats", type=int, default=3, help="timed repeats per configuration (median reported)")
     ap.add_argument("--warmup", type=int, default=1, help="untimed warm-up steps per configuration")
     ap.add_argument("--quick", action="store_true", help="N=64, 1 repeat, 1 warm-up, forked children: seconds")
     ap.add_argument("--no-inference", action="store_true", help="skip the no_grad forward column")
-    ap.add_argument("--mem-limit-gb", type=float, default=None,
-                    help="skip a configuration whose estimated training memory exceeds this (default 14; on "
-                         "CUDA 85%% of the device's memory)")
+    ap.add_argument(
+        "--mem-limit-gb",
+        type=float,
+        default=None,
+        help="skip a configuration whose estimated training memory exceeds this (default 14; on "
+        "CUDA 85%% of the device's memory)",
+    )
     ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where the layers run")
-    ap.add_argument("--precision", choices=("fp32", "bf16"), default=None,
-                    help="bf16: autocast with fp32 weights (default on cuda; FlashAttention for the vanilla block)")
-    ap.add_argument("--isolation", choices=("subprocess", "fork", "none"), default=None,
-                    help="fresh process per configuration (default: subprocess; fork with --quick)")
+    ap.add_argument(
+        "--precision",
+        choices=("fp32", "bf16"),
+        default=None,
+        help="bf16: autocast with fp32 weights (default on cuda; FlashAttention for the vanilla block)",
+    )
+    ap.add_argument(
+        "--isolation",
+        choices=("subprocess", "fork", "none"),
+        default=None,
+        help="fresh process per configuration (default: subprocess; fork with --quick)",
+    )
     ap.add_argument("--timeout", type=float, default=3600.0, help="seconds per configuration")
     ap.add_argument("--batch", type=int, default=B, help=f"batch size B (default {B})")
     ap.add_argument("--width", type=int, default=D, help=f"model width d (default {D})")
     ap.add_argument("--iters", type=int, default=ITERS, help=f"iterations per step (default {ITERS})")
-    ap.add_argument("--no-count-flops", action="store_true",
-                    help="skip the counted FLOPs (torch.utils.flop_counter + SDPA; one extra step; off with --quick)")
-    ap.add_argument("--output", default=None,
-                    help="markdown file to write (default benchmarks/results/bench_layers.md; "
-                         "none with --quick unless given; '' to disable)")
+    ap.add_argument(
+        "--no-count-flops",
+        action="store_true",
+        help="skip the counted FLOPs (torch.utils.flop_counter + SDPA; one extra step; off with --quick)",
+    )
+    ap.add_argument(
+        "--output",
+        default=None,
+        help="markdown file to write (default benchmarks/results/bench_layers.md; "
+        "none with --quick unless given; '' to disable)",
+    )
     a = ap.parse_args(argv)
     _set_sizes(a.batch, a.width, a.iters)
     if a.quick:
@@ -606,8 +717,7 @@ def main(argv=None) -> int:
     if a.device == "cuda" and not torch.cuda.is_available():
         ap.error("--device cuda: no CUDA device is available here")
     if a.mem_limit_gb is None:
-        a.mem_limit_gb = (0.85 * torch.cuda.get_device_properties(0).total_memory / 2**30 if a.device == "cuda"
-                          else 14.0)
+        a.mem_limit_gb = 0.85 * torch.cuda.get_device_properties(0).total_memory / 2**30 if a.device == "cuda" else 14.0
     output = a.output if a.output is not None else ("" if a.quick else str(HERE / "results" / "bench_layers.md"))
     inference = not a.no_inference
 
@@ -616,11 +726,16 @@ def main(argv=None) -> int:
         f"bench_layers: one training step, {ITERS} iterations, shared weights",
         f"B={B}, d={D}, H={HEADS}, iterations={ITERS}, α=γ={STEP} (learnable scalars); loss = mean(X²); "
         f"warm-up {a.warmup}, repeats {a.repeats}; ratios ÷ (a) use the min (least disturbed by other load); "
-        f"isolation: {isolation}; " + (f"device {torch.cuda.get_device_name(0)}, {precision}; memory = peak "
-                                        f"torch.cuda.max_memory_allocated over the allocation before the first step "
-                                        f"(the 'ΔRSS' columns)" if a.device == "cuda" else
-                                        f"{precision}; memory = peak RSS increase over the RSS before the first step"),
-        f"python3 benchmarks/bench_layers.py {' '.join(argv)}")
+        f"isolation: {isolation}; "
+        + (
+            f"device {torch.cuda.get_device_name(0)}, {precision}; memory = peak "
+            f"torch.cuda.max_memory_allocated over the allocation before the first step "
+            f"(the 'ΔRSS' columns)"
+            if a.device == "cuda"
+            else f"{precision}; memory = peak RSS increase over the RSS before the first step"
+        ),
+        f"python3 benchmarks/bench_layers.py {' '.join(argv)}",
+    )
     print(header, flush=True)
 
     results: dict[tuple[str, int], dict] = {}
@@ -639,15 +754,24 @@ def main(argv=None) -> int:
                 print(f"N={N:5d} {layer:8s} ERROR: {res['error']}", flush=True)
             else:
                 extra = f", infer {res['infer_s']:.3f} s / {_mb(res['infer_mem'])} MB" if inference else ""
-                print(f"N={N:5d} {layer:8s} train {res['train_s']:.3f} s (min {res['train_min_s']:.3f}) / "
-                      f"{_mb(res['train_mem'])} MB{extra}  [{time.perf_counter() - t0:.0f} s wall, "
-                      f"est. {est / 2**20:,.0f} MB]", flush=True)
+                print(
+                    f"N={N:5d} {layer:8s} train {res['train_s']:.3f} s (min {res['train_min_s']:.3f}) / "
+                    f"{_mb(res['train_mem'])} MB{extra}  [{time.perf_counter() - t0:.0f} s wall, "
+                    f"est. {est / 2**20:,.0f} MB]",
+                    flush=True,
+                )
 
-    body = (table(results, a.sizes, a.repeats, inference)
-            + "\n\nFLOP parity (analytic FLOPs of a training step, matrix products only; see flops()):\n\n"
-            + flop_table(results, a.sizes) + "\n\nTargets (this run):\n\n" + targets(results, a.sizes))
-    body += (f"\n\nLoad average at the end: {', '.join(f'{x:.2f}' for x in os.getloadavg())} (1, 5, 15 min); "
-             f"{os.cpu_count()} logical CPUs.")
+    body = (
+        table(results, a.sizes, a.repeats, inference)
+        + "\n\nFLOP parity (analytic FLOPs of a training step, matrix products only; see flops()):\n\n"
+        + flop_table(results, a.sizes)
+        + "\n\nTargets (this run):\n\n"
+        + targets(results, a.sizes)
+    )
+    body += (
+        f"\n\nLoad average at the end: {', '.join(f'{x:.2f}' for x in os.getloadavg())} (1, 5, 15 min); "
+        f"{os.cpu_count()} logical CPUs."
+    )
     report = header + "\n" + body + "\n"
     print("\n" + body, flush=True)
     if output:

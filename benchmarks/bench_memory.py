@@ -53,8 +53,7 @@ def energies(d: int, heads: int) -> dict[str, ea.Attention]:
         if entry.family == "attention":
             term = entry.term(d)
             out[name] = ea.Attention(f=term.f, K=term.K, heads=heads, constraint=term.constraint, name="attn")
-    out[USER_KERNEL] = ea.Attention(f="log(x)", K=ea.Kernel.from_torch(gaussian, "gaussian"), heads=heads,
-                                    name="attn")
+    out[USER_KERNEL] = ea.Attention(f="log(x)", K=ea.Kernel.from_torch(gaussian, "gaussian"), heads=heads, name="attn")
     return out
 
 
@@ -77,8 +76,12 @@ def measure(name: str, N: int, threshold: int, a) -> dict:
             raise RuntimeError(f"{name} N={N}: non-finite weight gradient")
 
     times = timed(train_step, a.warmup, a.repeats)
-    return {"pattern": pattern, "train_s": statistics.median(times), "train_min_s": min(times),
-            "train_mem": maxrss_bytes() - rss0}
+    return {
+        "pattern": pattern,
+        "train_s": statistics.median(times),
+        "train_min_s": min(times),
+        "train_mem": maxrss_bytes() - rss0,
+    }
 
 
 def _child(queue, *args):
@@ -121,8 +124,11 @@ def table(results: dict, names: list[str], sizes: list[int]) -> str:
 
     for name in names:
         r0 = results.get((name, small, "dense"), {})
-        patterns = {f"{r['pattern']} (N={N} {kind})": r["pattern"] for (n, N, kind), r in results.items()
-                    if n == name and "pattern" in r}
+        patterns = {
+            f"{r['pattern']} (N={N} {kind})": r["pattern"]
+            for (n, N, kind), r in results.items()
+            if n == name and "pattern" in r
+        }
         distinct = list(dict.fromkeys(patterns.values()))
         cells = [name, distinct[0] if len(distinct) == 1 else ", ".join(patterns) or "?", cell(r0)]
         cells += [cell(results.get((name, N, "blockwise"), {"error": "not run"})) for N in sizes]
@@ -161,7 +167,8 @@ def main(argv=None) -> int:
         f"sdpa_threshold={a.threshold}, tile budget {blockwise.TILE_BUDGET_BYTES // 2**20} MiB; loss = mean(X²), "
         f"backward to the weights; warm-up {a.warmup}, repeats {a.repeats} (min time reported); memory = peak RSS "
         f"increase over the RSS before the first step, each configuration in a forked process",
-        f"python3 benchmarks/bench_memory.py {' '.join(argv)}".strip())
+        f"python3 benchmarks/bench_memory.py {' '.join(argv)}".strip(),
+    )
     print(header, flush=True)
     results = {}
     runs = [(name, N, "blockwise") for N in sizes for name in names]

@@ -45,9 +45,12 @@ def main(argv=None) -> int:
 
     lines = [f"Runs compared: {', '.join(f'`{r}`' for r in args.runs)}.", ""]
     epochs = sorted({h["epoch"] for r in runs for h in r["history"] if key in h})
-    lines += ["Test " + args.metric + " % by epoch (train loss in brackets):", "",
-              "| epoch | " + " | ".join(r["label"] for r in runs) + " |",
-              "|---|" + "|".join("---" for _ in runs) + "|"]
+    lines += [
+        "Test " + args.metric + " % by epoch (train loss in brackets):",
+        "",
+        "| epoch | " + " | ".join(r["label"] for r in runs) + " |",
+        "|---|" + "|".join("---" for _ in runs) + "|",
+    ]
     for epoch in epochs:
         cells = []
         for r in runs:
@@ -57,13 +60,20 @@ def main(argv=None) -> int:
     sweeps = [(f"{r['label']}, epoch {r['history'][-1]['epoch']}", r["eval"]) for r in runs if r["eval"]]
     if sweeps:
         iters = sorted({s["iters"] for _, e in sweeps for s in e["sweep"]})
-        lines += ["", f"Test-time iterations ({args.metric} %, the last checkpoint of each run, as of its eval.json):", "",
-                  "| model | " + " | ".join(f"T={k}" for k in iters) + " |",
-                  "|---|" + "|".join("---" for _ in iters) + "|"]
+        lines += [
+            "",
+            f"Test-time iterations ({args.metric} %, the last checkpoint of each run, as of its eval.json):",
+            "",
+            "| model | " + " | ".join(f"T={k}" for k in iters) + " |",
+            "|---|" + "|".join("---" for _ in iters) + "|",
+        ]
         for label, e in sweeps:
             by = {s["iters"]: s.get(args.metric) for s in e["sweep"]}
-            lines.append(f"| {label} (trained T={e['train_iters']}) | "
-                         + " | ".join(f"{100 * by[k]:.2f}" if by.get(k) is not None else "" for k in iters) + " |")
+            lines.append(
+                f"| {label} (trained T={e['train_iters']}) | "
+                + " | ".join(f"{100 * by[k]:.2f}" if by.get(k) is not None else "" for k in iters)
+                + " |"
+            )
 
     fig, ax = plt.subplots(figsize=(6, 3.6))
     for r in runs:

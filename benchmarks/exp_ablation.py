@@ -52,37 +52,67 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     setup_logging(quiet=True)
 
-    base_model = ModelConfig(arch="hyperset", d=args.d, heads=args.heads, iters=args.iters, ff_ratio=1.0,
-                             condition="x0")
-    base = TrainConfig(task=args.task, batch_size=args.batch_size, lr=args.lr, warmup_epochs=1.0, eval_every=0,
-                       limit_train=args.limit_train, limit_test=args.limit_test, seed=args.seed, progress=False,
-                       patch_size=2 if args.task == "digits" else 7, diagnostics_samples=64, model=base_model,
-                       eval_iters=[args.iters // 2, args.iters, 2 * args.iters])
+    base_model = ModelConfig(
+        arch="hyperset", d=args.d, heads=args.heads, iters=args.iters, ff_ratio=1.0, condition="x0"
+    )
+    base = TrainConfig(
+        task=args.task,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        warmup_epochs=1.0,
+        eval_every=0,
+        limit_train=args.limit_train,
+        limit_test=args.limit_test,
+        seed=args.seed,
+        progress=False,
+        patch_size=2 if args.task == "digits" else 7,
+        diagnostics_samples=64,
+        model=base_model,
+        eval_iters=[args.iters // 2, args.iters, 2 * args.iters],
+    )
     task = build_task(base)
     chosen = [int(i) for i in args.only.split(",")] if args.only else list(range(len(VARIANTS)))
     epochs = args.epochs
     if epochs is None:
         epochs, sps = epochs_for_budget(base, args.budget_minutes / len(chosen), task=task)
-        print(f"budget {args.budget_minutes} min for {len(chosen)} variants: {sps:.3f} s/step -> {epochs} epochs each",
-              flush=True)
+        print(
+            f"budget {args.budget_minutes} min for {len(chosen)} variants: {sps:.3f} s/step -> {epochs} epochs each",
+            flush=True,
+        )
     rows = []
     for i in chosen:
         component, design, change = VARIANTS[i]
         cfg = replace(base, epochs=epochs, model=replace(base_model, **change), out_dir=f"{args.out}/v{i}")
         row = run(cfg, design, task=task)
-        row.update(component=component, top1=row["final"]["test_top1"],
-                   top1_2T=next((s["top1"] for s in row["sweep"] if s["iters"] == 2 * args.iters), float("nan")))
+        row.update(
+            component=component,
+            top1=row["final"]["test_top1"],
+            top1_2T=next((s["top1"] for s in row["sweep"] if s["iters"] == 2 * args.iters), float("nan")),
+        )
         rows.append(row)
-        print(f"{component:10s} {design:32s} top1={100 * row['top1']:.2f}%  params={row['params']:,}  "
-              f"({row['minutes']} min)", flush=True)
+        print(
+            f"{component:10s} {design:32s} top1={100 * row['top1']:.2f}%  params={row['params']:,}  "
+            f"({row['minutes']} min)",
+            flush=True,
+        )
     for r in rows:
         r["top1_pct"] = round(100 * r["top1"], 2)
         r["top1_2T_pct"] = round(100 * r["top1_2T"], 2)
-    text = (f"Task {args.task}, Hyper-SET d={args.d}, {args.heads} heads, 1 layer x {args.iters} iterations, "
-            f"{epochs} epochs, seed {args.seed}.\n\n"
-            + table(rows, [("component", "component"), ("design", "label"), ("params", "params"),
-                           (f"top-1 % (T={args.iters})", "top1_pct"), (f"top-1 % (T={2 * args.iters})", "top1_2T_pct"),
-                           ("minutes", "minutes")]))
+    text = (
+        f"Task {args.task}, Hyper-SET d={args.d}, {args.heads} heads, 1 layer x {args.iters} iterations, "
+        f"{epochs} epochs, seed {args.seed}.\n\n"
+        + table(
+            rows,
+            [
+                ("component", "component"),
+                ("design", "label"),
+                ("params", "params"),
+                (f"top-1 % (T={args.iters})", "top1_pct"),
+                (f"top-1 % (T={2 * args.iters})", "top1_2T_pct"),
+                ("minutes", "minutes"),
+            ],
+        )
+    )
     print(text)
     print("recorded in", record(args.out, "Ablation (Table 4 style)", rows, text))
     return 0

@@ -43,8 +43,9 @@ def match_width(reference: int, model_cfg: ModelConfig, spec, widths: Iterable[i
 
 def seconds_per_step(cfg: TrainConfig, steps: int = 3, task=None) -> float:
     """Median wall time of a training step (after one warm-up step), measured on a scratch copy of ``cfg``."""
-    scratch = cfg.with_overrides([f'out_dir="{tempfile.mkdtemp(prefix="exp-probe-")}"', "progress=false",
-                                  "eval_every=0"])
+    scratch = cfg.with_overrides(
+        [f'out_dir="{tempfile.mkdtemp(prefix="exp-probe-")}"', "progress=false", "eval_every=0"]
+    )
     trainer = Trainer(scratch, task=task)
     loader = iter(trainer._train_loader(0, 0))
     times = []
@@ -74,15 +75,24 @@ def run(cfg: TrainConfig, label: str, task=None) -> dict:
     """Train one configuration; returns a row with the label, parameters, final metrics, sweep, time, folder."""
     start = time.perf_counter()
     summary = train(cfg, task=task)
-    row = {"label": label, "arch": cfg.model.arch, "d": cfg.model.d, "params": summary["parameters"],
-           "epochs": cfg.epochs, "minutes": round((time.perf_counter() - start) / 60, 2),
-           "final": summary["final"], "sweep": summary.get("sweep", []), "plots": summary.get("plots", {}),
-           "out_dir": summary["out_dir"]}
+    row = {
+        "label": label,
+        "arch": cfg.model.arch,
+        "d": cfg.model.d,
+        "params": summary["parameters"],
+        "epochs": cfg.epochs,
+        "minutes": round((time.perf_counter() - start) / 60, 2),
+        "final": summary["final"],
+        "sweep": summary.get("sweep", []),
+        "plots": summary.get("plots", {}),
+        "out_dir": summary["out_dir"],
+    }
     return row
 
 
 def table(rows: Sequence[dict], columns: Sequence[tuple[str, str]]) -> str:
     """Markdown table: ``columns`` = (header, key) where key indexes the row (dotted for nesting)."""
+
     def get(row, key):
         value = row
         for part in key.split("."):
@@ -114,8 +124,14 @@ def record(out_dir: str | Path, name: str, rows: Sequence[dict], text: str, extr
     """Write ``results.json`` and ``results.md`` (with the exact command line) into ``out_dir``."""
     out = Path(out_dir)
     command = "python " + " ".join(shlex.quote(a) for a in sys.argv)
-    info = {"experiment": name, "command": command, "torch": torch.__version__, "threads": torch.get_num_threads(),
-            "rows": list(rows), **(extra or {})}
+    info = {
+        "experiment": name,
+        "command": command,
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "rows": list(rows),
+        **(extra or {}),
+    }
     atomic_write_text(out / "results.json", json.dumps(info, indent=1, default=str))
     atomic_write_text(out / "results.md", f"# {name}\n\n```\n{command}\n```\n\n{text}\n")
     return out / "results.md"

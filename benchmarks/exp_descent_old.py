@@ -29,8 +29,11 @@ from energyarch.train.cli import setup_logging  # noqa: E402
 from energyarch.train.evaluate import sweep_iterations  # noqa: E402
 from energyarch.train.trainer import load_run  # noqa: E402
 
-RULES = {"free": {"steps": "free"}, "bounded 0.2 (old 'safe')": {"steps": "bounded", "max_step": 0.2},
-         "descent 1.0": {"steps": "descent", "max_step": 1.0}}
+RULES = {
+    "free": {"steps": "free"},
+    "bounded 0.2 (old 'safe')": {"steps": "bounded", "max_step": 0.2},
+    "descent 1.0": {"steps": "descent", "max_step": 1.0},
+}
 
 
 def main(argv=None) -> int:
@@ -45,23 +48,31 @@ def main(argv=None) -> int:
         for label, params in RULES.items():
             cfg = task_config("digits", old)
             folder = Path(args.out) / f"{params['steps']}-s{seed}"
-            model_cfg = dataclasses.replace(cfg.model, steps=params["steps"],
-                                            solver_params={k: v for k, v in params.items() if k != "steps"})
+            model_cfg = dataclasses.replace(
+                cfg.model, steps=params["steps"], solver_params={k: v for k, v in params.items() if k != "steps"}
+            )
             cfg = dataclasses.replace(cfg, model=model_cfg, seed=seed, out_dir=str(folder), diagnostics_samples=0)
             train(cfg, report=False)
             model, task, _, _ = load_run(folder)
-            for back in (0, 3) if params["steps"] != "descent" else (0,):   # descent backtracks in training already
+            for back in (0, 3) if params["steps"] != "descent" else (0,):  # descent backtracks in training already
                 for layer in model.backbone.layers:
                     layer.step.solver = dataclasses.replace(layer.step.solver, backtrack=back)
                 sweep = {r["iters"]: r["top1"] for r in sweep_iterations(model, task, task.test_set, [8, 16])}
-                row = {"rule": label, "seed": seed, "backtrack at eval": back, "top1 T": 100 * sweep[8],
-                       "top1 2T": 100 * sweep[16]}
+                row = {
+                    "rule": label,
+                    "seed": seed,
+                    "backtrack at eval": back,
+                    "top1 T": 100 * sweep[8],
+                    "top1 2T": 100 * sweep[16],
+                }
                 rows.append(row)
                 print(json.dumps(row), flush=True)
     load = os.getloadavg()
-    text = (table(rows, [(k, k) for k in rows[0]]) + "\n\nRecipe: benchmarks/exp_solvers.py task_config('digits') "
-            f"(d = 32, T = 8, 6 epochs, lr 2e-3, batch 64, gd). Load average (1, 5, 15 min): {load[0]:.2f}, "
-            f"{load[1]:.2f}, {load[2]:.2f}")
+    text = (
+        table(rows, [(k, k) for k in rows[0]]) + "\n\nRecipe: benchmarks/exp_solvers.py task_config('digits') "
+        f"(d = 32, T = 8, 6 epochs, lr 2e-3, batch 64, gd). Load average (1, 5, 15 min): {load[0]:.2f}, "
+        f"{load[1]:.2f}, {load[2]:.2f}"
+    )
     record(args.out, "Earlier solver study's recipe: backtracking at inference only", rows, text, {"loadavg": load})
     return 0
 

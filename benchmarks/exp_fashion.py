@@ -48,16 +48,30 @@ def main(argv=None) -> int:
 
     T = args.iters
     hyper = ModelConfig(arch="hyperset", d=args.d, heads=args.heads, iters=T, ff_ratio=1.0, condition="xt")
-    base = TrainConfig(task="fashion_mnist", data_dir=args.data_dir, batch_size=args.batch_size, lr=args.lr,
-                       min_lr=1e-5, weight_decay=5e-5, warmup_epochs=1.0, eval_every=0, seed=args.seed,
-                       limit_train=args.limit_train, limit_test=args.limit_test, patch_size=args.patch_size,
-                       progress=False, model=hyper, eval_iters=sorted({max(1, T * k // 4) for k in range(1, 9)}),
-                       diagnostics_samples=128)
+    base = TrainConfig(
+        task="fashion_mnist",
+        data_dir=args.data_dir,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        min_lr=1e-5,
+        weight_decay=5e-5,
+        warmup_epochs=1.0,
+        eval_every=0,
+        seed=args.seed,
+        limit_train=args.limit_train,
+        limit_test=args.limit_test,
+        patch_size=args.patch_size,
+        progress=False,
+        model=hyper,
+        eval_iters=sorted({max(1, T * k // 4) for k in range(1, 9)}),
+        diagnostics_samples=128,
+    )
     task = build_task(base)
     trans = replace(hyper, arch="transformer")
     if args.match == "params":
-        trans = match_width(n_params(hyper, task.spec), trans, task.spec, range(args.heads * 4, 2 * args.d + 1,
-                                                                                args.heads))
+        trans = match_width(
+            n_params(hyper, task.spec), trans, task.spec, range(args.heads * 4, 2 * args.d + 1, args.heads)
+        )
     models = {"Hyper-SET": hyper, "Transformer": trans}
     for label, m in models.items():
         print(f"{label:12s} d={m.d:4d} params={n_params(m, task.spec):,}", flush=True)
@@ -71,15 +85,26 @@ def main(argv=None) -> int:
         row["top1_pct"] = round(100 * row["final"]["test_top1"], 2)
         rows.append(row)
         print(f"{label:12s} top1={row['top1_pct']:.2f}%  ({row['minutes']} min)", flush=True)
-    plot = plot_comparison({r["label"]: r["sweep"] for r in rows}, "top1", T, Path(args.out) / "extrapolation.png",
-                           title="Fashion-MNIST: test-time iterations")
+    plot = plot_comparison(
+        {r["label"]: r["sweep"] for r in rows},
+        "top1",
+        T,
+        Path(args.out) / "extrapolation.png",
+        title="Fashion-MNIST: test-time iterations",
+    )
     n_train = len(task.train_set)
-    text = (f"Fashion-MNIST, {n_train} train / {len(task.test_set)} test images, {args.patch_size}x{args.patch_size} "
-            f"patches, 1 layer x {T} iterations, {epochs} epochs, batch {args.batch_size}, lr {args.lr:g}, seed "
-            f"{args.seed}, matched {args.match}.\n\n"
-            + table(rows, [("model", "label"), ("d", "d"), ("params", "params"), ("top-1 %", "top1_pct"),
-                           ("minutes", "minutes")])
-            + "\n\nTest-time iterations, top-1 %:\n\n" + sweep_table(rows, "top1") + f"\n\nPlot: {plot}\n")
+    text = (
+        f"Fashion-MNIST, {n_train} train / {len(task.test_set)} test images, {args.patch_size}x{args.patch_size} "
+        f"patches, 1 layer x {T} iterations, {epochs} epochs, batch {args.batch_size}, lr {args.lr:g}, seed "
+        f"{args.seed}, matched {args.match}.\n\n"
+        + table(
+            rows,
+            [("model", "label"), ("d", "d"), ("params", "params"), ("top-1 %", "top1_pct"), ("minutes", "minutes")],
+        )
+        + "\n\nTest-time iterations, top-1 %:\n\n"
+        + sweep_table(rows, "top1")
+        + f"\n\nPlot: {plot}\n"
+    )
     print(text)
     print("recorded in", record(args.out, "Fashion-MNIST: Hyper-SET vs Transformer", rows, text))
     return 0

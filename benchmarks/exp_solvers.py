@@ -37,15 +37,38 @@ TOLS = [1e-2, 1e-3, 1e-4]
 def task_config(task: str, args) -> TrainConfig:
     """A small model and schedule per task (what fits the CPU budget)."""
     model = ModelConfig(arch="hyperset", d=args.d, heads=4, iters=args.iters, ff_ratio=1.0, time_freq=64)
-    common = dict(batch_size=64, lr=2e-3, warmup_epochs=0.5, eval_every=0, progress=False, diagnostics_samples=256,
-                  eval_iters=[args.iters, 2 * args.iters], model=model)
+    common = dict(
+        batch_size=64,
+        lr=2e-3,
+        warmup_epochs=0.5,
+        eval_every=0,
+        progress=False,
+        diagnostics_samples=256,
+        eval_iters=[args.iters, 2 * args.iters],
+        model=model,
+    )
     if task == "digits":
         return TrainConfig(task="digits", epochs=args.epochs_digits, patch_size=2, **common)
     if task == "fashion_mnist":
-        return TrainConfig(task="fashion_mnist", epochs=args.epochs_fashion, patch_size=7, data_dir=args.fashion_dir,
-                           limit_train=args.limit_train, limit_test=args.limit_test, **common)
-    return TrainConfig(task="sudoku", epochs=args.epochs_sudoku, n_train=args.sudoku_train, n_test=200,
-                       min_givens=30, max_givens=40, weight_decay=0.1, **common)
+        return TrainConfig(
+            task="fashion_mnist",
+            epochs=args.epochs_fashion,
+            patch_size=7,
+            data_dir=args.fashion_dir,
+            limit_train=args.limit_train,
+            limit_test=args.limit_test,
+            **common,
+        )
+    return TrainConfig(
+        task="sudoku",
+        epochs=args.epochs_sudoku,
+        n_train=args.sudoku_train,
+        n_test=200,
+        min_givens=30,
+        max_givens=40,
+        weight_decay=0.1,
+        **common,
+    )
 
 
 def main(argv=None) -> int:
@@ -77,7 +100,9 @@ def main(argv=None) -> int:
             for solver, params in chosen:
                 for rule, extra in RULES.items():
                     model = replace(base.model, solver=solver, solver_params={**params, **extra})
-                    cfg = replace(base, seed=seed, model=model, out_dir=f"{args.out}/{task_name}/{solver}-{rule}-s{seed}")
+                    cfg = replace(
+                        base, seed=seed, model=model, out_dir=f"{args.out}/{task_name}/{solver}-{rule}-s{seed}"
+                    )
                     row = run(cfg, f"{solver} ({rule})", task=task)
                     by = {s["iters"]: s[metric] for s in row["sweep"]}
                     ev = json.loads(Path(row["out_dir"], "eval.json").read_text())
@@ -86,29 +111,52 @@ def main(argv=None) -> int:
                     target = by[args.iters]
                     ok = [r for r in adaptive if r[metric] >= target]
                     best = min(ok, key=lambda r: r["mean_iters"]) if ok else None
-                    row.update(task=task_name, solver=solver, rule=rule, seed=seed, metric=metric,
-                               acc_T=100 * by[args.iters], acc_2T=100 * by[2 * args.iters],
-                               rise_pct=100 * ev["energy_rise_fraction"], rise_max=ev["energy_rise_max"],
-                               adaptive=adaptive,
-                               adaptive_iters=(round(best["mean_iters"], 2) if best else "not reached"),
-                               saved=(round(args.iters - best["mean_iters"], 2) if best else "—"))
+                    row.update(
+                        task=task_name,
+                        solver=solver,
+                        rule=rule,
+                        seed=seed,
+                        metric=metric,
+                        acc_T=100 * by[args.iters],
+                        acc_2T=100 * by[2 * args.iters],
+                        rise_pct=100 * ev["energy_rise_fraction"],
+                        rise_max=ev["energy_rise_max"],
+                        adaptive=adaptive,
+                        adaptive_iters=(round(best["mean_iters"], 2) if best else "not reached"),
+                        saved=(round(args.iters - best["mean_iters"], 2) if best else "—"),
+                    )
                     rows.append(row)
-                    print(f"{task_name:13s} seed {seed} {solver:9s} {rule:8s} {metric}@T={row['acc_T']:.2f} "
-                          f"@2T={row['acc_2T']:.2f} rise={row['rise_pct']:.1f}% adaptive={row['adaptive_iters']} "
-                          f"({row['minutes']} min)", flush=True)
-    cols = [("task", "task"), ("solver", "solver"), ("steps", "rule"), ("seed", "seed"), ("params", "params"),
-            (f"acc % (T={args.iters})", "acc_T"), (f"acc % (2T={2 * args.iters})", "acc_2T"),
-            ("energy rises (% pairs)", "rise_pct"), ("largest rise", "rise_max"),
-            ("adaptive: mean iters at ≥ acc(T)", "adaptive_iters"), ("iters saved", "saved"), ("minutes", "minutes")]
+                    print(
+                        f"{task_name:13s} seed {seed} {solver:9s} {rule:8s} {metric}@T={row['acc_T']:.2f} "
+                        f"@2T={row['acc_2T']:.2f} rise={row['rise_pct']:.1f}% adaptive={row['adaptive_iters']} "
+                        f"({row['minutes']} min)",
+                        flush=True,
+                    )
+    cols = [
+        ("task", "task"),
+        ("solver", "solver"),
+        ("steps", "rule"),
+        ("seed", "seed"),
+        ("params", "params"),
+        (f"acc % (T={args.iters})", "acc_T"),
+        (f"acc % (2T={2 * args.iters})", "acc_2T"),
+        ("energy rises (% pairs)", "rise_pct"),
+        ("largest rise", "rise_max"),
+        ("adaptive: mean iters at ≥ acc(T)", "adaptive_iters"),
+        ("iters saved", "saved"),
+        ("minutes", "minutes"),
+    ]
     for r in rows:
         for k in ("acc_T", "acc_2T", "rise_pct"):
             r[k] = round(r[k], 2)
-    text = (f"Hyper-SET d={args.d}, 4 heads, 1 layer x T={args.iters} iterations, ff_ratio 1, batch 64, lr 2e-3. "
-            f"digits: {args.epochs_digits} epochs (1,437 train / 360 test); Fashion-MNIST: {args.epochs_fashion} "
-            f"epochs on the first {args.limit_train} training / {args.limit_test} test images; Sudoku: "
-            f"{args.epochs_sudoku} epochs on {args.sudoku_train} generated puzzles (30-40 givens), 200 test, metric "
-            f"cell accuracy. 'safe' = steps='bounded' (α = 0.2·sigmoid(raw), secant-curvature cap) + backtrack=3 at "
-            f"inference. Momentum 0.9 (heavy ball, Nesterov); Adam (0.9, 0.96).\n\n" + table(rows, cols))
+    text = (
+        f"Hyper-SET d={args.d}, 4 heads, 1 layer x T={args.iters} iterations, ff_ratio 1, batch 64, lr 2e-3. "
+        f"digits: {args.epochs_digits} epochs (1,437 train / 360 test); Fashion-MNIST: {args.epochs_fashion} "
+        f"epochs on the first {args.limit_train} training / {args.limit_test} test images; Sudoku: "
+        f"{args.epochs_sudoku} epochs on {args.sudoku_train} generated puzzles (30-40 givens), 200 test, metric "
+        f"cell accuracy. 'safe' = steps='bounded' (α = 0.2·sigmoid(raw), secant-curvature cap) + backtrack=3 at "
+        f"inference. Momentum 0.9 (heavy ball, Nesterov); Adam (0.9, 0.96).\n\n" + table(rows, cols)
+    )
     print(text)
     print("recorded in", record(args.out, "Solvers: gd vs heavy ball vs Nesterov vs RMSProp vs Adam", rows, text))
     return 0

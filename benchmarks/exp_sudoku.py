@@ -28,8 +28,12 @@ from energyarch.train import TrainConfig, build_task  # noqa: E402
 from energyarch.train.cli import setup_logging  # noqa: E402
 from energyarch.train.plots import plot_comparison  # noqa: E402
 
-LABELS = {"hyperset": "Hyper-SET", "transformer": "Transformer", "energy_transformer": "Energy Transformer",
-          "crate": "CRATE"}
+LABELS = {
+    "hyperset": "Hyper-SET",
+    "transformer": "Transformer",
+    "energy_transformer": "Energy Transformer",
+    "crate": "CRATE",
+}
 
 
 def main(argv=None) -> int:
@@ -45,14 +49,22 @@ def main(argv=None) -> int:
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--loss-on", default="last", choices=("last", "all"),
-                    help="loss on the last iteration (the paper) or on every iteration (Recurrent Transformer)")
+    ap.add_argument(
+        "--loss-on",
+        default="last",
+        choices=("last", "all"),
+        help="loss on the last iteration (the paper) or on every iteration (Recurrent Transformer)",
+    )
     ap.add_argument("--data-dir", help="Sudoku cache folder (default ~/.cache/energyarch)")
     ap.add_argument("--match", default="params", choices=("params", "width"))
     ap.add_argument("--out", default="runs/exp_sudoku")
-    ap.add_argument("--collect", nargs="+", metavar="DIR",
-                    help="train nothing: merge the results.json of earlier runs (e.g. models trained in parallel "
-                         "processes with --archs) into one table and plot under --out")
+    ap.add_argument(
+        "--collect",
+        nargs="+",
+        metavar="DIR",
+        help="train nothing: merge the results.json of earlier runs (e.g. models trained in parallel "
+        "processes with --archs) into one table and plot under --out",
+    )
     args = ap.parse_args(argv)
     setup_logging(quiet=True)
     if args.collect:
@@ -69,11 +81,26 @@ def main(argv=None) -> int:
     archs = args.archs.split(",")
     hyper = ModelConfig(arch="hyperset", d=args.d, heads=args.heads, iters=args.iters, ff_ratio=4.0, condition="x0")
     T = args.iters
-    base = TrainConfig(task="sudoku", n_train=args.n_train, n_test=args.n_test, data_dir=args.data_dir,
-                       batch_size=args.batch_size, lr=args.lr, min_lr=1e-5, weight_decay=0.1, betas=(0.9, 0.95),
-                       warmup_epochs=0.5, grad_clip=1.0, eval_every=0, seed=args.seed, loss_on=args.loss_on,
-                       progress=False, model=hyper,
-                       eval_iters=sorted({max(1, T * k // 4) for k in range(1, 9)}), diagnostics_samples=100)
+    base = TrainConfig(
+        task="sudoku",
+        n_train=args.n_train,
+        n_test=args.n_test,
+        data_dir=args.data_dir,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        min_lr=1e-5,
+        weight_decay=0.1,
+        betas=(0.9, 0.95),
+        warmup_epochs=0.5,
+        grad_clip=1.0,
+        eval_every=0,
+        seed=args.seed,
+        loss_on=args.loss_on,
+        progress=False,
+        model=hyper,
+        eval_iters=sorted({max(1, T * k // 4) for k in range(1, 9)}),
+        diagnostics_samples=100,
+    )
     task = build_task(base)
     reference = n_params(hyper, task.spec)
     models = {}
@@ -86,8 +113,11 @@ def main(argv=None) -> int:
     epochs = args.epochs
     if epochs is None:
         epochs, sps = epochs_for_budget(base, args.budget_minutes / len(archs), task=task)
-        print(f"budget {args.budget_minutes} min for {len(archs)} models: Hyper-SET {sps:.2f} s/step -> "
-              f"{epochs} epochs each", flush=True)
+        print(
+            f"budget {args.budget_minutes} min for {len(archs)} models: Hyper-SET {sps:.2f} s/step -> "
+            f"{epochs} epochs each",
+            flush=True,
+        )
     rows = []
     for arch, mcfg in models.items():
         cfg = replace(base, epochs=epochs, model=mcfg, out_dir=f"{args.out}/{arch}")
@@ -95,8 +125,10 @@ def main(argv=None) -> int:
         f = row["final"]
         row.update(board_pct=round(100 * f["test_board_acc"], 2), cell_pct=round(100 * f["test_cell_acc"], 2))
         rows.append(row)
-        print(f"{LABELS[arch]:20s} board={row['board_pct']:.2f}%  cell={row['cell_pct']:.2f}%  ({row['minutes']} min)",
-              flush=True)
+        print(
+            f"{LABELS[arch]:20s} board={row['board_pct']:.2f}%  cell={row['cell_pct']:.2f}%  ({row['minutes']} min)",
+            flush=True,
+        )
     return report(rows, args.out)
 
 
@@ -104,19 +136,42 @@ def report(rows: list[dict], out: str, sources: Sequence[str] = ()) -> int:
     """Table, test-time iteration sweeps and plots of trained ``rows``; the recipe is read from the first run."""
     cfg = json.loads((Path(rows[0]["out_dir"]) / "metrics.json").read_text())["config"]
     T = cfg["model"]["iters"]
-    plot = plot_comparison({r["label"]: r["sweep"] for r in rows}, "cell_acc", T, Path(out) / "extrapolation.png",
-                           title="Sudoku: test-time iterations (cell accuracy)")
-    plot_b = plot_comparison({r["label"]: r["sweep"] for r in rows}, "board_acc", T,
-                             Path(out) / "extrapolation_board.png", title="Sudoku: test-time iterations (boards)")
-    text = (f"Sudoku, {cfg['n_train']} train / {cfg['n_test']} test generated puzzles ({cfg['min_givens']}-"
-            f"{cfg['max_givens']} givens), 1 layer x {T} iterations, {cfg['epochs']} epochs, batch "
-            f"{cfg['batch_size']}, lr {cfg['lr']:g}, loss on {cfg['loss_on']} iteration(s), seed {cfg['seed']}.\n\n"
-            + table(rows, [("model", "label"), ("d", "d"), ("params", "params"), ("board acc %", "board_pct"),
-                           ("cell acc %", "cell_pct"), ("minutes", "minutes")])
-            + "\n\nTest-time iterations, cell accuracy %:\n\n" + sweep_table(rows, "cell_acc")
-            + "\n\nTest-time iterations, board accuracy %:\n\n" + sweep_table(rows, "board_acc")
-            + f"\n\nPlots: {plot}, {plot_b}\n"
-            + "".join(f"\nMerged from: `{command}`\n" for command in sources))
+    plot = plot_comparison(
+        {r["label"]: r["sweep"] for r in rows},
+        "cell_acc",
+        T,
+        Path(out) / "extrapolation.png",
+        title="Sudoku: test-time iterations (cell accuracy)",
+    )
+    plot_b = plot_comparison(
+        {r["label"]: r["sweep"] for r in rows},
+        "board_acc",
+        T,
+        Path(out) / "extrapolation_board.png",
+        title="Sudoku: test-time iterations (boards)",
+    )
+    text = (
+        f"Sudoku, {cfg['n_train']} train / {cfg['n_test']} test generated puzzles ({cfg['min_givens']}-"
+        f"{cfg['max_givens']} givens), 1 layer x {T} iterations, {cfg['epochs']} epochs, batch "
+        f"{cfg['batch_size']}, lr {cfg['lr']:g}, loss on {cfg['loss_on']} iteration(s), seed {cfg['seed']}.\n\n"
+        + table(
+            rows,
+            [
+                ("model", "label"),
+                ("d", "d"),
+                ("params", "params"),
+                ("board acc %", "board_pct"),
+                ("cell acc %", "cell_pct"),
+                ("minutes", "minutes"),
+            ],
+        )
+        + "\n\nTest-time iterations, cell accuracy %:\n\n"
+        + sweep_table(rows, "cell_acc")
+        + "\n\nTest-time iterations, board accuracy %:\n\n"
+        + sweep_table(rows, "board_acc")
+        + f"\n\nPlots: {plot}, {plot_b}\n"
+        + "".join(f"\nMerged from: `{command}`\n" for command in sources)
+    )
     print(text)
     print("recorded in", record(out, "Sudoku: Hyper-SET vs baselines", rows, text))
     return 0

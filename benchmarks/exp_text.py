@@ -59,15 +59,25 @@ def cem_config(hyper: ModelConfig):
     """
     try:
         return replace(hyper, interaction="query-key", feedforward="gated-cem"), None
-    except EnergyArchError as err:                                 # a declaration this build does not accept
+    except EnergyArchError as err:  # a declaration this build does not accept
         return None, f"{type(err).__name__}: {err}"
 
 
 def model_configs(args, spec) -> tuple[dict, dict]:
     """label -> ModelConfig at matched parameters, and label -> reason for each model left out."""
-    hyper = ModelConfig(arch="hyperset", d=args.d, heads=args.heads, layers=1, iters=args.iters,
-                        attention="bisoftmax", feedforward="relu", ff_ratio=4.0, step_sizes="learned",
-                        condition="x0", time_freq=args.time_freq)
+    hyper = ModelConfig(
+        arch="hyperset",
+        d=args.d,
+        heads=args.heads,
+        layers=1,
+        iters=args.iters,
+        attention="bisoftmax",
+        feedforward="relu",
+        ff_ratio=4.0,
+        step_sizes="learned",
+        condition="x0",
+        time_freq=args.time_freq,
+    )
     widths = range(args.heads * 4, 4 * args.d + 1, args.heads)
     models, skipped = {}, {}
     try:
@@ -80,8 +90,9 @@ def model_configs(args, spec) -> tuple[dict, dict]:
         cem, why = cem_config(hyper)
         if cem is not None:
             try:
-                models["CEM-style tied layer"] = (match_width(reference, cem, spec, widths)
-                                                  if reference is not None else cem)
+                models["CEM-style tied layer"] = (
+                    match_width(reference, cem, spec, widths) if reference is not None else cem
+                )
             except EnergyArchError as err:
                 why = f"{type(err).__name__}: {err}"
         if why:
@@ -113,8 +124,9 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--text-path", help="a UTF-8 file or folder instead of the embedded corpus")
     ap.add_argument("--out", default="runs/exp_text")
-    ap.add_argument("--results", help="markdown file (default benchmarks/results/exp_text.md; with --smoke, "
-                                      "OUT/exp_text.md)")
+    ap.add_argument(
+        "--results", help="markdown file (default benchmarks/results/exp_text.md; with --smoke, OUT/exp_text.md)"
+    )
     ap.add_argument("--smoke", action="store_true", help="a tiny run of the whole pipeline (< 1 min)")
     args = ap.parse_args(argv)
     if args.smoke:
@@ -122,17 +134,34 @@ def main(argv=None) -> int:
         args.seq_len, args.batch_size, args.steps, args.val_windows, args.sample_bytes = 32, 8, 4, 8, 24
         args.out = args.out if args.out != "runs/exp_text" else "runs/exp_text_smoke"
     args.models = args.models.split(",")
-    results = Path(args.results) if args.results else (Path(args.out) / "exp_text.md" if args.smoke else
-                                                      ROOT / "benchmarks" / "results" / "exp_text.md")
+    results = (
+        Path(args.results)
+        if args.results
+        else (Path(args.out) / "exp_text.md" if args.smoke else ROOT / "benchmarks" / "results" / "exp_text.md")
+    )
     setup_logging(quiet=True)
 
     T = args.iters
     sweep = sorted({max(1, round(T * k / 4)) for k in range(1, 9)})
-    base = TrainConfig(task="text", text_path=args.text_path, seq_len=args.seq_len, batch_size=args.batch_size,
-                       lr=args.lr, min_lr=args.lr / 20, weight_decay=0.1, betas=(0.9, 0.95), grad_clip=1.0,
-                       eval_every=0, seed=args.seed, data_seed=args.seed, limit_test=args.val_windows,
-                       limit_train=8 * args.batch_size,      # enough for the step-time probe; runs get their own
-                       progress=False, eval_iters=sweep, diagnostics_samples=0 if args.smoke else 64)
+    base = TrainConfig(
+        task="text",
+        text_path=args.text_path,
+        seq_len=args.seq_len,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        min_lr=args.lr / 20,
+        weight_decay=0.1,
+        betas=(0.9, 0.95),
+        grad_clip=1.0,
+        eval_every=0,
+        seed=args.seed,
+        data_seed=args.seed,
+        limit_test=args.val_windows,
+        limit_train=8 * args.batch_size,  # enough for the step-time probe; runs get their own
+        progress=False,
+        eval_iters=sweep,
+        diagnostics_samples=0 if args.smoke else 64,
+    )
     task = build_task(base)
     models, skipped = model_configs(args, task.spec)
     for label, why in skipped.items():
@@ -143,8 +172,13 @@ def main(argv=None) -> int:
     configs, steps = {}, {}
     for label, mcfg in models.items():
         energy = mcfg.arch == "hyperset"
-        configs[label] = replace(base, model=mcfg, eval_iters=sweep if energy else [1], epochs=1,
-                                 out_dir=f"{args.out}/{label.split()[0].lower()}")
+        configs[label] = replace(
+            base,
+            model=mcfg,
+            eval_iters=sweep if energy else [1],
+            epochs=1,
+            out_dir=f"{args.out}/{label.split()[0].lower()}",
+        )
         if args.steps:
             steps[label] = args.steps
             continue
@@ -153,26 +187,37 @@ def main(argv=None) -> int:
         print(f"{label:28s} {sps:.3f} s/step -> {steps[label]} steps in {args.budget_minutes:g} min", flush=True)
     # one seeded draw of training windows: every model reads the same windows in the same order, the first
     # steps * batch_size of them (one epoch, so that the cosine schedule ends with the budget)
-    windows = ByteWindows.random(task.train_set.data, args.seq_len, count=max(steps.values(), default=1)
-                                 * args.batch_size, seed=args.seed)
+    windows = ByteWindows.random(
+        task.train_set.data, args.seq_len, count=max(steps.values(), default=1) * args.batch_size, seed=args.seed
+    )
     rows = []
     for label, cfg in configs.items():
         n = steps[label] * args.batch_size
-        own = TextTask(ByteWindows(windows.data, args.seq_len, windows.starts[:n]), task.test_set, args.seq_len,
-                       {**task.data_info, "train_windows": n})
+        own = TextTask(
+            ByteWindows(windows.data, args.seq_len, windows.starts[:n]),
+            task.test_set,
+            args.seq_len,
+            {**task.data_info, "train_windows": n},
+        )
         cfg = replace(cfg, warmup_steps=max(1, steps[label] // 20))
-        model = build_model(cfg.model, own.spec)           # kept for the samples
+        model = build_model(cfg.model, own.spec)  # kept for the samples
         row = run(cfg, label, task=own, model=model)
         metrics = json.loads((Path(row["out_dir"]) / "metrics.json").read_text())
         speed = metrics["speed"]["epochs"]
-        row.update(steps=steps[label], val_bpb=row["final"].get("test_bpb"),
-                   val_top1_pct=100 * row["final"].get("test_top1", 0.0),
-                   tokens_per_s=round(sum(e["tokens_per_s"] * e["steps"] for e in speed)
-                                      / max(1, sum(e["steps"] for e in speed)), 1),
-                   samples=samples(model, args))
+        row.update(
+            steps=steps[label],
+            val_bpb=row["final"].get("test_bpb"),
+            val_top1_pct=100 * row["final"].get("test_top1", 0.0),
+            tokens_per_s=round(
+                sum(e["tokens_per_s"] * e["steps"] for e in speed) / max(1, sum(e["steps"] for e in speed)), 1
+            ),
+            samples=samples(model, args),
+        )
         rows.append(row)
-        print(f"{label:28s} val bpb={row['val_bpb']:.4f}  {row['tokens_per_s']:,.0f} tokens/s  ({row['minutes']} "
-              f"min)", flush=True)
+        print(
+            f"{label:28s} val bpb={row['val_bpb']:.4f}  {row['tokens_per_s']:,.0f} tokens/s  ({row['minutes']} min)",
+            flush=True,
+        )
     if not rows:
         print("no model could be built; nothing to report", file=sys.stderr)
         return 1
@@ -183,15 +228,26 @@ def run(cfg: TrainConfig, label: str, task, model) -> dict:
     """Train ``model`` (built from ``cfg.model``) as ``energyarch train`` does; a row as exp_common.run's."""
     start = time.perf_counter()
     summary = train(cfg, task=task, model=model)
-    return {"label": label, "arch": cfg.model.arch, "d": cfg.model.d, "params": summary["parameters"],
-            "epochs": cfg.epochs, "minutes": round((time.perf_counter() - start) / 60, 2), "final": summary["final"],
-            "sweep": summary.get("sweep", []), "plots": summary.get("plots", {}), "out_dir": summary["out_dir"]}
+    return {
+        "label": label,
+        "arch": cfg.model.arch,
+        "d": cfg.model.d,
+        "params": summary["parameters"],
+        "epochs": cfg.epochs,
+        "minutes": round((time.perf_counter() - start) / 60, 2),
+        "final": summary["final"],
+        "sweep": summary.get("sweep", []),
+        "plots": summary.get("plots", {}),
+        "out_dir": summary["out_dir"],
+    }
 
 
 def samples(model, args) -> dict:
     """A continuation of each prompt (temperature 0.8, top-k 40, seed 0) from the trained model."""
-    return {p: generate(model, p.encode(), args.sample_bytes, temperature=0.8, top_k=40, seed=0)
-            .decode("utf-8", "replace") for p in (PROMPTS[:1] if args.smoke else PROMPTS)}
+    return {
+        p: generate(model, p.encode(), args.sample_bytes, temperature=0.8, top_k=40, seed=0).decode("utf-8", "replace")
+        for p in (PROMPTS[:1] if args.smoke else PROMPTS)
+    }
 
 
 def bpb_sweep_table(rows) -> str:
@@ -205,31 +261,57 @@ def bpb_sweep_table(rows) -> str:
 
 def report(rows, skipped, task, args, results: Path) -> int:
     info = task.data_info
-    plot = plot_comparison({r["label"]: r["sweep"] for r in rows}, "bpb", args.iters,
-                           results.with_suffix(".png"), title="Validation bits per byte vs test-time iterations")
-    corpus = (f"the embedded corpus ({len(info['files'])} standard-library modules of Python {info['python']}, "
-              f"{info['bytes']:,} bytes, sha256 {info['sha256'][:16]}…; it differs between Python versions)"
-              if info["source"] == "python-stdlib" else f"{info['source']} ({info['bytes']:,} bytes, sha256 "
-                                                         f"{info['sha256'][:16]}…)")
+    plot = plot_comparison(
+        {r["label"]: r["sweep"] for r in rows},
+        "bpb",
+        args.iters,
+        results.with_suffix(".png"),
+        title="Validation bits per byte vs test-time iterations",
+    )
+    corpus = (
+        f"the embedded corpus ({len(info['files'])} standard-library modules of Python {info['python']}, "
+        f"{info['bytes']:,} bytes, sha256 {info['sha256'][:16]}…; it differs between Python versions)"
+        if info["source"] == "python-stdlib"
+        else f"{info['source']} ({info['bytes']:,} bytes, sha256 {info['sha256'][:16]}…)"
+    )
     budget = f"{args.steps} steps each" if args.steps else f"{args.budget_minutes:g} min of training each"
-    text = (f"Byte-level language modelling on {corpus}; last 10 % held out, validation on {info['val_windows']} "
-            f"fixed windows of {info['seq_len']} bytes. Batch {args.batch_size}, lr {args.lr:g} (warmup, cosine), "
-            f"AdamW (0.9, 0.95), weight decay 0.1, {budget}, seed {args.seed}, "
-            f"{time.strftime('%Y-%m-%d')}."
-            + (" **Smoke run: the numbers say the pipeline works, nothing about the models.**" if args.smoke else "")
-            + "\n\n" + table(rows, [("model", "label"), ("d", "d"), ("params", "params"), ("steps", "steps"),
-                                    ("val bits/byte", "val_bpb"), ("val next-byte acc %", "val_top1_pct"),
-                                    ("train tokens/s", "tokens_per_s"), ("minutes", "minutes")])
-            + "".join(f"\n\n{label}: not run ({why})." for label, why in skipped.items())
-            + "\n\nValidation bits per byte against test-time iterations (energy models trained at T = "
-            + f"{args.iters}; GPT has one pass):\n\n" + bpb_sweep_table(rows)
-            + f"\n\nPlot: {plot}\n\nSamples (temperature 0.8, top-k 40, seed 0, {args.sample_bytes} bytes):\n")
+    text = (
+        f"Byte-level language modelling on {corpus}; last 10 % held out, validation on {info['val_windows']} "
+        f"fixed windows of {info['seq_len']} bytes. Batch {args.batch_size}, lr {args.lr:g} (warmup, cosine), "
+        f"AdamW (0.9, 0.95), weight decay 0.1, {budget}, seed {args.seed}, "
+        f"{time.strftime('%Y-%m-%d')}."
+        + (" **Smoke run: the numbers say the pipeline works, nothing about the models.**" if args.smoke else "")
+        + "\n\n"
+        + table(
+            rows,
+            [
+                ("model", "label"),
+                ("d", "d"),
+                ("params", "params"),
+                ("steps", "steps"),
+                ("val bits/byte", "val_bpb"),
+                ("val next-byte acc %", "val_top1_pct"),
+                ("train tokens/s", "tokens_per_s"),
+                ("minutes", "minutes"),
+            ],
+        )
+        + "".join(f"\n\n{label}: not run ({why})." for label, why in skipped.items())
+        + "\n\nValidation bits per byte against test-time iterations (energy models trained at T = "
+        + f"{args.iters}; GPT has one pass):\n\n"
+        + bpb_sweep_table(rows)
+        + f"\n\nPlot: {plot}\n\nSamples (temperature 0.8, top-k 40, seed 0, {args.sample_bytes} bytes):\n"
+    )
     for r in rows:
         for prompt, sample in r["samples"].items():
             text += f"\n{r['label']}, prompt {prompt!r}:\n\n```\n{prompt}{sample}\n```\n"
     print(text)
-    out = record(args.out, "Byte-level language modelling: causal energies vs GPT", rows, text,
-                 extra={"data": info, "skipped": skipped})
+    out = record(
+        args.out,
+        "Byte-level language modelling: causal energies vs GPT",
+        rows,
+        text,
+        extra={"data": info, "skipped": skipped},
+    )
     results.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(results, out.read_text(encoding="utf-8"))
     print("recorded in", out, "and", results)

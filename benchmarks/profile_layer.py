@@ -20,8 +20,10 @@ from torch.profiler import profile
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_layers as bl  # noqa: E402
 
-KINDS = (("matrix products / SDPA", ("aten::bmm", "aten::mm", "aten::addmm", "flash_attention")),
-         ("softmax", ("softmax",)))
+KINDS = (
+    ("matrix products / SDPA", ("aten::bmm", "aten::mm", "aten::addmm", "flash_attention")),
+    ("softmax", ("softmax",)),
+)
 
 
 CAUSAL = {"causal": "causal Hyper-SET step (bench_causal.py)", "gpt": "GPT block (bench_causal.py)"}
@@ -72,14 +74,21 @@ def main(argv=None) -> int:
     shares: dict[str, float] = {}
     for e in events:
         shares[kind(e.key)] = shares.get(kind(e.key), 0.0) + e.self_cpu_time_total
-    print(f"### {CAUSAL.get(a.layer) or bl.LABELS[a.layer]}, N = {a.N} (B = {a.batch}, d = {a.width}, {a.iters} iterations, "
-          f"{a.threads} thread(s), {a.steps} steps; load average {os.getloadavg()[0]:.2f})\n")
-    print(f"{total / a.steps / 1e3:.1f} ms self CPU time per step: " + ", ".join(
-        f"{k} {v / total:.0%}" for k, v in sorted(shares.items(), key=lambda kv: -kv[1])) + "\n")
+    print(
+        f"### {CAUSAL.get(a.layer) or bl.LABELS[a.layer]}, N = {a.N} (B = {a.batch}, d = {a.width}, {a.iters} iterations, "
+        f"{a.threads} thread(s), {a.steps} steps; load average {os.getloadavg()[0]:.2f})\n"
+    )
+    print(
+        f"{total / a.steps / 1e3:.1f} ms self CPU time per step: "
+        + ", ".join(f"{k} {v / total:.0%}" for k, v in sorted(shares.items(), key=lambda kv: -kv[1]))
+        + "\n"
+    )
     print("| operator | input shapes | calls / step | ms / step | share |\n|---|---|---|---|---|")
-    for e in events[:a.top]:
-        print(f"| `{e.key}` | {str(e.input_shapes)[:80]} | {e.count / a.steps:g} | "
-              f"{e.self_cpu_time_total / a.steps / 1e3:.2f} | {e.self_cpu_time_total / total:.1%} |")
+    for e in events[: a.top]:
+        print(
+            f"| `{e.key}` | {str(e.input_shapes)[:80]} | {e.count / a.steps:g} | "
+            f"{e.self_cpu_time_total / a.steps / 1e3:.2f} | {e.self_cpu_time_total / total:.1%} |"
+        )
     return 0
 
 

@@ -67,28 +67,50 @@ from energyarch.emit import check_source, emit_source  # noqa: E402
 from energyarch.errors import EnergyArchError  # noqa: E402
 from energyarch.train.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
 
-D, HEADS = 32, 4             # width and heads of the energy probes (p = 8, M = 32)
-RTOL = 1e-9                  # relative tolerance of "verified"
+D, HEADS = 32, 4  # width and heads of the energy probes (p = 8, M = 32)
+RTOL = 1e-9  # relative tolerance of "verified"
 #: every line terminator Python or str.splitlines knows, and a backslash continuation
-TERMINATORS = {"LF": "\n", "CR": "\r", "CRLF": "\r\n", "VT": "\x0b", "FF": "\x0c", "FS": "\x1c", "GS": "\x1d",
-               "RS": "\x1e", "NEL": "\x85", "LS": "\u2028", "PS": "\u2029", "backslash-LF": "\\\n"}
-DEFECTS = ("SILENTLY WRONG", "WRONG", "verify false alarm", "RAW", "HANG", "CRASH", "EXECUTED", "NaN",
-           "SAVED FILE CHANGED")
+TERMINATORS = {
+    "LF": "\n",
+    "CR": "\r",
+    "CRLF": "\r\n",
+    "VT": "\x0b",
+    "FF": "\x0c",
+    "FS": "\x1c",
+    "GS": "\x1d",
+    "RS": "\x1e",
+    "NEL": "\x85",
+    "LS": "\u2028",
+    "PS": "\u2029",
+    "backslash-LF": "\\\n",
+}
+DEFECTS = (
+    "SILENTLY WRONG",
+    "WRONG",
+    "verify false alarm",
+    "RAW",
+    "HANG",
+    "CRASH",
+    "EXECUTED",
+    "NaN",
+    "SAVED FILE CHANGED",
+)
 
 
 # ------------------------------------------------------------------------------------------------------------------
 # probes and their results
 # ------------------------------------------------------------------------------------------------------------------
 
+
 @dataclass
 class Probe:
     """One input of the campaign."""
 
-    category: str                              # "energies", "malformed" or "attacks"
-    label: str                                 # what is tried, as shown in the table
-    run: Callable[[Path], dict]                # given its private folder; returns {"outcome", "detail"} or raises
-    expect: Optional[str] = None               # the right outcome class ("verified", "refused", "error", "accept",
-                                               # "rejected", "inert", "overflow"); None: any non-defect outcome
+    category: str  # "energies", "malformed" or "attacks"
+    label: str  # what is tried, as shown in the table
+    run: Callable[[Path], dict]  # given its private folder; returns {"outcome", "detail"} or raises
+    expect: Optional[str] = None  # the right outcome class ("verified", "refused", "error", "accept",
+    # "rejected", "inert", "overflow"); None: any non-defect outcome
 
 
 @dataclass
@@ -96,10 +118,10 @@ class Result:
     """What one probe got."""
 
     probe: Probe
-    outcome: str                               # e.g. "verified", "project error ShapeError", "RAW KeyError"
-    detail: str                                # numbers or the (shortened) error message
-    seconds: float                             # wall-clock time of the child process
-    verdict: str = field(default="ok")         # "ok" or "DEFECT: <why>"
+    outcome: str  # e.g. "verified", "project error ShapeError", "RAW KeyError"
+    detail: str  # numbers or the (shortened) error message
+    seconds: float  # wall-clock time of the child process
+    verdict: str = field(default="ok")  # "ok" or "DEFECT: <why>"
 
 
 def _short(text: str, n: int = 150) -> str:
@@ -117,10 +139,11 @@ def _error_outcome(err: BaseException, project_word: str) -> dict:
 
 
 def _child(probe: Probe, folder: Path, conn) -> None:
-    os.environ["OMP_NUM_THREADS"] = "1"      # so that `energyarch train` in the child keeps one thread: an OpenMP
-    torch.set_num_threads(1)                 # pool of more threads, re-created after a fork, deadlocks
-    word = {"energies": "refused", "malformed": "project error", "attacks": "rejected",
-            "round3": "rejected"}[probe.category]
+    os.environ["OMP_NUM_THREADS"] = "1"  # so that `energyarch train` in the child keeps one thread: an OpenMP
+    torch.set_num_threads(1)  # pool of more threads, re-created after a fork, deadlocks
+    word = {"energies": "refused", "malformed": "project error", "attacks": "rejected", "round3": "rejected"}[
+        probe.category
+    ]
     try:
         out = probe.run(folder)
     except BaseException as err:  # noqa: BLE001 - the probe reports every exception class
@@ -173,9 +196,17 @@ def _verdict(probe: Probe, outcome: str, defect: Optional[str]) -> str:
     kind = outcome.split()[0]
     if probe.expect is None:
         return "ok"
-    wanted = {"verified": ("verified",), "refused": ("refused",), "overflow": ("overflow",),
-              "error": ("project",), "accept": ("accepted",), "rejected": ("rejected",),
-              "inert": ("inert", "rejected"), "loaded": ("accepted",), "causal": ("causal",)}[probe.expect]
+    wanted = {
+        "verified": ("verified",),
+        "refused": ("refused",),
+        "overflow": ("overflow",),
+        "error": ("project",),
+        "accept": ("accepted",),
+        "rejected": ("rejected",),
+        "inert": ("inert", "rejected"),
+        "loaded": ("accepted",),
+        "causal": ("causal",),
+    }[probe.expect]
     if kind in wanted:
         return "ok"
     return f"DEFECT: expected {probe.expect}, got {outcome}"
@@ -184,6 +215,7 @@ def _verdict(probe: Probe, outcome: str, defect: Optional[str]) -> str:
 # ------------------------------------------------------------------------------------------------------------------
 # 1. energies not in the catalog, against an independent torch reference
 # ------------------------------------------------------------------------------------------------------------------
+
 
 def _rmat(Z):
     """‖z_i − z_j‖² from differences, (…, N, N)."""
@@ -232,79 +264,187 @@ def _gelu_sq(u):
 
 
 def _half_square(v):
-    return v ** 2 / 2
+    return v**2 / 2
 
 
 Att, FF, Ker = ea.Attention, ea.FeedForward, ea.Kernel
 
 #: (label, declaration factory, reference energy of Z (…, H, N, p) written in torch, expected outcome)
 ENERGIES = [
-    ("Laplace: f=log, K=exp(-sqrt(r + 1e-6))", lambda: Att(f="log(x)", K="exp(-sqrt(r + 1e-6))", heads=HEADS),
-     _attn(torch.log, lambda Z: torch.exp(-torch.sqrt(_rmat(Z) + 1e-6))), "verified"),
-    ("Cauchy: f=log, K=1/(1 + 0.1*r)", lambda: Att(f="log(x)", K="1/(1 + 0.1*r)", heads=HEADS),
-     _attn(torch.log, lambda Z: 1 / (1 + 0.1 * _rmat(Z))), "verified"),
-    ("RBF with linear f: f=x, K=exp(-gamma*r), gamma=0.05",
-     lambda: Att(f="x", K=Ker.parse("exp(-gamma*r)", params={"gamma": 0.05}), heads=HEADS),
-     _attn(lambda x: x, lambda Z: torch.exp(-0.05 * _rmat(Z))), "verified"),
-    ("inverse multiquadric: f=log, K=1/sqrt(r + 1)", lambda: Att(f="log(x)", K="1/sqrt(r + 1)", heads=HEADS),
-     _attn(torch.log, lambda Z: 1 / torch.sqrt(_rmat(Z) + 1)), "verified"),
-    ("multiquadric: f=x, K=sqrt(r + 1)", lambda: Att(f="x", K="sqrt(r + 1)", heads=HEADS),
-     _attn(lambda x: x, lambda Z: torch.sqrt(_rmat(Z) + 1)), "verified"),
-    ("rational quadratic: f=log, K=(1 + r/(2a))**(-a), a=1.5",
-     lambda: Att(f="log(x)", K=Ker.parse("(1 + r/(2*a))**(-a)", params={"a": 1.5}), heads=HEADS),
-     _attn(torch.log, lambda Z: (1 + _rmat(Z) / 3.0) ** -1.5), "verified"),
-    ("Laplace with f=sqrt", lambda: Att(f="sqrt(x)", K="exp(-sqrt(r + 1e-6))", heads=HEADS),
-     _attn(torch.sqrt, lambda Z: torch.exp(-torch.sqrt(_rmat(Z) + 1e-6))), "verified"),
-    ("Gaussian with f=x**2/2: K=exp(-r/8)", lambda: Att(f="x**2/2", K="exp(-r/8)", heads=HEADS),
-     _attn(lambda x: x ** 2 / 2, lambda Z: torch.exp(-_rmat(Z) / 8)), "verified"),
-    ("softmax kernel, feature map elu(x)+1", lambda: Att(f="log(x)/beta", K="exp(beta*s)", phi="elu(x) + 1", heads=HEADS),
-     lambda Z: (torch.log(torch.exp(_b(Z) * _smat(Z, _elu1)).sum(-1)) / _b(Z)).sum(), "verified"),
-    ("linear kernel s, feature map silu, f=x**2/2", lambda: Att(f="x**2/2", K="s", phi="silu(x)", heads=HEADS),
-     _attn(lambda x: x ** 2 / 2, lambda Z: _smat(Z, F.silu)), "verified"),
-    ("quadratic kernel, feature map gelu, f=x", lambda: Att(f="x", K="s**2/2", phi="gelu(x)", heads=HEADS),
-     _attn(lambda x: x, lambda Z: _smat(Z, F.gelu) ** 2 / 2), "verified"),
-    ("cosh kernel: f=log, K=cosh(beta*s)", lambda: Att(f="log(x)", K="cosh(beta*s)", heads=HEADS),
-     lambda Z: torch.log(torch.cosh(_b(Z) * _smat(Z)).sum(-1)).sum(), "verified"),
-    ("sigmoid kernel, f=softplus", lambda: Att(f="softplus(x)", K="sigmoid(beta*s)", heads=HEADS),
-     lambda Z: F.softplus(torch.sigmoid(_b(Z) * _smat(Z)).sum(-1)).sum(), "verified"),
-    ("cubic kernel: f=log, K=(beta*s + 3)**3", lambda: Att(f="log(x)", K="(beta*s + 3)**3", heads=HEADS),
-     lambda Z: torch.log(((_b(Z) * _smat(Z) + 3) ** 3).sum(-1)).sum(), "verified"),
-    ("erf kernel: f=log, K=erf(beta*s) + 2", lambda: Att(f="log(x)", K="erf(beta*s) + 2", heads=HEADS),
-     lambda Z: torch.log((torch.erf(_b(Z) * _smat(Z)) + 2).sum(-1)).sum(), "verified"),
-    ("f=atan, K=exp(beta*s)", lambda: Att(f="atan(x)", K="exp(beta*s)", heads=HEADS),
-     lambda Z: torch.atan(torch.exp(_b(Z) * _smat(Z)).sum(-1)).sum(), "verified"),
-    ("torch-callable f=torch.log1p, K=exp(beta*s)", lambda: Att(f=torch.log1p, K="exp(beta*s)", heads=HEADS),
-     lambda Z: torch.log1p(torch.exp(_b(Z) * _smat(Z)).sum(-1)).sum(), "verified"),
-    ("torch-callable symmetric K(x,y)=exp(-|x-y|^2/8), f=log", lambda: Att(f="log(x)", K=_sym_kernel, heads=HEADS),
-     _attn(torch.log, lambda Z: torch.exp(-_rmat(Z) / 8)), "verified"),
-    ("torch-callable phi=elu+1, K=s, f=log", lambda: Att(f="log(x)", K="s", phi=_elu1, heads=HEADS),
-     _attn(torch.log, lambda Z: _smat(Z, _elu1)), "verified"),
-    ("non-symmetric callable K=exp(x.y/4 + 0.1 x_0), symmetric=False",
-     lambda: Att(f="log(x)", K=Ker.from_torch(_asym_kernel, symmetric=False), heads=HEADS),
-     _attn(torch.log, lambda Z: torch.exp(_smat(Z) / 4 + 0.1 * Z[..., :, 0:1])), "verified"),
-    ("non-symmetric callable K declared symmetric (default)", lambda: Att(f="log(x)", K=_asym_kernel, heads=HEADS),
-     _attn(torch.log, lambda Z: torch.exp(_smat(Z) / 4 + 0.1 * Z[..., :, 0:1])), "refused"),
-    ("log of a sign-changing kernel: f=log, K=s", lambda: Att(f="log(x)", K="s", heads=HEADS),
-     _attn(torch.log, _smat), "refused"),
-    ("overflowing kernel: f=x, K=exp(100*s)", lambda: Att(f="x", K="exp(100*s)", heads=HEADS),
-     _attn(lambda x: x, lambda Z: torch.exp(100 * _smat(Z))), "overflow"),
+    (
+        "Laplace: f=log, K=exp(-sqrt(r + 1e-6))",
+        lambda: Att(f="log(x)", K="exp(-sqrt(r + 1e-6))", heads=HEADS),
+        _attn(torch.log, lambda Z: torch.exp(-torch.sqrt(_rmat(Z) + 1e-6))),
+        "verified",
+    ),
+    (
+        "Cauchy: f=log, K=1/(1 + 0.1*r)",
+        lambda: Att(f="log(x)", K="1/(1 + 0.1*r)", heads=HEADS),
+        _attn(torch.log, lambda Z: 1 / (1 + 0.1 * _rmat(Z))),
+        "verified",
+    ),
+    (
+        "RBF with linear f: f=x, K=exp(-gamma*r), gamma=0.05",
+        lambda: Att(f="x", K=Ker.parse("exp(-gamma*r)", params={"gamma": 0.05}), heads=HEADS),
+        _attn(lambda x: x, lambda Z: torch.exp(-0.05 * _rmat(Z))),
+        "verified",
+    ),
+    (
+        "inverse multiquadric: f=log, K=1/sqrt(r + 1)",
+        lambda: Att(f="log(x)", K="1/sqrt(r + 1)", heads=HEADS),
+        _attn(torch.log, lambda Z: 1 / torch.sqrt(_rmat(Z) + 1)),
+        "verified",
+    ),
+    (
+        "multiquadric: f=x, K=sqrt(r + 1)",
+        lambda: Att(f="x", K="sqrt(r + 1)", heads=HEADS),
+        _attn(lambda x: x, lambda Z: torch.sqrt(_rmat(Z) + 1)),
+        "verified",
+    ),
+    (
+        "rational quadratic: f=log, K=(1 + r/(2a))**(-a), a=1.5",
+        lambda: Att(f="log(x)", K=Ker.parse("(1 + r/(2*a))**(-a)", params={"a": 1.5}), heads=HEADS),
+        _attn(torch.log, lambda Z: (1 + _rmat(Z) / 3.0) ** -1.5),
+        "verified",
+    ),
+    (
+        "Laplace with f=sqrt",
+        lambda: Att(f="sqrt(x)", K="exp(-sqrt(r + 1e-6))", heads=HEADS),
+        _attn(torch.sqrt, lambda Z: torch.exp(-torch.sqrt(_rmat(Z) + 1e-6))),
+        "verified",
+    ),
+    (
+        "Gaussian with f=x**2/2: K=exp(-r/8)",
+        lambda: Att(f="x**2/2", K="exp(-r/8)", heads=HEADS),
+        _attn(lambda x: x**2 / 2, lambda Z: torch.exp(-_rmat(Z) / 8)),
+        "verified",
+    ),
+    (
+        "softmax kernel, feature map elu(x)+1",
+        lambda: Att(f="log(x)/beta", K="exp(beta*s)", phi="elu(x) + 1", heads=HEADS),
+        lambda Z: (torch.log(torch.exp(_b(Z) * _smat(Z, _elu1)).sum(-1)) / _b(Z)).sum(),
+        "verified",
+    ),
+    (
+        "linear kernel s, feature map silu, f=x**2/2",
+        lambda: Att(f="x**2/2", K="s", phi="silu(x)", heads=HEADS),
+        _attn(lambda x: x**2 / 2, lambda Z: _smat(Z, F.silu)),
+        "verified",
+    ),
+    (
+        "quadratic kernel, feature map gelu, f=x",
+        lambda: Att(f="x", K="s**2/2", phi="gelu(x)", heads=HEADS),
+        _attn(lambda x: x, lambda Z: _smat(Z, F.gelu) ** 2 / 2),
+        "verified",
+    ),
+    (
+        "cosh kernel: f=log, K=cosh(beta*s)",
+        lambda: Att(f="log(x)", K="cosh(beta*s)", heads=HEADS),
+        lambda Z: torch.log(torch.cosh(_b(Z) * _smat(Z)).sum(-1)).sum(),
+        "verified",
+    ),
+    (
+        "sigmoid kernel, f=softplus",
+        lambda: Att(f="softplus(x)", K="sigmoid(beta*s)", heads=HEADS),
+        lambda Z: F.softplus(torch.sigmoid(_b(Z) * _smat(Z)).sum(-1)).sum(),
+        "verified",
+    ),
+    (
+        "cubic kernel: f=log, K=(beta*s + 3)**3",
+        lambda: Att(f="log(x)", K="(beta*s + 3)**3", heads=HEADS),
+        lambda Z: torch.log(((_b(Z) * _smat(Z) + 3) ** 3).sum(-1)).sum(),
+        "verified",
+    ),
+    (
+        "erf kernel: f=log, K=erf(beta*s) + 2",
+        lambda: Att(f="log(x)", K="erf(beta*s) + 2", heads=HEADS),
+        lambda Z: torch.log((torch.erf(_b(Z) * _smat(Z)) + 2).sum(-1)).sum(),
+        "verified",
+    ),
+    (
+        "f=atan, K=exp(beta*s)",
+        lambda: Att(f="atan(x)", K="exp(beta*s)", heads=HEADS),
+        lambda Z: torch.atan(torch.exp(_b(Z) * _smat(Z)).sum(-1)).sum(),
+        "verified",
+    ),
+    (
+        "torch-callable f=torch.log1p, K=exp(beta*s)",
+        lambda: Att(f=torch.log1p, K="exp(beta*s)", heads=HEADS),
+        lambda Z: torch.log1p(torch.exp(_b(Z) * _smat(Z)).sum(-1)).sum(),
+        "verified",
+    ),
+    (
+        "torch-callable symmetric K(x,y)=exp(-|x-y|^2/8), f=log",
+        lambda: Att(f="log(x)", K=_sym_kernel, heads=HEADS),
+        _attn(torch.log, lambda Z: torch.exp(-_rmat(Z) / 8)),
+        "verified",
+    ),
+    (
+        "torch-callable phi=elu+1, K=s, f=log",
+        lambda: Att(f="log(x)", K="s", phi=_elu1, heads=HEADS),
+        _attn(torch.log, lambda Z: _smat(Z, _elu1)),
+        "verified",
+    ),
+    (
+        "non-symmetric callable K=exp(x.y/4 + 0.1 x_0), symmetric=False",
+        lambda: Att(f="log(x)", K=Ker.from_torch(_asym_kernel, symmetric=False), heads=HEADS),
+        _attn(torch.log, lambda Z: torch.exp(_smat(Z) / 4 + 0.1 * Z[..., :, 0:1])),
+        "verified",
+    ),
+    (
+        "non-symmetric callable K declared symmetric (default)",
+        lambda: Att(f="log(x)", K=_asym_kernel, heads=HEADS),
+        _attn(torch.log, lambda Z: torch.exp(_smat(Z) / 4 + 0.1 * Z[..., :, 0:1])),
+        "refused",
+    ),
+    (
+        "log of a sign-changing kernel: f=log, K=s",
+        lambda: Att(f="log(x)", K="s", heads=HEADS),
+        _attn(torch.log, _smat),
+        "refused",
+    ),
+    (
+        "overflowing kernel: f=x, K=exp(100*s)",
+        lambda: Att(f="x", K="exp(100*s)", heads=HEADS),
+        _attn(lambda x: x, lambda Z: torch.exp(100 * _smat(Z))),
+        "overflow",
+    ),
     ("FF: g=x, h=gelu", lambda: FF(g="x", h="gelu(x)"), _ff(lambda v: v, F.gelu), "verified"),
-    ("FF: g=x, h=silu(x)**2/2", lambda: FF(g="x", h="silu(x)**2/2"), _ff(lambda v: v, lambda u: F.silu(u) ** 2 / 2),
-     "verified"),
+    (
+        "FF: g=x, h=silu(x)**2/2",
+        lambda: FF(g="x", h="silu(x)**2/2"),
+        _ff(lambda v: v, lambda u: F.silu(u) ** 2 / 2),
+        "verified",
+    ),
     ("FF: g=log, h=cosh", lambda: FF(g="log(x)", h="cosh(x)"), _ff(torch.log, torch.cosh), "verified"),
     ("FF: g=x, h=x*erf(x)", lambda: FF(g="x", h="x*erf(x)"), _ff(lambda v: v, lambda u: u * torch.erf(u)), "verified"),
-    ("FF: g=x**2/2, h=logcosh", lambda: FF(g="x**2/2", h="logcosh(x)"), _ff(lambda v: v ** 2 / 2, _logcosh),
-     "verified"),
+    ("FF: g=x**2/2, h=logcosh", lambda: FF(g="x**2/2", h="logcosh(x)"), _ff(lambda v: v**2 / 2, _logcosh), "verified"),
     ("FF: g=sqrt, h=exp", lambda: FF(g="sqrt(x)", h="exp(x)"), _ff(torch.sqrt, torch.exp), "verified"),
-    ("FF: g=x, h=atan(x)**2", lambda: FF(g="x", h="atan(x)**2"), _ff(lambda v: v, lambda u: torch.atan(u) ** 2),
-     "verified"),
-    ("FF: torch-callable g=torch.tanh, h=softplus", lambda: FF(g=torch.tanh, h="softplus(x)"),
-     _ff(torch.tanh, F.softplus), "verified"),
-    ("FF: torch-callable g=torch.tanh, h=softplus(x)/32", lambda: FF(g=torch.tanh, h="softplus(x)/32"),
-     _ff(torch.tanh, lambda u: F.softplus(u) / 32), "verified"),
+    (
+        "FF: g=x, h=atan(x)**2",
+        lambda: FF(g="x", h="atan(x)**2"),
+        _ff(lambda v: v, lambda u: torch.atan(u) ** 2),
+        "verified",
+    ),
+    (
+        "FF: torch-callable g=torch.tanh, h=softplus",
+        lambda: FF(g=torch.tanh, h="softplus(x)"),
+        _ff(torch.tanh, F.softplus),
+        "verified",
+    ),
+    (
+        "FF: torch-callable g=torch.tanh, h=softplus(x)/32",
+        lambda: FF(g=torch.tanh, h="softplus(x)/32"),
+        _ff(torch.tanh, lambda u: F.softplus(u) / 32),
+        "verified",
+    ),
     ("FF: g=x, torch-callable h=gelu(u)**2", lambda: FF(g="x", h=_gelu_sq), _ff(lambda v: v, _gelu_sq), "verified"),
-    ("FF: callable g=v**2/2, callable h=torch.sin", lambda: FF(g=_half_square, h=torch.sin),
-     _ff(_half_square, torch.sin), "verified"),
+    (
+        "FF: callable g=v**2/2, callable h=torch.sin",
+        lambda: FF(g=_half_square, h=torch.sin),
+        _ff(_half_square, torch.sin),
+        "verified",
+    ),
     ("FF: g=x, h=2*x (a constant gradient)", lambda: FF(g="x", h="2*x"), _ff(lambda v: v, lambda u: 2 * u), "verified"),
     ("FF: g=log, h=x (sum can be negative)", lambda: FF(g="log(x)", h="x"), _ff(torch.log, lambda u: u), "refused"),
 ]
@@ -325,27 +465,33 @@ def energy_check(make, reference) -> Callable[[Path], dict]:
         module = step.terms[name]
         X = torch.randn(2, 7, D, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
         with torch.no_grad():
-            Z = module.normalize(module.coords(X))                     # (B, H, N, p) on the sphere
+            Z = module.normalize(module.coords(X))  # (B, H, N, p) on the sphere
             G = module.grad_Z(Z)
             E = module.energy_Z(Z).sum()
         G_ref = torch.func.grad(reference)(Z)
         E_ref = reference(Z)
         dv = step.derivations[name]
         where = f"{dv.pattern} / {dv.path}"
-        finite = bool(torch.isfinite(G).all() and torch.isfinite(E)) 
+        finite = bool(torch.isfinite(G).all() and torch.isfinite(E))
         finite_ref = bool(torch.isfinite(G_ref).all() and torch.isfinite(E_ref))
         if not (finite and finite_ref):
             if overflow:
-                return {"outcome": "overflow reported by ea.verify",
-                        "detail": f"{where}; inf/NaN in the gradient (emitted finite: {finite}, reference finite: "
-                                  f"{finite_ref}); ea.verify: OVERFLOW"}
-            return {"outcome": "SILENTLY WRONG (NaN)" if verify_ok else "WRONG (NaN, flagged by ea.verify)",
-                    "detail": f"{where}; emitted finite: {finite}, reference finite: {finite_ref}"}
+                return {
+                    "outcome": "overflow reported by ea.verify",
+                    "detail": f"{where}; inf/NaN in the gradient (emitted finite: {finite}, reference finite: "
+                    f"{finite_ref}); ea.verify: OVERFLOW",
+                }
+            return {
+                "outcome": "SILENTLY WRONG (NaN)" if verify_ok else "WRONG (NaN, flagged by ea.verify)",
+                "detail": f"{where}; emitted finite: {finite}, reference finite: {finite_ref}",
+            }
         g_rel, e_rel = _rel(G, G_ref), _rel(E, E_ref)
         t = report.terms[0]
-        numbers = (f"{where}; rel err grad {g_rel:.1e}, energy {e_rel:.1e}; max |∇E| {float(G_ref.abs().max()):.1e}; "
-                   f"ea.verify rel Δ∇ {t.grad_rel_diff:.1e}, descends: {t.decreased} "
-                   f"(E after − E before {t.energy_after - t.energy_before:.1e})")
+        numbers = (
+            f"{where}; rel err grad {g_rel:.1e}, energy {e_rel:.1e}; max |∇E| {float(G_ref.abs().max()):.1e}; "
+            f"ea.verify rel Δ∇ {t.grad_rel_diff:.1e}, descends: {t.decreased} "
+            f"(E after − E before {t.energy_after - t.energy_before:.1e})"
+        )
         agrees = g_rel <= RTOL and e_rel <= RTOL
         if agrees and verify_ok:
             return {"outcome": "verified", "detail": numbers}
@@ -354,6 +500,7 @@ def energy_check(make, reference) -> Callable[[Path], dict]:
         if verify_ok:
             return {"outcome": "SILENTLY WRONG", "detail": numbers}
         return {"outcome": "WRONG (flagged by ea.verify)", "detail": numbers}
+
     return run
 
 
@@ -383,6 +530,7 @@ def _call(steps=0.1, X=None, **kw):
 def _raises(exc):
     def fn(*args):
         raise exc
+
     return fn
 
 
@@ -492,7 +640,7 @@ MALFORMED = [
     ("FeedForward ratio=inf", lambda: FF(g="x", h="x", ratio=INF), "error"),
     ("FeedForward g=None", lambda: FF(g=None, h="x"), "error"),
     ("FeedForward h=object()", lambda: FF(g="x", h=object()), "error"),
-    ("FeedForward width=2**40, compiled at d=8", lambda: _compile_ff(width=2 ** 40), "error"),
+    ("FeedForward width=2**40, compiled at d=8", lambda: _compile_ff(width=2**40), "error"),
     # Sphere
     ("Sphere radius=0", lambda: ea.Sphere(radius=0), "error"),
     ("Sphere radius=-1", lambda: ea.Sphere(radius=-1), "error"),
@@ -514,8 +662,11 @@ MALFORMED = [
     ("compile d=True", lambda: ea.compile(_att(), d=True), "error"),
     ("compile mode='fast'", lambda: ea.compile(_att(), d=8, mode="fast"), "error"),
     ("compile path='x'", lambda: ea.compile(_att(), d=8, path="x"), "error"),
-    ("compile path='symbolic' with a callable f", lambda: ea.compile(_att(f=torch.log1p), d=8, path="symbolic"),
-     "error"),
+    (
+        "compile path='symbolic' with a callable f",
+        lambda: ea.compile(_att(f=torch.log1p), d=8, path="symbolic"),
+        "error",
+    ),
     ("compile schedule='par'", lambda: ea.compile(_att(), d=8, schedule="par"), "error"),
     ("compile dtype=torch.int64", lambda: ea.compile(_att(), d=8, dtype=torch.int64), "error"),
     ("compile dtype=torch.complex64", lambda: ea.compile(_att(), d=8, dtype=torch.complex64), "error"),
@@ -528,13 +679,19 @@ MALFORMED = [
     ("f returns None", lambda: _compile_call(_att(f=lambda u: None)), "error"),
     ("h returns a numpy array", lambda: _compile_call(FF(g="x", h=lambda u: u.numpy())), "error"),
     ("h returns a complex tensor", lambda: _compile_call(FF(g="x", h=lambda u: u.to(torch.complex128))), "error"),
-    ("h returns an int tensor (a count: gradient 0 a.e.)",
-     lambda: _compile_call(FF(g="x", h=lambda u: (u > 0).long())), None),
+    (
+        "h returns an int tensor (a count: gradient 0 a.e.)",
+        lambda: _compile_call(FF(g="x", h=lambda u: (u > 0).long())),
+        None,
+    ),
     ("callable K returns a vector (x*y)", lambda: _compile_call(_att(f="x", K=lambda x, y: x * y)), "error"),
     ("callable K of one argument", lambda: _compile_call(_att(f="x", K=lambda x: x.sum())), "error"),
     ("callable K raises RuntimeError", lambda: _compile_call(_att(f="x", K=_raises(RuntimeError("boom")))), "error"),
-    ("callable phi returns the wrong shape",
-     lambda: _compile_call(_att(f="x", K="s", phi=lambda u: u[..., :1])), "error"),
+    (
+        "callable phi returns the wrong shape",
+        lambda: _compile_call(_att(f="x", K="s", phi=lambda u: u[..., :1])),
+        "error",
+    ),
     ("f returns NaN everywhere", lambda: _compile_call(_att(f=lambda u: u * NAN)), "error"),
     ("h=torch.log (NaN for negative coordinates)", lambda: _compile_call(FF(g="x", h=torch.log)), "error"),
     ("h=torch.relu (a builtin)", lambda: _compile_call(FF(g="x", h=torch.relu)), "accept"),
@@ -590,6 +747,7 @@ def _malformed_run(thunk) -> Callable[[Path], dict]:
         if isinstance(value, torch.Tensor):
             shown = f"tensor {tuple(value.shape)} {value.dtype}, finite: {bool(torch.isfinite(value).all())}"
         return {"outcome": "accepted", "detail": f"returned {shown}"}
+
     return run
 
 
@@ -606,8 +764,12 @@ DANGEROUS_NAMES = {"os", "open", "eval", "exec", "__import__", "compile", "getat
 
 def _imports(source: str) -> set[str]:
     """Each imported name as ``from M import n`` / ``import n``."""
-    return {f"from {n.module} import {a.name}" if isinstance(n, ast.ImportFrom) else f"import {a.name}"
-            for n in ast.walk(ast.parse(source)) if isinstance(n, (ast.Import, ast.ImportFrom)) for a in n.names}
+    return {
+        f"from {n.module} import {a.name}" if isinstance(n, ast.ImportFrom) else f"import {a.name}"
+        for n in ast.walk(ast.parse(source))
+        if isinstance(n, (ast.Import, ast.ImportFrom))
+        for a in n.names
+    }
 
 
 def _template_imports() -> set[str]:
@@ -616,8 +778,11 @@ def _template_imports() -> set[str]:
     from energyarch.derivation import FAMILIES
     from energyarch.derivation.core import runtime_imports
 
-    return {"import math", "import torch"} | {f"from {module} import {name}" for family in FAMILIES.values()
-                                             for name, module in runtime_imports(family).items()}
+    return {"import math", "import torch"} | {
+        f"from {module} import {name}"
+        for family in FAMILIES.values()
+        for name, module in runtime_imports(family).items()
+    }
 
 
 def _code_of_payload(source: str, allowed: set[str]) -> list[str]:
@@ -641,18 +806,26 @@ def _exercise(step, folder: Path, payload: Optional[str]) -> dict:
         check_source(src)
         code = _code_of_payload(src, allowed)
         if code:
-            return {"outcome": "inert", "defect": f"payload is code in the emitted source: {code}",
-                    "detail": f"emitted source of {name!r} uses {code}"}
+            return {
+                "outcome": "inert",
+                "defect": f"payload is code in the emitted source: {code}",
+                "detail": f"emitted source of {name!r} uses {code}",
+            }
         if payload is not None and payload in src:
-            return {"outcome": "inert", "defect": "payload appears unescaped in the emitted source",
-                    "detail": f"{name!r}"}
+            return {
+                "outcome": "inert",
+                "defect": "payload appears unescaped in the emitted source",
+                "detail": f"{name!r}",
+            }
     out = step.save_source(folder / "emitted.py")
     for i, path in enumerate(sorted(out.glob("emitted_*.py"))):
         spec = importlib.util.spec_from_file_location(f"probe_emitted_{i}", path)
         spec.loader.exec_module(importlib.util.module_from_spec(spec))
-    return {"outcome": "inert (compiled; payload stayed a literal)",
-            "detail": f"ran, report/print ({len(text)} chars), saved and imported {len(step.names)} module(s); "
-                      f"no code of the payload in the source"}
+    return {
+        "outcome": "inert (compiled; payload stayed a literal)",
+        "detail": f"ran, report/print ({len(text)} chars), saved and imported {len(step.names)} module(s); "
+        f"no code of the payload in the source",
+    }
 
 
 def _marker_code(folder: Path) -> str:
@@ -661,6 +834,7 @@ def _marker_code(folder: Path) -> str:
 
 def expr_attack(template: str, name: Optional[str] = None, kernel: bool = False) -> Callable[[Path], dict]:
     """Parse ``template`` (``{M}`` becomes code creating the MARKER); if it parses, compile it and exercise it."""
+
     def run(folder: Path) -> dict:
         text = template.replace("{M}", _marker_code(folder))
         if kernel:
@@ -674,6 +848,7 @@ def expr_attack(template: str, name: Optional[str] = None, kernel: bool = False)
         out = _exercise(step, folder, text)
         out["detail"] = f"parsed as {parsed}; " + out["detail"]
         return out
+
     return run
 
 
@@ -689,24 +864,31 @@ def name_attack(field_name: str, sep: str) -> Callable[[Path], dict]:
         elif field_name == "Kernel.from_torch(name=)":
             energy = Att(f="log(x)", K=ea.Kernel.from_torch(_sym_kernel, name=payload), heads=2)
         else:
+
             def h(u):
                 return torch.relu(u) ** 2 / 2
+
             h.__name__ = h.__qualname__ = payload
             energy = FF(g="x", h=h)
         return _exercise(ea.compile(energy, d=8), folder, payload)
+
     return run
 
 
 EXPRESSION_ATTACKS = [
     ("__import__ call", "__import__('os').system('true') or {M}", "rejected"),
-    ("dunder walk ().__class__.__bases__[0].__subclasses__()", "().__class__.__bases__[0].__subclasses__()", "rejected"),
+    (
+        "dunder walk ().__class__.__bases__[0].__subclasses__()",
+        "().__class__.__bases__[0].__subclasses__()",
+        "rejected",
+    ),
     ("attribute on x: x.__class__.__init__.__globals__", "x.__class__.__init__.__globals__", "rejected"),
     ("attribute on a function: exp.__globals__", "exp.__globals__['__builtins__']", "rejected"),
     ("lambda", "(lambda: {M})()", "rejected"),
     ("plain open(...)", "{M}", "rejected"),
-    ("exec string", "exec(\"{M}\")", "rejected"),
-    ("eval string", "eval(\"{M}\")", "rejected"),
-    ("sympify string", "sympify(\"{M}\")", "rejected"),
+    ("exec string", 'exec("{M}")', "rejected"),
+    ("eval string", 'eval("{M}")', "rejected"),
+    ("sympify string", 'sympify("{M}")', "rejected"),
     ("f-string", 'f"{{M}}"', "rejected"),
     ("list comprehension", "[{M} for _ in 'a'][0]", "rejected"),
     ("generator expression", "sum({M} for _ in 'a')", "rejected"),
@@ -752,6 +934,7 @@ def _catalog_entry(folder: Path, source: str, edit: Callable[[str], str]) -> Pat
 def catalog_attack(source: str, edit: Callable[[str, str], str], raw: Optional[bytes] = None) -> Callable[[Path], dict]:
     """Write an edited copy of a catalog entry to a temp folder (``edit(text, marker_code)``), load, compile and
     exercise it, render the catalog tables."""
+
     def run(folder: Path) -> dict:
         code = _marker_code(folder)
         if raw is not None:
@@ -766,16 +949,19 @@ def catalog_attack(source: str, edit: Callable[[str, str], str], raw: Optional[b
         tables = catalog.tables_markdown(cat, d=8, check_d=8)
         out["detail"] = f"loaded {entry.name!r}, rendered tables ({len(tables)} chars); " + out["detail"]
         return out
+
     return run
 
 
 def _replace_key(key: str, value: str) -> Callable[[str, str], str]:
     """Replace the line ``key = ...`` of an entry with ``key = value`` (value: TOML text, may use {M})."""
+
     def edit(text: str, code: str) -> str:
         lines = text.splitlines()
         i = next(i for i, ln in enumerate(lines) if ln.startswith(f"{key} ="))
         lines[i] = f"{key} = " + value.replace("{M}", code)
         return "\n".join(lines) + "\n"
+
     return edit
 
 
@@ -784,27 +970,65 @@ def _toml_str(text: str) -> str:
 
 
 CATALOG_ATTACKS = [
-    ("TOML h = __import__ payload", "relu-ff.toml", _replace_key("h", _toml_str("__import__('os') or {M}")), "rejected"),
-    ("TOML h with a backslash continuation + import", "relu-ff.toml",
-     _replace_key("h", "'''relu(x)**2/2 \\\nimport os; {M}'''"), "rejected"),
-    ("TOML h = huge tower", "relu-ff.toml", _replace_key("h", _toml_str("x*((((9**64)**64)**64)**64)**64")),
-     "rejected"),
-    ("TOML K with LF + import", "bi-softmax.toml", _replace_key("K", _toml_str("exp(beta*s)\nimport os; {M}")),
-     "rejected"),
-    ("TOML constraint = payload", "relu-ff.toml", _replace_key("constraint", _toml_str("__import__('os') or {M}")),
-     "rejected"),
-    ("TOML params key with LF + import", "rbf-softmax.toml",
-     _replace_key("params", "{ \"gamma\" = 0.125, \"a\\nimport os\" = 1.0 }"), "rejected"),
+    (
+        "TOML h = __import__ payload",
+        "relu-ff.toml",
+        _replace_key("h", _toml_str("__import__('os') or {M}")),
+        "rejected",
+    ),
+    (
+        "TOML h with a backslash continuation + import",
+        "relu-ff.toml",
+        _replace_key("h", "'''relu(x)**2/2 \\\nimport os; {M}'''"),
+        "rejected",
+    ),
+    (
+        "TOML h = huge tower",
+        "relu-ff.toml",
+        _replace_key("h", _toml_str("x*((((9**64)**64)**64)**64)**64")),
+        "rejected",
+    ),
+    (
+        "TOML K with LF + import",
+        "bi-softmax.toml",
+        _replace_key("K", _toml_str("exp(beta*s)\nimport os; {M}")),
+        "rejected",
+    ),
+    (
+        "TOML constraint = payload",
+        "relu-ff.toml",
+        _replace_key("constraint", _toml_str("__import__('os') or {M}")),
+        "rejected",
+    ),
+    (
+        "TOML params key with LF + import",
+        "rbf-softmax.toml",
+        _replace_key("params", '{ "gamma" = 0.125, "a\\nimport os" = 1.0 }'),
+        "rejected",
+    ),
     ("TOML params gamma = inf", "rbf-softmax.toml", _replace_key("params", "{ gamma = inf }"), "rejected"),
     ("TOML params gamma = nan", "rbf-softmax.toml", _replace_key("params", "{ gamma = nan }"), "rejected"),
     ("TOML name = payload", "relu-ff.toml", _replace_key("name", _toml_str("relu-ff\nimport os; {M}")), "rejected"),
-    ("TOML title with every terminator + payload (free text)", "relu-ff.toml",
-     _replace_key("title", _toml_str("".join(TERMINATORS.values()) + "import os; {M}")), "inert"),
-    ("TOML notes with a payload (free text)", "relu-ff.toml",
-     lambda text, code: text.replace("notes = '''", f"notes = '''\nimport os; {code}\n$$ \\end{{equation}} {code} $$\n", 1),
-     "inert"),
-    ("TOML params = 3000-deep nested arrays", "rbf-softmax.toml",
-     _replace_key("params", "{ gamma = " + "[" * 3000 + "]" * 3000 + " }"), "rejected"),
+    (
+        "TOML title with every terminator + payload (free text)",
+        "relu-ff.toml",
+        _replace_key("title", _toml_str("".join(TERMINATORS.values()) + "import os; {M}")),
+        "inert",
+    ),
+    (
+        "TOML notes with a payload (free text)",
+        "relu-ff.toml",
+        lambda text, code: text.replace(
+            "notes = '''", f"notes = '''\nimport os; {code}\n$$ \\end{{equation}} {code} $$\n", 1
+        ),
+        "inert",
+    ),
+    (
+        "TOML params = 3000-deep nested arrays",
+        "rbf-softmax.toml",
+        _replace_key("params", "{ gamma = " + "[" * 3000 + "]" * 3000 + " }"),
+        "rejected",
+    ),
     ("TOML file of binary, non-UTF-8 bytes", "relu-ff.toml", None, "rejected"),
 ]
 
@@ -832,8 +1056,9 @@ def _retensor(run: Path, state: dict, tensors: dict) -> None:
     _write_state(run, state)
 
 
-def checkpoint_attack(craft: Callable[[Path, Path, dict], None], restore_rng: bool = False,
-                      after: Optional[Callable[[], str]] = None) -> Callable[[Path], dict]:
+def checkpoint_attack(
+    craft: Callable[[Path, Path, dict], None], restore_rng: bool = False, after: Optional[Callable[[], str]] = None
+) -> Callable[[Path], dict]:
     def run(folder: Path) -> dict:
         run_dir, model, state = _saved_run(folder)
         craft(folder, run_dir, state)
@@ -845,6 +1070,7 @@ def checkpoint_attack(craft: Callable[[Path, Path, dict], None], restore_rng: bo
         elif restore_rng:
             detail += f"; torch RNG state changed: {not torch.equal(before, torch.get_rng_state())}"
         return {"outcome": "accepted", "detail": detail}
+
     return run
 
 
@@ -852,6 +1078,7 @@ def _set(key, value):
     def craft(folder, run, state):
         state[key] = value(folder, run, state) if callable(value) else value
         _write_state(run, state)
+
     return craft
 
 
@@ -873,18 +1100,20 @@ def _point_outside(kind: str):
             state["tensors_file"] = "link.safetensors"
         state["sha256"] = sha
         _write_state(run, state)
+
     return craft
 
 
 def _write_bytes(name: str, data: bytes):
     def craft(folder, run, state):
         (run / name).write_bytes(data)
+
     return craft
 
 
 def _sparse_json(folder, run, state):
     with open(run / "checkpoint.json", "r+b") as fh:
-        fh.truncate(65 * 2 ** 20)
+        fh.truncate(65 * 2**20)
 
 
 def _fifo_json(folder, run, state):
@@ -896,6 +1125,7 @@ def _rng(edit):
     def craft(folder, run, state):
         edit(state["rng"])
         _write_state(run, state)
+
     return craft
 
 
@@ -906,6 +1136,7 @@ def _tensor_edit(edit):
         tensors = load_file(str(run / state["tensors_file"]))
         edit(tensors)
         _retensor(run, state, tensors)
+
     return craft
 
 
@@ -913,7 +1144,7 @@ def _corrupt_header(folder, run, state):
     import hashlib
 
     path = run / state["tensors_file"]
-    path.write_bytes((10 ** 12).to_bytes(8, "little") + b"{}")
+    path.write_bytes((10**12).to_bytes(8, "little") + b"{}")
     state["sha256"] = hashlib.sha256(path.read_bytes()).hexdigest()
     _write_state(run, state)
 
@@ -934,39 +1165,74 @@ CHECKPOINT_ATTACKS = [
     ("tensors_file with NUL", checkpoint_attack(_set("tensors_file", "a\x00.safetensors")), "rejected"),
     ("tensors_file = 123", checkpoint_attack(_set("tensors_file", 123)), "rejected"),
     ("tensors_file = ['a']", checkpoint_attack(_set("tensors_file", ["a.safetensors"])), "rejected"),
-    ("checkpoint.json binary non-UTF-8", checkpoint_attack(_write_bytes("checkpoint.json", b"\xff\xfe\x00\x9c binary")),
-     "rejected"),
-    ("checkpoint.json 200000-deep nested JSON arrays",
-     checkpoint_attack(_write_bytes("checkpoint.json", b"[" * 200000 + b"]" * 200000)), "rejected"),
+    (
+        "checkpoint.json binary non-UTF-8",
+        checkpoint_attack(_write_bytes("checkpoint.json", b"\xff\xfe\x00\x9c binary")),
+        "rejected",
+    ),
+    (
+        "checkpoint.json 200000-deep nested JSON arrays",
+        checkpoint_attack(_write_bytes("checkpoint.json", b"[" * 200000 + b"]" * 200000)),
+        "rejected",
+    ),
     ("checkpoint.json a 65 MiB sparse file", checkpoint_attack(_sparse_json), "rejected"),
     ("checkpoint.json a FIFO (would block a reader)", checkpoint_attack(_fifo_json), "rejected"),
     ("checkpoint.json a JSON list", checkpoint_attack(_write_bytes("checkpoint.json", b"[1, 2]")), "rejected"),
     ("sha256 removed", checkpoint_attack(_set("sha256", None)), "rejected"),
-    ("signature changed (another architecture)",
-     checkpoint_attack(_set("signature", {"class": "Linear", "tensors": {"weight": [5, 3], "bias": [5]}})), "rejected"),
+    (
+        "signature changed (another architecture)",
+        checkpoint_attack(_set("signature", {"class": "Linear", "tensors": {"weight": [5, 3], "bias": [5]}})),
+        "rejected",
+    ),
     ("tensors file with a corrupt header (sha256 forged)", checkpoint_attack(_corrupt_header), "rejected"),
-    ("tensors file with an extra tensor (sha256 forged)",
-     checkpoint_attack(_tensor_edit(lambda t: t.update({"model/extra": torch.zeros(2)}))), "rejected"),
-    ("tensors file missing a tensor (sha256 forged)",
-     checkpoint_attack(_tensor_edit(lambda t: t.pop("model/bias"))), "rejected"),
-    ("tensors file with a wrong shape (sha256 forged)",
-     checkpoint_attack(_tensor_edit(lambda t: t.update({"model/bias": torch.zeros(5)}))), "rejected"),
-    ("tensors file float64 weights (sha256 forged)",
-     checkpoint_attack(_tensor_edit(lambda t: t.update({"model/weight": t["model/weight"].double()}))), "rejected"),
+    (
+        "tensors file with an extra tensor (sha256 forged)",
+        checkpoint_attack(_tensor_edit(lambda t: t.update({"model/extra": torch.zeros(2)}))),
+        "rejected",
+    ),
+    (
+        "tensors file missing a tensor (sha256 forged)",
+        checkpoint_attack(_tensor_edit(lambda t: t.pop("model/bias"))),
+        "rejected",
+    ),
+    (
+        "tensors file with a wrong shape (sha256 forged)",
+        checkpoint_attack(_tensor_edit(lambda t: t.update({"model/bias": torch.zeros(5)}))),
+        "rejected",
+    ),
+    (
+        "tensors file float64 weights (sha256 forged)",
+        checkpoint_attack(_tensor_edit(lambda t: t.update({"model/weight": t["model/weight"].double()}))),
+        "rejected",
+    ),
     ("RNG torch state of 3 bytes", checkpoint_attack(_rng(lambda r: r.update(torch=[0, 1, 2])), True), "rejected"),
-    ("RNG torch state with a 256", checkpoint_attack(_rng(lambda r: r["torch"].__setitem__(0, 256)), True),
-     "rejected"),
-    ("RNG python state with 2**40 words",
-     checkpoint_attack(_rng(lambda r: r["python"][1].__setitem__(0, 2 ** 40)), True), "rejected"),
-    ("RNG numpy keys of 3 words", checkpoint_attack(_rng(lambda r: r["numpy"].__setitem__(1, [1, 2, 3])), True),
-     "rejected"),
+    ("RNG torch state with a 256", checkpoint_attack(_rng(lambda r: r["torch"].__setitem__(0, 256)), True), "rejected"),
+    (
+        "RNG python state with 2**40 words",
+        checkpoint_attack(_rng(lambda r: r["python"][1].__setitem__(0, 2**40)), True),
+        "rejected",
+    ),
+    (
+        "RNG numpy keys of 3 words",
+        checkpoint_attack(_rng(lambda r: r["numpy"].__setitem__(1, [1, 2, 3])), True),
+        "rejected",
+    ),
     ("RNG numpy state a string", checkpoint_attack(_rng(lambda r: r.update(numpy="MT19937")), True), "rejected"),
-    ("RNG numpy cached gaussian = NaN",
-     checkpoint_attack(_rng(lambda r: r.update(numpy=r["numpy"][:3] + [1, NAN])), True, _next_draws), "rejected"),
-    ("RNG python gauss_next = 'nan' (a string)",
-     checkpoint_attack(_rng(lambda r: r["python"].__setitem__(2, "nan")), True, _next_draws), "rejected"),
-    ("RNG python gauss_next = 1e308",
-     checkpoint_attack(_rng(lambda r: r["python"].__setitem__(2, 1e308)), True, _next_draws), None),
+    (
+        "RNG numpy cached gaussian = NaN",
+        checkpoint_attack(_rng(lambda r: r.update(numpy=r["numpy"][:3] + [1, NAN])), True, _next_draws),
+        "rejected",
+    ),
+    (
+        "RNG python gauss_next = 'nan' (a string)",
+        checkpoint_attack(_rng(lambda r: r["python"].__setitem__(2, "nan")), True, _next_draws),
+        "rejected",
+    ),
+    (
+        "RNG python gauss_next = 1e308",
+        checkpoint_attack(_rng(lambda r: r["python"].__setitem__(2, 1e308)), True, _next_draws),
+        None,
+    ),
     ("RNG genuine state (control)", checkpoint_attack(lambda f, r, s: None, True), "loaded"),
 ]
 
@@ -974,19 +1240,43 @@ CHECKPOINT_ATTACKS = [
 def attack_probes() -> list[Probe]:
     probes = []
     for label, template, expect in EXPRESSION_ATTACKS:
-        probes.append(Probe("attacks", f"expression: {label}",
-                            expr_attack(template, name="probe", kernel=label.startswith("kernel")), expect))
+        probes.append(
+            Probe(
+                "attacks",
+                f"expression: {label}",
+                expr_attack(template, name="probe", kernel=label.startswith("kernel")),
+                expect,
+            )
+        )
     for sep_name, sep in TERMINATORS.items():
-        probes.append(Probe("attacks", f"expression 'x<{sep_name}>import os; open(MARKER)'",
-                            expr_attack(f"x{sep}import os; {{M}}", name="probe"), "rejected"))
+        probes.append(
+            Probe(
+                "attacks",
+                f"expression 'x<{sep_name}>import os; open(MARKER)'",
+                expr_attack(f"x{sep}import os; {{M}}", name="probe"),
+                "rejected",
+            )
+        )
     for field_name in ("Scalar.parse(name=)", "Kernel.from_torch(name=)", "function __name__"):
         for sep_name, sep in TERMINATORS.items():
-            probes.append(Probe("attacks", f"{field_name} 'x<{sep_name}>import os; open(MARKER)…'",
-                                name_attack(field_name, sep), "inert"))
+            probes.append(
+                Probe(
+                    "attacks",
+                    f"{field_name} 'x<{sep_name}>import os; open(MARKER)…'",
+                    name_attack(field_name, sep),
+                    "inert",
+                )
+            )
     binary = b"\xff\xfe\x00\x9c name = \x80\x81 not utf-8"
     for label, source, edit, expect in CATALOG_ATTACKS:
-        probes.append(Probe("attacks", f"catalog: {label}",
-                            catalog_attack(source, edit, raw=binary if edit is None else None), expect))
+        probes.append(
+            Probe(
+                "attacks",
+                f"catalog: {label}",
+                catalog_attack(source, edit, raw=binary if edit is None else None),
+                expect,
+            )
+        )
     for label, run, expect in CHECKPOINT_ATTACKS:
         probes.append(Probe("attacks", f"checkpoint: {label}", run, expect))
     return probes
@@ -998,9 +1288,28 @@ def attack_probes() -> list[Probe]:
 #    own copy of a finished tiny run and reports SAVED FILE CHANGED if a refused input changed any file there.
 # ------------------------------------------------------------------------------------------------------------------
 
-TINY_RUN = ["--set", "limit_train=32", "--set", "limit_test=16", "--set", "batch_size=16", "--set", "epochs=1",
-            "--set", "model.d=16", "--set", "model.heads=2", "--set", "model.iters=2", "--set", "model.time_freq=8",
-            "--set", "diagnostics_samples=4", "--set", "eval_iters=[1, 2]"]
+TINY_RUN = [
+    "--set",
+    "limit_train=32",
+    "--set",
+    "limit_test=16",
+    "--set",
+    "batch_size=16",
+    "--set",
+    "epochs=1",
+    "--set",
+    "model.d=16",
+    "--set",
+    "model.heads=2",
+    "--set",
+    "model.iters=2",
+    "--set",
+    "model.time_freq=8",
+    "--set",
+    "diagnostics_samples=4",
+    "--set",
+    "eval_iters=[1, 2]",
+]
 _TEMPLATES: dict[str, Path] = {}
 
 
@@ -1023,15 +1332,53 @@ def _template(kind: str) -> Path:
     if kind not in _TEMPLATES:
         root = Path(tempfile.mkdtemp(prefix=f"safety_probe_{kind}_"))
         if kind == "digits":
-            args = ["train", "--config", "digits", "--out", str(root / "run"), "--quiet", "--no-report", "--threads",
-                    "1", *TINY_RUN]
+            args = [
+                "train",
+                "--config",
+                "digits",
+                "--out",
+                str(root / "run"),
+                "--quiet",
+                "--no-report",
+                "--threads",
+                "1",
+                *TINY_RUN,
+            ]
         else:
             (root / "t.txt").write_text("def f(x):\n    return x + 1\n" * 40)
-            args = ["train", "--config", "text_small", "--out", str(root / "run"), "--quiet", "--no-report",
-                    "--threads", "1", "--set", "model.arch=transformer", "--set", f"text_path={json.dumps(str(root / 't.txt'))}",
-                    "--set", "model.d=16", "--set", "model.heads=2", "--set", "model.iters=1", "--set",
-                    "model.time_freq=8", "--set", "seq_len=8", "--set", "batch_size=4", "--set", "limit_train=8",
-                    "--set", "limit_test=4", "--set", "epochs=1"]
+            args = [
+                "train",
+                "--config",
+                "text_small",
+                "--out",
+                str(root / "run"),
+                "--quiet",
+                "--no-report",
+                "--threads",
+                "1",
+                "--set",
+                "model.arch=transformer",
+                "--set",
+                f"text_path={json.dumps(str(root / 't.txt'))}",
+                "--set",
+                "model.d=16",
+                "--set",
+                "model.heads=2",
+                "--set",
+                "model.iters=1",
+                "--set",
+                "model.time_freq=8",
+                "--set",
+                "seq_len=8",
+                "--set",
+                "batch_size=4",
+                "--set",
+                "limit_train=8",
+                "--set",
+                "limit_test=4",
+                "--set",
+                "epochs=1",
+            ]
         status, err = _cli(*args)
         if status != 0:
             raise RuntimeError(f"the template {kind} run failed: {err}")
@@ -1042,8 +1389,11 @@ def _template(kind: str) -> Path:
 def _snapshot(folder: Path) -> dict:
     import hashlib
 
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 def _outcome_of(status: int, err: str) -> dict:
@@ -1051,15 +1401,17 @@ def _outcome_of(status: int, err: str) -> dict:
         return {"outcome": "accepted", "detail": "exit status 0"}
     line = err.strip().splitlines()[-1] if err.strip() else ""
     if line.startswith("energyarch: error:"):
-        return {"outcome": "rejected EnergyArchError", "detail": line[len("energyarch: error:"):].strip()}
+        return {"outcome": "rejected EnergyArchError", "detail": line[len("energyarch: error:") :].strip()}
     return {"outcome": f"RAW exit {status}", "detail": err[-300:]}
 
 
-def run_attack(prepare: Callable[[Path, Path], list], template: str = "digits", words: tuple = (),
-               forbidden: tuple = ()) -> Callable[[Path], dict]:
+def run_attack(
+    prepare: Callable[[Path, Path], list], template: str = "digits", words: tuple = (), forbidden: tuple = ()
+) -> Callable[[Path], dict]:
     """Copy a finished run into the probe's folder, ``prepare(folder, run)`` it (returns the CLI arguments), run the
     command, and judge: saved files unchanged when refused, nothing written next to the run folder, the message
     naming ``words`` and free of ``forbidden`` advice."""
+
     def run(folder: Path) -> dict:
         import shutil
 
@@ -1081,12 +1433,22 @@ def run_attack(prepare: Callable[[Path, Path], list], template: str = "digits", 
         if defects:
             out["defect"] = "; ".join(defects)
         return out
+
     return run
 
 
 def _train_into_run(*extra: str):
-    return lambda folder, run: ["train", "--config", "digits", "--out", str(run), "--quiet", "--no-report",
-                                *TINY_RUN, *extra]
+    return lambda folder, run: [
+        "train",
+        "--config",
+        "digits",
+        "--out",
+        str(run),
+        "--quiet",
+        "--no-report",
+        *TINY_RUN,
+        *extra,
+    ]
 
 
 def _only_config(folder, run):
@@ -1102,14 +1464,37 @@ def _out_is_file(through: bool):
     def prepare(folder, run):
         (run / "notes.txt").write_text("keep")
         target = run / "notes.txt"
-        return ["train", "--config", "digits", "--out", str(target / "x" if through else target), "--quiet",
-                "--no-report", *TINY_RUN]
+        return [
+            "train",
+            "--config",
+            "digits",
+            "--out",
+            str(target / "x" if through else target),
+            "--quiet",
+            "--no-report",
+            *TINY_RUN,
+        ]
+
     return prepare
 
 
 def _diverge_fresh(folder, run):
-    return ["train", "--config", "digits", "--out", str(run / "fresh"), "--quiet", "--no-report", *TINY_RUN,
-            "--set", "lr=1e30", "--set", "grad_clip=0", "--set", "warmup_epochs=0"]
+    return [
+        "train",
+        "--config",
+        "digits",
+        "--out",
+        str(run / "fresh"),
+        "--quiet",
+        "--no-report",
+        *TINY_RUN,
+        "--set",
+        "lr=1e30",
+        "--set",
+        "grad_clip=0",
+        "--set",
+        "warmup_epochs=0",
+    ]
 
 
 def _state_field(key, value):
@@ -1118,6 +1503,7 @@ def _state_field(key, value):
         state[key] = value
         (run / "checkpoint.json").write_text(json.dumps(state))
         return ["train", "--resume", "--out", str(run), "--quiet", "--no-report", "--set", "epochs=2"]
+
     return prepare
 
 
@@ -1139,14 +1525,32 @@ def _optimizer_shape(folder, run):
 def _config_file(content: bytes, *extra: str):
     def prepare(folder, run):
         (folder / "c.toml").write_bytes(content)
-        return ["train", "--config", str(folder / "c.toml"), "--out", str(folder / "new"), "--quiet", "--no-report",
-                *extra]
+        return [
+            "train",
+            "--config",
+            str(folder / "c.toml"),
+            "--out",
+            str(folder / "new"),
+            "--quiet",
+            "--no-report",
+            *extra,
+        ]
+
     return prepare
 
 
 def _new_run_with(*assignments: str):
-    return lambda folder, run: ["train", "--config", "digits", "--out", str(folder / "new"), "--quiet",
-                                "--no-report", *TINY_RUN, *[a for s in assignments for a in ("--set", s)]]
+    return lambda folder, run: [
+        "train",
+        "--config",
+        "digits",
+        "--out",
+        str(folder / "new"),
+        "--quiet",
+        "--no-report",
+        *TINY_RUN,
+        *[a for s in assignments for a in ("--set", s)],
+    ]
 
 
 def _generate(*args: str):
@@ -1159,47 +1563,117 @@ def _eval(*args: str):
 
 DEEP = "[" * 3000 + "]" * 3000
 RUN_ATTACKS = [  # (label, prepare, template, expect, words the message must name, advice it must not give)
-    ("new run (diverging config) into a finished run", _train_into_run("--set", "lr=1e30", "--set", "grad_clip=0"),
-     "digits", "rejected", ("--out", "--resume"), ()),
-    ("new run into a folder holding only config.toml", _only_config, "digits", "rejected", ("--out",),
-     ("add --resume",)),
+    (
+        "new run (diverging config) into a finished run",
+        _train_into_run("--set", "lr=1e30", "--set", "grad_clip=0"),
+        "digits",
+        "rejected",
+        ("--out", "--resume"),
+        (),
+    ),
+    (
+        "new run into a folder holding only config.toml",
+        _only_config,
+        "digits",
+        "rejected",
+        ("--out",),
+        ("add --resume",),
+    ),
     ("--out names a file", _out_is_file(False), "digits", "rejected", ("--out", "is a file"), ()),
     ("--out names a path through a file", _out_is_file(True), "digits", "rejected", ("--out",), ()),
-    ("diverging run without a checkpoint: advice", _diverge_fresh, "digits", "rejected", ("nothing to resume",),
-     ("with --resume",)),
+    (
+        "diverging run without a checkpoint: advice",
+        _diverge_fresh,
+        "digits",
+        "rejected",
+        ("nothing to resume",),
+        ("with --resume",),
+    ),
     ("--resume: step = 10**30", _state_field("step", 10**30), "digits", "rejected", ("step",), ()),
     ("--resume: step = -1", _state_field("step", -1), "digits", "rejected", ("step",), ()),
     ("--resume: epoch = 2**64", _state_field("epoch", 2**64), "digits", "rejected", ("epoch",), ()),
-    ("--resume: batch_in_epoch = 10**9", _state_field("batch_in_epoch", 10**9), "digits", "rejected",
-     ("batch_in_epoch",), ()),
+    (
+        "--resume: batch_in_epoch = 10**9",
+        _state_field("batch_in_epoch", 10**9),
+        "digits",
+        "rejected",
+        ("batch_in_epoch",),
+        (),
+    ),
     ("--resume: epoch_loss = 'x'", _state_field("epoch_loss", "x"), "digits", "rejected", ("epoch_loss",), ()),
     ("--resume: optimizer state of the wrong shape", _optimizer_shape, "digits", "rejected", ("optimizer state",), ()),
     ("config file not UTF-8", _config_file(b'task = "digits\xff"\n'), "digits", "rejected", ("UTF-8",), ()),
-    ("config file: 5000-deep nested arrays", _config_file(b"lr = " + b"[" * 5000 + b"]" * 5000 + b"\n"), "digits",
-     "rejected", ("nests too deeply",), ()),
-    ("config file: 3000-deep inline tables", _config_file(b"[model]\nattention = " + b"{ a = " * 3000 + b"1"
-                                                          + b" }" * 3000 + b"\n"), "digits", "rejected",
-     ("nests too deeply",), ()),
+    (
+        "config file: 5000-deep nested arrays",
+        _config_file(b"lr = " + b"[" * 5000 + b"]" * 5000 + b"\n"),
+        "digits",
+        "rejected",
+        ("nests too deeply",),
+        (),
+    ),
+    (
+        "config file: 3000-deep inline tables",
+        _config_file(b"[model]\nattention = " + b"{ a = " * 3000 + b"1" + b" }" * 3000 + b"\n"),
+        "digits",
+        "rejected",
+        ("nests too deeply",),
+        (),
+    ),
     ("--set lr=<3000-deep array>", _new_run_with("lr=" + DEEP), "digits", "rejected", ("--set",), ()),
-    ("--set indexing into a string", _new_run_with('model.attention={ f = "log(x)", K = "exp(beta*s)" }',
-                                                   "model.attention.f.x=1"), "digits", "rejected", ("not a table",),
-     ()),
+    (
+        "--set indexing into a string",
+        _new_run_with('model.attention={ f = "log(x)", K = "exp(beta*s)" }', "model.attention.f.x=1"),
+        "digits",
+        "rejected",
+        ("not a table",),
+        (),
+    ),
     ("seed = -1", _new_run_with("seed=-1"), "digits", "rejected", ("seed",), ()),
     ("model.lora_scale = inf", _new_run_with("model.lora_scale=inf"), "digits", "rejected", ("lora_scale",), ()),
-    ("text_path = ''", _new_run_with("task=\"text\"", "text_path=\"\""), "digits", "rejected", ("text_path",), ()),
-    ("solver rmsprop eps = 0", _new_run_with('model.solver={ name = "rmsprop", eps = 0.0 }'), "digits", "rejected",
-     ("eps",), ()),
-    ("solver adam eps = 0", _new_run_with('model.solver={ name = "adam", eps = 0.0 }'), "digits", "rejected",
-     ("eps",), ()),
+    ("text_path = ''", _new_run_with('task="text"', 'text_path=""'), "digits", "rejected", ("text_path",), ()),
+    (
+        "solver rmsprop eps = 0",
+        _new_run_with('model.solver={ name = "rmsprop", eps = 0.0 }'),
+        "digits",
+        "rejected",
+        ("eps",),
+        (),
+    ),
+    (
+        "solver adam eps = 0",
+        _new_run_with('model.solver={ name = "adam", eps = 0.0 }'),
+        "digits",
+        "rejected",
+        ("eps",),
+        (),
+    ),
     ("eval --iters 999999999", _eval("--iters", "999999999"), "digits", "rejected", ("--iters",), ()),
-    ("eval --out names a file", lambda folder, run: ["eval", "--checkpoint", str(run), "--out",
-                                                     str(run / "config.toml")], "digits", "rejected", ("--out",), ()),
+    (
+        "eval --out names a file",
+        lambda folder, run: ["eval", "--checkpoint", str(run), "--out", str(run / "config.toml")],
+        "digits",
+        "rejected",
+        ("--out",),
+        (),
+    ),
     ("generate --temperature 1e-300", _generate("--temperature", "1e-300"), "text", "accept", (), ()),
     ("generate --temperature 5e-324", _generate("--temperature", "5e-324"), "text", "accept", (), ()),
-    ("generate --prompt with a lone surrogate", _generate("--prompt", "a\ud800b"), "text", "rejected",
-     ("--prompt",), ()),
-    ("generate --prompt of Latin-1 bytes", _generate("--prompt", b"caf\xe9".decode("utf-8", "surrogateescape")),
-     "text", "accept", (), ()),
+    (
+        "generate --prompt with a lone surrogate",
+        _generate("--prompt", "a\ud800b"),
+        "text",
+        "rejected",
+        ("--prompt",),
+        (),
+    ),
+    (
+        "generate --prompt of Latin-1 bytes",
+        _generate("--prompt", b"caf\xe9".decode("utf-8", "surrogateescape")),
+        "text",
+        "accept",
+        (),
+        (),
+    ),
     ("generate --seed -1", _generate("--seed", "-1"), "text", "rejected", ("seed",), ()),
     ("generate --max-bytes 10**12", _generate("--max-bytes", str(10**12)), "text", "rejected", ("max_bytes",), ()),
 ]
@@ -1211,6 +1685,7 @@ def _overflowing_kernel(x, y):
 
 def causal_probe(declaration: Callable[[], dict], later: str) -> Callable[[Path], dict]:
     """Earlier tokens' updates with a later token that overflows (or holds inf / NaN) equal those without it."""
+
     def run(folder: Path) -> dict:
         step = ea.compile(ea.CausalAttention(heads=2, **declaration()), d=8, dtype=torch.float64)
         X = torch.randn(2, 6, 8, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
@@ -1218,21 +1693,28 @@ def causal_probe(declaration: Callable[[], dict], later: str) -> Callable[[Path]
         Y[:, 3:] = {"aligned x1e3": X[:, :1] * 1e3, "inf": math.inf, "nan": math.nan, "-inf": -math.inf}[later]
         a, b = step(X, 0.1)[:, :3], step(Y, 0.1)[:, :3]
         same = torch.equal(a, b)
-        out = {"outcome": "causal exact" if same else "SILENTLY WRONG",
-               "detail": f"{step.derivations['attn'].pattern}; earlier tokens bit-identical: {same}; finite: "
-                         f"{bool(torch.isfinite(b).all())}"}
+        out = {
+            "outcome": "causal exact" if same else "SILENTLY WRONG",
+            "detail": f"{step.derivations['attn'].pattern}; earlier tokens bit-identical: {same}; finite: "
+            f"{bool(torch.isfinite(b).all())}",
+        }
         return out
+
     return run
 
 
-CAUSAL = [("bi-softmax", lambda: dict(f="log(x)/beta", K="exp(beta*s)")),
-          ("inner-product kernel", lambda: dict(f="sqrt(x)", K="exp(beta*s)")),
-          ("kernel attention", lambda: dict(f="x/(2*beta)", K="sigmoid(beta*s)")),
-          ("distance kernel", lambda: dict(f="log(x)", K="exp(-r/8)")),
-          ("linear attention", lambda: dict(f="x", K="(beta*s)**2/2", phi="elu(x) + 1")),
-          ("callable f (autodiff)", lambda: dict(f=torch.log, K="exp(beta*s)")),
-          ("overflowing callable K (autodiff)",
-           lambda: dict(f="log(x)", K=ea.Kernel.from_torch(_overflowing_kernel, "overflowing", symmetric=False)))]
+CAUSAL = [
+    ("bi-softmax", lambda: dict(f="log(x)/beta", K="exp(beta*s)")),
+    ("inner-product kernel", lambda: dict(f="sqrt(x)", K="exp(beta*s)")),
+    ("kernel attention", lambda: dict(f="x/(2*beta)", K="sigmoid(beta*s)")),
+    ("distance kernel", lambda: dict(f="log(x)", K="exp(-r/8)")),
+    ("linear attention", lambda: dict(f="x", K="(beta*s)**2/2", phi="elu(x) + 1")),
+    ("callable f (autodiff)", lambda: dict(f=torch.log, K="exp(beta*s)")),
+    (
+        "overflowing callable K (autodiff)",
+        lambda: dict(f="log(x)", K=ea.Kernel.from_torch(_overflowing_kernel, "overflowing", symmetric=False)),
+    ),
+]
 
 
 def catalog_rule_probe(rule: str) -> Callable[[Path], dict]:
@@ -1244,6 +1726,7 @@ def catalog_rule_probe(rule: str) -> Callable[[Path], dict]:
         entry = catalog.load_entry(path)
         radius = entry.term(16).constraint.radius
         return {"outcome": "accepted", "detail": f"radius at d=16: {radius}; {time.perf_counter() - start:.2f} s"}
+
     return run
 
 
@@ -1276,22 +1759,31 @@ def budget_thread_probe(folder: Path) -> dict:
     if worker.is_alive():
         return {"outcome": "HANG", "detail": "compile in a worker thread ran past 15 s with a 1 s budget"}
     dv = box["step"].derivations["attn"]
-    return {"outcome": "accepted" if dv.path == "autodiff" else "SILENTLY WRONG",
-            "detail": f"{dv.path} after {box['s']:.1f} s (budget 1 s of the thread's CPU time): "
-                      f"{_short(dv.reason, 90)}"}
+    return {
+        "outcome": "accepted" if dv.path == "autodiff" else "SILENTLY WRONG",
+        "detail": f"{dv.path} after {box['s']:.1f} s (budget 1 s of the thread's CPU time): {_short(dv.reason, 90)}",
+    }
 
 
 def official_probe(change: Callable[[dict], None]) -> Callable[[Path], dict]:
     def run(folder: Path) -> dict:
         from energyarch.models.official import official_config
 
-        sd = {"tok_emb.weight": torch.zeros(10, 8), "pos_emb": torch.zeros(1, 9, 8),
-              "blocks.0.attn.qkv.weight": torch.zeros(8, 8), "blocks.0.attn.ln1.weight": torch.ones(4),
-              "blocks.0.mlp.weight": torch.zeros(32, 8), "blocks.0.ln2.weight": torch.ones(32),
-              "time_mlp.0.1.weight": torch.zeros(8, 6), "ln_f.weight": torch.ones(8), "head.weight": torch.zeros(9, 8)}
+        sd = {
+            "tok_emb.weight": torch.zeros(10, 8),
+            "pos_emb": torch.zeros(1, 9, 8),
+            "blocks.0.attn.qkv.weight": torch.zeros(8, 8),
+            "blocks.0.attn.ln1.weight": torch.ones(4),
+            "blocks.0.mlp.weight": torch.zeros(32, 8),
+            "blocks.0.ln2.weight": torch.ones(32),
+            "time_mlp.0.1.weight": torch.zeros(8, 6),
+            "ln_f.weight": torch.ones(8),
+            "head.weight": torch.zeros(9, 8),
+        }
         change(sd)
         cfg = official_config(sd, iters=2)
         return {"outcome": "accepted", "detail": f"layers={cfg.layers}"}
+
     return run
 
 
@@ -1311,17 +1803,20 @@ def round3_probes() -> list[Probe]:
     probes = []
     for name, decl in CAUSAL:
         for later in ("aligned x1e3", "inf", "nan"):
-            probes.append(Probe("round3", f"causal {name}: later tokens {later}", causal_probe(decl, later),
-                                "causal"))
-    for rule in ("sqrt(p)*(1+sin(p)*cos(2*p)*sin(3*p)*cos(4*p)*sin(5*p)*cos(6*p)*sin(7*p)*cos(8*p)*sin(9*p)"
-                 "*cos(10*p)**2)",
-                 "sin(p+1)*cos(p+2)*sin(2*p+3)*cos(3*p+4)*sin(4*p+5)*cos(5*p+6)*sin(6*p+7)*cos(7*p+8)+sqrt(p)",
-                 "sqrt(p)*(sin(p)**2+cos(p)**2)*(sin(2*p)**2+cos(2*p)**2)*(sin(3*p)**2+cos(3*p)**2)",
-                 "(-p)**0.5", "1/(p-1)"):
-        probes.append(Probe("round3", f"catalog radius rule {rule[:60]}{'…' if len(rule) > 60 else ''}",
-                            catalog_rule_probe(rule)))
-    probes.append(Probe("round3", "ea.compile in a worker thread, endless symbolic step", budget_thread_probe,
-                        "accept"))
+            probes.append(Probe("round3", f"causal {name}: later tokens {later}", causal_probe(decl, later), "causal"))
+    for rule in (
+        "sqrt(p)*(1+sin(p)*cos(2*p)*sin(3*p)*cos(4*p)*sin(5*p)*cos(6*p)*sin(7*p)*cos(8*p)*sin(9*p)*cos(10*p)**2)",
+        "sin(p+1)*cos(p+2)*sin(2*p+3)*cos(3*p+4)*sin(4*p+5)*cos(5*p+6)*sin(6*p+7)*cos(7*p+8)+sqrt(p)",
+        "sqrt(p)*(sin(p)**2+cos(p)**2)*(sin(2*p)**2+cos(2*p)**2)*(sin(3*p)**2+cos(3*p)**2)",
+        "(-p)**0.5",
+        "1/(p-1)",
+    ):
+        probes.append(
+            Probe("round3", f"catalog radius rule {rule[:60]}{'…' if len(rule) > 60 else ''}", catalog_rule_probe(rule))
+        )
+    probes.append(
+        Probe("round3", "ea.compile in a worker thread, endless symbolic step", budget_thread_probe, "accept")
+    )
     for label, change in OFFICIAL_ATTACKS:
         probes.append(Probe("round3", f"official state_dict: {label}", official_probe(change), "rejected"))
     for label, prepare, template, expect, words, forbidden in RUN_ATTACKS:
@@ -1333,8 +1828,12 @@ def round3_probes() -> list[Probe]:
 # the campaign and its tables
 # ------------------------------------------------------------------------------------------------------------------
 
-CATEGORIES = {"energies": energy_probes, "malformed": malformed_probes, "attacks": attack_probes,
-              "round3": round3_probes}
+CATEGORIES = {
+    "energies": energy_probes,
+    "malformed": malformed_probes,
+    "attacks": attack_probes,
+    "round3": round3_probes,
+}
 
 
 def warm_up() -> None:
@@ -1351,7 +1850,7 @@ def warm_up() -> None:
 def run_campaign(probes: list[Probe], timeout: float, progress: bool = True) -> list[Result]:
     warm_up()
     if any(p.category == "round3" for p in probes):
-        _template("digits"), _template("text")       # trained once, before any child forks
+        _template("digits"), _template("text")  # trained once, before any child forks
     results = []
     with tempfile.TemporaryDirectory(prefix="safety_probe_") as tmp:
         for i, probe in enumerate(probes):
@@ -1359,8 +1858,12 @@ def run_campaign(probes: list[Probe], timeout: float, progress: bool = True) -> 
             results.append(result)
             if progress:
                 flag = "" if result.verdict == "ok" else "   <-- " + result.verdict
-                print(f"[{i + 1:3d}/{len(probes)}] {result.seconds:5.1f}s {probe.category:9s} "
-                      f"{_short(probe.label, 70):70s} {result.outcome}{flag}", file=sys.stderr, flush=True)
+                print(
+                    f"[{i + 1:3d}/{len(probes)}] {result.seconds:5.1f}s {probe.category:9s} "
+                    f"{_short(probe.label, 70):70s} {result.outcome}{flag}",
+                    file=sys.stderr,
+                    flush=True,
+                )
     return results
 
 
@@ -1371,16 +1874,20 @@ def _group(outcome: str) -> str:
 def markdown(results: list[Result], command: str, total_seconds: float, timeout: float, load: str = "") -> str:
     cats = list(dict.fromkeys(r.probe.category for r in results))
     lines = [
-        "# Safety probe (issues 8 and 16)", "",
+        "# Safety probe (issues 8 and 16)",
+        "",
         f"Command: `{command}`  ",
         f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores, Python {platform.python_version()}, "
         f"torch {torch.__version__}, energyarch {ea.__version__} ({_revision()}); load average at start "
         f"{load or _loadavg()}.  ",
         f"{len(results)} inputs, each in a forked child with a {timeout:g} s wall-clock guard; total "
-        f"{total_seconds:.0f} s. \"verified\" means ea.verify passed and an independent torch reference agreed "
-        f"within a relative {RTOL:g} (gradient at the normalised point and energy).", "",
-        "## Summary", "",
-        "| category | inputs | outcome counts | defects | max seconds |", "|---|---|---|---|---|",
+        f'{total_seconds:.0f} s. "verified" means ea.verify passed and an independent torch reference agreed '
+        f"within a relative {RTOL:g} (gradient at the normalised point and energy).",
+        "",
+        "## Summary",
+        "",
+        "| category | inputs | outcome counts | defects | max seconds |",
+        "|---|---|---|---|---|",
     ]
     for cat in cats:
         rs = [r for r in results if r.probe.category == cat]
@@ -1390,20 +1897,34 @@ def markdown(results: list[Result], command: str, total_seconds: float, timeout:
         lines.append(f"| {cat} | {len(rs)} | {_short(shown, 2000)} | {defects} | {max(r.seconds for r in rs):.1f} |")
     special = {k: sum(r.outcome.startswith(k) for r in results) for k in ("EXECUTED", "HANG", "SILENTLY WRONG", "RAW")}
     special["SAVED FILE CHANGED"] = sum("SAVED FILE CHANGED" in r.verdict for r in results)
-    lines += ["", "Across all categories: " + ", ".join(f"{k} {v}" for k, v in special.items())
-              + f"; defects of any kind (including an outcome other than the expected one): "
-              f"{sum(r.verdict != 'ok' for r in results)}.", ""]
+    lines += [
+        "",
+        "Across all categories: "
+        + ", ".join(f"{k} {v}" for k, v in special.items())
+        + f"; defects of any kind (including an outcome other than the expected one): "
+        f"{sum(r.verdict != 'ok' for r in results)}.",
+        "",
+    ]
     bad = [r for r in results if r.verdict != "ok"]
     if bad:
         lines += ["## Defects", "", "| category | input | outcome | verdict | detail |", "|---|---|---|---|---|"]
-        lines += [f"| {r.probe.category} | {_short(r.probe.label, 90)} | {_short(r.outcome)} | {_short(r.verdict)} "
-                  f"| {_short(r.detail, 200)} |" for r in bad]
+        lines += [
+            f"| {r.probe.category} | {_short(r.probe.label, 90)} | {_short(r.outcome)} | {_short(r.verdict)} "
+            f"| {_short(r.detail, 200)} |"
+            for r in bad
+        ]
         lines.append("")
-    lines += ["## Every input", "", "| # | category | input | expected | outcome | verdict | seconds | detail |",
-              "|---|---|---|---|---|---|---|---|"]
+    lines += [
+        "## Every input",
+        "",
+        "| # | category | input | expected | outcome | verdict | seconds | detail |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for i, r in enumerate(results, 1):
-        lines.append(f"| {i} | {r.probe.category} | {_short(r.probe.label, 90)} | {r.probe.expect or 'any'} "
-                     f"| {_short(r.outcome)} | {_short(r.verdict, 60)} | {r.seconds:.2f} | {_short(r.detail, 200)} |")
+        lines.append(
+            f"| {i} | {r.probe.category} | {_short(r.probe.label, 90)} | {r.probe.expect or 'any'} "
+            f"| {_short(r.outcome)} | {_short(r.verdict, 60)} | {r.seconds:.2f} | {_short(r.detail, 200)} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -1412,10 +1933,12 @@ def _revision() -> str:
     import subprocess
 
     try:
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                              timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", "energyarch"], cwd=ROOT, capture_output=True,
-                               text=True, timeout=10).stdout.strip()
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, timeout=10
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--", "energyarch"], cwd=ROOT, capture_output=True, text=True, timeout=10
+        ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return "unknown revision"
     return f"commit {head or '?'}" + (" with uncommitted changes in energyarch/" if dirty else "")
@@ -1430,8 +1953,9 @@ def _loadavg() -> str:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "safety_probe.md"),
-                        help="markdown results file")
+    parser.add_argument(
+        "--out", default=str(ROOT / "benchmarks" / "results" / "safety_probe.md"), help="markdown results file"
+    )
     parser.add_argument("--timeout", type=float, default=20.0, help="wall-clock limit per input, seconds")
     parser.add_argument("--categories", nargs="+", choices=list(CATEGORIES), default=list(CATEGORIES))
     args = parser.parse_args(argv)
@@ -1440,8 +1964,9 @@ def main(argv=None) -> int:
     load = _loadavg()
     start = time.perf_counter()
     results = run_campaign(probes, args.timeout)
-    command = "python benchmarks/safety_probe.py" + ("" if argv is None and len(sys.argv) == 1
-                                                      else " " + shlex.join(sys.argv[1:] if argv is None else argv))
+    command = "python benchmarks/safety_probe.py" + (
+        "" if argv is None and len(sys.argv) == 1 else " " + shlex.join(sys.argv[1:] if argv is None else argv)
+    )
     text = markdown(results, command, time.perf_counter() - start, args.timeout, load)
     print(text)
     out = Path(args.out)

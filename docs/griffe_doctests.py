@@ -68,7 +68,7 @@ def fence_literal_blocks(text: str) -> str:
         j = i + 1
         while j < len(lines) and not lines[j].strip():
             j += 1
-        if j == len(lines) or not lines[j][:1].isspace():   # no indented block follows: not a literal block
+        if j == len(lines) or not lines[j][:1].isspace():  # no indented block follows: not a literal block
             out.append(line)
             i += 1
             continue
@@ -96,7 +96,7 @@ class DoctestFences(Extension):
             obj.bases = [b for b in obj.bases if not str(b).rsplit(".", 1)[-1].startswith("_")]
 
     def on_package(self, *, pkg: Object, **kwargs: Any) -> None:
-        _rewrite(pkg)        # the root package is not passed to on_object
+        _rewrite(pkg)  # the root package is not passed to on_object
 
 
 def _rewrite(obj: Object) -> None:
@@ -104,7 +104,7 @@ def _rewrite(obj: Object) -> None:
         return
     text = obj.docstring.value
     if ">>>" in text:
-        text = fence_doctests(text)      # idempotent: fenced lines are left alone
+        text = fence_doctests(text)  # idempotent: fenced lines are left alone
     if "::" in text:
         text = fence_literal_blocks(text)
     if ":`" in text:

@@ -68,9 +68,11 @@ def _footer() -> str:
     else:  # pragma: no cover - Python 3.10
         import tomli as tomllib
     project = tomllib.loads((_ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
-    return (f"energyarch {project['version']} · MIT License · please cite Hu, Zou &amp; Xu, <em>Hyper-SET: Designing "
-            f"Transformers via Hyperspherical Energy Minimization</em>, ICLR 2026 "
-            f"(<a href=\"https://arxiv.org/abs/2502.11646\">arXiv:2502.11646</a>)")
+    return (
+        f"energyarch {project['version']} · MIT License · please cite Hu, Zou &amp; Xu, <em>Hyper-SET: Designing "
+        f"Transformers via Hyperspherical Energy Minimization</em>, ICLR 2026 "
+        f'(<a href="https://arxiv.org/abs/2502.11646">arXiv:2502.11646</a>)'
+    )
 
 
 def on_files(files, config):
@@ -109,19 +111,22 @@ def on_page_markdown(markdown: str, page, config, files) -> str:
 # expressions
 # ---------------------------------------------------------------------------------------------------------------
 
+
 def _expression_page(markdown: str) -> str:
     for marker in (EXPR_FUNCTIONS, EXPR_LIMITS):
         _require(markdown, marker, "write-your-own-energy.md")
     import importlib
 
     expr = importlib.import_module("energyarch.expr")
-    derive = importlib.import_module("energyarch.derive")   # the module (energyarch.derive is also a function)
+    derive = importlib.import_module("energyarch.derive")  # the module (energyarch.derive is also a function)
 
     docs = getattr(expr, "FUNCTION_DOCS", {})
     missing = sorted(set(expr.FUNCTIONS) - set(docs))
     if missing:
-        raise PluginError(f"energyarch.expr.FUNCTION_DOCS has no line for {missing}: the expression page lists "
-                          f"every allowed function with its meaning")
+        raise PluginError(
+            f"energyarch.expr.FUNCTION_DOCS has no line for {missing}: the expression page lists "
+            f"every allowed function with its meaning"
+        )
     rows = ["| function | meaning |", "|---|---|"]
     rows += [f"| `{name}(x)` | {_plain(docs[name])} |" for name in sorted(expr.FUNCTIONS)]
     constants = ", ".join(f"`{c}`" for c in sorted(getattr(expr, "CONSTANTS", {})))
@@ -129,14 +134,16 @@ def _expression_page(markdown: str) -> str:
     limits = ["| limit | value |", "|---|---|"]
     limits += [f"| parser: {_plain(k.replace('_', ' '))} | {v:g} |" for k, v in getattr(expr, "LIMITS", {}).items()]
     budget = getattr(derive, "SYMBOLIC_BUDGET", None)
-    if budget is None:   # where the derivation keeps it after the split into energyarch.derivation
+    if budget is None:  # where the derivation keeps it after the split into energyarch.derivation
         try:
             from energyarch.derivation.core import SYMBOLIC_BUDGET as budget
         except ImportError:
             budget = None
     if not getattr(expr, "LIMITS", None) or not budget:
-        raise PluginError("the expression page lists the parser's LIMITS (energyarch.expr) and the symbolic budget "
-                          "(SYMBOLIC_BUDGET, energyarch.derive or energyarch.derivation.core); one was not found")
+        raise PluginError(
+            "the expression page lists the parser's LIMITS (energyarch.expr) and the symbolic budget "
+            "(SYMBOLIC_BUDGET, energyarch.derive or energyarch.derivation.core); one was not found"
+        )
     limits += [f"| symbolic path: {_plain(k.replace('_', ' '))} | {v:g} |" for k, v in budget.items()]
     markdown = markdown.replace(EXPR_FUNCTIONS, functions)
     return markdown.replace(EXPR_LIMITS, "\n".join(limits))
@@ -145,6 +152,7 @@ def _expression_page(markdown: str) -> str:
 # ---------------------------------------------------------------------------------------------------------------
 # config fields
 # ---------------------------------------------------------------------------------------------------------------
+
 
 def _config_fields() -> str:
     """A table per config dataclass: key, default, and the comment beside the field in the source (the one place
@@ -155,8 +163,12 @@ def _config_fields() -> str:
     parts = []
     for cls, table in ((TrainConfig, "top level"), (ModelConfig, "`[model]`")):
         comments = _field_comments(cls)
-        rows = [f"**`{cls.__name__}`** ({table}, `{cls.__module__}`)", "", "| key | default | meaning |",
-                "|---|---|---|"]
+        rows = [
+            f"**`{cls.__name__}`** ({table}, `{cls.__module__}`)",
+            "",
+            "| key | default | meaning |",
+            "|---|---|---|",
+        ]
         for f in dataclasses.fields(cls):
             if f.name.startswith("_"):
                 continue
@@ -170,8 +182,10 @@ def _config_fields() -> str:
                 default = "`" + default.replace("|", "\\|") + "`"
             meaning = comments.get(f.name)
             if not meaning:
-                raise PluginError(f"{cls.__name__}.{f.name} has no comment in {cls.__module__}: write one beside "
-                                  f"the field (it is the key's documentation on the training page)")
+                raise PluginError(
+                    f"{cls.__name__}.{f.name} has no comment in {cls.__module__}: write one beside "
+                    f"the field (it is the key's documentation on the training page)"
+                )
             rows.append(f"| `{f.name}` | {default} | {_plain(meaning)} |")
         parts.append("\n".join(rows))
     return "\n\n".join(parts)
@@ -210,16 +224,20 @@ def _field_comments(cls) -> dict[str, str]:
 # ---------------------------------------------------------------------------------------------------------------
 
 _HREF = re.compile(r'(<a\s[^>]*?\bhref=")([^"]*)(")')
-_DOWNLOAD_ICON = ('<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 24 24"><path d="M5 20h14v-2H5m14-9h-4V3H9v6H5l7 '
-                  '7z"/></svg>')  # Material Design Icons "download" (Apache-2.0), as bundled with the theme
+_DOWNLOAD_ICON = (
+    '<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 24 24"><path d="M5 20h14v-2H5m14-9h-4V3H9v6H5l7 '
+    '7z"/></svg>'
+)  # Material Design Icons "download" (Apache-2.0), as bundled with the theme
 
 
 def _download_button(page) -> str:
     """A download link for the notebook; mkdocs-jupyter (``include_source: true``) copies the ``.ipynb`` next to
     the page's ``index.html``."""
     name = Path(page.file.abs_src_path).name
-    return (f'<a href="{html.escape(name)}" download class="md-content__button md-icon ea-download" '
-            f'title="Download {html.escape(name)} (stored without outputs)">{_DOWNLOAD_ICON}</a>\n')
+    return (
+        f'<a href="{html.escape(name)}" download class="md-content__button md-icon ea-download" '
+        f'title="Download {html.escape(name)} (stored without outputs)">{_DOWNLOAD_ICON}</a>\n'
+    )
 
 
 def _rewrite_notebook_links(html_text: str, page, config, files) -> str:
@@ -234,12 +252,14 @@ def _rewrite_notebook_links(html_text: str, page, config, files) -> str:
         href = html.unescape(match.group(2))
         path, _, fragment = href.partition("#")
         if not path or re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*:|^/", path):
-            return match.group(0)          # in-page anchor, another site, mailto:, absolute path
+            return match.group(0)  # in-page anchor, another site, mailto:, absolute path
         target = by_path.get((folder / path).resolve())
         if target is None:
-            raise PluginError(f"{page.file.src_uri}: the link {href!r} names no file of the site "
-                              f"(resolved against {folder}); write it relative to the notebook, e.g. "
-                              f"'02_catalog.ipynb' or '../docs/training.md'")
+            raise PluginError(
+                f"{page.file.src_uri}: the link {href!r} names no file of the site "
+                f"(resolved against {folder}); write it relative to the notebook, e.g. "
+                f"'02_catalog.ipynb' or '../docs/training.md'"
+            )
         url = get_relative_url(target.url, page.url) + (f"#{fragment}" if fragment else "")
         return match.group(1) + html.escape(url) + match.group(3)
 
@@ -249,6 +269,7 @@ def _rewrite_notebook_links(html_text: str, page, config, files) -> str:
 # ---------------------------------------------------------------------------------------------------------------
 # catalog
 # ---------------------------------------------------------------------------------------------------------------
+
 
 def _require(markdown: str, marker: str, page: str) -> None:
     if markdown.count(marker) != 1:
@@ -269,7 +290,7 @@ def _catalog_page(markdown: str) -> str:
         sections = [_entry_section(catalog, entry) for entry in entries.values()]
     except Exception as err:  # noqa: BLE001 - any failure means the page cannot be generated truthfully
         raise PluginError(f"generating the catalog page from {directory} failed: {type(err).__name__}: {err}") from err
-    tables = re.sub(r"\A# [^\n]*\n+", "", tables)          # the page has its own title
+    tables = re.sub(r"\A# [^\n]*\n+", "", tables)  # the page has its own title
     index = ["| name | operator | family | where | pattern |", "|---|---|---|---|---|"]
     for e in entries.values():
         where = f"Table {e.table}, row {e.row}" if e.in_paper else f"beyond the paper, row {e.row}"
@@ -319,8 +340,10 @@ def _plain(text: str, *, squash: bool = True) -> str:
 def _with_math(text: str) -> str:
     """Prose with ``$...$`` spans: the prose as literal text, each span as inline LaTeX for MathJax."""
     parts = re.split(r"(?<!\\)\$([^$]+)\$", " ".join(text.split()))
-    return "".join(f'<span class="arithmatex">\\({html.escape(p, quote=False)}\\)</span>' if k % 2 else _plain(p, squash=False)
-                   for k, p in enumerate(parts))
+    return "".join(
+        f'<span class="arithmatex">\\({html.escape(p, quote=False)}\\)</span>' if k % 2 else _plain(p, squash=False)
+        for k, p in enumerate(parts)
+    )
 
 
 def _paragraphs(text: str) -> str:
@@ -339,7 +362,9 @@ def _entry_section(catalog, entry) -> str:
     if not report.ok:
         raise PluginError(f"catalog entry {entry.name!r} fails verification:\n{report}")
     if dv.pattern != entry.pattern:
-        raise PluginError(f"catalog entry {entry.name!r} declares pattern {entry.pattern!r}, compiler finds {dv.pattern!r}")
+        raise PluginError(
+            f"catalog entry {entry.name!r} declares pattern {entry.pattern!r}, compiler finds {dv.pattern!r}"
+        )
     where = f"Table {entry.table}, row {entry.row}" if entry.in_paper else f"beyond the paper, row {entry.row}"
     lines = [
         f"### {_plain(entry.title)} {{#{entry.name}}}",
@@ -362,15 +387,28 @@ def _entry_section(catalog, entry) -> str:
         check = catalog.compare_with_paper(entry)
         if not check.ok:
             raise PluginError(f"catalog entry {entry.name!r}: comparison with the paper failed: {check}")
-        lines += ["", f"**Against the paper** ({catalog.PAPER_OPERATORS[entry.paper_operator].where}): "
-                      f"{_plain(check.summary())} (max abs difference {check.max_abs_diff:.1e} after the declared "
-                      f"sign {entry.paper_sign:+d})."]
+        lines += [
+            "",
+            f"**Against the paper** ({catalog.PAPER_OPERATORS[entry.paper_operator].where}): "
+            f"{_plain(check.summary())} (max abs difference {check.max_abs_diff:.1e} after the declared "
+            f"sign {entry.paper_sign:+d}).",
+        ]
     toml = entry.source.read_text(encoding="utf-8").strip()
-    lines += ["", "**Notes.** " + _paragraphs(entry.notes), "", f"*Source:* {_plain(entry.citation)}", "",
-              "Reproduce: `energyarch catalog derive " + entry.name + " --latex --source` · "
-              "`energyarch catalog verify " + entry.name + "`", "",
-              f'??? abstract "Declaration: catalog/{entry.source.name} (read by the restricted parser, never executed)"',
-              "", "    ```toml", *("    " + line if line else "" for line in toml.splitlines()), "    ```"]
+    lines += [
+        "",
+        "**Notes.** " + _paragraphs(entry.notes),
+        "",
+        f"*Source:* {_plain(entry.citation)}",
+        "",
+        "Reproduce: `energyarch catalog derive " + entry.name + " --latex --source` · "
+        "`energyarch catalog verify " + entry.name + "`",
+        "",
+        f'??? abstract "Declaration: catalog/{entry.source.name} (read by the restricted parser, never executed)"',
+        "",
+        "    ```toml",
+        *("    " + line if line else "" for line in toml.splitlines()),
+        "    ```",
+    ]
     return "\n".join(lines)
 
 
@@ -378,22 +416,25 @@ def _entry_section(catalog, entry) -> str:
 # benchmarks
 # ---------------------------------------------------------------------------------------------------------------
 
+
 def _benchmarks_page(markdown: str) -> str:
     _require(markdown, BENCHMARK_RESULTS, "benchmarks.md")
     results = sorted((_ROOT / "benchmarks" / "results").rglob("*.md"))
     if not results:
-        block = ('!!! note "No results committed yet"\n'
-                 "    `benchmarks/results/` holds no `.md` file in this checkout. Run the commands above; each "
-                 "writes its table there, and the next docs build includes it here unchanged.")
+        block = (
+            '!!! note "No results committed yet"\n'
+            "    `benchmarks/results/` holds no `.md` file in this checkout. Run the commands above; each "
+            "writes its table there, and the next docs build includes it here unchanged."
+        )
         return markdown.replace(BENCHMARK_RESULTS, block)
     parts = []
     for path in results:
         text = path.read_text(encoding="utf-8").strip()
         text = re.sub(r"^(#{1,5}) ", r"#\1 ", text, flags=re.MULTILINE)  # nest under this page's headings
-        text = re.sub(r"\A## [^\n]*\n+", "", text)                       # our own heading names the file
+        text = re.sub(r"\A## [^\n]*\n+", "", text)  # our own heading names the file
         name = path.relative_to(_ROOT / "benchmarks" / "results").as_posix()
         plots = [png for png in _result_plots() if path.parent == png.parent and png.stem.startswith(path.stem)]
         text += "".join(f"\n\n![{png.stem}](benchmark-plots/{png.name})" for png in plots)
-        parts.append(f"### `benchmarks/results/{name}`\n\n<div class=\"ea-results\" markdown>\n\n{text}\n\n</div>")
+        parts.append(f'### `benchmarks/results/{name}`\n\n<div class="ea-results" markdown>\n\n{text}\n\n</div>')
     log.info("benchmarks page: %d result files", len(results))
     return markdown.replace(BENCHMARK_RESULTS, "\n\n".join(parts))

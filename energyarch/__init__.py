@@ -37,9 +37,29 @@ from .descent import verify_descent as verify_descent
 __version__ = "0.1.0"
 
 __all__ = [
-    "Attention", "CausalAttention", "DiagLowRank", "QueryKey", "SharedBasis", "Derivation", "Energy", "EnergyArchError", "EnergyStep", "FeedForward", "GatedFeedForward", "Kernel", "Scalar",
-    "Sphere", "TermUpdate", "compile", "derive", "energy_graph", "finite_checks", "verify",
-    "Solver", "verify_solver", "verify_descent",
+    "Attention",
+    "CausalAttention",
+    "DiagLowRank",
+    "QueryKey",
+    "SharedBasis",
+    "Derivation",
+    "Energy",
+    "EnergyArchError",
+    "EnergyStep",
+    "FeedForward",
+    "GatedFeedForward",
+    "Kernel",
+    "Scalar",
+    "Sphere",
+    "TermUpdate",
+    "compile",
+    "derive",
+    "energy_graph",
+    "finite_checks",
+    "verify",
+    "Solver",
+    "verify_solver",
+    "verify_descent",
 ]
 
 

@@ -92,6 +92,7 @@ def tile_size(N: int, batch: int, per_pair: float, itemsize: int) -> int:
 # the primitive
 # ---------------------------------------------------------------------------------------------------------
 
+
 def _autocast_state(t: Tensor) -> tuple[str, bool, torch.dtype]:
     dev = t.device.type
     return dev, torch.is_autocast_enabled(dev), torch.get_autocast_dtype(dev)
@@ -117,7 +118,7 @@ def _reduce(fn, rows, cols, T: int) -> Tensor:
         acc: Optional[Tensor] = None
         for J in _tiles(N_cols, T):
             part = fn(r, [t[..., J, :] for t in cols])
-            if acc is None:   # accumulate low-precision tiles (bf16 autocast) in float32
+            if acc is None:  # accumulate low-precision tiles (bf16 autocast) in float32
                 acc = part.float() if part.dtype in (torch.float16, torch.bfloat16) else part.clone()
             else:
                 acc += part
@@ -154,16 +155,20 @@ class _PairReduce(torch.autograd.Function):
                     wanted = [k for k, p in enumerate(pieces) if p.requires_grad]
                     if not wanted or not part.requires_grad:
                         continue
-                    got = torch.autograd.grad(part, [pieces[k] for k in wanted], g.to(part.dtype),
-                                              allow_unused=True)
+                    got = torch.autograd.grad(part, [pieces[k] for k in wanted], g.to(part.dtype), allow_unused=True)
                 for k, gk in zip(wanted, got):
                     if gk is not None:  # wanted: its input needs a gradient, so grads[k] is a tensor
                         cast(Tensor, grads[k])[..., I if k < n_rows else J, :] += gk
         return (None, None, None, *grads)
 
 
-def pair_reduce(fn: Callable[[list, list], Tensor], rows: Sequence[Tensor], cols: Optional[Sequence[Tensor]] = None,
-                *, per_pair: float = 4.0) -> Tensor:
+def pair_reduce(
+    fn: Callable[[list, list], Tensor],
+    rows: Sequence[Tensor],
+    cols: Optional[Sequence[Tensor]] = None,
+    *,
+    per_pair: float = 4.0,
+) -> Tensor:
     """Row reduction over all pairs, tile by tile: ``out[..., k, :] = Σ_J fn(rows[..., I, :], cols[..., J, :])``.
 
     Args:
@@ -188,6 +193,7 @@ def pair_reduce(fn: Callable[[list, list], Tensor], rows: Sequence[Tensor], cols
 # pairwise quantities of one tile and kernels built on them
 # ---------------------------------------------------------------------------------------------------------
 
+
 def gram(A: Tensor, B: Tensor) -> Tensor:
     """``A Bᵀ``: inner products of the rows, shape ``(..., T_a, T_b)``."""
     return A @ B.transpose(-1, -2)
@@ -201,25 +207,29 @@ def sq_dist(A: Tensor, B: Tensor) -> Tensor:
 def pairwise(K: Callable[[Tensor, Tensor], Tensor], A: Tensor, B: Tensor) -> Tensor:
     """``K(a_i, b_j)`` for a kernel on single vectors, shape ``(..., T_a, T_b)`` (vmap over pairs and batch)."""
     a, b = A.reshape(-1, *A.shape[-2:]), B.reshape(-1, *B.shape[-2:])
-    rows = torch.vmap(torch.vmap(K, in_dims=(None, 0)), in_dims=(0, None))   # (T_a, p), (T_b, p) -> (T_a, T_b)
+    rows = torch.vmap(torch.vmap(K, in_dims=(None, 0)), in_dims=(0, None))  # (T_a, p), (T_b, p) -> (T_a, T_b)
     return torch.vmap(rows)(a, b).reshape(*A.shape[:-1], B.shape[-2])
 
 
 def kernel_on_gram(kappa: Callable[[Tensor], Tensor], phi: Optional[Callable[[Tensor], Tensor]] = None):
     """The kernel ``K(a, b) = κ(Φ(a)·Φ(b))`` of one tile (``Φ`` the identity when None)."""
+
     def K(A, B):
         if phi is not None:
             A, B = phi(A), phi(B)
         G = gram(A, B)
         return _full(kappa(G), G)
+
     return K
 
 
 def kernel_on_distance(rho: Callable[[Tensor], Tensor]):
     """The kernel ``K(a, b) = ρ(‖a − b‖²)`` of one tile."""
+
     def K(A, B):
         r = sq_dist(A, B)
         return _full(rho(r), r)
+
     return K
 
 
@@ -229,8 +239,10 @@ def kernel_callable(K: Callable[[Tensor, Tensor], Tensor]):
     Its tiles are *wide*: evaluating K on every pair may keep ``p`` values per pair (e.g. ``a − b``), so the
     tile is sized for ``3p`` values per pair.
     """
+
     def tile_kernel(A, B):
         return pairwise(K, A, B)
+
     tile_kernel.wide = True  # type: ignore[attr-defined]  # a function attribute, read by _per_pair
     return tile_kernel
 
@@ -243,10 +255,12 @@ def _per_pair(K, p: int, narrow: float) -> float:
 # the reductions the emitted modules call
 # ---------------------------------------------------------------------------------------------------------
 
+
 def pair_row_sum(K, A: Tensor, *, per_pair: float = 4.0) -> Tensor:
     """``S_k = Σ_j K(a_k, a_j)``, shape ``(..., N)``, for a tile kernel ``K`` (e.g. :func:`kernel_on_gram`)."""
-    return pair_reduce(lambda r, c: K(r[0], c[0]).sum(-1, keepdim=True), (A,),
-                       per_pair=_per_pair(K, A.shape[-1], per_pair)).squeeze(-1)
+    return pair_reduce(
+        lambda r, c: K(r[0], c[0]).sum(-1, keepdim=True), (A,), per_pair=_per_pair(K, A.shape[-1], per_pair)
+    ).squeeze(-1)
 
 
 def _coupling(C, x: Tensor, s_rows: Optional[Tensor], s_cols: Optional[Tensor]) -> Tensor:
@@ -270,6 +284,7 @@ def distance_couple(C, Z: Tensor, s: Optional[Tensor] = None) -> tuple[Tensor, T
 
     The distance-kernel gradient is then ``2 (C1 ⊙ Z − C Z)``.
     """
+
     def block(r, c):
         Ct = _coupling(C, sq_dist(r[0], c[0]), r[1] if s is not None else None, c[1] if s is not None else None)
         return torch.cat([Ct @ c[0], Ct.sum(-1, keepdim=True)], dim=-1)
@@ -294,7 +309,7 @@ def pair_grad(K, Z: Tensor, w: Optional[Tensor] = None, *, symmetric: bool = Fal
         else:
             fn = lambda r, c: grad(lambda a: K(a, c[0]).sum() + K(c[0], a).sum())(r[0])  # noqa: E731
         return pair_reduce(fn, (Z,), per_pair=per_pair)
-    w = w.unsqueeze(-1)                                                       # (..., N, 1)
+    w = w.unsqueeze(-1)  # (..., N, 1)
     if symmetric:
         fn = lambda r, c: grad(lambda a: ((r[1] + c[1].transpose(-1, -2)) * K(a, c[0])).sum())(r[0])  # noqa: E731
     else:

@@ -78,8 +78,7 @@ FIELDS: Mapping[str, tuple[type | tuple[type, ...], str]] = {
     "citation": (str, "where the operator comes from"),
 }
 _COMMON = ("name", "title", "family", "table", "row", "pattern", "constraint", "notes", "citation")
-_BY_FAMILY = {"attention": (("f", "K", "heads"), ("phi", "params")),
-              "feedforward": (("g", "h", "ratio"), ("params",))}
+_BY_FAMILY = {"attention": (("f", "K", "heads"), ("phi", "params")), "feedforward": (("g", "h", "ratio"), ("params",))}
 _PAPER = ("paper_formula", "paper_operator", "paper_sign")
 _NAME = re.compile(r"^[a-z0-9]+(-[a-z0-9]+)*$")
 
@@ -87,6 +86,7 @@ _NAME = re.compile(r"^[a-z0-9]+(-[a-z0-9]+)*$")
 # ---------------------------------------------------------------------------------------------
 # entries
 # ---------------------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class Entry:
@@ -136,8 +136,9 @@ class Entry:
         if self._radius is None:
             return None
         if self._radius.free_symbols and dim is None:
-            raise DeclarationError(f"{self._where('constraint')}: {self.constraint!r} depends on the head width; "
-                                   f"pass d= to build the term")
+            raise DeclarationError(
+                f"{self._where('constraint')}: {self.constraint!r} depends on the head width; pass d= to build the term"
+            )
         value = _radius_values(self._radius, [dim if dim is not None else 1])[0]
         if not (math.isfinite(value) and value > 0):
             raise DeclarationError(f"{self._where('constraint')}: {self.constraint!r} gives radius {value} at {dim}")
@@ -150,8 +151,9 @@ class Entry:
         if self.family == "attention":
             assert self.heads is not None, "an attention entry has heads (checked on load)"
             radius = self.radius(None if d is None else d // self.heads)
-            return Attention(f=prim["f"], K=prim["K"], heads=self.heads, constraint=Sphere(radius), beta=beta,
-                             name=self.term_name)
+            return Attention(
+                f=prim["f"], K=prim["K"], heads=self.heads, constraint=Sphere(radius), beta=beta, name=self.term_name
+            )
         if beta is not None:
             raise DeclarationError(f"entry {self.name!r}: beta= applies to attention entries only")
         assert self.ratio is not None, "a feed-forward entry has a ratio (checked on load)"
@@ -201,10 +203,10 @@ def _check_keys(path: Path, data: Mapping[str, object]) -> None:
             raise _fail(path, key, f"belongs to {other} entries; this entry has family = {family!r}")
     table = data["table"]
     if table not in TABLES:
-        raise _fail(path, "table", f"{table!r} is not one of {TABLES} (write it as a string, e.g. table = \"19\")")
+        raise _fail(path, "table", f'{table!r} is not one of {TABLES} (write it as a string, e.g. table = "19")')
     for key in _PAPER:
         if table == "beyond" and key in data:
-            raise _fail(path, key, "only entries of the paper's tables (table = \"19\" or \"20\") carry paper_* fields")
+            raise _fail(path, key, 'only entries of the paper\'s tables (table = "19" or "20") carry paper_* fields')
         if table != "beyond" and key not in data:
             raise _fail(path, key, f"missing required field for a Table {table} entry ({FIELDS[key][1]})")
 
@@ -225,11 +227,17 @@ def _check_values(path: Path, data: Mapping[str, Any]) -> None:  # types checked
     if "paper_sign" in data and data["paper_sign"] not in (1, -1):
         raise _fail(path, "paper_sign", f"{data['paper_sign']} must be +1 or -1")
     if "paper_operator" in data and data["paper_operator"] not in PAPER_OPERATORS:
-        raise _fail(path, "paper_operator", f"{data['paper_operator']!r} is not a transcribed formula; "
-                                            f"known: {sorted(PAPER_OPERATORS)}")
+        raise _fail(
+            path,
+            "paper_operator",
+            f"{data['paper_operator']!r} is not a transcribed formula; known: {sorted(PAPER_OPERATORS)}",
+        )
     if "paper_operator" in data and PAPER_OPERATORS[data["paper_operator"]].family != data["family"]:
-        raise _fail(path, "paper_operator", f"{data['paper_operator']!r} transcribes a "
-                                            f"{PAPER_OPERATORS[data['paper_operator']].family} formula")
+        raise _fail(
+            path,
+            "paper_operator",
+            f"{data['paper_operator']!r} transcribes a {PAPER_OPERATORS[data['paper_operator']].family} formula",
+        )
     for key, value in data.get("params", {}).items():
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise _fail(path, "params", f"parameter {key} = {value!r} must be a number")
@@ -269,8 +277,11 @@ def _parse_constraint(path: Path, data: Mapping[str, Any]) -> Optional[sp.Expr]:
         return None  # the paper's default, √p / √M
     for probe, value in zip(probes, values):
         if not (math.isfinite(value) and value > 0):
-            raise _fail(path, "constraint", f"{data['constraint']!r} must give a positive radius (at {dim} = {probe} "
-                                            f"it gives {value:g})")
+            raise _fail(
+                path,
+                "constraint",
+                f"{data['constraint']!r} must give a positive radius (at {dim} = {probe} it gives {value:g})",
+            )
     return rule
 
 
@@ -332,8 +343,10 @@ def load_catalog(directory: Union[str, Path, None] = None) -> dict[str, Entry]:
     Table 19 rows, Table 20 rows, then the entries beyond the paper."""
     directory = Path(directory) if directory is not None else default_directory()
     if not directory.is_dir():
-        raise DeclarationError(f"catalog directory {directory} does not exist; pass directory= or set "
-                               f"ENERGYARCH_CATALOG to the folder holding the .toml entries")
+        raise DeclarationError(
+            f"catalog directory {directory} does not exist; pass directory= or set "
+            f"ENERGYARCH_CATALOG to the folder holding the .toml entries"
+        )
     entries = [load_entry(p) for p in sorted(directory.glob("*.toml"))]
     if not entries:
         raise DeclarationError(f"catalog directory {directory} holds no .toml entries")
@@ -341,8 +354,11 @@ def load_catalog(directory: Union[str, Path, None] = None) -> dict[str, Entry]:
     for e in entries:
         slot = (e.table, e.row)
         if slot in seen:
-            raise _fail(cast(Path, e.source), "row",  # loaded from a file: it has a source
-                        f"table {e.table} row {e.row} is also taken by {seen[slot].source}")
+            raise _fail(
+                cast(Path, e.source),
+                "row",  # loaded from a file: it has a source
+                f"table {e.table} row {e.row} is also taken by {seen[slot].source}",
+            )
         seen[slot] = e
     return {e.name: e for e in sorted(entries, key=_order)}
 
@@ -363,6 +379,7 @@ def get(name: Union[str, Entry], directory: Union[str, Path, None] = None) -> En
 # the paper's printed formulas, transcribed by hand (column convention, then transposed)
 # ---------------------------------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class PaperOperator:
     """A hand transcription of one printed formula: ``fn(coords, beta)`` → the printed expression at the
@@ -381,6 +398,7 @@ def _transcribed(name: str, family: str, where: str):
     def register(fn):
         PAPER_OPERATORS[name] = PaperOperator(name, family, where, fn)
         return fn
+
     return register
 
 
@@ -394,9 +412,9 @@ def eq7_bisoftmax(Z: Tensor, beta: float) -> Tensor:
     """Eq. 7: −Σ_h W_h [W_hᵀX (softmax_col(β (W_hᵀX)ᵀ(W_hᵀX)) + softmax_row(β (W_hᵀX)ᵀ(W_hᵀX)))].
 
     Returns the bracket at the coordinates ``Z`` (rows); the printed formula carries the minus sign."""
-    Zc = _cols(Z)                                   # (…, p, N): W_hᵀ X
-    A = beta * (_cols(Zc) @ Zc)                     # (…, N, N): β (W_hᵀX)ᵀ (W_hᵀX)
-    printed = -(Zc @ (torch.softmax(A, dim=-2) + torch.softmax(A, dim=-1)))   # column-wise + row-wise
+    Zc = _cols(Z)  # (…, p, N): W_hᵀ X
+    A = beta * (_cols(Zc) @ Zc)  # (…, N, N): β (W_hᵀX)ᵀ (W_hᵀX)
+    printed = -(Zc @ (torch.softmax(A, dim=-2) + torch.softmax(A, dim=-1)))  # column-wise + row-wise
     return _cols(printed)
 
 
@@ -414,9 +432,9 @@ def table19_sigmoid_softmax(Z: Tensor, beta: float) -> Tensor:
 def table19_linear_attention(Z: Tensor, beta: float) -> Tensor:
     """Σ_h W_h [Φ'(W_hᵀX) ⊙ (β Φ(W_hᵀX) Φ(W_hᵀX)ᵀ Φ(W_hᵀX))], Φ = σ; no minus sign printed."""
     Zc = _cols(Z)
-    Phi = torch.sigmoid(Zc)                         # (…, p, N)
+    Phi = torch.sigmoid(Zc)  # (…, p, N)
     dPhi = Phi * (1 - Phi)
-    printed = dPhi * (beta * (Phi @ _cols(Phi)) @ Phi)   # (p×N)(N×p) = p×p, then ·(p×N)
+    printed = dPhi * (beta * (Phi @ _cols(Phi)) @ Phi)  # (p×N)(N×p) = p×p, then ·(p×N)
     return _cols(printed)
 
 
@@ -435,14 +453,15 @@ def table20_softmax_ff(U: Tensor, beta: Optional[float] = None) -> Tensor:
 @_transcribed("table20_gated_ff", "feedforward", "Table 20, row 3 (Φ = σ)")
 def table20_gated_ff(U: Tensor, beta: Optional[float] = None) -> Tensor:
     """D [colsum(Φ(DᵀX)) ⊙ Φ'(DᵀX)], Φ = σ: the only dimensionally valid reading of the printed underbrace."""
-    Uc = _cols(U)                                   # (…, M, N)
+    Uc = _cols(U)  # (…, M, N)
     Phi = torch.sigmoid(Uc)
-    column_sum = Phi.sum(dim=-2, keepdim=True)      # (…, 1, N), broadcast over the M rows
+    column_sum = Phi.sum(dim=-2, keepdim=True)  # (…, 1, N), broadcast over the M rows
     return _cols(column_sum * (Phi * (1 - Phi)))
 
 
-def paper_reference(entry: Union[str, Entry], coords: Tensor, *, beta: Optional[float] = None,
-                    directory: Union[str, Path, None] = None) -> Tensor:
+def paper_reference(
+    entry: Union[str, Entry], coords: Tensor, *, beta: Optional[float] = None, directory: Union[str, Path, None] = None
+) -> Tensor:
     """The formula the paper printed for ``entry``, at constrained coordinates ``Z`` (…, N, p) or ``U`` (…, N, M).
 
     Returns the printed expression *inside* ``Σ_h W_h (…)`` / ``D (…)``, in rows, as printed: multiply by
@@ -457,15 +476,14 @@ def paper_reference(entry: Union[str, Entry], coords: Tensor, *, beta: Optional[
     return op.fn(coords, beta)
 
 
-def paper_direction(entry: Union[str, Entry], module, X: Tensor, *,
-                    directory: Union[str, Path, None] = None) -> Tensor:
+def paper_direction(entry: Union[str, Entry], module, X: Tensor, *, directory: Union[str, Path, None] = None) -> Tensor:
     """The printed token-space update Σ_h W_h (…) at ``X`` (rows, shape like ``X``), with the coordinates,
     weights and β of a compiled term ``module`` (a :class:`~energyarch.runtime.TermUpdate`)."""
     entry = get(entry, directory)
-    Z = module.normalize(module.coords(X))          # (…, H, N, p): Z_RMS of Eq. 8, in rows
+    Z = module.normalize(module.coords(X))  # (…, H, N, p): Z_RMS of Eq. 8, in rows
     R = paper_reference(entry, Z, beta=getattr(module, "beta", None))
-    W = module.weight.unflatten(1, (module.heads, module.head_dim))   # (d, H, p): W_h = W[:, h, :]
-    update_cols = torch.einsum("dhp,...hpn->...dn", W, _cols(R))       # Σ_h W_h R_h, (…, d, N)
+    W = module.weight.unflatten(1, (module.heads, module.head_dim))  # (d, H, p): W_h = W[:, h, :]
+    update_cols = torch.einsum("dhp,...hpn->...dn", W, _cols(R))  # Σ_h W_h R_h, (…, d, N)
     return _cols(update_cols)
 
 
@@ -475,28 +493,41 @@ class PaperCheck:
 
     name: str
     declared_sign: int
-    measured_sign: Optional[int]   # +1: emitted = printed; −1: emitted = −printed; None: neither
-    max_abs_diff: float            # |emitted − declared_sign · printed| at the coordinates
+    measured_sign: Optional[int]  # +1: emitted = printed; −1: emitted = −printed; None: neither
+    max_abs_diff: float  # |emitted − declared_sign · printed| at the coordinates
     direction_max_abs_diff: float  # the same in token space, through the module's W
     tol: float
 
     @property
     def ok(self) -> bool:
-        return (self.measured_sign == self.declared_sign and self.max_abs_diff <= self.tol
-                and self.direction_max_abs_diff <= self.tol)
+        return (
+            self.measured_sign == self.declared_sign
+            and self.max_abs_diff <= self.tol
+            and self.direction_max_abs_diff <= self.tol
+        )
 
     def summary(self) -> str:
         if self.measured_sign is None:
             return "DIFFERS from the printed formula (beyond sign)"
-        text = ("matches the printed form" if self.measured_sign == 1
-                else "differs in sign: printed = +∇E, so −∇E = −(printed)")
+        text = (
+            "matches the printed form"
+            if self.measured_sign == 1
+            else "differs in sign: printed = +∇E, so −∇E = −(printed)"
+        )
         if self.measured_sign != self.declared_sign:
             text += f" (catalog paper_sign = {self.declared_sign:+d} is wrong)"
         return text
 
 
-def compare_with_paper(entry: Union[str, Entry], *, d: int = 16, tokens: int = 7, seed: int = 0,
-                       tol: float = 1e-9, directory: Union[str, Path, None] = None) -> PaperCheck:
+def compare_with_paper(
+    entry: Union[str, Entry],
+    *,
+    d: int = 16,
+    tokens: int = 7,
+    seed: int = 0,
+    tol: float = 1e-9,
+    directory: Union[str, Path, None] = None,
+) -> PaperCheck:
     """Compile ``entry`` in float64 and compare its emitted −∇E with ± the transcribed printed formula."""
     entry = get(entry, directory)
     if not entry.in_paper:
@@ -512,16 +543,20 @@ def compare_with_paper(entry: Union[str, Entry], *, d: int = 16, tokens: int = 7
         diffs = {s: float((emitted - s * printed).abs().max()) for s in (1, -1)}
         measured = next((s for s, v in diffs.items() if v <= tol), None)
         direction = module.direction(X) - sign * paper_direction(entry, module, X)
-    return PaperCheck(entry.name, sign, measured, diffs[sign],
-                      float(direction.abs().max()), tol)
+    return PaperCheck(entry.name, sign, measured, diffs[sign], float(direction.abs().max()), tol)
 
 
 # ---------------------------------------------------------------------------------------------
 # tables (markdown with LaTeX)
 # ---------------------------------------------------------------------------------------------
 
-_DISPLAY = {relu: sp.Function("ReLU"), sigmoid: sp.Function("sigma"), softplus: sp.Function("softplus"),
-            logcosh: sp.Function("logcosh"), step: sp.Function("step")}
+_DISPLAY = {
+    relu: sp.Function("ReLU"),
+    sigmoid: sp.Function("sigma"),
+    softplus: sp.Function("softplus"),
+    logcosh: sp.Function("logcosh"),
+    step: sp.Function("step"),
+}
 
 
 def _tex(expr: sp.Expr, slots: Mapping[sp.Symbol, str]) -> str:
@@ -586,7 +621,7 @@ def printed_formula(entry: Entry) -> str:
 
 def _derived_tex(latex: str) -> str:
     prefix = re.match(r"^\s*-\\nabla_\{\\mathbf\{X\}\} E\s*=\s*", latex)
-    return latex[prefix.end():] if prefix else latex
+    return latex[prefix.end() :] if prefix else latex
 
 
 def _math(tex: str) -> str:
@@ -606,7 +641,7 @@ def _params_tex(entry: Entry) -> str:
 def _first_sentence(text: str) -> str:
     flat = " ".join(text.split())
     match = re.search(r"(?<=[.!?])\s+", flat)
-    return flat[:match.start()] if match else flat
+    return flat[: match.start()] if match else flat
 
 
 def tables_markdown(directory: Union[str, Path, None] = None, *, d: int = 64, check_d: int = 16) -> str:
@@ -617,22 +652,47 @@ def tables_markdown(directory: Union[str, Path, None] = None, *, d: int = 64, ch
     with ± the transcribed printed formula (:func:`compare_with_paper`).
     """
     entries = list(load_catalog(directory).values())
-    out = ["# Operator catalog", "",
-           "Regenerated by `energyarch catalog tables` from `catalog/*.toml`. Column-token convention as in "
-           r"the paper: $\mathbf{z}_i = \mathbf{W}_h^\top \mathbf{x}_i$, $\mathbf{Z}_h = \mathbf{W}_h^\top "
-           r"\mathbf{X}$, $\beta = 1/\sqrt{p}$; the derived operator is the compiler's `Derivation.latex` "
-           f"(d = {d}); \"vs. paper\" compares the emitted operator numerically (float64) with the printed "
-           "formula, transcribed in `energyarch.catalog.PAPER_OPERATORS`.", ""]
+    out = [
+        "# Operator catalog",
+        "",
+        "Regenerated by `energyarch catalog tables` from `catalog/*.toml`. Column-token convention as in "
+        r"the paper: $\mathbf{z}_i = \mathbf{W}_h^\top \mathbf{x}_i$, $\mathbf{Z}_h = \mathbf{W}_h^\top "
+        r"\mathbf{X}$, $\beta = 1/\sqrt{p}$; the derived operator is the compiler's `Derivation.latex` "
+        f'(d = {d}); "vs. paper" compares the emitted operator numerically (float64) with the printed '
+        "formula, transcribed in `energyarch.catalog.PAPER_OPERATORS`.",
+        "",
+    ]
     heads = {
-        "19": ("Table 19: alternative attention energies $E_{\\text{ATTN}}$ and the induced operators",
-               ["Operator", "$f(x)$", r"$K(\mathbf{x}, \mathbf{y})$", r"$E_{\text{ATTN}}$",
-                r"derived $-\nabla_{\mathbf{X}} E_{\text{ATTN}}$", "paper prints", "pattern", "vs. paper"]),
-        "20": ("Table 20: alternative feed-forward energies $E_{\\text{FF}}$ and the induced operators",
-               ["Operator", "$g(x)$", "$h(x)$", r"$E_{\text{FF}}$",
-                r"derived $-\nabla_{\mathbf{X}} E_{\text{FF}}$", "paper prints", "pattern", "vs. paper"]),
-        "beyond": ("Beyond the paper",
-                   ["Operator", "family", "primitives", "$E$", r"derived $-\nabla_{\mathbf{X}} E$", "pattern",
-                    "note"]),
+        "19": (
+            "Table 19: alternative attention energies $E_{\\text{ATTN}}$ and the induced operators",
+            [
+                "Operator",
+                "$f(x)$",
+                r"$K(\mathbf{x}, \mathbf{y})$",
+                r"$E_{\text{ATTN}}$",
+                r"derived $-\nabla_{\mathbf{X}} E_{\text{ATTN}}$",
+                "paper prints",
+                "pattern",
+                "vs. paper",
+            ],
+        ),
+        "20": (
+            "Table 20: alternative feed-forward energies $E_{\\text{FF}}$ and the induced operators",
+            [
+                "Operator",
+                "$g(x)$",
+                "$h(x)$",
+                r"$E_{\text{FF}}$",
+                r"derived $-\nabla_{\mathbf{X}} E_{\text{FF}}$",
+                "paper prints",
+                "pattern",
+                "vs. paper",
+            ],
+        ),
+        "beyond": (
+            "Beyond the paper",
+            ["Operator", "family", "primitives", "$E$", r"derived $-\nabla_{\mathbf{X}} E$", "pattern", "note"],
+        ),
     }
     for table, (caption, columns) in heads.items():
         rows = [e for e in entries if e.table == table]
@@ -648,8 +708,15 @@ def tables_markdown(directory: Union[str, Path, None] = None, *, d: int = 64, ch
                 lhs = {"K": r"K(\mathbf{x}, \mathbf{y})", "phi": r"\Phi(x)"}
                 role_tex = [f"{lhs.get(r, r + '(x)')} = {_primitive_tex(e, r)}" for r in e.expressions]
                 roles = _math(",\\ ".join(role_tex + ([params] if params else [])))
-                cells = [_text(e.title), e.family, roles, _math(_energy_tex(e)), derived, pattern,
-                         _text(_first_sentence(e.notes))]
+                cells = [
+                    _text(e.title),
+                    e.family,
+                    roles,
+                    _math(_energy_tex(e)),
+                    derived,
+                    pattern,
+                    _text(_first_sentence(e.notes)),
+                ]
             else:
                 first, second = ("f", "K") if e.family == "attention" else ("g", "h")
                 second_tex = _primitive_tex(e, second)
@@ -657,14 +724,33 @@ def tables_markdown(directory: Union[str, Path, None] = None, *, d: int = 64, ch
                     second_tex += r",\ \Phi(x) = " + _primitive_tex(e, "phi")
                 check = compare_with_paper(e, d=check_d)
                 where = PAPER_OPERATORS[cast(str, e.paper_operator)].where
-                cells = [_text(e.title), _math(_primitive_tex(e, first)), _math(second_tex),
-                         _math(_energy_tex(e)), derived, _math(printed_formula(e)), pattern,
-                         _text(f"{check.summary()}; printed in {where}")]
+                cells = [
+                    _text(e.title),
+                    _math(_primitive_tex(e, first)),
+                    _math(second_tex),
+                    _math(_energy_tex(e)),
+                    derived,
+                    _math(printed_formula(e)),
+                    pattern,
+                    _text(f"{check.summary()}; printed in {where}"),
+                ]
             out.append("| " + " | ".join(cells) + " |")
         out.append("")
     return "\n".join(out)
 
 
-__all__ = ["Entry", "FIELDS", "PAPER_OPERATORS", "PaperCheck", "PaperOperator", "compare_with_paper",
-           "default_directory", "get", "load_catalog", "load_entry", "paper_direction", "paper_reference",
-           "tables_markdown"]
+__all__ = [
+    "Entry",
+    "FIELDS",
+    "PAPER_OPERATORS",
+    "PaperCheck",
+    "PaperOperator",
+    "compare_with_paper",
+    "default_directory",
+    "get",
+    "load_catalog",
+    "load_entry",
+    "paper_direction",
+    "paper_reference",
+    "tables_markdown",
+]

@@ -26,10 +26,18 @@ from .verify import verify
 def register(subparsers) -> None:
     """Add the ``catalog`` command group to the ``energyarch`` parser."""
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--dir", dest="catalog_dir", metavar="DIR", default=None,
-                        help="catalog folder (default: $ENERGYARCH_CATALOG or the project's catalog/)")
-    group = subparsers.add_parser("catalog", help="the operator catalog: Tables 19-20 of the paper and beyond",
-                                  description="List, tabulate, derive and verify the operators of catalog/*.toml.")
+    common.add_argument(
+        "--dir",
+        dest="catalog_dir",
+        metavar="DIR",
+        default=None,
+        help="catalog folder (default: $ENERGYARCH_CATALOG or the project's catalog/)",
+    )
+    group = subparsers.add_parser(
+        "catalog",
+        help="the operator catalog: Tables 19-20 of the paper and beyond",
+        description="List, tabulate, derive and verify the operators of catalog/*.toml.",
+    )
     actions = group.add_subparsers(dest="catalog_action", metavar="ACTION")
     group.set_defaults(func=lambda args: _usage(group))
 
@@ -48,8 +56,9 @@ def register(subparsers) -> None:
     p.add_argument("--latex", action="store_true", help="print the derived -grad E in LaTeX (and the paper's)")
     p.set_defaults(func=cmd_derive)
 
-    p = actions.add_parser("verify", parents=[common],
-                           help="check entries against torch.func.grad in float64 (and the paper's formula)")
+    p = actions.add_parser(
+        "verify", parents=[common], help="check entries against torch.func.grad in float64 (and the paper's formula)"
+    )
     p.add_argument("names", nargs="*", metavar="NAME", help="entries to verify")
     p.add_argument("--all", action="store_true", help="verify every entry")
     p.add_argument("--d", type=int, default=64, help="model width (default 64)")
@@ -74,6 +83,7 @@ def _where(entry: catalog.Entry) -> str:
 
 
 # ---------------------------------------------------------------------------------------------
+
 
 def cmd_list(args) -> int:
     entries = catalog.load_catalog(args.catalog_dir).values()
@@ -101,12 +111,16 @@ def cmd_derive(args) -> int:
     dv = step.derivations[entry.term_name]
     module = cast(TermUpdate, step.terms[entry.term_name])
     print(f"entry:      {entry.name} ({_where(entry)}): {entry.title}")
-    print(f"energy:     {'  '.join(f'{k} = {v}' for k, v in entry.expressions.items())}"
-          + (f"  ({', '.join(f'{k} = {v:g}' for k, v in entry.params)})" if entry.params else ""))
+    print(
+        f"energy:     {'  '.join(f'{k} = {v}' for k, v in entry.expressions.items())}"
+        + (f"  ({', '.join(f'{k} = {v:g}' for k, v in entry.params)})" if entry.params else "")
+    )
     attention = entry.family == "attention"
     width = f"heads = {dv.dims.heads}, p = {dv.dims.head_dim}" if attention else f"M = {dv.dims.head_dim}"
-    print(f"sizes:      d = {args.d}, {width}, radius = {dv.dims.radius:.6g}"
-          + (f", beta = {dv.dims.beta:.6g}" if attention else ""))
+    print(
+        f"sizes:      d = {args.d}, {width}, radius = {dv.dims.radius:.6g}"
+        + (f", beta = {dv.dims.beta:.6g}" if attention else "")
+    )
     print(f"pattern:    {dv.pattern}" + ("" if dv.pattern == entry.pattern else f"  (catalog expects {entry.pattern})"))
     print(f"path:       {dv.path}")
     print(f"reason:     {dv.reason}")
@@ -114,8 +128,10 @@ def cmd_derive(args) -> int:
         print(f"constants:  {', '.join(f'{k} = {v}' for k, v in dv.constants.items())}")
     if entry.in_paper:
         check = catalog.compare_with_paper(entry)
-        print(f"paper:      {check.summary()} (paper_sign = {entry.paper_sign:+d}; "
-              f"{catalog.PAPER_OPERATORS[cast(str, entry.paper_operator)].where})")
+        print(
+            f"paper:      {check.summary()} (paper_sign = {entry.paper_sign:+d}; "
+            f"{catalog.PAPER_OPERATORS[cast(str, entry.paper_operator)].where})"
+        )
     if args.latex:
         print(f"latex:      {dv.latex}")
         if entry.in_paper:
@@ -130,10 +146,12 @@ def cmd_verify(args) -> int:
     if args.all and args.names:
         raise EnergyArchError("catalog verify: give entry names or --all, not both")
     if not args.all and not args.names:
-        raise EnergyArchError("catalog verify: give one or more entry names, or --all "
-                              "(see 'energyarch catalog list')")
-    entries = (list(catalog.load_catalog(args.catalog_dir).values()) if args.all
-               else [catalog.get(n, args.catalog_dir) for n in args.names])
+        raise EnergyArchError("catalog verify: give one or more entry names, or --all (see 'energyarch catalog list')")
+    entries = (
+        list(catalog.load_catalog(args.catalog_dir).values())
+        if args.all
+        else [catalog.get(n, args.catalog_dir) for n in args.names]
+    )
     rows, failures = [], []
     for e in entries:
         problems = []
@@ -154,15 +172,29 @@ def cmd_verify(args) -> int:
             pc = catalog.compare_with_paper(e, d=args.d)
             paper = f"{pc.measured_sign:+d}" if pc.measured_sign is not None else "none"
             if not pc.ok:
-                problems.append(f"paper formula: {pc.summary()}; |emitted - paper_sign * printed| = "
-                                f"{pc.max_abs_diff:.2e}")
-        rows.append((e.name, t.pattern, t.path, f"{t.grad_max_abs_diff:.1e}", f"{t.update_max_abs_diff:.1e}",
-                     f"{t.energy_before:.7g} -> {t.energy_after:.7g}", "yes" if t.decreased else "NO", paper,
-                     "ok" if not problems else "FAIL"))
+                problems.append(
+                    f"paper formula: {pc.summary()}; |emitted - paper_sign * printed| = {pc.max_abs_diff:.2e}"
+                )
+        rows.append(
+            (
+                e.name,
+                t.pattern,
+                t.path,
+                f"{t.grad_max_abs_diff:.1e}",
+                f"{t.update_max_abs_diff:.1e}",
+                f"{t.energy_before:.7g} -> {t.energy_after:.7g}",
+                "yes" if t.decreased else "NO",
+                paper,
+                "ok" if not problems else "FAIL",
+            )
+        )
         failures += [f"{e.name}: {p}" for p in problems]
     print(f"float64, d = {args.d}, tolerance 1e-9 (max abs difference with torch.func.grad)")
-    print(_rows(("entry", "pattern", "path", "max|dgrad|", "max|dX'|", "energy", "descends", "paper sign",
-                 "status"), rows))
+    print(
+        _rows(
+            ("entry", "pattern", "path", "max|dgrad|", "max|dX'|", "energy", "descends", "paper sign", "status"), rows
+        )
+    )
     if failures:
         print()
         print("\n".join(failures))

@@ -35,8 +35,9 @@ SolverSpec = Union[str, Solver]
 RULE_FIELDS = ("steps", "max_step", "backtrack", "halvings")
 
 
-def resolve_solvers(names: Sequence[str], defaults: Mapping[str, Solver],
-                    solvers: Optional[Mapping[str, SolverSpec]]) -> dict[str, Solver]:
+def resolve_solvers(
+    names: Sequence[str], defaults: Mapping[str, Solver], solvers: Optional[Mapping[str, SolverSpec]]
+) -> dict[str, Solver]:
     """One :class:`~energyarch.solvers.Solver` per term: ``solvers[name]`` where given, else ``defaults[name]``.
 
     A solver given by name takes the step rule (``steps``, ``max_step``, ``backtrack``, ``halvings``) of the term's
@@ -53,8 +54,10 @@ def resolve_solvers(names: Sequence[str], defaults: Mapping[str, Solver],
     if solvers is None:
         return out
     if not isinstance(solvers, Mapping):
-        raise CompileError(f"solvers={solvers!r:.80}: give a mapping term name → solver (a registered name such as "
-                           f"'momentum' or an energyarch.solvers Solver), e.g. solvers={{{names[0]!r}: 'momentum'}}")
+        raise CompileError(
+            f"solvers={solvers!r:.80}: give a mapping term name → solver (a registered name such as "
+            f"'momentum' or an energyarch.solvers Solver), e.g. solvers={{{names[0]!r}: 'momentum'}}"
+        )
     unknown = sorted(set(solvers) - set(names), key=str)
     if unknown:
         raise CompileError(f"solvers: unknown term name(s) {unknown}; the terms are {list(names)}")
@@ -68,9 +71,11 @@ def resolve_solvers(names: Sequence[str], defaults: Mapping[str, Solver],
             except CompileError as err:
                 raise CompileError(f"solvers[{name!r}]={spec!r}: {err}") from None
         else:
-            raise CompileError(f"solvers[{name!r}]={spec!r:.80}: give a registered solver name (one of "
-                               f"{tuple(SOLVERS)}) or an energyarch.solvers Solver, e.g. make_solver('momentum', "
-                               f"momentum=0.5)")
+            raise CompileError(
+                f"solvers[{name!r}]={spec!r:.80}: give a registered solver name (one of "
+                f"{tuple(SOLVERS)}) or an energyarch.solvers Solver, e.g. make_solver('momentum', "
+                f"momentum=0.5)"
+            )
     return out
 
 
@@ -97,8 +102,9 @@ def schedule(graph: nx.DiGraph, kind: str = "sequential") -> list[list[str]]:
     """
     if kind not in SCHEDULES:
         raise CompileError(f"schedule={kind!r}: choose one of {SCHEDULES}")
-    updaters = sorted((n for n in graph.predecessors("X") if graph.nodes[n]["kind"] == "term"),
-                      key=lambda n: graph.nodes[n]["order"])
+    updaters = sorted(
+        (n for n in graph.predecessors("X") if graph.nodes[n]["kind"] == "term"), key=lambda n: graph.nodes[n]["order"]
+    )
     return [[n] for n in updaters] if kind == "sequential" else [updaters]
 
 
@@ -124,9 +130,15 @@ class EnergyStep(nn.Module):
     inference, the largest ``backtrack`` among them applies to the total energy.
     """
 
-    def __init__(self, energy: Energy, terms: Mapping[str, TermUpdate], derivations: Mapping[str, Derivation],
-                 schedule_kind: str = "sequential", solver: Union[SolverSpec, None] = "gd",
-                 solvers: Optional[Mapping[str, SolverSpec]] = None):
+    def __init__(
+        self,
+        energy: Energy,
+        terms: Mapping[str, TermUpdate],
+        derivations: Mapping[str, Derivation],
+        schedule_kind: str = "sequential",
+        solver: Union[SolverSpec, None] = "gd",
+        solvers: Optional[Mapping[str, SolverSpec]] = None,
+    ):
         super().__init__()
         self.energy_decl = energy
         self.terms = nn.ModuleDict(terms)
@@ -151,8 +163,10 @@ class EnergyStep(nn.Module):
         read ``solvers[name]``)."""
         first = next(iter(self.solvers.values()))
         if any(s != first for s in self.solvers.values()):
-            raise CompileError(f"this step has one solver per term ({self._describe_solvers()}); read "
-                               f"step.solvers[name] for a term's solver")
+            raise CompileError(
+                f"this step has one solver per term ({self._describe_solvers()}); read "
+                f"step.solvers[name] for a term's solver"
+            )
         return first
 
     @solver.setter
@@ -167,8 +181,9 @@ class EnergyStep(nn.Module):
     def _describe_solvers(self) -> str:
         return ", ".join(f"{n}: {s.describe()}" for n, s in self.solvers.items())
 
-    def with_solver(self, solver: Union[SolverSpec, None] = None, *,
-                    solvers: Optional[Mapping[str, SolverSpec]] = None, **params) -> "EnergyStep":
+    def with_solver(
+        self, solver: Union[SolverSpec, None] = None, *, solvers: Optional[Mapping[str, SolverSpec]] = None, **params
+    ) -> "EnergyStep":
         """A copy sharing this step's term modules (same parameters) with other solvers: ``solver`` (with
         ``params``) for every term, and/or ``solvers`` (name → solver) for some; a term given neither keeps its own.
 
@@ -180,8 +195,10 @@ class EnergyStep(nn.Module):
         ('momentum', 'gd', True)
         """
         if solver is None and params:
-            raise CompileError(f"with_solver: hyper-parameters {sorted(params)} need a solver; e.g. "
-                               f"with_solver('momentum', momentum=0.5)")
+            raise CompileError(
+                f"with_solver: hyper-parameters {sorted(params)} need a solver; e.g. "
+                f"with_solver('momentum', momentum=0.5)"
+            )
         defaults = dict(self.solvers)
         if solver is not None:
             default = make_solver(solver, **params)
@@ -225,8 +242,9 @@ class EnergyStep(nn.Module):
         return {n: cast(Union[float, Tensor], steps) for n in names}  # one scalar or tensor for all
 
     # -- one term at a (gain-scaled) point ------------------------------------------------------------------------
-    def direction(self, name: str, X: Tensor, weight: Optional[Tensor] = None,
-                  gains: Optional[Mapping[str, Tensor]] = None) -> Tensor:
+    def direction(
+        self, name: str, X: Tensor, weight: Optional[Tensor] = None, gains: Optional[Mapping[str, Tensor]] = None
+    ) -> Tensor:
         """The descent direction of term ``name`` at X, shape like X. With ``gains`` (the official code's RMSNorm
         gain g per term) the point is ``Z = g ⊙ RMSNorm(X W_h)·R/√p`` and the step the paper-mode step there."""
         term = cast(TermUpdate, self.terms[name])
@@ -235,11 +253,12 @@ class EnergyStep(nn.Module):
         W = term._check(X, weight)
         Z_raw = term.coords(X, W)
         Z = term.normalize(Z_raw) * gains[name]
-        G = term.constrain(term.grad_Z(Z), Z, Z_raw)                     # (..., H, N, p)
-        return -(G.transpose(-2, -3).flatten(-2) @ W.transpose(0, 1))    # (..., N, d)
+        G = term.constrain(term.grad_Z(Z), Z, Z_raw)  # (..., H, N, p)
+        return -(G.transpose(-2, -3).flatten(-2) @ W.transpose(0, 1))  # (..., N, d)
 
-    def term_energy(self, name: str, X: Tensor, weight: Optional[Tensor] = None,
-                    gains: Optional[Mapping[str, Tensor]] = None) -> Tensor:
+    def term_energy(
+        self, name: str, X: Tensor, weight: Optional[Tensor] = None, gains: Optional[Mapping[str, Tensor]] = None
+    ) -> Tensor:
         """Energy of term ``name`` at its (gain-scaled) constrained point, shape ``X.shape[:-2]``."""
         term = cast(TermUpdate, self.terms[name])
         if gains is None:
@@ -247,8 +266,15 @@ class EnergyStep(nn.Module):
         return term.energy_Z(term.normalize(term.coords(X, weight)) * gains[name])
 
     # -- the iteration -------------------------------------------------------------------------------------------
-    def forward(self, X: Tensor, steps: Steps = 1.0, weights: Optional[Mapping[str, Tensor]] = None,
-                state: Optional[Mapping[str, dict]] = None, *, gains: Optional[Mapping[str, Tensor]] = None):
+    def forward(
+        self,
+        X: Tensor,
+        steps: Steps = 1.0,
+        weights: Optional[Mapping[str, Tensor]] = None,
+        state: Optional[Mapping[str, dict]] = None,
+        *,
+        gains: Optional[Mapping[str, Tensor]] = None,
+    ):
         """Apply one iteration. ``steps``: a scalar/tensor for all terms, a mapping name → step, or a
         sequence in term order. ``weights`` optionally overrides a term's basis (e.g. with depth-wise LoRA).
         ``state``: the solver state from the previous iteration (then ``(X, state)`` is returned).
@@ -258,8 +284,10 @@ class EnergyStep(nn.Module):
         stateful = state is not None
         if stateful:
             if not isinstance(state, Mapping) or set(state) != set(self.names):
-                raise ShapeError(f"state: expected a mapping with one entry per term {self.names} (from "
-                                 f"step.init_state() or the previous call), got {state!r:.80}")
+                raise ShapeError(
+                    f"state: expected a mapping with one entry per term {self.names} (from "
+                    f"step.init_state() or the previous call), got {state!r:.80}"
+                )
             state = dict(state)
         else:
             state = self.init_state()
@@ -269,13 +297,20 @@ class EnergyStep(nn.Module):
             X, state = self._stage(X, stage, steps, weights, state, gains)
         return (X, state) if stateful else X
 
-    def _stage(self, X: Tensor, stage: list[str], steps: dict, weights: Mapping, state: dict,
-               gains: Optional[Mapping[str, Tensor]]) -> tuple[Tensor, dict]:
+    def _stage(
+        self,
+        X: Tensor,
+        stage: list[str],
+        steps: dict,
+        weights: Mapping,
+        state: dict,
+        gains: Optional[Mapping[str, Tensor]],
+    ) -> tuple[Tensor, dict]:
         """One stage of the schedule: every term's direction at the (shifted) point, its solver's increment; the
         stage's safeguard (class docstring) when one of its terms asks for it."""
         solvers = {n: self.solvers[n] for n in stage}
         shifts = [s for s in (solvers[n].shift(state[n]) for n in stage) if s is not None]
-        point = X + sum(shifts) if shifts else X                        # Nesterov: the look-ahead point
+        point = X + sum(shifts) if shifts else X  # Nesterov: the look-ahead point
         increments, new = [], dict(state)
         for n in stage:
             solver = solvers[n]
@@ -286,12 +321,12 @@ class EnergyStep(nn.Module):
                 inc, st = self._curvature_cap(solver, point, d, inc, st, state[n])
             increments.append(inc)
             new[n] = st
-        guard, halvings = None, 0           # the 'descent' solver with the most halvings; the largest backtrack
+        guard, halvings = None, 0  # the 'descent' solver with the most halvings; the largest backtrack
         for n in stage:
             if solvers[n].steps == "descent" and (guard is None or solvers[n].halvings > guard.halvings):
                 guard = solvers[n]
             halvings = max(halvings, solvers[n].backtrack)
-        if guard is not None:                                            # guaranteed descent of this sub-step
+        if guard is not None:  # guaranteed descent of this sub-step
             X, new = self._descend(guard, X, stage, increments, new, weights, gains)
         else:
             if halvings and not self.training:
@@ -307,18 +342,26 @@ class EnergyStep(nn.Module):
         if "_point" in old:
             with torch.no_grad():
                 tiny = torch.finfo(point.dtype).tiny
-                dp = (point - old["_point"]).flatten(-2).norm(dim=-1)              # (*batch,)
+                dp = (point - old["_point"]).flatten(-2).norm(dim=-1)  # (*batch,)
                 dd = (d - old["_dir"]).flatten(-2).norm(dim=-1)
                 L = torch.where(dp > 0, dd / dp.clamp_min(tiny), torch.zeros_like(dp))
-                a = (d * inc).flatten(-2).sum(-1)                                  # ⟨d, Δ⟩
-                q = L * inc.pow(2).flatten(-2).sum(-1)                             # L̂ ‖Δ‖²
+                a = (d * inc).flatten(-2).sum(-1)  # ⟨d, Δ⟩
+                q = L * inc.pow(2).flatten(-2).sum(-1)  # L̂ ‖Δ‖²
                 s = torch.where(q > a, (a / q.clamp_min(tiny)).clamp_min(0), torch.ones_like(a))
             s = s.detach()[..., None, None]
             inc, st = inc * s, solver.accept(st, s)
         return inc, {**st, "_point": point.detach(), "_dir": d.detach()}
 
-    def _descend(self, solver: Solver, X: Tensor, stage: list[str], increments: list, new: dict,
-                 weights: Mapping, gains: Optional[Mapping[str, Tensor]]):
+    def _descend(
+        self,
+        solver: Solver,
+        X: Tensor,
+        stage: list[str],
+        increments: list,
+        new: dict,
+        weights: Mapping,
+        gains: Optional[Mapping[str, Tensor]],
+    ):
         """``steps='descent'``: the largest of ``1, 1/2, …, 2^−halvings`` (``solver.halvings``) times the stage's
         increment that does not raise the energy this sub-step descends (:func:`energyarch.descent.backtrack`), per
         sample (per token for a causal term), else no step; the scale carries no gradient, the increment does.
@@ -327,16 +370,24 @@ class EnergyStep(nn.Module):
 
         total = increments[0] if len(increments) == 1 else sum(increments)
         s = backtrack(self, solver, stage, X, total, weights, gains)
-        X1 = torch.where(s > 0, X + total * s, X)            # s = 0: X itself (also when Δ overflowed)
+        X1 = torch.where(s > 0, X + total * s, X)  # s = 0: X itself (also when Δ overflowed)
         return X1, {n: self.solvers[n].accept(new[n], s) if n in stage else new[n] for n in new}
 
-    def _backtrack(self, halvings: int, X: Tensor, stage: list[str], increments: list, new: dict,
-                   weights: Mapping, gains: Optional[Mapping[str, Tensor]]):
+    def _backtrack(
+        self,
+        halvings: int,
+        X: Tensor,
+        stage: list[str],
+        increments: list,
+        new: dict,
+        weights: Mapping,
+        gains: Optional[Mapping[str, Tensor]],
+    ):
         """Halve the stage's increment per sample while the total energy rises (``halvings`` times), then
         drop it where it still rises: the total energy never increases."""
         with torch.no_grad():
             total = sum(increments)
-            E0 = self.energy(X, weights, gains)                                     # (*batch,)
+            E0 = self.energy(X, weights, gains)  # (*batch,)
             scale = torch.ones_like(E0)
             for i in range(halvings + 1):
                 E1 = self.energy(X + scale[..., None, None] * total, weights, gains)
@@ -344,17 +395,20 @@ class EnergyStep(nn.Module):
                 last = i == halvings
                 scale = torch.where(rises, torch.zeros_like(scale) if last else scale / 2, scale)
         s = scale[..., None, None]
-        return [inc * s for inc in increments], {n: self.solvers[n].accept(new[n], s) if n in stage else new[n]
-                                                 for n in new}
+        return [inc * s for inc in increments], {
+            n: self.solvers[n].accept(new[n], s) if n in stage else new[n] for n in new
+        }
 
-    def energies(self, X: Tensor, weights: Optional[Mapping[str, Tensor]] = None,
-                 gains: Optional[Mapping[str, Tensor]] = None) -> dict[str, Tensor]:
+    def energies(
+        self, X: Tensor, weights: Optional[Mapping[str, Tensor]] = None, gains: Optional[Mapping[str, Tensor]] = None
+    ) -> dict[str, Tensor]:
         """Energy of each term at the constrained point, each of shape ``X.shape[:-2]``."""
         weights = self._weights(weights)
         return {n: self.term_energy(n, X, weights.get(n), gains) for n in self.names}
 
-    def energy(self, X: Tensor, weights: Optional[Mapping[str, Tensor]] = None,
-               gains: Optional[Mapping[str, Tensor]] = None) -> Tensor:
+    def energy(
+        self, X: Tensor, weights: Optional[Mapping[str, Tensor]] = None, gains: Optional[Mapping[str, Tensor]] = None
+    ) -> Tensor:
         """Total energy (sum of :meth:`energies`)."""
         return cast(Tensor, sum(self.energies(X, weights, gains).values()))  # at least one term
 
@@ -386,8 +440,9 @@ class EnergyStep(nn.Module):
         return "\n".join(lines)
 
     def extra_repr(self) -> str:
-        solvers = (f"solver={self.solver.describe()}" if self._uniform()
-                   else "solvers={" + self._describe_solvers() + "}")
+        solvers = (
+            f"solver={self.solver.describe()}" if self._uniform() else "solvers={" + self._describe_solvers() + "}"
+        )
         return f"schedule={self.schedule_kind!r}, stages={self.stages}, {solvers}"
 
 
@@ -405,10 +460,19 @@ def _term_class(term: Term, d: int, path: str) -> tuple[type, Derivation]:
     return emit(dv), dv
 
 
-def compile(energy, d: int, *, mode: str = "paper", path: str = "auto", schedule: str = "sequential",
-            sdpa_threshold: int = 512, dtype: Optional[torch.dtype] = None,
-            solver: SolverSpec = "gd", solvers: Optional[Mapping[str, SolverSpec]] = None,
-            **solver_params) -> EnergyStep:
+def compile(
+    energy,
+    d: int,
+    *,
+    mode: str = "paper",
+    path: str = "auto",
+    schedule: str = "sequential",
+    sdpa_threshold: int = 512,
+    dtype: Optional[torch.dtype] = None,
+    solver: SolverSpec = "gd",
+    solvers: Optional[Mapping[str, SolverSpec]] = None,
+    **solver_params,
+) -> EnergyStep:
     """Compile ``energy`` (an :class:`~energyarch.energy.Energy` or a single term) for width ``d``.
 
     Args:
@@ -454,8 +518,16 @@ def compile(energy, d: int, *, mode: str = "paper", path: str = "auto", schedule
     for term in energy.terms:
         cls, dv = _term_class(term, d, path)
         extra = {"interaction": term.interaction} if getattr(term, "interaction", None) is not None else {}
-        module = cls(d=d, heads=dv.dims.heads, head_dim=dv.dims.head_dim, radius=dv.dims.radius, mode=mode,
-                     eps=term.constraint.eps, sdpa_threshold=sdpa_threshold, **extra)
+        module = cls(
+            d=d,
+            heads=dv.dims.heads,
+            head_dim=dv.dims.head_dim,
+            radius=dv.dims.radius,
+            mode=mode,
+            eps=term.constraint.eps,
+            sdpa_threshold=sdpa_threshold,
+            **extra,
+        )
         _attach_callables(module, term)
         if dtype is not None:
             module.to(dtype)

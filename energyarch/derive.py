@@ -6,7 +6,16 @@ each). ``from energyarch.derive import derive`` keeps working.
 'kernel attention'
 """
 
-from .derivation import (BETA, SIGMA, SJ, SK, SYMBOLIC_BUDGET, Derivation, Dims,  # noqa: F401
-                         autodiff_derivation, derive)
+from .derivation import (
+    BETA,
+    SIGMA,
+    SJ,
+    SK,
+    SYMBOLIC_BUDGET,
+    Derivation,
+    Dims,  # noqa: F401
+    autodiff_derivation,
+    derive,
+)
 
 __all__ = ["BETA", "SIGMA", "SJ", "SK", "SYMBOLIC_BUDGET", "Derivation", "Dims", "autodiff_derivation", "derive"]

@@ -51,8 +51,9 @@ def _causal(module) -> bool:
     return isinstance(module, CausalTermUpdate) and not isinstance(module, QKTermUpdate)
 
 
-def conditional_token_energies(module: CausalTermUpdate, term, X0: Tensor, X1: Tensor,
-                               weight: Optional[Tensor] = None) -> Tensor:
+def conditional_token_energies(
+    module: CausalTermUpdate, term, X0: Tensor, X1: Tensor, weight: Optional[Tensor] = None
+) -> Tensor:
     """``E_t(x1_t | x0_<t)`` for every token t, summed over heads, shape ``X1.shape[:-1]``: token t at ``X1``,
     every earlier token at ``X0`` (its own key role at ``X1`` for ``self_term='exact'``, at ``X0`` if stopped).
 
@@ -86,12 +87,18 @@ def conditional_token_energies(module: CausalTermUpdate, term, X0: Tensor, X1: T
         cross = _full(evaluate(kern.expr, {**env, "r": r_cross}), r_cross)
         own = _full(evaluate(kern.expr, {**env, "r": r_own}), r_own)
     strict = causal_mask(Q1.shape[-2], Q1.device, strict=True)
-    S = torch.where(strict, cross, torch.zeros_like(cross)).sum(-1) + own           # (..., H, N)
+    S = torch.where(strict, cross, torch.zeros_like(cross)).sum(-1) + own  # (..., H, N)
     return scalar(term.f, S).sum(-2)
 
 
-def sub_step_energy(step, stage: list, X0: Tensor, X1: Tensor, weights: Optional[Mapping[str, Tensor]] = None,
-                    gains: Optional[Mapping[str, Tensor]] = None) -> Tensor:
+def sub_step_energy(
+    step,
+    stage: list,
+    X0: Tensor,
+    X1: Tensor,
+    weights: Optional[Mapping[str, Tensor]] = None,
+    gains: Optional[Mapping[str, Tensor]] = None,
+) -> Tensor:
     """The energy the sub-step ``stage`` (a list of term names of ``step``) descends from ``X0``, evaluated at
     ``X1`` (which may carry extra leading dimensions): per sample ``X1.shape[:-2]``, or per token
     ``X1.shape[:-1]`` for a stage of one causal term (see the module docstring)."""
@@ -111,21 +118,22 @@ def sub_step_energy(step, stage: list, X0: Tensor, X1: Tensor, weights: Optional
     return cast(Tensor, total)  # a stage names at least one term
 
 
-def backtrack(step, solver, stage: list, X: Tensor, total: Tensor, weights: Mapping,
-              gains: Optional[Mapping[str, Tensor]]) -> Tensor:
+def backtrack(
+    step, solver, stage: list, X: Tensor, total: Tensor, weights: Mapping, gains: Optional[Mapping[str, Tensor]]
+) -> Tensor:
     """The per-sample (per-token for one causal term) scale ``s`` of a sub-step's increment ``total`` from X:
     the largest of ``1, 1/2, …, 2^−halvings`` whose candidate does not raise :func:`sub_step_energy`, else 0.
     Shape ``(*batch, 1, 1)`` or ``(*batch, N, 1)``; no gradient."""
     with torch.no_grad():
         X0, T0 = X.detach(), total.detach()
-        scales = [2.0 ** -k for k in range(solver.halvings + 1)]
-        E0 = sub_step_energy(step, stage, X0, torch.stack([X0, X0 + T0]), weights, gains)   # X and the full step
+        scales = [2.0**-k for k in range(solver.halvings + 1)]
+        E0 = sub_step_energy(step, stage, X0, torch.stack([X0, X0 + T0]), weights, gains)  # X and the full step
         E = E0[1:]
         E0 = E0[0]
         # eager: the halvings only when some sample rejects s = 1; compiled: always (no data-dependent branch)
         if len(scales) > 1 and (torch.compiler.is_compiling() or not bool(((E[0] <= E0) & torch.isfinite(E[0])).all())):
-            cands = torch.stack([X0 + T0 * s for s in scales[1:]])                         # (K − 1, *batch, N, d)
-            E = torch.cat([E, sub_step_energy(step, stage, X0, cands, weights, gains)])   # (K, *E0.shape)
+            cands = torch.stack([X0 + T0 * s for s in scales[1:]])  # (K − 1, *batch, N, d)
+            E = torch.cat([E, sub_step_energy(step, stage, X0, cands, weights, gains)])  # (K, *E0.shape)
         else:
             scales = scales[:1]
         ok = (E <= E0) & torch.isfinite(E)
@@ -138,6 +146,7 @@ def backtrack(step, solver, stage: list, X: Tensor, total: Tensor, weights: Mapp
 # ------------------------------------------------------------------------------------------------------------
 # the check
 # ------------------------------------------------------------------------------------------------------------
+
 
 @dataclass
 class DescentReport:
@@ -160,8 +169,9 @@ class DescentReport:
     def __str__(self) -> str:
         head = "descent: OK (no sub-step raised its term's energy)" if self.ok else "descent: FAILED"
         lines = [head] + [f"  {n}: {100 * f:.2f} % of sub-steps rose" for n, f in self.fractions.items()]
-        lines += [f"  layer {layer}, iteration {t}, term {n!r}: energy rose by {r:.3g}"
-                  for layer, t, n, r in self.rises[:10]]
+        lines += [
+            f"  layer {layer}, iteration {t}, term {n!r}: energy rose by {r:.3g}" for layer, t, n, r in self.rises[:10]
+        ]
         return "\n".join(lines)
 
 
@@ -194,8 +204,9 @@ def sub_step_rises(layer, X: Tensor, iters: int, rtol: float = 1e-5) -> tuple[di
     return rises, counts, worst
 
 
-def verify_descent(model, batch, iters: Optional[int] = None, rtol: float = 1e-5,
-                   raise_on_fail: bool = False) -> DescentReport:
+def verify_descent(
+    model, batch, iters: Optional[int] = None, rtol: float = 1e-5, raise_on_fail: bool = False
+) -> DescentReport:
     """Replay a trained Hyper-SET model on ``batch`` (the task's input, e.g. images or token ids) and report, per
     term and iteration, any splitting sub-step that raised the energy it descends (module docstring).
 
@@ -207,12 +218,16 @@ def verify_descent(model, batch, iters: Optional[int] = None, rtol: float = 1e-5
     backbone = getattr(model, "backbone", model)
     layers = getattr(backbone, "layers", None)
     if layers is None or not all(hasattr(layer, "step") and hasattr(layer, "stepnet") for layer in layers):
-        raise VerificationError(f"verify_descent: expected a Hyper-SET model (from energyarch.train or "
-                                f"ea.models.HyperSET), got {type(model).__name__}; other architectures have no "
-                                f"declared energy to descend")
+        raise VerificationError(
+            f"verify_descent: expected a Hyper-SET model (from energyarch.train or "
+            f"ea.models.HyperSET), got {type(model).__name__}; other architectures have no "
+            f"declared energy to descend"
+        )
     if backbone is not model and not hasattr(model, "embed"):
-        raise ShapeError("verify_descent: the model has a backbone but no embed; pass a model built by "
-                         "energyarch.train (or a HyperSET backbone and embedded tokens (B, N, d))")
+        raise ShapeError(
+            "verify_descent: the model has a backbone but no embed; pass a model built by "
+            "energyarch.train (or a HyperSET backbone and embedded tokens (B, N, d))"
+        )
     T = iters if iters is not None else backbone.iters
     was = model.training
     model.eval()
@@ -232,4 +247,3 @@ def verify_descent(model, batch, iters: Optional[int] = None, rtol: float = 1e-5
     if raise_on_fail and not report.ok:
         raise VerificationError(str(report))
     return report
-

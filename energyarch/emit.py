@@ -51,9 +51,26 @@ _CONSTANT_NAMES = ("TERM", "FAMILY", "ENERGY", "PATTERN", "PATH", "REASON", "TYI
 #: names every method may read besides its arguments, its locals and the runtime names the module imports
 _TEMPLATE_GLOBALS = frozenset({"self", "abs", "float"})
 assert TEMPLATE_NAMES >= set(_CONSTANT_NAMES) | _TEMPLATE_GLOBALS | set(MODULES)
-_EXPR_NODES = (ast.BinOp, ast.UnaryOp, ast.Call, ast.Attribute, ast.Name, ast.Constant, ast.Compare, ast.Lambda,
-               ast.keyword, ast.Tuple, ast.arguments, ast.arg, ast.operator, ast.unaryop, ast.cmpop,
-               ast.expr_context, ast.Subscript, ast.Slice)
+_EXPR_NODES = (
+    ast.BinOp,
+    ast.UnaryOp,
+    ast.Call,
+    ast.Attribute,
+    ast.Name,
+    ast.Constant,
+    ast.Compare,
+    ast.Lambda,
+    ast.keyword,
+    ast.Tuple,
+    ast.arguments,
+    ast.arg,
+    ast.operator,
+    ast.unaryop,
+    ast.cmpop,
+    ast.expr_context,
+    ast.Subscript,
+    ast.Slice,
+)
 _STMT_NODES = (ast.Assign, ast.Return, ast.If)
 
 
@@ -86,6 +103,7 @@ def module_header(body: str, family: Family) -> str:
 # ---------------------------------------------------------------------------------------------
 # docstrings
 # ---------------------------------------------------------------------------------------------
+
 
 def _escape_line(line: str) -> str:
     """One docstring line as literal text: backslashes doubled, a quote escaped where a quote follows it or the line
@@ -131,13 +149,21 @@ def docstring(text: str, indent: str, escape: Callable[[str], str] = _escape_lin
 def reads_back(literal: str, value: str) -> bool:
     """``literal`` is a single string token whose value is ``value`` (the round-trip check of :func:`docstring`)."""
     try:
-        tokens = [t for t in tokenize.generate_tokens(io.StringIO(literal).readline)
-                  if t.type not in (tokenize.NEWLINE, tokenize.NL, tokenize.ENDMARKER)]
+        tokens = [
+            t
+            for t in tokenize.generate_tokens(io.StringIO(literal).readline)
+            if t.type not in (tokenize.NEWLINE, tokenize.NL, tokenize.ENDMARKER)
+        ]
         tree = ast.parse(literal, mode="eval")
     except (SyntaxError, tokenize.TokenError, ValueError):
         return False
-    return (len(tokens) == 1 and tokens[0].type == tokenize.STRING and isinstance(tree.body, ast.Constant)
-            and type(tree.body.value) is str and tree.body.value == value)
+    return (
+        len(tokens) == 1
+        and tokens[0].type == tokenize.STRING
+        and isinstance(tree.body, ast.Constant)
+        and type(tree.body.value) is str
+        and tree.body.value == value
+    )
 
 
 def docstrings(dv: Derivation) -> dict[str, str]:
@@ -146,10 +172,12 @@ def docstrings(dv: Derivation) -> dict[str, str]:
     t, family = dv.term, family_of(dv.term)
     sig = family.signature(dv)
     return {
-        "module": (f"{dv.pattern} update of term {t.name!r} ({family.name} family, {dv.path} path).\n\n"
-                   f"{textwrap.fill(family.energy_text(dv), 116, break_long_words=False, break_on_hyphens=False)}\n\n"
-                   "Emitted by energyarch: do not edit; regenerate with energyarch.compile().\n"
-                   "The declaration and the derivation this module comes from are the string constants below."),
+        "module": (
+            f"{dv.pattern} update of term {t.name!r} ({family.name} family, {dv.path} path).\n\n"
+            f"{textwrap.fill(family.energy_text(dv), 116, break_long_words=False, break_on_hyphens=False)}\n\n"
+            "Emitted by energyarch: do not edit; regenerate with energyarch.compile().\n"
+            "The declaration and the derivation this module comes from are the string constants below."
+        ),
         "class": f"{dv.pattern} update for term {t.name!r} (why this pattern: REASON).\n\n{sig['rule']}.",
         "grad_Z": f"{sig['grad_doc']}.\n\n{sig['args']}: the constrained coordinates {sig['shape']}.",
         "energy_Z": sig["energy_doc"],
@@ -159,6 +187,7 @@ def docstrings(dv: Derivation) -> dict[str, str]:
 # ---------------------------------------------------------------------------------------------
 # the structural check
 # ---------------------------------------------------------------------------------------------
+
 
 def _docstring_node(node: ast.stmt) -> bool:
     return isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant) and type(node.value.value) is str
@@ -178,10 +207,13 @@ def check_source(source: str, family: Optional[Family] = None) -> None:
     :class:`~energyarch.errors.CompileError` and the module is not imported. ``family`` defaults to the registered
     family that the module's ``FAMILY`` constant names.
     """
+
     def bad(node: object, why: str) -> NoReturn:
         line = getattr(node, "lineno", "?")
-        raise CompileError(f"emitted source failed its structural check at line {line}: {why}; this is a bug in "
-                           f"energyarch (please report it with the declaration); nothing was imported")
+        raise CompileError(
+            f"emitted source failed its structural check at line {line}: {why}; this is a bug in "
+            f"energyarch (please report it with the declaration); nothing was imported"
+        )
 
     try:
         tree = ast.parse(source)
@@ -198,9 +230,15 @@ def check_source(source: str, family: Optional[Family] = None) -> None:
             imported.add(module)
             n_fixed += 1
     if family is None:
-        named = [node.value.value for node in body if isinstance(node, ast.Assign) and len(node.targets) == 1
-                 and isinstance(node.targets[0], ast.Name) and node.targets[0].id == "FAMILY"
-                 and isinstance(node.value, ast.Constant)]
+        named = [
+            node.value.value
+            for node in body
+            if isinstance(node, ast.Assign)
+            and len(node.targets) == 1
+            and isinstance(node.targets[0], ast.Name)
+            and node.targets[0].id == "FAMILY"
+            and isinstance(node.value, ast.Constant)
+        ]
         if len(named) != 1 or named[0] not in FAMILIES:
             bad(tree, f"the FAMILY constant {named!r} names no registered family")
         family = FAMILIES[named[0]]
@@ -209,31 +247,54 @@ def check_source(source: str, family: Optional[Family] = None) -> None:
     for node in body[n_fixed:]:
         if not isinstance(node, (ast.Import, ast.ImportFrom)):
             break
-        if not (isinstance(node, ast.ImportFrom) and node.level == 0 and node.names
-                and all(a.asname is None and allowed.get(a.name) == node.module for a in node.names)):
+        if not (
+            isinstance(node, ast.ImportFrom)
+            and node.level == 0
+            and node.names
+            and all(a.asname is None and allowed.get(a.name) == node.module for a in node.names)
+        ):
             bad(node, f"an import that family {family.name!r} does not list")
         imported |= {a.name for a in node.names}
         n_imports += 1
     rest = body[n_imports:]
     for node in rest[:-1]:
-        if not (isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name)
-                and node.targets[0].id in _CONSTANT_NAMES and isinstance(node.value, ast.Constant)
-                and isinstance(node.value.value, str)):
+        if not (
+            isinstance(node, ast.Assign)
+            and len(node.targets) == 1
+            and isinstance(node.targets[0], ast.Name)
+            and node.targets[0].id in _CONSTANT_NAMES
+            and isinstance(node.value, ast.Constant)
+            and isinstance(node.value.value, str)
+        ):
             bad(node, "a module-level statement other than a string constant")
     cls = rest[-1] if rest else None
     base = family.runtime_base[1]
-    if not (isinstance(cls, ast.ClassDef) and [ast.dump(b) for b in cls.bases] == [ast.dump(ast.Name(base, ast.Load()))]
-            and not cls.keywords and not cls.decorator_list and base in imported):
+    if not (
+        isinstance(cls, ast.ClassDef)
+        and [ast.dump(b) for b in cls.bases] == [ast.dump(ast.Name(base, ast.Load()))]
+        and not cls.keywords
+        and not cls.decorator_list
+        and base in imported
+    ):
         bad(cls or tree, f"the last statement is not the {base} subclass (family {family.name!r})")
     methods = set()
     for i, node in enumerate(cls.body):
         if i == 0 and _docstring_node(node):
             continue
-        if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name) \
-                and isinstance(node.value, ast.Constant) and not node.targets[0].id.startswith("_"):
+        if (
+            isinstance(node, ast.Assign)
+            and len(node.targets) == 1
+            and isinstance(node.targets[0], ast.Name)
+            and isinstance(node.value, ast.Constant)
+            and not node.targets[0].id.startswith("_")
+        ):
             continue
-        if isinstance(node, ast.FunctionDef) and node.name in ("grad_Z", "energy_Z") and not node.decorator_list \
-                and node.name not in methods:
+        if (
+            isinstance(node, ast.FunctionDef)
+            and node.name in ("grad_Z", "energy_Z")
+            and not node.decorator_list
+            and node.name not in methods
+        ):
             methods.add(node.name)
             _check_method(node, bad, imported, reserved=set(MODULES) | set(allowed))
             continue
@@ -242,8 +303,9 @@ def check_source(source: str, family: Optional[Family] = None) -> None:
         bad(cls, "grad_Z and energy_Z must both be defined")
 
 
-def _check_method(fn: ast.FunctionDef, bad: Callable[[object, str], NoReturn], imported: set[str],
-                  reserved: set[str]) -> None:
+def _check_method(
+    fn: ast.FunctionDef, bad: Callable[[object, str], NoReturn], imported: set[str], reserved: set[str]
+) -> None:
     """A method: a docstring, then assignments to new local names, ``if`` and ``return`` over known names."""
     known = set(_TEMPLATE_GLOBALS) | imported | {a.arg for a in fn.args.args}
     if fn.args.vararg or fn.args.kwarg or fn.args.kwonlyargs or fn.args.defaults or fn.returns:
@@ -260,7 +322,9 @@ def _check_method(fn: ast.FunctionDef, bad: Callable[[object, str], NoReturn], i
                 bad(sub, f"dunder attribute {sub.attr!r}")
             if isinstance(sub, ast.Name) and isinstance(sub.ctx, ast.Load) and sub.id not in local:
                 bad(sub, f"unknown name {sub.id!r}")
-            if isinstance(sub, ast.Constant) and not isinstance(sub.value, (int, float, str, type(None), type(Ellipsis))):
+            if isinstance(sub, ast.Constant) and not isinstance(
+                sub.value, (int, float, str, type(None), type(Ellipsis))
+            ):
                 bad(sub, "a constant of an unexpected type")
 
     def block(stmts: list[ast.stmt], local: set[str]) -> set[str]:
@@ -293,15 +357,20 @@ def _check_method(fn: ast.FunctionDef, bad: Callable[[object, str], NoReturn], i
 # tidying the method bodies: no no-op aliases, no brackets that change nothing
 # ---------------------------------------------------------------------------------------------
 
+
 def _stores(tree: ast.AST, name: str) -> list[int]:
     """Line numbers where ``name`` is bound (assigned, or a lambda's argument)."""
-    out = [n.lineno for n in ast.walk(tree) if isinstance(n, ast.Name) and n.id == name and isinstance(n.ctx, ast.Store)]
+    out = [
+        n.lineno for n in ast.walk(tree) if isinstance(n, ast.Name) and n.id == name and isinstance(n.ctx, ast.Store)
+    ]
     return out + [n.lineno for n in ast.walk(tree) if isinstance(n, ast.arg) and n.arg == name]
 
 
 def _loads_after(tree: ast.AST, names: set[str], line: int) -> bool:
-    return any(isinstance(n, ast.Name) and n.id in names and isinstance(n.ctx, ast.Load) and n.lineno > line
-               for n in ast.walk(tree))
+    return any(
+        isinstance(n, ast.Name) and n.id in names and isinstance(n.ctx, ast.Load) and n.lineno > line
+        for n in ast.walk(tree)
+    )
 
 
 def _without_aliases(lines: list[str]) -> list[str]:
@@ -325,16 +394,27 @@ def _without_aliases(lines: list[str]) -> list[str]:
             if not (isinstance(st, ast.Assign) and len(st.targets) == 1 and st.lineno == st.end_lineno):
                 continue
             target = st.targets[0]
-            names = {n.id for n in (target.elts if isinstance(target, ast.Tuple) else [target])
-                     if isinstance(n, ast.Name)}
-            if isinstance(target, ast.Name) and isinstance(st.value, ast.Name) and _stores(tree, target.id) == [
-                    st.lineno] and not [n for n in _stores(tree, st.value.id) if n > st.lineno]:
+            names = {
+                n.id for n in (target.elts if isinstance(target, ast.Tuple) else [target]) if isinstance(n, ast.Name)
+            }
+            if (
+                isinstance(target, ast.Name)
+                and isinstance(st.value, ast.Name)
+                and _stores(tree, target.id) == [st.lineno]
+                and not [n for n in _stores(tree, st.value.id) if n > st.lineno]
+            ):
                 alias, name = target.id, st.value.id
-                reads = sorted(((n.lineno, n.col_offset) for n in ast.walk(tree) if isinstance(n, ast.Name)
-                                and n.id == alias and isinstance(n.ctx, ast.Load)), reverse=True)
+                reads = sorted(
+                    (
+                        (n.lineno, n.col_offset)
+                        for n in ast.walk(tree)
+                        if isinstance(n, ast.Name) and n.id == alias and isinstance(n.ctx, ast.Load)
+                    ),
+                    reverse=True,
+                )
                 for row, col in reads:
                     text = lines[row - 1]
-                    lines[row - 1] = text[:col] + name + text[col + len(alias):]
+                    lines[row - 1] = text[:col] + name + text[col + len(alias) :]
             elif names and not _loads_after(tree, names, st.lineno):
                 pass
             else:
@@ -385,14 +465,20 @@ def _tidy_brackets(lines: list[str]) -> list[str]:
     starts = [0]
     for line in lines:
         starts.append(starts[-1] + len(line) + 1)
-    tokens = [t for t in tokenize.generate_tokens(io.StringIO(text).readline)
-              if t.type not in (tokenize.NL, tokenize.INDENT, tokenize.DEDENT)]
+    tokens = [
+        t
+        for t in tokenize.generate_tokens(io.StringIO(text).readline)
+        if t.type not in (tokenize.NL, tokenize.INDENT, tokenize.DEDENT)
+    ]
     candidates, stack = [], []
     for i, tok in enumerate(tokens):
         if tok.string == "(" and tok.type == tokenize.OP:
             prev = tokens[i - 1] if i else None
-            call = prev is not None and (prev.string in (")", "]") or prev.type == tokenize.STRING or (
-                prev.type == tokenize.NAME and prev.string not in _NOT_CALLS))
+            call = prev is not None and (
+                prev.string in (")", "]")
+                or prev.type == tokenize.STRING
+                or (prev.type == tokenize.NAME and prev.string not in _NOT_CALLS)
+            )
             stack.append((i, call))
         elif tok.string == ")" and tok.type == tokenize.OP and stack:
             j, call = stack.pop()
@@ -401,12 +487,14 @@ def _tidy_brackets(lines: list[str]) -> list[str]:
             open_, close = tokens[j], tok
             before = tokens[j - 1].string if j else ""
             after = tokens[i + 1] if i + 1 < len(tokens) else None
-            whole = before in _WHOLE_BEFORE and (after is None or after.string in _WHOLE_AFTER
-                                                 or after.type in (tokenize.NEWLINE, tokenize.COMMENT,
-                                                                   tokenize.ENDMARKER))
+            whole = before in _WHOLE_BEFORE and (
+                after is None
+                or after.string in _WHOLE_AFTER
+                or after.type in (tokenize.NEWLINE, tokenize.COMMENT, tokenize.ENDMARKER)
+            )
             o = starts[open_.start[0] - 1] + open_.start[1]
             c = starts[close.start[0] - 1] + close.start[1]
-            if whole or _is_atom(text[o + 1:c]):
+            if whole or _is_atom(text[o + 1 : c]):
                 candidates.append((o, c))
     removed: set[int] = set()
     for o, c in sorted(candidates, reverse=True):
@@ -428,15 +516,18 @@ def _class_name(dv: Derivation) -> str:
     ...     g="x", h="relu(x)**2/2", name="mlp_2"), 8))
     ('ReLUFFUpdate', 'Mlp2ReLUFFUpdate')
     """
+
     def camel(text: str) -> str:
         words = [w for w in re.split(r"[^A-Za-z0-9]+", text) if w]
         return "".join(_ACRONYMS.get(w, w[:1].upper() + w[1:]) for w in words)
+
     lead = "" if dv.term.name in ("attn", "ff") else camel(dv.term.name.replace("_", " "))
     name = f"{lead}{camel(dv.pattern)}Update"
     return name if name.isidentifier() and name.isascii() else f"Term{name}"
 
 
 # ---------------------------------------------------------------------------------------------
+
 
 def _tidy_comments(lines: list[str], width: int = 112) -> list[str]:
     """A line longer than ``width`` (the body's own indentation not counted) keeps three spaces before its comment,
@@ -477,32 +568,40 @@ def emit_source(dv: Derivation) -> str:
         grad, energy = pattern.grad_lines(dv), pattern.energy_lines(dv) or family.energy_lines(dv)
     grad, energy = _method_lines(grad), _method_lines(energy)
     docs = docstrings(dv)
-    constants = {"TERM": t.name, "FAMILY": family.name, "ENERGY": family.energy_text(dv), "PATTERN": dv.pattern,
-                 "PATH": dv.path, "REASON": dv.reason}
+    constants = {
+        "TERM": t.name,
+        "FAMILY": family.name,
+        "ENERGY": family.energy_text(dv),
+        "PATTERN": dv.pattern,
+        "PATH": dv.path,
+        "REASON": dv.reason,
+    }
     interaction = getattr(t, "interaction", None)
     tying = getattr(interaction, "tying", "")
     if tying and interaction is not None:
         constants["TYING"] = f"{interaction.kind}: {tying}"
-    lines = ["\n".join(f"{key} = {str(value)!r}" for key, value in constants.items()),
-             "",
-             "",
-             f"class {_class_name(dv)}({family.runtime_base[1]}):",
-             "    " + docstring(docs["class"], "    "),
-             "",
-             f"    term_name = {t.name!r}",
-             f"    pattern = {dv.pattern!r}",
-             f"    path = {dv.path!r}",
-             f"    beta = {dv.dims.beta!r}",
-             *([f"    tying = {constants['TYING']!r}"] if tying else []),
-             "",
-             f"    def grad_Z(self, {sig['args']}):",
-             "        " + docstring(docs["grad_Z"], "        "),
-             *("        " + ln for ln in _with_beta(grad)),
-             "",
-             f"    def energy_Z(self, {sig['args']}):",
-             "        " + docstring(docs["energy_Z"], "        "),
-             *("        " + ln for ln in _with_beta(energy)),
-             ""]
+    lines = [
+        "\n".join(f"{key} = {str(value)!r}" for key, value in constants.items()),
+        "",
+        "",
+        f"class {_class_name(dv)}({family.runtime_base[1]}):",
+        "    " + docstring(docs["class"], "    "),
+        "",
+        f"    term_name = {t.name!r}",
+        f"    pattern = {dv.pattern!r}",
+        f"    path = {dv.path!r}",
+        f"    beta = {dv.dims.beta!r}",
+        *([f"    tying = {constants['TYING']!r}"] if tying else []),
+        "",
+        f"    def grad_Z(self, {sig['args']}):",
+        "        " + docstring(docs["grad_Z"], "        "),
+        *("        " + ln for ln in _with_beta(grad)),
+        "",
+        f"    def energy_Z(self, {sig['args']}):",
+        "        " + docstring(docs["energy_Z"], "        "),
+        *("        " + ln for ln in _with_beta(energy)),
+        "",
+    ]
     body = "\n".join(lines)
     return docstring(docs["module"], "") + "\n\n" + module_header(body, family) + body
 
@@ -546,8 +645,10 @@ def load_class(source: str, class_name: str, family: Optional[Family] = None) ->
     spec.loader.exec_module(module)  # our generated file, not user text
     cls = getattr(module, class_name)
     if not (isinstance(cls, type) and issubclass(cls, TermUpdate)):
-        raise CompileError(f"the emitted class {class_name} is not a TermUpdate: its family's runtime_base must name "
-                           f"a subclass of energyarch.runtime.TermUpdate")
+        raise CompileError(
+            f"the emitted class {class_name} is not a TermUpdate: its family's runtime_base must name "
+            f"a subclass of energyarch.runtime.TermUpdate"
+        )
     _LOADED[digest] = cls
     return cls
 

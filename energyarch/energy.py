@@ -112,13 +112,24 @@ class Attention(Term):
     name: str = "attn"
     interaction: Optional[Interaction] = None  # None: the shared basis
 
-    def __init__(self, f, K, heads: int = 1, phi=None, constraint: Optional[Sphere] = None,
-                 beta: Optional[float] = None, name: str = "attn", radius: Optional[float] = None,
-                 interaction=None):
+    def __init__(
+        self,
+        f,
+        K,
+        heads: int = 1,
+        phi=None,
+        constraint: Optional[Sphere] = None,
+        beta: Optional[float] = None,
+        name: str = "attn",
+        radius: Optional[float] = None,
+        interaction=None,
+    ):
         kernel = as_kernel(K)
         if phi is not None:
             if kernel.kind != "inner":
-                raise DeclarationError(f"Attention: phi= needs an inner-product kernel (in s); K={kernel.name!r} is {kernel.kind}")
+                raise DeclarationError(
+                    f"Attention: phi= needs an inner-product kernel (in s); K={kernel.name!r} is {kernel.kind}"
+                )
             kernel = replace(kernel, phi=as_scalar(phi, "phi"))
         if not isinstance(heads, int) or isinstance(heads, bool) or heads < 1:
             raise DeclarationError(f"Attention: heads={heads!r} must be a positive integer")
@@ -170,15 +181,26 @@ class CausalAttention(Attention):
     interaction: Interaction = SharedBasis()
     self_term: str = "exact"
 
-    def __init__(self, f, K, heads: int = 1, phi=None, constraint: Optional[Sphere] = None,
-                 beta: Optional[float] = None, name: str = "attn", radius: Optional[float] = None,
-                 interaction=None, self_term: str = "exact"):
-        Attention.__init__(self, f, K, heads=heads, phi=phi, constraint=constraint, beta=beta, name=name,
-                           radius=radius)
+    def __init__(
+        self,
+        f,
+        K,
+        heads: int = 1,
+        phi=None,
+        constraint: Optional[Sphere] = None,
+        beta: Optional[float] = None,
+        name: str = "attn",
+        radius: Optional[float] = None,
+        interaction=None,
+        self_term: str = "exact",
+    ):
+        Attention.__init__(self, f, K, heads=heads, phi=phi, constraint=constraint, beta=beta, name=name, radius=radius)
         interaction = _check_interaction("CausalAttention", interaction, self.K)
         if self_term not in SELF_TERMS:
-            raise DeclarationError(f"CausalAttention: self_term={self_term!r}; choose 'exact' (differentiate x_t's "
-                                   f"key role in its own term) or 'stopped' (hold it fixed)")
+            raise DeclarationError(
+                f"CausalAttention: self_term={self_term!r}; choose 'exact' (differentiate x_t's "
+                f"key role in its own term) or 'stopped' (hold it fixed)"
+            )
         object.__setattr__(self, "interaction", interaction)
         object.__setattr__(self, "self_term", self_term)
 
@@ -193,11 +215,15 @@ def _check_interaction(where: str, interaction, K: Kernel):
     """The declared interaction (``SharedBasis()`` for None), checked against the kernel."""
     interaction = SharedBasis() if interaction is None else interaction
     if not isinstance(interaction, Interaction):
-        raise DeclarationError(f"{where}: interaction={interaction!r}; give one of "
-                               + ", ".join(f"ea.{cls.__name__}()" for cls in INTERACTIONS.values()))
+        raise DeclarationError(
+            f"{where}: interaction={interaction!r}; give one of "
+            + ", ".join(f"ea.{cls.__name__}()" for cls in INTERACTIONS.values())
+        )
     if K.kind == "distance" and interaction.kind == "diag-low-rank":
-        raise DeclarationError(f"{where}: a distance kernel needs queries and keys of one kind; use "
-                               f"SharedBasis() or QueryKey() with K in r, or write the kernel in s")
+        raise DeclarationError(
+            f"{where}: a distance kernel needs queries and keys of one kind; use "
+            f"SharedBasis() or QueryKey() with K in r, or write the kernel in s"
+        )
     return interaction
 
 
@@ -237,8 +263,16 @@ class FeedForward(Term):
     constraint: Sphere = Sphere()
     name: str = "ff"
 
-    def __init__(self, g, h, width: Optional[int] = None, ratio: float = 1.0,
-                 constraint: Optional[Sphere] = None, name: str = "ff", radius: Optional[float] = None):
+    def __init__(
+        self,
+        g,
+        h,
+        width: Optional[int] = None,
+        ratio: float = 1.0,
+        constraint: Optional[Sphere] = None,
+        name: str = "ff",
+        radius: Optional[float] = None,
+    ):
         object.__setattr__(self, "g", as_scalar(g, "g"))
         _init_width_terms(self, "FeedForward", h, width, ratio, constraint, radius, name)
 
@@ -272,8 +306,15 @@ class GatedFeedForward(Term):
     constraint: Sphere = Sphere()
     name: str = "ff"
 
-    def __init__(self, h, width: Optional[int] = None, ratio: float = 1.0, constraint: Optional[Sphere] = None,
-                 name: str = "ff", radius: Optional[float] = None):
+    def __init__(
+        self,
+        h,
+        width: Optional[int] = None,
+        ratio: float = 1.0,
+        constraint: Optional[Sphere] = None,
+        name: str = "ff",
+        radius: Optional[float] = None,
+    ):
         _init_width_terms(self, "GatedFeedForward", h, width, ratio, constraint, radius, name)
 
     family = "gated feedforward"
@@ -282,25 +323,30 @@ class GatedFeedForward(Term):
         return self.width if self.width is not None else max(1, int(round(self.ratio * d)))
 
 
-_Term = Term   # the older private name
+_Term = Term  # the older private name
 
 
 def _check_name(name: str) -> str:
     if not isinstance(name, str) or not name.isidentifier() or not name.isascii() or len(name) > 64:
-        raise DeclarationError(f"term name {name!r} must be an ASCII Python identifier (at most 64 characters) such "
-                               f"as 'attn' or 'ff'")
+        raise DeclarationError(
+            f"term name {name!r} must be an ASCII Python identifier (at most 64 characters) such as 'attn' or 'ff'"
+        )
     import torch.nn as nn
 
-    if name.startswith("_") or hasattr(nn.ModuleDict(), name):   # an instance: 'training' is set in __init__
-        raise DeclarationError(f"term name {name!r} is taken by torch.nn.ModuleDict (or private); choose another, "
-                               f"e.g. 'attn_{name.strip('_') or 'x'}'")
+    if name.startswith("_") or hasattr(nn.ModuleDict(), name):  # an instance: 'training' is set in __init__
+        raise DeclarationError(
+            f"term name {name!r} is taken by torch.nn.ModuleDict (or private); choose another, "
+            f"e.g. 'attn_{name.strip('_') or 'x'}'"
+        )
     return name
 
 
 def _check_sphere(constraint, where: str):
     if constraint is not None and not isinstance(constraint, Sphere):
-        raise DeclarationError(f"{where}: constraint={constraint!r} must be an ea.Sphere(radius=..., eps=...) or None; "
-                               f"for a radius alone write radius=...")
+        raise DeclarationError(
+            f"{where}: constraint={constraint!r} must be an ea.Sphere(radius=..., eps=...) or None; "
+            f"for a radius alone write radius=..."
+        )
     return constraint
 
 
@@ -317,8 +363,10 @@ class Energy:
         fixed = []
         for t in self.terms:
             if not isinstance(t, Term):
-                raise DeclarationError(f"Energy: {type(t).__name__} {t!r:.80} is not an energy term (ea.Attention, "
-                                       f"ea.FeedForward, ... or a subclass of energyarch.energy.Term)")
+                raise DeclarationError(
+                    f"Energy: {type(t).__name__} {t!r:.80} is not an energy term (ea.Attention, "
+                    f"ea.FeedForward, ... or a subclass of energyarch.energy.Term)"
+                )
             if t.name in seen:
                 seen[t.name] += 1
                 t = t.renamed(f"{t.name}_{seen[t.name]}")
@@ -355,8 +403,9 @@ def as_energy(value) -> Energy:
         return value
     if isinstance(value, Term):
         return Energy((value,))
-    raise DeclarationError(f"expected an Energy or an energy term (ea.Attention, ea.FeedForward, ...), got "
-                           f"{type(value).__name__}")
+    raise DeclarationError(
+        f"expected an Energy or an energy term (ea.Attention, ea.FeedForward, ...), got {type(value).__name__}"
+    )
 
 
 def primitives_of(term: Term) -> dict:

@@ -144,7 +144,7 @@ class gelu(_Named):  # noqa: N801
 
     def fdiff(self, argindex=1):
         x = self.args[0]
-        return (1 + sp.erf(x / sp.sqrt(2))) / 2 + x * sp.exp(-x**2 / 2) / sp.sqrt(2 * sp.pi)
+        return (1 + sp.erf(x / sp.sqrt(2))) / 2 + x * sp.exp(-(x**2) / 2) / sp.sqrt(2 * sp.pi)
 
     def _latex(self, printer, exp=None):
         return _pow_latex(printer, exp, r"\operatorname{GELU}\left(%s\right)" % printer._print(self.args[0]))
@@ -179,8 +179,17 @@ _NAMED_MATH: dict[str, Callable[[float], float]] = {
 
 #: Python (math) values of sympy's own functions, to check constant arguments at parse time (finite, bounded).
 _SYMPY_MATH: dict[str, Callable[[float], float]] = {
-    "exp": math.exp, "log": math.log, "sqrt": math.sqrt, "tanh": math.tanh, "cosh": math.cosh,
-    "sinh": math.sinh, "sin": math.sin, "cos": math.cos, "atan": math.atan, "abs": abs, "erf": math.erf,
+    "exp": math.exp,
+    "log": math.log,
+    "sqrt": math.sqrt,
+    "tanh": math.tanh,
+    "cosh": math.cosh,
+    "sinh": math.sinh,
+    "sin": math.sin,
+    "cos": math.cos,
+    "atan": math.atan,
+    "abs": abs,
+    "erf": math.erf,
 }
 
 
@@ -209,12 +218,23 @@ FUNCTIONS: Mapping[str, Callable[[Any], Any]] = {
 
 #: One line per allowed function: what it computes (shown in errors and in the docs).
 FUNCTION_DOCS: Mapping[str, str] = {
-    "exp": "eˣ", "log": "natural logarithm (x > 0)", "sqrt": "square root (x ≥ 0)", "tanh": "hyperbolic tangent",
-    "cosh": "hyperbolic cosine", "sinh": "hyperbolic sine", "sin": "sine", "cos": "cosine", "atan": "arc tangent",
-    "abs": "absolute value", "sigmoid": "logistic σ(x) = 1/(1 + e⁻ˣ), σ' = σ(1 − σ) (stable)",
-    "relu": "max(x, 0)", "step": "Heaviside step (1 for x > 0), the a.e. derivative of relu",
-    "softplus": "log(1 + eˣ) (stable), softplus' = σ", "logcosh": "log cosh x (stable), derivative tanh",
-    "silu": "x σ(x) (SiLU / swish)", "gelu": "x Φ(x), Φ the normal CDF (exact GELU, erf form)",
+    "exp": "eˣ",
+    "log": "natural logarithm (x > 0)",
+    "sqrt": "square root (x ≥ 0)",
+    "tanh": "hyperbolic tangent",
+    "cosh": "hyperbolic cosine",
+    "sinh": "hyperbolic sine",
+    "sin": "sine",
+    "cos": "cosine",
+    "atan": "arc tangent",
+    "abs": "absolute value",
+    "sigmoid": "logistic σ(x) = 1/(1 + e⁻ˣ), σ' = σ(1 − σ) (stable)",
+    "relu": "max(x, 0)",
+    "step": "Heaviside step (1 for x > 0), the a.e. derivative of relu",
+    "softplus": "log(1 + eˣ) (stable), softplus' = σ",
+    "logcosh": "log cosh x (stable), derivative tanh",
+    "silu": "x σ(x) (SiLU / swish)",
+    "gelu": "x Φ(x), Φ the normal CDF (exact GELU, erf form)",
     "elu": "x for x > 0, eˣ − 1 otherwise (ELU, α = 1); elu(x) + 1 is the linear-attention feature map",
     "erf": "error function",
 }
@@ -223,12 +243,12 @@ CONSTANTS: Mapping[str, sp.Expr] = {"pi": sp.pi, "e": sp.E}
 
 #: Limits that bound the cost of every parse (and of what sympy does with the result).
 LIMITS = {
-    "characters": 400,        # length of the expression text
-    "depth": 40,              # nesting depth of the syntax tree
-    "nodes": 200,             # syntax-tree nodes (numbers, names, operators, calls)
-    "exponent": 64,           # |numeric exponent| of any power
+    "characters": 400,  # length of the expression text
+    "depth": 40,  # nesting depth of the syntax tree
+    "nodes": 200,  # syntax-tree nodes (numbers, names, operators, calls)
+    "exponent": 64,  # |numeric exponent| of any power
     "constant_magnitude": 1e100,  # |value| of any constant sub-expression (and 1/value when nonzero)
-    "constant_digits": 120,   # digits of the numerator / denominator of an exact rational constant
+    "constant_digits": 120,  # digits of the numerator / denominator of an exact rational constant
 }
 _MAX_LEN = LIMITS["characters"]
 _MAX_DEPTH = LIMITS["depth"]
@@ -267,8 +287,10 @@ def parse(text: str, symbols: Iterable[str], where: str = "expression") -> sp.Ex
         raise ParseError(f"{where}: expression is {len(text)} characters long; the limit is {_MAX_LEN}")
     if not text.isascii():
         bad = next(ch for ch in text if not ch.isascii())
-        raise ParseError(f"{where}: {_short(text)} contains the non-ASCII character {bad!r} (U+{ord(bad):04X}); "
-                         f"expressions are ASCII (Python would fold look-alikes such as 'ｘ' into 'x')")
+        raise ParseError(
+            f"{where}: {_short(text)} contains the non-ASCII character {bad!r} (U+{ord(bad):04X}); "
+            f"expressions are ASCII (Python would fold look-alikes such as 'ｘ' into 'x')"
+        )
     if "\x00" in text:
         raise ParseError(f"{where}: {_short(text)} contains a NUL character; write the expression on one line")
     try:
@@ -279,8 +301,10 @@ def parse(text: str, symbols: Iterable[str], where: str = "expression") -> sp.Ex
         raise ParseError(f"{where}: {_short(text)} cannot be parsed ({type(err).__name__})") from None
     nodes = sum(1 for _ in ast.walk(tree))
     if nodes > LIMITS["nodes"]:
-        raise ParseError(f"{where}: {_short(text)} has {nodes} syntax nodes; the limit is {LIMITS['nodes']}. "
-                         f"Split it into named parameters or simplify it")
+        raise ParseError(
+            f"{where}: {_short(text)} has {nodes} syntax nodes; the limit is {LIMITS['nodes']}. "
+            f"Split it into named parameters or simplify it"
+        )
 
     def fail(node: ast.AST, why: str) -> NoReturn:
         raise ParseError(
@@ -310,8 +334,10 @@ def parse(text: str, symbols: Iterable[str], where: str = "expression") -> sp.Ex
                     limit(node, f"a power has exponent {power.exp}, larger than {_MAX_EXPONENT}")
             for number in expr.atoms(sp.Rational):
                 digits = max(len(str(abs(number.p))), len(str(number.q)))
-                if digits > LIMITS["constant_digits"] or (number != 0 and not (
-                        1 / LIMITS["constant_magnitude"] <= abs(float(number)) <= LIMITS["constant_magnitude"])):
+                if digits > LIMITS["constant_digits"] or (
+                    number != 0
+                    and not (1 / LIMITS["constant_magnitude"] <= abs(float(number)) <= LIMITS["constant_magnitude"])
+                ):
                     limit(node, f"a constant reaches {float(number):g}, beyond the bounds")
         return expr, value
 
@@ -427,9 +453,17 @@ class EnergyTorchPrinter(TorchPrinter):
     """
 
     _math_names = {
-        "exp": "math.exp", "log": "math.log", "sqrt": "math.sqrt", "tanh": "math.tanh",
-        "cosh": "math.cosh", "sinh": "math.sinh", "sin": "math.sin", "cos": "math.cos",
-        "atan": "math.atan", "Abs": "abs", "erf": "math.erf",
+        "exp": "math.exp",
+        "log": "math.log",
+        "sqrt": "math.sqrt",
+        "tanh": "math.tanh",
+        "cosh": "math.cosh",
+        "sinh": "math.sinh",
+        "sin": "math.sin",
+        "cos": "math.cos",
+        "atan": "math.atan",
+        "Abs": "abs",
+        "erf": "math.erf",
     }
 
     def __init__(self, tensor_symbols: Iterable[str] = ()):
@@ -523,8 +557,9 @@ _BRACKETED_NUMBER = re.compile(r"(?<![\w\])\]])\((\d+(?:\.\d+)?)\)")
 
 def tidy(expr: sp.Expr) -> sp.Expr:
     """Simplify derivatives of piecewise primitives: ``relu(a)·step(a) = relu(a)``, ``step(a)^k = step(a)``."""
-    expr = expr.replace(lambda e: isinstance(e, sp.Pow) and isinstance(e.base, step) and e.exp.is_positive,
-                        lambda e: e.base)
+    expr = expr.replace(
+        lambda e: isinstance(e, sp.Pow) and isinstance(e.base, step) and e.exp.is_positive, lambda e: e.base
+    )
 
     def fold(e: sp.Expr) -> sp.Expr:
         if not e.is_Mul:
@@ -542,6 +577,7 @@ def tidy(expr: sp.Expr) -> sp.Expr:
 # Direct evaluation on tensors (no code generation): used by the generic autodiff path.
 # --------------------------------------------------------------------------------------------
 
+
 def _logcosh_t(x):
     import torch
 
@@ -555,11 +591,24 @@ def _torch_functions():
     import torch.nn.functional as F
 
     return {
-        sp.exp: torch.exp, sp.log: torch.log, sp.tanh: torch.tanh, sp.cosh: torch.cosh,
-        sp.sinh: torch.sinh, sp.sin: torch.sin, sp.cos: torch.cos, sp.atan: torch.atan,
-        sp.Abs: torch.abs, sigmoid: torch.sigmoid, relu: torch.relu,
-        step: lambda t: (t > 0).to(t.dtype), softplus: F.softplus, logcosh: _logcosh_t,
-        silu: F.silu, gelu: F.gelu, elu: F.elu, sp.erf: torch.erf,
+        sp.exp: torch.exp,
+        sp.log: torch.log,
+        sp.tanh: torch.tanh,
+        sp.cosh: torch.cosh,
+        sp.sinh: torch.sinh,
+        sp.sin: torch.sin,
+        sp.cos: torch.cos,
+        sp.atan: torch.atan,
+        sp.Abs: torch.abs,
+        sigmoid: torch.sigmoid,
+        relu: torch.relu,
+        step: lambda t: (t > 0).to(t.dtype),
+        softplus: F.softplus,
+        logcosh: _logcosh_t,
+        silu: F.silu,
+        gelu: F.gelu,
+        elu: F.elu,
+        sp.erf: torch.erf,
     }
 
 

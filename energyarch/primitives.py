@@ -42,8 +42,12 @@ def _as_params(params: Optional[Mapping[str, float]], where: str) -> tuple[tuple
         raise DeclarationError(f"{where}: params={params!r} must be a mapping such as {{'gamma': 0.5}}")
     params = dict(params or {})
     for name, value in params.items():
-        if (not isinstance(name, str) or not _ASCII_NAME.match(name) or keyword.iskeyword(name)
-                or name in ("x", "s", "r") + PARAMETERS + tuple(FUNCTIONS) + tuple(CONSTANTS)):
+        if (
+            not isinstance(name, str)
+            or not _ASCII_NAME.match(name)
+            or keyword.iskeyword(name)
+            or name in ("x", "s", "r") + PARAMETERS + tuple(FUNCTIONS) + tuple(CONSTANTS)
+        ):
             raise DeclarationError(
                 f"{where}: parameter name {name!r} is reserved or invalid; use an ASCII identifier of at most "
                 f"32 characters that is not a keyword, a function or a reserved name "
@@ -51,10 +55,14 @@ def _as_params(params: Optional[Mapping[str, float]], where: str) -> tuple[tuple
             )
         if not isinstance(value, (int, float)) or isinstance(value, bool):
             raise DeclarationError(f"{where}: parameter {name}={value!r} must be a real number")
-        if not math.isfinite(value) or abs(value) > LIMITS["constant_magnitude"] or (
-                value != 0 and abs(value) < 1 / LIMITS["constant_magnitude"]):
+        if (
+            not math.isfinite(value)
+            or abs(value) > LIMITS["constant_magnitude"]
+            or (value != 0 and abs(value) < 1 / LIMITS["constant_magnitude"])
+        ):
             raise DeclarationError(
-                f"{where}: parameter {name}={value!r} must be finite, with 1e-100 <= |value| <= 1e100 (or 0)")
+                f"{where}: parameter {name}={value!r} must be finite, with 1e-100 <= |value| <= 1e100 (or 0)"
+            )
     return tuple(sorted((k, float(v)) for k, v in params.items()))
 
 
@@ -76,7 +84,9 @@ def check_params_used(params: Mapping[str, float], exprs: Mapping[str, sp.Expr],
             shown = ", ".join(f"{k} = {e}" if k else str(e) for k, e in exprs.items() if e is not None)
             raise DeclarationError(
                 f"{where}: parameter {name!r} is not used by {shown}; its symbols are {', '.join(sorted(used))}"
-                + (f" (did you mean {close[0]!r}?)" if close else "") + "; remove it or correct its name")
+                + (f" (did you mean {close[0]!r}?)" if close else "")
+                + "; remove it or correct its name"
+            )
 
 
 def used_params(text: str, params: Optional[Mapping[str, float]], variables: tuple = ("x", "s", "r")) -> dict:
@@ -144,7 +154,9 @@ class Scalar:
         return cls(name=name or text, expr=expr, params=p)
 
     @classmethod
-    def from_sympy(cls, expr: sp.Expr, name: Optional[str] = None, params: Optional[Mapping[str, float]] = None) -> "Scalar":
+    def from_sympy(
+        cls, expr: sp.Expr, name: Optional[str] = None, params: Optional[Mapping[str, float]] = None
+    ) -> "Scalar":
         """Make a scalar function from a sympy expression in the symbol ``x``."""
         if not isinstance(expr, sp.Expr):
             raise DeclarationError(f"from_sympy: expected a sympy expression, got {type(expr).__name__}")
@@ -220,8 +232,9 @@ class Kernel:
             raise DeclarationError(f"Kernel {self.name!r}: phi= only applies to inner-product kernels")
 
     @classmethod
-    def parse(cls, text: str, phi=None, name: Optional[str] = None,
-              params: Optional[Mapping[str, float]] = None) -> "Kernel":
+    def parse(
+        cls, text: str, phi=None, name: Optional[str] = None, params: Optional[Mapping[str, float]] = None
+    ) -> "Kernel":
         """Kernel from an expression in ``s`` (= Φ(x)·Φ(y)) or ``r`` (= ‖x − y‖²)."""
         p = _as_params(params, f"Kernel {text!r}")
         expr = parse(text, ("s", "r", *PARAMETERS, *dict(p)), where=f"kernel {text!r}")
@@ -247,8 +260,7 @@ class Kernel:
             raise DeclarationError(f"Kernel.from_torch: {fn!r} is not callable")
         if not isinstance(symmetric, bool):
             raise DeclarationError(f"Kernel.from_torch: symmetric={symmetric!r} must be True or False")
-        return cls(name=_callable_name(fn, "K") if name is None else name, kind="callable", fn=fn,
-                   symmetric=symmetric)
+        return cls(name=_callable_name(fn, "K") if name is None else name, kind="callable", fn=fn, symmetric=symmetric)
 
     @property
     def symbolic(self) -> bool:
@@ -263,8 +275,7 @@ class Kernel:
             return r"\mathrm{%s}(\mathbf{x}, \mathbf{y})" % _latex_name(self.name)
         if self.kind == "distance":
             return sp.latex(cast(sp.Expr, self.expr).subs(R, sp.Symbol(r"\|\mathbf{x}-\mathbf{y}\|^2")))
-        inner = (r"\mathbf{x}^\top \mathbf{y}" if self.phi is None
-                 else r"\Phi(\mathbf{x})^\top \Phi(\mathbf{y})")
+        inner = r"\mathbf{x}^\top \mathbf{y}" if self.phi is None else r"\Phi(\mathbf{x})^\top \Phi(\mathbf{y})"
         return sp.latex(cast(sp.Expr, self.expr).subs(S, sp.Symbol("(" + inner + ")")))  # not callable: an expr
 
 

@@ -68,7 +68,7 @@ def bisoftmax_sdpa(Phi: Tensor, b: float, *, second_pass: str = "auto") -> Tenso
     """
     if second_pass not in ("auto", "symmetric", "sink"):
         raise CompileError(f"bisoftmax_sdpa(second_pass={second_pass!r}): choose 'auto', 'symmetric' or 'sink'")
-    if second_pass != "sink" and flash_lse_ok(Phi):                      # CPU: pass 1 at width p, L from the kernel
+    if second_pass != "sink" and flash_lse_ok(Phi):  # CPU: pass 1 at width p, L from the kernel
         P_Phi, L = flash_lse(Phi, Phi, Phi, b)
         if second_pass == "symmetric" or _spread_ok(L, Phi, flash=True):
             return P_Phi + transpose_pass_symmetric(Phi, L, b)
@@ -89,7 +89,7 @@ def transpose_pass_symmetric(Phi: Tensor, L: Tensor, b: float) -> Tensor:
     ``spread = max L − min L`` (≤ log N on the sphere, see :func:`symmetric_pass_ok`).
     """
     with torch.no_grad():
-        m = (L.amax(dim=-2, keepdim=True) + L.amin(dim=-2, keepdim=True)) / 2     # (..., 1, 1)
+        m = (L.amax(dim=-2, keepdim=True) + L.amin(dim=-2, keepdim=True)) / 2  # (..., 1, 1)
     out = F.scaled_dot_product_attention(Phi, Phi, torch.exp(m - L) * Phi, scale=b)
     return torch.exp(L - m) * out
 
@@ -98,11 +98,11 @@ def transpose_pass_sink(Phi: Tensor, L: Tensor, b: float, q: Tensor, v: Tensor) 
     """``Pᵀ Φ`` with the per-key bias ``−L_i`` as one extra coordinate and a sink key (any score matrix
     ``b ΦΦᵀ`` whose row log-sum-exp is L; ``q``, ``v`` are pass 1's query and values, see :func:`bisoftmax_sdpa`)."""
     *batch, N, p = Phi.shape
-    w = q.shape[-1]                                                       # p + 1, or padded on CUDA
+    w = q.shape[-1]  # p + 1, or padded on CUDA
     keys = torch.cat([Phi, -L / b, Phi.new_zeros(*batch, N, w - p - 1)], dim=-1)
     k2 = torch.cat([keys, Phi.new_zeros(*batch, 1, w)], dim=-2)
     out2 = F.scaled_dot_product_attention(q, k2, v, scale=b)
-    return out2[..., :p] / out2[..., p:p + 1]
+    return out2[..., :p] / out2[..., p : p + 1]
 
 
 def _spread_limit(dtype: torch.dtype, phi_max: float = 1.0) -> float:
@@ -186,10 +186,17 @@ def flash_lse_ok(*ts: Tensor) -> bool:
     """Whether :func:`flash_lse` takes the CPU flash op's own log-sum-exp (width p, no sink): CPU tensors of
     float32/float64 with no autocast, outside ``torch.compile`` (whose graph keeps the sink construction) and
     outside ``torch.func`` transforms (``grad``, ``vmap``: a custom backward with a data-dependent branch)."""
-    return (not torch.compiler.is_compiling()
-            and all(t.device.type == "cpu" and t.dim() >= 2 and compute_dtype(t) in _CPU_FLASH_DTYPES
-                    and not is_functorch_wrapped_tensor(t) for t in ts)
-            and sdpa_device_type(ts[0]) == "cpu")
+    return (
+        not torch.compiler.is_compiling()
+        and all(
+            t.device.type == "cpu"
+            and t.dim() >= 2
+            and compute_dtype(t) in _CPU_FLASH_DTYPES
+            and not is_functorch_wrapped_tensor(t)
+            for t in ts
+        )
+        and sdpa_device_type(ts[0]) == "cpu"
+    )
 
 
 class _FlashLSE(torch.autograd.Function):
@@ -215,7 +222,7 @@ class _FlashLSE(torch.autograd.Function):
         gl = g_lse.unsqueeze(-1)
         fi = torch.finfo(out.dtype)
         nrm = g_out.pow(2).sum(-1, keepdim=True)
-        weak = (gl != 0) & (nrm < fi.tiny / fi.eps)                          # rows where g cannot carry gL
+        weak = (gl != 0) & (nrm < fi.tiny / fi.eps)  # rows where g cannot carry gL
         if not bool(weak.any()):
             return (*grads(g_out, out - (gl / torch.where(gl != 0, nrm, 1)) * g_out), None, None)
         # exact for every row: add u_i (‖u_i‖ ~ |gL_i|) to g on the weak rows, then subtract u's own gradient
@@ -249,7 +256,7 @@ def flash_lse(q: Tensor, k: Tensor, v: Tensor, scale: float, is_causal: bool = F
     if q.dim() == 4:
         out, lse = _FlashLSE.apply(q, k, v, scale, is_causal)
         return out, lse.unsqueeze(-1)
-    shape = q.shape[:-1]                                                   # other ranks: heads as one batch axis
+    shape = q.shape[:-1]  # other ranks: heads as one batch axis
     q4, k4, v4 = (t.reshape(-1, 1, *t.shape[-2:]) for t in (q, k, v))
     out, lse = _FlashLSE.apply(q4, k4, v4, scale, is_causal)
     return out.reshape(*shape, v.shape[-1]), lse.reshape(*shape, 1)
@@ -265,13 +272,13 @@ def _row_softmax_sdpa(Phi: Tensor, b: float):
     with torch.no_grad():
         bound = abs(b) * Phi.pow(2).sum(-1).amax()  # ≥ every score b Φ_i·Φ_j (Cauchy–Schwarz)
     q, v = _sink_query_values(Phi, w)
-    kv = v[..., :N, :]                                                   # [Φ, 0, 0…]
+    kv = v[..., :N, :]  # [Φ, 0, 0…]
     sink_key = Phi.new_zeros(*batch, 1, w)
     sink_key[..., 0, p] = bound / b
     k1 = torch.cat([kv, sink_key], dim=-2)
-    out1 = F.scaled_dot_product_attention(q, k1, v, scale=b)             # (B, H, N, w)
-    w_sink = out1[..., p:p + 1]                                          # e^c / (Σ_j e^{s_ij} + e^c)
-    L = bound + torch.log1p(-w_sink) - torch.log(w_sink)                 # (B, H, N, 1) row log-sum-exp
+    out1 = F.scaled_dot_product_attention(q, k1, v, scale=b)  # (B, H, N, w)
+    w_sink = out1[..., p : p + 1]  # e^c / (Σ_j e^{s_ij} + e^c)
+    L = bound + torch.log1p(-w_sink) - torch.log(w_sink)  # (B, H, N, 1) row log-sum-exp
     return out1[..., :p] / (1 - w_sink), L, q, v
 
 
@@ -281,7 +288,7 @@ def _sink_query_values(Phi: Tensor, w: int) -> tuple[Tensor, Tensor]:
     *batch, N, p = Phi.shape
     sink_value = Phi.new_zeros(*batch, 1, w)
     sink_value[..., 0, p] = 1.0
-    pad = Phi.new_zeros(*batch, N, w - p)                                # [0, …]: the sink coordinate and padding
+    pad = Phi.new_zeros(*batch, N, w - p)  # [0, …]: the sink coordinate and padding
     q = torch.cat([Phi, pad], dim=-1)
     q[..., p] = 1.0
     return q, torch.cat([torch.cat([Phi, pad], dim=-1), sink_value], dim=-2)
@@ -306,13 +313,13 @@ def distance_row_logsumexp(Z: Tensor, b: float, threshold: int) -> Tensor:
 
 def sq_distances(Z: Tensor) -> Tensor:
     """``r_ij = ‖z_i − z_j‖²`` from the Gram matrix, shape ``(..., N, N)`` (clamped at 0 against rounding)."""
-    sq = Z.pow(2).sum(-1)                                                 # (..., N)
+    sq = Z.pow(2).sum(-1)  # (..., N)
     return (sq.unsqueeze(-1) + sq.unsqueeze(-2) - 2 * (Z @ Z.transpose(-1, -2))).clamp_min(0)
 
 
 def distance_softmax_dense(Z: Tensor, b: float) -> tuple[Tensor, Tensor]:
     """``((P + Pᵀ) Z, Pᵀ1)`` for ``P = row-softmax(b r)``, ``r_ij = ‖z_i − z_j‖²`` (N×N materialised)."""
-    P = torch.softmax(b * sq_distances(Z), dim=-1)                       # (..., N, N)
+    P = torch.softmax(b * sq_distances(Z), dim=-1)  # (..., N, N)
     return (P + P.transpose(-1, -2)) @ Z, P.sum(-2).unsqueeze(-1)
 
 
@@ -330,9 +337,9 @@ def distance_softmax_sdpa(Z: Tensor, b: float) -> tuple[Tensor, Tensor]:
     # pass 2: (Pᵀ Z)_k = Σ_i P_ik z_i with score log P_ik = β z_i·z_k + c_k − L_i; the sink (score 0) gives Σ_i P_ik
     q2 = torch.cat([Z, ones, b * sq / beta], -1)
     k2 = torch.cat([torch.cat([Z, -L / beta, ones], -1), Z.new_zeros(*batch, 1, p + 2)], -2)
-    pad = v.shape[-1] - p - 2                                             # 0, or the CUDA padding of pass 1
+    pad = v.shape[-1] - p - 2  # 0, or the CUDA padding of pass 1
     out2 = F.scaled_dot_product_attention(_widen(q2, pad), _widen(k2, pad), v, scale=beta)
-    w2 = out2[..., p:p + 1]
+    w2 = out2[..., p : p + 1]
     return P_Z + out2[..., :p] / w2, (1 - w2) / w2
 
 
@@ -340,22 +347,22 @@ def _distance_pass1(Z: Tensor, b: float):
     """Pass 1 of :func:`distance_softmax_sdpa`: ``(P Z, L, v, ‖z‖²)``, L = log Σ_j exp(β z_i·z_j + c_j) (..., N, 1)."""
     *batch, N, p = Z.shape
     beta = -2.0 * b
-    sq = Z.pow(2).sum(-1, keepdim=True)                                  # (..., N, 1)
+    sq = Z.pow(2).sum(-1, keepdim=True)  # (..., N, 1)
     ones, zeros = Z.new_ones(*batch, N, 1), Z.new_zeros(*batch, N, 1)
     with torch.no_grad():
-        bound = abs(beta) * sq.amax() + (b * sq).amax().clamp_min(0)      # ≥ every score of a row
+        bound = abs(beta) * sq.amax() + (b * sq).amax().clamp_min(0)  # ≥ every score of a row
     sink_v = Z.new_zeros(*batch, 1, p + 2)
     sink_v[..., 0, p] = 1.0
     # values as wide as queries and keys (p + 2): unequal head dims send SDPA to its N×N math backend on CPU
-    v = torch.cat([torch.cat([Z, zeros, zeros], -1), sink_v], -2)        # (..., N+1, p+2)
-    q1 = torch.cat([Z, ones, ones], -1)                                  # (..., N, p+2): scores β z_i·z_j + c_j
+    v = torch.cat([torch.cat([Z, zeros, zeros], -1), sink_v], -2)  # (..., N+1, p+2)
+    q1 = torch.cat([Z, ones, ones], -1)  # (..., N, p+2): scores β z_i·z_j + c_j
     sink_k1 = Z.new_zeros(*batch, 1, p + 2)
     sink_k1[..., 0, p] = bound / beta
     k1 = torch.cat([torch.cat([Z, b * sq / beta, zeros], -1), sink_k1], -2)
-    pad = sdpa_width(p + 2, sdpa_device_type(Z)) - p - 2                  # zero columns on CUDA (multiple of 8)
+    pad = sdpa_width(p + 2, sdpa_device_type(Z)) - p - 2  # zero columns on CUDA (multiple of 8)
     v = _widen(v, pad)
     out1 = F.scaled_dot_product_attention(_widen(q1, pad), _widen(k1, pad), v, scale=beta)
-    w1 = out1[..., p:p + 1]
+    w1 = out1[..., p : p + 1]
     return out1[..., :p] / (1 - w1), bound + torch.log1p(-w1) - torch.log(w1), v, sq
 
 
@@ -380,7 +387,7 @@ def check_step(step, X: Tensor, where: str):
     """Validate a step size against X: a real finite number, or a real tensor that broadcasts to X (cast to
     X's dtype). Raises :class:`~energyarch.errors.ShapeError` naming the term and the fix."""
     if isinstance(step, Tensor):
-        if step.dim() == 0 and step.is_floating_point() and not step.is_complex():   # a scalar: broadcasts
+        if step.dim() == 0 and step.is_floating_point() and not step.is_complex():  # a scalar: broadcasts
             return step.to(X.dtype) if step.dtype != X.dtype else step
         if step.is_complex() or not (step.is_floating_point() or step.dtype in (torch.int32, torch.int64)):
             raise ShapeError(f"{where}: step size has dtype {step.dtype}; give a real floating-point tensor or a float")
@@ -391,12 +398,16 @@ def check_step(step, X: Tensor, where: str):
                 f"{tuple(X.shape)}; use a scalar, (d,), or (..., N, d)"
             )
         if len(shape) != X.dim():
-            raise ShapeError(f"{where}: step size of shape {tuple(step.shape)} has more dimensions than X "
-                             f"{tuple(X.shape)}; use a scalar, (d,), or (..., N, d)")
+            raise ShapeError(
+                f"{where}: step size of shape {tuple(step.shape)} has more dimensions than X "
+                f"{tuple(X.shape)}; use a scalar, (d,), or (..., N, d)"
+            )
         return step.to(X.dtype) if step.dtype != X.dtype else step
     if isinstance(step, bool) or not isinstance(step, (int, float)):
-        raise ShapeError(f"{where}: step size {step!r} of type {type(step).__name__} is not a real number; "
-                         f"give a float (e.g. 0.1) or a real tensor")
+        raise ShapeError(
+            f"{where}: step size {step!r} of type {type(step).__name__} is not a real number; "
+            f"give a float (e.g. 0.1) or a real tensor"
+        )
     if not math.isfinite(step):
         raise ShapeError(f"{where}: step size {step!r} is not finite; give a finite float")
     return step
@@ -505,8 +516,16 @@ class TermUpdate(nn.Module):
     path: str = "symbolic"
     beta: float  # attention terms only
 
-    def __init__(self, d: int, heads: int, head_dim: int, radius: float, mode: str = "paper",
-                 eps: float = 1e-6, sdpa_threshold: int = 512):
+    def __init__(
+        self,
+        d: int,
+        heads: int,
+        head_dim: int,
+        radius: float,
+        mode: str = "paper",
+        eps: float = 1e-6,
+        sdpa_threshold: int = 512,
+    ):
         super().__init__()
         if mode not in MODES:
             raise CompileError(f"mode={mode!r}: choose one of {MODES}")
@@ -523,8 +542,10 @@ class TermUpdate(nn.Module):
         nn.init.orthogonal_(self.weight)
 
     def extra_repr(self) -> str:
-        return (f"{self.term_name}: pattern={self.pattern!r}, path={self.path!r}, d={self.d}, heads={self.heads}, "
-                f"head_dim={self.head_dim}, radius={self.radius:.4g}, mode={self.mode!r}")
+        return (
+            f"{self.term_name}: pattern={self.pattern!r}, path={self.path!r}, d={self.d}, heads={self.heads}, "
+            f"head_dim={self.head_dim}, radius={self.radius:.4g}, mode={self.mode!r}"
+        )
 
     # -- coordinates -----------------------------------------------------------------------------
     def _check(self, X: Tensor, weight: Optional[Tensor]) -> Tensor:
@@ -548,7 +569,7 @@ class TermUpdate(nn.Module):
     def coords(self, X: Tensor, weight: Optional[Tensor] = None) -> Tensor:
         """Raw subspace coordinates ``X W_h``, shape ``(..., H, N, p)``."""
         W = self._check(X, weight)
-        Z = X @ W                                                       # (..., N, H·p)
+        Z = X @ W  # (..., N, H·p)
         return Z.unflatten(-1, (self.heads, self.head_dim)).transpose(-2, -3)
 
     def normalize(self, Z_raw: Tensor) -> Tensor:
@@ -560,7 +581,7 @@ class TermUpdate(nn.Module):
         if self.mode == "paper":
             return G
         radial = (G * Z).sum(-1, keepdim=True) / (self.radius**2)
-        tangent = G - radial * Z                                         # G minus its part along z
+        tangent = G - radial * Z  # G minus its part along z
         if self.mode == "riemannian":
             return tangent
         # exact: Jᵀ G for n(z) = c z / sqrt(‖z‖²/p + eps), c = R/√p
@@ -574,9 +595,9 @@ class TermUpdate(nn.Module):
         W = self._check(X, weight)
         Z_raw = self.coords(X, W)
         Z = self.normalize(Z_raw)
-        G = self.constrain(self.grad_Z(Z), Z, Z_raw)                      # (..., H, N, p)
+        G = self.constrain(self.grad_Z(Z), Z, Z_raw)  # (..., H, N, p)
         # −Σ_h G_h W_hᵀ with the sign on W (d × H·p), not on the (..., N, d) result: exact, and one pass less
-        return G.transpose(-2, -3).flatten(-2) @ W.neg().transpose(0, 1)    # (..., N, d)
+        return G.transpose(-2, -3).flatten(-2) @ W.neg().transpose(0, 1)  # (..., N, d)
 
     def forward(self, X: Tensor, step: Union[float, Tensor] = 1.0, weight: Optional[Tensor] = None) -> Tensor:
         """One step ``X + step ⊙ direction(X)``; ``step`` broadcasts against ``(..., N, d)``.
@@ -630,6 +651,7 @@ def pairwise_kernel_grad(K, Z: Tensor) -> Tensor:
 # causal conditional energies (CEM): queries and keys from an interaction, gradients for both roles
 # ------------------------------------------------------------------------------------------------------------
 
+
 def causal_mask(N: int, device, strict: bool = False) -> Tensor:
     """Boolean (N, N) mask of the keys s each token t sees: s ≤ t (``strict``: s < t)."""
     return torch.ones(N, N, dtype=torch.bool, device=device).tril(-1 if strict else 0)
@@ -654,13 +676,13 @@ def causal_softmax_sdpa(Phi_q: Tensor, Phi_k: Tensor, b: float) -> tuple[Tensor,
     """
     *batch, N, p = Phi_q.shape
     flash = flash_lse_ok(Phi_q, Phi_k) and Phi_q.shape == Phi_k.shape
-    if flash and bool(torch.isfinite(Phi_k).all()):                  # CPU, every key finite: one call, no masking
+    if flash and bool(torch.isfinite(Phi_k).all()):  # CPU, every key finite: one call, no masking
         return flash_lse(Phi_q, Phi_k, Phi_k, b, is_causal=True)
-    width = sdpa_width(p + 1, sdpa_device_type(Phi_q))                             # p + 1, padded on CUDA
-    bad = ~torch.isfinite(Phi_k).all(dim=-1, keepdim=True)                           # (..., N, 1)
-    seen = torch.cumsum(bad.to(torch.int32), dim=-2) > 0                              # some s ≤ t is bad
+    width = sdpa_width(p + 1, sdpa_device_type(Phi_q))  # p + 1, padded on CUDA
+    bad = ~torch.isfinite(Phi_k).all(dim=-1, keepdim=True)  # (..., N, 1)
+    seen = torch.cumsum(bad.to(torch.int32), dim=-2) > 0  # some s ≤ t is bad
     Phi_k = torch.where(bad, 0, Phi_k)
-    if flash:                                                                        # CPU: width p, L from the kernel
+    if flash:  # CPU: width p, L from the kernel
         PK, L = flash_lse(Phi_q, Phi_k, Phi_k, b, is_causal=True)
         return torch.where(seen, math.nan, PK), torch.where(seen, math.nan, L)
     with torch.no_grad():
@@ -669,16 +691,16 @@ def causal_softmax_sdpa(Phi_q: Tensor, Phi_k: Tensor, b: float) -> tuple[Tensor,
     q = torch.cat([zero_row, _widen(torch.cat([Phi_q, c / b], dim=-1), width - p - 1)], dim=-2)  # (..., N+1, w)
     sink = Phi_q.new_zeros(*batch, 1, width)
     sink[..., 0, p] = 1.0
-    kv = torch.cat([sink, _widen(Phi_k, width - p)], dim=-2)                   # keys = values: [Φ_k, 0…]
-    out = F.scaled_dot_product_attention(q, kv, kv, scale=b, is_causal=True)[..., 1:, :]   # drop the dummy query
-    w = out[..., p:p + 1]                                                                 # e^c / (Σ_s e^{score} + e^c)
+    kv = torch.cat([sink, _widen(Phi_k, width - p)], dim=-2)  # keys = values: [Φ_k, 0…]
+    out = F.scaled_dot_product_attention(q, kv, kv, scale=b, is_causal=True)[..., 1:, :]  # drop the dummy query
+    w = out[..., p : p + 1]  # e^c / (Σ_s e^{score} + e^c)
     PK, L = out[..., :p] / (1 - w), c + torch.log1p(-w) - torch.log(w)
     return torch.where(seen, math.nan, PK), torch.where(seen, math.nan, L)
 
 
 def causal_prefix_outer(Phi_q: Tensor, Phi_k: Tensor) -> Tensor:
     """``Σ_{s≤t} (Φ_q,t·Φ_k,s) Φ_k,s`` by prefix sums of p×p outer products: O(N p²), never N×N."""
-    A = torch.cumsum(Phi_k.unsqueeze(-1) * Phi_k.unsqueeze(-2), dim=-3)           # (..., N, p, p)
+    A = torch.cumsum(Phi_k.unsqueeze(-1) * Phi_k.unsqueeze(-2), dim=-3)  # (..., N, p, p)
     return (A @ Phi_q.unsqueeze(-1)).squeeze(-1)
 
 
@@ -716,7 +738,7 @@ def causal_gram(A: Tensor, B: Tensor) -> Tensor:
     passes) and the rows of A that see such a token, s ≤ t, are set to NaN before the product: their rows are then
     non-finite by right, never finite by accident. Extra cost: O(N p), no N×N pass.
     """
-    bad = ~torch.isfinite(B).all(dim=-1)                                  # (..., N) non-finite keys
+    bad = ~torch.isfinite(B).all(dim=-1)  # (..., N) non-finite keys
     return (A + _poison_rows(bad, A)) @ torch.where(bad.unsqueeze(-1), 0, B).transpose(-1, -2)
 
 
@@ -752,8 +774,17 @@ class CausalTermUpdate(TermUpdate):
     weight_k: nn.Parameter  # made by the query-key and diagonal-plus-low-rank interactions
     delta: nn.Parameter  # made by the diagonal-plus-low-rank interaction
 
-    def __init__(self, d: int, heads: int, head_dim: int, radius: float, mode: str = "paper", eps: float = 1e-6,
-                 sdpa_threshold: int = 512, interaction=None):
+    def __init__(
+        self,
+        d: int,
+        heads: int,
+        head_dim: int,
+        radius: float,
+        mode: str = "paper",
+        eps: float = 1e-6,
+        sdpa_threshold: int = 512,
+        interaction=None,
+    ):
         from .interactions import SharedBasis
 
         nn.Module.__init__(self)
@@ -761,8 +792,10 @@ class CausalTermUpdate(TermUpdate):
             raise CompileError(f"mode={mode!r}: choose one of {MODES}")
         self.interaction = SharedBasis() if interaction is None else interaction
         if mode != "paper" and self.interaction.kind == "diag-low-rank":
-            raise CompileError(f"mode={mode!r}: the diagonal-plus-low-rank interaction is defined in paper mode "
-                               f"only (its coordinates are not on a per-head sphere); use mode='paper'")
+            raise CompileError(
+                f"mode={mode!r}: the diagonal-plus-low-rank interaction is defined in paper mode "
+                f"only (its coordinates are not on a per-head sphere); use mode='paper'"
+            )
         self.d, self.heads, self.head_dim = d, heads, head_dim
         self.radius, self.mode, self.eps = float(radius), mode, float(eps)
         self.sdpa_threshold = int(sdpa_threshold)
@@ -802,8 +835,9 @@ class CausalTermUpdate(TermUpdate):
 
 def sq_distances_qk(Q: Tensor, K: Tensor) -> Tensor:
     """``r_ts = ‖q_t − k_s‖²``, shape (..., N, N) (clamped at 0 against rounding)."""
-    return (Q.pow(2).sum(-1).unsqueeze(-1) + K.pow(2).sum(-1).unsqueeze(-2)
-            - 2 * (Q @ K.transpose(-1, -2))).clamp_min(0)
+    return (Q.pow(2).sum(-1).unsqueeze(-1) + K.pow(2).sum(-1).unsqueeze(-2) - 2 * (Q @ K.transpose(-1, -2))).clamp_min(
+        0
+    )
 
 
 class GatedTermUpdate(TermUpdate):
@@ -811,8 +845,16 @@ class GatedTermUpdate(TermUpdate):
     gate coordinates ``V = RMSNorm(X) W_v`` held fixed; the emitted subclass supplies ``grad_Z(U, V)`` and
     ``energy_Z(U, V)``. ``weight`` is D (up and down), ``weight_v`` the gate projection."""
 
-    def __init__(self, d: int, heads: int, head_dim: int, radius: float, mode: str = "paper", eps: float = 1e-6,
-                 sdpa_threshold: int = 512):
+    def __init__(
+        self,
+        d: int,
+        heads: int,
+        head_dim: int,
+        radius: float,
+        mode: str = "paper",
+        eps: float = 1e-6,
+        sdpa_threshold: int = 512,
+    ):
         super().__init__(d, heads, head_dim, radius, mode=mode, eps=eps, sdpa_threshold=sdpa_threshold)
         self.weight_v = nn.Parameter(torch.empty(d, heads * head_dim))
         nn.init.orthogonal_(self.weight_v)

@@ -62,10 +62,10 @@ def qk_softmax_sdpa(Phi_q: Tensor, Phi_k: Tensor, b: float) -> tuple[Tensor, Ten
     sink = Phi_k.new_zeros(*batch, 1, p + 1)
     sink[..., 0, p] = 1.0
     zeros = Phi_k.new_zeros(*batch, Nk, 1)
-    q = torch.cat([Phi_q, c / b], dim=-1)                                          # (..., N, p+1)
-    kv = torch.cat([torch.cat([Phi_k, zeros], dim=-1), sink], dim=-2)             # (..., Nk+1, p+1)
+    q = torch.cat([Phi_q, c / b], dim=-1)  # (..., N, p+1)
+    kv = torch.cat([torch.cat([Phi_k, zeros], dim=-1), sink], dim=-2)  # (..., Nk+1, p+1)
     out = F.scaled_dot_product_attention(q, kv, kv, scale=b)
-    w = out[..., p:]                                                               # sink share, ≤ 1/2
+    w = out[..., p:]  # sink share, ≤ 1/2
     return out[..., :p] / (1 - w), c + torch.log1p(-w) - torch.log(w)
 
 

@@ -64,8 +64,16 @@ class SDPACall:
         return next((name for name in ("flash", "efficient") if not b[name]), None)
 
 
-def describe(q: Tensor, k: Tensor, v: Tensor, attn_mask: Optional[Tensor] = None, dropout_p: float = 0.0,
-             is_causal: bool = False, *, dtype: Optional[torch.dtype] = None) -> SDPACall:
+def describe(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    attn_mask: Optional[Tensor] = None,
+    dropout_p: float = 0.0,
+    is_causal: bool = False,
+    *,
+    dtype: Optional[torch.dtype] = None,
+) -> SDPACall:
     """The :class:`SDPACall` of these inputs; ``dtype`` defaults to the dtype SDPA computes in (autocast's)."""
     from .runtime import compute_dtype
 
@@ -73,8 +81,16 @@ def describe(q: Tensor, k: Tensor, v: Tensor, attn_mask: Optional[Tensor] = None
     if attn_mask is not None:
         mask = f"{attn_mask.dtype} {tuple(attn_mask.shape)}" + (" requiring grad" if attn_mask.requires_grad else "")
     dtypes = {t.dtype for t in (q, k, v)}
-    return SDPACall(tuple(q.shape), tuple(k.shape), tuple(v.shape), tuple(t.stride(-1) for t in (q, k, v)),
-                    dtype or (compute_dtype(q) if len(dtypes) == 1 else None), mask, float(dropout_p), bool(is_causal))
+    return SDPACall(
+        tuple(q.shape),
+        tuple(k.shape),
+        tuple(v.shape),
+        tuple(t.stride(-1) for t in (q, k, v)),
+        dtype or (compute_dtype(q) if len(dtypes) == 1 else None),
+        mask,
+        float(dropout_p),
+        bool(is_causal),
+    )
 
 
 def _blockers(c: SDPACall) -> dict[str, list[str]]:
@@ -112,14 +128,28 @@ def _blockers(c: SDPACall) -> dict[str, list[str]]:
     return {"flash": flash, "efficient": efficient}
 
 
-def kernel_blockers(q: Tensor, k: Tensor, v: Tensor, attn_mask: Optional[Tensor] = None, dropout_p: float = 0.0,
-                    *, dtype: Optional[torch.dtype] = None) -> dict[str, list[str]]:
+def kernel_blockers(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    attn_mask: Optional[Tensor] = None,
+    dropout_p: float = 0.0,
+    *,
+    dtype: Optional[torch.dtype] = None,
+) -> dict[str, list[str]]:
     """Why each fused CUDA kernel (``'flash'``, ``'efficient'``) would decline these inputs (empty: it accepts)."""
     return describe(q, k, v, attn_mask, dropout_p, dtype=dtype).blockers
 
 
-def memory_linear_kernel(q: Tensor, k: Tensor, v: Tensor, attn_mask: Optional[Tensor] = None, dropout_p: float = 0.0,
-                         *, dtype: Optional[torch.dtype] = None) -> Optional[str]:
+def memory_linear_kernel(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    attn_mask: Optional[Tensor] = None,
+    dropout_p: float = 0.0,
+    *,
+    dtype: Optional[torch.dtype] = None,
+) -> Optional[str]:
     """The fused CUDA kernel that accepts these inputs (``'flash'`` first), or None (the N×N math kernel)."""
     return describe(q, k, v, attn_mask, dropout_p, dtype=dtype).kernel
 

@@ -75,35 +75,47 @@ class VerificationReport:
         return self.rtol
 
     def term_ok(self, t: TermCheck) -> bool:
-        return (t.finite and t.not_smooth is None and t.grad_rel_diff <= self.rtol and t.update_rel_diff <= self.rtol
-                and t.decreased)
+        return (
+            t.finite
+            and t.not_smooth is None
+            and t.grad_rel_diff <= self.rtol
+            and t.update_rel_diff <= self.rtol
+            and t.decreased
+        )
 
     @property
     def ok(self) -> bool:
         return all(self.term_ok(t) for t in self.terms)
 
     def table(self) -> str:
-        rows = ["| term | pattern | path | max abs Δ∇ | rel Δ∇ | max abs ΔX' | rel ΔX' | E before | E after − E before "
-                "| descends |", "|---|---|---|---|---|---|---|---|---|---|"]
+        rows = [
+            "| term | pattern | path | max abs Δ∇ | rel Δ∇ | max abs ΔX' | rel ΔX' | E before | E after − E before "
+            "| descends |",
+            "|---|---|---|---|---|---|---|---|---|---|",
+        ]
         for t in self.terms:
             if t.not_smooth is not None:
-                rows.append(f"| {t.name} | {t.pattern} | {t.path} | NOT SMOOTH ON THE SPHERE: {t.not_smooth} "
-                            f"| | | | | | |")
+                rows.append(
+                    f"| {t.name} | {t.pattern} | {t.path} | NOT SMOOTH ON THE SPHERE: {t.not_smooth} | | | | | | |"
+                )
                 continue
             if not t.finite:
-                rows.append(f"| {t.name} | {t.pattern} | {t.path} | OVERFLOW: inf or NaN in the gradient, update or "
-                            f"energy (E = {t.energy_before:.6g}); reduce beta / the kernel's scale or use a bounded f "
-                            f"| | | | | | |")
+                rows.append(
+                    f"| {t.name} | {t.pattern} | {t.path} | OVERFLOW: inf or NaN in the gradient, update or "
+                    f"energy (E = {t.energy_before:.6g}); reduce beta / the kernel's scale or use a bounded f "
+                    f"| | | | | | |"
+                )
                 continue
-            rows.append(f"| {t.name} | {t.pattern} | {t.path} | {t.grad_max_abs_diff:.2e} | {t.grad_rel_diff:.1e} "
-                        f"| {t.update_max_abs_diff:.2e} | {t.update_rel_diff:.1e} "
-                        f"| {t.energy_before:.6g} | {t.energy_after - t.energy_before:.3e} "
-                        f"| {'yes' if t.decreased else 'NO'} |")
+            rows.append(
+                f"| {t.name} | {t.pattern} | {t.path} | {t.grad_max_abs_diff:.2e} | {t.grad_rel_diff:.1e} "
+                f"| {t.update_max_abs_diff:.2e} | {t.update_rel_diff:.1e} "
+                f"| {t.energy_before:.6g} | {t.energy_after - t.energy_before:.3e} "
+                f"| {'yes' if t.decreased else 'NO'} |"
+            )
         return "\n".join(rows)
 
     def __str__(self) -> str:
-        return (f"verification ({self.mode} mode, rtol {self.rtol:g}): {'OK' if self.ok else 'FAILED'}\n"
-                + self.table())
+        return f"verification ({self.mode} mode, rtol {self.rtol:g}): {'OK' if self.ok else 'FAILED'}\n" + self.table()
 
 
 def kernel_smoothness(term: Term, module: TermUpdate) -> Optional[str]:
@@ -120,11 +132,15 @@ def kernel_smoothness(term: Term, module: TermUpdate) -> Optional[str]:
     if K is None or K.expr is None or K.kind not in ("inner", "distance") or (K.kind == "inner" and K.phi is not None):
         return None
     env = {"beta": float(module.beta), "p": module.head_dim, "M": module.head_dim, "d": module.d, **params_of(term)}
-    R2 = module.radius ** 2
+    R2 = module.radius**2
     var = "s" if K.kind == "inner" else "r"
     ends = [(R2, -1.0), (-R2, 1.0)] if K.kind == "inner" else [(0.0, 1.0), (4 * R2, -1.0)]
-    where = {R2: "s = R² (each token with itself)", -R2: "s = −R²", 0.0: "r = 0 (each token with itself)",
-             4 * R2: "r = 4R²"}
+    where = {
+        R2: "s = R² (each token with itself)",
+        -R2: "s = −R²",
+        0.0: "r = 0 (each token with itself)",
+        4 * R2: "r = 4R²",
+    }
     for end, inward in ends:
         gaps = torch.tensor([0.0, 1e-10, 1e-4], dtype=torch.float64) * max(1.0, abs(R2))
         x = (end + inward * gaps).requires_grad_(True)
@@ -132,21 +148,34 @@ def kernel_smoothness(term: Term, module: TermUpdate) -> Optional[str]:
             value = _full(evaluate(K.expr, {**env, var: x}), x)
             (grad,) = torch.autograd.grad(value.sum(), x, allow_unused=True)
         if not bool(torch.isfinite(value).all()):
-            return None                     # the kernel itself overflows there: reported as overflow, not here
+            return None  # the kernel itself overflows there: reported as overflow, not here
         grad = torch.zeros_like(x) if grad is None else grad.detach()
         at, near, far = (float(v) for v in grad.abs())
         label = f"{var}: {K.expr}"
         if not math.isfinite(at) or not math.isfinite(near):
-            return (f"the kernel's derivative is {'NaN' if math.isnan(at) else 'infinite'} at {where[end]} "
-                    f"(kernel in {label}); use a kernel smooth on the whole sphere, e.g. exp(beta*s)")
+            return (
+                f"the kernel's derivative is {'NaN' if math.isnan(at) else 'infinite'} at {where[end]} "
+                f"(kernel in {label}); use a kernel smooth on the whole sphere, e.g. exp(beta*s)"
+            )
         if near > 1e3 and near > 100 * max(far, 1e-300):
-            return (f"the kernel's derivative grows without bound towards {where[end]} (|κ'| = {near:.3g} at "
-                    f"1e-10 from it, {far:.3g} at 1e-4; kernel in {label}); use a kernel smooth on the whole sphere")
+            return (
+                f"the kernel's derivative grows without bound towards {where[end]} (|κ'| = {near:.3g} at "
+                f"1e-10 from it, {far:.3g} at 1e-4; kernel in {label}); use a kernel smooth on the whole sphere"
+            )
     return None
 
 
-def verify(step: EnergyStep, *, batch: int = 2, tokens: int = 7, seed: int = 0, rtol: float = 1e-9,
-           step_size: float = 1e-4, raise_on_fail: bool = True, tol: Optional[float] = None) -> VerificationReport:
+def verify(
+    step: EnergyStep,
+    *,
+    batch: int = 2,
+    tokens: int = 7,
+    seed: int = 0,
+    rtol: float = 1e-9,
+    step_size: float = 1e-4,
+    raise_on_fail: bool = True,
+    tol: Optional[float] = None,
+) -> VerificationReport:
     """Check a compiled step numerically in float64 (see module docstring).
 
     Errors are relative: ``max |emitted − reference| ≤ rtol · max |reference|`` for the gradient and for the
@@ -154,7 +183,9 @@ def verify(step: EnergyStep, *, batch: int = 2, tokens: int = 7, seed: int = 0, 
     :class:`~energyarch.errors.VerificationError` with the table if a check fails and ``raise_on_fail``.
     """
     if not isinstance(step, EnergyStep):
-        raise VerificationError(f"verify: expected a compiled EnergyStep (from energyarch.compile), got {type(step).__name__}")
+        raise VerificationError(
+            f"verify: expected a compiled EnergyStep (from energyarch.compile), got {type(step).__name__}"
+        )
     for name, value, low in (("batch", batch, 1), ("tokens", tokens, 1), ("seed", seed, 0)):
         if not isinstance(value, int) or isinstance(value, bool) or value < low:
             raise VerificationError(f"verify: {name}={value!r} must be an integer >= {low}")
@@ -173,8 +204,9 @@ def verify(step: EnergyStep, *, batch: int = 2, tokens: int = 7, seed: int = 0, 
     report = VerificationReport(rtol=rtol, mode=mode)
     for name, module in terms64.items():
         term = step.energy_decl[name]
-        report.terms.append(family_of(term).check(term, module, reference.terms[name], X, step.derivations[name],
-                                                  step_size))
+        report.terms.append(
+            family_of(term).check(term, module, reference.terms[name], X, step.derivations[name], step_size)
+        )
     for check, (name, module) in zip(report.terms, terms64.items()):
         check.not_smooth = kernel_smoothness(step.energy_decl[name], module)
     if raise_on_fail and not report.ok:

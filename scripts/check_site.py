@@ -53,8 +53,8 @@ class Page:
     """What the link check needs from one HTML file."""
 
     links: list[tuple[str, str]] = field(default_factory=list)  # (tag, url) as written
-    ids: set[str] = field(default_factory=set)                   # id= and <a name=> targets on the page
-    math: int = 0                                                 # elements MathJax is asked to typeset
+    ids: set[str] = field(default_factory=set)  # id= and <a name=> targets on the page
+    math: int = 0  # elements MathJax is asked to typeset
 
 
 class _Parser(HTMLParser):
@@ -105,7 +105,7 @@ def check_links(site: Path) -> list[str]:
     problems = []
     for html in sorted(site.rglob("*.html")):
         rel = html.relative_to(site).as_posix()
-        if rel == "404.html":   # served at any depth, with links written for the site root; checked as index
+        if rel == "404.html":  # served at any depth, with links written for the site root; checked as index
             continue
         for tag, url in read_page(html).links:
             if url.startswith(("javascript:", "data:", "mailto:")) or url == "":
@@ -116,14 +116,16 @@ def check_links(site: Path) -> list[str]:
             if not target.is_file():
                 problems.append(f"{rel}: <{tag}> {url} -> {target.relative_to(site)} does not exist")
             elif fragment and target.suffix == ".html" and fragment not in read_page(target).ids:
-                problems.append(f"{rel}: <{tag}> {url} -> no element with id {fragment!r} in "
-                                f"{target.relative_to(site)}")
+                problems.append(
+                    f"{rel}: <{tag}> {url} -> no element with id {fragment!r} in {target.relative_to(site)}"
+                )
     return problems
 
 
 # -----------------------------------------------------------------------------------------------------------------
 # browser
 # -----------------------------------------------------------------------------------------------------------------
+
 
 def find_chromium() -> str | None:
     override = os.environ.get("ENERGYARCH_CHROMIUM")
@@ -143,9 +145,21 @@ _CONSOLE = re.compile(r":(?:INFO|WARNING|ERROR):CONSOLE[^\]]*\]\s*(?P<msg>.*)$")
 
 def _open_page(chromium: str, url: str, budget_ms: int, timeout: float) -> tuple[list[str], str]:
     """Load ``url`` headless; return the page's console lines and the DOM after scripts ran."""
-    cmd = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-extensions", "--no-first-run",
-           "--disable-dev-shm-usage", "--enable-logging=stderr", "--v=0", "--window-size=1300,900",
-           f"--virtual-time-budget={budget_ms}", "--dump-dom", url]
+    cmd = [
+        chromium,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-extensions",
+        "--no-first-run",
+        "--disable-dev-shm-usage",
+        "--enable-logging=stderr",
+        "--v=0",
+        "--window-size=1300,900",
+        f"--virtual-time-budget={budget_ms}",
+        "--dump-dom",
+        url,
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
     console = [m.group("msg") for line in proc.stderr.splitlines() if (m := _CONSOLE.search(line))]
     if proc.returncode != 0 and not proc.stdout:
@@ -167,8 +181,11 @@ def check_browser(site: Path, chromium: str, jobs: int = 2, budget_ms: int = 100
             console, dom = _open_page(chromium, url, budget_ms, timeout=60 + budget_ms / 1000)
         except subprocess.TimeoutExpired:
             return [f"{rel}: Chromium did not finish loading the page within {60 + budget_ms / 1000:.0f} s"]
-        found = [f"{rel}: console: {msg}" for msg in console
-                 if re.search(r"error|uncaught|failed|exception", msg, re.IGNORECASE)]
+        found = [
+            f"{rel}: console: {msg}"
+            for msg in console
+            if re.search(r"error|uncaught|failed|exception", msg, re.IGNORECASE)
+        ]
         if "data-mjx-error" in dom or "<mjx-merror" in dom:
             errors = re.findall(r'data-mjx-error="([^"]*)"', dom)
             found.append(f"{rel}: MathJax could not typeset a formula: {errors[:3] or 'merror element'}")
@@ -197,8 +214,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     site = args.site.resolve()
     if not (site / "index.html").is_file():
-        print(f"check_site: {site} holds no index.html; build the site first "
-              f"(NO_MKDOCS_2_WARNING=1 python -m mkdocs build --strict --site-dir {args.site})", file=sys.stderr)
+        print(
+            f"check_site: {site} holds no index.html; build the site first "
+            f"(NO_MKDOCS_2_WARNING=1 python -m mkdocs build --strict --site-dir {args.site})",
+            file=sys.stderr,
+        )
         return 1
 
     start = time.perf_counter()
@@ -209,9 +229,11 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_browser:
         chromium = find_chromium()
         if chromium is None:
-            message = ("check_site: browser check skipped: no Chromium on PATH (looked for "
-                       f"{', '.join(CHROMIUM_NAMES)}; on Debian/Ubuntu `apt-get install chromium`, or set "
-                       "ENERGYARCH_CHROMIUM)")
+            message = (
+                "check_site: browser check skipped: no Chromium on PATH (looked for "
+                f"{', '.join(CHROMIUM_NAMES)}; on Debian/Ubuntu `apt-get install chromium`, or set "
+                "ENERGYARCH_CHROMIUM)"
+            )
             if args.require_browser:
                 print(message.replace("skipped", "required but not possible"), file=sys.stderr)
                 return 1

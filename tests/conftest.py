@@ -27,9 +27,19 @@ def tiny(tmp_path: Path, **kw: Any) -> TrainConfig:
     from energyarch.models import ModelConfig
     from energyarch.train import TrainConfig
 
-    base: dict[str, Any] = dict(task="digits", epochs=2, batch_size=16, lr=3e-3, limit_train=64, limit_test=32,
-                                progress=False, diagnostics_samples=8, eval_iters=[1, 2, 3],
-                                out_dir=str(tmp_path / "run"), model=ModelConfig(**TINY_MODEL))
+    base: dict[str, Any] = dict(
+        task="digits",
+        epochs=2,
+        batch_size=16,
+        lr=3e-3,
+        limit_train=64,
+        limit_test=32,
+        progress=False,
+        diagnostics_samples=8,
+        eval_iters=[1, 2, 3],
+        out_dir=str(tmp_path / "run"),
+        model=ModelConfig(**TINY_MODEL),
+    )
     base.update(kw)
     return TrainConfig(**base)
 
@@ -37,8 +47,9 @@ def tiny(tmp_path: Path, **kw: Any) -> TrainConfig:
 def quick(tmp_path: Path, **kw: Any) -> TrainConfig:
     """:func:`tiny` for one epoch on 32 training images (2 steps), evaluated on 16, iterations 1 and 2 swept: a run
     whose training is not under test; ``kw`` replace any field."""
-    return tiny(tmp_path, **{**dict(epochs=1, limit_train=32, limit_test=16, diagnostics_samples=4,
-                                    eval_iters=[1, 2]), **kw})
+    return tiny(
+        tmp_path, **{**dict(epochs=1, limit_train=32, limit_test=16, diagnostics_samples=4, eval_iters=[1, 2]), **kw}
+    )
 
 
 #: the TOML of a :func:`quick` run (at the default learning rate), without an energy: a test adds its
@@ -71,7 +82,8 @@ def run_python(code: str, folder: Path, name: str = "script.py", timeout: float 
     would run a page's snippets; fails the test with the end of stderr unless it exits 0."""
     script = folder / name
     script.write_text(code, encoding="utf-8")
-    proc = subprocess.run([sys.executable, str(script)], cwd=folder, env=python_env(), capture_output=True,
-                          text=True, timeout=timeout)
+    proc = subprocess.run(
+        [sys.executable, str(script)], cwd=folder, env=python_env(), capture_output=True, text=True, timeout=timeout
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc

@@ -20,7 +20,7 @@ def bl():
     spec = importlib.util.spec_from_file_location("bench_layers_flops", SCRIPT)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    module._set_sizes(2, 32, 2)                      # B, d, iterations
+    module._set_sizes(2, 32, 2)  # B, d, iterations
     return module
 
 
@@ -29,10 +29,10 @@ def test_flops_match_the_counted_products(bl, layer):
     N, B, d, iters = 16, 2, 32, 2
     torch.manual_seed(0)
     model = bl.build(layer, d, 4, iters)
-    X = torch.randn(B, N, d, requires_grad=True)      # every product's two gradients are computed
+    X = torch.randn(B, N, d, requires_grad=True)  # every product's two gradients are computed
     with FlopCounterMode(display=False) as counter:
         model(X).square().mean().backward()
-    sdpa = 3 * iters * 4 * B * N * N * d if layer.startswith("vanilla") else 0   # not counted on the CPU
+    sdpa = 3 * iters * 4 * B * N * N * d if layer.startswith("vanilla") else 0  # not counted on the CPU
     assert counter.get_total_flops() + sdpa == bl.flops(layer, N)
 
 
@@ -41,7 +41,7 @@ def test_emitted_sdpa_path_counts_two_passes(bl):
     (pass 1 by flash_lse, the plain second pass for symmetric scores); with the sink construction (CUDA, autocast,
     torch.compile) pass 1 has width p + 1."""
     N, B, d, H = 24, 2, 32, 4
-    dense_part = bl.flops("emitted", N, sdpa_threshold=N)                     # dense: 4BN²d per iteration
+    dense_part = bl.flops("emitted", N, sdpa_threshold=N)  # dense: 4BN²d per iteration
     sdpa_part = bl.flops("emitted", N, sdpa_threshold=N - 1)
     assert sdpa_part - dense_part == 3 * 2 * (4 * B * N * N * d + 4 * B * N * N * d - 4 * B * N * N * d)
     sink_part = bl.flops("emitted", N, sdpa_threshold=N - 1, sink=True)
@@ -71,13 +71,19 @@ def test_causal_interleaved_and_the_pass_benchmark_run(tmp_path, capsys):
     """bench_causal --interleaved writes one row per layer with the GPT block at ratio 1.00; bench_bisoftmax_sdpa
     times the flash, sink and floor variants (bidirectional and --causal) at a small size."""
     out = tmp_path / "causal.md"
-    assert _script("bench_causal").main(["--interleaved", "--ns", "48", "--batch", "1", "--d", "32", "--repeats", "1",
-                                         "--out", str(out)]) == 0
+    assert (
+        _script("bench_causal").main(
+            ["--interleaved", "--ns", "48", "--batch", "1", "--d", "32", "--repeats", "1", "--out", str(out)]
+        )
+        == 0
+    )
     rows = [r for r in out.read_text().splitlines() if r.startswith("| 48 |")]
     assert len(rows) == 2 and rows[0].startswith("| 48 | gpt block |") and rows[0].endswith("| 1.00 | 1.00 | 1.00 |")
     bench = _script("bench_bisoftmax_sdpa")
     for extra in ([], ["--causal"]):
-        assert bench.main(["--sizes", "40", "--repeats", "1", "--batch", "1", "--heads", "1", "--head-dim", "8",
-                           *extra]) == 0
+        assert (
+            bench.main(["--sizes", "40", "--repeats", "1", "--batch", "1", "--heads", "1", "--head-dim", "8", *extra])
+            == 0
+        )
     text = capsys.readouterr().out
     assert text.count("| 40 | CPU |") == 2 and "flash ÷ sink1" in text

@@ -24,8 +24,7 @@ bl = _load_bench()
 
 
 def test_quick_mode_reports_every_layer():
-    cp = subprocess.run([sys.executable, str(SCRIPT), "--quick"], capture_output=True, text=True, timeout=120,
-                        cwd=ROOT)
+    cp = subprocess.run([sys.executable, str(SCRIPT), "--quick"], capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert cp.returncode == 0, cp.stderr[-2000:]
     rows = [ln for ln in cp.stdout.splitlines() if ln.startswith("| 64 |")]
     assert len(rows) == len(bl.LAYERS), cp.stdout
@@ -48,13 +47,17 @@ def test_emitted_layer_equals_hand_written_hyperset(N, threshold):
     X = torch.randn(2, N, d)
     Y_e, Y_h = emitted(X), hand(X)
     assert emitted.iters == hand.iters == 12
-    assert (Y_e - X).abs().max() > 0.1                     # 12 iterations actually moved the tokens
+    assert (Y_e - X).abs().max() > 0.1  # 12 iterations actually moved the tokens
     torch.testing.assert_close(Y_e, Y_h, rtol=1e-4, atol=1e-4)
     # training-step gradients of the shared bases and step sizes agree too
     Y_e.square().mean().backward()
     Y_h.square().mean().backward()
-    pairs = [(emitted.step.terms["attn"].weight, hand.W), (emitted.step.terms["ff"].weight, hand.D),
-             (emitted.alpha, hand.alpha), (emitted.gamma, hand.gamma)]
+    pairs = [
+        (emitted.step.terms["attn"].weight, hand.W),
+        (emitted.step.terms["ff"].weight, hand.D),
+        (emitted.alpha, hand.alpha),
+        (emitted.gamma, hand.gamma),
+    ]
     for a, b in pairs:
         torch.testing.assert_close(a.grad, b.grad, rtol=1e-3, atol=1e-5)
 
@@ -76,20 +79,38 @@ def test_compare_runs_tabulates_and_plots_real_runs(tmp_path):
 
     folders = []
     for arch in ("hyperset", "transformer"):
-        cfg = TrainConfig(task="digits", epochs=2, batch_size=16, lr=3e-3, limit_train=32, limit_test=16,
-                          progress=False, diagnostics_samples=4, eval_iters=[1, 2], out_dir=str(tmp_path / arch),
-                          model=ModelConfig(arch=arch, d=16, heads=2, iters=2, time_freq=8))
+        cfg = TrainConfig(
+            task="digits",
+            epochs=2,
+            batch_size=16,
+            lr=3e-3,
+            limit_train=32,
+            limit_test=16,
+            progress=False,
+            diagnostics_samples=4,
+            eval_iters=[1, 2],
+            out_dir=str(tmp_path / arch),
+            model=ModelConfig(arch=arch, d=16, heads=2, iters=2, time_freq=8),
+        )
         train(cfg)
         folders.append(str(tmp_path / arch))
     out = tmp_path / "report" / "cmp.md"
-    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "compare_runs.py"), *folders, "--metric", "top1",
-                           "--out", str(out)], capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "compare_runs.py"), *folders, "--metric", "top1", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr
     text = out.read_text()
-    assert "| 1 | " in text and "| 2 | " in text                       # both epochs evaluated (eval_every=1)
+    assert "| 1 | " in text and "| 2 | " in text  # both epochs evaluated (eval_every=1)
     assert "hyperset: hyperset d=16" in text and "transformer: transformer d=16" in text
-    assert "T=1" in text and "T=2" in text                              # the final sweep of each run
+    assert "T=1" in text and "T=2" in text  # the final sweep of each run
     assert out.with_suffix(".png").stat().st_size > 1000
-    bad = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "compare_runs.py"), str(tmp_path)],
-                         capture_output=True, text=True, timeout=300)
+    bad = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "compare_runs.py"), str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert bad.returncode != 0 and "no metrics.json" in bad.stderr

@@ -70,8 +70,14 @@ def test_paper_sign_is_derived_from_the_paper_energy(entry):
 
 def test_paper_signs_the_catalog_records():
     signs = {e.name: e.paper_sign for e in PAPER}
-    assert signs == {"bi-softmax": 1, "sigmoid-softmax": -1, "linear-attention": -1,
-                     "relu-ff": 1, "softmax-ff": 1, "gated-ff": 1}
+    assert signs == {
+        "bi-softmax": 1,
+        "sigmoid-softmax": -1,
+        "linear-attention": -1,
+        "relu-ff": 1,
+        "softmax-ff": 1,
+        "gated-ff": 1,
+    }
 
 
 @pytest.mark.parametrize("entry", PAPER, ids=lambda e: e.name)
@@ -80,8 +86,8 @@ def test_emitted_operator_is_paper_sign_times_printed_formula(entry):
     module = step.terms[entry.term_name]
     X = _X()
     with torch.no_grad():
-        Z = module.normalize(module.coords(X))                      # constrained point (Eq. 8)
-        emitted = -module.grad_Z(Z)                                 # −∇_Z E, emitted code
+        Z = module.normalize(module.coords(X))  # constrained point (Eq. 8)
+        emitted = -module.grad_Z(Z)  # −∇_Z E, emitted code
         printed = catalog.paper_reference(entry, Z, beta=module.beta)
         assert (emitted - entry.paper_sign * printed).abs().max() <= 1e-12
         assert (emitted + entry.paper_sign * printed).abs().max() > 1e-3
@@ -95,7 +101,7 @@ def test_emitted_operator_is_paper_sign_times_printed_formula(entry):
 
 def test_memory_linear_bisoftmax_path_also_equals_eq7():
     entry = ENTRIES["bi-softmax"]
-    module = entry.compile(D, dtype=torch.float64, sdpa_threshold=4).terms["attn"]   # N = 9 > 4: SDPA kernel
+    module = entry.compile(D, dtype=torch.float64, sdpa_threshold=4).terms["attn"]  # N = 9 > 4: SDPA kernel
     X = _X(2)
     with torch.no_grad():
         Z = module.normalize(module.coords(X))
@@ -123,8 +129,9 @@ def test_rbf_entry_energy_is_bisoftmax_and_its_step_is_bisoftmax_after_the_tange
             # same energy up to the constant H·N·p (per batch element), at the normalised point
             m = step.terms["attn"]
             H, N, p = m.heads, X.shape[-2], m.head_dim
-            assert torch.allclose(step.energy(X) - reference.energy(X), torch.full((2,), -H * N * p, dtype=torch.float64),
-                                  atol=1e-6)
+            assert torch.allclose(
+                step.energy(X) - reference.energy(X), torch.full((2,), -H * N * p, dtype=torch.float64), atol=1e-6
+            )
 
 
 def test_tables_contain_every_entry_with_its_derived_operator():
@@ -148,9 +155,20 @@ def test_tables_contain_every_entry_with_its_derived_operator():
 # validation and safety
 # ---------------------------------------------------------------------------------------------
 
-BASE = {"name": "bad", "title": "Bad", "family": "attention", "table": "beyond", "row": 1,
-        "pattern": "bi-softmax", "f": "log(x)/beta", "K": "exp(beta*s)", "heads": 2,
-        "constraint": "sqrt(p)", "notes": "test entry", "citation": "none"}
+BASE = {
+    "name": "bad",
+    "title": "Bad",
+    "family": "attention",
+    "table": "beyond",
+    "row": 1,
+    "pattern": "bi-softmax",
+    "f": "log(x)/beta",
+    "K": "exp(beta*s)",
+    "heads": 2,
+    "constraint": "sqrt(p)",
+    "notes": "test entry",
+    "citation": "none",
+}
 
 
 def _toml(data: dict) -> str:
@@ -158,6 +176,7 @@ def _toml(data: dict) -> str:
         if isinstance(v, dict):
             return "{ " + ", ".join(f"{k} = {value(x)}" for k, x in v.items()) + " }"
         return json.dumps(v)  # TOML basic strings, ints and floats read like JSON
+
     return "\n".join(f"{k} = {value(v)}" for k, v in data.items()) + "\n"
 
 
@@ -199,26 +218,29 @@ def test_malicious_expressions_are_rejected_without_side_effect(tmp_path, key, t
 PAPER_KEYS = {"table": "19", "paper_formula": "x", "paper_operator": "eq7_bisoftmax", "paper_sign": 1}
 
 
-@pytest.mark.parametrize("changes, key, words", [
-    ({"haeds": 2}, "haeds", "did you mean 'heads'"),
-    ({"citation": None}, "citation", "missing"),
-    ({"K": None}, "K", "missing"),
-    ({"g": "x"}, "g", "feedforward"),
-    ({"heads": "4"}, "heads", "expected int"),
-    ({"table": 19}, "table", "expected str"),
-    ({"table": "21"}, "table", "one of"),
-    ({"family": "conv"}, "family", "one of"),
-    ({"pattern": "softmax"}, "pattern", "not a compiler pattern"),
-    ({"paper_sign": 1}, "paper_sign", "only entries of the paper"),
-    ({"table": "19"}, "paper_formula", "missing"),
-    ({**PAPER_KEYS, "paper_sign": 2}, "paper_sign", "+1 or -1"),
-    ({**PAPER_KEYS, "paper_operator": "eq99"}, "paper_operator", "known"),
-    ({**PAPER_KEYS, "paper_operator": "eq10_relu_ff"}, "paper_operator", "feedforward"),
-    ({"params": {"gamma": "big"}}, "params", "must be a number"),
-    ({"f": "log(x)/gamma"}, "f", "unknown symbol"),
-    ({"constraint": "-sqrt(p)"}, "constraint", "positive radius"),
-    ({"row": 0}, "row", ">= 1"),
-])
+@pytest.mark.parametrize(
+    "changes, key, words",
+    [
+        ({"haeds": 2}, "haeds", "did you mean 'heads'"),
+        ({"citation": None}, "citation", "missing"),
+        ({"K": None}, "K", "missing"),
+        ({"g": "x"}, "g", "feedforward"),
+        ({"heads": "4"}, "heads", "expected int"),
+        ({"table": 19}, "table", "expected str"),
+        ({"table": "21"}, "table", "one of"),
+        ({"family": "conv"}, "family", "one of"),
+        ({"pattern": "softmax"}, "pattern", "not a compiler pattern"),
+        ({"paper_sign": 1}, "paper_sign", "only entries of the paper"),
+        ({"table": "19"}, "paper_formula", "missing"),
+        ({**PAPER_KEYS, "paper_sign": 2}, "paper_sign", "+1 or -1"),
+        ({**PAPER_KEYS, "paper_operator": "eq99"}, "paper_operator", "known"),
+        ({**PAPER_KEYS, "paper_operator": "eq10_relu_ff"}, "paper_operator", "feedforward"),
+        ({"params": {"gamma": "big"}}, "params", "must be a number"),
+        ({"f": "log(x)/gamma"}, "f", "unknown symbol"),
+        ({"constraint": "-sqrt(p)"}, "constraint", "positive radius"),
+        ({"row": 0}, "row", ">= 1"),
+    ],
+)
 def test_invalid_entries_name_the_file_and_the_key(tmp_path, changes, key, words):
     path = _write(tmp_path, **changes)
     with pytest.raises(DeclarationError) as info:
@@ -251,7 +273,7 @@ def test_constraint_rule_sets_the_radius(tmp_path):
     entry = catalog.load_entry(_write(tmp_path, constraint="2*sqrt(p)"))
     with pytest.raises(DeclarationError, match="pass d="):
         entry.term()
-    assert entry.term(16).constraint.radius == pytest.approx(2 * 8 ** 0.5)   # heads = 2, p = 8
+    assert entry.term(16).constraint.radius == pytest.approx(2 * 8**0.5)  # heads = 2, p = 8
     assert catalog.load_entry(_write(tmp_path, constraint="1")).term().constraint.radius == 1.0
     assert catalog.load_entry(_write(tmp_path)).term().constraint.radius is None  # the paper's √p
 
@@ -290,11 +312,12 @@ def test_constraint_rules_cost_no_symbolic_work(tmp_path, rule, monkeypatch):
     except DeclarationError as err:
         assert "key 'constraint'" in str(err)
     else:
-        p = 8.0   # heads = 2
+        p = 8.0  # heads = 2
         assert radius is None or (radius > 0 and math.isfinite(radius))
-        if rule == TRIG_RULES[1]:   # an independent reference: the same product with Python's math module
-            ref = math.sqrt(p) + math.prod((math.sin if k % 2 == 0 else math.cos)(a * p + k + 1)
-                                           for k, a in enumerate((1, 1, 2, 3, 4, 5, 6, 7)))
+        if rule == TRIG_RULES[1]:  # an independent reference: the same product with Python's math module
+            ref = math.sqrt(p) + math.prod(
+                (math.sin if k % 2 == 0 else math.cos)(a * p + k + 1) for k, a in enumerate((1, 1, 2, 3, 4, 5, 6, 7))
+            )
             assert radius == pytest.approx(ref, rel=1e-12)
     assert time.perf_counter() - start < 2.0
 
@@ -337,7 +360,7 @@ def _code_lines(source: str) -> list[str]:
     out = []
     for fn in (n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef)):
         for st in fn.body[1:]:
-            out += [ln.partition("#")[0].rstrip() for ln in lines[st.lineno - 1:st.end_lineno]]
+            out += [ln.partition("#")[0].rstrip() for ln in lines[st.lineno - 1 : st.end_lineno]]
     return out
 
 
@@ -349,7 +372,7 @@ def _doubled_brackets(code: str) -> bool:
             stack.append(i)
         elif ch == ")" and stack:
             close[stack.pop()] = i
-    return any(code[i:i + 2] == "((" and close.get(i + 1, -9) + 1 == close.get(i) for i in close)
+    return any(code[i : i + 2] == "((" and close.get(i + 1, -9) + 1 == close.get(i) for i in close)
 
 
 def _readability_problems(source: str) -> list[str]:
@@ -370,10 +393,14 @@ def _readability_problems(source: str) -> list[str]:
             problems.append(f"{getattr(where, 'name', 'module')}: no triple-quoted docstring")
     for fn in (n for n in cls.body if isinstance(n, ast.FunctionDef)):
         stores = [n.id for n in ast.walk(fn) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store)]
-        problems += [f"{fn.name}: {v} is assigned and never read" for v in stores
-                     if v not in {n.id for n in ast.walk(fn) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)}
-                     and not any(isinstance(n, ast.Tuple) and any(getattr(e, "id", None) == v for e in n.elts)
-                                 for n in ast.walk(fn))]
+        problems += [
+            f"{fn.name}: {v} is assigned and never read"
+            for v in stores
+            if v not in {n.id for n in ast.walk(fn) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)}
+            and not any(
+                isinstance(n, ast.Tuple) and any(getattr(e, "id", None) == v for e in n.elts) for n in ast.walk(fn)
+            )
+        ]
     if not re.fullmatch(r"(?:[A-Z][a-z0-9]*|QK|FF|ReLU)+Update", cls.name):
         problems.append(f"class name {cls.name}")
     return problems
@@ -391,16 +418,17 @@ def test_emitted_source_reads_like_hand_written_code(name):
 def test_the_readability_checks_can_fail():
     source = emit_source(ea.derive(ENTRIES["relu-ff"].term(D), D))
     for before, after, problem in [
-            ("-torch.relu(U)", "-(0.5)*torch.relu(U)", "bracketed number"),
-            ("return -Sigma.sum", "return -(Sigma).sum", "bracketed name"),
-            ("return -torch.relu(U)", "return -((torch.relu(U)))", "doubled"),
-            ("return -torch.relu(U)", "U2 = U\n        return -torch.relu(U2)", "alias"),
-            ("return -torch.relu(U)", "unused = U + 1\n        return -torch.relu(U)", "never read"),
-            ("import torch\n", "import torch\nimport math\n", "never reads"),
-            ("class ReLUFFUpdate", "class Relu_ff_update", "class name")]:
+        ("-torch.relu(U)", "-(0.5)*torch.relu(U)", "bracketed number"),
+        ("return -Sigma.sum", "return -(Sigma).sum", "bracketed name"),
+        ("return -torch.relu(U)", "return -((torch.relu(U)))", "doubled"),
+        ("return -torch.relu(U)", "U2 = U\n        return -torch.relu(U2)", "alias"),
+        ("return -torch.relu(U)", "unused = U + 1\n        return -torch.relu(U)", "never read"),
+        ("import torch\n", "import torch\nimport math\n", "never reads"),
+        ("class ReLUFFUpdate", "class Relu_ff_update", "class name"),
+    ]:
         tampered = source.replace(before, after, 1)
         assert tampered != source and any(problem in p for p in _readability_problems(tampered)), problem
-    doc = ast.parse(source).body[-1].body[0]                    # the class docstring, written as a repr() literal
+    doc = ast.parse(source).body[-1].body[0]  # the class docstring, written as a repr() literal
     segment = ast.get_source_segment(source, doc)
     tampered = source.replace(segment, repr(ast.literal_eval(segment)), 1)
     assert tampered != source and "ReLUFFUpdate: no triple-quoted docstring" in _readability_problems(tampered)

@@ -15,7 +15,8 @@ ATTENTION = {
     "linear attention": ea.Attention(f="x/(2*beta)", K="(beta*s)**2/2", phi="sigmoid(x)", heads=4),
     "inner-product kernel": ea.Attention(f="sqrt(x)", K="exp(beta*s)", heads=2),
     "pairwise kernel": ea.Attention(
-        f="log(x)", K=ea.Kernel.from_torch(lambda x, y: torch.exp(0.3 * (x * y).sum()), "exp_dot"), heads=2),
+        f="log(x)", K=ea.Kernel.from_torch(lambda x, y: torch.exp(0.3 * (x * y).sum()), "exp_dot"), heads=2
+    ),
 }
 FEEDFORWARD = {
     "ReLU FF": ea.FeedForward(g="x", h="relu(x)**2/2", ratio=2),
@@ -66,9 +67,9 @@ def test_rbf_kernel_step_is_the_declared_gradient_bisoftmax_plus_a_radial_term()
     assert float(dv.constants["b"]) == pytest.approx(-gamma)
     step = ea.compile(rbf, d=16, dtype=torch.float64)
     Z = torch.randn(2, 2, 5, 8, dtype=torch.float64)
-    Z = Z / Z.norm(dim=-1, keepdim=True) * math.sqrt(R2)       # exactly on the sphere
+    Z = Z / Z.norm(dim=-1, keepdim=True) * math.sqrt(R2)  # exactly on the sphere
 
-    def declared(Z_):                                           # written here from the declaration
+    def declared(Z_):  # written here from the declaration
         r = (Z_.unsqueeze(-2) - Z_.unsqueeze(-3)).pow(2).sum(-1)
         return torch.log(torch.exp(-gamma * r).sum(-1)).sum()
 
@@ -106,8 +107,8 @@ def test_memory_linear_bisoftmax_matches_dense_values_and_gradients(dtype, tol):
     Z = (Z / Z.norm(dim=-1, keepdim=True) * math.sqrt(8)).requires_grad_(True)
     a, b = bisoftmax_sdpa(Z, 0.35), bisoftmax_dense(Z, 0.35)
     assert torch.allclose(a, b, atol=tol * 10, rtol=0)
-    ga, = torch.autograd.grad(a.square().sum(), Z)
-    gb, = torch.autograd.grad(b.square().sum(), Z)
+    (ga,) = torch.autograd.grad(a.square().sum(), Z)
+    (gb,) = torch.autograd.grad(b.square().sum(), Z)
     assert torch.allclose(ga, gb, atol=tol * 100, rtol=tol)
 
 
@@ -135,7 +136,7 @@ def test_paper_step_matches_eq9_and_eq11_written_out():
     alpha, gamma = 0.3, 0.2
     W, D = step.terms["attn"].weight, step.terms["ff"].weight
     rms = lambda Z: Z / Z.pow(2).mean(-1, keepdim=True).add(1e-6).sqrt()  # noqa: E731
-    Z = rms((X @ W).unflatten(-1, (H, p)).transpose(1, 2))                  # (B, H, N, p)
+    Z = rms((X @ W).unflatten(-1, (H, p)).transpose(1, 2))  # (B, H, N, p)
     A = torch.softmax(Z @ Z.transpose(-1, -2) / math.sqrt(p), dim=-1)
     X1 = X - alpha * ((A + A.transpose(-1, -2)) @ Z).transpose(1, 2).flatten(-2) @ W.T
     X2 = X1 + gamma * torch.relu(rms(X1 @ D)) @ D.T
@@ -223,11 +224,14 @@ def test_user_energy_in_five_lines_trains():
     assert losses[-1] < losses[0]
 
 
-@pytest.mark.parametrize("attention, sdpa_threshold", [
-    (dict(f="log(x)/beta", K="exp(beta*s)"), 512),     # bi-softmax, dense path
-    (dict(f="log(x)/beta", K="exp(beta*s)"), 4),       # bi-softmax, two-pass SDPA path
-    (dict(f="x/(2*beta)", K="sigmoid(beta*s)"), 512),  # kernel attention
-])
+@pytest.mark.parametrize(
+    "attention, sdpa_threshold",
+    [
+        (dict(f="log(x)/beta", K="exp(beta*s)"), 512),  # bi-softmax, dense path
+        (dict(f="log(x)/beta", K="exp(beta*s)"), 4),  # bi-softmax, two-pass SDPA path
+        (dict(f="x/(2*beta)", K="sigmoid(beta*s)"), 512),  # kernel attention
+    ],
+)
 def test_emitted_step_traces_as_one_graph_under_torch_compile(attention, sdpa_threshold):
     """torch.compile(fullgraph=True) captures the emitted update without graph breaks; values and gradients match
     eager (aot_eager backend: the capture and AOT autograd, without a C++ toolchain)."""

@@ -18,7 +18,7 @@ from energyarch.train.config import packaged_configs
 
 from conftest import TINY_TOML as TINY
 
-INLINE = '''
+INLINE = """
 [model.attention]
 f = "log(x)"
 K = "exp(-gamma*r)"
@@ -29,7 +29,8 @@ heads = 2
 g = "x"
 h = "softplus(x)"
 ratio = 2
-'''
+"""
+
 
 def test_catalog_name_builds_the_entry_term_with_config_heads_and_width():
     cfg = ModelConfig(d=16, heads=2, attention="tanh-kernel", feedforward="softplus-ff", ff_ratio=2.0)
@@ -41,15 +42,19 @@ def test_catalog_name_builds_the_entry_term_with_config_heads_and_width():
 
 def test_inline_declaration_equals_the_python_declaration():
     cfg = TrainConfig.from_toml_string(TINY + INLINE, source="run.toml")
-    by_hand = (ea.Attention(f=ea.Scalar.parse("log(x)"),   # each primitive gets the params it uses
-                            K=ea.Kernel.parse("exp(-gamma*r)", params={"gamma": 0.5}), heads=2)
-               + ea.FeedForward(g="x", h="softplus(x)", ratio=2))
+    by_hand = ea.Attention(
+        f=ea.Scalar.parse("log(x)"),  # each primitive gets the params it uses
+        K=ea.Kernel.parse("exp(-gamma*r)", params={"gamma": 0.5}),
+        heads=2,
+    ) + ea.FeedForward(g="x", h="softplus(x)", ratio=2)
     assert cfg.model.energy() == by_hand
     torch.manual_seed(0)
     a = build_model(cfg.model, TaskSpec(seq_len=9))
     torch.manual_seed(0)
-    b = build_model(ModelConfig(d=16, heads=2, iters=2, time_freq=8, attention=by_hand["attn"],
-                                feedforward=by_hand["ff"]), TaskSpec(seq_len=9))
+    b = build_model(
+        ModelConfig(d=16, heads=2, iters=2, time_freq=8, attention=by_hand["attn"], feedforward=by_hand["ff"]),
+        TaskSpec(seq_len=9),
+    )
     X = torch.randn(3, 9, 16)
     step_a, step_b = a.backbone.layers[0].step, b.backbone.layers[0].step
     torch.testing.assert_close(step_a(X, 0.1), step_b(X, 0.1), rtol=0, atol=0)
@@ -67,19 +72,23 @@ def test_toml_round_trip_keeps_the_declaration_and_python_terms_become_tables(tm
     assert back.model.attention == {"f": "x/(2*beta)", "K": "tanh(beta*s)", "heads": 2, "beta": 0.3}
     assert back.model.energy()["attn"] == term
     with pytest.raises(ConfigError, match="torch callable"):
-        TrainConfig(model=ModelConfig(d=16, heads=2, feedforward=ea.FeedForward(g="x", h=torch.nn.functional.gelu)))\
-            .to_toml()
+        TrainConfig(
+            model=ModelConfig(d=16, heads=2, feedforward=ea.FeedForward(g="x", h=torch.nn.functional.gelu))
+        ).to_toml()
 
 
-@pytest.mark.parametrize("edit, needles", [
-    (("exp(-gamma*r)", "exp(-gamma*r"), ["run.toml", "[model.attention] K = 'exp(-gamma*r'", "never closed"]),
-    (("params = { gamma = 0.5 }", "gamma = 0.5"), ["run.toml", "unknown key 'gamma'", "params = { gamma"]),
-    (("ratio = 2", "ratio = 2\nwidth = 8"), ["run.toml", "both ratio", "keep one"]),
-    (("heads = 2\n", "heads = 4\n"), ["run.toml", "heads = 4 but [model] heads = 2"]),
-    (('h = "softplus(x)"', 'h = "softplus(x)"\nf = "x"'), ["it belongs to [model.attention]"]),
-    (('g = "x"\n', ""), ["[model.feedforward] is missing 'g'"]),
-    (('h = "softplus(x)"', 'h = "__import__(x)"'), ["[model.feedforward] h = '__import__(x)'", "not an allowed"]),
-])
+@pytest.mark.parametrize(
+    "edit, needles",
+    [
+        (("exp(-gamma*r)", "exp(-gamma*r"), ["run.toml", "[model.attention] K = 'exp(-gamma*r'", "never closed"]),
+        (("params = { gamma = 0.5 }", "gamma = 0.5"), ["run.toml", "unknown key 'gamma'", "params = { gamma"]),
+        (("ratio = 2", "ratio = 2\nwidth = 8"), ["run.toml", "both ratio", "keep one"]),
+        (("heads = 2\n", "heads = 4\n"), ["run.toml", "heads = 4 but [model] heads = 2"]),
+        (('h = "softplus(x)"', 'h = "softplus(x)"\nf = "x"'), ["it belongs to [model.attention]"]),
+        (('g = "x"\n', ""), ["[model.feedforward] is missing 'g'"]),
+        (('h = "softplus(x)"', 'h = "__import__(x)"'), ["[model.feedforward] h = '__import__(x)'", "not an allowed"]),
+    ],
+)
 def test_declaration_errors_name_file_key_and_fix(edit, needles):
     with pytest.raises(ConfigError) as err:
         TrainConfig.from_toml_string(TINY + INLINE.replace(*edit), source="run.toml")
@@ -113,8 +122,9 @@ def test_set_overrides_names_and_declaration_keys():
 def test_checkpoint_of_one_energy_refuses_another(tmp_path):
     from energyarch.train import Trainer
 
-    cfg = TrainConfig.from_toml_string(TINY + INLINE).with_overrides([f"out_dir={json.dumps(str(tmp_path))}",
-                                                                      "max_steps=1"])
+    cfg = TrainConfig.from_toml_string(TINY + INLINE).with_overrides(
+        [f"out_dir={json.dumps(str(tmp_path))}", "max_steps=1"]
+    )
     trainer = Trainer(cfg)
     trainer.fit()
     same_shapes = cfg.with_overrides(["model.attention.params.gamma=0.25"])
@@ -137,7 +147,7 @@ def test_cli_train_eval_resume_with_a_declared_energy(tmp_path, capsys, energy):
     assert recorded.model.attention == TrainConfig.from_toml_string(text).model.attention
     state = json.loads((out / STATE_FILE).read_text())
     assert state["config"]["model"]["attention"] == recorded.model.attention
-    assert main(["train", "--out", str(out), "--quiet"]) == 2               # neither --config nor --resume
+    assert main(["train", "--out", str(out), "--quiet"]) == 2  # neither --config nor --resume
     # --resume without --config continues with the config the run recorded
     assert main(["train", "--resume", "--out", str(out), "--quiet", "--no-report", "--set", "max_steps=0"]) == 0
     assert json.loads((out / STATE_FILE).read_text())["step"] == 2
@@ -148,5 +158,5 @@ def test_cli_train_eval_resume_with_a_declared_energy(tmp_path, capsys, energy):
     (tmp_path / "other.toml").write_text(TINY + other)
     assert main(["train", "--config", str(tmp_path / "other.toml"), "--out", str(out), "--resume", "--quiet"]) == 2
     assert "model.attention: checkpoint" in capsys.readouterr().err
-    assert json.loads((out / STATE_FILE).read_text())["step"] == 2          # nothing saved was lost
+    assert json.loads((out / STATE_FILE).read_text())["step"] == 2  # nothing saved was lost
     assert Path(out / "config.toml").read_text() == written

@@ -116,8 +116,12 @@ def test_load_fashion_mnist_missing_files(tmp_path: Path) -> None:
         load_fashion_mnist(tmp_path / "nowhere")
     msg = str(info.value)
     assert "nowhere does not exist" in msg
-    for name in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
-                 "t10k-labels-idx1-ubyte"):
+    for name in (
+        "train-images-idx3-ubyte",
+        "train-labels-idx1-ubyte",
+        "t10k-images-idx3-ubyte",
+        "t10k-labels-idx1-ubyte",
+    ):
         assert name in msg
     assert "apt-get install dataset-fashion-mnist" in msg
     write_idx(tmp_path / "train-images-idx3-ubyte.gz", np.zeros((1, 2, 2), np.uint8), compress=True)
@@ -214,11 +218,14 @@ def write_cifar10(folder: Path) -> None:
     folder.mkdir(parents=True)
     for k in range(1, 6):
         # Keys as bytes, like the official files written by Python 2 (and protocol 2, like them).
-        dump(folder / f"data_batch_{k}", {b"data": cifar_rows(2, k), b"labels": [k, (k + 1) % 10],
-                                           b"batch_label": b"training batch"})
+        dump(
+            folder / f"data_batch_{k}",
+            {b"data": cifar_rows(2, k), b"labels": [k, (k + 1) % 10], b"batch_label": b"training batch"},
+        )
     dump(folder / "test_batch", {"data": cifar_rows(3, 100), "labels": [9, 8, 7]}, protocol=4)
-    dump(folder / "batches.meta", {b"label_names": [f"class{i}".encode() for i in range(10)],
-                                   b"num_cases_per_batch": 2})
+    dump(
+        folder / "batches.meta", {b"label_names": [f"class{i}".encode() for i in range(10)], b"num_cases_per_batch": 2}
+    )
 
 
 def test_load_cifar10_from_root_or_folder(tmp_path: Path) -> None:
@@ -240,8 +247,12 @@ def test_load_cifar10_python2_pickles(tmp_path: Path) -> None:
     folder = tmp_path / "cifar-10-batches-py"
     folder.mkdir()
     for k in range(1, 6):
-        batch = {"batch_label": f"training batch {k} of 5", "labels": [k, 0], "data": cifar_rows(2, k),
-                 "filenames": ["a.png", "b.png"]}
+        batch = {
+            "batch_label": f"training batch {k} of 5",
+            "labels": [k, 0],
+            "data": cifar_rows(2, k),
+            "filenames": ["a.png", "b.png"],
+        }
         (folder / f"data_batch_{k}").write_bytes(py2_pickle(batch))
     (folder / "test_batch").write_bytes(py2_pickle({"labels": [3], "data": cifar_rows(1, 9)}))
     (folder / "batches.meta").write_bytes(py2_pickle({"label_names": ["airplane"] * 10, "num_vis": 3072}))
@@ -344,8 +355,12 @@ def test_restricted_unpickler_refuses_code_and_runs_nothing(tmp_path: Path) -> N
 
 
 def test_restricted_unpickler_allows_plain_numpy_and_containers(tmp_path: Path) -> None:
-    obj = {"a": np.arange(6, dtype=np.float32).reshape(2, 3), "b": [1, 2.5, "x", b"y", (3,)], "c": {4, 5},
-           "d": np.float64(1.5)}
+    obj = {
+        "a": np.arange(6, dtype=np.float32).reshape(2, 3),
+        "b": [1, 2.5, "x", b"y", (3,)],
+        "c": {4, 5},
+        "d": np.float64(1.5),
+    }
     for protocol in (2, 4, 5):
         dump(tmp_path / "ok.pkl", obj, protocol=protocol)
         out = restricted_pickle_load(tmp_path / "ok.pkl")

@@ -31,14 +31,21 @@ else:  # pragma: no cover - Python 3.10
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 DOCS_PLUGINS = ("mkdocs", "material", "mkdocstrings", "mkdocstrings_handlers.python", "mkdocs_jupyter")
-EXPECTED_NOTEBOOKS = ("01_new_energy", "02_catalog", "03_train_and_inspect", "04_explore_alternatives",
-                      "05_constraint_modes", "06_causal_language_model", "07_design_study")
+EXPECTED_NOTEBOOKS = (
+    "01_new_energy",
+    "02_catalog",
+    "03_train_and_inspect",
+    "04_explore_alternatives",
+    "05_constraint_modes",
+    "06_causal_language_model",
+    "07_design_study",
+)
 
 
 def _load_script(name: str, path: Path):
     spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module          # dataclasses look their module up while the class is created
+    sys.modules[name] = module  # dataclasses look their module up while the class is created
     spec.loader.exec_module(module)
     return module
 
@@ -55,6 +62,7 @@ def _catalog_names() -> list[str]:
 # notebooks as stored
 # -------------------------------------------------------------------------------------------------------------
 
+
 def test_every_notebook_is_there():
     assert [p.stem for p in NOTEBOOKS] == list(EXPECTED_NOTEBOOKS)
 
@@ -64,10 +72,15 @@ def test_notebook_is_stored_without_outputs(path):
     nb = json.loads(path.read_text(encoding="utf-8"))
     code = [c for c in nb["cells"] if c["cell_type"] == "code"]
     assert code, f"{path.name} has no code cells"
-    dirty = [i for i, c in enumerate(nb["cells"])
-             if c["cell_type"] == "code" and (c.get("outputs") or c.get("execution_count") is not None)]
-    assert not dirty, (f"{path.name}: cells {dirty} carry outputs or execution counts; clear them "
-                       f"(jupyter nbconvert --clear-output --inplace {path.relative_to(ROOT)})")
+    dirty = [
+        i
+        for i, c in enumerate(nb["cells"])
+        if c["cell_type"] == "code" and (c.get("outputs") or c.get("execution_count") is not None)
+    ]
+    assert not dirty, (
+        f"{path.name}: cells {dirty} carry outputs or execution counts; clear them "
+        f"(jupyter nbconvert --clear-output --inplace {path.relative_to(ROOT)})"
+    )
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
@@ -76,7 +89,9 @@ def test_notebook_uses_inline_figures(path):
     code cell selects the inline backend, and no notebook forces Agg."""
     nb = json.loads(path.read_text(encoding="utf-8"))
     sources = ["".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "code"]
-    assert sources[0].startswith("%matplotlib inline"), f"{path.name}: start the first code cell with %matplotlib inline"
+    assert sources[0].startswith("%matplotlib inline"), (
+        f"{path.name}: start the first code cell with %matplotlib inline"
+    )
     assert not any(re.search(r"matplotlib\.use\(|MPLBACKEND", s) for s in sources), f"{path.name} forces a backend"
 
 
@@ -84,19 +99,32 @@ def test_notebook_uses_inline_figures(path):
 # the site
 # -------------------------------------------------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def site(tmp_path_factory) -> Path:
-    missing = [m for m in DOCS_PLUGINS if importlib.util.find_spec(m.split(".")[0]) is None
-               or importlib.util.find_spec(m) is None]
+    missing = [
+        m
+        for m in DOCS_PLUGINS
+        if importlib.util.find_spec(m.split(".")[0]) is None or importlib.util.find_spec(m) is None
+    ]
     if missing:
         pytest.skip(f"documentation tools not installed ({', '.join(missing)}): pip install -e '.[dev]'")
     out = tmp_path_factory.mktemp("site")
     env = python_env(NO_MKDOCS_2_WARNING="1")
-    proc = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(out)],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=1800)
+    proc = subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(out)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
     if proc.returncode != 0:
-        log = "\n".join(line for line in (proc.stdout + proc.stderr).splitlines()
-                        if not line.startswith("INFO") and "Kernel is running over TCP" not in line)
+        log = "\n".join(
+            line
+            for line in (proc.stdout + proc.stderr).splitlines()
+            if not line.startswith("INFO") and "Kernel is running over TCP" not in line
+        )
         pytest.fail(f"mkdocs build --strict failed (exit {proc.returncode}):\n{log[-6000:]}")
     return out
 
@@ -128,11 +156,34 @@ def _html_path(site: Path, page: str) -> Path:
 
 def test_every_nav_page_is_built(site):
     pages = _nav_pages()
-    for required in ("index.md", "getting-started.md", "concepts.md", "catalog.md", "training.md", "benchmarks.md",
-                     "notebooks.md", "reference/index.md", *(f"notebooks/{n}.ipynb" for n in EXPECTED_NOTEBOOKS)):
+    for required in (
+        "index.md",
+        "getting-started.md",
+        "concepts.md",
+        "catalog.md",
+        "training.md",
+        "benchmarks.md",
+        "notebooks.md",
+        "reference/index.md",
+        *(f"notebooks/{n}.ipynb" for n in EXPECTED_NOTEBOOKS),
+    ):
         assert required in pages, f"{required} is missing from the nav of mkdocs.yml"
-    for module in ("energyarch", "compile", "derive", "emit", "runtime", "verify", "energy", "primitives", "expr",
-                   "catalog", "models", "train", "study", "data"):
+    for module in (
+        "energyarch",
+        "compile",
+        "derive",
+        "emit",
+        "runtime",
+        "verify",
+        "energy",
+        "primitives",
+        "expr",
+        "catalog",
+        "models",
+        "train",
+        "study",
+        "data",
+    ):
         assert f"reference/{module}.md" in pages, f"API page reference/{module}.md is missing from the nav"
     for page in pages:
         html = _html_path(site, page)
@@ -151,11 +202,16 @@ def test_catalog_page_lists_every_entry(site):
 
 
 def test_api_pages_document_the_modules(site):
-    for module, symbol in (("energyarch", "energyarch.Attention"), ("compile", "energyarch.compile.compile"),
-                           ("verify", "energyarch.verify.verify"), ("catalog", "energyarch.catalog.tables_markdown"),
-                           ("models", "energyarch.models"), ("train", "energyarch.train"),
-                           ("study", "energyarch.study"),
-                           ("data", "energyarch.data")):
+    for module, symbol in (
+        ("energyarch", "energyarch.Attention"),
+        ("compile", "energyarch.compile.compile"),
+        ("verify", "energyarch.verify.verify"),
+        ("catalog", "energyarch.catalog.tables_markdown"),
+        ("models", "energyarch.models"),
+        ("train", "energyarch.train"),
+        ("study", "energyarch.study"),
+        ("data", "energyarch.data"),
+    ):
         html = (site / "reference" / module / "index.html").read_text(encoding="utf-8")
         assert f'id="{symbol}"' in html, f"reference/{module}: no documented object {symbol}"
 
@@ -196,6 +252,7 @@ def test_benchmarks_page_shows_every_result_and_plot(site):
 # links, generated tables, citation
 # -------------------------------------------------------------------------------------------------------------
 
+
 def test_every_internal_link_of_the_site_resolves(site):
     """What ``mkdocs build --strict`` does not check: links inside rendered notebooks, generated pages and HTML."""
     assert check_site.check_links(site) == []
@@ -215,7 +272,8 @@ def test_notebook_pages_offer_the_notebook_for_download(site, name):
     assert f'href="{name}.ipynb" download' in html, f"no download button on the page of {name}"
     served = site / "notebooks" / name / f"{name}.ipynb"
     assert json.loads(served.read_text(encoding="utf-8")) == json.loads(
-        (ROOT / "notebooks" / f"{name}.ipynb").read_text(encoding="utf-8")), f"{served} is not the notebook"
+        (ROOT / "notebooks" / f"{name}.ipynb").read_text(encoding="utf-8")
+    ), f"{served} is not the notebook"
 
 
 def test_expression_page_lists_every_allowed_function(site):
@@ -241,7 +299,7 @@ def test_training_page_lists_every_config_key(site):
 def test_paper_is_cited_and_version_shown(site):
     version = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]["version"]
     index = (site / "index.html").read_text(encoding="utf-8")
-    assert "2502.11646" in index and "hu2026hyperset" in index and "inproceedings" in index   # BibTeX (highlighted)
+    assert "2502.11646" in index and "hu2026hyperset" in index and "inproceedings" in index  # BibTeX (highlighted)
     assert "Yunzhe Hu" in index and "Difan Zou" in index and "Dong Xu" in index
     for page in ("index.html", "catalog/index.html", "reference/derive/index.html"):
         footer = (site / page).read_text(encoding="utf-8").split('class="md-footer', 1)[-1]
@@ -263,7 +321,7 @@ def test_getting_started_example_runs_as_written(tmp_path):
     """The page's setup and five lines, run as a script with a tiny budget (1 epoch on 64 images): it compiles,
     verifies, trains through the declared energy, prints its accuracy line, and the run folder reloads."""
     page = (ROOT / "docs" / "getting-started.md").read_text(encoding="utf-8")
-    section = page[page.index("## A brand-new attention energy"):page.index("What each step gives you")]
+    section = page[page.index("## A brand-new attention energy") : page.index("What each step gives you")]
     blocks = re.findall(r"```python\n(.*?)```", section, re.DOTALL)
     assert len(blocks) == 2, "the getting-started example should be a setup block and the five-line block"
     code = "\n".join(blocks)
@@ -271,7 +329,9 @@ def test_getting_started_example_runs_as_written(tmp_path):
     code = code.replace('"epochs=10"', '"epochs=1", "limit_train=64", "limit_test=64", "progress=false"')
     assert page.count("```python") == 2, "every python block of the page is run here"
     reload = re.search(r"`(model, task, cfg, state = energyarch\.train\.load_run\(\"runs/cauchy\"\))`", page)
-    code += f'\nimport energyarch\n{reload.group(1)}\nprint("reloaded", type(model).__name__)\n'   # as the page writes it
+    code += (
+        f'\nimport energyarch\n{reload.group(1)}\nprint("reloaded", type(model).__name__)\n'  # as the page writes it
+    )
     proc = run_python(code, tmp_path, "getting_started.py")
     assert re.search(r"^test accuracy \d+\.\d% after 1 epochs \(chance 10%\)$", proc.stdout, re.MULTILINE), proc.stdout
     assert "verification (paper mode" in proc.stdout and "reloaded" in proc.stdout
@@ -281,12 +341,16 @@ def test_getting_started_example_runs_as_written(tmp_path):
 # the checker itself and the docstring rewriting (no site build needed)
 # -------------------------------------------------------------------------------------------------------------
 
+
 def test_link_check_finds_broken_links_and_anchors(tmp_path):
     (tmp_path / "a").mkdir()
-    (tmp_path / "index.html").write_text('<h1 id="top">x</h1><a href="a/">ok</a><a href="#top">ok</a>'
-                                         '<a href="https://example.org/x">external</a><img src="missing.png">')
-    (tmp_path / "a" / "index.html").write_text('<a href="../index.html#top">ok</a><a href="../#nowhere">bad</a>'
-                                               '<a href="02_catalog.ipynb">bad</a>')
+    (tmp_path / "index.html").write_text(
+        '<h1 id="top">x</h1><a href="a/">ok</a><a href="#top">ok</a>'
+        '<a href="https://example.org/x">external</a><img src="missing.png">'
+    )
+    (tmp_path / "a" / "index.html").write_text(
+        '<a href="../index.html#top">ok</a><a href="../#nowhere">bad</a><a href="02_catalog.ipynb">bad</a>'
+    )
     problems = check_site.check_links(tmp_path)
     assert len(problems) == 3, problems
     assert any("missing.png" in p for p in problems)
@@ -298,8 +362,7 @@ def test_literal_blocks_become_fences():
     pytest.importorskip("griffe")
     docs = _load_script("griffe_doctests", ROOT / "docs" / "griffe_doctests.py")
     text = "Intro ``K``::\n\n    a = b\n      c\n\nafter\n\nNo block::\nprose"
-    assert docs.fence_literal_blocks(text) == ("Intro ``K``:\n\n```text\na = b\n  c\n```\n\nafter\n\n"
-                                              "No block::\nprose")
+    assert docs.fence_literal_blocks(text) == ("Intro ``K``:\n\n```text\na = b\n  c\n```\n\nafter\n\nNo block::\nprose")
 
 
 def test_site_cites_published_sources_not_internal_notes(site):

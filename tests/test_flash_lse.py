@@ -67,7 +67,7 @@ def test_flash_lse_other_ranks_and_the_energy_gradient():
     g_long = torch.autograd.grad(runtime.row_logsumexp(X, 0.4, 10).sum(), X)[0]
     g_dense = torch.func.grad(lambda X: runtime.row_logsumexp(X, 0.4, 10_000).sum())(X.detach())
     assert _rel(g_long, g_dense) < 1e-12
-    g_func = torch.func.grad(lambda X: runtime.row_logsumexp(X, 0.4, 10).sum())(X.detach())   # transforms: sink
+    g_func = torch.func.grad(lambda X: runtime.row_logsumexp(X, 0.4, 10).sum())(X.detach())  # transforms: sink
     assert _rel(g_func, g_dense) < 1e-12
 
 
@@ -93,13 +93,19 @@ def test_bisoftmax_flash_path_and_its_range_fallback(monkeypatch):
     for name in ("flash_lse", "transpose_pass_symmetric", "transpose_pass_sink"):
         inner = getattr(runtime, name)
         monkeypatch.setattr(runtime, name, lambda *a, _f=inner, _n=name, **kw: chosen.append(_n) or _f(*a, **kw))
-    b = 32 ** -0.5
+    b = 32**-0.5
     Z = torch.randn(1, 2, 300, 32, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
-    sphere = torch.nn.functional.normalize(Z, dim=-1) * 32 ** 0.5
-    def spread_to(r_max):                                                     # row norms √p … r_max·√p
+    sphere = torch.nn.functional.normalize(Z, dim=-1) * 32**0.5
+
+    def spread_to(r_max):  # row norms √p … r_max·√p
         return sphere * torch.linspace(1.0, r_max, 300, dtype=torch.float64)[:, None]
-    cases = ((sphere, "transpose_pass_symmetric"), (spread_to(1.5), "transpose_pass_symmetric"),   # range 0.3, 6
-             (spread_to(3.0), "transpose_pass_sink"), (spread_to(5.0), "transpose_pass_sink"))     # 44, 132
+
+    cases = (
+        (sphere, "transpose_pass_symmetric"),
+        (spread_to(1.5), "transpose_pass_symmetric"),  # range 0.3, 6
+        (spread_to(3.0), "transpose_pass_sink"),
+        (spread_to(5.0), "transpose_pass_sink"),
+    )  # 44, 132
     for Phi, second in cases:
         chosen.clear()
         out = runtime.bisoftmax_sdpa(Phi.float(), b)
@@ -117,6 +123,7 @@ def test_qk_bisoftmax_both_passes_float64(flash, monkeypatch):
     if not flash:
         monkeypatch.setattr(runtime, "flash_lse_ok", lambda *ts: False)
         import energyarch.runtime_qk as rqk
+
         monkeypatch.setattr(rqk, "flash_lse_ok", lambda *ts: False)
     g = torch.Generator().manual_seed(5)
     Q, K = (torch.randn(2, 3, 29, 8, dtype=torch.float64, generator=g).requires_grad_(True) for _ in range(2))
@@ -145,17 +152,18 @@ def test_sphere_norm_matches_rms_norm_with_first_and_second_derivatives():
     w = torch.randn(3, 2, 5, 7, dtype=torch.float64, generator=g)
 
     def ref(t):
-        return F.rms_norm(t, (7,), eps=1e-6) * 1.7 / 7 ** 0.5
+        return F.rms_norm(t, (7,), eps=1e-6) * 1.7 / 7**0.5
 
     def ours(t):
         return sphere_norm(t, 1.7, 1e-6)
+
     assert _rel(ours(z), ref(z)) < 1e-14
-    got, = torch.autograd.grad((ours(z) * w).sum(), z)
-    want, = torch.autograd.grad((ref(z) * w).sum(), z)
+    (got,) = torch.autograd.grad((ours(z) * w).sum(), z)
+    (want,) = torch.autograd.grad((ref(z) * w).sum(), z)
     assert _rel(got, want) < 1e-13
     assert torch.autograd.gradcheck(ours, (z,)) and torch.autograd.gradgradcheck(ours, (z,))
     fg = torch.func.grad(lambda t: (ours(t).sin() * w).sum())(z.detach())
     assert _rel(fg, torch.func.grad(lambda t: (ref(t).sin() * w).sum())(z.detach())) < 1e-13
     assert _rel(torch.func.vmap(ours)(z.detach()), ref(z.detach())) < 1e-14
     zb = z.detach().bfloat16()
-    assert torch.equal(sphere_norm(zb, 1.7, 1e-6), F.rms_norm(zb, (7,), eps=1e-6) * (1.7 / 7 ** 0.5))
+    assert torch.equal(sphere_norm(zb, 1.7, 1e-6), F.rms_norm(zb, (7,), eps=1e-6) * (1.7 / 7**0.5))

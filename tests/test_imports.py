@@ -61,8 +61,12 @@ def _resolve(module: str, is_package: bool, level: int, name: str | None) -> str
 
 def _type_checking(test: ast.expr) -> bool:
     """The condition ``TYPE_CHECKING`` or ``typing.TYPE_CHECKING``."""
-    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING"
-            or isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
+    return (
+        isinstance(test, ast.Name)
+        and test.id == "TYPE_CHECKING"
+        or isinstance(test, ast.Attribute)
+        and test.attr == "TYPE_CHECKING"
+    )
 
 
 def _imports(tree: ast.AST) -> Iterator[ast.Import | ast.ImportFrom]:
@@ -88,7 +92,7 @@ def import_graph(src: Path, package: str) -> Graph:
         while target and target not in modules:
             target = target.rpartition(".")[0]
         parts = target.split(".") if target else []
-        own = origin.split(".") if origin_is_package else origin.split(".")[:-1]   # the packages running already
+        own = origin.split(".") if origin_is_package else origin.split(".")[:-1]  # the packages running already
         # ... and the packages above it that run first, except the importing module's own packages
         for k in range(1, len(parts) + 1):
             name = ".".join(parts[:k])
@@ -213,13 +217,16 @@ def _package(tmp_path: Path, files: dict[str, str]) -> Path:
 
 
 def test_finds_a_cycle_hidden_in_a_function(tmp_path):
-    src = _package(tmp_path, {
-        "pkg/__init__.py": "from .a import f\nfrom .sub import g\n",
-        "pkg/a.py": "from .b import h\ndef f():\n    return h()\n",
-        "pkg/b.py": "def h():\n    from . import a  # dodges the cycle at import time, still a cycle\n    return a\n",
-        "pkg/sub/__init__.py": "from .c import g\n",
-        "pkg/sub/c.py": "import os\nfrom ..a import f as g\n",
-    })
+    src = _package(
+        tmp_path,
+        {
+            "pkg/__init__.py": "from .a import f\nfrom .sub import g\n",
+            "pkg/a.py": "from .b import h\ndef f():\n    return h()\n",
+            "pkg/b.py": "def h():\n    from . import a  # dodges the cycle at import time, still a cycle\n    return a\n",
+            "pkg/sub/__init__.py": "from .c import g\n",
+            "pkg/sub/c.py": "import os\nfrom ..a import f as g\n",
+        },
+    )
     graph = import_graph(src, "pkg")
     assert graph["pkg.b"] == {"pkg.a": [2]}
     assert graph["pkg.sub.c"] == {"pkg.a": [2]}  # ``..a`` from a submodule; ``os`` is not in the package
@@ -229,12 +236,15 @@ def test_finds_a_cycle_hidden_in_a_function(tmp_path):
 
 
 def test_package_init_importing_its_children_is_no_cycle(tmp_path):
-    src = _package(tmp_path, {
-        "pkg/__init__.py": "from .a import A\nfrom .b import B\nimport pkg.c\n",
-        "pkg/a.py": "A = 1\n",
-        "pkg/b.py": "from .a import A\nfrom pkg import c\nB = A\n",  # siblings, by relative and absolute import
-        "pkg/c.py": "import pkg.a\n",
-    })
+    src = _package(
+        tmp_path,
+        {
+            "pkg/__init__.py": "from .a import A\nfrom .b import B\nimport pkg.c\n",
+            "pkg/a.py": "A = 1\n",
+            "pkg/b.py": "from .a import A\nfrom pkg import c\nB = A\n",  # siblings, by relative and absolute import
+            "pkg/c.py": "import pkg.a\n",
+        },
+    )
     graph = import_graph(src, "pkg")
     assert graph["pkg"] == {"pkg.a": [1], "pkg.b": [2], "pkg.c": [3]}
     assert graph["pkg.b"] == {"pkg.a": [1], "pkg.c": [2]}
@@ -242,15 +252,20 @@ def test_package_init_importing_its_children_is_no_cycle(tmp_path):
 
 
 def test_a_name_taken_from_the_own_package_init_is_a_cycle(tmp_path):
-    src = _package(tmp_path, {
-        "pkg/__init__.py": "from .a import A\nfrom .b import B\n",
-        "pkg/a.py": "A = 1\n",
-        "pkg/b.py": "from . import A  # defined in the sibling a, re-exported by the package\nB = A\n",
-        "pkg/deep/__init__.py": "",
-        "pkg/deep/d.py": "def f():\n    from .. import b\n    from pkg.b import B\n",
-        "pkg/typed.py": ("from typing import TYPE_CHECKING\nimport typing\nif TYPE_CHECKING:\n    from . import b\n"
-                         "if typing.TYPE_CHECKING:\n    from .a import A\nelse:\n    from .deep import d\n"),
-    })
+    src = _package(
+        tmp_path,
+        {
+            "pkg/__init__.py": "from .a import A\nfrom .b import B\n",
+            "pkg/a.py": "A = 1\n",
+            "pkg/b.py": "from . import A  # defined in the sibling a, re-exported by the package\nB = A\n",
+            "pkg/deep/__init__.py": "",
+            "pkg/deep/d.py": "def f():\n    from .. import b\n    from pkg.b import B\n",
+            "pkg/typed.py": (
+                "from typing import TYPE_CHECKING\nimport typing\nif TYPE_CHECKING:\n    from . import b\n"
+                "if typing.TYPE_CHECKING:\n    from .a import A\nelse:\n    from .deep import d\n"
+            ),
+        },
+    )
     graph = import_graph(src, "pkg")
     assert graph["pkg.b"] == {"pkg": [1]}
     assert graph["pkg.deep.d"] == {"pkg.b": [2, 3]}  # a submodule by ``..``; a name of the module pkg.b
@@ -261,13 +276,16 @@ def test_a_name_taken_from_the_own_package_init_is_a_cycle(tmp_path):
 
 
 def test_importing_a_submodule_of_another_package_runs_that_package_init(tmp_path):
-    src = _package(tmp_path, {
-        "pkg/__init__.py": "",
-        "pkg/low/__init__.py": "from .rules import R\nfrom .check import check\n",   # a facade over two layers
-        "pkg/low/rules.py": "R = 1\n",
-        "pkg/low/check.py": "def check(step):\n    from ..high import Step\n    return isinstance(step, Step)\n",
-        "pkg/high.py": "from .low.rules import R\nclass Step:\n    rule = R\n",
-    })
+    src = _package(
+        tmp_path,
+        {
+            "pkg/__init__.py": "",
+            "pkg/low/__init__.py": "from .rules import R\nfrom .check import check\n",  # a facade over two layers
+            "pkg/low/rules.py": "R = 1\n",
+            "pkg/low/check.py": "def check(step):\n    from ..high import Step\n    return isinstance(step, Step)\n",
+            "pkg/high.py": "from .low.rules import R\nclass Step:\n    rule = R\n",
+        },
+    )
     graph = import_graph(src, "pkg")
     assert graph["pkg.high"] == {"pkg.low": [1], "pkg.low.rules": [1]}
     assert graph["pkg.low.check"] == {"pkg.high": [2]}  # its own packages pkg and pkg.low are no edges

@@ -31,7 +31,7 @@ def test_the_derivation_budget_holds_in_any_thread(monkeypatch, where):
 
     def work():
         start = time.monotonic()
-        d = 12 if where == "main thread" else 16   # widths no other test compiles this energy at (derive is cached)
+        d = 12 if where == "main thread" else 16  # widths no other test compiles this energy at (derive is cached)
         out["step"] = ea.compile(ea.Attention(f="log(x)", K="exp(beta*s)", heads=2), d=d)
         out["seconds"] = time.monotonic() - start
 
@@ -52,7 +52,7 @@ def test_a_derivation_within_budget_is_not_interrupted_afterwards():
     """The watchdog is stopped and any pending interruption taken back when the block ends in time."""
     with core._time_budget(0.05):
         pass
-    time.sleep(0.2)   # an interruption still pending would be raised here
+    time.sleep(0.2)  # an interruption still pending would be raised here
     step = ea.compile(ea.Attention(f="log(x)", K="exp(beta*s)", heads=2), d=8)
     assert step.derivations["attn"].path == "symbolic"
 
@@ -61,24 +61,28 @@ def test_a_derivation_within_budget_is_not_interrupted_afterwards():
 # class 5: a crafted official state_dict is bounded and validated
 # ------------------------------------------------------------------------------------------------------------
 
+
 def _official():
     from test_official import official_sudoku_state_dict
 
     return official_sudoku_state_dict(layers=1)
 
 
-@pytest.mark.parametrize("change, words", [
-    ({"blocks.1000000000.mlp.weight": "zeros(1)"}, "beyond 1024"),
-    ({"blocks.1024.mlp.weight": "zeros(1)"}, "beyond 1024"),
-    ({"blocks.7.mlp.weight": "zeros(1)"}, "missing between"),
-    ({"blocks.0.mlp.weight": [[0.0, 1.0]]}, "holds a list"),
-    ({"blocks.0.attn.qkv.weight": "zeros(16)"}, "expected 2 non-empty"),
-    ({"blocks.0.attn.ln1.weight": "zeros(0)"}, "expected 1 non-empty"),
-    ({"blocks.0.attn.ln1.weight": "ones(3)"}, "does not divide"),
-    ({("blocks", 0): "zeros(1)"}, "keys of a state_dict are names"),
-    ({"head.weight": "nan"}, "inf or NaN"),
-    ({"head.weight": "int"}, "floating-point"),
-])
+@pytest.mark.parametrize(
+    "change, words",
+    [
+        ({"blocks.1000000000.mlp.weight": "zeros(1)"}, "beyond 1024"),
+        ({"blocks.1024.mlp.weight": "zeros(1)"}, "beyond 1024"),
+        ({"blocks.7.mlp.weight": "zeros(1)"}, "missing between"),
+        ({"blocks.0.mlp.weight": [[0.0, 1.0]]}, "holds a list"),
+        ({"blocks.0.attn.qkv.weight": "zeros(16)"}, "expected 2 non-empty"),
+        ({"blocks.0.attn.ln1.weight": "zeros(0)"}, "expected 1 non-empty"),
+        ({"blocks.0.attn.ln1.weight": "ones(3)"}, "does not divide"),
+        ({("blocks", 0): "zeros(1)"}, "keys of a state_dict are names"),
+        ({"head.weight": "nan"}, "inf or NaN"),
+        ({"head.weight": "int"}, "floating-point"),
+    ],
+)
 def test_crafted_official_state_dicts_raise_project_errors(change, words):
     import torch
 
@@ -88,16 +92,21 @@ def test_crafted_official_state_dicts_raise_project_errors(change, words):
     from test_official import TOKENS
 
     sd = _official()
-    made = {"zeros(1)": torch.zeros(1), "zeros(16)": torch.zeros(16), "zeros(0)": torch.zeros(0),
-            "ones(3)": torch.ones(3), "nan": torch.full((9, 16), float("nan")),
-            "int": torch.zeros(9, 16, dtype=torch.int64)}
+    made = {
+        "zeros(1)": torch.zeros(1),
+        "zeros(16)": torch.zeros(16),
+        "zeros(0)": torch.zeros(0),
+        "ones(3)": torch.ones(3),
+        "nan": torch.full((9, 16), float("nan")),
+        "int": torch.zeros(9, 16, dtype=torch.int64),
+    }
     sd.update({k: made.get(v, v) if isinstance(v, str) else v for k, v in change.items()})
     with pytest.raises(EnergyArchError, match=words):
         official_config(sd, iters=2)
     model = build_model(official_config(_official(), iters=2), TOKENS).double()
     before = {k: v.clone() for k, v in model.state_dict().items()}
     start = time.monotonic()
-    try:   # a value of the wrong shape for a model built elsewhere is reported (unmapped), never a raw error
+    try:  # a value of the wrong shape for a model built elsewhere is reported (unmapped), never a raw error
         conv = load_official(model, sd)
     except EnergyArchError as err:
         assert words in str(err)
@@ -126,17 +135,21 @@ def test_a_linear_weight_of_another_rank_is_named_not_a_raw_error():
 # classes 6 and 7: raw errors and silent acceptance in configs, --set, solvers, generate
 # ------------------------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("assignment, words", [
-    ("seed=-1", "seed=-1"),
-    ("data_seed=-5", "data_seed=-5"),
-    ("text_path=''", "text_path=''"),
-    ('text_path="  "', "text_path="),
-    ("model.lora_scale=inf", "lora_scale=inf"),
-    ("model.lora_scale=nan", "lora_scale=nan"),
-    ("model.attention.f.x=1", "not a table"),
-    ("lr=" + "[" * 3000 + "]" * 3000, "nests too deeply"),
-    ('model.attention={ f = "log(x)", K = ' + "[" * 3000 + "]" * 3000 + " }", "nests too deeply"),
-])
+
+@pytest.mark.parametrize(
+    "assignment, words",
+    [
+        ("seed=-1", "seed=-1"),
+        ("data_seed=-5", "data_seed=-5"),
+        ("text_path=''", "text_path=''"),
+        ('text_path="  "', "text_path="),
+        ("model.lora_scale=inf", "lora_scale=inf"),
+        ("model.lora_scale=nan", "lora_scale=nan"),
+        ("model.attention.f.x=1", "not a table"),
+        ("lr=" + "[" * 3000 + "]" * 3000, "nests too deeply"),
+        ('model.attention={ f = "log(x)", K = ' + "[" * 3000 + "]" * 3000 + " }", "nests too deeply"),
+    ],
+)
 def test_careless_settings_are_refused_with_the_setting_named(assignment, words):
     from energyarch.errors import ConfigError
     from energyarch.train.config import TrainConfig
@@ -146,11 +159,14 @@ def test_careless_settings_are_refused_with_the_setting_named(assignment, words)
         base.with_overrides([assignment])
 
 
-@pytest.mark.parametrize("content, words", [
-    (b'lr = 1e-3\ntask = "digits\xff"\n', "not UTF-8"),
-    (b"a = " + b"[" * 5000 + b"]" * 5000 + b"\n", "nests too deeply"),
-    (b"[model]\nattention = " + b"{ a = " * 3000 + b"1" + b" }" * 3000 + b"\n", "nests too deeply"),
-])
+@pytest.mark.parametrize(
+    "content, words",
+    [
+        (b'lr = 1e-3\ntask = "digits\xff"\n', "not UTF-8"),
+        (b"a = " + b"[" * 5000 + b"]" * 5000 + b"\n", "nests too deeply"),
+        (b"[model]\nattention = " + b"{ a = " * 3000 + b"1" + b" }" * 3000 + b"\n", "nests too deeply"),
+    ],
+)
 def test_config_files_that_are_not_utf8_or_nest_too_deeply(tmp_path, content, words):
     from energyarch.errors import ConfigError
     from energyarch.train.config import TrainConfig
@@ -167,8 +183,10 @@ def test_config_files_that_are_not_utf8_or_nest_too_deeply(tmp_path, content, wo
         TrainConfig.from_toml_string("a = " + "[" * 5000 + "]" * 5000)
 
 
-@pytest.mark.parametrize("name, params", [("rmsprop", {"eps": 0.0}), ("adam", {"eps": 0.0}),
-                                          ("rmsprop", {"eps": -1e-8}), ("adam", {"eps": float("nan")})])
+@pytest.mark.parametrize(
+    "name, params",
+    [("rmsprop", {"eps": 0.0}), ("adam", {"eps": 0.0}), ("rmsprop", {"eps": -1e-8}), ("adam", {"eps": float("nan")})],
+)
 def test_solver_eps_must_be_positive(name, params):
     from energyarch.errors import CompileError
     from energyarch.solvers import make_solver
@@ -199,12 +217,20 @@ def test_tiny_temperatures_sample_the_most_likely_byte_without_overflow(temperat
     from energyarch.train.generate import generate
 
     model = _text_model()
-    assert generate(model, b"def ", max_bytes=6, temperature=temperature, seed=1) == \
-        generate(model, b"def ", max_bytes=6, temperature=0, seed=1)
+    assert generate(model, b"def ", max_bytes=6, temperature=temperature, seed=1) == generate(
+        model, b"def ", max_bytes=6, temperature=0, seed=1
+    )
 
 
-@pytest.mark.parametrize("kwargs, words", [({"seed": -1}, "seed=-1"), ({"seed": 2**70}, "seed="),
-                                           ({"max_bytes": 10**12}, "max_bytes="), ({"iters": 10**9}, "iters=")])
+@pytest.mark.parametrize(
+    "kwargs, words",
+    [
+        ({"seed": -1}, "seed=-1"),
+        ({"seed": 2**70}, "seed="),
+        ({"max_bytes": 10**12}, "max_bytes="),
+        ({"iters": 10**9}, "iters="),
+    ],
+)
 def test_generate_arguments_are_bounded(kwargs, words):
     from energyarch.errors import ConfigError
     from energyarch.train.generate import generate
@@ -217,7 +243,7 @@ def test_prompts_that_are_not_valid_utf8():
     from energyarch.errors import ConfigError
     from energyarch.train.generate import prompt_bytes
 
-    raw = b"caf\xe9 \xff"                             # Latin-1 bytes on a command line
+    raw = b"caf\xe9 \xff"  # Latin-1 bytes on a command line
     assert prompt_bytes(raw.decode("utf-8", "surrogateescape")) == raw
     with pytest.raises(ConfigError, match="lone surrogate"):
         prompt_bytes("a\ud800b")

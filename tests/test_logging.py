@@ -41,8 +41,8 @@ def test_progress_is_a_bar_on_a_terminal_and_lines_elsewhere(caplog):
             for _ in range(5):
                 bar.update(loss=0.25, samples_per_s=12.5)
             bar.close()
-    assert terminal.getvalue().count("\r") >= 5                # the bar redraws in place
-    assert pipe.getvalue() == ""                                # nothing drawn on the pipe ...
+    assert terminal.getvalue().count("\r") >= 5  # the bar redraws in place
+    assert pipe.getvalue() == ""  # nothing drawn on the pipe ...
     lines = [r.getMessage() for r in caplog.records]
     # ... but one plain line per interval (here every step but the last, which the epoch line reports)
     assert lines == [f"epoch 1/1  step {k}/5  loss=0.2500  samples_per_s=12.5" for k in range(1, 5)]
@@ -60,16 +60,38 @@ def test_progress_lines_are_rate_limited(caplog):
 def test_piped_training_log_has_no_carriage_returns(tmp_path):
     """``energyarch train`` with stdout and stderr going into a file: epoch lines, no '\\r' redraws."""
     log_file = tmp_path / "train.log"
-    cmd = [sys.executable, "-m", "energyarch", "train", "--config", "digits", "--out", str(tmp_path / "run"),
-           "--no-report", "--set", "epochs=2", "--set", "limit_train=64", "--set", "limit_test=16",
-           "--set", "model.d=16", "--set", "model.heads=2", "--set", "model.iters=2", "--set", "model.time_freq=8"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "energyarch",
+        "train",
+        "--config",
+        "digits",
+        "--out",
+        str(tmp_path / "run"),
+        "--no-report",
+        "--set",
+        "epochs=2",
+        "--set",
+        "limit_train=64",
+        "--set",
+        "limit_test=16",
+        "--set",
+        "model.d=16",
+        "--set",
+        "model.heads=2",
+        "--set",
+        "model.iters=2",
+        "--set",
+        "model.time_freq=8",
+    ]
     env = {**os.environ, "MPLBACKEND": "Agg"}
     with open(log_file, "w") as fh:
         rc = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, cwd=ROOT, env=env, timeout=300).returncode
     text = log_file.read_text()
     assert rc == 0, text[-2000:]
     assert text.count("\r") == 0, text[:2000]
-    for epoch in (1, 2):                                        # time-stamped lines, one per epoch
+    for epoch in (1, 2):  # time-stamped lines, one per epoch
         assert re.search(rf"^\d{{4}}-\d\d-\d\d \d\d:\d\d:\d\d  epoch {epoch}/2  train_loss=", text, re.M), text
 
 
@@ -95,7 +117,7 @@ def test_tensorboard_events_hold_losses_lr_speed_sweep_and_energies(tmp_path):
     s = _scalars(folder)
     # every optimizer step: its loss and the learning rate it used (lr_at, computed independently here)
     steps = [step for step, _ in s["train/lr"]]
-    assert steps == list(range(1, 7))                           # 48 / 16 = 3 steps per epoch, 2 epochs
+    assert steps == list(range(1, 7))  # 48 / 16 = 3 steps per epoch, 2 epochs
     for step, value in s["train/lr"]:
         assert value == pytest.approx(lr_at(step - 1, cfg, total_steps=6, warmup_steps=0), rel=1e-6)
     assert len(s["train/loss"]) == 6
@@ -109,19 +131,19 @@ def test_tensorboard_events_hold_losses_lr_speed_sweep_and_energies(tmp_path):
     assert [(row["iters"], pytest.approx(row["top1"])) for row in summary["sweep"]] == s["sweep/top1"]
     energy_tags = sorted(t for t in s if t.startswith("energy/"))
     assert energy_tags == ["energy/attn", "energy/ff"]
-    assert all(len(s[t]) == 3 for t in energy_tags)           # max(eval_iters) = 3 iterations recorded
+    assert all(len(s[t]) == 3 for t in energy_tags)  # max(eval_iters) = 3 iterations recorded
 
 
 def test_resumed_run_keeps_one_curve(tmp_path):
     pytest.importorskip("tensorboard")
-    train(tiny(tmp_path, max_steps=4), report=False)          # stops inside epoch 2
+    train(tiny(tmp_path, max_steps=4), report=False)  # stops inside epoch 2
     train(tiny(tmp_path), resume=True, report=False)
     steps = [step for step, _ in _scalars(tmp_path / "run")["train/loss"]]
     assert steps == list(range(1, 7))
 
 
 def test_missing_tensorboard_is_one_notice(tmp_path, monkeypatch, caplog):
-    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)   # import now raises ImportError
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # import now raises ImportError
     monkeypatch.setattr(logs.Board, "_notified", False)
     with caplog.at_level(logging.INFO, logger="energyarch.train"):
         summary = train(tiny(tmp_path, epochs=1))

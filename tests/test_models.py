@@ -8,7 +8,15 @@ import torch
 import energyarch as ea
 from energyarch.errors import ConfigError
 from energyarch.models import (
-    CRATE, EnergyTransformer, HyperSET, Model, ModelConfig, TaskSpec, build_model, count_parameters, describe,
+    CRATE,
+    EnergyTransformer,
+    HyperSET,
+    Model,
+    ModelConfig,
+    TaskSpec,
+    build_model,
+    count_parameters,
+    describe,
 )
 from energyarch.models.lora import DepthLoRA
 from energyarch.models.stepsizes import StepSizeNet
@@ -42,10 +50,16 @@ def wake_up(model):
 
 
 @pytest.mark.parametrize("arch", ARCHS)
-@pytest.mark.parametrize("task", [TOKENS, IMAGES, TaskSpec(kind="image", image_shape=(1, 8, 8), patch_size=4,
-                                                          num_outputs=3, output="per_token"),
-                                  TaskSpec(kind="tokens", seq_len=6, num_outputs=4, output="cls")],
-                         ids=["tokens-per_token", "image-cls", "image-per_token", "tokens-cls"])
+@pytest.mark.parametrize(
+    "task",
+    [
+        TOKENS,
+        IMAGES,
+        TaskSpec(kind="image", image_shape=(1, 8, 8), patch_size=4, num_outputs=3, output="per_token"),
+        TaskSpec(kind="tokens", seq_len=6, num_outputs=4, output="cls"),
+    ],
+    ids=["tokens-per_token", "image-cls", "image-per_token", "tokens-cls"],
+)
 def test_shapes_every_arch_and_task(arch, task):
     torch.manual_seed(0)
     model = build_model(cfg(arch=arch), task)
@@ -100,7 +114,7 @@ def test_fixed_steps_have_no_parameters_and_move_tokens():
     step = model.layers[0].step
     expected = X
     for _ in range(T):
-        expected = step(expected, step.solver.raw_step(0.1))          # α = 0.1 under the default positive rule
+        expected = step(expected, step.solver.raw_step(0.1))  # α = 0.1 under the default positive rule
     torch.testing.assert_close(model(X), expected)
 
 
@@ -117,7 +131,7 @@ def test_lora_weights_per_iteration_and_parameter_count():
     r, M = 2, 24  # a feed-forward width that is not a multiple of d
     ff = ea.FeedForward(g="x", h="relu(x)**2/2", width=M)
     base, lora = HyperSET(cfg(feedforward=ff, layers=2)), HyperSET(cfg(feedforward=ff, layers=2, lora_rank=r))
-    expected = 2 * T * r * ((D + D) + (D + M))                      # L · T · r · Σ_terms (d + cols)
+    expected = 2 * T * r * ((D + D) + (D + M))  # L · T · r · Σ_terms (d + cols)
     assert count_parameters(lora) - count_parameters(base) == expected
     layer = lora.layers[0]
     W = {n: m.weight for n, m in layer.step.terms.items()}
@@ -148,7 +162,7 @@ def test_recorded_energies_match_step_energies(kw):
     net = wake_up(HyperSET(cfg(**kw)))
     X0 = torch.randn(3, 5, D)
     out, trace = net(X0, iters=T + 1, record=True)
-    torch.testing.assert_close(out, net(X0, iters=T + 1))           # recording does not change the result
+    torch.testing.assert_close(out, net(X0, iters=T + 1))  # recording does not change the result
     assert len(trace) == net.cfg.layers * (T + 1)
     k, X = 0, X0
     for index, layer in enumerate(net.layers):
@@ -177,7 +191,7 @@ def test_energy_transformer_step_is_autograd_of_its_energy():
     # independent evaluation of both energies with explicit loops over heads
     e_att = 0
     for h in range(H):
-        q, k = g @ layer.Wq[h].T, g @ layer.Wk[h].T                 # (B, N, p)
+        q, k = g @ layer.Wq[h].T, g @ layer.Wk[h].T  # (B, N, p)
         e_att = e_att - torch.logsumexp(layer.beta * k @ q.transpose(-1, -2), dim=-2).sum(-1) / layer.beta
     e_hn = -0.5 * (torch.relu(g @ layer.xi.T) ** 2).sum((-1, -2))
     E = layer.energies_g(g)
@@ -192,10 +206,10 @@ def test_crate_block_matches_column_formulas():
     block = CRATE(cfg(arch="crate")).layers[0].double()
     Z = torch.randn(1, 4, D, dtype=torch.float64)
     p = D // H
-    Zn = block.norm1(Z)[0]                                          # (N, d)
+    Zn = block.norm1(Z)[0]  # (N, d)
     mssa = torch.zeros(4, D, dtype=torch.float64)
     for h in range(H):
-        Uh = block.U[:, h * p:(h + 1) * p]                          # (d, p)
+        Uh = block.U[:, h * p : (h + 1) * p]  # (d, p)
         W = Zn @ Uh
         mssa += torch.softmax(W @ W.T / p**0.5, dim=-1) @ W @ Uh.T
     half = Z[0] + mssa
@@ -212,23 +226,39 @@ def test_model_record_and_describe():
     assert logits.shape == (2, 5) and len(trace) == 2 * T and trace.energies == {}
     text = describe(model)
     assert "backbone" in text and f"{count_parameters(model):,}" in text.splitlines()[-1]
-    assert count_parameters(model) == (count_parameters(model.embed) + count_parameters(model.backbone)
-                                       + count_parameters(model.readout))
+    assert count_parameters(model) == (
+        count_parameters(model.embed) + count_parameters(model.backbone) + count_parameters(model.readout)
+    )
 
 
 def test_custom_attention_object_and_presets_build():
     att = ea.Attention(f="x/(2*beta)", K="sigmoid(beta*s)", heads=H)
-    for kw in (dict(attention=att), dict(attention="linear", feedforward="gated"),
-               dict(attention="sigmoid", feedforward="softmax", mode="riemannian")):
+    for kw in (
+        dict(attention=att),
+        dict(attention="linear", feedforward="gated"),
+        dict(attention="sigmoid", feedforward="softmax", mode="riemannian"),
+    ):
         model = wake_up(build_model(cfg(**kw), TOKENS))
         assert torch.isfinite(model(inputs(TOKENS))).all()
 
 
-@pytest.mark.parametrize("field, value", [
-    ("arch", "rnn"), ("d", 0), ("heads", 3), ("iters", 1.5), ("attention", "softmax"), ("feedforward", 7),
-    ("step_sizes", "adaptive"), ("condition", "x1"), ("lora_rank", -1), ("mode", "strict"), ("time_freq", 7),
-    ("fixed_step", 0.0),
-])
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("arch", "rnn"),
+        ("d", 0),
+        ("heads", 3),
+        ("iters", 1.5),
+        ("attention", "softmax"),
+        ("feedforward", 7),
+        ("step_sizes", "adaptive"),
+        ("condition", "x1"),
+        ("lora_rank", -1),
+        ("mode", "strict"),
+        ("time_freq", 7),
+        ("fixed_step", 0.0),
+    ],
+)
 def test_bad_config_raises_config_error(field, value):
     with pytest.raises(ConfigError, match=field) as info:
         cfg(**{field: value})

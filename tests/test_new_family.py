@@ -54,7 +54,7 @@ class MeanFieldFamily(Family):
         return [f"return {0.5 * dv.term.a!r} * (Z - Z.mean(dim=-2, keepdim=True)).pow(2).sum(dim=(-1, -2, -3))"]
 
     def reference_energy(self, term: MeanField, Z, env):
-        r = (Z.unsqueeze(-2) - Z.unsqueeze(-3)).pow(2).sum(-1)             # (…, H, N, N) ‖z_i − z_j‖²
+        r = (Z.unsqueeze(-2) - Z.unsqueeze(-3)).pow(2).sum(-1)  # (…, H, N, N) ‖z_i − z_j‖²
         return term.a / 2 * r.sum(dim=(-1, -2, -3)) / (2 * Z.shape[-2])
 
 
@@ -86,17 +86,29 @@ def test_a_family_defined_in_this_file_compiles_and_verifies():
     report = ea.verify(step)
     assert report.ok and report.terms[0].grad_rel_diff < 1e-12, str(report)
     generic = ea.compile(MeanField(a=0.5, heads=2), d=8, dtype=torch.float64, path="autodiff")
-    assert ea.verify(generic).ok                    # the generic path: torch.func.grad of the emitted energy
+    assert ea.verify(generic).ok  # the generic path: torch.func.grad of the emitted energy
     wrong = ea.compile(MeanField(a=0.5, heads=2, name="mis_derived"), d=8, dtype=torch.float64)
     assert not ea.verify(wrong, raise_on_fail=False).ok
 
 
 def test_a_family_defined_in_this_file_trains_beside_the_built_in_terms(tmp_path):
-    energy = (ea.Attention(f="log(x)/beta", K="exp(beta*s)", heads=2) + MeanField(a=0.1, heads=2)
-              + ea.FeedForward(g="x", h="relu(x)**2/2", ratio=2))
-    cfg = TrainConfig(task="digits", epochs=1, batch_size=16, limit_train=32, limit_test=16, progress=False,
-                      diagnostics_samples=4, eval_iters=[1, 2], out_dir=str(tmp_path / "run"),
-                      model=ModelConfig(d=16, heads=2, iters=2, time_freq=8, energy=energy))
+    energy = (
+        ea.Attention(f="log(x)/beta", K="exp(beta*s)", heads=2)
+        + MeanField(a=0.1, heads=2)
+        + ea.FeedForward(g="x", h="relu(x)**2/2", ratio=2)
+    )
+    cfg = TrainConfig(
+        task="digits",
+        epochs=1,
+        batch_size=16,
+        limit_train=32,
+        limit_test=16,
+        progress=False,
+        diagnostics_samples=4,
+        eval_iters=[1, 2],
+        out_dir=str(tmp_path / "run"),
+        model=ModelConfig(d=16, heads=2, iters=2, time_freq=8, energy=energy),
+    )
     summary = train(cfg)
     assert summary["finished"] and math.isfinite(summary["final"]["test_loss"])
     model, _, _, _ = energyarch_load(tmp_path / "run", energy)
@@ -111,6 +123,7 @@ def energyarch_load(path, energy):
 # ------------------------------------------------------------------------------------------------------------
 # a family with its own runtime: base class, helper and verification check, all in this file
 # ------------------------------------------------------------------------------------------------------------
+
 
 class PullUpdate(TermUpdate):
     """This file's runtime base class: a TermUpdate that counts its steps."""
@@ -160,7 +173,7 @@ class CentredFamily(MeanFieldFamily):
         return [f"return {0.5 * dv.term.a!r} * centred(Z).pow(2).sum(dim=(-1, -2, -3))"]
 
     def check(self, term, module, reference, X, dv, step_size):
-        CHECKED.append(type(module).__mro__[1].__name__)          # verify asked this family
+        CHECKED.append(type(module).__mro__[1].__name__)  # verify asked this family
         return super().check(term, module, reference, X, dv, step_size)
 
 
@@ -191,24 +204,31 @@ def test_an_emitted_module_imports_only_what_its_family_lists():
     source = ea.compile(Centred(a=0.5, heads=2), d=8).source
     check_source(source)
     other = ea.compile(MeanField(a=0.5, heads=2), d=8).source
-    for tampered in (source.replace("PullUpdate, centred", "PullUpdate, centred, CHECKED"),     # not listed
-                     source.replace(f"from {__name__} import", "from os import"),              # another module
-                     source.replace("(PullUpdate)", "(TermUpdate)"),                           # another base
-                     other.replace("from energyarch.runtime import TermUpdate",                # another family's name
-                                   f"from energyarch.runtime import TermUpdate\nfrom {__name__} import centred")):
+    for tampered in (
+        source.replace("PullUpdate, centred", "PullUpdate, centred, CHECKED"),  # not listed
+        source.replace(f"from {__name__} import", "from os import"),  # another module
+        source.replace("(PullUpdate)", "(TermUpdate)"),  # another base
+        other.replace(
+            "from energyarch.runtime import TermUpdate",  # another family's name
+            f"from energyarch.runtime import TermUpdate\nfrom {__name__} import centred",
+        ),
+    ):
         assert tampered != source
         with pytest.raises(CompileError, match="structural check"):
             check_source(tampered)
 
 
-@pytest.mark.parametrize("base, names, match", [
-    ((__name__, "PullUpdate"), {"os; import sys": ("x",)}, "not a dotted module path"),
-    ((__name__, "PullUpdate"), {__name__: ("__import__",)}, "not an identifier the template may import"),
-    ((__name__, "PullUpdate"), {__name__: ("torch",)}, "not an identifier the template may import"),
-    ((__name__, "PullUpdate"), {__name__: "centred"}, "tuple of strings"),
-    ((__name__,), {}, "not a \\(module, class name\\) pair"),
-    (("energyarch.runtime", "self"), {}, "not an identifier the template may import"),
-])
+@pytest.mark.parametrize(
+    "base, names, match",
+    [
+        ((__name__, "PullUpdate"), {"os; import sys": ("x",)}, "not a dotted module path"),
+        ((__name__, "PullUpdate"), {__name__: ("__import__",)}, "not an identifier the template may import"),
+        ((__name__, "PullUpdate"), {__name__: ("torch",)}, "not an identifier the template may import"),
+        ((__name__, "PullUpdate"), {__name__: "centred"}, "tuple of strings"),
+        ((__name__,), {}, "not a \\(module, class name\\) pair"),
+        (("energyarch.runtime", "self"), {}, "not an identifier the template may import"),
+    ],
+)
 def test_a_family_whose_runtime_names_are_not_plain_names_is_refused(base, names, match):
     class Bad(CentredFamily):
         name = "bad runtime names"

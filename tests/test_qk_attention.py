@@ -25,8 +25,12 @@ TERMS = {
 def test_gradients_and_updates_match_autodiff_of_the_declared_energy(interaction, name, threshold):
     if interaction.kind == "diag-low-rank" and name == "distance":
         pytest.skip("refused at declaration (tested below)")
-    step = ea.compile(ea.Attention(heads=2, interaction=interaction, **TERMS[name]), d=8, dtype=torch.float64,
-                      sdpa_threshold=threshold)
+    step = ea.compile(
+        ea.Attention(heads=2, interaction=interaction, **TERMS[name]),
+        d=8,
+        dtype=torch.float64,
+        sdpa_threshold=threshold,
+    )
     report = ea.verify(step)
     assert report.ok, str(report)
     assert step.derivations["attn"].family == "qk attention"
@@ -40,8 +44,9 @@ def test_other_constraint_modes_verify(mode):
 
 def test_bisoftmax_is_energy_transformers_update_written_out():
     """∂E/∂Q = P K, ∂E/∂K = Pᵀ Q for f = β⁻¹ log, κ = exp(βs), mapped back with W_Qᵀ and W_Kᵀ."""
-    step = ea.compile(ea.Attention(f="log(x)/beta", K="exp(beta*s)", heads=2, interaction=ea.QueryKey()), d=8,
-                      dtype=torch.float64)
+    step = ea.compile(
+        ea.Attention(f="log(x)/beta", K="exp(beta*s)", heads=2, interaction=ea.QueryKey()), d=8, dtype=torch.float64
+    )
     m = step.terms["attn"]
     assert step.derivations["attn"].pattern == "qk bi-softmax"
     X = torch.randn(3, 6, 8, dtype=torch.float64)
@@ -49,9 +54,10 @@ def test_bisoftmax_is_energy_transformers_update_written_out():
     P = torch.softmax(m.beta * Q @ K.transpose(-1, -2), dim=-1)
     G_q, G_k = m.grad_Z(Q, K)
     assert torch.allclose(G_q, P @ K, atol=1e-12) and torch.allclose(G_k, P.transpose(-1, -2) @ Q, atol=1e-12)
-    heads = lambda G, W: G.transpose(-2, -3).flatten(-2) @ W.T          # noqa: E731
-    assert torch.allclose(m.direction(X), -(heads(P @ K, m.weight) + heads(P.transpose(-1, -2) @ Q, m.weight_k)),
-                          atol=1e-12)
+    heads = lambda G, W: G.transpose(-2, -3).flatten(-2) @ W.T  # noqa: E731
+    assert torch.allclose(
+        m.direction(X), -(heads(P @ K, m.weight) + heads(P.transpose(-1, -2) @ Q, m.weight_k)), atol=1e-12
+    )
     assert set(dict(step.named_parameters())) == {"terms.attn.weight", "terms.attn.weight_k"}
 
 
@@ -71,13 +77,16 @@ def test_memory_linear_passes_match_dense_far_from_the_cauchy_schwarz_bound(dtyp
     PK, PtQ, L = qk_bisoftmax_sdpa(Q, K, b)
     S = b * Q.double() @ K.double().transpose(-1, -2)
     P = torch.softmax(S, dim=-1)
-    for got, want in ((PK, P @ K.double()), (PtQ, P.transpose(-1, -2) @ Q.double()),
-                      (L.squeeze(-1), torch.logsumexp(S, -1))):
+    for got, want in (
+        (PK, P @ K.double()),
+        (PtQ, P.transpose(-1, -2) @ Q.double()),
+        (L.squeeze(-1), torch.logsumexp(S, -1)),
+    ):
         assert (got.double() - want).abs().max() <= tol * want.abs().max()
-    ga, = torch.autograd.grad((PK.square().sum() + PtQ.square().sum()), Q)
+    (ga,) = torch.autograd.grad((PK.square().sum() + PtQ.square().sum()), Q)
     Qd = Q.detach().double().requires_grad_(True)
     Pd = torch.softmax(b * Qd @ K.double().transpose(-1, -2), dim=-1)
-    gb, = torch.autograd.grad(((Pd @ K.double()).square().sum() + (Pd.transpose(-1, -2) @ Qd).square().sum()), Qd)
+    (gb,) = torch.autograd.grad(((Pd @ K.double()).square().sum() + (Pd.transpose(-1, -2) @ Qd).square().sum()), Qd)
     assert (ga.double() - gb).abs().max() <= 100 * tol * gb.abs().max()
 
 
@@ -96,8 +105,9 @@ class _LargestOutput(TorchDispatchMode):
 
 def test_long_sequences_never_form_an_n_by_n_matrix():
     N = 1024
-    step = ea.compile(ea.Attention(f="log(x)/beta", K="exp(beta*s)", heads=2, interaction=ea.QueryKey()), d=8,
-                      sdpa_threshold=256)
+    step = ea.compile(
+        ea.Attention(f="log(x)/beta", K="exp(beta*s)", heads=2, interaction=ea.QueryKey()), d=8, sdpa_threshold=256
+    )
     X = torch.randn(1, N, 8, requires_grad=True)
     with _LargestOutput() as probe:
         out = step(X, 0.1)
@@ -119,7 +129,6 @@ def test_bad_declarations_are_project_errors():
 
 
 def test_report_and_source_name_the_tying():
-    step = ea.compile(ea.Attention(f="log(x)/beta", K="exp(beta*s)", heads=2, interaction=ea.DiagLowRank(rank=2)),
-                      d=8)
+    step = ea.compile(ea.Attention(f="log(x)/beta", K="exp(beta*s)", heads=2, interaction=ea.DiagLowRank(rank=2)), d=8)
     assert "diag-low-rank" in step.report() and "TYING = 'diag-low-rank" in step.source
     assert "qk_bisoftmax_sdpa(Q, K" in step.source and "Phi_q = Q" not in step.source

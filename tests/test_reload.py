@@ -19,12 +19,27 @@ from conftest import quick
 
 def test_a_causal_and_gated_run_trained_from_python_reloads_for_generate(tmp_path, capsys):
     (tmp_path / "corpus.txt").write_text("def f(x):\n    return x + 1\n" * 40)
-    model = ModelConfig(**TINY, attention=ea.CausalAttention(f="log(x)/beta", K="exp(beta*s)", heads=2,
-                                                             interaction=ea.QueryKey(), self_term="stopped"),
-                        feedforward=ea.GatedFeedForward(h="softplus(x)", ratio=2))
-    cfg = TrainConfig(task="text", text_path=str(tmp_path / "corpus.txt"), seq_len=16, epochs=1, batch_size=4,
-                      limit_train=8, limit_test=4, eval_iters=[1], diagnostics_samples=2, progress=False,
-                      out_dir=str(tmp_path / "run"), model=model)
+    model = ModelConfig(
+        **TINY,
+        attention=ea.CausalAttention(
+            f="log(x)/beta", K="exp(beta*s)", heads=2, interaction=ea.QueryKey(), self_term="stopped"
+        ),
+        feedforward=ea.GatedFeedForward(h="softplus(x)", ratio=2),
+    )
+    cfg = TrainConfig(
+        task="text",
+        text_path=str(tmp_path / "corpus.txt"),
+        seq_len=16,
+        epochs=1,
+        batch_size=4,
+        limit_train=8,
+        limit_test=4,
+        eval_iters=[1],
+        diagnostics_samples=2,
+        progress=False,
+        out_dir=str(tmp_path / "run"),
+        model=model,
+    )
     train(cfg, report=False)
     run = tmp_path / "run"
     written = (run / "config.toml").read_text()
@@ -44,8 +59,11 @@ def test_an_energy_with_a_torch_callable_is_handed_back_and_checked(tmp_path, ca
 
     energy = ea.Attention(f="log(x)/beta", K="exp(beta*s)", heads=2) + ea.FeedForward(g="x", h=relu_sq, ratio=2)
     cfg = quick(tmp_path, model=ModelConfig(**TINY, energy=energy))
-    with pytest.raises(ConfigError, match=r"h = relu_sq is a torch callable.*fingerprint [0-9a-f]{16}.*"
-                                          r"load_run\(path, energy=E\).*another energy is refused"):
+    with pytest.raises(
+        ConfigError,
+        match=r"h = relu_sq is a torch callable.*fingerprint [0-9a-f]{16}.*"
+        r"load_run\(path, energy=E\).*another energy is refused",
+    ):
         cfg.to_toml()
     with caplog.at_level("WARNING", logger="energyarch.train"):
         train(cfg, report=False)
@@ -62,5 +80,7 @@ def test_an_energy_with_a_torch_callable_is_handed_back_and_checked(tmp_path, ca
         return torch.relu(u) ** 2
 
     with pytest.raises(ConfigError, match="is not the energy"):
-        energyarch.train.load_run(run, energy=ea.Attention(f="log(x)/beta", K="exp(beta*s)", heads=2)
-                                  + ea.FeedForward(g="x", h=other, ratio=2))
+        energyarch.train.load_run(
+            run,
+            energy=ea.Attention(f="log(x)/beta", K="exp(beta*s)", heads=2) + ea.FeedForward(g="x", h=other, ratio=2),
+        )

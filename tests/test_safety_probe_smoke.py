@@ -40,7 +40,7 @@ def _run(probe, tmp_path, timeout=20.0):
 
 
 def test_a_correct_energy_is_verified_and_a_wrong_reference_is_caught(tmp_path, warm):
-    label, make, reference, _ = sp.ENERGIES[1]                      # Cauchy kernel
+    label, make, reference, _ = sp.ENERGIES[1]  # Cauchy kernel
     good = _run(sp.Probe("energies", label, sp.energy_check(make, reference), "verified"), tmp_path)
     assert good.outcome == "verified" and good.verdict == "ok", good
     wrong = sp.energy_check(make, lambda Z: reference(Z) * (1 + 1e-6))  # the probe's own reference, off by 1e-6
@@ -75,15 +75,18 @@ def test_the_guard_reports_hang_executed_and_raw(tmp_path):
     assert "EXECUTED 1, HANG 1, SILENTLY WRONG 0, RAW 1" in table
 
 
-@pytest.mark.parametrize("category, label, outcome", [
-    ("malformed", "Sphere eps=0", "project error DeclarationError"),
-    ("malformed", "step(X, '0.1')", "project error ShapeError"),
-    ("attacks", "expression: __import__ call", "rejected ParseError"),
-    ("attacks", "expression 'x<LS>import os; open(MARKER)'", "rejected ParseError"),
-    ("attacks", "Scalar.parse(name=) 'x<LF>import os", "inert (compiled; payload stayed a literal)"),
-    ("attacks", "function __name__ 'x<backslash-LF>import os", "inert (compiled; payload stayed a literal)"),
-    ("attacks", "checkpoint: tensors_file '../other/", "rejected CheckpointError"),
-])
+@pytest.mark.parametrize(
+    "category, label, outcome",
+    [
+        ("malformed", "Sphere eps=0", "project error DeclarationError"),
+        ("malformed", "step(X, '0.1')", "project error ShapeError"),
+        ("attacks", "expression: __import__ call", "rejected ParseError"),
+        ("attacks", "expression 'x<LS>import os; open(MARKER)'", "rejected ParseError"),
+        ("attacks", "Scalar.parse(name=) 'x<LF>import os", "inert (compiled; payload stayed a literal)"),
+        ("attacks", "function __name__ 'x<backslash-LF>import os", "inert (compiled; payload stayed a literal)"),
+        ("attacks", "checkpoint: tensors_file '../other/", "rejected CheckpointError"),
+    ],
+)
 def test_real_inputs_of_each_category(tmp_path, warm, category, label, outcome):
     probe = _by_label(sp.CATEGORIES[category](), label)
     result = _run(probe, tmp_path)
@@ -91,17 +94,20 @@ def test_real_inputs_of_each_category(tmp_path, warm, category, label, outcome):
     assert not (tmp_path / "probe" / "MARKER").exists()
 
 
-@pytest.mark.parametrize("label, outcome", [
-    ("causal overflowing callable K (autodiff): later tokens aligned x1e3", "causal exact"),
-    ("causal inner-product kernel: later tokens inf", "causal exact"),
-    ("official state_dict: key naming block 10**9", "rejected ConfigError"),
-    ("new run (diverging config) into a finished run", "rejected EnergyArchError"),
-    ("--resume: optimizer state of the wrong shape", "rejected EnergyArchError"),
-])
+@pytest.mark.parametrize(
+    "label, outcome",
+    [
+        ("causal overflowing callable K (autodiff): later tokens aligned x1e3", "causal exact"),
+        ("causal inner-product kernel: later tokens inf", "causal exact"),
+        ("official state_dict: key naming block 10**9", "rejected ConfigError"),
+        ("new run (diverging config) into a finished run", "rejected EnergyArchError"),
+        ("--resume: optimizer state of the wrong shape", "rejected EnergyArchError"),
+    ],
+)
 def test_round3_inputs(tmp_path, warm, label, outcome):
     probe = _by_label(sp.round3_probes(), label)
     if probe.label.startswith(("new run", "--resume")):
-        sp._template("digits")                     # trained in the parent, as run_campaign does, before the fork
+        sp._template("digits")  # trained in the parent, as run_campaign does, before the fork
     result = _run(probe, tmp_path)
     assert result.outcome == outcome and result.verdict == "ok", result
 

@@ -13,11 +13,12 @@ import energyarch as ea
 from energyarch import runtime
 from energyarch.sdpa_check import kernel_blockers, memory_linear_kernel, record_sdpa_calls
 
-N, D, THRESHOLD = 40, 64, 16          # N above the threshold: the SDPA lowerings run
+N, D, THRESHOLD = 40, 64, 16  # N above the threshold: the SDPA lowerings run
 
 LAYERS = {
-    "bi-softmax": lambda: ea.Attention(f="log(x)/beta", K="exp(beta*s)", heads=2)
-    + ea.FeedForward(g="x", h="relu(x)**2/2", ratio=1),
+    "bi-softmax": lambda: (
+        ea.Attention(f="log(x)/beta", K="exp(beta*s)", heads=2) + ea.FeedForward(g="x", h="relu(x)**2/2", ratio=1)
+    ),
     "causal bi-softmax": lambda: ea.CausalAttention(f="log(x)/beta", K="exp(beta*s)", heads=2),
     "distance softmax": lambda: ea.Attention(f="log(x)/beta", K="exp(-beta*r/2)", heads=2),
 }
@@ -58,14 +59,14 @@ def test_the_check_fails_on_the_unpadded_widths(monkeypatch):
 def test_blockers_of_the_documented_conditions():
     q = torch.randn(2, 4, 64, 32, dtype=torch.bfloat16)
     assert kernel_blockers(q, q, q) == {"flash": [], "efficient": []}
-    assert memory_linear_kernel(q.float(), q.float(), q.float()) == "efficient"       # float32: no FlashAttention
+    assert memory_linear_kernel(q.float(), q.float(), q.float()) == "efficient"  # float32: no FlashAttention
     assert memory_linear_kernel(q.double(), q.double(), q.double()) is None
     mask = torch.zeros(64, 64, dtype=torch.bfloat16, requires_grad=True)
     assert memory_linear_kernel(q, q, q, attn_mask=mask) is None
     assert memory_linear_kernel(q.transpose(-1, -2).transpose(-1, -2).contiguous(), q, q) == "flash"
-    strided = torch.randn(2, 4, 32, 64, dtype=torch.bfloat16).transpose(-1, -2)   # last-dim stride 64
+    strided = torch.randn(2, 4, 32, 64, dtype=torch.bfloat16).transpose(-1, -2)  # last-dim stride 64
     assert memory_linear_kernel(strided, q, q) is None
-    assert memory_linear_kernel(q, q, q[..., :16]) == "efficient"                    # v narrower: not flash
+    assert memory_linear_kernel(q, q, q[..., :16]) == "efficient"  # v narrower: not flash
     assert memory_linear_kernel(q, q, q, dtype=torch.float16) == "flash"
     wide = torch.randn(1, 1, 8, 264, dtype=torch.bfloat16)
     assert "head width above 256" in kernel_blockers(wide, wide, wide)["flash"]

@@ -29,7 +29,7 @@ def step64():
 def _quadratic(n=5, seed=0):
     g = torch.Generator().manual_seed(seed)
     Q = torch.linalg.qr(torch.randn(n, n, generator=g, dtype=F64))[0]
-    A = Q @ torch.diag(torch.linspace(0.5, 3.0, n, dtype=F64)) @ Q.T      # SPD, eigenvalues in [0.5, 3]
+    A = Q @ torch.diag(torch.linspace(0.5, 3.0, n, dtype=F64)) @ Q.T  # SPD, eigenvalues in [0.5, 3]
     b = torch.randn(n, generator=g, dtype=F64)
     x0 = torch.randn(n, generator=g, dtype=F64)
     return A, b, x0, torch.linalg.solve(A, b)
@@ -48,17 +48,16 @@ def test_linear_solvers_match_their_closed_form(name):
     """x_k − x* = (I − αA)^k e₀ (gd); momentum and Nesterov: the k-th power of their 2n×2n linear map on (e, v)."""
     A, b, x0, xs = _quadratic()
     alpha, mu, n, K = 0.2, 0.7, len(b), 12
-    iterates = run(make_solver(name, **({} if name == "gd" else {"momentum": mu})), lambda x: b - A @ x, x0,
-                   alpha, K)
+    iterates = run(make_solver(name, **({} if name == "gd" else {"momentum": mu})), lambda x: b - A @ x, x0, alpha, K)
     I = torch.eye(n, dtype=F64)
     B = I - alpha * A
     if name == "gd":
         M = B
         start = x0 - xs
-    elif name == "momentum":      # v' = μv − αA e;  e' = e + v'
+    elif name == "momentum":  # v' = μv − αA e;  e' = e + v'
         M = torch.cat([torch.cat([B, mu * I], 1), torch.cat([-alpha * A, mu * I], 1)], 0)
         start = torch.cat([x0 - xs, torch.zeros(n, dtype=F64)])
-    else:                         # v' = μ(I − αA)v − αA e;  e' = e + v'
+    else:  # v' = μ(I − αA)v − αA e;  e' = e + v'
         M = torch.cat([torch.cat([B, mu * B], 1), torch.cat([-alpha * A, mu * B], 1)], 0)
         start = torch.cat([x0 - xs, torch.zeros(n, dtype=F64)])
     for k, x in enumerate(iterates):
@@ -74,19 +73,21 @@ def test_solvers_match_torch_optim(name):
     solver = make_solver(name)
     ours = run(solver, lambda x: b - A @ x, x0, lr, K)
     p = torch.nn.Parameter(x0.clone())
-    opt = {"momentum": lambda: torch.optim.SGD([p], lr=lr, momentum=solver.params().get("momentum", 0)),
-           "rmsprop": lambda: torch.optim.RMSprop([p], lr=lr, alpha=solver.params().get("rho", 0), eps=1e-8),
-           "adam": lambda: torch.optim.Adam([p], lr=lr, betas=(0.9, 0.96), eps=1e-8)}[name]()
+    opt = {
+        "momentum": lambda: torch.optim.SGD([p], lr=lr, momentum=solver.params().get("momentum", 0)),
+        "rmsprop": lambda: torch.optim.RMSprop([p], lr=lr, alpha=solver.params().get("rho", 0), eps=1e-8),
+        "adam": lambda: torch.optim.Adam([p], lr=lr, betas=(0.9, 0.96), eps=1e-8),
+    }[name]()
     for k in range(K):
         opt.zero_grad()
-        p.grad = (A @ p.detach() - b)
+        p.grad = A @ p.detach() - b
         opt.step()
         torch.testing.assert_close(ours[k + 1], p.detach(), rtol=1e-11, atol=1e-12)
 
 
 def test_adam_bias_correction_first_steps_by_hand():
     """k = 1: Δ = α g/|g| (m̂ = g, ŝ = g²); k = 2 with g₂: m̂ = (β₁(1−β₁)g₁ + (1−β₁)g₂)/(1−β₁²), likewise ŝ."""
-    s = make_solver("adam", beta1=0.5, beta2=0.75, eps=1e-300)   # ε > 0 required; this small it changes no digit
+    s = make_solver("adam", beta1=0.5, beta2=0.75, eps=1e-300)  # ε > 0 required; this small it changes no digit
     g1, g2 = torch.tensor([2.0], dtype=F64), torch.tensor([-1.0], dtype=F64)
     inc, st = s.update(g1, 0.1, {})
     torch.testing.assert_close(inc, torch.tensor([0.1], dtype=F64))
@@ -102,8 +103,13 @@ def test_adam_bias_correction_first_steps_by_hand():
 
 def _reference_iterates(step, name, X, alphas, K, params, joint=False):
     """Textbook recurrences written out here, on the compiled terms' directions (sequential or joint)."""
-    mu, rho, b1, b2, eps = (params.get("momentum", 0.9), params.get("rho", 0.8), params.get("beta1", 0.9),
-                            params.get("beta2", 0.96), params.get("eps", 1e-8))
+    mu, rho, b1, b2, eps = (
+        params.get("momentum", 0.9),
+        params.get("rho", 0.8),
+        params.get("beta1", 0.9),
+        params.get("beta2", 0.96),
+        params.get("eps", 1e-8),
+    )
     terms = step.names
     v = {n: torch.zeros_like(X) for n in terms}
     m = {n: torch.zeros_like(X) for n in terms}
@@ -159,8 +165,9 @@ def test_gd_is_bit_identical_to_the_term_updates(step64):
 
 def test_hyperset_with_gains_steps_as_before():
     """The gain-scaled step (official convention) now goes through EnergyStep: same formula, written out here."""
-    cfg = ModelConfig(d=8, heads=2, iters=2, time_freq=8, norm_gain=True, step_sizes="fixed", fixed_step=0.1,
-                      steps="free")          # the formula below is the plain (free-step) update
+    cfg = ModelConfig(
+        d=8, heads=2, iters=2, time_freq=8, norm_gain=True, step_sizes="fixed", fixed_step=0.1, steps="free"
+    )  # the formula below is the plain (free-step) update
     net = build_model(cfg, TaskSpec(seq_len=5)).backbone.double()
     layer = net.layers[0]
     with torch.no_grad():
@@ -214,7 +221,7 @@ def test_backtracking_never_lets_the_energy_rise_and_free_large_steps_do(step64)
         return torch.stack(out)
 
     free = energies(step64.with_solver("momentum"))
-    assert bool(((free[1:] - free[:-1]) > 0).any())                       # the control: large steps climb
+    assert bool(((free[1:] - free[:-1]) > 0).any())  # the control: large steps climb
     safe = step64.with_solver("momentum", backtrack=4)
     safe.eval()
     E = energies(safe)
@@ -227,8 +234,12 @@ def test_bounded_steps_are_positive_bounded_and_capped_by_curvature():
     torch.testing.assert_close(s.step_size(raw), 0.4 * torch.sigmoid(raw))
     assert s.step_size(0.0) == pytest.approx(0.2) and 0 < s.step_size(-30.0) < s.step_size(30.0) <= 0.4
     # 2nd step: Δ = α d scaled by min(1, ⟨d, Δ⟩ / (L̂ ‖Δ‖²)), L̂ the secant ‖d₁ − d₀‖ / ‖x₁ − x₀‖ of the 1st step
-    step = ea.compile(ea.Attention(f="log(x)/beta", K="exp(beta*s)", heads=2), d=4, dtype=F64,
-                      solver=make_solver("gd", steps="bounded", max_step=4.0))
+    step = ea.compile(
+        ea.Attention(f="log(x)/beta", K="exp(beta*s)", heads=2),
+        d=4,
+        dtype=F64,
+        solver=make_solver("gd", steps="bounded", max_step=4.0),
+    )
     X = torch.randn(2, 3, 4, dtype=F64)
     with torch.no_grad():
         X1, st = step(X, 50.0, state=step.init_state())
@@ -236,10 +247,13 @@ def test_bounded_steps_are_positive_bounded_and_capped_by_curvature():
     alpha = 4.0 * torch.sigmoid(torch.tensor(50.0, dtype=F64))
     d0 = step.direction("attn", X)
     L = ((d1 - d0).flatten(-2).norm(dim=-1) / (X1 - X).flatten(-2).norm(dim=-1))[:, None, None]
-    scale = torch.clamp((d1 * alpha * d1).flatten(-2).sum(-1)[:, None, None] / (L * (alpha * d1).pow(2).flatten(-2)
-                                                                                   .sum(-1)[:, None, None]), max=1)
+    scale = torch.clamp(
+        (d1 * alpha * d1).flatten(-2).sum(-1)[:, None, None]
+        / (L * (alpha * d1).pow(2).flatten(-2).sum(-1)[:, None, None]),
+        max=1,
+    )
     torch.testing.assert_close(X2, X1 + scale * alpha * d1, rtol=1e-12, atol=1e-12)
-    assert bool((scale < 1).all())                                # the cap binds here (L̂ ≈ 2 > 1/α)
+    assert bool((scale < 1).all())  # the cap binds here (L̂ ≈ 2 > 1/α)
 
 
 def test_solver_arguments_are_checked():
@@ -261,8 +275,10 @@ def test_solver_arguments_are_checked():
 def test_model_config_solver_from_toml_and_errors():
     from energyarch.train.config import TrainConfig
 
-    cfg = TrainConfig.from_toml_string('task = "digits"\n[model]\nd = 16\nheads = 2\nsolver = "nesterov"\n'
-                                       '[model.solver_params]\nmomentum = 0.5\nsteps = "bounded"\n')
+    cfg = TrainConfig.from_toml_string(
+        'task = "digits"\n[model]\nd = 16\nheads = 2\nsolver = "nesterov"\n'
+        '[model.solver_params]\nmomentum = 0.5\nsteps = "bounded"\n'
+    )
     assert cfg.model.solver_object() == make_solver("nesterov", momentum=0.5, steps="bounded")
     again = TrainConfig.from_toml_string(cfg.to_toml())
     assert again.model.solver_object() == cfg.model.solver_object()
@@ -279,7 +295,7 @@ def test_model_with_solver_and_lora_trains(name):
     cfg = ModelConfig(d=8, heads=2, iters=3, time_freq=8, lora_rank=2, solver=name)
     model = build_model(cfg, TaskSpec(seq_len=6))
     x = torch.randint(0, 10, (2, 6))
-    with torch.no_grad():                                   # non-zero step sizes so that every solver moves X
+    with torch.no_grad():  # non-zero step sizes so that every solver moves X
         for layer in model.backbone.layers:
             layer.stepnet.out.bias.fill_(0.05)
     model(x).sum().backward()
@@ -292,10 +308,10 @@ def test_adaptive_depth_stops_per_sample():
     cfg = ModelConfig(d=8, heads=2, iters=4, time_freq=8, step_sizes="fixed", fixed_step=0.05, solver="momentum")
     net = build_model(cfg, TaskSpec(seq_len=5)).backbone.double()
     X = torch.randn(3, 5, 8, dtype=F64)
-    full, used = net.adaptive(X, tol=0.0, max_iters=6)              # tol 0: never stops early
+    full, used = net.adaptive(X, tol=0.0, max_iters=6)  # tol 0: never stops early
     torch.testing.assert_close(full, net(X, iters=6))
     assert used.tolist() == [6, 6, 6]
-    one, used = net.adaptive(X, tol=1e9, max_iters=6)               # every change is below 1e9: one iteration
+    one, used = net.adaptive(X, tol=1e9, max_iters=6)  # every change is below 1e9: one iteration
     torch.testing.assert_close(one, net(X, iters=1))
     assert used.tolist() == [1, 1, 1]
     # a middle tolerance: each sample stops after the first iteration whose relative energy change is below it
@@ -306,7 +322,7 @@ def test_adaptive_depth_stops_per_sample():
             E0 = layer.step.energy(Xt)
             Xt, state = layer.update(Xt, layer.stepnet(t, X), None, state)
             rels.append((layer.step.energy(Xt) - E0).abs() / E0.abs())
-    R = torch.stack(rels)                                           # (iteration, sample)
+    R = torch.stack(rels)  # (iteration, sample)
     tol = float(R.median())
     below = R < tol
     expected = [int(below[:, b].nonzero()[0]) + 1 if below[:, b].any() else 6 for b in range(3)]
@@ -323,7 +339,7 @@ def test_solver_step_compiles_without_graph_breaks():
             X, state = step(X, 0.1, state=state)
         return X
 
-    compiled = torch.compile(two, fullgraph=True, backend="eager")     # dynamo capture: no graph break
+    compiled = torch.compile(two, fullgraph=True, backend="eager")  # dynamo capture: no graph break
     torch.testing.assert_close(compiled(X), two(X), rtol=1e-5, atol=1e-6)
 
 
@@ -363,6 +379,13 @@ def test_energy_rise_counts_pairs_against_the_recorded_energies():
     assert rise["pairs"] == 6 * 2 * 3 and len(rise["per_iteration"]) == 6
     assert rise["fraction"] == pytest.approx(rises / 36) and rise["max"] == pytest.approx(biggest, rel=1e-5)
     rows = adaptive_depth(model, _TinyTask(), data, [0.0, 1e9], max_iters=3, batch_size=4)
-    assert [r["mean_iters"] for r in rows] == [6.0, 2.0]                # 2 layers × (3 | 1) iterations
-    assert energy_rise(build_model(ModelConfig(arch="transformer", d=8, heads=2, iters=2), TaskSpec(seq_len=5)),
-                       _TinyTask(), data, iters=2) is None
+    assert [r["mean_iters"] for r in rows] == [6.0, 2.0]  # 2 layers × (3 | 1) iterations
+    assert (
+        energy_rise(
+            build_model(ModelConfig(arch="transformer", d=8, heads=2, iters=2), TaskSpec(seq_len=5)),
+            _TinyTask(),
+            data,
+            iters=2,
+        )
+        is None
+    )

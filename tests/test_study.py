@@ -31,18 +31,35 @@ from energyarch.study.stats import mean_interval, paired_differences, t_quantile
 ROOT = Path(__file__).resolve().parent.parent
 
 #: a tiny training: two optimisation steps of a 16-wide layer on 64 digits
-TINY_SET = {"epochs": "1", "max_steps": "2", "limit_train": "64", "limit_test": "64", "batch_size": "16",
-            "diagnostics_samples": "8", '"model.d"': "16", '"model.heads"': "2", '"model.iters"': "2",
-            '"model.time_freq"': "8"}
+TINY_SET = {
+    "epochs": "1",
+    "max_steps": "2",
+    "limit_train": "64",
+    "limit_test": "64",
+    "batch_size": "16",
+    "diagnostics_samples": "8",
+    '"model.d"': "16",
+    '"model.heads"': "2",
+    '"model.iters"': "2",
+    '"model.time_freq"': "8",
+}
 
 
-def tiny_study(tmp_path: Path, name: str = "tiny", grid: str = '"model.attention" = ["bisoftmax", "linear"]\n'
-               '"model.feedforward" = ["relu", "softmax"]', seeds: str = "[0]", extra: str = "",
-               sets: dict | None = None) -> Path:
+def tiny_study(
+    tmp_path: Path,
+    name: str = "tiny",
+    grid: str = '"model.attention" = ["bisoftmax", "linear"]\n"model.feedforward" = ["relu", "softmax"]',
+    seeds: str = "[0]",
+    extra: str = "",
+    sets: dict | None = None,
+) -> Path:
     path = tmp_path / f"{name}.toml"
     lines = "\n".join(f"{k} = {v}" for k, v in {**TINY_SET, **(sets or {})}.items())
-    path.write_text(f'[study]\nname = "{name}"\nbase = "digits"\nseeds = {seeds}\nheartbeat = 1\n{extra}\n'
-                    f"[study.set]\n{lines}\n[grid]\n{grid}\n", encoding="utf-8")
+    path.write_text(
+        f'[study]\nname = "{name}"\nbase = "digits"\nseeds = {seeds}\nheartbeat = 1\n{extra}\n'
+        f"[study.set]\n{lines}\n[grid]\n{grid}\n",
+        encoding="utf-8",
+    )
     return path
 
 
@@ -69,15 +86,19 @@ BAD = [
     ('[study]\nname = "x"\nbase = "digits"\n[grid]\n"model.attention" = ["nope"]\n', "attention"),
     ('[study]\nname = "x"\nbase = "digits"\n[grid]\n"model.dd" = [1, 2]\n', "dd"),
     ('[study]\nname = "x"\nbase = "digits"\n[study.set]\nepochs = "ten"\n', "epochs"),
-    ('[study]\nname = "x"\nbase = "digits"\nbaseline = "relu"\n[grid]\n"model.attention" = ["linear"]\n',
-     "baseline"),
-    ('[study]\nname = "x"\nbase = "digits"\n[search]\n"model.fixed_step" = { low = 1.0, high = 0.1 }\n',
-     "model.fixed_step"),
-    ('[study]\nname = "x"\nbase = "digits"\nsampler = "tpe"\n[search]\n"model.fixed_step" = { low = 0.1, '
-     'high = 1.0 }\n', "trials"),
+    ('[study]\nname = "x"\nbase = "digits"\nbaseline = "relu"\n[grid]\n"model.attention" = ["linear"]\n', "baseline"),
+    (
+        '[study]\nname = "x"\nbase = "digits"\n[search]\n"model.fixed_step" = { low = 1.0, high = 0.1 }\n',
+        "model.fixed_step",
+    ),
+    (
+        '[study]\nname = "x"\nbase = "digits"\nsampler = "tpe"\n[search]\n"model.fixed_step" = { low = 0.1, '
+        "high = 1.0 }\n",
+        "trials",
+    ),
     ('[study]\nname = "x"\nbase = "digits"\n[grid]\nseed = [1, 2]\n', "seed"),
     ('[study]\nname = "x"\nbase = "digits"\n[gird]\n', "gird"),
-    ('[study\n', "TOML"),
+    ("[study\n", "TOML"),
 ]
 
 
@@ -92,14 +113,17 @@ def test_study_file_grid_designs_and_nested_keys():
     spec = StudySpec.from_toml_string(
         '[study]\nname = "x"\nbase = "digits"\nseeds = [3, 4]\nbaseline = "a"\n'
         '[designs.a]\n"model.d" = 32\n[designs.b]\n"model.d" = 16\n"model.heads" = 2\n'
-        '[grid]\n"model.solver_params.steps" = ["free", "bounded"]\n')
+        '[grid]\n"model.solver_params.steps" = ["free", "bounded"]\n'
+    )
     assert spec.axes == ["design", "model.solver_params.steps"] and spec.total_trials == 8
     cfg = spec.trial_config({"design": "b", "model.solver_params.steps": "bounded", "seed": 4})
     assert (cfg.model.d, cfg.model.heads, cfg.model.solver_params, cfg.seed) == (16, 2, {"steps": "bounded"}, 4)
     assert spec.baseline_design() == ("a", "free")
     # a nested override of one design does not leak into the next trial's config
-    spec = StudySpec.from_toml_string('[study]\nname = "x"\nbase = "digits"\n[designs.m]\nmodel.solver = "momentum"\n'
-                                      '"model.solver_params.momentum" = 0.5\n[designs.g]\n')
+    spec = StudySpec.from_toml_string(
+        '[study]\nname = "x"\nbase = "digits"\n[designs.m]\nmodel.solver = "momentum"\n'
+        '"model.solver_params.momentum" = 0.5\n[designs.g]\n'
+    )
     assert spec.trial_config({"design": "m", "seed": 0}).model.solver_params == {"momentum": 0.5}
     assert spec.trial_config({"design": "g", "seed": 0}).model.solver_params == {}
 
@@ -116,6 +140,7 @@ def test_cli_reports_a_bad_study_file(tmp_path, capsys):
 # statistics and the report
 # -------------------------------------------------------------------------------------------------------------
 
+
 def test_t_interval_matches_the_formula():
     xs = [0.81, 0.84, 0.80, 0.86]
     m = mean_interval(xs)
@@ -130,20 +155,33 @@ def test_t_interval_matches_the_formula():
 def test_report_has_intervals_and_paired_differences(tmp_path):
     """A stored study with known values (3 seeds x 2 designs) → the leaderboard's intervals and the paired
     difference, computed independently here."""
-    spec = load_study(tiny_study(tmp_path, grid='"model.attention" = ["bisoftmax", "linear"]', seeds="[0, 1, 2]",
-                                 extra='baseline = "bisoftmax"'))
+    spec = load_study(
+        tiny_study(
+            tmp_path,
+            grid='"model.attention" = ["bisoftmax", "linear"]',
+            seeds="[0, 1, 2]",
+            extra='baseline = "bisoftmax"',
+        )
+    )
     from energyarch.study.storage import open_study
 
     url = f"sqlite:///{tmp_path / 'study.db'}"
     study = open_study(spec, url, heartbeat=False)
     values = {"bisoftmax": [0.80, 0.82, 0.84], "linear": [0.78, 0.79, 0.83]}
-    dist = {"model.attention": optuna.distributions.CategoricalDistribution(["bisoftmax", "linear"]),
-            "seed": optuna.distributions.CategoricalDistribution([0, 1, 2])}
+    dist = {
+        "model.attention": optuna.distributions.CategoricalDistribution(["bisoftmax", "linear"]),
+        "seed": optuna.distributions.CategoricalDistribution([0, 1, 2]),
+    }
     for design, vs in values.items():
         for seed, v in enumerate(vs):
-            study.add_trial(optuna.trial.create_trial(
-                params={"model.attention": design, "seed": seed}, distributions=dist, value=v,
-                user_attrs={"parameters": 1000, "step_s": 0.01, "top1_2T": v - 0.1}))
+            study.add_trial(
+                optuna.trial.create_trial(
+                    params={"model.attention": design, "seed": seed},
+                    distributions=dist,
+                    value=v,
+                    user_attrs={"parameters": 1000, "step_s": 0.01, "top1_2T": v - 0.1},
+                )
+            )
     result = write_report(study, tmp_path)
     board = result["board"]
     rows = {e["label"]: e for e in board["table"]}
@@ -163,6 +201,7 @@ def test_report_has_intervals_and_paired_differences(tmp_path):
 # -------------------------------------------------------------------------------------------------------------
 # workers
 # -------------------------------------------------------------------------------------------------------------
+
 
 def _check_grid_done(url: str, out: Path, n: int) -> None:
     trials = _trials(url)
@@ -188,16 +227,23 @@ def test_two_workers_on_sqlite_complete_the_grid_without_duplicates(tmp_path):
 
 
 def test_a_killed_worker_is_retried_on_the_next_run(tmp_path):
-    study_file = tiny_study(tmp_path, grid='"model.attention" = ["bisoftmax", "linear"]',
-                            sets={"max_steps": "0", "limit_train": "0", "epochs": "2"})
+    study_file = tiny_study(
+        tmp_path,
+        grid='"model.attention" = ["bisoftmax", "linear"]',
+        sets={"max_steps": "0", "limit_train": "0", "epochs": "2"},
+    )
     out = tmp_path / "out"
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "energyarch", "study", "run", str(study_file), "--out", str(out),
-                             "--quiet"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "energyarch", "study", "run", str(study_file), "--out", str(out), "--quiet"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     url = f"sqlite:///{(out / 'study.db').resolve()}"
     try:
         deadline = time.time() + 240
-        while time.time() < deadline:      # wait until a trial trains (its folder holds a config)
+        while time.time() < deadline:  # wait until a trial trains (its folder holds a config)
             if glob.glob(str(out / "trials" / "*" / "config.toml")):
                 break
             assert proc.poll() is None, "the worker ended before its first trial trained"
@@ -209,7 +255,7 @@ def test_a_killed_worker_is_retried_on_the_next_run(tmp_path):
         proc.wait()
     running = [t for t in _trials(url) if t.state.name == "RUNNING"]
     assert len(running) == 1
-    time.sleep(2.5)                                        # two heartbeats (1 s) without a sign of life
+    time.sleep(2.5)  # two heartbeats (1 s) without a sign of life
     result = run_study(study_file, out, workers=1, progress=False)
     assert result["complete"] == 2
     trials = _trials(url)
@@ -217,7 +263,7 @@ def test_a_killed_worker_is_retried_on_the_next_run(tmp_path):
     assert killed.state.name == "FAIL"
     retry = [t for t in trials if t.system_attrs.get("failed_trial") == killed.number]
     assert len(retry) == 1 and retry[0].state.name == "COMPLETE" and retry[0].params == killed.params
-    assert len(list((out / "incomplete").iterdir())) == 1         # the killed attempt's folder, kept aside
+    assert len(list((out / "incomplete").iterdir())) == 1  # the killed attempt's folder, kept aside
     _check_grid_done(url, out, 2)
 
 
@@ -234,6 +280,7 @@ def test_sampled_parameters_with_a_random_sampler(tmp_path):
 # -------------------------------------------------------------------------------------------------------------
 # PostgreSQL
 # -------------------------------------------------------------------------------------------------------------
+
 
 def _free_port() -> int:
     with socket.socket() as s:
@@ -265,8 +312,19 @@ def postgres_url():
         r = run([initdb, "-D", data, "-A", "trust", "-U", "postgres"])
         if r.returncode:
             pytest.skip(f"PostgreSQL cannot start here (initdb: {r.stderr.strip()[-300:]})")
-        r = run([pg_ctl, "-D", data, "-l", os.path.join(folder, "log"), "-w", "-o",
-                 f"-k {folder} -p {port} -h 127.0.0.1", "start"])
+        r = run(
+            [
+                pg_ctl,
+                "-D",
+                data,
+                "-l",
+                os.path.join(folder, "log"),
+                "-w",
+                "-o",
+                f"-k {folder} -p {port} -h 127.0.0.1",
+                "start",
+            ]
+        )
         if r.returncode:
             pytest.skip(f"PostgreSQL cannot start here (pg_ctl: {(r.stderr or r.stdout).strip()[-300:]})")
         yield f"postgresql+psycopg2://postgres@127.0.0.1:{port}/postgres"

@@ -20,7 +20,7 @@ def test_physical_cores_counts_hyperthread_siblings_once(tmp_path):
     sys_cpu = _fake_topology(tmp_path, [(0, 0), (0, 1), (0, 0), (0, 1), (1, 0), (1, 0)])
     assert threads.physical_cores([0, 1, 2, 3, 4, 5], sys_cpu) == 3
     assert threads.physical_cores([0, 2], sys_cpu) == 1
-    assert threads.physical_cores([0, 7], sys_cpu) == 2            # cpu7 has no topology: counted as itself
+    assert threads.physical_cores([0, 7], sys_cpu) == 2  # cpu7 has no topology: counted as itself
 
 
 def test_default_threads_follows_the_environment(monkeypatch):
@@ -28,7 +28,7 @@ def test_default_threads_follows_the_environment(monkeypatch):
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
     assert threads.default_threads() == 12
-    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")                    # torchrun: the cores are shared
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")  # torchrun: the cores are shared
     assert threads.default_threads() == 3
     monkeypatch.setattr(threads, "physical_cores", lambda: 64)
     monkeypatch.delenv("LOCAL_WORLD_SIZE")
@@ -41,7 +41,7 @@ def test_cli_sets_and_prints_the_thread_count(monkeypatch, capsys):
     import energyarch.train.demo as demo
 
     before = torch.get_num_threads()
-    monkeypatch.setattr(demo, "run_demo", lambda **kw: 0)          # the thread choice only, no training
+    monkeypatch.setattr(demo, "run_demo", lambda **kw: 0)  # the thread choice only, no training
     try:
         assert cli.main(["demo", "--threads", "1"]) == 0
         assert torch.get_num_threads() == 1

@@ -16,7 +16,14 @@ from energyarch.data import sudoku_metrics
 from energyarch.errors import CheckpointError, ConfigError
 from energyarch.models import ModelConfig, TaskSpec, build_model
 from energyarch.train import (
-    TrainConfig, Trainer, TrainingDivergedError, build_task, forward_all, load_checkpoint, lr_at, train,
+    TrainConfig,
+    Trainer,
+    TrainingDivergedError,
+    build_task,
+    forward_all,
+    load_checkpoint,
+    lr_at,
+    train,
 )
 from energyarch.train.checkpoint import STATE_FILE
 from energyarch.train.config import packaged_configs
@@ -32,8 +39,12 @@ from conftest import TINY_MODEL, python_env, tiny
 
 
 def test_config_toml_and_json_round_trip(tmp_path):
-    cfg = tiny(tmp_path, betas=(0.9, 0.95), eval_iters=[4, 8], model=ModelConfig(arch="transformer", d=32, heads=4,
-                                                                                  iters=3, ff_ratio=2.0))
+    cfg = tiny(
+        tmp_path,
+        betas=(0.9, 0.95),
+        eval_iters=[4, 8],
+        model=ModelConfig(arch="transformer", d=32, heads=4, iters=3, ff_ratio=2.0),
+    )
     for name in ("c.toml", "c.json"):
         path = cfg.save(tmp_path / name)
         back = TrainConfig.load(path)
@@ -51,21 +62,30 @@ def test_packaged_configs_load(name):
 def test_paper_sudoku_config_matches_tables_7_and_8():
     cfg = TrainConfig.load(packaged_configs()["sudoku_paper"])
     m = cfg.model
-    assert (cfg.epochs, cfg.batch_size, cfg.lr, cfg.weight_decay, cfg.betas, cfg.grad_clip) == \
-        (200, 16, 1e-4, 0.1, (0.9, 0.95), 1.0)
+    assert (cfg.epochs, cfg.batch_size, cfg.lr, cfg.weight_decay, cfg.betas, cfg.grad_clip) == (
+        200,
+        16,
+        1e-4,
+        0.1,
+        (0.9, 0.95),
+        1.0,
+    )
     assert (m.d, m.heads, m.layers, m.iters, m.ff_ratio, m.condition) == (768, 12, 1, 24, 4.0, "x0")
 
 
-@pytest.mark.parametrize("text, needle", [
-    ("epoch = 3", "unknown key 'epoch' (did you mean 'epochs'?)"),
-    ("[model]\nwidth = 3", "unknown key 'width'"),
-    ('epochs = "ten"', "epochs = 'ten' (str) has the wrong type; expected int"),
-    ("lr = true", "expected float"),
-    ("[model]\nd = 1.5", "d = 1.5 (float) has the wrong type; expected int"),
-    ('eval_iters = [1, "x"]', "expected a list of int"),
-    ('task = "mnist"', "choose one of"),
-    ("model = 3", "expected a table of model settings"),
-])
+@pytest.mark.parametrize(
+    "text, needle",
+    [
+        ("epoch = 3", "unknown key 'epoch' (did you mean 'epochs'?)"),
+        ("[model]\nwidth = 3", "unknown key 'width'"),
+        ('epochs = "ten"', "epochs = 'ten' (str) has the wrong type; expected int"),
+        ("lr = true", "expected float"),
+        ("[model]\nd = 1.5", "d = 1.5 (float) has the wrong type; expected int"),
+        ('eval_iters = [1, "x"]', "expected a list of int"),
+        ('task = "mnist"', "choose one of"),
+        ("model = 3", "expected a table of model settings"),
+    ],
+)
 def test_config_errors_name_key_and_fix(text, needle):
     with pytest.raises(ConfigError) as err:
         TrainConfig.from_toml_string(text, source="my.toml")
@@ -75,10 +95,16 @@ def test_config_errors_name_key_and_fix(text, needle):
 
 
 def test_overrides_parse_toml_values():
-    cfg = TrainConfig().with_overrides(["model.d=32", "model.heads=2", "lr=3e-4", "model.attention=sigmoid",
-                                        "eval_iters=[2, 4]", "progress=false"])
-    assert (cfg.model.d, cfg.lr, cfg.model.attention, cfg.eval_iters, cfg.progress) == \
-        (32, 3e-4, "sigmoid", [2, 4], False)
+    cfg = TrainConfig().with_overrides(
+        ["model.d=32", "model.heads=2", "lr=3e-4", "model.attention=sigmoid", "eval_iters=[2, 4]", "progress=false"]
+    )
+    assert (cfg.model.d, cfg.lr, cfg.model.attention, cfg.eval_iters, cfg.progress) == (
+        32,
+        3e-4,
+        "sigmoid",
+        [2, 4],
+        False,
+    )
     with pytest.raises(ConfigError, match="unknown key 'dd'"):
         TrainConfig().with_overrides(["model.dd=3"])
     with pytest.raises(ConfigError, match="KEY=VALUE"):
@@ -89,8 +115,8 @@ def test_lr_schedule_warmup_then_cosine():
     cfg = TrainConfig(lr=1e-3, min_lr=1e-5)
     lrs = [lr_at(s, cfg, total_steps=100, warmup_steps=10) for s in range(100)]
     assert lrs[0] == pytest.approx(1e-4) and lrs[9] == pytest.approx(1e-3)
-    assert all(a >= b for a, b in zip(lrs[10:], lrs[11:]))              # monotone decay after warmup
-    assert lrs[55] == pytest.approx(1e-5 + 0.5 * (1e-3 - 1e-5))          # half-way through the cosine
+    assert all(a >= b for a, b in zip(lrs[10:], lrs[11:]))  # monotone decay after warmup
+    assert lrs[55] == pytest.approx(1e-5 + 0.5 * (1e-3 - 1e-5))  # half-way through the cosine
     assert lrs[-1] > 1e-5 and lr_at(100, cfg, 100, 10) == pytest.approx(1e-5)
 
 
@@ -102,8 +128,7 @@ def test_lr_schedule_warmup_then_cosine():
 @pytest.fixture(scope="module")
 def sudoku_task(tmp_path_factory):
     d = tmp_path_factory.mktemp("sudoku")
-    return build_task(TrainConfig(task="sudoku", data_dir=str(d), n_train=8, n_test=4, processes=1,
-                                  progress=False))
+    return build_task(TrainConfig(task="sudoku", data_dir=str(d), n_train=8, n_test=4, processes=1, progress=False))
 
 
 def test_sudoku_loss_counts_blank_cells_only_and_metrics_agree(sudoku_task):
@@ -111,7 +136,7 @@ def test_sudoku_loss_counts_blank_cells_only_and_metrics_agree(sudoku_task):
     logits = torch.randn(4, 81, 9)
     given = quiz > 0
     changed = logits.clone()
-    changed[given] = torch.randn(int(given.sum()), 9) * 100            # givens: no effect on the loss
+    changed[given] = torch.randn(int(given.sum()), 9) * 100  # givens: no effect on the loss
     base = sudoku_task.loss([logits], (quiz, solution))
     assert torch.equal(base, sudoku_task.loss([changed], (quiz, solution)))
     manual = torch.nn.functional.cross_entropy(logits[~given], solution[~given] - 1)
@@ -128,7 +153,7 @@ def test_sudoku_loss_counts_blank_cells_only_and_metrics_agree(sudoku_task):
 def test_forward_all_matches_separate_forwards(arch):
     torch.manual_seed(0)
     model = build_model(ModelConfig(arch=arch, **TINY_MODEL), TaskSpec(seq_len=81))
-    for m in model.modules():                            # give zero-initialised step sizes a value
+    for m in model.modules():  # give zero-initialised step sizes a value
         if type(m).__name__ == "StepSizeNet":
             torch.nn.init.normal_(m.out.weight, std=0.1)
     x = torch.randint(0, 10, (2, 81))
@@ -181,7 +206,7 @@ def test_resume_is_exact(tmp_path, loss_on):
     first = Trainer(tiny(tmp_path, max_steps=k, loss_on=loss_on, out_dir=str(tmp_path / "b")))
     first.fit()
     resumed = Trainer(tiny(tmp_path, max_steps=N, loss_on=loss_on, out_dir=str(tmp_path / "b")))
-    torch.manual_seed(1234)                              # disturb the global RNG: resume restores it
+    torch.manual_seed(1234)  # disturb the global RNG: resume restores it
     resumed.fit(resume=True)
     assert straight.step == resumed.step == N and resumed.epoch == 1 and resumed.batch_in_epoch == 2
     for (name, a), b in zip(straight.model.state_dict().items(), resumed.model.state_dict().values()):
@@ -209,7 +234,7 @@ def test_checkpoint_from_other_architecture_is_rejected(tmp_path):
     same_shapes = build_model(ModelConfig(attention="sigmoid", **TINY_MODEL), trainer.task.spec)
     with pytest.raises(CheckpointError, match="model.attention: checkpoint 'bisoftmax' vs model 'sigmoid'"):
         load_checkpoint(cfg.out_dir, same_shapes)
-    with pytest.raises(CheckpointError, match="different architecture"):     # resume into another model
+    with pytest.raises(CheckpointError, match="different architecture"):  # resume into another model
         Trainer(tiny(tmp_path, model=ModelConfig(arch="transformer", **TINY_MODEL))).fit(resume=True)
 
 
@@ -246,7 +271,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
     assert state["step"] == 3
     model = build_model(trainer.cfg.model, trainer.task.spec)
     load_checkpoint(trainer.cfg.out_dir, model)
-    assert parameter_digest(model) == parameter_digest(trainer.model)   # the NaN step was not applied
+    assert parameter_digest(model) == parameter_digest(trainer.model)  # the NaN step was not applied
     assert all(torch.isfinite(p).all() for p in model.parameters())
 
 
@@ -255,7 +280,7 @@ def test_nan_before_any_checkpoint_says_so(tmp_path):
     trainer.bad = 0
     with pytest.raises(TrainingDivergedError, match="no checkpoint had been written yet") as err:
         trainer.fit()
-    msg = str(err.value)      # advice fits the situation: nothing to resume from, clipping already on
+    msg = str(err.value)  # advice fits the situation: nothing to resume from, clipping already on
     assert "--resume" not in msg and "no checkpoint to resume from" in msg
     assert "set grad_clip" not in msg and "ea.verify" in msg
 
@@ -265,8 +290,20 @@ def test_ddp_two_processes_identical_replicas(tmp_path):
     cfg = tiny(tmp_path, epochs=1, max_steps=3, out_dir=str(tmp_path / "ddp"))
     cfg.save(tmp_path / "ddp.toml")
     env = python_env(OMP_NUM_THREADS="1")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "energyarch",
-           "train", "--config", str(tmp_path / "ddp.toml"), "--no-report", "--quiet"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "energyarch",
+        "train",
+        "--config",
+        str(tmp_path / "ddp.toml"),
+        "--no-report",
+        "--quiet",
+    ]
     cp = subprocess.run(cmd, capture_output=True, text=True, timeout=240, cwd=tmp_path, env=env)
     assert cp.returncode == 0, cp.stderr[-3000:]
     state = json.loads((tmp_path / "ddp" / STATE_FILE).read_text())
@@ -305,11 +342,41 @@ def test_cli_train_then_eval(tmp_path, capsys):
     cfg = tiny(tmp_path, epochs=1)
     cfg.save(tmp_path / "c.toml")
     out = tmp_path / "cli"
-    assert main(["train", "--config", str(tmp_path / "c.toml"), "--set", "model.iters=1", "--set", "max_steps=2",
-                 "--out", str(out), "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--config",
+                str(tmp_path / "c.toml"),
+                "--set",
+                "model.iters=1",
+                "--set",
+                "max_steps=2",
+                "--out",
+                str(out),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     assert "continue with --resume" in capsys.readouterr().out
-    assert main(["train", "--config", str(tmp_path / "c.toml"), "--set", "model.iters=1", "--out", str(out),
-                 "--resume", "--quiet", "--no-report"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--config",
+                str(tmp_path / "c.toml"),
+                "--set",
+                "model.iters=1",
+                "--out",
+                str(out),
+                "--resume",
+                "--quiet",
+                "--no-report",
+            ]
+        )
+        == 0
+    )
     assert json.loads((out / STATE_FILE).read_text())["step"] == 4
     assert main(["eval", "--checkpoint", str(out), "--iters", "1,2"]) == 0
     text = capsys.readouterr().out
@@ -320,9 +387,28 @@ def test_cli_train_then_eval(tmp_path, capsys):
 
 
 def test_cli_demo_runs_compile_verify_train(tmp_path, capsys):
-    args = ["demo", "--out", str(tmp_path / "demo"), "--epochs", "1", "--quiet", "--set", "limit_train=64",
-            "--set", "limit_test=32", "--set", "model.d=16", "--set", "model.iters=2", "--set", "model.time_freq=8",
-            "--set", "eval_iters=[1, 2]", "--set", "diagnostics_samples=8"]
+    args = [
+        "demo",
+        "--out",
+        str(tmp_path / "demo"),
+        "--epochs",
+        "1",
+        "--quiet",
+        "--set",
+        "limit_train=64",
+        "--set",
+        "limit_test=32",
+        "--set",
+        "model.d=16",
+        "--set",
+        "model.iters=2",
+        "--set",
+        "model.time_freq=8",
+        "--set",
+        "eval_iters=[1, 2]",
+        "--set",
+        "diagnostics_samples=8",
+    ]
     assert main(args) == 0
     text = capsys.readouterr().out
     assert "verification (paper mode, rtol 1e-09): OK" in text and "| attn | bi-softmax |" in text

@@ -62,17 +62,17 @@ def test_bf16_autocast_on_cpu_keeps_fp32_master_weights(tmp_path):
     losses, trainers = {}, {}
     for precision in ("fp32", "bf16"):
         t = Trainer(tiny(tmp_path, precision=precision, out_dir=str(tmp_path / precision)))
-        losses[precision] = t.train_step(first_batch(t))               # the same initial weights and batch
+        losses[precision] = t.train_step(first_batch(t))  # the same initial weights and batch
         trainers[precision] = t
     t = trainers["bf16"]
     assert t.amp_dtype == torch.bfloat16
-    assert losses["bf16"] != losses["fp32"]                             # autocast did act
+    assert losses["bf16"] != losses["fp32"]  # autocast did act
     assert abs(losses["bf16"] - losses["fp32"]) < 2e-2 * abs(losses["fp32"])
     assert all(p.dtype == torch.float32 for p in t.model.parameters())
     assert all(p.grad is None or p.grad.dtype == torch.float32 for p in t.model.parameters())
     moments = [v for s in t.optimizer.state.values() for v in s.values() if torch.is_tensor(v) and v.dim() > 0]
     assert moments and all(v.dtype == torch.float32 for v in moments)
-    with t.autocast():                                                  # evaluation runs in the same precision
+    with t.autocast():  # evaluation runs in the same precision
         assert t.model(t.task.inputs(first_batch(t), t.dist.device)).dtype == torch.bfloat16
     assert 0.0 <= t.evaluate()["top1"] <= 1.0
 
@@ -99,7 +99,7 @@ def test_compile_matches_eager_and_reports_first_step(tmp_path, monkeypatch):
     compiled.fit()
     info = compiled.compile_info
     assert info["fullgraph"] and info["fallback_reason"] is None and info["backend"] == "aot_eager"
-    assert info["first_step_s"] > 0 and compiled.speed[0]["steps"] == 3        # the compiling step left out
+    assert info["first_step_s"] > 0 and compiled.speed[0]["steps"] == 3  # the compiling step left out
     for name, value in eager.model.state_dict().items():
         torch.testing.assert_close(compiled.model.state_dict()[name], value, rtol=1e-4, atol=1e-5, msg=name)
     speed = json.loads((tmp_path / "compiled" / "metrics.json").read_text())["speed"]
@@ -123,8 +123,11 @@ def test_compile_falls_back_from_fullgraph_with_a_logged_reason(tmp_path, monkey
     monkeypatch.setattr(trainer_module, "COMPILE_BACKEND", "eager")
     torch._dynamo.reset()
     base = Trainer(tiny(tmp_path, max_steps=2))
-    t = Trainer(tiny(tmp_path, compile=True, max_steps=2, out_dir=str(tmp_path / "b")),
-                model=GraphBreaking(base.model), task=base.task)
+    t = Trainer(
+        tiny(tmp_path, compile=True, max_steps=2, out_dir=str(tmp_path / "b")),
+        model=GraphBreaking(base.model),
+        task=base.task,
+    )
     with caplog.at_level(logging.INFO, logger="energyarch.train"):
         t.fit()
     assert t.step == 2 and not t.compile_info["fullgraph"]
@@ -155,7 +158,7 @@ def test_speed_log_has_throughput_and_peak_memory(tmp_path):
         assert e["samples_per_s"] == pytest.approx(56 / (e["steps"] * e["step_s"]), rel=2e-3)
         assert e["tokens_per_s"] == pytest.approx(17 * e["samples_per_s"], rel=1e-3)
         assert rss_before * 0.99 <= e["peak_memory_mb"] <= _rss_peak_now() * 1.01
-    assert speed["epochs"][1]["peak_memory_mb"] >= speed["epochs"][0]["peak_memory_mb"]     # a process peak
+    assert speed["epochs"][1]["peak_memory_mb"] >= speed["epochs"][0]["peak_memory_mb"]  # a process peak
 
 
 def _rss_peak_now() -> float:

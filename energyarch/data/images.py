@@ -50,7 +50,16 @@ FASHION_MNIST_FILES = {
     "test_labels": "t10k-labels-idx1-ubyte",
 }
 FASHION_MNIST_CLASSES = (
-    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
 )
 
 
@@ -278,7 +287,6 @@ except ImportError:  # pragma: no cover - numpy 1.x
 import _codecs  # noqa: E402  - protocol-2 pickles written by Python 3 encode bytes as _codecs.encode(str, 'latin1')
 
 
-
 def _np_dtype(obj: Any, align: Any = False, copy: Any = False) -> np.dtype:
     """``numpy.dtype`` for unpickling. Pickles from numpy 1.x (the official CIFAR files) pass ``align``/``copy``
     as ints, ``('u1', 0, 1)``; numpy >= 2.4 accepts exactly that form but warns on mixes such as ``('u1', 0, True)``,
@@ -350,8 +358,14 @@ def _str_keys(obj: Any, path: Path) -> dict[str, Any]:
 
 
 _CIFAR_LAYOUT = {
-    10: ("cifar-10-batches-py", [f"data_batch_{k}" for k in range(1, 6)], ["test_batch"], "batches.meta",
-         "labels", "label_names"),
+    10: (
+        "cifar-10-batches-py",
+        [f"data_batch_{k}" for k in range(1, 6)],
+        ["test_batch"],
+        "batches.meta",
+        "labels",
+        "label_names",
+    ),
     100: ("cifar-100-python", ["train"], ["test"], "meta", "fine_labels", "fine_label_names"),
 }
 
@@ -462,11 +476,17 @@ def make_loaders(
         tx, vx = (tx - mean) / std, (vx - mean) / std
     g = torch.Generator().manual_seed(seed)
     train = DataLoader(
-        TensorDataset(tx, data.train_y), batch_size=batch_size, shuffle=shuffle, generator=g,
-        num_workers=num_workers, drop_last=drop_last,
+        TensorDataset(tx, data.train_y),
+        batch_size=batch_size,
+        shuffle=shuffle,
+        generator=g,
+        num_workers=num_workers,
+        drop_last=drop_last,
     )
     test = DataLoader(
-        TensorDataset(vx, data.test_y), batch_size=test_batch_size or batch_size, shuffle=False,
+        TensorDataset(vx, data.test_y),
+        batch_size=test_batch_size or batch_size,
+        shuffle=False,
         num_workers=num_workers,
     )
     return train, test

@@ -39,21 +39,90 @@ from torch.utils.data import Dataset
 
 from ..errors import ConfigError, DataError
 
-__all__ = ["ByteWindows", "STDLIB_FILES", "TEXT_SUFFIXES", "TextCorpus", "bits_per_byte", "load_text",
-           "split_bytes", "stdlib_corpus", "text_corpus"]
+__all__ = [
+    "ByteWindows",
+    "STDLIB_FILES",
+    "TEXT_SUFFIXES",
+    "TextCorpus",
+    "bits_per_byte",
+    "load_text",
+    "split_bytes",
+    "stdlib_corpus",
+    "text_corpus",
+]
 
 #: Standard-library modules of the embedded corpus, in this order (single-file modules present from Python 3.10
 #: to 3.13; one missing in some version is skipped, and the recorded file list says which were read).
 STDLIB_FILES = (
-    "abc.py", "argparse.py", "ast.py", "base64.py", "bisect.py", "calendar.py", "cmd.py", "code.py", "codecs.py",
-    "colorsys.py", "configparser.py", "contextlib.py", "copy.py", "csv.py", "dataclasses.py", "datetime.py",
-    "difflib.py", "dis.py", "doctest.py", "enum.py", "fnmatch.py", "fractions.py", "ftplib.py", "functools.py",
-    "getopt.py", "gettext.py", "glob.py", "graphlib.py", "gzip.py", "hashlib.py", "heapq.py", "hmac.py",
-    "inspect.py", "ipaddress.py", "keyword.py", "linecache.py", "locale.py", "mimetypes.py", "numbers.py",
-    "operator.py", "optparse.py", "os.py", "pickle.py", "platform.py", "pprint.py", "queue.py", "random.py",
-    "reprlib.py", "sched.py", "secrets.py", "selectors.py", "shlex.py", "shutil.py", "socket.py", "statistics.py",
-    "string.py", "subprocess.py", "tarfile.py", "tempfile.py", "textwrap.py", "threading.py", "timeit.py",
-    "tokenize.py", "traceback.py", "types.py", "typing.py", "uuid.py", "warnings.py", "weakref.py",
+    "abc.py",
+    "argparse.py",
+    "ast.py",
+    "base64.py",
+    "bisect.py",
+    "calendar.py",
+    "cmd.py",
+    "code.py",
+    "codecs.py",
+    "colorsys.py",
+    "configparser.py",
+    "contextlib.py",
+    "copy.py",
+    "csv.py",
+    "dataclasses.py",
+    "datetime.py",
+    "difflib.py",
+    "dis.py",
+    "doctest.py",
+    "enum.py",
+    "fnmatch.py",
+    "fractions.py",
+    "ftplib.py",
+    "functools.py",
+    "getopt.py",
+    "gettext.py",
+    "glob.py",
+    "graphlib.py",
+    "gzip.py",
+    "hashlib.py",
+    "heapq.py",
+    "hmac.py",
+    "inspect.py",
+    "ipaddress.py",
+    "keyword.py",
+    "linecache.py",
+    "locale.py",
+    "mimetypes.py",
+    "numbers.py",
+    "operator.py",
+    "optparse.py",
+    "os.py",
+    "pickle.py",
+    "platform.py",
+    "pprint.py",
+    "queue.py",
+    "random.py",
+    "reprlib.py",
+    "sched.py",
+    "secrets.py",
+    "selectors.py",
+    "shlex.py",
+    "shutil.py",
+    "socket.py",
+    "statistics.py",
+    "string.py",
+    "subprocess.py",
+    "tarfile.py",
+    "tempfile.py",
+    "textwrap.py",
+    "threading.py",
+    "timeit.py",
+    "tokenize.py",
+    "traceback.py",
+    "types.py",
+    "typing.py",
+    "uuid.py",
+    "warnings.py",
+    "weakref.py",
 )
 
 #: file suffixes read from a folder passed as ``text_path`` (sorted by their path relative to the folder)
@@ -75,8 +144,13 @@ class TextCorpus:
 
     def info(self) -> dict:
         """What a run records about its data: source, Python version, files, sha256 and size."""
-        return {"source": self.source, "python": self.python, "files": list(self.files), "sha256": self.sha256,
-                "bytes": len(self.data)}
+        return {
+            "source": self.source,
+            "python": self.python,
+            "files": list(self.files),
+            "sha256": self.sha256,
+            "bytes": len(self.data),
+        }
 
 
 def _corpus(data: bytes, source: str, files: Sequence[str], python: Optional[str] = None) -> TextCorpus:
@@ -92,8 +166,10 @@ def stdlib_corpus(stdlib: Optional[str | os.PathLike] = None) -> TextCorpus:
     root = Path(stdlib) if stdlib is not None else Path(sysconfig.get_paths()["stdlib"])
     files = [name for name in STDLIB_FILES if (root / name).is_file()]
     if not files:
-        raise DataError(f"embedded text corpus: none of the {len(STDLIB_FILES)} standard-library files (abc.py, "
-                        f"argparse.py, ...) is in {str(root)!r}; pass your own text with text_path = \"file.txt\"")
+        raise DataError(
+            f"embedded text corpus: none of the {len(STDLIB_FILES)} standard-library files (abc.py, "
+            f'argparse.py, ...) is in {str(root)!r}; pass your own text with text_path = "file.txt"'
+        )
     data = b"".join((root / name).read_bytes() for name in files)
     return _corpus(data, "python-stdlib", files, platform.python_version())
 
@@ -103,9 +179,11 @@ def _check_utf8(raw: bytes, where: Path) -> None:
         raw.decode("utf-8")
     except UnicodeDecodeError as err:
         line = raw[: err.start].count(b"\n") + 1
-        raise DataError(f"text file {str(where)!r}: not UTF-8 text (byte {err.start}, line {line}: "
-                        f"{raw[err.start:err.start + 4]!r}); convert it, e.g. iconv -t UTF-8, or leave it out "
-                        f"of the folder") from None
+        raise DataError(
+            f"text file {str(where)!r}: not UTF-8 text (byte {err.start}, line {line}: "
+            f"{raw[err.start : err.start + 4]!r}); convert it, e.g. iconv -t UTF-8, or leave it out "
+            f"of the folder"
+        ) from None
 
 
 def load_text(path: str | os.PathLike) -> TextCorpus:
@@ -120,18 +198,29 @@ def load_text(path: str | os.PathLike) -> TextCorpus:
     """
     p = Path(path).expanduser()
     if p.is_dir():
-        files = sorted((f for f in p.rglob("*") if f.suffix in TEXT_SUFFIXES and f.is_file()
-                        and not any(part.startswith(".") for part in f.relative_to(p).parts)),
-                       key=lambda f: f.relative_to(p).as_posix())
+        files = sorted(
+            (
+                f
+                for f in p.rglob("*")
+                if f.suffix in TEXT_SUFFIXES
+                and f.is_file()
+                and not any(part.startswith(".") for part in f.relative_to(p).parts)
+            ),
+            key=lambda f: f.relative_to(p).as_posix(),
+        )
         if not files:
-            raise DataError(f"text folder {str(p)!r}: no {', '.join('*' + s for s in TEXT_SUFFIXES)} files in it; "
-                            f"put the text there or pass one file as text_path")
+            raise DataError(
+                f"text folder {str(p)!r}: no {', '.join('*' + s for s in TEXT_SUFFIXES)} files in it; "
+                f"put the text there or pass one file as text_path"
+            )
         names = [f.relative_to(p).as_posix() for f in files]
     elif p.is_file():
         files, names = [p], [p.name]
     else:
-        raise DataError(f"text_path {str(path)!r}: no such file or folder; give a UTF-8 text file or a folder of "
-                        f"{'/'.join(TEXT_SUFFIXES)} files, or leave text_path unset for the embedded corpus")
+        raise DataError(
+            f"text_path {str(path)!r}: no such file or folder; give a UTF-8 text file or a folder of "
+            f"{'/'.join(TEXT_SUFFIXES)} files, or leave text_path unset for the embedded corpus"
+        )
     chunks = []
     for f in files:
         try:
@@ -142,8 +231,9 @@ def load_text(path: str | os.PathLike) -> TextCorpus:
         chunks.append(raw)
     data = b"".join(chunks)
     if not data:
-        raise DataError(f"text_path {str(path)!r}: the text is empty ({len(files)} file(s), 0 bytes); give a "
-                        f"non-empty UTF-8 file")
+        raise DataError(
+            f"text_path {str(path)!r}: the text is empty ({len(files)} file(s), 0 bytes); give a non-empty UTF-8 file"
+        )
     return _corpus(data, str(p.resolve()), names)
 
 
@@ -161,7 +251,7 @@ def split_bytes(data: bytes, val_fraction: float = VAL_FRACTION) -> tuple[bytes,
     if not 0 < val_fraction < 1:
         raise ConfigError(f"split_bytes: val_fraction={val_fraction!r} must be in (0, 1), e.g. 0.1")
     n_val = math.ceil(val_fraction * len(data))
-    return data[: len(data) - n_val], data[len(data) - n_val:]
+    return data[: len(data) - n_val], data[len(data) - n_val :]
 
 
 class ByteWindows(Dataset):
@@ -182,8 +272,10 @@ class ByteWindows(Dataset):
         if not isinstance(seq_len, int) or isinstance(seq_len, bool) or seq_len < 1:
             raise ConfigError(f"seq_len={seq_len!r}: must be an integer >= 1, e.g. seq_len = 128")
         if len(data) < seq_len + 1:
-            raise DataError(f"the {what} text has {len(data)} bytes, fewer than seq_len + 1 = {seq_len + 1}; give "
-                            f"more text or a smaller seq_len")
+            raise DataError(
+                f"the {what} text has {len(data)} bytes, fewer than seq_len + 1 = {seq_len + 1}; give "
+                f"more text or a smaller seq_len"
+            )
 
     @classmethod
     def random(cls, data: bytes, seq_len: int, count: int = 0, seed: int = 0) -> "ByteWindows":
@@ -192,7 +284,7 @@ class ByteWindows(Dataset):
         cls._check(data, seq_len, "training")
         count = count or max(1, len(data) // seq_len)
         rng = np.random.default_rng(seed)
-        starts = rng.integers(0, len(data) - seq_len, size=count)        # last start: len - seq_len - 1
+        starts = rng.integers(0, len(data) - seq_len, size=count)  # last start: len - seq_len - 1
         return cls(data, seq_len, torch.from_numpy(starts))
 
     @classmethod
@@ -208,7 +300,7 @@ class ByteWindows(Dataset):
 
     def __getitem__(self, index) -> tuple[Tensor, Tensor]:
         starts = self.starts[index]
-        window = self.data[starts[..., None] + self._span].long()        # (..., seq_len + 1)
+        window = self.data[starts[..., None] + self._span].long()  # (..., seq_len + 1)
         return window[..., :-1], window[..., 1:]
 
 

@@ -26,12 +26,45 @@ import functools
 from ..energy import Term
 from . import attention, causal, feedforward, gated, patterns  # noqa: F401 - registers the families and patterns
 from . import qk_attention  # noqa: F401 - bidirectional attention with an interaction
-from .core import (BETA, FAMILIES, PATTERNS, SIGMA, SJ, SK, SYMBOLIC_BUDGET, Candidate, Derivation, Dims, Family,
-                   Pattern, family_of, patterns_for, register_family, register_pattern)
+from .core import (
+    BETA,
+    FAMILIES,
+    PATTERNS,
+    SIGMA,
+    SJ,
+    SK,
+    SYMBOLIC_BUDGET,
+    Candidate,
+    Derivation,
+    Dims,
+    Family,
+    Pattern,
+    family_of,
+    patterns_for,
+    register_family,
+    register_pattern,
+)
 
-__all__ = ["BETA", "FAMILIES", "PATTERNS", "SIGMA", "SJ", "SK", "SYMBOLIC_BUDGET", "Candidate", "Derivation", "Dims",
-           "Family", "Pattern", "autodiff_derivation", "derive", "family_of", "patterns_for", "register_family",
-           "register_pattern"]
+__all__ = [
+    "BETA",
+    "FAMILIES",
+    "PATTERNS",
+    "SIGMA",
+    "SJ",
+    "SK",
+    "SYMBOLIC_BUDGET",
+    "Candidate",
+    "Derivation",
+    "Dims",
+    "Family",
+    "Pattern",
+    "autodiff_derivation",
+    "derive",
+    "family_of",
+    "patterns_for",
+    "register_family",
+    "register_pattern",
+]
 
 
 @functools.lru_cache(maxsize=256)

@@ -18,8 +18,23 @@ from ..expr import evaluate
 from ..primitives import R, S, X
 from . import core
 from .codegen import code, phi_lines
-from .core import (MAX_ELEMENTS, Candidate, Derivation, Dims, Family, bind, check_callable_scalar, check_domain,
-                   check_size, declared_scalar, diff, needs_positive, numeric, register_family, sphere_samples)
+from .core import (
+    MAX_ELEMENTS,
+    Candidate,
+    Derivation,
+    Dims,
+    Family,
+    bind,
+    check_callable_scalar,
+    check_domain,
+    check_size,
+    declared_scalar,
+    diff,
+    needs_positive,
+    numeric,
+    register_family,
+    sphere_samples,
+)
 
 
 def attention_dims(term: Attention, d: int, coord_dim=None, radius_dim=None) -> Dims:
@@ -34,8 +49,10 @@ def attention_dims(term: Attention, d: int, coord_dim=None, radius_dim=None) -> 
         )
     p = d // term.heads if coord_dim is None else coord_dim
     if d * term.heads * p > MAX_ELEMENTS:
-        raise CompileError(f"term {term.name!r}: a basis of d × H·p = {d} × {term.heads * p} entries is over the "
-                           f"limit of {MAX_ELEMENTS:,}; choose a smaller width")
+        raise CompileError(
+            f"term {term.name!r}: a basis of d × H·p = {d} × {term.heads * p} entries is over the "
+            f"limit of {MAX_ELEMENTS:,}; choose a smaller width"
+        )
     radius = term.constraint.resolve(p if radius_dim is None else radius_dim)
     beta = term.beta if term.beta is not None else 1.0 / math.sqrt(p)
     return Dims(d=d, heads=term.heads, head_dim=p, radius=radius, beta=beta)
@@ -79,8 +96,9 @@ def candidate(term: Attention, dims: Dims, declared: dict) -> Candidate:
             Zs = sphere_samples(dims.head_dim, dims.radius)
             r_vals = (Zs.unsqueeze(1) - Zs.unsqueeze(0)).pow(2).sum(-1).flatten()
             check_domain(term, f, float(numeric(rho, dims, R, r_vals).min()), "f", f"the kernel K = {K.name}")
-        return Candidate(term, dims, "distance", {"f": f, "df": diff(f, X, "f'"), "rho": rho,
-                                                  "drho": diff(rho, R, "ρ'")})
+        return Candidate(
+            term, dims, "distance", {"f": f, "df": diff(f, X, "f'"), "rho": rho, "drho": diff(rho, R, "ρ'")}
+        )
     kappa = declared["kappa"]
     phi = declared.get("phi", X)
     check_size(f=f, K=kappa, phi=phi)
@@ -89,8 +107,19 @@ def candidate(term: Attention, dims: Dims, declared: dict) -> Candidate:
         Phi = numeric(phi, dims, X, Zs) if K.phi is not None else Zs
         kmin = float(numeric(kappa, dims, S, (Phi @ Phi.T).flatten()).min())
         check_domain(term, f, kmin, "f", f"the kernel K = {K.name}")
-    return Candidate(term, dims, "inner", {"f": f, "df": diff(f, X, "f'"), "kappa": kappa,
-                                           "dkappa": diff(kappa, S, "κ'"), "phi": phi, "dphi": diff(phi, X, "Φ'")})
+    return Candidate(
+        term,
+        dims,
+        "inner",
+        {
+            "f": f,
+            "df": diff(f, X, "f'"),
+            "kappa": kappa,
+            "dkappa": diff(kappa, S, "κ'"),
+            "phi": phi,
+            "dphi": diff(phi, X, "Φ'"),
+        },
+    )
 
 
 @register_family
@@ -98,12 +127,26 @@ class AttentionFamily(Family[Attention]):
     name = "attention"
     term_type = Attention
     runtime_names = {
-        "energyarch.runtime": ("bisoftmax_sdpa", "row_logsumexp", "pairwise_kernel", "pairwise_kernel_grad",
-                               "sq_distances", "distance_softmax_dense", "distance_softmax_sdpa",
-                               "distance_row_logsumexp"),
+        "energyarch.runtime": (
+            "bisoftmax_sdpa",
+            "row_logsumexp",
+            "pairwise_kernel",
+            "pairwise_kernel_grad",
+            "sq_distances",
+            "distance_softmax_dense",
+            "distance_softmax_sdpa",
+            "distance_row_logsumexp",
+        ),
         # above sdpa_threshold: tiles of pairs, never N×N
-        "energyarch.blockwise": ("pair_row_sum", "pair_grad", "gram_couple", "distance_couple", "kernel_on_gram",
-                                 "kernel_on_distance", "kernel_callable"),
+        "energyarch.blockwise": (
+            "pair_row_sum",
+            "pair_grad",
+            "gram_couple",
+            "distance_couple",
+            "kernel_on_gram",
+            "kernel_on_distance",
+            "kernel_callable",
+        ),
     }
 
     def derive(self, term: Attention, d: int) -> Derivation:
@@ -112,34 +155,45 @@ class AttentionFamily(Family[Attention]):
         declared = declared_pieces(term, dims)
         K = term.K
         if K.kind == "callable" and term.f.symbolic and K.symmetric:
-            return core.first_match(Candidate(term, dims, "callable", {**declared,
-                                                                       "df": core.tidy(declared["f"].diff(X))}))
+            return core.first_match(
+                Candidate(term, dims, "callable", {**declared, "df": core.tidy(declared["f"].diff(X))})
+            )
         if K.kind == "callable" or not (term.f.symbolic and K.symbolic):
-            why = ("the kernel is declared non-symmetric" if K.kind == "callable" and not K.symmetric
-                   else "a primitive is an opaque torch callable")
+            why = (
+                "the kernel is declared non-symmetric"
+                if K.kind == "callable" and not K.symmetric
+                else "a primitive is an opaque torch callable"
+            )
             return Derivation(term, dims, "autodiff", "autodiff", f"{why}: torch.func.grad of the energy", declared)
-        return core.symbolic_or_fallback(term, dims, declared,
-                                         lambda: core.first_match(candidate(term, dims, declared)))
+        return core.symbolic_or_fallback(
+            term, dims, declared, lambda: core.first_match(candidate(term, dims, declared))
+        )
 
     def energy_lines(self, dv: Derivation) -> list[str]:
         t = cast(Attention, dv.term)
         f_code = "self.f(S)" if not t.f.symbolic else code(dv.pieces["f"], X, "S")
         on = "Z" if t.K.kind != "inner" else "Phi"
         if t.K.kind == "distance":
-            lines = ["r = sq_distances(Z)                                 # (B, H, N, N): ‖z_i − z_j‖², as declared",
-                     f"S = ({code(dv.pieces['rho'], R, 'r')}).sum(dim=-1)   # (B, H, N): Σ_j K"]
+            lines = [
+                "r = sq_distances(Z)                                 # (B, H, N, N): ‖z_i − z_j‖², as declared",
+                f"S = ({code(dv.pieces['rho'], R, 'r')}).sum(dim=-1)   # (B, H, N): Σ_j K",
+            ]
         elif t.K.kind == "callable":
             lines = ["S = pairwise_kernel(self.kernel, Z).sum(dim=-1)     # (B, H, N): Σ_j K(z_i, z_j)"]
         else:
-            lines = ["G = Phi @ Phi.transpose(-1, -2)                     # (B, H, N, N)",
-                     f"S = ({code(dv.pieces['kappa'], S, 'G')}).sum(dim=-1)   # (B, H, N): Σ_j K"]
+            lines = [
+                "G = Phi @ Phi.transpose(-1, -2)                     # (B, H, N, N)",
+                f"S = ({code(dv.pieces['kappa'], S, 'G')}).sum(dim=-1)   # (B, H, N): Σ_j K",
+            ]
         prefix = phi_lines(dv, with_derivative=False) if t.K.kind == "inner" else []
-        return [*prefix,
-                "if Z.shape[-2] > self.sdpa_threshold:             # long sequences: tiles of pairs, never N×N",
-                f"    S = pair_row_sum({tile_kernel(dv)}, {on})   # (B, H, N): Σ_j K",
-                "else:",
-                *("    " + ln for ln in lines),
-                f"return ({f_code}).sum(dim=(-1, -2))"]
+        return [
+            *prefix,
+            "if Z.shape[-2] > self.sdpa_threshold:             # long sequences: tiles of pairs, never N×N",
+            f"    S = pair_row_sum({tile_kernel(dv)}, {on})   # (B, H, N): Σ_j K",
+            "else:",
+            *("    " + ln for ln in lines),
+            f"return ({f_code}).sum(dim=(-1, -2))",
+        ]
 
     def energy_text(self, dv: Derivation) -> str:
         return f"E = sum_h sum_i f(sum_j K(z_i, z_j)), {attention_text(cast(Attention, dv.term))}"
@@ -153,12 +207,14 @@ class AttentionFamily(Family[Attention]):
         t = cast(Attention, dv.term)
         f_code = "self.f(S_)" if not t.f.symbolic else code(dv.pieces["f"], X, "S_")
         symmetric = t.K.kind != "callable" or t.K.symmetric
-        return ["if Z.shape[-2] > self.sdpa_threshold:             # long sequences: autodiff tile by tile",
-                f"    K = {tile_kernel(dv, with_phi=True)}",
-                "    S = pair_row_sum(K, Z)                              # (B, H, N): Σ_j K(z_k, z_j)",
-                f"    df_S = torch.func.grad(lambda S_: ({f_code}).sum())(S)   # f'(S), elementwise",
-                f"    return pair_grad(K, Z, df_S, symmetric={symmetric!r})",
-                *super().autodiff_lines(dv)]
+        return [
+            "if Z.shape[-2] > self.sdpa_threshold:             # long sequences: autodiff tile by tile",
+            f"    K = {tile_kernel(dv, with_phi=True)}",
+            "    S = pair_row_sum(K, Z)                              # (B, H, N): Σ_j K(z_k, z_j)",
+            f"    df_S = torch.func.grad(lambda S_: ({f_code}).sum())(S)   # f'(S), elementwise",
+            f"    return pair_grad(K, Z, df_S, symmetric={symmetric!r})",
+            *super().autodiff_lines(dv),
+        ]
 
 
 def opaque_reason(term: Attention) -> Optional[str]:
@@ -186,8 +242,13 @@ class QueryKeyFamily(Family[A]):
     autodiff_comment: str = "differentiate the energy in both roles with torch.func.grad"
 
     def signature(self, dv: Derivation) -> dict:
-        return {"args": self.variable, "shape": "(B, H, N, p)", "grad_doc": self.grad_doc,
-                "energy_doc": self.energy_doc, "rule": self.rule}
+        return {
+            "args": self.variable,
+            "shape": "(B, H, N, p)",
+            "grad_doc": self.grad_doc,
+            "energy_doc": self.energy_doc,
+            "rule": self.rule,
+        }
 
     def reference_energy(self, term, Z, env):
         """The energy with queries = keys = ``Z`` (a finiteness probe; the family's :meth:`check` differentiates
@@ -195,9 +256,11 @@ class QueryKeyFamily(Family[A]):
         return attention_reference_energy(term, Z, env)
 
     def autodiff_lines(self, dv: Derivation) -> list[str]:
-        return [f"# generic path: {self.autodiff_comment}",
-                "G_q, G_k = torch.func.grad(lambda Q_, K_: self.energy_Z(Q_, K_).sum(), argnums=(0, 1))(Q, K)",
-                "return G_q, G_k"]
+        return [
+            f"# generic path: {self.autodiff_comment}",
+            "G_q, G_k = torch.func.grad(lambda Q_, K_: self.energy_Z(Q_, K_).sum(), argnums=(0, 1))(Q, K)",
+            "return G_q, G_k",
+        ]
 
 
 def tile_kernel(dv: Derivation, with_phi: bool = False) -> str:
@@ -211,7 +274,9 @@ def tile_kernel(dv: Derivation, with_phi: bool = False) -> str:
     kappa = f"lambda G: {code(dv.pieces['kappa'], S, 'G')}"
     if not with_phi or t.K.phi is None:
         return f"kernel_on_gram({kappa})"
-    phi = "self.phi" if not t.K.phi.symbolic or "phi" not in dv.pieces else f"lambda x: {code(dv.pieces['phi'], X, 'x')}"
+    phi = (
+        "self.phi" if not t.K.phi.symbolic or "phi" not in dv.pieces else f"lambda x: {code(dv.pieces['phi'], X, 'x')}"
+    )
     return f"kernel_on_gram({kappa}, phi={phi})"
 
 
@@ -222,7 +287,9 @@ def check_callable_kernel(term: Attention, dims: Dims) -> None:
     try:
         kxy, kyx = fn(x, y), fn(y, x)
     except Exception as err:  # noqa: BLE001 - report the user's function failing
-        raise DeclarationError(f"term {term.name!r}: kernel {term.K.name!r} failed on two p={dims.head_dim} vectors: {err}") from err
+        raise DeclarationError(
+            f"term {term.name!r}: kernel {term.K.name!r} failed on two p={dims.head_dim} vectors: {err}"
+        ) from err
     if not isinstance(kxy, torch.Tensor) or kxy.dim() != 0:
         shape = tuple(kxy.shape) if isinstance(kxy, torch.Tensor) else type(kxy).__name__
         raise DeclarationError(
@@ -254,7 +321,7 @@ def attention_reference_energy(term: Attention, Z: torch.Tensor, env) -> torch.T
         Phi = declared_scalar(K.phi, Z, env) if K.phi is not None else Z
         Kmat = full(evaluate(K.expr, {**env, "s": Phi @ Phi.transpose(-1, -2)}), Z[..., :1])
     else:
-        r = (Z.unsqueeze(-2) - Z.unsqueeze(-3)).pow(2).sum(-1)          # (…, N, N) ‖z_i − z_j‖²
+        r = (Z.unsqueeze(-2) - Z.unsqueeze(-3)).pow(2).sum(-1)  # (…, N, N) ‖z_i − z_j‖²
         Kmat = full(evaluate(K.expr, {**env, "r": r}), r)
     return declared_scalar(term.f, Kmat.sum(-1), env).sum(dim=(-1, -2))
 
@@ -279,15 +346,18 @@ def check_energy_finite(term: Term, dims: Dims) -> None:
         with torch.no_grad():
             E = core.family_of(term).reference_energy(term, Z, env)
     except Exception as err:  # noqa: BLE001 - the user's callable failed: say which term
-        raise DeclarationError(f"term {term.name!r}: evaluating the energy on the constraint set failed: "
-                               f"{type(err).__name__}: {err}") from err
+        raise DeclarationError(
+            f"term {term.name!r}: evaluating the energy on the constraint set failed: {type(err).__name__}: {err}"
+        ) from err
     if not isinstance(E, torch.Tensor) or E.is_complex() or not bool(torch.isfinite(E).all()):
         value = E.flatten()[:1].tolist() if isinstance(E, torch.Tensor) else E
         t: Any = term  # any family: the message names f and K, or g and h, whichever the term declares
         raise DeclarationError(
             f"term {term.name!r}: the energy is not finite on the constraint set (value {value} at random points "
             f"of the sphere of radius {dims.radius:.4g}); check the domain of "
-            + (f"f = {t.f.name!r} against the values of K = {t.K.name!r} (e.g. log needs Σ_j K > 0)"
-               if hasattr(t, "f") else
-               f"g = {t.g.name!r} against the values of h = {t.h.name!r} (e.g. log needs Σ_m h > 0)")
+            + (
+                f"f = {t.f.name!r} against the values of K = {t.K.name!r} (e.g. log needs Σ_j K > 0)"
+                if hasattr(t, "f")
+                else f"g = {t.g.name!r} against the values of h = {t.h.name!r} (e.g. log needs Σ_m h > 0)"
+            )
         )

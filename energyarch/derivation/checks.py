@@ -37,12 +37,12 @@ class TermCheck:
     energy_before: float
     energy_after: float
     step: float
-    grad_scale: float = 1.0      # max |∇_Z E| of the reference
-    update_scale: float = 1.0    # max |X' − X| of the reference update
-    finite: bool = True          # False when a gradient, update or energy overflowed to inf / NaN
-    per_token_descent: Optional[bool] = None   # causal terms: every token's own E_t fell under its own step
-    stationary: bool = False     # the direction is exactly zero (e.g. a saturated f): nothing can descend
-    not_smooth: Optional[str] = None   # why the kernel's derivative is unbounded on the constraint set (or None)
+    grad_scale: float = 1.0  # max |∇_Z E| of the reference
+    update_scale: float = 1.0  # max |X' − X| of the reference update
+    finite: bool = True  # False when a gradient, update or energy overflowed to inf / NaN
+    per_token_descent: Optional[bool] = None  # causal terms: every token's own E_t fell under its own step
+    stationary: bool = False  # the direction is exactly zero (e.g. a saturated f): nothing can descend
+    not_smooth: Optional[str] = None  # why the kernel's derivative is unbounded on the constraint set (or None)
 
     @property
     def grad_rel_diff(self) -> float:
@@ -80,8 +80,9 @@ def module_env(module) -> dict[str, float]:
     return {"beta": float(module.beta), "p": module.head_dim, "M": module.head_dim, "d": module.d}
 
 
-def gradient_check(family: Family, term: Term, module, reference, X: Tensor, dv: Derivation,
-                   step_size: float) -> TermCheck:
+def gradient_check(
+    family: Family, term: Term, module, reference, X: Tensor, dv: Derivation, step_size: float
+) -> TermCheck:
     """The default check: ``∇_Z E`` vs ``torch.func.grad`` of ``family.reference_energy`` at the constrained
     coordinates; the update vs the autodiff module's (``reference``) and vs the reference gradient mapped back for
     the module's constraint mode; a step of at most ``step_size`` per coordinate lowers the energy."""
@@ -95,18 +96,27 @@ def gradient_check(family: Family, term: Term, module, reference, X: Tensor, dv:
         G = module.grad_Z(Z)
         G_ref = torch.func.grad(lambda Z_: energy(Z_).sum())(Z)
         direction = module.direction(X)
-        if module.mode == "exact":   # the true gradient of E(RMSNorm(X W)) w.r.t. X
+        if module.mode == "exact":  # the true gradient of E(RMSNorm(X W)) w.r.t. X
             dir_ref = -torch.func.grad(lambda X_: energy(module.normalize(module.coords(X_))).sum())(X)
         else:
             Gc = G_ref if module.mode == "paper" else G_ref - (G_ref * Z).sum(-1, keepdim=True) * Z / module.radius**2
             dir_ref = -(Gc.transpose(-2, -3).flatten(-2) @ module.weight.T)
         X1 = module(X, 0.1)
         X1_ref = torch.maximum((X1 - reference(X, 0.1)).abs(), (X1 - (X + 0.1 * dir_ref)).abs())
-        t = step_size / max(1.0, float(direction.abs().max()))   # at most step_size in any coordinate of X
+        t = step_size / max(1.0, float(direction.abs().max()))  # at most step_size in any coordinate of X
         e0 = module.energy(X)
         e1 = module.energy(X + t * direction)
-    return TermCheck(name=term.name, pattern=dv.pattern, path=dv.path, grad_max_abs_diff=float((G - G_ref).abs().max()),
-                     update_max_abs_diff=float(X1_ref.max()), energy_before=float(e0.sum()),
-                     energy_after=float(e1.sum()), step=t, grad_scale=float(G_ref.abs().max()),
-                     update_scale=float((0.1 * dir_ref).abs().max()), finite=finite(G, G_ref, X1, X1_ref, e0, e1),
-                     stationary=stationary(direction, t, float(G_ref.abs().max()), e0, e1))
+    return TermCheck(
+        name=term.name,
+        pattern=dv.pattern,
+        path=dv.path,
+        grad_max_abs_diff=float((G - G_ref).abs().max()),
+        update_max_abs_diff=float(X1_ref.max()),
+        energy_before=float(e0.sum()),
+        energy_after=float(e1.sum()),
+        step=t,
+        grad_scale=float(G_ref.abs().max()),
+        update_scale=float((0.1 * dir_ref).abs().max()),
+        finite=finite(G, G_ref, X1, X1_ref, e0, e1),
+        stationary=stationary(direction, t, float(G_ref.abs().max()), e0, e1),
+    )

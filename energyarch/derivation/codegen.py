@@ -19,7 +19,7 @@ def code(expr: sp.Expr, var_from: Optional[sp.Symbol] = None, var_to: str = "", 
         expr = expr.xreplace({var_from: sp.Symbol(var_to, real=True)})
     expr = expr.xreplace({BETA: sp.Symbol("beta", real=True)})
     text = to_torch(expr, tensor_symbols=set(tensors) | ({var_to} if var_to else set()))
-    if constant_in_var:   # e.g. h' = 2 for h = 2x: a tensor shaped like the variable, not a Python number
+    if constant_in_var:  # e.g. h' = 2 for h = 2x: a tensor shaped like the variable, not a Python number
         return f"(torch.zeros_like({var_to}) + {text})"
     return text
 

@@ -91,13 +91,14 @@ class Derivation:
 # registries
 # ---------------------------------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class Candidate:
     """What a family hands to its patterns: the term, its sizes, and the bound expressions with derivatives."""
 
     term: Term
     dims: Dims
-    kind: str                       # attention: 'inner' | 'distance' | 'callable'; feed-forward: 'elementwise'
+    kind: str  # attention: 'inner' | 'distance' | 'callable'; feed-forward: 'elementwise'
     pieces: Mapping[str, sp.Expr]
 
 
@@ -135,8 +136,17 @@ class Pattern:
     runtime_names: Mapping[str, tuple[str, ...]] = {}
 
     def derivation(self, c: Candidate, consts: dict) -> Derivation:
-        return Derivation(c.term, c.dims, "symbolic", self.name, self.reason, dict(c.pieces), consts,
-                          self.operator(c), self.latex(c, consts))
+        return Derivation(
+            c.term,
+            c.dims,
+            "symbolic",
+            self.name,
+            self.reason,
+            dict(c.pieces),
+            consts,
+            self.operator(c),
+            self.latex(c, consts),
+        )
 
 
 class Family(Generic[T]):
@@ -171,15 +181,21 @@ class Family(Generic[T]):
 
     def autodiff_lines(self, dv: Derivation) -> list[str]:
         var = self.variable
-        return ["# generic path: differentiate the term's energy with torch.func.grad",
-                f"return torch.func.grad(lambda {var}_: self.energy_Z({var}_).sum())({var})"]
+        return [
+            "# generic path: differentiate the term's energy with torch.func.grad",
+            f"return torch.func.grad(lambda {var}_: self.energy_Z({var}_).sum())({var})",
+        ]
 
     def signature(self, dv: Derivation) -> dict:
         """What the emitted template takes from the family: arguments, docstrings, the rule."""
         var = self.variable
-        return {"args": var, "shape": "(B, H, N, p)", "grad_doc": f"∇_{var} E",
-                "energy_doc": f"Energy of the term at {var} (B, H, N, p); shape (B,).",
-                "rule": f"X ← X − step ⊙ Σ_h (∇_{var} E)({var}_h) W_hᵀ"}
+        return {
+            "args": var,
+            "shape": "(B, H, N, p)",
+            "grad_doc": f"∇_{var} E",
+            "energy_doc": f"Energy of the term at {var} (B, H, N, p); shape (B,).",
+            "rule": f"X ← X − step ⊙ Σ_h (∇_{var} E)({var}_h) W_hᵀ",
+        }
 
     def energy_text(self, dv: Derivation) -> str:
         """One line saying what the energy is (the ENERGY constant of the emitted module)."""
@@ -227,20 +243,28 @@ def register_family(cls: type) -> type:
 
 #: names the emitted template defines itself (``import math`` / ``import torch``, ``self``, the builtins it calls,
 #: its string constants): no runtime name may take them
-TEMPLATE_NAMES = frozenset({"math", "torch", "self", "abs", "float", "TERM", "FAMILY", "ENERGY", "PATTERN", "PATH",
-                            "REASON", "TYING"})
+TEMPLATE_NAMES = frozenset(
+    {"math", "torch", "self", "abs", "float", "TERM", "FAMILY", "ENERGY", "PATTERN", "PATH", "REASON", "TYING"}
+)
 
 
 def _check_runtime_names(owner: str, names: Mapping[str, tuple[str, ...]], base: Optional[tuple] = None) -> None:
     """Module paths are dotted identifiers, names are identifiers, none private-dunder or a template name."""
+
     def fail(why: str) -> NoReturn:
-        raise CompileError(f"{owner}: {why}; runtime names are {{'package.module': ('name', ...)}} and "
-                           f"runtime_base is ('package.module', 'ClassName')")
+        raise CompileError(
+            f"{owner}: {why}; runtime names are {{'package.module': ('name', ...)}} and "
+            f"runtime_base is ('package.module', 'ClassName')"
+        )
 
     if not isinstance(names, Mapping):
         fail(f"runtime_names = {names!r} is not a mapping")
     for module, listed in names.items():
-        if isinstance(listed, str) or not isinstance(listed, (tuple, list)) or not all(isinstance(n, str) for n in listed):
+        if (
+            isinstance(listed, str)
+            or not isinstance(listed, (tuple, list))
+            or not all(isinstance(n, str) for n in listed)
+        ):
             fail(f"the names of {module!r} must be a tuple of strings, got {listed!r}")
     if base is not None:
         if not (isinstance(base, tuple) and len(base) == 2 and all(isinstance(b, str) for b in base)):
@@ -263,15 +287,19 @@ def runtime_imports(family: Family) -> dict[str, str]:
     {'GatedTermUpdate': 'energyarch.runtime', '_logcosh': 'energyarch.runtime', '_step': 'energyarch.runtime'}
     """
     out: dict[str, str] = {family.runtime_base[1]: family.runtime_base[0]}
-    sources = [(f"family {family.name!r}", family.runtime_names),
-               *((f"pattern {p.name!r}", p.runtime_names) for p in patterns_for(family.name)),
-               ("the expression printer", RUNTIME_NAMES)]
+    sources = [
+        (f"family {family.name!r}", family.runtime_names),
+        *((f"pattern {p.name!r}", p.runtime_names) for p in patterns_for(family.name)),
+        ("the expression printer", RUNTIME_NAMES),
+    ]
     for owner, names in sources:
         for module, listed in names.items():
             for n in listed:
                 if out.setdefault(n, module) != module:
-                    raise CompileError(f"{owner} lists {n!r} from {module!r}, but family {family.name!r} already "
-                                       f"imports {n!r} from {out[n]!r}; one name, one module")
+                    raise CompileError(
+                        f"{owner} lists {n!r} from {module!r}, but family {family.name!r} already "
+                        f"imports {n!r} from {out[n]!r}; one name, one module"
+                    )
     return out
 
 
@@ -286,8 +314,10 @@ def first_match(c: Candidate) -> Derivation:
         consts = pattern.match(c)
         if consts is not None:
             return pattern.derivation(c, consts)
-    raise CompileError(f"term {c.term.name!r}: no registered pattern accepts a {c.kind} {c.term.family} term; "
-                       f"register one (energyarch.derivation.register_pattern) or use path='autodiff'")
+    raise CompileError(
+        f"term {c.term.name!r}: no registered pattern accepts a {c.kind} {c.term.family} term; "
+        f"register one (energyarch.derivation.register_pattern) or use path='autodiff'"
+    )
 
 
 def family_of(term: Term) -> Family[Any]:
@@ -301,8 +331,10 @@ def family_of(term: Term) -> Family[Any]:
         for fam in FAMILIES.values():
             if fam.term_type is cls:
                 return fam
-    raise CompileError(f"cannot derive {type(term).__name__}; expected one of "
-                       f"{sorted(f.term_type.__name__ for f in FAMILIES.values())}")
+    raise CompileError(
+        f"cannot derive {type(term).__name__}; expected one of "
+        f"{sorted(f.term_type.__name__ for f in FAMILIES.values())}"
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -353,7 +385,7 @@ def _time_budget(seconds: float):
 
     def watch() -> None:
         while not done.wait(0.01 if not fired else 0.1):
-            if fired or spent():   # past the budget: raise, and again until the block has ended
+            if fired or spent():  # past the budget: raise, and again until the block has ended
                 with lock:
                     if not done.is_set():
                         set_async(ctypes.c_ulong(caller), ctypes.py_object(_OverBudget))
@@ -364,7 +396,7 @@ def _time_budget(seconds: float):
     try:
         yield
     except _OverBudget as err:
-        if err.args:          # a size cap inside the block: its own message
+        if err.args:  # a size cap inside the block: its own message
             raise
         raise _OverBudget(f"the symbolic steps took longer than {seconds:g} s of CPU time") from None
     finally:
@@ -395,12 +427,19 @@ def diff(expr: sp.Expr, var: sp.Symbol, name: str) -> sp.Expr:
 
 
 def fallback(term: Term, dims: Dims, why: str, pieces: Mapping[str, sp.Expr]) -> Derivation:
-    return Derivation(term, dims, "autodiff", "autodiff",
-                      f"{why}: torch.func.grad of the energy (symbolic budget {SYMBOLIC_BUDGET})", dict(pieces))
+    return Derivation(
+        term,
+        dims,
+        "autodiff",
+        "autodiff",
+        f"{why}: torch.func.grad of the energy (symbolic budget {SYMBOLIC_BUDGET})",
+        dict(pieces),
+    )
 
 
-def symbolic_or_fallback(term: Term, dims: Dims, declared: Mapping[str, sp.Expr],
-                         build: Callable[[], Derivation]) -> Derivation:
+def symbolic_or_fallback(
+    term: Term, dims: Dims, declared: Mapping[str, sp.Expr], build: Callable[[], Derivation]
+) -> Derivation:
     """Run ``build`` (the symbolic steps) within the budget; past it, the autodiff path with the reason."""
     try:
         with _time_budget(SYMBOLIC_BUDGET["seconds"]):
@@ -413,12 +452,21 @@ def symbolic_or_fallback(term: Term, dims: Dims, declared: Mapping[str, sp.Expr]
 # helpers shared by families and patterns
 # ---------------------------------------------------------------------------------------------
 
+
 def bind(expr: sp.Expr, term: Term, dims: Dims) -> sp.Expr:
     """Substitute sizes and user parameters; keep ``beta`` symbolic (positive)."""
-    subs = {sp.Symbol("beta", real=True): BETA, sp.Symbol("p", real=True): dims.head_dim,
-            sp.Symbol("M", real=True): dims.head_dim, sp.Symbol("d", real=True): dims.d}
-    subs.update({sp.Symbol(k, real=True): sp.Rational(repr(v)) if isinstance(v, float) else v
-                 for k, v in params_of(term).items()})
+    subs = {
+        sp.Symbol("beta", real=True): BETA,
+        sp.Symbol("p", real=True): dims.head_dim,
+        sp.Symbol("M", real=True): dims.head_dim,
+        sp.Symbol("d", real=True): dims.d,
+    }
+    subs.update(
+        {
+            sp.Symbol(k, real=True): sp.Rational(repr(v)) if isinstance(v, float) else v
+            for k, v in params_of(term).items()
+        }
+    )
     return expr.xreplace(subs)
 
 
@@ -469,7 +517,6 @@ def check_domain(term: Term, outer: sp.Expr, inner_min: float, outer_name: str, 
             f"{inner_min:.4g} on the constraint set. Use a positive kernel / h (e.g. exp(beta*s), sigmoid), "
             f"or an {outer_name} defined for all x (e.g. a linear {outer_name})"
         )
-
 
 
 def numeric(expr: sp.Expr, dims: Dims, var: sp.Symbol, values: torch.Tensor) -> torch.Tensor:

@@ -13,8 +13,23 @@ from ..primitives import X
 from . import core
 from .attention import check_energy_finite
 from .codegen import code
-from .core import (MAX_ELEMENTS, SIGMA, Candidate, Derivation, Dims, Family, bind, check_callable_scalar,
-                   check_domain, check_size, declared_scalar, diff, needs_positive, numeric, register_family)
+from .core import (
+    MAX_ELEMENTS,
+    SIGMA,
+    Candidate,
+    Derivation,
+    Dims,
+    Family,
+    bind,
+    check_callable_scalar,
+    check_domain,
+    check_size,
+    declared_scalar,
+    diff,
+    needs_positive,
+    numeric,
+    register_family,
+)
 
 
 def ff_dims(term: Union[FeedForward, GatedFeedForward], d: int) -> Dims:
@@ -22,8 +37,10 @@ def ff_dims(term: Union[FeedForward, GatedFeedForward], d: int) -> Dims:
         raise CompileError(f"d={d!r} must be a positive integer (the model width)")
     M = term.resolve_width(d)
     if M * d > MAX_ELEMENTS:
-        raise CompileError(f"term {term.name!r}: a feed-forward basis of d × M = {d} × {M} has {d * M:,} entries, "
-                           f"over the limit of {MAX_ELEMENTS:,}; choose a smaller width or ratio")
+        raise CompileError(
+            f"term {term.name!r}: a feed-forward basis of d × M = {d} × {M} has {d * M:,} entries, "
+            f"over the limit of {MAX_ELEMENTS:,}; choose a smaller width or ratio"
+        )
     return Dims(d=d, heads=1, head_dim=M, radius=term.constraint.resolve(M), beta=1.0 / math.sqrt(M))
 
 
@@ -43,10 +60,13 @@ class FeedForwardFamily(Family[FeedForward]):
     variable = "U"
 
     def signature(self, dv: Derivation) -> dict:
-        return {"args": "U", "shape": "(B, 1, N, M)",
-                "grad_doc": "∇_U E (E_FF = −Σ g(Σ h) carries the minus sign of Eq. 20)",
-                "energy_doc": "Energy of the term at U (B, 1, N, M); shape (B,).",
-                "rule": "X ← X − step ⊙ (∇_U E)(U) Dᵀ"}
+        return {
+            "args": "U",
+            "shape": "(B, 1, N, M)",
+            "grad_doc": "∇_U E (E_FF = −Σ g(Σ h) carries the minus sign of Eq. 20)",
+            "energy_doc": "Energy of the term at U (B, 1, N, M); shape (B,).",
+            "rule": "X ← X − step ⊙ (∇_U E)(U) Dᵀ",
+        }
 
     def energy_text(self, dv: Derivation) -> str:
         t = cast(FeedForward, dv.term)
@@ -66,17 +86,26 @@ class FeedForwardFamily(Family[FeedForward]):
         declared = {k: bind(p.expr, term, dims) for k, p in (("g", term.g), ("h", term.h)) if p.symbolic}
         if not (term.g.symbolic and term.h.symbolic):
             check_energy_finite(term, dims)
-            return Derivation(term, dims, "autodiff", "autodiff",
-                              "a primitive is an opaque torch callable: torch.func.grad of the energy", declared)
-        return core.symbolic_or_fallback(term, dims, declared,
-                                         lambda: core.first_match(ff_candidate(term, dims, declared)))
+            return Derivation(
+                term,
+                dims,
+                "autodiff",
+                "autodiff",
+                "a primitive is an opaque torch callable: torch.func.grad of the energy",
+                declared,
+            )
+        return core.symbolic_or_fallback(
+            term, dims, declared, lambda: core.first_match(ff_candidate(term, dims, declared))
+        )
 
     def energy_lines(self, dv: Derivation) -> list[str]:
         t = cast(FeedForward, dv.term)
         h = "self.h(U)" if not t.h.symbolic else code(dv.pieces["h"], X, "U")
         g = "self.g(Sigma)" if not t.g.symbolic else code(dv.pieces["g"], X, "Sigma")
-        return [f"Sigma = ({h}).sum(dim=-1)                  # (B, 1, N): Σ_m h(u_m)",
-                f"return -({g}).sum(dim=(-1, -2))"]
+        return [
+            f"Sigma = ({h}).sum(dim=-1)                  # (B, 1, N): Σ_m h(u_m)",
+            f"return -({g}).sum(dim=(-1, -2))",
+        ]
 
 
 def ff_operator(c: Candidate):

@@ -16,8 +16,17 @@ from ..primitives import X
 from . import core
 from .checks import TermCheck, finite, module_env, stationary
 from .codegen import code
-from .core import (Candidate, Derivation, Family, bind, check_callable_scalar, check_size, declared_scalar, diff,
-                   register_family)
+from .core import (
+    Candidate,
+    Derivation,
+    Family,
+    bind,
+    check_callable_scalar,
+    check_size,
+    declared_scalar,
+    diff,
+    register_family,
+)
 from .feedforward import ff_dims
 
 
@@ -32,12 +41,19 @@ class GatedFamily(Family[GatedFeedForward]):
         declared = {"h": bind(term.h.expr, term, dims)} if term.h.symbolic else {}
         if not term.h.symbolic:
             check_callable_scalar(term, "h", term.h)
-            return Derivation(term, dims, "autodiff", "autodiff",
-                              "h is an opaque torch callable: torch.func.grad of the energy (gate held fixed)", declared)
+            return Derivation(
+                term,
+                dims,
+                "autodiff",
+                "autodiff",
+                "h is an opaque torch callable: torch.func.grad of the energy (gate held fixed)",
+                declared,
+            )
 
         def build():
             check_size(h=declared["h"])
             return core.first_match(Candidate(term, dims, "gated", {**declared, "dh": diff(declared["h"], X, "h'")}))
+
         return core.symbolic_or_fallback(term, dims, declared, build)
 
     def energy_lines(self, dv: Derivation) -> list[str]:
@@ -45,17 +61,23 @@ class GatedFamily(Family[GatedFeedForward]):
         return [f"return -(({h}) * V).sum(dim=(-1, -2, -3))     # −Σ_i Σ_m h(u_im) v_im"]
 
     def signature(self, dv: Derivation) -> dict:
-        return {"args": "U, V", "shape": "(B, 1, N, M)",
-                "grad_doc": "∇_U E with the gate V held fixed", "energy_doc": "Energy at U and gate V; shape (B,).",
-                "rule": "X ← X − step ⊙ (∇_U E)(U, V) Dᵀ, D both up and down projection"}
+        return {
+            "args": "U, V",
+            "shape": "(B, 1, N, M)",
+            "grad_doc": "∇_U E with the gate V held fixed",
+            "energy_doc": "Energy at U and gate V; shape (B,).",
+            "rule": "X ← X − step ⊙ (∇_U E)(U, V) Dᵀ, D both up and down projection",
+        }
 
     def energy_text(self, dv: Derivation) -> str:
         h = cast(GatedFeedForward, dv.term).h
         return f"E = -sum_i sum_m h(d_m . x_i) (v_m . xbar_i), gate held fixed, h(x) = {h.name}"
 
     def autodiff_lines(self, dv: Derivation) -> list[str]:
-        return ["# generic path: differentiate the energy in U with the gate V held fixed",
-                "return torch.func.grad(lambda U_: self.energy_Z(U_, V).sum())(U)"]
+        return [
+            "# generic path: differentiate the energy in U with the gate V held fixed",
+            "return torch.func.grad(lambda U_: self.energy_Z(U_, V).sum())(U)",
+        ]
 
     def check(self, term, module, reference, X, dv, step_size) -> TermCheck:
         """∇_U of −Σ h(U) ⊙ V (V fixed) from the declaration, the update vs the autodiff module, and a small step
@@ -74,10 +96,18 @@ class GatedFamily(Family[GatedFeedForward]):
             X1_ref = (X1 - reference(X, 0.1)).abs()
             t = step_size / max(1.0, float(direction.abs().max()))
             U1 = module.normalize(module.coords(X + t * direction))
-            e0, e1 = module.energy_Z(U, V), module.energy_Z(U1, V)              # the gate held at its value
-        return TermCheck(name=term.name, pattern=dv.pattern, path=dv.path,
-                         grad_max_abs_diff=float((G - G_ref).abs().max()), update_max_abs_diff=float(X1_ref.max()),
-                         energy_before=float(e0.sum()), energy_after=float(e1.sum()), step=t,
-                         grad_scale=float(G_ref.abs().max()), update_scale=float((X1 - X).abs().max()),
-                         finite=finite(G, G_ref, X1, e0, e1),
-                         stationary=stationary(direction, t, float(G_ref.abs().max()), e0, e1))
+            e0, e1 = module.energy_Z(U, V), module.energy_Z(U1, V)  # the gate held at its value
+        return TermCheck(
+            name=term.name,
+            pattern=dv.pattern,
+            path=dv.path,
+            grad_max_abs_diff=float((G - G_ref).abs().max()),
+            update_max_abs_diff=float(X1_ref.max()),
+            energy_before=float(e0.sum()),
+            energy_after=float(e1.sum()),
+            step=t,
+            grad_scale=float(G_ref.abs().max()),
+            update_scale=float((X1 - X).abs().max()),
+            finite=finite(G, G_ref, X1, e0, e1),
+            stationary=stationary(direction, t, float(G_ref.abs().max()), e0, e1),
+        )

@@ -31,8 +31,7 @@ from ..expr import evaluate
 from ..interactions import Interaction
 from ..primitives import R, S, X
 from . import core
-from .attention import (QueryKeyFamily, attention_text, candidate, check_opaque, declared_pieces, full,
-                        opaque_reason)
+from .attention import QueryKeyFamily, attention_text, candidate, check_opaque, declared_pieces, full, opaque_reason
 from .causal import causal_dims, qk_phi_lines
 from .checks import TermCheck, finite, module_env, stationary
 from .codegen import code
@@ -44,27 +43,38 @@ class QKAttentionFamily(QueryKeyFamily[Attention]):
     name = "qk attention"
     term_type = Attention
     runtime_base = ("energyarch.runtime_qk", "QKTermUpdate")
-    runtime_names = {"energyarch.runtime_qk": ("qk_bisoftmax_sdpa", "qk_softmax_sdpa"),
-                     "energyarch.runtime": ("cross_kernel", "sq_distances_qk")}
+    runtime_names = {
+        "energyarch.runtime_qk": ("qk_bisoftmax_sdpa", "qk_softmax_sdpa"),
+        "energyarch.runtime": ("cross_kernel", "sq_distances_qk"),
+    }
     grad_doc = "(∂E/∂Q, ∂E/∂K) of E = Σ_h Σ_i f(Σ_j K(q_i, k_j))"
     energy_doc = "f(S_i) of every token and head at queries Q and keys K (B, H, N, p); shape (B, H, N)."
     rule = "X ← X − step ⊙ (∂E/∂Q, ∂E/∂K) mapped back through the interaction's projections (see TYING)"
 
     def derive(self, term: Attention, d: int) -> Derivation:
-        dims = causal_dims(term, d)          # coordinate width and sphere from the interaction
+        dims = causal_dims(term, d)  # coordinate width and sphere from the interaction
         check_opaque(term, dims)
         declared = declared_pieces(term, dims)
         why = opaque_reason(term)
         if why:
-            return _with_tying(Derivation(term, dims, "autodiff", "autodiff",
-                                          f"{why}: torch.func.grad of Σ_i f(Σ_j K(q_i, k_j))", declared))
+            return _with_tying(
+                Derivation(
+                    term, dims, "autodiff", "autodiff", f"{why}: torch.func.grad of Σ_i f(Σ_j K(q_i, k_j))", declared
+                )
+            )
 
         def build() -> Derivation:
-            c = candidate(term, dims, declared)               # derivatives and the domain checks
+            c = candidate(term, dims, declared)  # derivatives and the domain checks
             if c.kind == "distance":
-                return Derivation(term, dims, "autodiff", "autodiff", "a distance kernel with separate queries and "
-                                  "keys has no registered closed form: torch.func.grad of Σ_i f(Σ_j ρ(‖q_i − k_j‖²))",
-                                  declared)
+                return Derivation(
+                    term,
+                    dims,
+                    "autodiff",
+                    "autodiff",
+                    "a distance kernel with separate queries and "
+                    "keys has no registered closed form: torch.func.grad of Σ_i f(Σ_j ρ(‖q_i − k_j‖²))",
+                    declared,
+                )
             return core.first_match(c)
 
         return _with_tying(core.symbolic_or_fallback(term, dims, declared, build))
@@ -76,18 +86,24 @@ class QKAttentionFamily(QueryKeyFamily[Attention]):
         if t.K.kind == "callable":
             lines = ["S = cross_kernel(self.kernel, Q, K).sum(dim=-1)      # (B, H, N): Σ_j K(q_i, k_j)"]
         elif t.K.kind == "distance":
-            lines = ["r = sq_distances_qk(Q, K)                           # (B, H, N, N): ‖q_i − k_j‖²",
-                     f"S = ({code(dv.pieces['rho'], R, 'r')}).sum(dim=-1)"]
+            lines = [
+                "r = sq_distances_qk(Q, K)                           # (B, H, N, N): ‖q_i − k_j‖²",
+                f"S = ({code(dv.pieces['rho'], R, 'r')}).sum(dim=-1)",
+            ]
         else:
-            lines = [*qk_phi_lines(dv, with_derivative=False),
-                     "G = Phi_q @ Phi_k.transpose(-1, -2)                 # (B, H, N, N)",
-                     f"S = ({code(dv.pieces['kappa'], S, 'G')}).sum(dim=-1)   # (B, H, N): Σ_j K(q_i, k_j)"]
+            lines = [
+                *qk_phi_lines(dv, with_derivative=False),
+                "G = Phi_q @ Phi_k.transpose(-1, -2)                 # (B, H, N, N)",
+                f"S = ({code(dv.pieces['kappa'], S, 'G')}).sum(dim=-1)   # (B, H, N): Σ_j K(q_i, k_j)",
+            ]
         return [*lines, f"return {f_code}                      # (B, H, N): f(S_i) per head"]
 
     def energy_text(self, dv: Derivation) -> str:
         t = cast(Attention, dv.term)
-        return (f"E = sum_h sum_i f(sum_j K(q_i, k_j)), queries and keys from the "
-                f"{cast(Interaction, t.interaction).kind} interaction, {attention_text(t)}")
+        return (
+            f"E = sum_h sum_i f(sum_j K(q_i, k_j)), queries and keys from the "
+            f"{cast(Interaction, t.interaction).kind} interaction, {attention_text(t)}"
+        )
 
     def check(self, term, module, reference, X, dv, step_size) -> TermCheck:
         """(∂E/∂Q, ∂E/∂K) vs ``torch.func.grad`` of :func:`declared_qk_energy` in both roles; the update vs the
@@ -106,12 +122,20 @@ class QKAttentionFamily(QueryKeyFamily[Attention]):
             X1_ref = torch.maximum((X1 - reference(X, 0.1)).abs(), (X1 - (X + 0.1 * dir_ref)).abs())
             t = step_size / max(1.0, float(direction.abs().max()))
             e0, e1 = module.energy(X), module.energy(X + t * direction)
-        return TermCheck(name=term.name, pattern=dv.pattern, path=dv.path,
-                         grad_max_abs_diff=float((G - G_ref).abs().max()), update_max_abs_diff=float(X1_ref.max()),
-                         energy_before=float(e0.sum()), energy_after=float(e1.sum()), step=t,
-                         grad_scale=float(G_ref.abs().max()), update_scale=float((0.1 * dir_ref).abs().max()),
-                         finite=finite(G, G_ref, X1, X1_ref, e0, e1),
-                         stationary=stationary(direction, t, float(G_ref.abs().max()), e0, e1))
+        return TermCheck(
+            name=term.name,
+            pattern=dv.pattern,
+            path=dv.path,
+            grad_max_abs_diff=float((G - G_ref).abs().max()),
+            update_max_abs_diff=float(X1_ref.max()),
+            energy_before=float(e0.sum()),
+            energy_after=float(e1.sum()),
+            step=t,
+            grad_scale=float(G_ref.abs().max()),
+            update_scale=float((0.1 * dir_ref).abs().max()),
+            finite=finite(G, G_ref, X1, X1_ref, e0, e1),
+            stationary=stationary(direction, t, float(G_ref.abs().max()), e0, e1),
+        )
 
 
 def declared_qk_energy(term: Attention, Q: Tensor, K: Tensor, env: Mapping[str, float]) -> Tensor:
@@ -128,7 +152,7 @@ def declared_qk_energy(term: Attention, Q: Tensor, K: Tensor, env: Mapping[str, 
         Phi_k = declared_scalar(Kd.phi, K, env) if Kd.phi is not None else K
         Kmat = full(evaluate(Kd.expr, {**env, "s": Phi_q @ Phi_k.transpose(-1, -2)}), Q[..., :1])
     else:
-        r = (Q.unsqueeze(-2) - K.unsqueeze(-3)).pow(2).sum(-1)           # (…, N, N) ‖q_i − k_j‖²
+        r = (Q.unsqueeze(-2) - K.unsqueeze(-3)).pow(2).sum(-1)  # (…, N, N) ‖q_i − k_j‖²
         Kmat = full(evaluate(Kd.expr, {**env, "r": r}), r)
     return declared_scalar(term.f, Kmat.sum(-1), env).sum(dim=(-1, -2))
 

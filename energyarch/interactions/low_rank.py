@@ -38,23 +38,24 @@ class DiagLowRank(Interaction):
         module.weight_k = nn.Parameter(torch.randn(d, H * r) / math.sqrt(d))
 
     def _xbar(self, module, X):
-        return F.rms_norm(X, (module.d,), eps=module.eps)                       # (..., N, d), norm √d
+        return F.rms_norm(X, (module.d,), eps=module.eps)  # (..., N, d), norm √d
 
     def coords(self, module, X, weight):
         H, r = module.heads, self.rank
         W_q = module.weight if weight is None else weight
-        xbar = self._xbar(module, X).unsqueeze(-3)                               # (..., 1, N, d)
+        xbar = self._xbar(module, X).unsqueeze(-3)  # (..., 1, N, d)
         lowq = (self._xbar(module, X) @ W_q).unflatten(-1, (H, r)).transpose(-2, -3)
         lowk = (self._xbar(module, X) @ module.weight_k).unflatten(-1, (H, r)).transpose(-2, -3)
-        delta = module.delta.unsqueeze(-2)                                       # (H, 1, d)
-        Q = torch.cat([delta * xbar, lowq], dim=-1)                              # (..., H, N, d + r)
+        delta = module.delta.unsqueeze(-2)  # (H, 1, d)
+        Q = torch.cat([delta * xbar, lowq], dim=-1)  # (..., H, N, d + r)
         K = torch.cat([xbar.expand_as(delta * xbar), lowk], dim=-1)
         return Q, K, Q, K
 
     def pullback(self, module, G_q, G_k, weight):
         d = module.d
         W_q = module.weight if weight is None else weight
-        diag = (module.delta.unsqueeze(-2) * G_q[..., :d] + G_k[..., :d]).sum(-3)      # (..., N, d)
-        low = (G_q[..., d:].transpose(-2, -3).flatten(-2) @ W_q.transpose(0, 1)
-               + G_k[..., d:].transpose(-2, -3).flatten(-2) @ module.weight_k.transpose(0, 1))
+        diag = (module.delta.unsqueeze(-2) * G_q[..., :d] + G_k[..., :d]).sum(-3)  # (..., N, d)
+        low = G_q[..., d:].transpose(-2, -3).flatten(-2) @ W_q.transpose(0, 1) + G_k[..., d:].transpose(-2, -3).flatten(
+            -2
+        ) @ module.weight_k.transpose(0, 1)
         return diag + low

@@ -26,8 +26,15 @@ from ..errors import ConfigError, EnergyArchError
 from ..interactions import INTERACTIONS
 from ..primitives import Kernel, Scalar, check_params_used, used_params
 from ..runtime import MODES
-from .terms import (check_terms, config_energy, declaration_of_terms, describe, normalize_solver_spec,
-                    size_fields, solver_spec)
+from .terms import (
+    check_terms,
+    config_energy,
+    declaration_of_terms,
+    describe,
+    normalize_solver_spec,
+    size_fields,
+    solver_spec,
+)
 
 #: the largest step size α = max_step · sigmoid(raw) of ModelConfig's default rule, steps = 'descent'
 DESCENT_MAX_STEP = 1.0
@@ -50,23 +57,29 @@ FEEDFORWARD_PRESETS = {
 
 #: Keys of an inline declaration (``[model.attention]`` / ``[model.feedforward]``), with what each means.
 DECLARATION_KEYS = {
-    "attention": {"f": "outer function f(x), e.g. \"log(x)/beta\"",
-                  "K": "kernel in s = x.y or r = |x - y|^2, e.g. \"exp(beta*s)\"",
-                  "phi": "optional feature map, e.g. \"sigmoid(x)\" (inner-product kernels only)",
-                  "params": "values of extra symbols, e.g. { gamma = 0.5 }",
-                  "heads": "H; must equal [model] heads (default: [model] heads)",
-                  "beta": "value of beta (default 1/sqrt(p))",
-                  "radius": "radius of each head's sphere (default sqrt(p))"},
-    "feedforward": {"g": "outer function g(x), e.g. \"x\"",
-                    "h": "inner function h(x), e.g. \"relu(x)**2/2\"",
-                    "ratio": "width M = ratio * d (default: [model] ff_ratio)",
-                    "width": "width M (instead of ratio)",
-                    "params": "values of extra symbols, e.g. { a = 2.0 }",
-                    "radius": "radius of the sphere of D^T x (default sqrt(M))"},
+    "attention": {
+        "f": 'outer function f(x), e.g. "log(x)/beta"',
+        "K": 'kernel in s = x.y or r = |x - y|^2, e.g. "exp(beta*s)"',
+        "phi": 'optional feature map, e.g. "sigmoid(x)" (inner-product kernels only)',
+        "params": "values of extra symbols, e.g. { gamma = 0.5 }",
+        "heads": "H; must equal [model] heads (default: [model] heads)",
+        "beta": "value of beta (default 1/sqrt(p))",
+        "radius": "radius of each head's sphere (default sqrt(p))",
+    },
+    "feedforward": {
+        "g": 'outer function g(x), e.g. "x"',
+        "h": 'inner function h(x), e.g. "relu(x)**2/2"',
+        "ratio": "width M = ratio * d (default: [model] ff_ratio)",
+        "width": "width M (instead of ratio)",
+        "params": "values of extra symbols, e.g. { a = 2.0 }",
+        "radius": "radius of the sphere of D^T x (default sqrt(M))",
+    },
 }
 _REQUIRED = {"attention": ("f", "K"), "feedforward": ("g", "h")}
-_PRESETS: dict[str, Mapping[str, Callable[[Any], Term]]] = {"attention": ATTENTION_PRESETS,
-                                                             "feedforward": FEEDFORWARD_PRESETS}
+_PRESETS: dict[str, Mapping[str, Callable[[Any], Term]]] = {
+    "attention": ATTENTION_PRESETS,
+    "feedforward": FEEDFORWARD_PRESETS,
+}
 
 
 def _fail(name: str, value, fix: str) -> NoReturn:
@@ -112,7 +125,7 @@ def _named_term(family: str, name: str, cfg: "ModelConfig"):
     entry = entries.get(name)
     if entry is None or entry.family != family:
         known = tuple(_PRESETS[family]) + tuple(catalog_names(family))
-        why = (f"is a {entry.family} entry" if entry is not None else "is neither a preset nor a catalog entry")
+        why = f"is a {entry.family} entry" if entry is not None else "is neither a preset nor a catalog entry"
         _fail(family, name, f"{why}; choose one of {known}, or declare the term inline in a [model.{family}] table")
     base: Any = entry.term(cfg.d)  # an Attention or a FeedForward, by family
     if family == "attention":
@@ -142,15 +155,24 @@ def normalize_declaration(family: str, table: Mapping[str, Any]) -> dict:
 
             close = difflib.get_close_matches(str(key), keys, n=1)
             other = "feedforward" if family == "attention" else "attention"
-            hint = (f" (did you mean {close[0]!r}?)" if close else
-                    f" (it belongs to [model.{other}])" if key in DECLARATION_KEYS[other] else
-                    f" (a value of a symbol? write params = {{ {key} = ... }})" if str(key).isidentifier() else "")
-            raise ConfigError(f"[model.{family}] unknown key {key!r}{hint}; valid keys: " +
-                              "; ".join(f"{k}: {v}" for k, v in keys.items()))
+            hint = (
+                f" (did you mean {close[0]!r}?)"
+                if close
+                else f" (it belongs to [model.{other}])"
+                if key in DECLARATION_KEYS[other]
+                else f" (a value of a symbol? write params = {{ {key} = ... }})"
+                if str(key).isidentifier()
+                else ""
+            )
+            raise ConfigError(
+                f"[model.{family}] unknown key {key!r}{hint}; valid keys: "
+                + "; ".join(f"{k}: {v}" for k, v in keys.items())
+            )
     for key in _REQUIRED[family]:
         if key not in table:
-            raise ConfigError(f"[model.{family}] is missing {key!r} ({keys[key]}); write e.g. {key} = "
-                              f"{keys[key].split('e.g. ')[-1]}")
+            raise ConfigError(
+                f"[model.{family}] is missing {key!r} ({keys[key]}); write e.g. {key} = {keys[key].split('e.g. ')[-1]}"
+            )
     out: dict[str, Any] = {}
     for key in keys:
         if key not in table:
@@ -161,16 +183,17 @@ def normalize_declaration(family: str, table: Mapping[str, Any]) -> dict:
                 raise ConfigError(f"[model.{family}] {key} = {value!r}: must be an expression string; {keys[key]}")
             out[key] = value
         elif key == "params":
-            if not isinstance(value, Mapping) or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
-                                                         for v in value.values()):
-                raise ConfigError(f"[model.{family}] params = {value!r}: give a table of numbers, e.g. "
-                                  f"params = {{ gamma = 0.5 }}")
+            if not isinstance(value, Mapping) or not all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) for v in value.values()
+            ):
+                raise ConfigError(
+                    f"[model.{family}] params = {value!r}: give a table of numbers, e.g. params = {{ gamma = 0.5 }}"
+                )
             out[key] = {str(k): float(v) for k, v in sorted(value.items())}
         else:
             out[key] = _number(family, key, value, integer=key in ("heads", "width"))
     if "ratio" in out and "width" in out:
-        raise ConfigError(f"[model.{family}] gives both ratio = {out['ratio']} and width = {out['width']}; "
-                          f"keep one")
+        raise ConfigError(f"[model.{family}] gives both ratio = {out['ratio']} and width = {out['width']}; keep one")
     return out
 
 
@@ -182,8 +205,10 @@ def _declared_term(family: str, table: Mapping[str, Any], cfg: Union["ModelConfi
         if family == "attention":
             heads = table.get("heads", cfg.heads)
             if heads != cfg.heads:
-                raise ConfigError(f"[model.attention] heads = {heads} but [model] heads = {cfg.heads}; make them "
-                                  f"equal or drop heads from [model.attention]")
+                raise ConfigError(
+                    f"[model.attention] heads = {heads} but [model] heads = {cfg.heads}; make them "
+                    f"equal or drop heads from [model.attention]"
+                )
             key = "phi"
             phi = Scalar.parse(table["phi"], params=used_params(table["phi"], params)) if "phi" in table else None
             key = "f"
@@ -214,10 +239,12 @@ def declaration_of(term) -> Optional[dict]:
     family = term.family
     if family not in ("attention", "feedforward"):
         return None
-    prims = ({"f": term.f, "K": term.K, "phi": term.K.phi} if family == "attention"
-             else {"g": term.g, "h": term.h})
-    if any(p is not None and not p.symbolic for p in prims.values()) or term.name != (
-            "attn" if family == "attention" else "ff") or term.constraint.eps != Sphere().eps:
+    prims = {"f": term.f, "K": term.K, "phi": term.K.phi} if family == "attention" else {"g": term.g, "h": term.h}
+    if (
+        any(p is not None and not p.symbolic for p in prims.values())
+        or term.name != ("attn" if family == "attention" else "ff")
+        or term.constraint.eps != Sphere().eps
+    ):
         return None
     table: dict[str, Any] = {k: p.name for k, p in prims.items() if p is not None}
     params = dict(params_of(term))
@@ -226,8 +253,11 @@ def declaration_of(term) -> Optional[dict]:
     table.update(size_fields(term))
     try:
         table = normalize_declaration(family, table)
-        rebuilt = _declared_term(family, table, _Shape(term.heads if family == "attention" else 1, term.ratio
-                                                       if family == "feedforward" else 1.0))
+        rebuilt = _declared_term(
+            family,
+            table,
+            _Shape(term.heads if family == "attention" else 1, term.ratio if family == "feedforward" else 1.0),
+        )
     except EnergyArchError:
         return None
     return table if _term_key(rebuilt) == _term_key(term) else None
@@ -310,8 +340,11 @@ class ModelConfig:
         if self.time_freq % 2:
             _fail("time_freq", self.time_freq, "must be even (half sine, half cosine); e.g. 512")
         if self.lora_rank and self.arch != "hyperset":
-            _fail("lora_rank", self.lora_rank, f"depth-wise LoRA applies to arch='hyperset' only, not "
-                                               f"arch={self.arch!r}; use lora_rank=0")
+            _fail(
+                "lora_rank",
+                self.lora_rank,
+                f"depth-wise LoRA applies to arch='hyperset' only, not arch={self.arch!r}; use lora_rank=0",
+            )
         _choice("ModelConfig", "step_sizes", self.step_sizes, ("learned", "fixed"))
         _choice("ModelConfig", "condition", self.condition, ("x0", "xt"))
         _choice("ModelConfig", "mode", self.mode, MODES)
@@ -322,28 +355,49 @@ class ModelConfig:
         self._check_solver()
         _choice("ModelConfig", "time_embedding", self.time_embedding, TIME_EMBEDDINGS)
         if self.time_embedding == "official" and self.time_freq < 4:
-            _fail("time_freq", self.time_freq, "the official time embedding needs time_freq >= 4 (frequencies "
-                                               "10^(-4k/(half-1))); e.g. 512")
+            _fail(
+                "time_freq",
+                self.time_freq,
+                "the official time embedding needs time_freq >= 4 (frequencies 10^(-4k/(half-1))); e.g. 512",
+            )
         if not isinstance(self.norm_gain, bool):
             _fail("norm_gain", self.norm_gain, "must be true or false")
         if self.norm_gain and self.mode != "paper":
-            _fail("norm_gain", self.norm_gain, f"learnable RMSNorm gains are defined for mode='paper' (the official "
-                                               f"code's), not mode={self.mode!r}; use mode='paper' or norm_gain=False")
-        if self.norm_eps != "machine" and (isinstance(self.norm_eps, bool) or not isinstance(self.norm_eps, (int, float))
-                                           or not (math.isfinite(self.norm_eps) and self.norm_eps >= 0)):
-            _fail("norm_eps", self.norm_eps, "give a number >= 0 (default 1e-6) or 'machine' (the dtype's machine "
-                                             "epsilon, as the official code's nn.RMSNorm)")
+            _fail(
+                "norm_gain",
+                self.norm_gain,
+                f"learnable RMSNorm gains are defined for mode='paper' (the official "
+                f"code's), not mode={self.mode!r}; use mode='paper' or norm_gain=False",
+            )
+        if self.norm_eps != "machine" and (
+            isinstance(self.norm_eps, bool)
+            or not isinstance(self.norm_eps, (int, float))
+            or not (math.isfinite(self.norm_eps) and self.norm_eps >= 0)
+        ):
+            _fail(
+                "norm_eps",
+                self.norm_eps,
+                "give a number >= 0 (default 1e-6) or 'machine' (the dtype's machine "
+                "epsilon, as the official code's nn.RMSNorm)",
+            )
         if self.terms is not None:
             self._check_terms()
         else:
             for family in ("attention", "feedforward"):
                 self._check_term(family)
         self._check_term_solvers()
-        if self.norm_gain and self.arch == "hyperset" and any(
-                isinstance(t, Attention) and t.K.kind == "distance" for t in self.energy().terms):
-            _fail("norm_gain", self.norm_gain, "a distance kernel's energy is evaluated with r = 2R² − 2s, which holds "
-                                               "on the sphere only, and gains move Z off it; use an inner-product "
-                                               "kernel (in s) or norm_gain=False")
+        if (
+            self.norm_gain
+            and self.arch == "hyperset"
+            and any(isinstance(t, Attention) and t.K.kind == "distance" for t in self.energy().terms)
+        ):
+            _fail(
+                "norm_gain",
+                self.norm_gain,
+                "a distance kernel's energy is evaluated with r = 2R² − 2s, which holds "
+                "on the sphere only, and gains move Z off it; use an inner-product "
+                "kernel (in s) or norm_gain=False",
+            )
 
     def _check_solver(self) -> None:
         from ..solvers import STEP_RULES, solver_names
@@ -351,12 +405,18 @@ class ModelConfig:
         _choice("ModelConfig", "solver", self.solver, solver_names())
         _choice("ModelConfig", "steps", self.steps, STEP_RULES)
         if not isinstance(self.solver_params, Mapping):
-            _fail("solver_params", self.solver_params, "give a table of the solver's hyper-parameters, e.g. "
-                                                       "{ momentum = 0.9 }")
+            _fail(
+                "solver_params",
+                self.solver_params,
+                "give a table of the solver's hyper-parameters, e.g. { momentum = 0.9 }",
+            )
         self.solver_params = dict(self.solver_params)
         if (self.solver != "gd" or self.solver_params) and self.arch != "hyperset":
-            _fail("solver", self.solver, f"solvers apply to arch='hyperset' only, not arch={self.arch!r}; use "
-                                         f"solver='gd' without solver_params")
+            _fail(
+                "solver",
+                self.solver,
+                f"solvers apply to arch='hyperset' only, not arch={self.arch!r}; use solver='gd' without solver_params",
+            )
         try:
             self.solver_object()
         except EnergyArchError as err:
@@ -386,21 +446,31 @@ class ModelConfig:
                     specs[name] = (f"[[model.terms]] #{i + 1} ({name!r})", solver_spec(table))
         for name, spec in self.solvers.items():
             if name in specs:
-                _fail("solvers", self.solvers, f"term {name!r} gives its solver keys in its [[model.terms]] table "
-                                               f"too; keep them in one place")
+                _fail(
+                    "solvers",
+                    self.solvers,
+                    f"term {name!r} gives its solver keys in its [[model.terms]] table too; keep them in one place",
+                )
             specs[name] = (f"ModelConfig.solvers[{name!r}]", spec)
         return specs
 
     def _check_term_solvers(self) -> None:
         if not isinstance(self.solvers, Mapping):
-            _fail("solvers", self.solvers, "give a table term name → { solver, solver_params, steps }, e.g. "
-                                           "{ attn = { solver = \"momentum\" } }")
-        self.solvers = {name: normalize_solver_spec(f"ModelConfig.solvers[{name!r}]", spec)
-                        for name, spec in self.solvers.items()}
+            _fail(
+                "solvers",
+                self.solvers,
+                'give a table term name → { solver, solver_params, steps }, e.g. { attn = { solver = "momentum" } }',
+            )
+        self.solvers = {
+            name: normalize_solver_spec(f"ModelConfig.solvers[{name!r}]", spec) for name, spec in self.solvers.items()
+        }
         if self.arch != "hyperset":
             if self.solvers:
-                _fail("solvers", self.solvers, f"solvers apply to arch='hyperset' only, not arch={self.arch!r}; "
-                                               f"drop the per-term solvers")
+                _fail(
+                    "solvers",
+                    self.solvers,
+                    f"solvers apply to arch='hyperset' only, not arch={self.arch!r}; drop the per-term solvers",
+                )
             return
         specs = self._term_specs()
         names = self._names()
@@ -415,9 +485,13 @@ class ModelConfig:
                 raise ConfigError(f"{where}: {err}") from None
             if self.step_sizes == "fixed" and solver.steps != "free" and not self.fixed_step < solver.max_step:
                 whose = f"term {name!r}'s" if where else "the"
-                _fail("fixed_step", self.fixed_step, f"under steps={solver.steps!r} the step size is at most max_step="
-                                                     f"{solver.max_step!r}; lower fixed_step or raise {whose} "
-                                                     f"solver_params.max_step (or use steps='free')")
+                _fail(
+                    "fixed_step",
+                    self.fixed_step,
+                    f"under steps={solver.steps!r} the step size is at most max_step="
+                    f"{solver.max_step!r}; lower fixed_step or raise {whose} "
+                    f"solver_params.max_step (or use steps='free')",
+                )
 
     def _names(self) -> list[str]:
         """The term names, in declared order (without building the energy's spheres)."""
@@ -468,9 +542,14 @@ class ModelConfig:
     def _check_term(self, family: str) -> None:
         value = getattr(self, family)
         if isinstance(value, (Energy, Term)) and not (
-                isinstance(value, Attention if family == "attention" else (FeedForward, GatedFeedForward))):
-            _fail(family, describe(value), "a model of several terms (or of other families) is "
-                                           "ModelConfig(energy=E) in Python, [[model.terms]] tables in TOML")
+            isinstance(value, Attention if family == "attention" else (FeedForward, GatedFeedForward))
+        ):
+            _fail(
+                family,
+                describe(value),
+                "a model of several terms (or of other families) is "
+                "ModelConfig(energy=E) in Python, [[model.terms]] tables in TOML",
+            )
         cls = Attention if family == "attention" else FeedForward
         if isinstance(value, str):
             _named_term(family, value, self)
@@ -482,9 +561,13 @@ class ModelConfig:
             if family == "attention" and isinstance(value, Attention) and value.heads != self.heads:
                 _fail("attention", value, f"declares heads={value.heads} but heads={self.heads}; make them equal")
         else:
-            _fail(family, value, f"give a preset name {tuple(_PRESETS[family])}, a catalog entry name, an inline "
-                                 f"declaration (a table with keys {', '.join(DECLARATION_KEYS[family])}) or an "
-                                 f"ea.{cls.__name__}")
+            _fail(
+                family,
+                value,
+                f"give a preset name {tuple(_PRESETS[family])}, a catalog entry name, an inline "
+                f"declaration (a table with keys {', '.join(DECLARATION_KEYS[family])}) or an "
+                f"ea.{cls.__name__}",
+            )
 
     @property
     def head_dim(self) -> int:
@@ -538,14 +621,24 @@ def causal_attention(term, interaction: str = "shared", self_term: str = "exact"
 
     cls = getattr(energyarch, "CausalAttention", None)
     if cls is None:
-        raise ConfigError("a causal task needs ea.CausalAttention for arch='hyperset', which this version of "
-                          "energyarch does not have; use arch='transformer' (the causal GPT-style baseline)")
+        raise ConfigError(
+            "a causal task needs ea.CausalAttention for arch='hyperset', which this version of "
+            "energyarch does not have; use arch='transformer' (the causal GPT-style baseline)"
+        )
     if isinstance(term, cls):
         return term
     icls = INTERACTIONS[interaction]
     inter = cast(Any, icls)(rank=rank) if "rank" in {f.name for f in dataclasses.fields(icls)} else icls()
-    return cls(f=term.f, K=term.K, heads=term.heads, constraint=term.constraint, beta=term.beta, name=term.name,
-               interaction=inter, self_term=self_term)
+    return cls(
+        f=term.f,
+        K=term.K,
+        heads=term.heads,
+        constraint=term.constraint,
+        beta=term.beta,
+        name=term.name,
+        interaction=inter,
+        self_term=self_term,
+    )
 
 
 @dataclass
@@ -565,8 +658,10 @@ class TaskSpec:
     def __post_init__(self):
         _choice("TaskSpec", "kind", self.kind, ("tokens", "image"))
         if not isinstance(self.causal, bool) or (self.causal and (self.kind, self.output) != ("tokens", "per_token")):
-            raise ConfigError(f"TaskSpec.causal={self.causal!r}: must be a bool, and True only with "
-                              f"kind='tokens', output='per_token' (got kind={self.kind!r}, output={self.output!r})")
+            raise ConfigError(
+                f"TaskSpec.causal={self.causal!r}: must be a bool, and True only with "
+                f"kind='tokens', output='per_token' (got kind={self.kind!r}, output={self.output!r})"
+            )
         _choice("TaskSpec", "output", self.output, ("per_token", "cls"))
         for name in ("vocab_size", "seq_len", "num_outputs", "patch_size"):
             value = getattr(self, name)
@@ -574,14 +669,20 @@ class TaskSpec:
                 raise ConfigError(f"TaskSpec.{name}={value!r}: must be an integer >= 1")
         if self.kind == "image":
             shape = self.image_shape
-            if (not isinstance(shape, (tuple, list)) or len(shape) != 3
-                    or not all(isinstance(s, int) and s > 0 for s in shape)):
-                raise ConfigError(f"TaskSpec.image_shape={shape!r}: give (C, H, W) as positive integers, "
-                                  f"e.g. (3, 32, 32)")
+            if (
+                not isinstance(shape, (tuple, list))
+                or len(shape) != 3
+                or not all(isinstance(s, int) and s > 0 for s in shape)
+            ):
+                raise ConfigError(
+                    f"TaskSpec.image_shape={shape!r}: give (C, H, W) as positive integers, e.g. (3, 32, 32)"
+                )
             self.image_shape = tuple(shape)
             if shape[1] % self.patch_size or shape[2] % self.patch_size:
-                raise ConfigError(f"TaskSpec.patch_size={self.patch_size!r}: must divide H={shape[1]} and "
-                                  f"W={shape[2]}; e.g. patch_size=4 for 32x32 images")
+                raise ConfigError(
+                    f"TaskSpec.patch_size={self.patch_size!r}: must divide H={shape[1]} and "
+                    f"W={shape[2]}; e.g. patch_size=4 for 32x32 images"
+                )
 
     @property
     def num_tokens(self) -> int:

@@ -38,7 +38,7 @@ class CRATEBlock(nn.Module):
         super().__init__()
         self.heads, self.kappa, self.eta, self.lam = heads, kappa, eta, lam
         self.norm1 = nn.LayerNorm(d)
-        self.U = nn.Parameter(torch.empty(d, d))                       # [U_1, ..., U_H], each d × p
+        self.U = nn.Parameter(torch.empty(d, d))  # [U_1, ..., U_H], each d × p
         self.norm2 = nn.LayerNorm(d)
         self.D = nn.Parameter(torch.empty(d, d))
         nn.init.orthogonal_(self.U)
@@ -54,8 +54,8 @@ class CRATEBlock(nn.Module):
 
     def mssa(self, Z: Tensor) -> Tensor:
         W = self.subspace_coords(Z)
-        out = F.scaled_dot_product_attention(W, W, W)                   # (B, H, N, p), scale 1/√p
-        return out.transpose(-2, -3).flatten(-2) @ self.U.T             # (B, N, d)
+        out = F.scaled_dot_product_attention(W, W, W)  # (B, H, N, p), scale 1/√p
+        return out.transpose(-2, -3).flatten(-2) @ self.U.T  # (B, N, d)
 
     def ista(self, X: Tensor) -> Tensor:
         return torch.relu(X + self.eta * (X @ self.D - (X @ self.D.T) @ self.D) - self.eta * self.lam)

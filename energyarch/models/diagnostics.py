@@ -26,7 +26,7 @@ def effective_rank(Z: Tensor) -> Tensor:
     Z: ``(..., N, p)``; returns ``(...)``. Computed in float64, without gradient.
     """
     with torch.no_grad():
-        s = torch.linalg.svdvals(Z.double())                            # (..., min(N, p))
+        s = torch.linalg.svdvals(Z.double())  # (..., min(N, p))
         prob = s / s.sum(-1, keepdim=True).clamp_min(torch.finfo(torch.float64).tiny)
         entropy = -torch.special.xlogy(prob, prob).sum(-1)
         return entropy.exp().to(Z.dtype)
@@ -43,7 +43,7 @@ def average_angle(Z: Tensor, degrees: bool = True) -> Tensor:
     with torch.no_grad():
         U = Z.double()
         U = U / U.norm(dim=-1, keepdim=True).clamp_min(1e-300)
-        cos = U @ U.transpose(-1, -2)                                   # (..., N, N)
+        cos = U @ U.transpose(-1, -2)  # (..., N, N)
         off = (cos.sum((-1, -2)) - cos.diagonal(dim1=-2, dim2=-1).sum(-1)) / (N * (N - 1))  # mean over i ≠ j
         angle = torch.arccos(off.clamp(-1.0, 1.0))
         return (angle * (180.0 / math.pi) if degrees else angle).to(Z.dtype)
@@ -74,9 +74,14 @@ class Trace:
     def to_dict(self) -> dict:
         """Plain lists, e.g. for JSON logs."""
         conv = lambda d: {k: v.tolist() for k, v in d.items()}  # noqa: E731
-        return {"layer": list(self.layer), "t": list(self.t), "energies": conv(self.energies),
-                "energies_after": conv(self.energies_after), "effective_rank": conv(self.effective_rank),
-                "angle": conv(self.angle)}
+        return {
+            "layer": list(self.layer),
+            "t": list(self.t),
+            "energies": conv(self.energies),
+            "energies_after": conv(self.energies_after),
+            "effective_rank": conv(self.effective_rank),
+            "angle": conv(self.angle),
+        }
 
 
 class TraceRecorder:
@@ -85,16 +90,24 @@ class TraceRecorder:
     def __init__(self):
         self._rows: list[dict] = []
 
-    def add(self, layer: int, t: int, energies: Optional[Mapping[str, Tensor]] = None,
-            energies_after: Optional[Mapping[str, Tensor]] = None,
-            coords: Optional[Mapping[str, Tensor]] = None) -> None:
+    def add(
+        self,
+        layer: int,
+        t: int,
+        energies: Optional[Mapping[str, Tensor]] = None,
+        energies_after: Optional[Mapping[str, Tensor]] = None,
+        coords: Optional[Mapping[str, Tensor]] = None,
+    ) -> None:
         """Record one iteration. ``energies``: name → (B,); ``coords``: name → (B, H, N, p) head coordinates."""
         with torch.no_grad():
-            row = {"layer": layer, "t": t,
-                   "energies": {k: v.detach().float().mean() for k, v in (energies or {}).items()},
-                   "energies_after": {k: v.detach().float().mean() for k, v in (energies_after or {}).items()},
-                   "effective_rank": {k: effective_rank(Z.detach().float()).mean(0) for k, Z in (coords or {}).items()},
-                   "angle": {k: average_angle(Z.detach().float()).mean(0) for k, Z in (coords or {}).items()}}
+            row = {
+                "layer": layer,
+                "t": t,
+                "energies": {k: v.detach().float().mean() for k, v in (energies or {}).items()},
+                "energies_after": {k: v.detach().float().mean() for k, v in (energies_after or {}).items()},
+                "effective_rank": {k: effective_rank(Z.detach().float()).mean(0) for k, Z in (coords or {}).items()},
+                "angle": {k: average_angle(Z.detach().float()).mean(0) for k, Z in (coords or {}).items()},
+            }
         self._rows.append(row)
 
     def finish(self) -> Trace:
@@ -103,6 +116,11 @@ class TraceRecorder:
         def stack(key: str) -> dict:
             return {k: torch.stack([r[key][k] for r in rows]) for k in (rows[0][key] if rows else {})}
 
-        return Trace(layer=[r["layer"] for r in rows], t=[r["t"] for r in rows], energies=stack("energies"),
-                     energies_after=stack("energies_after"), effective_rank=stack("effective_rank"),
-                     angle=stack("angle"))
+        return Trace(
+            layer=[r["layer"] for r in rows],
+            t=[r["t"] for r in rows],
+            energies=stack("energies"),
+            energies_after=stack("energies_after"),
+            effective_rank=stack("effective_rank"),
+            angle=stack("angle"),
+        )

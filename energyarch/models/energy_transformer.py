@@ -42,15 +42,15 @@ class EnergyTransformerLayer(nn.Module):
         self.xi = nn.Parameter(torch.randn(memories, d) * std)
 
     def queries(self, g: Tensor) -> Tensor:
-        return torch.einsum("bnd,hpd->bhnp", g, self.Wq)               # (B, H, N, p)
+        return torch.einsum("bnd,hpd->bhnp", g, self.Wq)  # (B, H, N, p)
 
     def energies_g(self, g: Tensor) -> dict[str, Tensor]:
         """Each term's energy as a function of g (B, N, d): name → (B,)."""
         q = self.queries(g)
-        k = torch.einsum("bnd,hpd->bhnp", g, self.Wk)                   # (B, H, N, p)
-        scores = self.beta * (k @ q.transpose(-1, -2))                  # (B, H, N_B, N_C)
+        k = torch.einsum("bnd,hpd->bhnp", g, self.Wk)  # (B, H, N, p)
+        scores = self.beta * (k @ q.transpose(-1, -2))  # (B, H, N_B, N_C)
         e_att = -torch.logsumexp(scores, dim=-2).sum((-1, -2)) / self.beta
-        e_hn = -0.5 * torch.relu(g @ self.xi.T).pow(2).sum((-1, -2))    # (B,)
+        e_hn = -0.5 * torch.relu(g @ self.xi.T).pow(2).sum((-1, -2))  # (B,)
         return {"attn": e_att, "hopfield": e_hn}
 
     def energy_g(self, g: Tensor) -> Tensor:
@@ -61,7 +61,7 @@ class EnergyTransformerLayer(nn.Module):
         return self.energies_g(self.norm(X))
 
     def forward(self, X: Tensor) -> Tensor:
-        g = self.norm(X)                                                # (B, N, d)
+        g = self.norm(X)  # (B, N, d)
         return X - self.step * torch.func.grad(self.energy_g)(g)
 
 
@@ -72,8 +72,9 @@ class EnergyTransformer(nn.Module):
         super().__init__()
         self.iters = cfg.iters
         M = max(1, int(round(cfg.ff_ratio * cfg.d)))
-        self.layers = nn.ModuleList(EnergyTransformerLayer(cfg.d, cfg.heads, M, cfg.fixed_step)
-                                    for _ in range(cfg.layers))
+        self.layers = nn.ModuleList(
+            EnergyTransformerLayer(cfg.d, cfg.heads, M, cfg.fixed_step) for _ in range(cfg.layers)
+        )
 
     def forward(self, X: Tensor, iters: Optional[int] = None, record: bool = False):
         """Returns X, or ``(X, Trace)`` with energies and per-head query diagnostics when ``record``."""

@@ -47,12 +47,16 @@ class TokenEmbedding(nn.Module):
 
     def forward(self, ids: Tensor) -> Tensor:
         n = ids.shape[-1] if ids.dim() else 0
-        if (ids.dim() != 2 or ids.dtype not in (torch.long, torch.int32)
-                or not (1 <= n <= self.seq_len if self.causal else n == self.seq_len)):
+        if (
+            ids.dim() != 2
+            or ids.dtype not in (torch.long, torch.int32)
+            or not (1 <= n <= self.seq_len if self.causal else n == self.seq_len)
+        ):
             expected = f"(B, N) with 1 <= N <= {self.seq_len}" if self.causal else f"(B, {self.seq_len})"
-            raise ShapeError(f"token inputs: got {ids.dtype} of shape {tuple(ids.shape)}; expected integer ids of "
-                             f"shape {expected}")
-        X = self.embed(ids)                                             # (B, N, d)
+            raise ShapeError(
+                f"token inputs: got {ids.dtype} of shape {tuple(ids.shape)}; expected integer ids of shape {expected}"
+            )
+        X = self.embed(ids)  # (B, N, d)
         if self.cls is not None:
             X = torch.cat([self.cls.expand(X.shape[0], -1, -1), X], dim=1)
         return X + self.pos[:, : X.shape[1]]
@@ -74,7 +78,7 @@ class PatchEmbedding(nn.Module):
         if images.dim() != 4 or tuple(images.shape[1:]) != self.image_shape:
             expected = ", ".join(map(str, self.image_shape))
             raise ShapeError(f"image inputs: got shape {tuple(images.shape)}; expected (B, {expected})")
-        X = self.proj(images).flatten(2).transpose(1, 2)                 # (B, n, d)
+        X = self.proj(images).flatten(2).transpose(1, 2)  # (B, n, d)
         if self.cls is not None:
             X = torch.cat([self.cls.expand(X.shape[0], -1, -1), X], dim=1)
         return X + self.pos.to(X.dtype)

@@ -49,21 +49,28 @@ class HyperSETLayer(nn.Module):
         self.step = step
         names = step.names
         if cfg.step_sizes == "learned":
-            self.stepnet: Union[StepSizeNet, FixedSteps] = StepSizeNet(cfg.d, names, cfg.time_freq,
-                                                                       embedding=cfg.time_embedding)
+            self.stepnet: Union[StepSizeNet, FixedSteps] = StepSizeNet(
+                cfg.d, names, cfg.time_freq, embedding=cfg.time_embedding
+            )
         else:
             # α = fixed_step under each term's rule
             self.stepnet = FixedSteps(names, {n: step.solvers[n].raw_step(cfg.fixed_step) for n in names})
         self.condition = cfg.condition
         terms = cast(Mapping[str, TermUpdate], step.terms)
-        self.lora = (DepthLoRA({n: tuple(m.weight.shape) for n, m in terms.items()}, cfg.iters,
-                               cfg.lora_rank, cfg.lora_scale) if cfg.lora_rank else None)
+        self.lora = (
+            DepthLoRA({n: tuple(m.weight.shape) for n, m in terms.items()}, cfg.iters, cfg.lora_rank, cfg.lora_scale)
+            if cfg.lora_rank
+            else None
+        )
         decl = step.energy_decl
         #: terms whose per-head coordinates the diagnostics look at (the subspace/attention terms)
         self.subspace_terms = [t.name for t in decl.terms if isinstance(t, Attention)]
         #: learnable RMSNorm gain g per term (length p or M, initialised to 1), or None
-        self.gains = (nn.ParameterDict({n: nn.Parameter(torch.ones(m.head_dim)) for n, m in terms.items()})
-                      if cfg.norm_gain else None)
+        self.gains = (
+            nn.ParameterDict({n: nn.Parameter(torch.ones(m.head_dim)) for n, m in terms.items()})
+            if cfg.norm_gain
+            else None
+        )
         #: the RMSNorm epsilon follows the parameters' dtype (torch.finfo(dtype).eps) when norm_eps = 'machine'
         self.machine_eps = cfg.norm_eps == "machine"
 
@@ -112,8 +119,8 @@ class HyperSETLayer(nn.Module):
         return {n: self._point(n, X, weights.get(n))[1] for n in self.subspace_terms}
 
     def forward(self, X: Tensor, iters: int, recorder: Optional[TraceRecorder] = None, index: int = 0) -> Tensor:
-        X0 = X                                                          # (B, N, d)
-        state = self.step.init_state()                                  # solver state, carried across t
+        X0 = X  # (B, N, d)
+        state = self.step.init_state()  # solver state, carried across t
         for t in range(iters):
             W = self.weights(t)
             steps = self.stepnet(t, X0 if self.condition == "x0" else X)
@@ -136,7 +143,7 @@ class HyperSETLayer(nn.Module):
         """
         X0 = X
         state = self.step.init_state()
-        active = torch.ones(X.shape[:-2], dtype=torch.bool, device=X.device)                # (B,)
+        active = torch.ones(X.shape[:-2], dtype=torch.bool, device=X.device)  # (B,)
         used = torch.zeros(X.shape[:-2], dtype=torch.long, device=X.device)
         for t in range(max_iters):
             W = self.weights(t)
@@ -146,8 +153,13 @@ class HyperSETLayer(nn.Module):
             E1 = self.step.energy(X1, W, self._gain_map)
             keep = active[..., None, None]
             X = torch.where(keep, X1, X)
-            state = {n: {k: (torch.where(keep, v, state[n][k]) if isinstance(v, Tensor) and k in state[n] else v)
-                         for k, v in st.items()} for n, st in state1.items()}
+            state = {
+                n: {
+                    k: (torch.where(keep, v, state[n][k]) if isinstance(v, Tensor) and k in state[n] else v)
+                    for k, v in st.items()
+                }
+                for n, st in state1.items()
+            }
             used = used + active.long()
             rel = (E1 - E0).abs() / E0.abs().clamp_min(torch.finfo(E0.dtype).tiny)
             active = active & ~(rel < tol)
@@ -171,9 +183,14 @@ class HyperSET(nn.Module):
         self.cfg, self.causal = cfg, causal
         self.iters = cfg.iters
         energy = cfg.energy(causal=causal)
-        step = compile_energy(energy, d=cfg.d, mode=cfg.mode,   # norm_eps: in each Sphere
-                              solver=cfg.solver_object(), solvers=cfg.solver_objects(energy.names),
-                              schedule=cfg.schedule)
+        step = compile_energy(
+            energy,
+            d=cfg.d,
+            mode=cfg.mode,  # norm_eps: in each Sphere
+            solver=cfg.solver_object(),
+            solvers=cfg.solver_objects(energy.names),
+            schedule=cfg.schedule,
+        )
         layers = []
         for _ in range(cfg.layers):
             own = copy.deepcopy(step)

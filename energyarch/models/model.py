@@ -39,7 +39,7 @@ class Model(nn.Module):
 
         ``iters`` overrides T for every layer (it may exceed the training T).
         """
-        X = self.embed(inputs)                                           # (B, N, d)
+        X = self.embed(inputs)  # (B, N, d)
         out = self.backbone(X, iters=iters, record=record)
         if record:
             X, trace = out
@@ -53,19 +53,25 @@ CAUSAL_ARCHS = ("hyperset", "transformer")
 
 def _backbone(cfg: ModelConfig, causal: bool = False) -> nn.Module:
     if causal and cfg.arch not in CAUSAL_ARCHS:
-        raise ConfigError(f"ModelConfig.arch={cfg.arch!r}: the task is causal (language modelling) and this "
-                          f"backbone has no causal form; choose one of {CAUSAL_ARCHS}")
+        raise ConfigError(
+            f"ModelConfig.arch={cfg.arch!r}: the task is causal (language modelling) and this "
+            f"backbone has no causal form; choose one of {CAUSAL_ARCHS}"
+        )
     if cfg.arch == "hyperset":
         from .hyperset import HyperSET
+
         return HyperSET(cfg, causal=causal)
     if cfg.arch == "transformer":
         from .transformer import Transformer
+
         return Transformer(cfg, causal=causal)
     if cfg.arch == "energy_transformer":
         from .energy_transformer import EnergyTransformer
+
         return EnergyTransformer(cfg)
     if cfg.arch == "crate":
         from .crate import CRATE
+
         return CRATE(cfg)
     raise ConfigError(f"ModelConfig.arch={cfg.arch!r}: unknown")  # pragma: no cover - validated by ModelConfig
 
@@ -96,8 +102,9 @@ def describe(model: nn.Module) -> str:
     rows = []
     if isinstance(model, Model):
         rows.append((f"embed ({type(model.embed).__name__})", count_parameters(model.embed)))
-        rows.append((f"backbone ({type(model.backbone).__name__}, arch={model.cfg.arch!r})",
-                     count_parameters(model.backbone)))
+        rows.append(
+            (f"backbone ({type(model.backbone).__name__}, arch={model.cfg.arch!r})", count_parameters(model.backbone))
+        )
         for name, child in model.backbone.named_modules():
             if name.count(".") in (1, 2) and name.startswith("layers.") and count_parameters(child):
                 rows.append((f"  {name} ({type(child).__name__})", count_parameters(child)))

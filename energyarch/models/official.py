@@ -71,8 +71,10 @@ class Conversion:
         return not self.unmapped and not self.untouched
 
     def summary(self) -> str:
-        lines = [f"official {self.kind} state_dict: {len(self.mapped)} tensors mapped, {len(self.unmapped)} unmapped, "
-                 f"{len(self.ignored)} ignored, {len(self.untouched)} model tensors not filled"]
+        lines = [
+            f"official {self.kind} state_dict: {len(self.mapped)} tensors mapped, {len(self.unmapped)} unmapped, "
+            f"{len(self.ignored)} ignored, {len(self.untouched)} model tensors not filled"
+        ]
         lines += [f"  unmapped {k}: {why}" for k, why in self.unmapped.items()]
         lines += [f"  ignored  {k}: {why}" for k, why in self.ignored.items()]
         lines += [f"  not filled {k}" for k in self.untouched]
@@ -89,22 +91,27 @@ def _checked(state_dict, where: str) -> dict[str, Tensor]:
     """The state_dict with prefixes stripped, every key a string and every value a finite floating-point tensor;
     :class:`CheckpointError` naming the first key that is not."""
     if not isinstance(state_dict, Mapping):
-        raise CheckpointError(f"{where}: expected a state_dict (a mapping of names to tensors), got "
-                              f"{type(state_dict).__name__}")
+        raise CheckpointError(
+            f"{where}: expected a state_dict (a mapping of names to tensors), got {type(state_dict).__name__}"
+        )
     out: dict[str, Tensor] = {}
     for key, value in state_dict.items():
         if not isinstance(key, str):
-            raise CheckpointError(f"{where}: key {str(key)[:60]!r} is of type {type(key).__name__}; the keys of a "
-                                  f"state_dict are names (str)")
+            raise CheckpointError(
+                f"{where}: key {str(key)[:60]!r} is of type {type(key).__name__}; the keys of a "
+                f"state_dict are names (str)"
+            )
         if not isinstance(value, Tensor):
-            raise CheckpointError(f"{where}: {key[:80]!r} holds a {type(value).__name__}, not a tensor; pass "
-                                  f"model.state_dict() of an official model")
+            raise CheckpointError(
+                f"{where}: {key[:80]!r} holds a {type(value).__name__}, not a tensor; pass "
+                f"model.state_dict() of an official model"
+            )
         if value.is_complex() or not (value.is_floating_point() or key.endswith(".mask")):
-            raise CheckpointError(f"{where}: {key[:80]!r} is a {value.dtype} tensor; the official weights are "
-                                  f"floating-point")
+            raise CheckpointError(
+                f"{where}: {key[:80]!r} is a {value.dtype} tensor; the official weights are floating-point"
+            )
         if value.is_floating_point() and not bool(torch.isfinite(value).all()):
-            raise CheckpointError(f"{where}: {key[:80]!r} holds inf or NaN; the weights are broken (a diverged "
-                                  f"run?)")
+            raise CheckpointError(f"{where}: {key[:80]!r} holds inf or NaN; the weights are broken (a diverged run?)")
         out[_strip(key)] = value
     return out
 
@@ -115,23 +122,28 @@ def _need(sd: Mapping[str, Tensor], key: str, dims: int, where: str) -> Tensor:
         raise ConfigError(f"{where}: key {key!r} is missing; it is needed to read the model's shapes")
     value = sd[key]
     if value.dim() != dims or 0 in value.shape:
-        raise ConfigError(f"{where}: {key!r} has shape {list(value.shape)}; expected {dims} non-empty "
-                          f"dimension{'s' if dims > 1 else ''}")
+        raise ConfigError(
+            f"{where}: {key!r} has shape {list(value.shape)}; expected {dims} non-empty "
+            f"dimension{'s' if dims > 1 else ''}"
+        )
     return value
 
 
 def detect_kind(state_dict: Mapping[str, Tensor]) -> str:
     """``'sudoku'`` (keys ``blocks.*``) or ``'image'`` (keys ``enc.*``)."""
     if not isinstance(state_dict, Mapping):
-        raise CheckpointError(f"official state_dict: expected a mapping of names to tensors, got "
-                              f"{type(state_dict).__name__}")
+        raise CheckpointError(
+            f"official state_dict: expected a mapping of names to tensors, got {type(state_dict).__name__}"
+        )
     state_dict = {k: v for k, v in state_dict.items() if isinstance(k, str)}
     if any(k.startswith("blocks.") for k in state_dict):
         return "sudoku"
     if any(k.startswith("enc.") for k in state_dict):
         return "image"
-    raise ConfigError(f"official state_dict: found neither 'blocks.*' (Sudoku model) nor 'enc.*' (image model) keys "
-                      f"among {sorted(state_dict)[:6]}...; pass the state_dict of an official Hyper-SET model")
+    raise ConfigError(
+        f"official state_dict: found neither 'blocks.*' (Sudoku model) nor 'enc.*' (image model) keys "
+        f"among {sorted(state_dict)[:6]}...; pass the state_dict of an official Hyper-SET model"
+    )
 
 
 def _block_indices(state_dict, prefix: str) -> set[int]:
@@ -145,12 +157,16 @@ def _layers(state_dict, prefix: str) -> int:
     huge = [k for k in state_dict if re.match(rf"{prefix}\.\d{{7,}}\.", k)]
     if huge or (found and max(found) >= MAX_LAYERS):
         key = huge[0] if huge else next(k for k in state_dict if k.startswith(f"{prefix}.{max(found)}."))
-        raise ConfigError(f"official state_dict: key {key[:80]!r} names a block beyond {MAX_LAYERS}; the official "
-                          f"models have a few blocks. Remove the key or pass the model's own state_dict")
+        raise ConfigError(
+            f"official state_dict: key {key[:80]!r} names a block beyond {MAX_LAYERS}; the official "
+            f"models have a few blocks. Remove the key or pass the model's own state_dict"
+        )
     if found and found != set(range(max(found) + 1)):
         missing = sorted(set(range(max(found) + 1)) - found)[:5]
-        raise ConfigError(f"official state_dict: blocks {missing} are missing between 0 and {max(found)}; the keys "
-                          f"must name blocks 0, 1, ..., n-1")
+        raise ConfigError(
+            f"official state_dict: blocks {missing} are missing between 0 and {max(found)}; the keys "
+            f"must name blocks 0, 1, ..., n-1"
+        )
     return max(found) + 1 if found else 0
 
 
@@ -167,18 +183,30 @@ def official_config(state_dict: Mapping[str, Tensor], kind: Optional[str] = None
     block = "blocks" if kind == "sudoku" else "enc"
     where = f"official {kind} state_dict"
     d = _need(state_dict, f"{block}.0.attn.qkv.weight", 2, where).shape[1]
-    gain = _need(state_dict, f"{block}.0.attn.ln1.weight" if kind == "sudoku" else f"{block}.0.attn.ln1_1.weight", 1,
-                 where)
+    gain = _need(
+        state_dict, f"{block}.0.attn.ln1.weight" if kind == "sudoku" else f"{block}.0.attn.ln1_1.weight", 1, where
+    )
     M = _need(state_dict, f"{block}.0.mlp.weight", 2, where).shape[0]
     freq = _need(state_dict, "time_mlp.0.1.weight", 2, where).shape[1]
     if d % gain.shape[0]:
-        raise ConfigError(f"{where}: the attention gain has {gain.shape[0]} entries, which does not divide d = {d} "
-                          f"(the head width p = d / heads); the tensors do not come from one official model")
+        raise ConfigError(
+            f"{where}: the attention gain has {gain.shape[0]} entries, which does not divide d = {d} "
+            f"(the head width p = d / heads); the tensors do not come from one official model"
+        )
     values: dict[str, Any] = dict(
-        d=d, heads=d // gain.shape[0], layers=_layers(state_dict, block), ff_ratio=M / d, time_freq=freq,
-        norm_gain=True, norm_eps="machine", time_embedding="official", step_sizes="learned",
-        condition="x0" if kind == "sudoku" else "xt", feedforward="relu" if kind == "sudoku" else "gelu-ff",
-        steps="free")                                    # the official code's signed steps
+        d=d,
+        heads=d // gain.shape[0],
+        layers=_layers(state_dict, block),
+        ff_ratio=M / d,
+        time_freq=freq,
+        norm_gain=True,
+        norm_eps="machine",
+        time_embedding="official",
+        step_sizes="learned",
+        condition="x0" if kind == "sudoku" else "xt",
+        feedforward="relu" if kind == "sudoku" else "gelu-ff",
+        steps="free",
+    )  # the official code's signed steps
     values.update(overrides)
     if values.get("solver", "gd") in OFFICIAL_SOLVER_PARAMS and "solver_params" not in overrides:
         values["solver_params"] = dict(OFFICIAL_SOLVER_PARAMS[values.get("solver", "gd")])
@@ -196,8 +224,10 @@ def read_official(path: Union[str, Path]) -> dict[str, Tensor]:
     try:
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - any unpickling failure is reported as the same user error
-        raise CheckpointError(f"official checkpoint {str(path)!r}: cannot be read with weights_only=True ({err}); "
-                              f"save its model.state_dict() alone and pass that file") from None
+        raise CheckpointError(
+            f"official checkpoint {str(path)!r}: cannot be read with weights_only=True ({err}); "
+            f"save its model.state_dict() alone and pass that file"
+        ) from None
     for key in ("model_state_dict", "state_dict"):
         if isinstance(obj, Mapping) and isinstance(obj.get(key), Mapping):
             obj = obj[key]
@@ -212,7 +242,7 @@ def _strip(key: str) -> str:
         changed = False
         for prefix in _PREFIXES:
             if key.startswith(prefix):
-                key, changed = key[len(prefix):], True
+                key, changed = key[len(prefix) :], True
     return key
 
 
@@ -234,8 +264,12 @@ def _stepnet(layers: int) -> dict[str, tuple[list[str], Callable]]:
 
 
 def _sudoku_map(sd: Mapping[str, Tensor], layers: int, conv: Conversion):
-    table = {"tok_emb.weight": (["embed.embed.weight"], _SAME), "pos_emb": (["embed.pos"], _SAME),
-             "ln_f.weight": (["readout.norm.weight"], _SAME), "head.weight": (["readout.linear.weight"], _SAME)}
+    table = {
+        "tok_emb.weight": (["embed.embed.weight"], _SAME),
+        "pos_emb": (["embed.pos"], _SAME),
+        "ln_f.weight": (["readout.norm.weight"], _SAME),
+        "head.weight": (["readout.linear.weight"], _SAME),
+    }
     table.update(_stepnet(layers))
     for i in range(layers):
         ours = f"backbone.layers.{i}"
@@ -260,8 +294,10 @@ def _image_map(sd: Mapping[str, Tensor], layers: int, conv: Conversion):
             conv.ignored[k] = conv.ignored[v] = f"equal to {q}: one gain shared by query, key and value"
         else:
             for n in (q, k, v):
-                conv.unmapped[n] = ("separate query / key / value RMSNorm gains: the update is then not the "
-                                    "gradient of one energy, so it has no energyarch counterpart")
+                conv.unmapped[n] = (
+                    "separate query / key / value RMSNorm gains: the update is then not the "
+                    "gradient of one energy, so it has no energyarch counterpart"
+                )
     reasons = {
         "emb.": "patch embedding LayerNorm → Linear → LayerNorm; energyarch's is one strided convolution",
         "fc.": "readout LayerNorm + Linear with bias; energyarch's is RMSNorm + Linear without bias",
@@ -276,8 +312,9 @@ def _image_map(sd: Mapping[str, Tensor], layers: int, conv: Conversion):
 
 
 @torch.no_grad()
-def load_official(model: nn.Module, state_dict: Mapping[str, Tensor], kind: Optional[str] = None,
-                  strict: bool = False) -> Conversion:
+def load_official(
+    model: nn.Module, state_dict: Mapping[str, Tensor], kind: Optional[str] = None, strict: bool = False
+) -> Conversion:
     """Copy an official Sudoku / image-classification state_dict into ``model`` where the structures agree.
 
     Returns the :class:`Conversion` report; with ``strict`` a :class:`CheckpointError` names every official key
@@ -289,11 +326,13 @@ def load_official(model: nn.Module, state_dict: Mapping[str, Tensor], kind: Opti
     _check_kind(kind)
     cfg = getattr(model, "cfg", None)
     if cfg is None or cfg.arch != "hyperset":
-        raise ConfigError("load_official: model must be an energyarch Hyper-SET model (build_model with "
-                          "arch='hyperset'); see official_config for matching settings")
+        raise ConfigError(
+            "load_official: model must be an energyarch Hyper-SET model (build_model with "
+            "arch='hyperset'); see official_config for matching settings"
+        )
     block = "blocks" if kind == "sudoku" else "enc"
     conv = Conversion(kind)
-    table = (_sudoku_map if kind == "sudoku" else _image_map)(sd, _layers(sd, block), conv)   # bounded, contiguous
+    table = (_sudoku_map if kind == "sudoku" else _image_map)(sd, _layers(sd, block), conv)  # bounded, contiguous
     ours = model.state_dict()
     plan: list[tuple[str, str, Tensor]] = []
     for key, value in sd.items():
@@ -313,16 +352,19 @@ def load_official(model: nn.Module, state_dict: Mapping[str, Tensor], kind: Opti
             continue
         bad = [t for t in targets if tuple(ours[t].shape) != tuple(value.shape)]
         if bad:
-            conv.unmapped[key] = (f"shape {tuple(value.shape)} (after transposing) vs the model's "
-                                  f"{bad[0]} {tuple(ours[bad[0]].shape)}; build the model with official_config")
+            conv.unmapped[key] = (
+                f"shape {tuple(value.shape)} (after transposing) vs the model's "
+                f"{bad[0]} {tuple(ours[bad[0]].shape)}; build the model with official_config"
+            )
             continue
         plan += [(key, t, value) for t in targets]
     filled = {t for _, t, _ in plan}
     conv.untouched = sorted(set(ours) - filled)
     _notes(conv, cfg, kind, filled)
     if strict and not conv.complete:
-        raise CheckpointError("load_official: the official state_dict does not fit this model; nothing was "
-                              "copied.\n" + conv.summary())
+        raise CheckpointError(
+            "load_official: the official state_dict does not fit this model; nothing was copied.\n" + conv.summary()
+        )
     for key, target, value in plan:
         ours[target].copy_(value.to(ours[target].dtype))
         conv.mapped[key] = target if key not in conv.mapped else conv.mapped[key] + f", {target}"
@@ -341,15 +383,23 @@ def _why_missing(target: str, value: Tensor, cfg: ModelConfig) -> str:
 
 def _notes(conv: Conversion, cfg: ModelConfig, kind: str, filled: set) -> None:
     if cfg.norm_eps != "machine":
-        conv.notes.append(f"the official RMSNorm epsilon is the dtype's machine epsilon; the model has "
-                          f"norm_eps={cfg.norm_eps!r} (set norm_eps='machine' to match)")
+        conv.notes.append(
+            f"the official RMSNorm epsilon is the dtype's machine epsilon; the model has "
+            f"norm_eps={cfg.norm_eps!r} (set norm_eps='machine' to match)"
+        )
     if any(".stepnet." in t for t in filled) and cfg.time_embedding != "official":
-        conv.notes.append("the step-size weights expect the official time embedding; the model has "
-                          f"time_embedding={cfg.time_embedding!r} (set time_embedding='official')")
-    conv.notes.append("input_cond=True in the official config corresponds to condition='x0', False to 'xt'; the "
-                      f"model has condition={cfg.condition!r}")
+        conv.notes.append(
+            "the step-size weights expect the official time embedding; the model has "
+            f"time_embedding={cfg.time_embedding!r} (set time_embedding='official')"
+        )
+    conv.notes.append(
+        "input_cond=True in the official config corresponds to condition='x0', False to 'xt'; the "
+        f"model has condition={cfg.condition!r}"
+    )
     if cfg.layers > 1 and cfg.condition == "x0":
-        conv.notes.append("with input_cond=True every official block is conditioned on the model's input, each "
-                          "energyarch layer on its own input: the two agree for layers=1 only")
+        conv.notes.append(
+            "with input_cond=True every official block is conditioned on the model's input, each "
+            "energyarch layer on its own input: the two agree for layers=1 only"
+        )
     if kind == "image":
         conv.notes.append("the official image layers use a GELU feed-forward: feedforward='gelu-ff'")

@@ -24,6 +24,7 @@ from ..energy import Attention, Energy
 from ..primitives import Kernel, Scalar
 from .terms import declaration_of_energy, declaration_of_term
 
+
 def energy_fields(cfg) -> tuple[dict, Optional[str]]:
     """The energy of ``cfg`` as config data and, when it cannot be written, why.
 
@@ -51,12 +52,18 @@ def energy_fields(cfg) -> tuple[dict, Optional[str]]:
 def _why(energy: Energy) -> str:
     for t in energy.terms:
         if declaration_of_term(t) is None:
-            opaque = [f"{k} = {getattr(t, k).name}" for k in ("f", "K", "g", "h") if hasattr(t, k)
-                      and not getattr(t, k).symbolic]
+            opaque = [
+                f"{k} = {getattr(t, k).name}"
+                for k in ("f", "K", "g", "h")
+                if hasattr(t, k) and not getattr(t, k).symbolic
+            ]
             if isinstance(t, Attention) and t.K.phi is not None and not t.K.phi.symbolic:
                 opaque.append(f"phi = {t.K.phi.name}")
-            what = (f"{', '.join(opaque)} {'is a torch callable' if len(opaque) == 1 else 'are torch callables'}"
-                    if opaque else f"its sphere has RMSNorm eps = {t.constraint.eps:g} (not the default)")
+            what = (
+                f"{', '.join(opaque)} {'is a torch callable' if len(opaque) == 1 else 'are torch callables'}"
+                if opaque
+                else f"its sphere has RMSNorm eps = {t.constraint.eps:g} (not the default)"
+            )
             return f"term {t.name!r} (ea.{type(t).__name__}): {what}"
     return "a term has no declaration"  # pragma: no cover - energy_fields calls this only when one has none
 
@@ -71,6 +78,7 @@ def energy_fingerprint(energy: Energy, d: int) -> str:
     >>> energy_fingerprint(Energy((E,)), 8) == energy_fingerprint(Energy((E.renamed("other"),)), 8)
     False
     """
+
     def probe(value, term):
         if isinstance(value, Scalar):
             if value.expr is not None:
@@ -94,8 +102,9 @@ def energy_fingerprint(energy: Energy, d: int) -> str:
     rows = []
     for term in energy.terms:
         try:
-            rows.append([type(term).__name__, *[[f.name, probe(getattr(term, f.name), term)]
-                                                for f in dataclasses.fields(term)]])
+            rows.append(
+                [type(term).__name__, *[[f.name, probe(getattr(term, f.name), term)] for f in dataclasses.fields(term)]]
+            )
         except Exception as err:  # noqa: BLE001 - a callable that fails on the probe: its identity is its text
             rows.append([type(term).__name__, term.name, f"probe failed: {type(err).__name__}"])
     return hashlib.sha256(json.dumps(rows, default=repr).encode()).hexdigest()[:16]

@@ -80,8 +80,8 @@ class StepSizeNet(nn.Module):
     def forward(self, t: float, X: Tensor) -> dict[str, Tensor]:
         """Step sizes at iteration ``t`` conditioned on tokens ``X`` (B, N, d): name → (B, N, d)."""
         w = self.time[0].weight
-        e = self.time(self._sinusoid(t, self.freq, device=w.device, dtype=w.dtype))       # (d,)
-        steps = self.out(F.gelu(X + e))                                                     # (B, N, n·d)
+        e = self.time(self._sinusoid(t, self.freq, device=w.device, dtype=w.dtype))  # (d,)
+        steps = self.out(F.gelu(X + e))  # (B, N, n·d)
         return dict(zip(self.names, steps.split(self.d, dim=-1)))
 
 
@@ -97,8 +97,11 @@ class FixedSteps(nn.Module):
     def __init__(self, names: Sequence[str], value: Union[float, Mapping[str, float]] = 0.1):
         super().__init__()
         self.names = list(names)
-        self.values = ({n: float(value[n]) for n in self.names} if isinstance(value, Mapping)
-                       else {n: float(value) for n in self.names})
+        self.values = (
+            {n: float(value[n]) for n in self.names}
+            if isinstance(value, Mapping)
+            else {n: float(value) for n in self.names}
+        )
 
     @property
     def value(self) -> float:

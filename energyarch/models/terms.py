@@ -38,43 +38,72 @@ import dataclasses
 import difflib
 from typing import Any, Mapping, Optional, Sequence, cast
 
-from ..energy import (SELF_TERMS, Attention, CausalAttention, Energy, FeedForward, GatedFeedForward, Sphere, Term,
-                      as_energy, primitives_of)
+from ..energy import (
+    SELF_TERMS,
+    Attention,
+    CausalAttention,
+    Energy,
+    FeedForward,
+    GatedFeedForward,
+    Sphere,
+    Term,
+    as_energy,
+    primitives_of,
+)
 from ..errors import ConfigError, EnergyArchError
 from ..interactions import INTERACTIONS
 from ..primitives import Kernel, Scalar, check_params_used, used_params
 
 #: a term's own solver and step rule (``[[model.terms]]`` keys, ``ModelConfig.solvers`` entries)
-SOLVER_KEYS = {"solver": "this term's update rule, e.g. \"momentum\" (default: [model] solver)",
-               "solver_params": "its hyper-parameters, e.g. { momentum = 0.5 } (default: [model] solver_params, "
-                                "whose step-rule keys max_step, backtrack, halvings apply to every solver)",
-               "steps": "this term's step rule: \"descent\" | \"bounded\" | \"free\" (default: [model] steps)"}
-_COMMON = {"name": "term name (default 'attn' or 'ff'; repeated names get _2, _3, ...)",
-           "params": "values of extra symbols, e.g. { gamma = 0.5 }", **SOLVER_KEYS}
-_ATTENTION = {"f": "outer function f(x), e.g. \"log(x)/beta\"",
-              "K": "kernel in s = x.y or r = |x - y|^2, e.g. \"exp(beta*s)\"",
-              "phi": "optional feature map, e.g. \"sigmoid(x)\" (inner-product kernels only)",
-              "heads": "H (default: [model] heads)",
-              "beta": "value of beta (default 1/sqrt(p))",
-              "radius": "radius of each head's sphere (default sqrt(p))",
-              "interaction": "how queries and keys come from the tokens: " + " | ".join(
-                  f'"{k}"' for k in INTERACTIONS) + " (default \"shared\")",
-              "rank": "rank r of the \"diag-low-rank\" interaction (default 8)"}
-_WIDTH = {"ratio": "width M = ratio * d (default: [model] ff_ratio)",
-          "width": "width M (instead of ratio)",
-          "radius": "radius of the sphere of D^T x (default sqrt(M))"}
+SOLVER_KEYS = {
+    "solver": 'this term\'s update rule, e.g. "momentum" (default: [model] solver)',
+    "solver_params": "its hyper-parameters, e.g. { momentum = 0.5 } (default: [model] solver_params, "
+    "whose step-rule keys max_step, backtrack, halvings apply to every solver)",
+    "steps": 'this term\'s step rule: "descent" | "bounded" | "free" (default: [model] steps)',
+}
+_COMMON = {
+    "name": "term name (default 'attn' or 'ff'; repeated names get _2, _3, ...)",
+    "params": "values of extra symbols, e.g. { gamma = 0.5 }",
+    **SOLVER_KEYS,
+}
+_ATTENTION = {
+    "f": 'outer function f(x), e.g. "log(x)/beta"',
+    "K": 'kernel in s = x.y or r = |x - y|^2, e.g. "exp(beta*s)"',
+    "phi": 'optional feature map, e.g. "sigmoid(x)" (inner-product kernels only)',
+    "heads": "H (default: [model] heads)",
+    "beta": "value of beta (default 1/sqrt(p))",
+    "radius": "radius of each head's sphere (default sqrt(p))",
+    "interaction": "how queries and keys come from the tokens: "
+    + " | ".join(f'"{k}"' for k in INTERACTIONS)
+    + ' (default "shared")',
+    "rank": 'rank r of the "diag-low-rank" interaction (default 8)',
+}
+_WIDTH = {
+    "ratio": "width M = ratio * d (default: [model] ff_ratio)",
+    "width": "width M (instead of ratio)",
+    "radius": "radius of the sphere of D^T x (default sqrt(M))",
+}
 
 #: ``family = ...`` of a ``[[model.terms]]`` table → (term class, its keys with what each means, required keys)
 FAMILIES: dict[str, tuple[type, dict, tuple]] = {
     "attention": (Attention, {**_ATTENTION, **_COMMON}, ("f", "K")),
-    "causal": (CausalAttention, {**_ATTENTION, "self_term": "\"exact\" (default) | \"stopped\": x_t's key role in "
-                                                          "its own term", **_COMMON}, ("f", "K")),
-    "feedforward": (FeedForward, {"g": "outer function g(x), e.g. \"x\"",
-                                  "h": "inner function h(x), e.g. \"relu(x)**2/2\"", **_WIDTH, **_COMMON}, ("g", "h")),
-    "gated": (GatedFeedForward, {"h": "element-wise function h(x), e.g. \"softplus(x)\" (h' gates: sigmoid for "
-                                      "softplus)", **_WIDTH, **_COMMON}, ("h",)),
+    "causal": (
+        CausalAttention,
+        {**_ATTENTION, "self_term": '"exact" (default) | "stopped": x_t\'s key role in its own term', **_COMMON},
+        ("f", "K"),
+    ),
+    "feedforward": (
+        FeedForward,
+        {"g": 'outer function g(x), e.g. "x"', "h": 'inner function h(x), e.g. "relu(x)**2/2"', **_WIDTH, **_COMMON},
+        ("g", "h"),
+    ),
+    "gated": (
+        GatedFeedForward,
+        {"h": 'element-wise function h(x), e.g. "softplus(x)" (h\' gates: sigmoid for softplus)', **_WIDTH, **_COMMON},
+        ("h",),
+    ),
 }
-_EXPRESSIONS = ("phi", "f", "K", "g", "h")          # phi first: the kernel is built with it
+_EXPRESSIONS = ("phi", "f", "K", "g", "h")  # phi first: the kernel is built with it
 _INTEGERS = ("heads", "width", "rank")
 _WORDS = {"interaction": tuple(INTERACTIONS), "self_term": SELF_TERMS}
 
@@ -93,8 +122,10 @@ def _where(i: int, table: Mapping) -> str:
 def normalize_terms(tables: Sequence[Mapping[str, Any]]) -> list[dict]:
     """Check the keys and value types of every table; returns plain dicts (params sorted, numbers float)."""
     if isinstance(tables, (str, bytes, Mapping)) or not isinstance(tables, Sequence) or not tables:
-        raise ConfigError(f"[[model.terms]] = {tables!r}: give a non-empty array of tables, each with family = "
-                          f"{' | '.join(repr(k) for k in FAMILIES)} and that family's keys")
+        raise ConfigError(
+            f"[[model.terms]] = {tables!r}: give a non-empty array of tables, each with family = "
+            f"{' | '.join(repr(k) for k in FAMILIES)} and that family's keys"
+        )
     return [_normalize(i, table) for i, table in enumerate(tables)]
 
 
@@ -109,8 +140,13 @@ def _normalize(i: int, table: Mapping[str, Any]) -> dict:
     for key in table:
         if key != "family" and key not in keys:
             close = difflib.get_close_matches(str(key), keys, n=1)
-            hint = (f" (did you mean {close[0]!r}?)" if close else
-                    f" (a value of a symbol? write params = {{ {key} = ... }})" if str(key).isidentifier() else "")
+            hint = (
+                f" (did you mean {close[0]!r}?)"
+                if close
+                else f" (a value of a symbol? write params = {{ {key} = ... }})"
+                if str(key).isidentifier()
+                else ""
+            )
             raise ConfigError(f"{where}: unknown key {key!r}{hint}; valid keys: family, " + ", ".join(keys))
     for key in required:
         if key not in table:
@@ -131,16 +167,20 @@ def _normalize(i: int, table: Mapping[str, Any]) -> dict:
                 raise ConfigError(f"{where}: {key} = {value!r}; choose one of {_WORDS[key]}")
             out[key] = value
         elif key == "params":
-            if not isinstance(value, Mapping) or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
-                                                         for v in value.values()):
-                raise ConfigError(f"{where}: params = {value!r}: give a table of numbers, e.g. params = {{ gamma = 0.5 }}")
+            if not isinstance(value, Mapping) or not all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) for v in value.values()
+            ):
+                raise ConfigError(
+                    f"{where}: params = {value!r}: give a table of numbers, e.g. params = {{ gamma = 0.5 }}"
+                )
             out[key] = {str(k): float(v) for k, v in sorted(value.items())}
         else:
             integer = key in _INTEGERS
             ok = isinstance(value, int) if integer else isinstance(value, (int, float))
             if isinstance(value, bool) or not ok or not value > 0:
-                raise ConfigError(f"{where}: {key} = {value!r} must be a positive {'integer' if integer else 'number'}; "
-                                  f"{keys[key]}")
+                raise ConfigError(
+                    f"{where}: {key} = {value!r} must be a positive {'integer' if integer else 'number'}; {keys[key]}"
+                )
             out[key] = value if integer else float(value)
     if "ratio" in out and "width" in out:
         raise ConfigError(f"{where}: gives both ratio and width; keep one")
@@ -148,8 +188,11 @@ def _normalize(i: int, table: Mapping[str, Any]) -> dict:
         kind = out.get("interaction", "shared")
         if key in out and key not in _interaction_fields(kind):
             takes = [k for k, cls in INTERACTIONS.items() if key in _interaction_fields(k)]
-            raise ConfigError(f"{where}: {key} = {out[key]} applies to interaction = "
-                              + " | ".join(f'"{k}"' for k in takes) + f" only, not {kind!r}")
+            raise ConfigError(
+                f"{where}: {key} = {out[key]} applies to interaction = "
+                + " | ".join(f'"{k}"' for k in takes)
+                + f" only, not {kind!r}"
+            )
     return out
 
 
@@ -163,8 +206,10 @@ def normalize_solver_spec(where: str, spec: Mapping[str, Any]) -> dict:
     from ..solvers import STEP_RULES, solver_names
 
     if not isinstance(spec, Mapping):
-        raise ConfigError(f"{where} = {spec!r:.80}: give a table with some of the keys {', '.join(SOLVER_KEYS)}, "
-                          f"e.g. {{ solver = \"momentum\", steps = \"free\" }}")
+        raise ConfigError(
+            f"{where} = {spec!r:.80}: give a table with some of the keys {', '.join(SOLVER_KEYS)}, "
+            f'e.g. {{ solver = "momentum", steps = "free" }}'
+        )
     out: dict[str, Any] = {}
     for key, value in spec.items():
         if key == "solver":
@@ -175,16 +220,23 @@ def normalize_solver_spec(where: str, spec: Mapping[str, Any]) -> dict:
                 raise ConfigError(f"{where}: steps = {value!r}; choose one of {STEP_RULES}")
         elif key == "solver_params":
             if not isinstance(value, Mapping) or not all(isinstance(k, str) for k in value):
-                raise ConfigError(f"{where}: solver_params = {value!r:.80}: give a table of the solver's "
-                                  f"hyper-parameters, e.g. solver_params = {{ momentum = 0.5 }}")
+                raise ConfigError(
+                    f"{where}: solver_params = {value!r:.80}: give a table of the solver's "
+                    f"hyper-parameters, e.g. solver_params = {{ momentum = 0.5 }}"
+                )
             value = dict(value)
             if "steps" in value and "steps" in spec:
-                raise ConfigError(f"{where}: gives steps = {spec['steps']!r} and solver_params.steps = "
-                                  f"{value['steps']!r}; keep one (steps)")
+                raise ConfigError(
+                    f"{where}: gives steps = {spec['steps']!r} and solver_params.steps = "
+                    f"{value['steps']!r}; keep one (steps)"
+                )
         else:
             close = difflib.get_close_matches(str(key), SOLVER_KEYS, n=1)
-            raise ConfigError(f"{where}: unknown key {key!r}" + (f" (did you mean {close[0]!r}?)" if close else "")
-                              + f"; a term's solver takes {', '.join(SOLVER_KEYS)}")
+            raise ConfigError(
+                f"{where}: unknown key {key!r}"
+                + (f" (did you mean {close[0]!r}?)" if close else "")
+                + f"; a term's solver takes {', '.join(SOLVER_KEYS)}"
+            )
         out[key] = value
     return out
 
@@ -219,8 +271,9 @@ def build_term(table: Mapping[str, Any], heads: int, ff_ratio: float, where: str
         prims: dict[str, Any] = {}  # Scalar or Kernel, by role
         for key, text in texts.items():
             own = used_params(text, params)
-            prims[key] = Kernel.parse(text, phi=prims.get("phi"), params=own) if key == "K" else \
-                Scalar.parse(text, params=own)
+            prims[key] = (
+                Kernel.parse(text, phi=prims.get("phi"), params=own) if key == "K" else Scalar.parse(text, params=own)
+            )
         key = None
         check_params_used(params, {k: p.expr for k, p in prims.items()}, "params")
         extra = {"name": table["name"]} if "name" in table else {}
@@ -232,8 +285,9 @@ def build_term(table: Mapping[str, Any], heads: int, ff_ratio: float, where: str
             if "self_term" in table:
                 extra["self_term"] = table["self_term"]
             prims.pop("phi", None)
-            return cls(**prims, heads=table.get("heads", heads), beta=table.get("beta"), radius=table.get("radius"),
-                       **extra)
+            return cls(
+                **prims, heads=table.get("heads", heads), beta=table.get("beta"), radius=table.get("radius"), **extra
+            )
         ratio = table.get("ratio", ff_ratio if "width" not in table else 1.0)
         return cls(**prims, width=table.get("width"), ratio=ratio, radius=table.get("radius"), **extra)
     except ConfigError:
@@ -257,7 +311,7 @@ def declaration_of_term(term) -> Optional[dict]:
     if any(not p.symbolic or p.expr is None for p in prims.values()):
         return None
     for texts in ({k: p.name for k, p in prims.items()}, {k: str(p.expr) for k, p in prims.items()}):
-        table = _table(term, family, prims, texts)         # the declared text; else sympy's printing of it
+        table = _table(term, family, prims, texts)  # the declared text; else sympy's printing of it
         if table is not None:
             return table
     return None
@@ -297,13 +351,23 @@ def declaration_of_energy(energy: Energy) -> Optional[list[dict]]:
 def _key(term) -> tuple:
     """What identifies a declared term: its type, its fields, its expressions as text (sympy objects compare by
     structure, but a name given to a primitive is only a label)."""
+
     def plain(value):
         if isinstance(value, (Scalar, Kernel)):
-            return (type(value).__name__, str(value.expr), getattr(value, "kind", None), value.params,
-                    plain(getattr(value, "phi", None)))
+            return (
+                type(value).__name__,
+                str(value.expr),
+                getattr(value, "kind", None),
+                value.params,
+                plain(getattr(value, "phi", None)),
+            )
         return value
-    return (type(term), tuple((f.name, plain(getattr(term, f.name))) for f in dataclasses.fields(term)
-                              if f.name not in ("name",)), term.name)
+
+    return (
+        type(term),
+        tuple((f.name, plain(getattr(term, f.name))) for f in dataclasses.fields(term) if f.name not in ("name",)),
+        term.name,
+    )
 
 
 # -------------------------------------------------------------------------------------------------------------
@@ -334,28 +398,38 @@ def check_terms(cfg) -> None:
     their defaults (they are then unused and set to None)."""
     value = cfg.terms
     if cfg.arch != "hyperset":
-        raise ConfigError(f"ModelConfig.terms: a declared energy is the model of arch='hyperset', not "
-                          f"arch={cfg.arch!r}; use arch='hyperset' or drop the terms")
+        raise ConfigError(
+            f"ModelConfig.terms: a declared energy is the model of arch='hyperset', not "
+            f"arch={cfg.arch!r}; use arch='hyperset' or drop the terms"
+        )
     if isinstance(value, (Energy, *_TERM_TYPES)):
         cfg.terms = as_energy(value)
     elif isinstance(value, Sequence) and not isinstance(value, (str, bytes)):
         cfg.terms = normalize_terms(value)
         build_energy(cfg.terms, cfg.heads, cfg.ff_ratio)
     else:
-        raise ConfigError(f"ModelConfig.terms={describe(value)}: give an ea.Energy (ModelConfig(energy=E)) or a list "
-                          f"of [[model.terms]] tables, each with family = {' | '.join(repr(k) for k in FAMILIES)}")
+        raise ConfigError(
+            f"ModelConfig.terms={describe(value)}: give an ea.Energy (ModelConfig(energy=E)) or a list "
+            f"of [[model.terms]] tables, each with family = {' | '.join(repr(k) for k in FAMILIES)}"
+        )
     defaults = {f.name: f.default for f in dataclasses.fields(cfg)}
     for family in ("attention", "feedforward"):
         if getattr(cfg, family) not in (None, defaults[family]):
-            raise ConfigError(f"ModelConfig.{family}={describe(getattr(cfg, family))} and terms are both given; the "
-                              f"terms are the whole energy: put this term among them and drop {family}")
+            raise ConfigError(
+                f"ModelConfig.{family}={describe(getattr(cfg, family))} and terms are both given; the "
+                f"terms are the whole energy: put this term among them and drop {family}"
+            )
         setattr(cfg, family, None)
     if cfg.norm_gain:
-        plain = all(type(t) in (Attention, FeedForward) and getattr(t, "interaction", None) is None
-                    for t in config_energy(cfg).terms)
+        plain = all(
+            type(t) in (Attention, FeedForward) and getattr(t, "interaction", None) is None
+            for t in config_energy(cfg).terms
+        )
         if not plain:
-            raise ConfigError("ModelConfig.norm_gain=True: learnable RMSNorm gains apply to attention terms with the "
-                              "shared basis and feed-forward terms only; use norm_gain=False")
+            raise ConfigError(
+                "ModelConfig.norm_gain=True: learnable RMSNorm gains apply to attention terms with the "
+                "shared basis and feed-forward terms only; use norm_gain=False"
+            )
 
 
 def declaration_of_terms(value) -> Optional[list[dict]]:
@@ -383,7 +457,16 @@ def config_energy(cfg, causal: bool = False) -> Energy:
 def _causal(term: Attention, cfg) -> CausalAttention:
     inter = term.interaction
     if inter is None:
-        inter = INTERACTIONS[cfg.interaction](**{k: cfg.interaction_rank for k in _interaction_fields(cfg.interaction)
-                                                 if k == "rank"})
-    return CausalAttention(f=term.f, K=term.K, heads=term.heads, constraint=term.constraint, beta=term.beta,
-                           name=term.name, interaction=inter, self_term=cfg.self_term)
+        inter = INTERACTIONS[cfg.interaction](
+            **{k: cfg.interaction_rank for k in _interaction_fields(cfg.interaction) if k == "rank"}
+        )
+    return CausalAttention(
+        f=term.f,
+        K=term.K,
+        heads=term.heads,
+        constraint=term.constraint,
+        beta=term.beta,
+        name=term.name,
+        interaction=inter,
+        self_term=cfg.self_term,
+    )

@@ -36,7 +36,7 @@ class SelfAttention(nn.Module):
         self.proj = nn.Linear(d, d, bias=False)
 
     def split(self, X: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        q, k, v = self.qkv(X).chunk(3, dim=-1)                               # (B, N, d) each
+        q, k, v = self.qkv(X).chunk(3, dim=-1)  # (B, N, d) each
         return tuple(z.unflatten(-1, (self.heads, -1)).transpose(-2, -3) for z in (q, k, v))  # (B, H, N, p)
 
     def forward(self, X: Tensor) -> Tensor:
@@ -53,8 +53,9 @@ class Block(nn.Module):
         self.norm1 = nn.RMSNorm(d)
         self.attn = SelfAttention(d, heads, causal)
         self.norm2 = nn.RMSNorm(d)
-        self.mlp = nn.Sequential(nn.Linear(d, MLP_RATIO * d, bias=False), nn.GELU(),
-                                 nn.Linear(MLP_RATIO * d, d, bias=False))
+        self.mlp = nn.Sequential(
+            nn.Linear(d, MLP_RATIO * d, bias=False), nn.GELU(), nn.Linear(MLP_RATIO * d, d, bias=False)
+        )
 
     def head_coords(self, X: Tensor) -> dict[str, Tensor]:
         """Per-head query coordinates of the normalised tokens, for the diagnostics: (B, H, N, p)."""

@@ -48,5 +48,20 @@ from .momentum import Momentum as Momentum
 from .nesterov import Nesterov as Nesterov
 from .rmsprop import RMSProp as RMSProp
 
-__all__ = ["Adam", "GradientDescent", "Momentum", "Nesterov", "OFFICIAL_SOLVER_PARAMS", "RMSProp", "SOLVERS", "STEP_RULES", "Solver",
-           "SolverCheck", "make_solver", "register_solver", "run", "solver_names", "verify_solver"]
+__all__ = [
+    "Adam",
+    "GradientDescent",
+    "Momentum",
+    "Nesterov",
+    "OFFICIAL_SOLVER_PARAMS",
+    "RMSProp",
+    "SOLVERS",
+    "STEP_RULES",
+    "Solver",
+    "SolverCheck",
+    "make_solver",
+    "register_solver",
+    "run",
+    "solver_names",
+    "verify_solver",
+]

@@ -29,7 +29,7 @@ class Adam(Solver):
         owner = f"solver {self.name!r}"
         _number(owner, "beta1", self.beta1, 0.0, 1.0)
         _number(owner, "beta2", self.beta2, 0.0, 1.0)
-        _number(owner, "eps", self.eps, 0.0, float("inf"), lo_open=True)   # ε = 0: 0/0 on a zero gradient
+        _number(owner, "eps", self.eps, 0.0, float("inf"), lo_open=True)  # ε = 0: 0/0 on a zero gradient
 
     def update(self, d, alpha, state):
         m, s, k = state.get("m"), state.get("s"), state.get("k", 0) + 1

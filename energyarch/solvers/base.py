@@ -102,21 +102,29 @@ class Solver:
     def __post_init__(self):
         owner = f"solver {self.name!r}"
         if self.steps not in STEP_RULES:
-            raise CompileError(f"{owner}: steps={self.steps!r}: choose one of {STEP_RULES} ('free': step sizes as "
-                               f"given, the paper's signed steps; 'bounded': positive, at most max_step, capped by a "
-                               f"curvature estimate; 'descent': positive, backtracked so that no sub-step raises its "
-                               f"energy)")
+            raise CompileError(
+                f"{owner}: steps={self.steps!r}: choose one of {STEP_RULES} ('free': step sizes as "
+                f"given, the paper's signed steps; 'bounded': positive, at most max_step, capped by a "
+                f"curvature estimate; 'descent': positive, backtracked so that no sub-step raises its "
+                f"energy)"
+            )
         _number(owner, "max_step", self.max_step, 0.0, math.inf, lo_open=True)
         if isinstance(self.backtrack, bool) or not isinstance(self.backtrack, int) or not 0 <= self.backtrack <= 60:
-            raise CompileError(f"{owner}: backtrack={self.backtrack!r} must be an integer in [0, 60] (halvings of "
-                               f"a step at inference; 0 = off)")
+            raise CompileError(
+                f"{owner}: backtrack={self.backtrack!r} must be an integer in [0, 60] (halvings of "
+                f"a step at inference; 0 = off)"
+            )
         if self.backtrack and self.steps == "descent":
-            raise CompileError(f"{owner}: backtrack={self.backtrack!r} with steps='descent': the descent rule already "
-                               f"backtracks every sub-step, in training and at inference; use backtrack=0 (or "
-                               f"steps='free' / 'bounded' for inference-only backtracking on the total energy)")
+            raise CompileError(
+                f"{owner}: backtrack={self.backtrack!r} with steps='descent': the descent rule already "
+                f"backtracks every sub-step, in training and at inference; use backtrack=0 (or "
+                f"steps='free' / 'bounded' for inference-only backtracking on the total energy)"
+            )
         if isinstance(self.halvings, bool) or not isinstance(self.halvings, int) or not 0 <= self.halvings <= 30:
-            raise CompileError(f"{owner}: halvings={self.halvings!r} must be an integer in [0, 30] (candidates "
-                               f"1, 1/2, …, 2^-halvings of each step under steps='descent'; e.g. 4)")
+            raise CompileError(
+                f"{owner}: halvings={self.halvings!r} must be an integer in [0, 30] (candidates "
+                f"1, 1/2, …, 2^-halvings of each step under steps='descent'; e.g. 4)"
+            )
 
     # -- the step size ----------------------------------------------------------------------------------------------
     def step_size(self, raw: Union[float, Tensor]) -> Union[float, Tensor]:
@@ -136,8 +144,10 @@ class Solver:
         if self.steps == "free":
             return alpha
         if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 < alpha < self.max_step:
-            raise CompileError(f"solver {self.name!r}: a fixed step size {alpha!r} under steps={self.steps!r} must "
-                               f"lie in (0, max_step={self.max_step!r}); lower it or raise max_step")
+            raise CompileError(
+                f"solver {self.name!r}: a fixed step size {alpha!r} under steps={self.steps!r} must "
+                f"lie in (0, max_step={self.max_step!r}); lower it or raise max_step"
+            )
         return math.log(alpha / (self.max_step - alpha))
 
     # -- the rule ---------------------------------------------------------------------------------------------------
@@ -178,8 +188,9 @@ def make_solver(solver: Union[str, Solver, None] = "gd", **params) -> Solver:
     if isinstance(solver, Solver):
         return dataclasses.replace(solver, **params) if params else solver
     if not isinstance(solver, str) or solver not in SOLVERS:
-        raise CompileError(f"solver={solver!r}: choose one of {tuple(SOLVERS)} (or pass an energyarch.solvers "
-                           f"Solver object)")
+        raise CompileError(
+            f"solver={solver!r}: choose one of {tuple(SOLVERS)} (or pass an energyarch.solvers Solver object)"
+        )
     cls = SOLVERS[solver]
     valid = [f.name for f in dataclasses.fields(cls)]
     unknown = sorted(set(params) - set(valid))
@@ -188,8 +199,9 @@ def make_solver(solver: Union[str, Solver, None] = "gd", **params) -> Solver:
     return cls(**params)
 
 
-def run(solver: Solver, direction: Callable[[Tensor], Tensor], x0: Tensor, alpha: Union[float, Tensor],
-        iters: int) -> list[Tensor]:
+def run(
+    solver: Solver, direction: Callable[[Tensor], Tensor], x0: Tensor, alpha: Union[float, Tensor], iters: int
+) -> list[Tensor]:
     """Iterates ``[x_0, …, x_iters]`` of ``solver`` on one term with direction field ``direction(x) = −∇E(x)``
     and a constant step size (the same calls as :class:`~energyarch.compile.EnergyStep`, without safeguards).
 

@@ -64,14 +64,25 @@ class SolverCheck:
         return "\n".join(rows)
 
     def __str__(self) -> str:
-        return (f"solver check {self.solver} (step {self.step_size:.3g}, {self.energies.shape[0] - 1} iterations, "
-                f"{self.energies.shape[1]} samples): {'OK' if self.ok else 'FAILED'}"
-                f"{'' if not self.rises else f' ({len(self.rises)} rises)'}\n" + self.table())
+        return (
+            f"solver check {self.solver} (step {self.step_size:.3g}, {self.energies.shape[0] - 1} iterations, "
+            f"{self.energies.shape[1]} samples): {'OK' if self.ok else 'FAILED'}"
+            f"{'' if not self.rises else f' ({len(self.rises)} rises)'}\n" + self.table()
+        )
 
 
-def verify_solver(step, solver: Union[str, Solver, None] = None, *, iters: int = 10, step_size: float = 1e-3,
-                  batch: int = 4, tokens: int = 7, seed: int = 0, raise_on_fail: bool = True,
-                  **solver_params) -> SolverCheck:
+def verify_solver(
+    step,
+    solver: Union[str, Solver, None] = None,
+    *,
+    iters: int = 10,
+    step_size: float = 1e-3,
+    batch: int = 4,
+    tokens: int = 7,
+    seed: int = 0,
+    raise_on_fail: bool = True,
+    **solver_params,
+) -> SolverCheck:
     """Run ``solver`` (default: the step's own) on the compiled ``step`` with a small constant step size.
 
     The step size is ``step_size / max(1, max |direction at the start|)`` (at most ``step_size`` in any
@@ -81,15 +92,16 @@ def verify_solver(step, solver: Union[str, Solver, None] = None, *, iters: int =
     # a compiled EnergyStep, recognised by the methods used here: importing energyarch.compile would make the solvers
     # package, which compile imports, depend on compile (an import cycle, tests/test_imports.py)
     if not all(callable(getattr(step, name, None)) for name in ("init_state", "energy", "direction", "with_solver")):
-        raise VerificationError(f"verify_solver: expected a compiled EnergyStep (from energyarch.compile), got "
-                                f"{type(step).__name__}")
+        raise VerificationError(
+            f"verify_solver: expected a compiled EnergyStep (from energyarch.compile), got {type(step).__name__}"
+        )
     for name, value, low in (("iters", iters, 1), ("batch", batch, 1), ("tokens", tokens, 1), ("seed", seed, 0)):
         if not isinstance(value, int) or isinstance(value, bool) or value < low:
             raise VerificationError(f"verify_solver: {name}={value!r} must be an integer >= {low}")
     if isinstance(step_size, bool) or not isinstance(step_size, (int, float)) or not 0 < step_size < float("inf"):
         raise VerificationError(f"verify_solver: step_size={step_size!r} must be a positive finite number")
     if solver is None and not solver_params:
-        step64 = copy.deepcopy(step).to(torch.float64)               # the step's own solver(s), one per term
+        step64 = copy.deepcopy(step).to(torch.float64)  # the step's own solver(s), one per term
     else:
         chosen_one = make_solver(step.solver if solver is None else solver, **solver_params)
         step64 = copy.deepcopy(step).to(torch.float64).with_solver(chosen_one)
@@ -102,7 +114,7 @@ def verify_solver(step, solver: Union[str, Solver, None] = None, *, iters: int =
         alpha = step_size / max(1.0, scale)
         raw = {}
         for n, rule in chosen.items():
-            if rule.steps == "bounded":      # the rule maps raw → max_step·sigmoid(raw): ask for alpha itself
+            if rule.steps == "bounded":  # the rule maps raw → max_step·sigmoid(raw): ask for alpha itself
                 a = min(alpha, rule.max_step / 2)
                 raw[n] = float(torch.logit(torch.tensor(a / rule.max_step, dtype=torch.float64)))
             else:
@@ -116,7 +128,9 @@ def verify_solver(step, solver: Union[str, Solver, None] = None, *, iters: int =
     described = step64._describe_solvers() if not step64._uniform() else step64.solver.describe()
     check = SolverCheck(solver=described, step_size=alpha, energies=torch.stack(energies))
     if raise_on_fail and not check.ok:
-        raise VerificationError(f"verify_solver: the energy does not descend under {described} with a "
-                                f"constant step {alpha:.3g}; the solver or the energy's direction is wrong (or the "
-                                f"step too large: pass a smaller step_size)\n{check}")
+        raise VerificationError(
+            f"verify_solver: the energy does not descend under {described} with a "
+            f"constant step {alpha:.3g}; the solver or the energy's direction is wrong (or the "
+            f"step too large: pass a smaller step_size)\n{check}"
+        )
     return check

@@ -42,9 +42,11 @@ class Momentum(Solver):
         super().__post_init__()
         _number(f"solver {self.name!r}", "momentum", self.momentum, 0.0, 1.0)
         if self.convention not in CONVENTIONS:
-            raise CompileError(f"solver {self.name!r}: convention={self.convention!r}: choose 'energyarch' "
-                               f"(v ← μ v − α g; x ← x + v) or 'official' (b ← μ b + g; x ← x − α b, the official "
-                               f"Hyper-SET code's momentum)")
+            raise CompileError(
+                f"solver {self.name!r}: convention={self.convention!r}: choose 'energyarch' "
+                f"(v ← μ v − α g; x ← x + v) or 'official' (b ← μ b + g; x ← x − α b, the official "
+                f"Hyper-SET code's momentum)"
+            )
 
     def update(self, d, alpha, state):
         if self.convention == "official":
@@ -58,6 +60,6 @@ class Momentum(Solver):
 
     def accept(self, state, scale):
         out = {**state, "v": state["v"] * scale} if "v" in state else dict(state)
-        if "b" in out:                  # the official running sum: scaled with the increment it produced
+        if "b" in out:  # the official running sum: scaled with the increment it produced
             out["b"] = out["b"] * scale
         return out

@@ -25,7 +25,7 @@ class RMSProp(Solver):
     def __post_init__(self):
         super().__post_init__()
         _number(f"solver {self.name!r}", "rho", self.rho, 0.0, 1.0)
-        _number(f"solver {self.name!r}", "eps", self.eps, 0.0, float("inf"), lo_open=True)   # ε = 0: 0/0 at d = 0
+        _number(f"solver {self.name!r}", "eps", self.eps, 0.0, float("inf"), lo_open=True)  # ε = 0: 0/0 at d = 0
 
     def update(self, d, alpha, state):
         s = state.get("s")

@@ -19,5 +19,15 @@ from .stats import mean_interval as mean_interval
 from .stats import paired_differences as paired_differences
 from .storage import load_stored_study as load_stored_study
 
-__all__ = ["StudySpec", "leaderboard", "load_stored_study", "load_study", "mean_interval", "paired_differences",
-           "run_study", "run_worker", "trial_rows", "write_report"]
+__all__ = [
+    "StudySpec",
+    "leaderboard",
+    "load_stored_study",
+    "load_study",
+    "mean_interval",
+    "paired_differences",
+    "run_study",
+    "run_worker",
+    "trial_rows",
+    "write_report",
+]

@@ -22,8 +22,10 @@ def plot_study(board: dict, rows: list[dict], folder) -> dict:
     scale, ylabel = _scale(board["metric"])
     out = Path(folder)
     made = {}
-    for name, key, xlabel, xscale in (("metric_vs_parameters", "parameters", "parameters", 1.0),
-                                      ("metric_vs_time", "step_s", "ms per training step", 1000.0)):
+    for name, key, xlabel, xscale in (
+        ("metric_vs_parameters", "parameters", "parameters", 1.0),
+        ("metric_vs_time", "step_s", "ms per training step", 1000.0),
+    ):
         pts = [e for e in table if e.get(key) is not None]
         if not pts:
             continue
@@ -36,10 +38,16 @@ def plot_study(board: dict, rows: list[dict], folder) -> dict:
         ax.set_title(f"{board['study']}: mean ± 95 % interval over seeds", fontsize=9)
         if len(pts) <= 12:
             ax.legend(fontsize=6, loc="best")
-        else:                                  # too many for a legend: each point names its design
+        else:  # too many for a legend: each point names its design
             for e in pts:
-                ax.annotate(e["label"], (e[key] * xscale, e["mean"] * scale), fontsize=5, alpha=0.8,
-                            xytext=(3, 2), textcoords="offset points")
+                ax.annotate(
+                    e["label"],
+                    (e[key] * xscale, e["mean"] * scale),
+                    fontsize=5,
+                    alpha=0.8,
+                    xytext=(3, 2),
+                    textcoords="offset points",
+                )
         ax.grid(alpha=0.3)
         made[name] = save_figure(fig, out / f"{name}.png")
     fig, (ax,) = new_figure(width=max(5.0, 0.55 * len(table) + 2), height=4.4)

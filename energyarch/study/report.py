@@ -27,9 +27,18 @@ def trial_rows(study) -> list[dict]:
     rows = []
     for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
         design = tuple(t.params.get(k) for k in axes) + tuple(
-            (k, v) for k, v in sorted(t.params.items()) if k not in axes and k != SEED_PARAM)
-        rows.append({**t.user_attrs, "number": t.number, "design": design, "label": _label(design),
-                     "seed": t.params.get(SEED_PARAM), "value": t.value})
+            (k, v) for k, v in sorted(t.params.items()) if k not in axes and k != SEED_PARAM
+        )
+        rows.append(
+            {
+                **t.user_attrs,
+                "number": t.number,
+                "design": design,
+                "label": _label(design),
+                "seed": t.params.get(SEED_PARAM),
+                "value": t.value,
+            }
+        )
     return rows
 
 
@@ -50,17 +59,25 @@ def leaderboard(study) -> dict:
     rows = trial_rows(study)
     by_design: dict[tuple, dict] = {}
     for r in rows:
-        by_design.setdefault(r["design"], {}).setdefault(r["seed"], r)       # first COMPLETE per seed
+        by_design.setdefault(r["design"], {}).setdefault(r["seed"], r)  # first COMPLETE per seed
     table = []
     for design, seeds in by_design.items():
         rs = list(seeds.values())
         ci = mean_interval([r["value"] for r in rs])
-        table.append({"design": design, "label": _label(design), **ci,
-                      "mean_2T": _mean(rs, f"{metric}_2T"), "parameters": _mean(rs, "parameters"),
-                      "step_s": _mean(rs, "step_s"), "tokens_per_s": _mean(rs, "tokens_per_s"),
-                      "energy_rise_fraction": _mean(rs, "energy_rise_fraction"),
-                      "term_rise_fraction": _mean(rs, "term_rise_fraction"),
-                      "values": {s: r["value"] for s, r in seeds.items()}})
+        table.append(
+            {
+                "design": design,
+                "label": _label(design),
+                **ci,
+                "mean_2T": _mean(rs, f"{metric}_2T"),
+                "parameters": _mean(rs, "parameters"),
+                "step_s": _mean(rs, "step_s"),
+                "tokens_per_s": _mean(rs, "tokens_per_s"),
+                "energy_rise_fraction": _mean(rs, "energy_rise_fraction"),
+                "term_rise_fraction": _mean(rs, "term_rise_fraction"),
+                "values": {s: r["value"] for s, r in seeds.items()},
+            }
+        )
     reverse = spec.get("direction", "maximize") == "maximize"
     table.sort(key=lambda e: (math.isnan(e["mean"]), -e["mean"] if reverse else e["mean"]))
     base = tuple(spec["baseline"]) if spec.get("baseline") else None
@@ -71,12 +88,26 @@ def leaderboard(study) -> dict:
             if e["design"] != base:
                 d = paired_differences(e["values"], ref)
                 if d:
-                    diffs.append({"design": e["design"], "label": e["label"], **d,
-                                  "excludes_zero": bool(d["n"] > 1 and (d["low"] > 0 or d["high"] < 0))})
-    return {"metric": metric, "direction": spec.get("direction", "maximize"), "baseline": base,
-            "baseline_label": _label(base) if base else None, "table": table, "differences": diffs,
-            "trials": len(rows), "total": spec.get("total_trials"), "axes": spec.get("axes") or [],
-            "study": study.study_name}
+                    diffs.append(
+                        {
+                            "design": e["design"],
+                            "label": e["label"],
+                            **d,
+                            "excludes_zero": bool(d["n"] > 1 and (d["low"] > 0 or d["high"] < 0)),
+                        }
+                    )
+    return {
+        "metric": metric,
+        "direction": spec.get("direction", "maximize"),
+        "baseline": base,
+        "baseline_label": _label(base) if base else None,
+        "table": table,
+        "differences": diffs,
+        "trials": len(rows),
+        "total": spec.get("total_trials"),
+        "axes": spec.get("axes") or [],
+        "study": study.study_name,
+    }
 
 
 def _fmt(value, scale: float = 1.0, digits: int = 2) -> str:
@@ -90,25 +121,38 @@ def markdown(board: dict) -> str:
     metric = board["metric"]
     pct = metric in PERCENT
     scale, digits, unit = (100.0, 2, " %") if pct else (1.0, 4, "")
-    lines = [f"Study `{board['study']}`: {board['trials']} complete trials of {board['total']}; metric "
-             f"{metric}{unit} at the training depth T ({board['direction']}), mean over seeds with its 95 % "
-             f"t-interval.", "",
-             f"| design | {metric}{unit} (T) | 95 % interval | n | {metric}{unit} (2T) | parameters | ms / step | "
-             f"tokens/s | energy rise % |", "|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"Study `{board['study']}`: {board['trials']} complete trials of {board['total']}; metric "
+        f"{metric}{unit} at the training depth T ({board['direction']}), mean over seeds with its 95 % "
+        f"t-interval.",
+        "",
+        f"| design | {metric}{unit} (T) | 95 % interval | n | {metric}{unit} (2T) | parameters | ms / step | "
+        f"tokens/s | energy rise % |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for e in board["table"]:
-        lines.append(f"| {e['label']} | {_fmt(e['mean'], scale, digits)} | ± {_fmt(e['half'], scale, digits)} "
-                     f"[{_fmt(e['low'], scale, digits)}, {_fmt(e['high'], scale, digits)}] | {e['n']} | "
-                     f"{_fmt(e['mean_2T'], scale, digits)} | {_fmt(e['parameters'], 1, 0)} | "
-                     f"{_fmt(e['step_s'], 1000, 1)} | {_fmt(e['tokens_per_s'], 1, 0)} | "
-                     f"{_fmt(e['energy_rise_fraction'], 100, 2)} |")
+        lines.append(
+            f"| {e['label']} | {_fmt(e['mean'], scale, digits)} | ± {_fmt(e['half'], scale, digits)} "
+            f"[{_fmt(e['low'], scale, digits)}, {_fmt(e['high'], scale, digits)}] | {e['n']} | "
+            f"{_fmt(e['mean_2T'], scale, digits)} | {_fmt(e['parameters'], 1, 0)} | "
+            f"{_fmt(e['step_s'], 1000, 1)} | {_fmt(e['tokens_per_s'], 1, 0)} | "
+            f"{_fmt(e['energy_rise_fraction'], 100, 2)} |"
+        )
     if board["differences"]:
-        lines += ["", f"Paired differences against the baseline **{board['baseline_label']}** (design − "
-                      f"baseline on the seeds both ran; 95 % t-interval; * = the interval excludes 0):", "",
-                  f"| design | Δ {metric}{unit} | 95 % interval | n |", "|---|---|---|---|"]
+        lines += [
+            "",
+            f"Paired differences against the baseline **{board['baseline_label']}** (design − "
+            f"baseline on the seeds both ran; 95 % t-interval; * = the interval excludes 0):",
+            "",
+            f"| design | Δ {metric}{unit} | 95 % interval | n |",
+            "|---|---|---|---|",
+        ]
         for d in board["differences"]:
-            lines.append(f"| {d['label']} | {_fmt(d['mean'], scale, digits)}{' *' if d['excludes_zero'] else ''} "
-                         f"| ± {_fmt(d['half'], scale, digits)} [{_fmt(d['low'], scale, digits)}, "
-                         f"{_fmt(d['high'], scale, digits)}] | {d['n']} |")
+            lines.append(
+                f"| {d['label']} | {_fmt(d['mean'], scale, digits)}{' *' if d['excludes_zero'] else ''} "
+                f"| ± {_fmt(d['half'], scale, digits)} [{_fmt(d['low'], scale, digits)}, "
+                f"{_fmt(d['high'], scale, digits)}] | {d['n']} |"
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -127,18 +171,35 @@ def write_report(study, out_dir) -> dict:
 
     out = Path(out_dir)
     board = leaderboard(study)
-    paths = {"markdown": out / "report.md", "leaderboard": out / "leaderboard.csv",
-             "differences": out / "differences.csv"}
+    paths = {
+        "markdown": out / "report.md",
+        "leaderboard": out / "leaderboard.csv",
+        "differences": out / "differences.csv",
+    }
     made = plot_study(board, trial_rows(study), out / "plots")
     text = markdown(board)
     if made:
         text += "\n" + "\n".join(f"![{name}](plots/{Path(p).name})" for name, p in made.items()) + "\n"
     atomic_write_text(paths["markdown"], f"# {board['study']}\n\n" + text)
-    keys = ["label", "mean", "half", "low", "high", "std", "n", "mean_2T", "parameters", "step_s",
-            "tokens_per_s", "energy_rise_fraction", "term_rise_fraction"]
+    keys = [
+        "label",
+        "mean",
+        "half",
+        "low",
+        "high",
+        "std",
+        "n",
+        "mean_2T",
+        "parameters",
+        "step_s",
+        "tokens_per_s",
+        "energy_rise_fraction",
+        "term_rise_fraction",
+    ]
     atomic_write_text(paths["leaderboard"], _csv(board["table"], keys))
-    atomic_write_text(paths["differences"], _csv(board["differences"],
-                                                 ["label", "mean", "half", "low", "high", "n", "excludes_zero"]))
+    atomic_write_text(
+        paths["differences"], _csv(board["differences"], ["label", "mean", "half", "low", "high", "n", "excludes_zero"])
+    )
     return {"board": board, **{k: str(v) for k, v in paths.items()}, "plots": made}
 
 

@@ -69,13 +69,16 @@ def collect_metrics(summary: dict, folder: Path, T: int, metric: str) -> dict:
     speed = (metrics.get("speed") or {}).get("epochs") or []
     final = summary.get("final") or {}
     out: dict[str, Any] = {
-        "T": T, f"{metric}_T": (sweep.get(T) or {}).get(metric, final.get(f"test_{metric}")),
+        "T": T,
+        f"{metric}_T": (sweep.get(T) or {}).get(metric, final.get(f"test_{metric}")),
         f"{metric}_2T": (sweep.get(2 * T) or {}).get(metric),
         "parameters": summary.get("parameters", metrics.get("parameters")),
-        "step_s": _weighted(speed, "step_s"), "tokens_per_s": _weighted(speed, "tokens_per_s"),
-        "steps": final.get("step"), "energy_rise_fraction": evaluated.get("energy_rise_fraction"),
+        "step_s": _weighted(speed, "step_s"),
+        "tokens_per_s": _weighted(speed, "tokens_per_s"),
+        "steps": final.get("step"),
+        "energy_rise_fraction": evaluated.get("energy_rise_fraction"),
     }
-    if "term_rise_fraction" in evaluated:                  # written by newer evaluations (per-term rises)
+    if "term_rise_fraction" in evaluated:  # written by newer evaluations (per-term rises)
         out["term_rise_fraction"] = evaluated["term_rise_fraction"]
     return {k: v for k, v in out.items() if not (isinstance(v, float) and not math.isfinite(v))}
 
@@ -114,7 +117,7 @@ class Objective:
         grid = self.spec.sampler == "grid"
         name = trial_name(params, self.spec.axes) if grid else f"trial{trial.number:04d}"
         folder = self.out / "trials" / name
-        if folder.exists():             # an earlier attempt of this point that did not complete: keep it aside
+        if folder.exists():  # an earlier attempt of this point that did not complete: keep it aside
             aside = self.out / "incomplete" / f"{name}.{time.strftime('%Y%m%d-%H%M%S')}.trial{trial.number}"
             aside.parent.mkdir(parents=True, exist_ok=True)
             shutil.move(str(folder), str(aside))
@@ -139,7 +142,7 @@ class Objective:
         cfg = spec.trial_config(params)
         T = cfg.model.iters
         recurrent = cfg.model.arch == "hyperset"
-        asked = cfg.eval_iters if "eval_iters" in spec.overrides else []    # else only what the report needs
+        asked = cfg.eval_iters if "eval_iters" in spec.overrides else []  # else only what the report needs
         iters = ({T, 2 * T} | set(asked)) if recurrent else {T}
         from dataclasses import replace
 
@@ -150,7 +153,7 @@ class Objective:
         start = time.time()
         try:
             summary = train(cfg, report=True)
-            if not summary.get("sweep"):            # stopped by max_steps before the last epoch: evaluate anyway
+            if not summary.get("sweep"):  # stopped by max_steps before the last epoch: evaluate anyway
                 summary["sweep"] = evaluate_checkpoint(folder, iters=cfg.eval_iters)["sweep"]
             metrics = collect_metrics(summary, folder, T, spec.metric)
             metrics["wall_s"] = round(time.time() - start, 2)
@@ -158,9 +161,11 @@ class Objective:
                 trial.set_user_attr(k, v)
             value = metrics.get(f"{spec.metric}_T")
             if value is None:
-                raise ConfigError(f"trial {trial.number}: the run wrote no {spec.metric!r} at T={T}; set [study] "
-                                  f"metric to a metric of task {cfg.task!r}")
-        except EnergyArchError as err:            # a result of the design (e.g. divergence): recorded, not retried
+                raise ConfigError(
+                    f"trial {trial.number}: the run wrote no {spec.metric!r} at T={T}; set [study] "
+                    f"metric to a metric of task {cfg.task!r}"
+                )
+        except EnergyArchError as err:  # a result of the design (e.g. divergence): recorded, not retried
             trial.set_user_attr("error", f"{type(err).__name__}: {err}"[:2000])
             raise
         return float(value)
@@ -176,7 +181,7 @@ def requeue_interrupted(study, spec: StudySpec) -> int:
         if set(states) - {"FAIL"} or len(states["FAIL"]) > spec.max_retry:
             continue
         if any("error" in t.user_attrs or "failed_trial" in t.system_attrs for t in states["FAIL"]):
-            continue                     # a training error, or a stale trial Optuna's callback already handled
+            continue  # a training error, or a stale trial Optuna's callback already handled
         study.enqueue_trial({**dict(zip(spec.axes, key[:-1])), SEED_PARAM: key[-1]})
         queued += 1
     return queued
@@ -200,7 +205,7 @@ def run_worker(spec: StudySpec, out_dir, url: str, on_trial: Optional[Callable] 
         study = open_study(spec, url)
         requeue_interrupted(study, spec)
         while True:
-            optuna.storages.fail_stale_trials(study)                  # killed workers' trials → WAITING copies
+            optuna.storages.fail_stale_trials(study)  # killed workers' trials → WAITING copies
             status = grid_status(study, spec)
             if spec.sampler == "grid":
                 if not status["waiting"] and open_points(status, spec) <= 0:
@@ -233,8 +238,9 @@ def summary_line(study, spec: StudySpec) -> tuple[int, str]:
     return status["complete"], f"best {spec.metric}={best.value:.4g} ({best.user_attrs.get('run_folder')})"
 
 
-def run_study(study_file, out_dir, storage: Optional[str] = None, workers: Optional[int] = None,
-              progress: bool = True) -> dict:
+def run_study(
+    study_file, out_dir, storage: Optional[str] = None, workers: Optional[int] = None, progress: bool = True
+) -> dict:
     """``energyarch study run``: validate, then run ``workers`` local processes on the shared storage, with a
     progress bar (trials done / total, best so far). Returns ``{'complete', 'total', 'url', 'failed'}``."""
     import multiprocessing as mp
@@ -249,14 +255,14 @@ def run_study(study_file, out_dir, storage: Optional[str] = None, workers: Optio
     if n < 1:
         raise ConfigError(f"--workers {n}: give a number of local worker processes >= 1, e.g. --workers 2")
     with quiet_optuna():
-        study = open_study(spec, url)             # created once here, so that workers only load it
+        study = open_study(spec, url)  # created once here, so that workers only load it
     bar = tqdm(total=spec.total_trials, desc=f"study {spec.name}", unit="trial", disable=not progress)
 
     shown: list = []
 
     def refresh(s=study):
         done, best = summary_line(s, spec)
-        if shown != [done, best]:                   # a line per change only (log files stay short)
+        if shown != [done, best]:  # a line per change only (log files stay short)
             shown[:] = [done, best]
             bar.n = done
             bar.set_postfix_str(best, refresh=False)
@@ -268,8 +274,7 @@ def run_study(study_file, out_dir, storage: Optional[str] = None, workers: Optio
     else:
         threads = 0 if os.environ.get("OMP_NUM_THREADS") else max(1, (os.cpu_count() or 1) // n)
         ctx = mp.get_context("spawn")
-        procs = [ctx.Process(target=_worker_process, args=(str(study_file), str(out), url, threads))
-                 for _ in range(n)]
+        procs = [ctx.Process(target=_worker_process, args=(str(study_file), str(out), url, threads)) for _ in range(n)]
         for p in procs:
             p.start()
         while any(p.is_alive() for p in procs):
@@ -279,15 +284,31 @@ def run_study(study_file, out_dir, storage: Optional[str] = None, workers: Optio
             p.join()
         bad = [p.exitcode for p in procs if p.exitcode]
         if bad:
-            log.warning("%d of %d workers exited with an error (exit codes %s); run the study again to retry "
-                        "their trials", len(bad), n, bad)
+            log.warning(
+                "%d of %d workers exited with an error (exit codes %s); run the study again to retry their trials",
+                len(bad),
+                n,
+                bad,
+            )
     refresh()
     bar.close()
     status = grid_status(study, spec)
     failed = sum(1 for states in status["points"].values() if "COMPLETE" not in states and "FAIL" in states)
-    return {"complete": status["complete"], "total": spec.total_trials, "url": url, "failed": failed,
-            "running": status["running"]}
+    return {
+        "complete": status["complete"],
+        "total": spec.total_trials,
+        "url": url,
+        "failed": failed,
+        "running": status["running"],
+    }
 
 
-__all__ = ["Objective", "collect_metrics", "design_label", "requeue_interrupted", "run_study", "run_worker",
-           "trial_name"]
+__all__ = [
+    "Objective",
+    "collect_metrics",
+    "design_label",
+    "requeue_interrupted",
+    "run_study",
+    "run_worker",
+    "trial_name",
+]

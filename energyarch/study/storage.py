@@ -35,8 +35,9 @@ def storage_url(out_dir, storage: Optional[str] = None) -> str:
     """``storage`` as given, or the SQLite file ``study.db`` in ``out_dir``."""
     if storage:
         if "://" not in storage:
-            raise ConfigError(f"--storage {storage!r}: give an SQLAlchemy URL, e.g. sqlite:///study.db or "
-                              f"postgresql://user@host/db")
+            raise ConfigError(
+                f"--storage {storage!r}: give an SQLAlchemy URL, e.g. sqlite:///study.db or postgresql://user@host/db"
+            )
         return storage
     return f"sqlite:///{(Path(out_dir) / STORAGE_FILE).resolve()}"
 
@@ -47,29 +48,46 @@ def open_storage(url: str, heartbeat: Optional[int] = None, max_retry: int = 3):
 
     kwargs: dict[str, Any] = {}
     if url.startswith("sqlite"):
-        kwargs["engine_kwargs"] = {"connect_args": {"timeout": 120}}     # several processes write the file
+        kwargs["engine_kwargs"] = {"connect_args": {"timeout": 120}}  # several processes write the file
     if heartbeat:
-        kwargs.update(heartbeat_interval=heartbeat, grace_period=2 * heartbeat,
-                      heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry))
+        kwargs.update(
+            heartbeat_interval=heartbeat,
+            grace_period=2 * heartbeat,
+            heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry),
+        )
     with quiet_optuna():
         try:
             return optuna.storages.RDBStorage(url, **kwargs)
         except ImportError as err:
-            raise ConfigError(f"storage {url!r}: its database driver is not installed ({err}); install the "
-                              f"study extra: pip install 'energyarch[study]'") from None
-        except Exception as err:        # sqlalchemy: a bad URL, a server that does not answer
+            raise ConfigError(
+                f"storage {url!r}: its database driver is not installed ({err}); install the "
+                f"study extra: pip install 'energyarch[study]'"
+            ) from None
+        except Exception as err:  # sqlalchemy: a bad URL, a server that does not answer
             if isinstance(err, ConfigError):
                 raise
-            raise ConfigError(f"storage {url!r} cannot be opened ({type(err).__name__}: {err}); check the URL, "
-                              f"that the server runs and that the folder exists") from None
+            raise ConfigError(
+                f"storage {url!r} cannot be opened ({type(err).__name__}: {err}); check the URL, "
+                f"that the server runs and that the folder exists"
+            ) from None
 
 
 def spec_record(spec: StudySpec) -> dict:
     """What a study stores about itself, so that a report needs only the storage."""
-    return {"grid": spec.grid, "seeds": spec.seeds, "axes": spec.axes, "metric": spec.metric,
-            "direction": spec.direction, "baseline": list(spec.baseline_design() or []) or None,
-            "sampler": spec.sampler, "total_trials": spec.total_trials, "base": spec.base,
-            "overrides": spec.overrides, "designs": spec.named, "search": {k: vars(v) for k, v in spec.search.items()}}
+    return {
+        "grid": spec.grid,
+        "seeds": spec.seeds,
+        "axes": spec.axes,
+        "metric": spec.metric,
+        "direction": spec.direction,
+        "baseline": list(spec.baseline_design() or []) or None,
+        "sampler": spec.sampler,
+        "total_trials": spec.total_trials,
+        "base": spec.base,
+        "overrides": spec.overrides,
+        "designs": spec.named,
+        "search": {k: vars(v) for k, v in spec.search.items()},
+    }
 
 
 def make_sampler(spec: StudySpec):
@@ -89,17 +107,24 @@ def open_study(spec: StudySpec, url: str, heartbeat: bool = True):
 
     storage = open_storage(url, spec.heartbeat if heartbeat else None, spec.max_retry)
     with quiet_optuna():
-        study = optuna.create_study(study_name=spec.name, storage=storage, sampler=make_sampler(spec),
-                                    direction=optuna.study.StudyDirection[spec.direction.upper()],
-                                    load_if_exists=True)
+        study = optuna.create_study(
+            study_name=spec.name,
+            storage=storage,
+            sampler=make_sampler(spec),
+            direction=optuna.study.StudyDirection[spec.direction.upper()],
+            load_if_exists=True,
+        )
         record = spec_record(spec)
         stored = study.user_attrs.get("spec")
         if stored is None:
             study.set_user_attr("spec", record)
-        elif {k: stored.get(k) for k in ("grid", "seeds", "sampler", "search")} != \
-                {k: record[k] for k in ("grid", "seeds", "sampler", "search")}:
-            raise ConfigError(f"storage {url!r} already holds a study {spec.name!r} with another grid, seeds or "
-                              f"search space; give the study a new name, or another --out / --storage")
+        elif {k: stored.get(k) for k in ("grid", "seeds", "sampler", "search")} != {
+            k: record[k] for k in ("grid", "seeds", "sampler", "search")
+        }:
+            raise ConfigError(
+                f"storage {url!r} already holds a study {spec.name!r} with another grid, seeds or "
+                f"search space; give the study a new name, or another --out / --storage"
+            )
     return study
 
 
@@ -134,7 +159,7 @@ def grid_status(study, spec: StudySpec) -> dict:
     points: dict[tuple, dict[str, list]] = {}
     for t in trials:
         if t.state == TrialState.PRUNED and "duplicate_of" in t.user_attrs:
-            continue                                               # a collision that yielded: not an attempt
+            continue  # a collision that yielded: not an attempt
         if t.state == TrialState.WAITING and not t.params:
             fixed = t.system_attrs.get("fixed_params") or {}
             key = point_key(fixed, spec.axes)
@@ -142,10 +167,23 @@ def grid_status(study, spec: StudySpec) -> dict:
             key = point_key(t.params, spec.axes)
         points.setdefault(key, {}).setdefault(t.state.name, []).append(t)
     complete = sum(1 for p in points.values() if "COMPLETE" in p)
-    return {"points": points, "complete": complete, "total": spec.total_trials,
-            "waiting": sum(1 for t in trials if t.state == TrialState.WAITING),
-            "running": sum(1 for t in trials if t.state == TrialState.RUNNING)}
+    return {
+        "points": points,
+        "complete": complete,
+        "total": spec.total_trials,
+        "waiting": sum(1 for t in trials if t.state == TrialState.WAITING),
+        "running": sum(1 for t in trials if t.state == TrialState.RUNNING),
+    }
 
 
-__all__ = ["STORAGE_FILE", "grid_status", "load_stored_study", "open_storage", "open_study", "point_key",
-           "quiet_optuna", "spec_record", "storage_url"]
+__all__ = [
+    "STORAGE_FILE",
+    "grid_status",
+    "load_stored_study",
+    "open_storage",
+    "open_study",
+    "point_key",
+    "quiet_optuna",
+    "spec_record",
+    "storage_url",
+]

@@ -24,7 +24,21 @@ from .trainer import lr_at as lr_at
 from .trainer import train as train
 
 __all__ = [
-    "ClassificationTask", "ImageTask", "SudokuTask", "Task", "TrainConfig", "Trainer", "TrainingDivergedError",
-    "architecture_signature", "build_task", "evaluate_dataset", "forward_all", "load_checkpoint", "load_run", "lr_at",
-    "register_task", "save_checkpoint", "train",
+    "ClassificationTask",
+    "ImageTask",
+    "SudokuTask",
+    "Task",
+    "TrainConfig",
+    "Trainer",
+    "TrainingDivergedError",
+    "architecture_signature",
+    "build_task",
+    "evaluate_dataset",
+    "forward_all",
+    "load_checkpoint",
+    "load_run",
+    "lr_at",
+    "register_task",
+    "save_checkpoint",
+    "train",
 ]

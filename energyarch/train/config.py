@@ -115,9 +115,20 @@ class TrainConfig:
         for name in ("epochs", "batch_size"):
             if getattr(self, name) < 1:
                 _fail(name, getattr(self, name), "must be >= 1")
-        for name in ("eval_batch_size", "warmup_steps", "eval_every", "checkpoint_every", "num_workers",
-                     "max_steps", "limit_train", "limit_test", "patch_size", "n_train", "n_test",
-                     "diagnostics_samples"):
+        for name in (
+            "eval_batch_size",
+            "warmup_steps",
+            "eval_every",
+            "checkpoint_every",
+            "num_workers",
+            "max_steps",
+            "limit_train",
+            "limit_test",
+            "patch_size",
+            "n_train",
+            "n_test",
+            "diagnostics_samples",
+        ):
             if getattr(self, name) < 0:
                 _fail(name, getattr(self, name), "must be >= 0 (0 means off / default)")
         for name in ("lr", "min_lr", "weight_decay", "warmup_epochs", "grad_clip"):
@@ -125,8 +136,11 @@ class TrainConfig:
             if not math.isfinite(value) or value < 0:
                 _fail(name, value, "must be a finite number >= 0")
         if self.lr <= 0 or self.min_lr > self.lr:
-            _fail("min_lr" if self.lr > 0 else "lr", self.min_lr if self.lr > 0 else self.lr,
-                  f"need 0 < lr and min_lr <= lr (lr={self.lr}, min_lr={self.min_lr})")
+            _fail(
+                "min_lr" if self.lr > 0 else "lr",
+                self.min_lr if self.lr > 0 else self.lr,
+                f"need 0 < lr and min_lr <= lr (lr={self.lr}, min_lr={self.min_lr})",
+            )
         if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
             _fail("betas", self.betas, "give two numbers in [0, 1), e.g. betas = [0.9, 0.999]")
         if any(k < 1 for k in self.eval_iters):
@@ -135,12 +149,16 @@ class TrainConfig:
             _fail("processes", self.processes, "must be >= 1")
         if self.seq_len < 1:
             _fail("seq_len", self.seq_len, "must be >= 1 (context length in bytes), e.g. seq_len = 128")
-        for name in ("seed", "data_seed"):     # numpy's SeedSequence refuses negative seeds mid-run
+        for name in ("seed", "data_seed"):  # numpy's SeedSequence refuses negative seeds mid-run
             if not 0 <= getattr(self, name) < 2**63:
                 _fail(name, getattr(self, name), "must be an integer in [0, 2**63), e.g. seed = 0")
         if self.text_path is not None and not self.text_path.strip():
-            _fail("text_path", self.text_path, "is empty: give a UTF-8 text file or a folder of them, or leave "
-                                               "text_path out to train on the embedded corpus")
+            _fail(
+                "text_path",
+                self.text_path,
+                "is empty: give a UTF-8 text file or a folder of them, or leave "
+                "text_path out to train on the embedded corpus",
+            )
         for name in ("out_dir", "data_dir", "sudoku_csv_train", "sudoku_csv_test"):
             value = getattr(self, name)
             if value is not None and (not value.strip() or "\x00" in value):
@@ -174,8 +192,9 @@ class TrainConfig:
         kwargs: dict[str, Any] = {}
         for key, value in data.items():
             if key not in valid:
-                raise ConfigError(f"{source}: unknown key {key!r}{_suggest(key, valid)}; valid keys: "
-                                  f"{', '.join(valid)}")
+                raise ConfigError(
+                    f"{source}: unknown key {key!r}{_suggest(key, valid)}; valid keys: {', '.join(valid)}"
+                )
             if key == "model":
                 value = model_config_from_dict(value, source=f"{source} [model]")
             else:
@@ -188,13 +207,14 @@ class TrainConfig:
         data = self.to_dict()
         model = data.pop("model")
         lines = [f"{k} = {_toml_value(v)}" for k, v in data.items()]
-        tables = {k: v for k, v in model.items() if isinstance(v, dict)}      # inline energy declarations
+        tables = {k: v for k, v in model.items() if isinstance(v, dict)}  # inline energy declarations
         arrays = {k: v for k, v in model.items() if isinstance(v, list) and v and all(isinstance(t, dict) for t in v)}
-        lines += ["", "[model]"] + [f"{k} = {_toml_value(v)}" for k, v in model.items()
-                                    if k not in tables and k not in arrays]
+        lines += ["", "[model]"] + [
+            f"{k} = {_toml_value(v)}" for k, v in model.items() if k not in tables and k not in arrays
+        ]
         for name, table in tables.items():
             lines += ["", f"[model.{name}]"] + [f"{k} = {_toml_value(v)}" for k, v in table.items()]
-        for name, array in arrays.items():                                   # [[model.terms]]: one table per term
+        for name, array in arrays.items():  # [[model.terms]]: one table per term
             for table in array:
                 lines += ["", f"[[model.{name}]]"] + [f"{k} = {_toml_value(v)}" for k, v in table.items()]
         return "\n".join(lines) + "\n"
@@ -209,8 +229,10 @@ class TrainConfig:
         except tomllib.TOMLDecodeError as err:
             raise ConfigError(f"{source}: not valid TOML ({err})") from err
         except (RecursionError, MemoryError):
-            raise ConfigError(f"{source}: nests too deeply to read; a config is a table of settings with a [model] "
-                              f"table (and inline energy tables) inside") from None
+            raise ConfigError(
+                f"{source}: nests too deeply to read; a config is a table of settings with a [model] "
+                f"table (and inline energy tables) inside"
+            ) from None
         return cls.from_dict(data, source=source)
 
     @classmethod
@@ -220,19 +242,24 @@ class TrainConfig:
         if not p.is_file() and not p.suffix and not p.parent.parts:
             p = packaged_configs().get(p.name, p)
         if not p.is_file():
-            raise ConfigError(f"config file {str(p)!r} does not exist; pass a .toml file such as "
-                              f"energyarch/train/configs/digits.toml")
+            raise ConfigError(
+                f"config file {str(p)!r} does not exist; pass a .toml file such as energyarch/train/configs/digits.toml"
+            )
         try:
             if p.stat().st_size > MAX_CONFIG_BYTES:
-                raise ConfigError(f"config file {str(p)!r} is {p.stat().st_size} bytes; a config is a few KB (limit "
-                                  f"{MAX_CONFIG_BYTES}); pass the .toml file of a run")
+                raise ConfigError(
+                    f"config file {str(p)!r} is {p.stat().st_size} bytes; a config is a few KB (limit "
+                    f"{MAX_CONFIG_BYTES}); pass the .toml file of a run"
+                )
             text = p.read_text(encoding="utf-8")
         except UnicodeDecodeError as err:
-            raise ConfigError(f"config file {str(p)!r} is not UTF-8 text ({err.reason} at byte {err.start}); save it "
-                              f"as UTF-8") from None
+            raise ConfigError(
+                f"config file {str(p)!r} is not UTF-8 text ({err.reason} at byte {err.start}); save it as UTF-8"
+            ) from None
         except OSError as err:
-            raise ConfigError(f"config file {str(p)!r} cannot be read ({err.strerror or err}); pass a readable "
-                              f".toml file") from None
+            raise ConfigError(
+                f"config file {str(p)!r} cannot be read ({err.strerror or err}); pass a readable .toml file"
+            ) from None
         if p.suffix == ".json":
             try:
                 data = json.loads(text)
@@ -263,31 +290,38 @@ class TrainConfig:
             try:
                 value = parse_value(raw)
             except (RecursionError, MemoryError):
-                raise ConfigError(f"--set {_short(item)}: the value nests too deeply; give a number, a string, a "
-                                  f"list or an inline table such as {{ f = \"log(x)\" }}") from None
+                raise ConfigError(
+                    f"--set {_short(item)}: the value nests too deeply; give a number, a string, a "
+                    f'list or an inline table such as {{ f = "log(x)" }}'
+                ) from None
             parts = key.split(".")
             if len(parts) == 2 and parts[0] == "model":
                 data["model"][parts[1]] = value
             elif len(parts) > 2 and parts[0] == "model" and parts[1] in _NESTED_MODEL_TABLES:
                 table = data["model"].get(parts[1])
-                if table is None and parts[1] in ("solvers", "solver_params"):      # tables that start empty
+                if table is None and parts[1] in ("solvers", "solver_params"):  # tables that start empty
                     table = data["model"][parts[1]] = {}
                 if not isinstance(table, dict):
-                    raise ConfigError(f"--set {item!r}: model.{parts[1]} is {table!r}, not an inline declaration; "
-                                      f"set the whole term, e.g. --set 'model.{parts[1]}={{ f = \"log(x)\", "
-                                      f"K = \"exp(beta*s)\" }}'")
+                    raise ConfigError(
+                        f"--set {item!r}: model.{parts[1]} is {table!r}, not an inline declaration; "
+                        f'set the whole term, e.g. --set \'model.{parts[1]}={{ f = "log(x)", '
+                        f'K = "exp(beta*s)" }}\''
+                    )
                 for part in parts[2:-1]:
                     table = table.setdefault(part, {})
                     if not isinstance(table, dict):
-                        raise ConfigError(f"--set {_short(item)}: {'.'.join(parts[:parts.index(part) + 1])} is "
-                                          f"{repr(table)[:80]}, not a table; set it whole, e.g. --set "
-                                          f"'{'.'.join(parts[:parts.index(part) + 1])}=...'")
+                        raise ConfigError(
+                            f"--set {_short(item)}: {'.'.join(parts[: parts.index(part) + 1])} is "
+                            f"{repr(table)[:80]}, not a table; set it whole, e.g. --set "
+                            f"'{'.'.join(parts[: parts.index(part) + 1])}=...'"
+                        )
                 table[parts[-1]] = value
             elif len(parts) == 1 and parts[0] != "model":
                 data[key] = value
             else:
-                raise ConfigError(f"--set {item!r}: key {key!r} must be a top-level key or model.<key>, e.g. "
-                                  f"model.d=128")
+                raise ConfigError(
+                    f"--set {item!r}: key {key!r} must be a top-level key or model.<key>, e.g. model.d=128"
+                )
         return TrainConfig.from_dict(data, source="--set overrides")
 
 
@@ -299,15 +333,47 @@ class TrainConfig:
 _NESTED_MODEL_TABLES = ("attention", "feedforward", "solvers", "solver_params")
 
 _TYPES: dict[str, Any] = {
-    "task": str, "data_dir": (str, type(None)), "epochs": int, "batch_size": int, "eval_batch_size": int,
-    "lr": float, "min_lr": float, "weight_decay": float, "betas": ("list", float), "warmup_epochs": float,
-    "warmup_steps": int, "grad_clip": float, "loss_on": str, "eval_every": int, "eval_iters": ("list", int),
-    "diagnostics_samples": int, "checkpoint_every": int, "seed": int, "out_dir": str, "num_workers": int,
-    "progress": bool, "device": str, "max_steps": int, "limit_train": int, "limit_test": int, "patch_size": int,
-    "normalize": bool, "augment": bool, "n_train": int, "n_test": int, "min_givens": int, "max_givens": int,
-    "minimal": bool, "data_seed": int, "processes": int, "sudoku_csv_train": (str, type(None)),
-    "sudoku_csv_test": (str, type(None)), "precision": str, "compile": bool,
-    "text_path": (str, type(None)), "seq_len": int,
+    "task": str,
+    "data_dir": (str, type(None)),
+    "epochs": int,
+    "batch_size": int,
+    "eval_batch_size": int,
+    "lr": float,
+    "min_lr": float,
+    "weight_decay": float,
+    "betas": ("list", float),
+    "warmup_epochs": float,
+    "warmup_steps": int,
+    "grad_clip": float,
+    "loss_on": str,
+    "eval_every": int,
+    "eval_iters": ("list", int),
+    "diagnostics_samples": int,
+    "checkpoint_every": int,
+    "seed": int,
+    "out_dir": str,
+    "num_workers": int,
+    "progress": bool,
+    "device": str,
+    "max_steps": int,
+    "limit_train": int,
+    "limit_test": int,
+    "patch_size": int,
+    "normalize": bool,
+    "augment": bool,
+    "n_train": int,
+    "n_test": int,
+    "min_givens": int,
+    "max_givens": int,
+    "minimal": bool,
+    "data_seed": int,
+    "processes": int,
+    "sudoku_csv_train": (str, type(None)),
+    "sudoku_csv_test": (str, type(None)),
+    "precision": str,
+    "compile": bool,
+    "text_path": (str, type(None)),
+    "seq_len": int,
 }
 
 _EXAMPLES = {int: "10", float: "1e-3", str: '"text"', bool: "true"}
@@ -338,8 +404,10 @@ def _check_type(name: str, value, expected, source: str) -> None:
         ok = _is(value, expected)
     if not ok:
         example = _EXAMPLES.get(expected, "[8, 16]" if isinstance(expected, tuple) else "...")
-        raise ConfigError(f"{source}: {name} = {value!r} ({type(value).__name__}) has the wrong type; expected "
-                          f"{_type_name(expected)}, e.g. {name} = {example}")
+        raise ConfigError(
+            f"{source}: {name} = {value!r} ({type(value).__name__}) has the wrong type; expected "
+            f"{_type_name(expected)}, e.g. {name} = {example}"
+        )
 
 
 def _fail(name: str, value, fix: str):
@@ -367,15 +435,17 @@ def model_config_to_dict(cfg: ModelConfig, python_energy: bool = False) -> dict:
     :func:`energyarch.models.terms.energy_fields`), for ``load_run(path, energy=E)``."""
     energy, why = energy_fields(cfg)
     if why and not python_energy:
-        raise ConfigError(f"the model's energy cannot be written as a declaration: {why}. The run records the "
-                          f"energy's fingerprint {energy['terms']['python_energy']} instead; reload it from Python "
-                          f"with energyarch.train.load_run(path, energy=E), passing the same energy E (another "
-                          f"energy is refused)")
+        raise ConfigError(
+            f"the model's energy cannot be written as a declaration: {why}. The run records the "
+            f"energy's fingerprint {energy['terms']['python_energy']} instead; reload it from Python "
+            f"with energyarch.train.load_run(path, energy=E), passing the same energy E (another "
+            f"energy is refused)"
+        )
     out = {}
     for f in dataclasses.fields(cfg):
         if f.name in ("attention", "feedforward", "terms"):
             if energy.get(f.name) is not None:
-                out[f.name] = json.loads(json.dumps(energy[f.name]))           # a plain copy
+                out[f.name] = json.loads(json.dumps(energy[f.name]))  # a plain copy
             continue
         out[f.name] = getattr(cfg, f.name)
     return out
@@ -403,15 +473,18 @@ def model_config_from_dict(data: Mapping[str, Any], source: str = "[model]") -> 
     defaults = ModelConfig()
     for key, value in data.items():
         if key not in MODEL_KEYS:
-            raise ConfigError(f"{source}: unknown key {key!r}{_suggest(key, MODEL_KEYS)}; valid keys: "
-                              f"{', '.join(MODEL_KEYS)}")
+            raise ConfigError(
+                f"{source}: unknown key {key!r}{_suggest(key, MODEL_KEYS)}; valid keys: {', '.join(MODEL_KEYS)}"
+            )
         if key == "terms":
-            continue                                      # checked by ModelConfig (models/terms.py)
+            continue  # checked by ModelConfig (models/terms.py)
         if key in ("attention", "feedforward"):
             if not isinstance(value, (str, Mapping)):
-                raise ConfigError(f"{source}: {key} = {value!r} has the wrong type; give a name, e.g. {key} = "
-                                  f"\"{'tanh-kernel' if key == 'attention' else 'softplus-ff'}\", or a "
-                                  f"[model.{key}] table")
+                raise ConfigError(
+                    f"{source}: {key} = {value!r} has the wrong type; give a name, e.g. {key} = "
+                    f'"{"tanh-kernel" if key == "attention" else "softplus-ff"}", or a '
+                    f"[model.{key}] table"
+                )
             continue
         if key == "norm_eps" and value == "machine":
             continue
@@ -468,8 +541,10 @@ def resolve_config(name: str) -> Path:
     known = packaged_configs()
     if name in known or p.stem in known and not p.parent.parts:
         return known[p.stem]
-    raise ConfigError(f"--config {name!r}: no such file; give a path to a .toml file or one of the packaged "
-                      f"configs: {', '.join(sorted(known))}")
+    raise ConfigError(
+        f"--config {name!r}: no such file; give a path to a .toml file or one of the packaged "
+        f"configs: {', '.join(sorted(known))}"
+    )
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:

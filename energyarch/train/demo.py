@@ -22,8 +22,9 @@ from .logs import print_summary
 DEMO_CONFIGS = {"digits": "digits", "sudoku": "sudoku_small"}
 
 
-def demo_config(task: str = "digits", out_dir: Optional[str] = None, epochs: Optional[int] = None,
-                overrides: Sequence[str] = ()) -> TrainConfig:
+def demo_config(
+    task: str = "digits", out_dir: Optional[str] = None, epochs: Optional[int] = None, overrides: Sequence[str] = ()
+) -> TrainConfig:
     """The packaged config of the demo task, with the output folder, epochs and ``KEY=VALUE`` overrides set."""
     cfg = TrainConfig.load(packaged_configs()[DEMO_CONFIGS[task]])
     changes = [f"out_dir={json.dumps(out_dir or _fresh_folder(f'runs/demo-{task}'))}"]
@@ -43,8 +44,13 @@ def _fresh_folder(base: str) -> str:
     return name
 
 
-def run_demo(task: str = "digits", out_dir: Optional[str] = None, epochs: Optional[int] = None,
-             progress: bool = True, overrides: Sequence[str] = ()) -> int:
+def run_demo(
+    task: str = "digits",
+    out_dir: Optional[str] = None,
+    epochs: Optional[int] = None,
+    progress: bool = True,
+    overrides: Sequence[str] = (),
+) -> int:
     """Run the three demo stages and print their results; returns the exit status 0."""
     from .trainer import train
 
@@ -52,15 +58,19 @@ def run_demo(task: str = "digits", out_dir: Optional[str] = None, epochs: Option
     if not progress:
         cfg = cfg.with_overrides(["progress=false"])
     m: ModelConfig = cfg.model
-    print(f"== 1. compile the Hyper-SET energy: {m.attention} attention + {m.feedforward} feed-forward, d={m.d}, "
-          f"{m.heads} heads")
+    print(
+        f"== 1. compile the Hyper-SET energy: {m.attention} attention + {m.feedforward} feed-forward, d={m.d}, "
+        f"{m.heads} heads"
+    )
     step = compile_energy(m.energy(), d=m.d, mode=m.mode)
     print(step.report())
     print()
     print(verify(step))
     print()
-    print(f"== 2. train a one-layer Hyper-SET ({m.iters} iterations, shared weights) on {cfg.task}: {cfg.epochs} "
-          f"epochs, batch {cfg.batch_size}, AdamW lr {cfg.lr:g}, cosine schedule  ->  {cfg.out_dir}")
+    print(
+        f"== 2. train a one-layer Hyper-SET ({m.iters} iterations, shared weights) on {cfg.task}: {cfg.epochs} "
+        f"epochs, batch {cfg.batch_size}, AdamW lr {cfg.lr:g}, cosine schedule  ->  {cfg.out_dir}"
+    )
     start = time.perf_counter()
     summary = train(cfg)
     print()

@@ -46,8 +46,9 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda":
         if not torch.cuda.is_available():
-            raise ConfigError("TrainConfig.device='cuda': no CUDA device is available here; use device = \"cpu\" "
-                              "or \"auto\"")
+            raise ConfigError(
+                'TrainConfig.device=\'cuda\': no CUDA device is available here; use device = "cpu" or "auto"'
+            )
         return torch.device("cuda", local_rank % torch.cuda.device_count())
     return torch.device("cpu")
 
@@ -108,8 +109,9 @@ def replica_digests(model: torch.nn.Module, info: DistInfo) -> list[str]:
     digest = parameter_digest(model)
     if not info.distributed:
         return [digest]
-    words = torch.tensor([int(digest[i:i + 8], 16) for i in range(0, 64, 8)], dtype=torch.int64,
-                         device=info.device)                     # 8 words of 32 bits
+    words = torch.tensor(
+        [int(digest[i : i + 8], 16) for i in range(0, 64, 8)], dtype=torch.int64, device=info.device
+    )  # 8 words of 32 bits
     gathered = [torch.empty_like(words) for _ in range(info.world)]
     dist.all_gather(gathered, words)
     return ["".join(f"{int(w):08x}" for w in g.tolist()) for g in gathered]

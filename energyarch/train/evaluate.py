@@ -119,7 +119,7 @@ def energy_rise(model: Model, task: Task, dataset, iters: int, samples: int = 25
     if first is None:
         return None
     layers, inputs, was_training = first
-    X = model.embed(inputs)                                             # (B, N, d), the first layer's input
+    X = model.embed(inputs)  # (B, N, d), the first layer's input
     n = X.shape[0]
     with capture_states(model) as states:
         model(inputs, iters=iters)
@@ -128,7 +128,7 @@ def energy_rise(model: Model, task: Task, dataset, iters: int, samples: int = 25
     for layer in layers:
         for t in range(iters):
             W = layer.weights(t)
-            before = layer.step.energy(X, W, layer.gains).float()       # (B,)
+            before = layer.step.energy(X, W, layer.gains).float()  # (B,)
             X = states[i]
             after = layer.step.energy(X, W, layer.gains).float()
             diff = after - before
@@ -139,8 +139,14 @@ def energy_rise(model: Model, task: Task, dataset, iters: int, samples: int = 25
             largest_rel = max(largest_rel, float((diff / before.abs().clamp_min(1e-30)).max()))
             i += 1
     pairs = n * len(per_iter)
-    return {"fraction": rises / pairs, "max": largest, "max_relative": largest_rel, "per_iteration": per_iter,
-            "pairs": pairs, "rtol": RISE_RTOL}
+    return {
+        "fraction": rises / pairs,
+        "max": largest,
+        "max_relative": largest_rel,
+        "per_iteration": per_iter,
+        "pairs": pairs,
+        "rtol": RISE_RTOL,
+    }
 
 
 @torch.no_grad()
@@ -169,20 +175,22 @@ def term_rise(model: Model, task: Task, dataset, iters: int, samples: int = 256)
         worst += [[index, t, name, r] for t, name, r in rose[:5]]
         X = layer(X, iters)
     model.train(was_training)
-    return {"per_term": per_term, "max": max(per_term.values(), default=0.0), "worst": worst[:10],
-            "rtol": RISE_RTOL}
+    return {"per_term": per_term, "max": max(per_term.values(), default=0.0), "worst": worst[:10], "rtol": RISE_RTOL}
 
 
 @torch.no_grad()
-def adaptive_depth(model: Model, task: Task, dataset, tols: Sequence[float], max_iters: int,
-                   batch_size: int = 256) -> list[dict]:
+def adaptive_depth(
+    model: Model, task: Task, dataset, tols: Sequence[float], max_iters: int, batch_size: int = 256
+) -> list[dict]:
     """Adaptive depth at test time (App. H.4): each sample iterates until the relative change of its total energy
     falls below ``tol``, at most ``max_iters`` times per layer. One row per tolerance:
     ``{'tol', 'mean_iters', 'max_iters', **metrics}`` (``mean_iters``: iterations per sample, summed over layers)."""
     layers = _energy_layers(model)
     if layers is None or not hasattr(model.backbone, "adaptive"):
-        raise ConfigError(f"--adaptive-tol: adaptive depth stops on the energy, which only arch='hyperset' has "
-                          f"(this model: {type(getattr(model, 'backbone', model)).__name__}); drop --adaptive-tol")
+        raise ConfigError(
+            f"--adaptive-tol: adaptive depth stops on the energy, which only arch='hyperset' has "
+            f"(this model: {type(getattr(model, 'backbone', model)).__name__}); drop --adaptive-tol"
+        )
     tols = [float(v) for v in tols]
     if not tols or min(tols) < 0:
         raise ConfigError(f"adaptive_depth: tols={list(tols)!r}: give tolerances >= 0, e.g. [1e-2, 1e-3]")
@@ -201,15 +209,29 @@ def adaptive_depth(model: Model, task: Task, dataset, tols: Sequence[float], max
             used += int(n_iters.sum())
             for name, v in task.sums(model.readout(X), batch).items():
                 sums[name] = sums.get(name, 0.0) + v
-        rows.append({"tol": tol, "mean_iters": used / max(1, len(dataset)), "max_iters": max_iters * len(layers),
-                     **task.finalize(sums)})
+        rows.append(
+            {
+                "tol": tol,
+                "mean_iters": used / max(1, len(dataset)),
+                "max_iters": max_iters * len(layers),
+                **task.finalize(sums),
+            }
+        )
     model.train(was_training)
     return rows
 
 
-def report(model: Model, task: Task, cfg: TrainConfig, out_dir: str | os.PathLike,
-           history: Optional[list] = None, iters: Optional[Sequence[int]] = None, dataset=None,
-           adaptive_tols: Optional[Sequence[float]] = None, adaptive_max: Optional[int] = None) -> dict:
+def report(
+    model: Model,
+    task: Task,
+    cfg: TrainConfig,
+    out_dir: str | os.PathLike,
+    history: Optional[list] = None,
+    iters: Optional[Sequence[int]] = None,
+    dataset=None,
+    adaptive_tols: Optional[Sequence[float]] = None,
+    adaptive_max: Optional[int] = None,
+) -> dict:
     """Sweep, diagnostics and plots into ``out_dir`` (``eval.json``, ``plots/*.png`` and TensorBoard scalars
     ``sweep/*`` over the iteration count, ``energy/<term>``, ``effective_rank/<term>``, ``angle/<term>`` over the
     iterations). Runs in fp32, whatever the training precision.
@@ -233,38 +255,65 @@ def report(model: Model, task: Task, cfg: TrainConfig, out_dir: str | os.PathLik
     terms = term_rise(model, task, data, max(iters), cfg.diagnostics_samples) if cfg.diagnostics_samples else None
     if rise is not None and terms is not None:
         rise = {**rise, "term_fraction": terms["per_term"]}
-    adaptive = (adaptive_depth(model, task, data, adaptive_tols, adaptive_max or max(iters), batch_size=bs)
-                if adaptive_tols else None)
+    adaptive = (
+        adaptive_depth(model, task, data, adaptive_tols, adaptive_max or max(iters), batch_size=bs)
+        if adaptive_tols
+        else None
+    )
     metric = task.primary
     extra = ("cell_acc",) if metric == "board_acc" else ()
     name = f"{cfg.model.arch} on {cfg.task}"
     made = {
-        "sweep": plots.plot_sweep(sweep, metric, T, out / "plots" / "sweep.png", extra=extra,
-                                  title=f"{name}: test-time iterations"),
+        "sweep": plots.plot_sweep(
+            sweep, metric, T, out / "plots" / "sweep.png", extra=extra, title=f"{name}: test-time iterations"
+        ),
         "energies": plots.plot_energies(trace, out / "plots" / "energies.png", T, rise=rise) if trace else None,
-        "adaptive": (plots.plot_adaptive(adaptive, sweep, metric, out / "plots" / "adaptive.png",
-                                         title=f"{name}: adaptive depth") if adaptive else None),
+        "adaptive": (
+            plots.plot_adaptive(
+                adaptive, sweep, metric, out / "plots" / "adaptive.png", title=f"{name}: adaptive depth"
+            )
+            if adaptive
+            else None
+        ),
         "rank_angle": plots.plot_rank_angle(trace, out / "plots" / "rank_angle.png", T) if trace else None,
         "history": plots.plot_history(history or [], metric, out / "plots" / "history.png"),
     }
     made = {k: v for k, v in made.items() if v}
-    result = {"train_iters": T, "metric": metric, "sweep": sweep, "diagnostics": trace, "plots": made,
-              "energy_rise_fraction": rise["fraction"] if rise else None,
-              "energy_rise_max": rise["max"] if rise else None, "energy_rise": rise,
-              "term_rise_fraction": ({**terms["per_term"], "max": terms["max"]} if terms else None),
-              "term_rise": terms}
+    result = {
+        "train_iters": T,
+        "metric": metric,
+        "sweep": sweep,
+        "diagnostics": trace,
+        "plots": made,
+        "energy_rise_fraction": rise["fraction"] if rise else None,
+        "energy_rise_max": rise["max"] if rise else None,
+        "energy_rise": rise,
+        "term_rise_fraction": ({**terms["per_term"], "max": terms["max"]} if terms else None),
+        "term_rise": terms,
+    }
     if adaptive:
         result["adaptive"] = adaptive
     atomic_write_text(out / EVAL_FILE, json.dumps(result, indent=1, allow_nan=True))
     logs.log_report(out, sweep, trace, metric)
-    return {"sweep": sweep, "plots": made, "eval_file": str(out / EVAL_FILE), "energy_rise": rise,
-            "term_rise": terms, "adaptive": adaptive}
+    return {
+        "sweep": sweep,
+        "plots": made,
+        "eval_file": str(out / EVAL_FILE),
+        "energy_rise": rise,
+        "term_rise": terms,
+        "adaptive": adaptive,
+    }
 
 
-def evaluate_checkpoint(path: str | os.PathLike, iters: Optional[Sequence[int]] = None,
-                        out_dir: Optional[str | os.PathLike] = None, device: str = "cpu",
-                        adaptive_tols: Optional[Sequence[float]] = None, adaptive_max: Optional[int] = None,
-                        **overrides) -> dict:
+def evaluate_checkpoint(
+    path: str | os.PathLike,
+    iters: Optional[Sequence[int]] = None,
+    out_dir: Optional[str | os.PathLike] = None,
+    device: str = "cpu",
+    adaptive_tols: Optional[Sequence[float]] = None,
+    adaptive_max: Optional[int] = None,
+    **overrides,
+) -> dict:
     """Load a run's checkpoint, sweep ``iters`` (default: config's eval_iters or T/4..2T), write plots; with
     ``adaptive_tols`` also adaptive depth (:func:`adaptive_depth`)."""
     model, task, cfg, state = load_run(path, device=device, **overrides)
@@ -273,16 +322,41 @@ def evaluate_checkpoint(path: str | os.PathLike, iters: Optional[Sequence[int]] 
     trained_on, now = (state.get("data") or {}).get("sha256"), info.get("sha256")
     if trained_on and now and trained_on != now:
         # e.g. the embedded text corpus read under another Python version: the numbers are not comparable
-        log.warning("the evaluation data differ from the training run's (sha256 %s… then, %s… now; source %s, "
-                    "Python %s then, %s now); the metrics are not comparable with the run's own",
-                    trained_on[:12], now[:12], info.get("source"), state["data"].get("python"),
-                    info.get("python"))
-    result = report(model, task, cfg, out_dir or folder, history=state.get("history"), iters=iters,
-                    adaptive_tols=adaptive_tols, adaptive_max=adaptive_max)
-    result.update(step=state.get("step"), epoch=state.get("epoch"), metric=task.primary,
-                  data_matches=None if not (trained_on and now) else trained_on == now)
+        log.warning(
+            "the evaluation data differ from the training run's (sha256 %s… then, %s… now; source %s, "
+            "Python %s then, %s now); the metrics are not comparable with the run's own",
+            trained_on[:12],
+            now[:12],
+            info.get("source"),
+            state["data"].get("python"),
+            info.get("python"),
+        )
+    result = report(
+        model,
+        task,
+        cfg,
+        out_dir or folder,
+        history=state.get("history"),
+        iters=iters,
+        adaptive_tols=adaptive_tols,
+        adaptive_max=adaptive_max,
+    )
+    result.update(
+        step=state.get("step"),
+        epoch=state.get("epoch"),
+        metric=task.primary,
+        data_matches=None if not (trained_on and now) else trained_on == now,
+    )
     return result
 
 
-__all__ = ["adaptive_depth", "default_sweep", "diagnostics", "energy_rise", "evaluate_checkpoint", "report",
-           "sweep_iterations", "term_rise"]
+__all__ = [
+    "adaptive_depth",
+    "default_sweep",
+    "diagnostics",
+    "energy_rise",
+    "evaluate_checkpoint",
+    "report",
+    "sweep_iterations",
+    "term_rise",
+]

@@ -31,11 +31,13 @@ def iteration_modules(model: nn.Module) -> list[nn.Module]:
     backbone = getattr(model, "backbone", None)
     layers = getattr(backbone, "layers", None)
     if layers is None or getattr(model, "readout", None) is None:
-        raise ConfigError(f"forward_all: {type(model).__name__} has no backbone.layers / readout; pass a Model from "
-                          f"energyarch.models.build_model, or use loss_on='last'")
+        raise ConfigError(
+            f"forward_all: {type(model).__name__} has no backbone.layers / readout; pass a Model from "
+            f"energyarch.models.build_model, or use loss_on='last'"
+        )
     mods = []
     for layer in layers:
-        step = getattr(layer, "step", None)        # Hyper-SET: the compiled EnergyStep inside the layer's loop
+        step = getattr(layer, "step", None)  # Hyper-SET: the compiled EnergyStep inside the layer's loop
         mods.append(step if isinstance(step, nn.Module) else layer)
     return mods
 
@@ -56,8 +58,9 @@ def capture_states(model: nn.Module) -> Iterator[list[Tensor]]:
             h.remove()
 
 
-def forward_all(model: Model, inputs: Tensor, iters: Optional[int] = None,
-                runner: Optional[nn.Module] = None) -> list[Tensor]:
+def forward_all(
+    model: Model, inputs: Tensor, iters: Optional[int] = None, runner: Optional[nn.Module] = None
+) -> list[Tensor]:
     """Logits after each of the L·T iterations (the last entry is the model's output).
 
     ``runner`` is what is called (e.g. the DistributedDataParallel wrapper of ``model``); hooks go on ``model``.

@@ -39,7 +39,7 @@ def interactive(stream: Optional[IO] = None) -> bool:
     stream = sys.stderr if stream is None else stream
     try:
         return bool(stream.isatty())
-    except (AttributeError, ValueError):            # no isatty, or a closed stream
+    except (AttributeError, ValueError):  # no isatty, or a closed stream
         return False
 
 
@@ -53,15 +53,23 @@ class Progress:
         always: draw the bar even when ``stream`` is not a terminal (a notebook's captured stderr).
     """
 
-    def __init__(self, total: int, desc: str, initial: int = 0, enabled: bool = True,
-                 stream: Optional[IO] = None, interval: Optional[float] = None, always: bool = False):
+    def __init__(
+        self,
+        total: int,
+        desc: str,
+        initial: int = 0,
+        enabled: bool = True,
+        stream: Optional[IO] = None,
+        interval: Optional[float] = None,
+        always: bool = False,
+    ):
         self.total, self.done, self.desc = total, initial, desc
         self.enabled = enabled
         self.interval = LOG_INTERVAL_S if interval is None else interval
         self.last_line = time.perf_counter()
         self.bar = None
         stream = sys.stderr if stream is None else stream
-        if enabled and (always or interactive(stream)):         # always: train() from Python (a notebook)
+        if enabled and (always or interactive(stream)):  # always: train() from Python (a notebook)
             from tqdm import tqdm
 
             self.bar = tqdm(total=total, initial=initial, desc=desc, leave=False, dynamic_ncols=True, file=stream)
@@ -76,8 +84,9 @@ class Progress:
         now = time.perf_counter()
         if self.enabled and now - self.last_line >= self.interval and self.done < self.total:
             self.last_line = now
-            log.info("%s  step %d/%d  loss=%.4f  samples_per_s=%.1f", self.desc, self.done, self.total, loss,
-                     samples_per_s)
+            log.info(
+                "%s  step %d/%d  loss=%.4f  samples_per_s=%.1f", self.desc, self.done, self.total, loss, samples_per_s
+            )
 
     def close(self) -> None:
         if self.bar is not None:
@@ -120,7 +129,7 @@ class Board:
     TensorBoard, so that curves do not double back.
     """
 
-    _notified = False                               # the missing-package notice is logged once per process
+    _notified = False  # the missing-package notice is logged once per process
 
     def __init__(self, folder: str | os.PathLike, enabled: bool = True, purge_step: Optional[int] = None):
         self.writer = None
@@ -131,8 +140,10 @@ class Board:
         except ImportError:
             if not Board._notified:
                 Board._notified = True
-                log.info("TensorBoard logging is off: the 'tensorboard' package is not installed "
-                         "(pip install 'energyarch[tensorboard]'); metrics.json is written as usual")
+                log.info(
+                    "TensorBoard logging is off: the 'tensorboard' package is not installed "
+                    "(pip install 'energyarch[tensorboard]'); metrics.json is written as usual"
+                )
             return
         self.writer = SummaryWriter(log_dir=str(folder), purge_step=purge_step)
 
@@ -170,7 +181,7 @@ def log_report(folder: str | os.PathLike, sweep: list, trace: Mapping, metric: s
     for kind in ("energies", "effective_rank", "angle"):
         for term, values in (trace or {}).get(kind, {}).items():
             for i, value in enumerate(values):
-                value = sum(value) / len(value) if isinstance(value, list) else value   # mean over heads
+                value = sum(value) / len(value) if isinstance(value, list) else value  # mean over heads
                 board.scalars({term: value}, i, prefix=f"{'energy' if kind == 'energies' else kind}/")
     board.close()
     log.debug("TensorBoard: sweep of %s and diagnostics written to %s", metric, folder)
@@ -190,8 +201,10 @@ def print_summary(summary: Mapping, metric: str) -> None:
     (the summary of :func:`energyarch.train.train`, or the same keys from an evaluation)."""
     final = summary.get("final", {})
     if f"test_{metric}" in final:
-        print(f"test {metric}: {format_metric(metric, final[f'test_{metric}'])}  (epoch {final['epoch']}, step "
-              f"{final['step']}, {summary.get('parameters', 0):,} parameters)")
+        print(
+            f"test {metric}: {format_metric(metric, final[f'test_{metric}'])}  (epoch {final['epoch']}, step "
+            f"{final['step']}, {summary.get('parameters', 0):,} parameters)"
+        )
     for row in summary.get("sweep", []):
         values = "  ".join(f"{k}={format_metric(k, v)}" for k, v in row.items() if k not in ("iters", "loss"))
         print(f"  iters={row['iters']:>3}  {values}  loss={row['loss']:.4f}")
@@ -207,10 +220,10 @@ def peak_memory_mb(device: torch.device) -> Optional[float]:
         return torch.cuda.max_memory_allocated(device) / 2**20
     try:
         import resource
-    except ImportError:                              # pragma: no cover - Windows
+    except ImportError:  # pragma: no cover - Windows
         return None
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / 2**20 if sys.platform == "darwin" else peak / 2**10     # bytes on macOS, KiB on Linux
+    return peak / 2**20 if sys.platform == "darwin" else peak / 2**10  # bytes on macOS, KiB on Linux
 
 
 def reset_peak_memory(device: torch.device) -> None:
@@ -220,8 +233,20 @@ def reset_peak_memory(device: torch.device) -> None:
 
 
 #: what :func:`peak_memory_mb` measures, by device type
-PEAK_MEMORY_KIND = {"cuda": "torch.cuda.max_memory_allocated per epoch",
-                    "cpu": "process peak RSS since start (getrusage ru_maxrss)"}
+PEAK_MEMORY_KIND = {
+    "cuda": "torch.cuda.max_memory_allocated per epoch",
+    "cpu": "process peak RSS since start (getrusage ru_maxrss)",
+}
 
-__all__ = ["Board", "LOG_INTERVAL_S", "PEAK_MEMORY_KIND", "Progress", "format_metric", "interactive", "log_report",
-           "peak_memory_mb", "print_summary", "reset_peak_memory"]
+__all__ = [
+    "Board",
+    "LOG_INTERVAL_S",
+    "PEAK_MEMORY_KIND",
+    "Progress",
+    "format_metric",
+    "interactive",
+    "log_report",
+    "peak_memory_mb",
+    "print_summary",
+    "reset_peak_memory",
+]

@@ -51,23 +51,37 @@ def _mark_train(ax, train_iters: Optional[int]) -> None:
         ax.axvline(train_iters, color="grey", linestyle="--", linewidth=1, label=f"training T = {train_iters}")
 
 
-def plot_sweep(sweep: Sequence[Mapping], metric: str, train_iters: Optional[int], path: str | os.PathLike,
-               extra: Sequence[str] = (), title: str = "Test-time iterations (Fig. 3b)") -> str:
+def plot_sweep(
+    sweep: Sequence[Mapping],
+    metric: str,
+    train_iters: Optional[int],
+    path: str | os.PathLike,
+    extra: Sequence[str] = (),
+    title: str = "Test-time iterations (Fig. 3b)",
+) -> str:
     """Metric(s) against the number of test-time iterations; a dashed line marks the training T."""
     fig, (ax,) = new_figure()
     xs = [row["iters"] for row in sweep]
     for name in (metric, *extra):
         ax.plot(xs, [_scale(name)[0] * row[name] for row in sweep], marker="o", label=name)
     _mark_train(ax, train_iters)
-    ax.set(xlabel="iterations at test time", ylabel=_scale(metric)[1] if metric in RAW_METRICS else "accuracy (%)",
-           title=title)
+    ax.set(
+        xlabel="iterations at test time",
+        ylabel=_scale(metric)[1] if metric in RAW_METRICS else "accuracy (%)",
+        title=title,
+    )
     ax.grid(alpha=0.3)
     ax.legend()
     return save_figure(fig, path)
 
 
-def plot_comparison(curves: Mapping[str, Sequence[Mapping]], metric: str, train_iters: Optional[int],
-                    path: str | os.PathLike, title: str = "Extrapolation") -> str:
+def plot_comparison(
+    curves: Mapping[str, Sequence[Mapping]],
+    metric: str,
+    train_iters: Optional[int],
+    path: str | os.PathLike,
+    title: str = "Extrapolation",
+) -> str:
     """Several models' sweeps on one axis (label → list of {'iters', metric})."""
     fig, (ax,) = new_figure()
     for label, sweep in curves.items():
@@ -79,8 +93,9 @@ def plot_comparison(curves: Mapping[str, Sequence[Mapping]], metric: str, train_
     return save_figure(fig, path)
 
 
-def plot_energies(trace: Mapping, path: str | os.PathLike, train_iters: Optional[int] = None,
-                  rise: Optional[Mapping] = None) -> Optional[str]:
+def plot_energies(
+    trace: Mapping, path: str | os.PathLike, train_iters: Optional[int] = None, rise: Optional[Mapping] = None
+) -> Optional[str]:
     """Energy of each term per iteration (Fig. 5), one panel per term; None when the trace has no energies.
 
     With ``rise`` (from :func:`energyarch.train.evaluate.energy_rise`) a last panel draws the fraction of samples
@@ -101,26 +116,42 @@ def plot_energies(trace: Mapping, path: str | os.PathLike, train_iters: Optional
         per = rise.get("per_iteration") or []
         ax.bar(range(1, len(per) + 1), [100 * v for v in per], color="C3")
         _mark_train(ax, train_iters)
-        ax.set(xlabel="iteration", ylabel="samples whose total energy rises (%)", ylim=(0, 100),
-               title="total energy rises")
+        ax.set(
+            xlabel="iteration", ylabel="samples whose total energy rises (%)", ylim=(0, 100), title="total energy rises"
+        )
         ax.grid(alpha=0.3)
         terms = rise.get("term_fraction")
-        own = ("; own term's energy rises in " + ", ".join(f"{n}: {100 * v:.1f}%" for n, v in terms.items())
-               + " of sub-steps") if terms else ""
-        fig.suptitle(f"total energy rises in {100 * rise['fraction']:.1f}% of (sample, iteration) pairs; "
-                     f"largest rise {rise['max']:.3g} ({100 * rise['max_relative']:.2g}% of |E|){own}",
-                     fontsize="medium")
+        own = (
+            (
+                "; own term's energy rises in "
+                + ", ".join(f"{n}: {100 * v:.1f}%" for n, v in terms.items())
+                + " of sub-steps"
+            )
+            if terms
+            else ""
+        )
+        fig.suptitle(
+            f"total energy rises in {100 * rise['fraction']:.1f}% of (sample, iteration) pairs; "
+            f"largest rise {rise['max']:.3g} ({100 * rise['max_relative']:.2g}% of |E|){own}",
+            fontsize="medium",
+        )
     return save_figure(fig, path)
 
 
-def plot_adaptive(rows: Sequence[Mapping], sweep: Sequence[Mapping], metric: str, path: str | os.PathLike,
-                  title: str = "Adaptive depth") -> str:
+def plot_adaptive(
+    rows: Sequence[Mapping],
+    sweep: Sequence[Mapping],
+    metric: str,
+    path: str | os.PathLike,
+    title: str = "Adaptive depth",
+) -> str:
     """Metric against the mean number of iterations per sample: adaptive depth (one point per tolerance, labelled)
     and fixed depth (the iteration sweep) on the same axes."""
     fig, (ax,) = new_figure()
     factor, label = _scale(metric)
-    ax.plot([r["iters"] for r in sweep], [factor * r[metric] for r in sweep], marker="o", color="C0",
-            label="fixed depth")
+    ax.plot(
+        [r["iters"] for r in sweep], [factor * r[metric] for r in sweep], marker="o", color="C0", label="fixed depth"
+    )
     xs, ys = [r["mean_iters"] for r in rows], [factor * r[metric] for r in rows]
     ax.plot(xs, ys, marker="s", linestyle="none", color="C1", label="adaptive depth (tol)")
     for r, x, y in zip(rows, xs, ys):
@@ -131,8 +162,9 @@ def plot_adaptive(rows: Sequence[Mapping], sweep: Sequence[Mapping], metric: str
     return save_figure(fig, path)
 
 
-def plot_rank_angle(trace: Mapping, path: str | os.PathLike, train_iters: Optional[int] = None,
-                    family: Optional[str] = None) -> Optional[str]:
+def plot_rank_angle(
+    trace: Mapping, path: str | os.PathLike, train_iters: Optional[int] = None, family: Optional[str] = None
+) -> Optional[str]:
     """Effective rank (Eq. 17) and average angle (Eq. 18) per head against the iteration (Fig. 6)."""
     ranks, angles = trace.get("effective_rank") or {}, trace.get("angle") or {}
     if not ranks:
@@ -162,8 +194,12 @@ def plot_history(history: Sequence[Mapping], metric: str, path: str | os.PathLik
     tested = [h for h in history if "test_loss" in h]
     if tested:
         ax_l.plot([h["epoch"] for h in tested], [h["test_loss"] for h in tested], marker=".", label="test")
-        ax_m.plot([h["epoch"] for h in tested], [_scale(metric)[0] * h[f"test_{metric}"] for h in tested],
-                  marker="o", color="C2")
+        ax_m.plot(
+            [h["epoch"] for h in tested],
+            [_scale(metric)[0] * h[f"test_{metric}"] for h in tested],
+            marker="o",
+            color="C2",
+        )
     ax_l.set(xlabel="epoch", ylabel="cross-entropy", title="loss")
     ax_m.set(xlabel="epoch", ylabel=f"test {_scale(metric)[1]}", title=f"test {metric}")
     for ax in (ax_l, ax_m):

@@ -20,8 +20,10 @@ def register_task(*names: str) -> Callable:
     """Decorator: register a task builder ``build(cfg) -> Task`` under one or more names (``TrainConfig.task``).
 
     The builder reads the config's settings it needs (``data_dir``, ``limit_train``, ``limit_test``, ...)."""
+
     def decorate(builder: Callable) -> Callable:
         for name in names:
             TASKS[name] = builder
         return builder
+
     return decorate

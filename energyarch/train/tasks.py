@@ -42,8 +42,13 @@ class Task:
     train_set: Dataset
     test_set: Dataset
 
-    def inputs(self, batch: Sequence[Tensor], device: torch.device, train: bool = False,
-               generator: Optional[torch.Generator] = None) -> Tensor:
+    def inputs(
+        self,
+        batch: Sequence[Tensor],
+        device: torch.device,
+        train: bool = False,
+        generator: Optional[torch.Generator] = None,
+    ) -> Tensor:
         """Model inputs of a batch on ``device`` (training batches may be augmented with ``generator``)."""
         raise NotImplementedError
 
@@ -78,26 +83,34 @@ class SudokuTask(Task):
     @staticmethod
     def _targets(batch, device):
         quiz, solution = (t.to(device, non_blocking=True) for t in batch)
-        return quiz == 0, solution - 1                                 # blank mask (B, 81), digits 0..8
+        return quiz == 0, solution - 1  # blank mask (B, 81), digits 0..8
 
     def loss_one(self, logits, batch):
         blank, target = self._targets(batch, logits.device)
-        if not bool(blank.any()):                                        # a batch of full boards: nothing to learn
+        if not bool(blank.any()):  # a batch of full boards: nothing to learn
             return logits.sum() * 0.0
-        return F.cross_entropy(logits[blank].float(), target[blank])   # blanks only (App. D.2)
+        return F.cross_entropy(logits[blank].float(), target[blank])  # blanks only (App. D.2)
 
     def sums(self, logits, batch):
         blank, target = self._targets(batch, logits.device)
-        wrong = (logits.argmax(-1) != target) & blank                   # (B, 81)
+        wrong = (logits.argmax(-1) != target) & blank  # (B, 81)
         n_blank = int(blank.sum())
         loss = F.cross_entropy(logits[blank].float(), target[blank], reduction="sum") if n_blank else logits.sum() * 0
-        return {"loss_sum": float(loss), "cells": float(n_blank), "cells_wrong": float(wrong.sum()),
-                "boards": float(blank.shape[0]), "boards_solved": float((~wrong.any(-1)).sum())}
+        return {
+            "loss_sum": float(loss),
+            "cells": float(n_blank),
+            "cells_wrong": float(wrong.sum()),
+            "boards": float(blank.shape[0]),
+            "boards_solved": float((~wrong.any(-1)).sum()),
+        }
 
     def finalize(self, sums):
         cells, boards = max(sums["cells"], 1.0), max(sums["boards"], 1.0)
-        return {"loss": sums["loss_sum"] / cells, "board_acc": sums["boards_solved"] / boards,
-                "cell_acc": 1.0 - sums["cells_wrong"] / cells}
+        return {
+            "loss": sums["loss_sum"] / cells,
+            "board_acc": sums["boards_solved"] / boards,
+            "cell_acc": 1.0 - sums["cells_wrong"] / cells,
+        }
 
 
 class ClassificationTask(Task):
@@ -113,8 +126,11 @@ class ClassificationTask(Task):
 
     def sums(self, logits, batch):
         y = batch[1].to(logits.device)
-        return {"loss_sum": float(F.cross_entropy(logits.float(), y, reduction="sum")),
-                "correct": float((logits.argmax(-1) == y).sum()), "n": float(y.shape[0])}
+        return {
+            "loss_sum": float(F.cross_entropy(logits.float(), y, reduction="sum")),
+            "correct": float((logits.argmax(-1) == y).sum()),
+            "n": float(y.shape[0]),
+        }
 
     def finalize(self, sums):
         n = max(sums["n"], 1.0)
@@ -124,11 +140,20 @@ class ClassificationTask(Task):
 class ImageTask(ClassificationTask):
     """Image classification with a class token: ``(B, C, H, W)`` -> ``(B, classes)`` logits."""
 
-    def __init__(self, name: str, train_set: Dataset, test_set: Dataset, image_shape: tuple, num_classes: int,
-                 patch_size: int, augment: bool = False):
+    def __init__(
+        self,
+        name: str,
+        train_set: Dataset,
+        test_set: Dataset,
+        image_shape: tuple,
+        num_classes: int,
+        patch_size: int,
+        augment: bool = False,
+    ):
         self.name, self.train_set, self.test_set, self.augment = name, train_set, test_set, augment
-        self.spec = TaskSpec(kind="image", num_outputs=num_classes, output="cls", image_shape=tuple(image_shape),
-                             patch_size=patch_size)
+        self.spec = TaskSpec(
+            kind="image", num_outputs=num_classes, output="cls", image_shape=tuple(image_shape), patch_size=patch_size
+        )
 
     def inputs(self, batch, device, train=False, generator=None):
         x = batch[0]
@@ -144,10 +169,14 @@ def augment(x: Tensor, generator: Optional[torch.Generator] = None) -> Tensor:
     padded = F.pad(x, (pad, pad, pad, pad))
     dy = torch.randint(0, 2 * pad + 1, (B,), generator=generator)
     dx = torch.randint(0, 2 * pad + 1, (B,), generator=generator)
-    rows = (dy[:, None] + torch.arange(H)[None])                        # (B, H)
-    cols = (dx[:, None] + torch.arange(W)[None])                        # (B, W)
-    out = padded[torch.arange(B)[:, None, None, None], torch.arange(x.shape[1])[None, :, None, None],
-                 rows[:, None, :, None], cols[:, None, None, :]]
+    rows = dy[:, None] + torch.arange(H)[None]  # (B, H)
+    cols = dx[:, None] + torch.arange(W)[None]  # (B, W)
+    out = padded[
+        torch.arange(B)[:, None, None, None],
+        torch.arange(x.shape[1])[None, :, None, None],
+        rows[:, None, :, None],
+        cols[:, None, None, :],
+    ]
     flip = torch.rand(B, generator=generator) < 0.5
     return torch.where(flip[:, None, None, None], out.flip(-1), out)
 
@@ -182,8 +211,11 @@ class TextTask(Task):
     def sums(self, logits, batch):
         target = batch[1].to(logits.device, non_blocking=True)
         flat = logits.flatten(0, -2).float()
-        return {"loss_sum": float(F.cross_entropy(flat, target.flatten(), reduction="sum")),
-                "bytes": float(target.numel()), "correct": float((flat.argmax(-1) == target.flatten()).sum())}
+        return {
+            "loss_sum": float(F.cross_entropy(flat, target.flatten(), reduction="sum")),
+            "bytes": float(target.numel()),
+            "correct": float((flat.argmax(-1) == target.flatten()).sum()),
+        }
 
     def finalize(self, sums):
         from ..data.text import bits_per_byte
@@ -204,8 +236,14 @@ def _text_task(cfg: TrainConfig) -> TextTask:
         train_set.starts = train_set.starts[: cfg.limit_train]
     if cfg.limit_test:
         test_set.starts = test_set.starts[: cfg.limit_test]
-    info = {**corpus.info(), "train_bytes": len(train), "val_bytes": len(val), "seq_len": cfg.seq_len,
-            "train_windows": len(train_set), "val_windows": len(test_set)}
+    info = {
+        **corpus.info(),
+        "train_bytes": len(train),
+        "val_bytes": len(val),
+        "seq_len": cfg.seq_len,
+        "train_windows": len(train_set),
+        "val_windows": len(test_set),
+    }
     return TextTask(train_set, test_set, cfg.seq_len, info)
 
 
@@ -223,8 +261,10 @@ def _image_task(cfg: TrainConfig) -> ImageTask:
         data = load_fashion_mnist(cfg.data_dir)
     else:
         if cfg.data_dir is None:
-            raise ConfigError(f"task={cfg.task!r} needs data_dir: the folder holding the extracted "
-                              f"cifar-{cfg.task[5:]}-python archive, e.g. data_dir = \"~/data\"")
+            raise ConfigError(
+                f"task={cfg.task!r} needs data_dir: the folder holding the extracted "
+                f'cifar-{cfg.task[5:]}-python archive, e.g. data_dir = "~/data"'
+            )
         data = load_cifar(cfg.data_dir, which=int(cfg.task[5:]))
     tx, ty = _limit(cfg.limit_train, data.train_x, data.train_y)
     vx, vy = _limit(cfg.limit_test, data.test_x, data.test_y)
@@ -235,10 +275,19 @@ def _image_task(cfg: TrainConfig) -> ImageTask:
     patch = cfg.patch_size or DEFAULT_PATCH[cfg.task]
     _, H, W = data.image_shape
     if H % patch or W % patch:
-        raise ConfigError(f"TrainConfig.patch_size={patch}: must divide the {H}x{W} images of task={cfg.task!r}; "
-                          f"e.g. patch_size = {DEFAULT_PATCH[cfg.task]}")
-    return ImageTask(cfg.task, TensorDataset(tx.contiguous(), ty), TensorDataset(vx.contiguous(), vy),
-                     data.image_shape, data.num_classes, patch, augment=cfg.augment)
+        raise ConfigError(
+            f"TrainConfig.patch_size={patch}: must divide the {H}x{W} images of task={cfg.task!r}; "
+            f"e.g. patch_size = {DEFAULT_PATCH[cfg.task]}"
+        )
+    return ImageTask(
+        cfg.task,
+        TensorDataset(tx.contiguous(), ty),
+        TensorDataset(vx.contiguous(), vy),
+        data.image_shape,
+        data.num_classes,
+        patch,
+        augment=cfg.augment,
+    )
 
 
 @register_task("sudoku")
@@ -246,17 +295,27 @@ def _sudoku_task(cfg: TrainConfig) -> SudokuTask:
     from ..data import SudokuDataset, load_or_generate, load_palm_csv
 
     if (cfg.sudoku_csv_train is None) != (cfg.sudoku_csv_test is None):
-        raise ConfigError(f"sudoku_csv_train={cfg.sudoku_csv_train!r}, sudoku_csv_test={cfg.sudoku_csv_test!r}: "
-                          f"give both Palm et al. CSV files (train.csv and test.csv), or neither to generate")
+        raise ConfigError(
+            f"sudoku_csv_train={cfg.sudoku_csv_train!r}, sudoku_csv_test={cfg.sudoku_csv_test!r}: "
+            f"give both Palm et al. CSV files (train.csv and test.csv), or neither to generate"
+        )
     if cfg.sudoku_csv_train is not None:
         tq, ts = load_palm_csv(cfg.sudoku_csv_train)
         vq, vs = load_palm_csv(cast(str, cfg.sudoku_csv_test))  # both or neither (checked above)
         tq, ts = tq[: cfg.n_train], ts[: cfg.n_train]
         vq, vs = vq[: cfg.n_test], vs[: cfg.n_test]
     else:
-        d = load_or_generate(cfg.data_dir, n_train=cfg.n_train, n_test=cfg.n_test, seed=cfg.data_seed,
-                             min_givens=cfg.min_givens, max_givens=cfg.max_givens, minimal=cfg.minimal,
-                             processes=cfg.processes, progress=cfg.progress)
+        d = load_or_generate(
+            cfg.data_dir,
+            n_train=cfg.n_train,
+            n_test=cfg.n_test,
+            seed=cfg.data_seed,
+            min_givens=cfg.min_givens,
+            max_givens=cfg.max_givens,
+            minimal=cfg.minimal,
+            processes=cfg.processes,
+            progress=cfg.progress,
+        )
         tq, ts, vq, vs = d["train_quizzes"], d["train_solutions"], d["test_quizzes"], d["test_solutions"]
     train, test = SudokuDataset(tq, ts), SudokuDataset(vq, vs)
     train.quizzes, train.solutions = _limit(cfg.limit_train, train.quizzes, train.solutions)

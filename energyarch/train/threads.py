@@ -32,7 +32,7 @@ MAX_THREADS = 16
 def _allowed_cpus() -> list[int]:
     try:
         return sorted(os.sched_getaffinity(0))
-    except (AttributeError, OSError):                     # not Linux
+    except (AttributeError, OSError):  # not Linux
         return list(range(os.cpu_count() or 1))
 
 
@@ -46,7 +46,7 @@ def physical_cores(cpus: Optional[list[int]] = None, sys_cpu: Path = Path("/sys/
         try:
             cores.add((topo / "physical_package_id").read_text().strip() + ":" + (topo / "core_id").read_text().strip())
         except OSError:
-            cores.add(f"cpu{cpu}")                        # unknown topology: count the logical CPU
+            cores.add(f"cpu{cpu}")  # unknown topology: count the logical CPU
     return max(1, len(cores))
 
 
@@ -66,11 +66,17 @@ def set_threads(n: Optional[int] = None, *, announce: bool = True) -> int:
 
     if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
         raise ConfigError(f"--threads {n!r}: give a positive number of CPU threads, e.g. --threads 2")
-    how = "--threads" if n is not None else (
-        "OMP_NUM_THREADS" if os.environ.get("OMP_NUM_THREADS", "").strip().isdigit() else
-        f"physical cores of the {len(_allowed_cpus())} CPUs this process may use")
+    how = (
+        "--threads"
+        if n is not None
+        else (
+            "OMP_NUM_THREADS"
+            if os.environ.get("OMP_NUM_THREADS", "").strip().isdigit()
+            else f"physical cores of the {len(_allowed_cpus())} CPUs this process may use"
+        )
+    )
     n = default_threads() if n is None else n
-    if torch.get_num_threads() != n:      # re-creating an OpenMP pool that is already this size breaks later forks
+    if torch.get_num_threads() != n:  # re-creating an OpenMP pool that is already this size breaks later forks
         torch.set_num_threads(n)
     if announce:
         print(f"threads: {n} ({how}; --threads N to change)", flush=True)

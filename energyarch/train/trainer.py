@@ -85,8 +85,7 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
     no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     fused = bool(decay + no_decay) and all(p.device.type == "cuda" for p in decay + no_decay)
-    return torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr, betas=tuple(cfg.betas),
-                             fused=fused or None)
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr, betas=tuple(cfg.betas), fused=fused or None)
 
 
 def autocast_dtype(precision: str, device: torch.device) -> Optional[torch.dtype]:
@@ -107,8 +106,10 @@ def autocast_dtype(precision: str, device: torch.device) -> Optional[torch.dtype
     if precision != "bf16":
         raise ConfigError(f"TrainConfig.precision={precision!r}: choose one of ('auto', 'fp32', 'bf16')")
     if device.type == "cuda" and not cuda_bf16:
-        raise ConfigError(f"TrainConfig.precision='bf16': the GPU {torch.cuda.get_device_name(device)!r} has no "
-                          f"bfloat16 support; use precision = \"fp32\" (or \"auto\")")
+        raise ConfigError(
+            f"TrainConfig.precision='bf16': the GPU {torch.cuda.get_device_name(device)!r} has no "
+            f'bfloat16 support; use precision = "fp32" (or "auto")'
+        )
     return torch.bfloat16
 
 
@@ -122,7 +123,7 @@ class _SkipSampler(DistributedSampler):
     skip = 0
 
     def __iter__(self):
-        return iter(list(super().__iter__())[self.skip:])
+        return iter(list(super().__iter__())[self.skip :])
 
     def __len__(self):
         return max(0, super().__len__() - self.skip)
@@ -156,13 +157,16 @@ class Trainer:
     def _build(self, model, task):
         cfg, info = self.cfg, self.dist
         if cfg.batch_size % info.world:
-            raise ConfigError(f"TrainConfig.batch_size={cfg.batch_size}: must be divisible by the {info.world} "
-                              f"data-parallel processes (it is the global batch)")
-        seed_everything(cfg.seed)                       # same initial weights in every process
+            raise ConfigError(
+                f"TrainConfig.batch_size={cfg.batch_size}: must be divisible by the {info.world} "
+                f"data-parallel processes (it is the global batch)"
+            )
+        seed_everything(cfg.seed)  # same initial weights in every process
         # a Sudoku generation bar would flood a log file with carriage returns: shown on a terminal only
         quiet_data = cfg.progress and not (info.is_main and logs.interactive())
-        self.task = task if task is not None else build_task(dataclasses.replace(cfg, progress=False)
-                                                              if quiet_data else cfg)
+        self.task = (
+            task if task is not None else build_task(dataclasses.replace(cfg, progress=False) if quiet_data else cfg)
+        )
         self.model = (model if model is not None else build_model(cfg.model, self.task.spec)).to(info.device)
         self.optimizer = make_optimizer(self.model, cfg)
         self.amp_dtype = autocast_dtype(cfg.precision, info.device)
@@ -171,15 +175,19 @@ class Trainer:
             # single-channel patch convolutions get grads with ambiguous (but equivalent) strides; DDP copies
             # them into its buckets correctly and only warns about speed, so that one warning is silenced
             warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
-            self.eager_runner = DistributedDataParallel(self.model, device_ids=[info.device.index]
-                                                        if info.device.type == "cuda" else None)
+            self.eager_runner = DistributedDataParallel(
+                self.model, device_ids=[info.device.index] if info.device.type == "cuda" else None
+            )
         self.runner: nn.Module = self.eager_runner
         self.compile_info: dict = {}
         if cfg.compile:
             # DDP splits the graph at its gradient buckets, so under DDP graph breaks are expected
             fullgraph = not info.distributed
-            self.compile_info = {"backend": COMPILE_BACKEND, "fullgraph": fullgraph, "fallback_reason":
-                                 None if fullgraph else "data-parallel (DDP splits the graph at gradient buckets)"}
+            self.compile_info = {
+                "backend": COMPILE_BACKEND,
+                "fullgraph": fullgraph,
+                "fallback_reason": None if fullgraph else "data-parallel (DDP splits the graph at gradient buckets)",
+            }
             self.runner = self._compiled(fullgraph)
         self.out_dir = Path(cfg.out_dir)
         self.batch = cfg.batch_size // info.world
@@ -191,13 +199,13 @@ class Trainer:
         self.total_steps = cfg.epochs * self.steps_per_epoch
         self.warmup_steps = cfg.warmup_steps or int(round(cfg.warmup_epochs * self.steps_per_epoch))
         self.step = self.epoch = self.batch_in_epoch = 0
-        self.epoch_loss = [0.0, 0]                      # running (sum, count) of this epoch's training loss
+        self.epoch_loss = [0.0, 0]  # running (sum, count) of this epoch's training loss
         self.history: list[dict] = []
-        self.speed: list[dict] = []                     # one entry per epoch: throughput, peak memory
+        self.speed: list[dict] = []  # one entry per epoch: throughput, peak memory
         self.tokens_per_sample = self.task.spec.num_tokens
         self.last_checkpoint_step: Optional[int] = None
         self.elapsed = 0.0
-        self.board = logs.Board(self.out_dir, enabled=False)    # opened by fit() on the main process
+        self.board = logs.Board(self.out_dir, enabled=False)  # opened by fit() on the main process
 
     def _compiled(self, fullgraph: bool) -> nn.Module:
         return cast(nn.Module, torch.compile(self.eager_runner, fullgraph=fullgraph, backend=COMPILE_BACKEND))
@@ -214,13 +222,27 @@ class Trainer:
 
     def state(self) -> dict:
         """The JSON part of a checkpoint (RNG states and tensors are added by save_checkpoint)."""
-        return {"epoch": self.epoch, "step": self.step, "batch_in_epoch": self.batch_in_epoch,
-                "epoch_loss": list(self.epoch_loss), "elapsed_s": self.elapsed,
-                "scheduler": {"kind": "warmup_cosine", "step": self.step, "total_steps": self.total_steps,
-                              "warmup_steps": self.warmup_steps, "lr": self.cfg.lr, "min_lr": self.cfg.min_lr},
-                "world_size": self.dist.world, "config": self._config_dict(), "history": self.history,
-                "speed": self.speed, "parameters": count_parameters(self.model),
-                "data": getattr(self.task, "data_info", None)}      # e.g. the text corpus: files, sha256
+        return {
+            "epoch": self.epoch,
+            "step": self.step,
+            "batch_in_epoch": self.batch_in_epoch,
+            "epoch_loss": list(self.epoch_loss),
+            "elapsed_s": self.elapsed,
+            "scheduler": {
+                "kind": "warmup_cosine",
+                "step": self.step,
+                "total_steps": self.total_steps,
+                "warmup_steps": self.warmup_steps,
+                "lr": self.cfg.lr,
+                "min_lr": self.cfg.min_lr,
+            },
+            "world_size": self.dist.world,
+            "config": self._config_dict(),
+            "history": self.history,
+            "speed": self.speed,
+            "parameters": count_parameters(self.model),
+            "data": getattr(self.task, "data_info", None),
+        }  # e.g. the text corpus: files, sha256
 
     def _config_dict(self) -> dict:
         """The config as data; an energy with torch callables is recorded as its fingerprint (reload the run with
@@ -230,7 +252,7 @@ class Trainer:
     def save(self) -> Optional[Path]:
         """Checkpoint (main process only; every process waits for it)."""
         path = None
-        digests = distributed.replica_digests(self.model, self.dist)     # collective: every process takes part
+        digests = distributed.replica_digests(self.model, self.dist)  # collective: every process takes part
         if self.dist.is_main:
             state = self.state()
             state["replica_digests"] = digests
@@ -253,20 +275,34 @@ class Trainer:
     def write_metrics(self) -> Path:
         """``metrics.json``: config, parameter count, the history and the speed log (rank 0)."""
         path = self.out_dir / METRICS_FILE
-        atomic_write_text(path, _json({"config": self._config_dict(), "parameters": count_parameters(self.model),
-                                       "steps_per_epoch": self.steps_per_epoch, "history": self.history,
-                                       "speed": self.speed_summary(), "data": getattr(self.task, "data_info", None)}))
+        atomic_write_text(
+            path,
+            _json(
+                {
+                    "config": self._config_dict(),
+                    "parameters": count_parameters(self.model),
+                    "steps_per_epoch": self.steps_per_epoch,
+                    "history": self.history,
+                    "speed": self.speed_summary(),
+                    "data": getattr(self.task, "data_info", None),
+                }
+            ),
+        )
         return path
 
     def speed_summary(self) -> dict:
         """How the run was executed and how fast: precision, optimizer, compilation, per-epoch throughput."""
         device = self.dist.device
-        return {"device": str(device) if device.type != "cuda" else f"{device} ({torch.cuda.get_device_name(device)})",
-                "precision": "bf16 autocast, fp32 weights" if self.amp_dtype == torch.bfloat16 else "fp32",
-                "optimizer": "AdamW (fused)" if self.optimizer.defaults.get("fused") else "AdamW",
-                "compile": dict(self.compile_info) or None, "processes": self.dist.world,
-                "tokens_per_sample": self.tokens_per_sample,
-                "peak_memory": logs.PEAK_MEMORY_KIND.get(device.type, device.type), "epochs": self.speed}
+        return {
+            "device": str(device) if device.type != "cuda" else f"{device} ({torch.cuda.get_device_name(device)})",
+            "precision": "bf16 autocast, fp32 weights" if self.amp_dtype == torch.bfloat16 else "fp32",
+            "optimizer": "AdamW (fused)" if self.optimizer.defaults.get("fused") else "AdamW",
+            "compile": dict(self.compile_info) or None,
+            "processes": self.dist.world,
+            "tokens_per_sample": self.tokens_per_sample,
+            "peak_memory": logs.PEAK_MEMORY_KIND.get(device.type, device.type),
+            "epochs": self.speed,
+        }
 
     def check_out_dir(self, resume: bool) -> None:
         """Refuse, before anything is written, an ``out_dir`` that is a file, cannot be written, or holds another
@@ -275,7 +311,7 @@ class Trainer:
         if self.dist.is_main:
             try:
                 text = self.cfg.to_toml()
-            except ConfigError:                      # a custom energy in cfg.model: no config.toml is written
+            except ConfigError:  # a custom energy in cfg.model: no config.toml is written
                 text = None
             try:
                 check_run_folder(self.out_dir, resume, text)
@@ -293,8 +329,11 @@ class Trainer:
         self.step, self.epoch, self.batch_in_epoch, self.epoch_loss, self.history, self.speed, self.elapsed = progress
         self.last_checkpoint_step = self.step
         if state.get("world_size", 1) != self.dist.world:
-            log.warning("resuming a %s-process run with %s processes: the data order differs from an "
-                        "uninterrupted run", state.get("world_size"), self.dist.world)
+            log.warning(
+                "resuming a %s-process run with %s processes: the data order differs from an uninterrupted run",
+                state.get("world_size"),
+                self.dist.world,
+            )
         set_rng_state(state["rng"])
         return True
 
@@ -303,17 +342,28 @@ class Trainer:
     # ---------------------------------------------------------------------------------------------------------
 
     def _train_loader(self, epoch: int, skip_batches: int) -> DataLoader:
-        sampler = _SkipSampler(self.task.train_set, num_replicas=self.dist.world, rank=self.dist.rank, shuffle=True,
-                               seed=self.cfg.seed, drop_last=False)
+        sampler = _SkipSampler(
+            self.task.train_set,
+            num_replicas=self.dist.world,
+            rank=self.dist.rank,
+            shuffle=True,
+            seed=self.cfg.seed,
+            drop_last=False,
+        )
         sampler.set_epoch(epoch)
         sampler.skip = skip_batches * self.batch
-        batches = BatchSampler(sampler, self.batch, drop_last=False)   # whole batches: one indexing per batch
+        batches = BatchSampler(sampler, self.batch, drop_last=False)  # whole batches: one indexing per batch
         # an own generator: the loader's worker base seed then depends on (seed, rank, epoch) only, and creating a
         # loader (also mid-epoch, after a resume) does not draw from the global RNG
         seed = np.random.SeedSequence([self.cfg.seed, self.dist.rank, epoch, 1]).generate_state(1)[0]
-        return DataLoader(self.task.train_set, batch_size=None, sampler=batches,
-                          generator=torch.Generator().manual_seed(int(seed)), num_workers=self.cfg.num_workers,
-                          pin_memory=self.dist.device.type == "cuda")
+        return DataLoader(
+            self.task.train_set,
+            batch_size=None,
+            sampler=batches,
+            generator=torch.Generator().manual_seed(int(seed)),
+            num_workers=self.cfg.num_workers,
+            pin_memory=self.dist.device.type == "cuda",
+        )
 
     def _augment_generator(self) -> torch.Generator:
         """Stateless per-step randomness (seed, rank, step): identical whether or not the run was resumed."""
@@ -344,7 +394,7 @@ class Trainer:
         try:
             with self.autocast():
                 return self.loss_fn(batch)
-        except Exception as err:                        # noqa: BLE001 - any tracing failure, reported below
+        except Exception as err:  # noqa: BLE001 - any tracing failure, reported below
             if not (first_compiled and self.compile_info.get("fullgraph")):
                 raise
             reason = f"{type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else ''}"
@@ -358,23 +408,30 @@ class Trainer:
         if self.last_checkpoint_step is not None:
             where = f"the last good checkpoint (step {self.last_checkpoint_step}) is kept in {self.out_dir}"
             then = "then resume from it with --resume (the new settings apply from that step)"
-        else:   # advice that fits the disk: no checkpoint, so --resume would have nothing to continue
-            where = ("no checkpoint had been written yet, so there is nothing to resume (set checkpoint_every to "
-                     "keep earlier ones)")
-            then = (f"then train again into a new --out (or delete the files of this attempt in {self.out_dir}); "
-                    f"there is no checkpoint to resume from")
+        else:  # advice that fits the disk: no checkpoint, so --resume would have nothing to continue
+            where = (
+                "no checkpoint had been written yet, so there is nothing to resume (set checkpoint_every to "
+                "keep earlier ones)"
+            )
+            then = (
+                f"then train again into a new --out (or delete the files of this attempt in {self.out_dir}); "
+                f"there is no checkpoint to resume from"
+            )
         advice = [f"lower lr (now {self.cfg.lr:g})"]
-        advice.append("set grad_clip (now off), e.g. 1.0" if not self.cfg.grad_clip else
-                      "check the energy with ea.verify (a kernel not smooth on the sphere diverges whatever the "
-                      f"clipping, here grad_clip = {self.cfg.grad_clip:g})")
+        advice.append(
+            "set grad_clip (now off), e.g. 1.0"
+            if not self.cfg.grad_clip
+            else "check the energy with ea.verify (a kernel not smooth on the sphere diverges whatever the "
+            f"clipping, here grad_clip = {self.cfg.grad_clip:g})"
+        )
         raise TrainingDivergedError(
             f"{what} is {value} at step {self.step} (epoch {self.epoch + 1}, batch {self.batch_in_epoch + 1}); "
-            f"training stopped without applying this update, {where}. To fix: {'; '.join(advice)}; {then}")
+            f"training stopped without applying this update, {where}. To fix: {'; '.join(advice)}; {then}"
+        )
 
     def train_step(self, batch) -> float:
         self.model.train()
-        first_compiled = (self.cfg.compile and "first_step_s" not in self.compile_info
-                          and len(batch[0]) == self.batch)
+        first_compiled = self.cfg.compile and "first_step_s" not in self.compile_info and len(batch[0]) == self.batch
         start = time.perf_counter()
         loss = self._forward_loss(batch)
         value = float(loss.detach())
@@ -397,9 +454,12 @@ class Trainer:
                 torch.cuda.synchronize(self.dist.device)
             self.compile_info["first_step_s"] = round(time.perf_counter() - start, 3)
             if self.dist.is_main:
-                log.info("torch.compile (%s, %s): first step %.1f s, compilation included",
-                         self.compile_info["backend"], "fullgraph" if self.compile_info["fullgraph"] else
-                         "with graph breaks", self.compile_info["first_step_s"])
+                log.info(
+                    "torch.compile (%s, %s): first step %.1f s, compilation included",
+                    self.compile_info["backend"],
+                    "fullgraph" if self.compile_info["fullgraph"] else "with graph breaks",
+                    self.compile_info["first_step_s"],
+                )
         self.board.scalars({"loss": value, "lr": lr}, self.step, prefix="train/")
         return value
 
@@ -409,18 +469,30 @@ class Trainer:
         self.check_out_dir(resume)
         resumed = resume and self.resume()
         if resumed:
-            log.info("resumed from %s at step %d (epoch %d, batch %d)", self.out_dir, self.step, self.epoch + 1,
-                     self.batch_in_epoch)
+            log.info(
+                "resumed from %s at step %d (epoch %d, batch %d)",
+                self.out_dir,
+                self.step,
+                self.epoch + 1,
+                self.batch_in_epoch,
+            )
         elif resume:
             log.info("no checkpoint in %s: starting a new run", self.out_dir)
         if info.is_main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
-            if not resumed:        # a resumed run's config.toml is rewritten with its next checkpoint only, so that
+            if not resumed:  # a resumed run's config.toml is rewritten with its next checkpoint only, so that
                 self._save_config()  # a resume that fails before it leaves every saved file as it was
-            log.info("training %s on %s: %s parameters, %d steps per epoch, %d processes, %s, %s%s", cfg.model.arch,
-                     cfg.task, f"{count_parameters(self.model):,}", self.steps_per_epoch, info.world, info.device,
-                     "bf16 autocast" if self.amp_dtype == torch.bfloat16 else "fp32",
-                     ", torch.compile" if cfg.compile else "")
+            log.info(
+                "training %s on %s: %s parameters, %d steps per epoch, %d processes, %s, %s%s",
+                cfg.model.arch,
+                cfg.task,
+                f"{count_parameters(self.model):,}",
+                self.steps_per_epoch,
+                info.world,
+                info.device,
+                "bf16 autocast" if self.amp_dtype == torch.bfloat16 else "fp32",
+                ", torch.compile" if cfg.compile else "",
+            )
             self.board = logs.Board(self.out_dir, purge_step=self.step + 1 if self.step else None)
         stopped = False
         try:
@@ -438,8 +510,10 @@ class Trainer:
         digests = distributed.replica_digests(self.model, self.dist)
         self.replicas = digests
         if len(set(digests)) != 1:
-            raise TrainingDivergedError(f"data-parallel replicas hold different weights after step {self.step} "
-                                        f"(digests {digests}); this is a bug, please report it")
+            raise TrainingDivergedError(
+                f"data-parallel replicas hold different weights after step {self.step} "
+                f"(digests {digests}); this is a bug, please report it"
+            )
         return digests
 
     def _limit_reached(self) -> bool:
@@ -451,9 +525,13 @@ class Trainer:
         if self._limit_reached():
             return True
         loader = self._train_loader(self.epoch, self.batch_in_epoch)
-        bar = logs.Progress(total=self.steps_per_epoch, initial=self.batch_in_epoch,
-                            desc=f"epoch {self.epoch + 1}/{cfg.epochs}", enabled=cfg.progress and info.is_main,
-                            always=self.bar_always)
+        bar = logs.Progress(
+            total=self.steps_per_epoch,
+            initial=self.batch_in_epoch,
+            desc=f"epoch {self.epoch + 1}/{cfg.epochs}",
+            enabled=cfg.progress and info.is_main,
+            always=self.bar_always,
+        )
         start, seen, elapsed_before = time.perf_counter(), 0, self.elapsed
         # throughput of this epoch: samples of every process over the wall time of the loop (loading included),
         # without checkpoint writes and without a first compiled step (its cost is reported on its own)
@@ -484,30 +562,43 @@ class Trainer:
         finally:
             bar.close()
         self._log_speed(timed)
-        if self.batch_in_epoch < self.steps_per_epoch:           # stopped by max_steps within the epoch
+        if self.batch_in_epoch < self.steps_per_epoch:  # stopped by max_steps within the epoch
             self._account(start)
             if self.last_checkpoint_step != self.step:
                 self.save()
-            log.info("stopped at max_steps=%d (epoch %d, batch %d of %d)", cfg.max_steps, self.epoch + 1,
-                     self.batch_in_epoch, self.steps_per_epoch)
+            log.info(
+                "stopped at max_steps=%d (epoch %d, batch %d of %d)",
+                cfg.max_steps,
+                self.epoch + 1,
+                self.batch_in_epoch,
+                self.steps_per_epoch,
+            )
             return True
         self._account(start)
         epoch_time = self.elapsed - elapsed_before
         train_loss = self.epoch_loss[0] / max(self.epoch_loss[1], 1)
         self.epoch += 1
         self.batch_in_epoch, self.epoch_loss = 0, [0.0, 0]
-        entry = {"epoch": self.epoch, "step": self.step, "train_loss": train_loss,
-                 "lr": self.optimizer.param_groups[0]["lr"], "elapsed_s": round(self.elapsed, 3),
-                 "epoch_samples_per_s": round(len(cast(Sized, self.task.train_set)) / max(epoch_time, 1e-9), 2)}
+        entry = {
+            "epoch": self.epoch,
+            "step": self.step,
+            "train_loss": train_loss,
+            "lr": self.optimizer.param_groups[0]["lr"],
+            "elapsed_s": round(self.elapsed, 3),
+            "epoch_samples_per_s": round(len(cast(Sized, self.task.train_set)) / max(epoch_time, 1e-9), 2),
+        }
         if (cfg.eval_every and self.epoch % cfg.eval_every == 0) or self.epoch == cfg.epochs:
             entry.update({f"test_{k}": v for k, v in self.evaluate().items()})
         self.history.append(entry)
         if info.is_main:
-            log.info("epoch %d/%d  %s", self.epoch, cfg.epochs,
-                     "  ".join(f"{k}={v:.4g}" for k, v in entry.items() if isinstance(v, float)))
+            log.info(
+                "epoch %d/%d  %s",
+                self.epoch,
+                cfg.epochs,
+                "  ".join(f"{k}={v:.4g}" for k, v in entry.items() if isinstance(v, float)),
+            )
             self.board.scalars({"epoch_loss": train_loss}, self.step, prefix="train/")
-            self.board.scalars({k[5:]: v for k, v in entry.items() if k.startswith("test_")}, self.step,
-                               prefix="test/")
+            self.board.scalars({k[5:]: v for k, v in entry.items() if k.startswith("test_")}, self.step, prefix="test/")
             self.board.flush()
         self.save()
         return False
@@ -518,18 +609,24 @@ class Trainer:
             return
         rate = timed["samples"] / max(timed["seconds"], 1e-9)
         peak = logs.peak_memory_mb(self.dist.device)
-        entry = {"epoch": self.epoch + 1, "step": self.step, "steps": timed["steps"],
-                 "samples_per_s": round(rate, 2), "tokens_per_s": round(rate * self.tokens_per_sample, 1),
-                 "step_s": round(timed["seconds"] / timed["steps"], 6),
-                 "peak_memory_mb": None if peak is None else round(peak, 1)}
+        entry = {
+            "epoch": self.epoch + 1,
+            "step": self.step,
+            "steps": timed["steps"],
+            "samples_per_s": round(rate, 2),
+            "tokens_per_s": round(rate * self.tokens_per_sample, 1),
+            "step_s": round(timed["seconds"] / timed["steps"], 6),
+            "peak_memory_mb": None if peak is None else round(peak, 1),
+        }
         first = self.compile_info.get("first_step_s")
         if first is not None and "overhead_s" not in self.compile_info:
-            self.compile_info["overhead_s"] = round(first - entry["step_s"], 3)     # first step − a usual step
+            self.compile_info["overhead_s"] = round(first - entry["step_s"], 3)  # first step − a usual step
             entry["compile_first_step_s"] = first
         self.speed.append(entry)
         if self.dist.is_main:
-            self.board.scalars({k: v for k, v in entry.items() if k not in ("epoch", "step", "steps")}, self.step,
-                               prefix="speed/")
+            self.board.scalars(
+                {k: v for k, v in entry.items() if k not in ("epoch", "step", "steps")}, self.step, prefix="speed/"
+            )
 
     def _account(self, start: float) -> float:
         spent = time.perf_counter() - start
@@ -547,27 +644,34 @@ class Trainer:
         Runs eagerly (not compiled), in the training precision.
         """
         with self.autocast():
-            return evaluate_dataset(self.model, self.task, dataset if dataset is not None else self.task.test_set,
-                                    self.dist, self.cfg.eval_batch_size or 2 * self.cfg.batch_size, iters=iters)
+            return evaluate_dataset(
+                self.model,
+                self.task,
+                dataset if dataset is not None else self.task.test_set,
+                self.dist,
+                self.cfg.eval_batch_size or 2 * self.cfg.batch_size,
+                iters=iters,
+            )
 
     def close(self) -> None:
         distributed.teardown(self.dist)
 
 
 @torch.no_grad()
-def evaluate_dataset(model: nn.Module, task: Task, dataset, info: distributed.DistInfo, batch_size: int,
-                     iters: Optional[int] = None) -> dict:
+def evaluate_dataset(
+    model: nn.Module, task: Task, dataset, info: distributed.DistInfo, batch_size: int, iters: Optional[int] = None
+) -> dict:
     """Task metrics of ``model`` on ``dataset``; each process takes every world-th example, sums are added."""
     was_training = model.training
     model.eval()
     indices = list(range(info.rank, len(dataset), info.world))
     sums: dict[str, float] = {}
     for i in range(0, len(indices), batch_size):
-        batch = dataset[indices[i:i + batch_size]]
+        batch = dataset[indices[i : i + batch_size]]
         logits = model(task.inputs(batch, info.device), iters=iters)
         for k, v in task.sums(logits, batch).items():
             sums[k] = sums.get(k, 0.0) + v
-    if not sums:                                         # this process got no examples
+    if not sums:  # this process got no examples
         empty = task.sums(model(task.inputs(dataset[[0]], info.device), iters=iters), dataset[[0]])
         sums = {k: 0.0 for k in empty}
     keys = sorted(sums)
@@ -589,16 +693,21 @@ MAX_COUNTER = 2**53
 def _progress(state: dict, where, steps_per_epoch: int) -> tuple:
     """The progress counters of a checkpoint's JSON state, validated: integers in range, a finite loss sum and
     elapsed time, lists for the logs; :class:`CheckpointError` naming the field otherwise."""
+
     def count(key, value, hi=MAX_COUNTER):
         if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= hi:
-            raise CheckpointError(f"checkpoint {where}: {key} = {str(value)[:40]!r} must be an integer in [0, {hi}]; "
-                                  f"the file was changed or written by another program, train into a new --out")
+            raise CheckpointError(
+                f"checkpoint {where}: {key} = {str(value)[:40]!r} must be an integer in [0, {hi}]; "
+                f"the file was changed or written by another program, train into a new --out"
+            )
         return value
 
     def number(key, value):
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-            raise CheckpointError(f"checkpoint {where}: {key} = {str(value)[:40]!r} must be a finite number >= 0; "
-                                  f"the file was changed or written by another program, train into a new --out")
+            raise CheckpointError(
+                f"checkpoint {where}: {key} = {str(value)[:40]!r} must be a finite number >= 0; "
+                f"the file was changed or written by another program, train into a new --out"
+            )
         return float(value)
 
     try:
@@ -613,13 +722,20 @@ def _progress(state: dict, where, steps_per_epoch: int) -> tuple:
             raise CheckpointError(f"checkpoint {where}: history and speed must be lists")
         elapsed = number("elapsed_s", state.get("elapsed_s", 0.0))
     except KeyError as err:
-        raise CheckpointError(f"checkpoint {where}: {err} is missing; the file was changed or written by another "
-                              f"program, train into a new --out") from None
+        raise CheckpointError(
+            f"checkpoint {where}: {err} is missing; the file was changed or written by another "
+            f"program, train into a new --out"
+        ) from None
     return step, epoch, batch, epoch_loss, list(history), list(speed), elapsed
 
 
-def train(cfg: TrainConfig, resume: bool = False, model: Optional[nn.Module] = None, task: Optional[Task] = None,
-          report: bool = True) -> dict:
+def train(
+    cfg: TrainConfig,
+    resume: bool = False,
+    model: Optional[nn.Module] = None,
+    task: Optional[Task] = None,
+    report: bool = True,
+) -> dict:
     """Train, then (main process) sweep test-time iterations and draw the plots; returns a summary dict.
 
     The summary has ``final`` (last history entry), ``history``, ``out_dir``, ``metric`` (the task's primary
@@ -632,15 +748,21 @@ def train(cfg: TrainConfig, resume: bool = False, model: Optional[nn.Module] = N
         return _train(cfg, resume, model, task, report, shown)
 
 
-def _train(cfg: TrainConfig, resume: bool, model: Optional[nn.Module], task: Optional[Task], report: bool,
-           bar_always: bool) -> dict:
+def _train(
+    cfg: TrainConfig, resume: bool, model: Optional[nn.Module], task: Optional[Task], report: bool, bar_always: bool
+) -> dict:
     trainer = Trainer(cfg, model=model, task=task)
     trainer.bar_always = bar_always
     try:
         final = trainer.fit(resume=resume)
-        summary = {"final": final, "history": trainer.history, "out_dir": str(trainer.out_dir),
-                   "metric": trainer.task.primary,
-                   "parameters": count_parameters(trainer.model), "finished": trainer.epoch >= cfg.epochs}
+        summary = {
+            "final": final,
+            "history": trainer.history,
+            "out_dir": str(trainer.out_dir),
+            "metric": trainer.task.primary,
+            "parameters": count_parameters(trainer.model),
+            "finished": trainer.epoch >= cfg.epochs,
+        }
         if report and trainer.dist.is_main and summary["finished"]:
             from .evaluate import report as make_report
 
@@ -651,5 +773,13 @@ def _train(cfg: TrainConfig, resume: bool, model: Optional[nn.Module], task: Opt
         trainer.close()
 
 
-__all__ = ["ModelConfig", "Trainer", "TrainingDivergedError", "evaluate_dataset", "load_run", "lr_at",
-           "make_optimizer", "train"]
+__all__ = [
+    "ModelConfig",
+    "Trainer",
+    "TrainingDivergedError",
+    "evaluate_dataset",
+    "load_run",
+    "lr_at",
+    "make_optimizer",
+    "train",
+]

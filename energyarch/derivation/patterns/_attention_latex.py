@@ -24,4 +24,9 @@ def coupling(Phi: str, C: sp.Expr) -> str:
     from ...primitives import S
 
     G = sp.Symbol(r"\mathbf{G}_h")
-    return r"%s \left[%s\right]_{\mathbf{G}_h = %s^\top %s}" % (Phi, sp.latex(sp.simplify(C).xreplace({S: G})), Phi, Phi)
+    return r"%s \left[%s\right]_{\mathbf{G}_h = %s^\top %s}" % (
+        Phi,
+        sp.latex(sp.simplify(C).xreplace({S: G})),
+        Phi,
+        Phi,
+    )

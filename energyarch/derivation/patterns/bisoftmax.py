@@ -34,8 +34,12 @@ class BiSoftmax(Pattern):
         ab, b = sp.simplify(consts["a"] * consts["b"]), consts["b"]
         coef = "" if ab == 1 else lx(ab) + r"\,"
         gram = r"%s\, %s^\top %s" % (lx(b), Phi, Phi)
-        return update(wrap(r"%s%s\left(\operatorname{softmax}_{\text{col}}(%s) + \operatorname{softmax}_{\text{row}}(%s)\right)"
-                           % (coef, Phi, gram, gram)))
+        return update(
+            wrap(
+                r"%s%s\left(\operatorname{softmax}_{\text{col}}(%s) + \operatorname{softmax}_{\text{row}}(%s)\right)"
+                % (coef, Phi, gram, gram)
+            )
+        )
 
     def grad_lines(self, dv):
         c = dv.constants

@@ -28,16 +28,24 @@ class CausalDistanceKernel(Pattern):
 
     def latex(self, c, consts):
         df = sp.latex(c.pieces["df"].xreplace({X: sp.Symbol("S_t")}))
-        return update(r"2 %s \sum_{s \le t} \rho'(r_{ts})(\mathbf{q}_t - \mathbf{k}_s)" % df,
-                      r"-2 %s\, \rho'(r_{tt})(\mathbf{q}_t - \mathbf{k}_t)" % df, c.term)
+        return update(
+            r"2 %s \sum_{s \le t} \rho'(r_{ts})(\mathbf{q}_t - \mathbf{k}_s)" % df,
+            r"-2 %s\, \rho'(r_{tt})(\mathbf{q}_t - \mathbf{k}_t)" % df,
+            c.term,
+        )
 
     def grad_lines(self, dv):
         rho, drho = dv.pieces["rho"], dv.pieces["drho"]
-        return ["mask = causal_mask(Q.shape[-2], Q.device)          # s ≤ t",
-                "r = causal_sq_distances(Q, K, mask)                 # (B, H, N, N): ‖q_t − k_s‖², 0 if s > t",
-                f"S = torch.where(mask, {code(rho, R, 'r')}, 0).sum(dim=-1)   # S_t",
-                f"df_S = torch.zeros_like(S) + ({code(dv.pieces['df'], X, 'S')})   # f'(S_t)",
-                f"C = df_S.unsqueeze(-1) * torch.where(mask, {code(drho, R, 'r')}, 0)",
-                "r_self = (Q - K).pow(2).sum(dim=-1)",
-                *roles(dv, "2 * (C.sum(dim=-1, keepdim=True) * Q - causal_apply(C, K))",
-                       f"-2 * (df_S * ({code(drho, R, 'r_self')})).unsqueeze(-1) * (Q - K)")]
+        return [
+            "mask = causal_mask(Q.shape[-2], Q.device)          # s ≤ t",
+            "r = causal_sq_distances(Q, K, mask)                 # (B, H, N, N): ‖q_t − k_s‖², 0 if s > t",
+            f"S = torch.where(mask, {code(rho, R, 'r')}, 0).sum(dim=-1)   # S_t",
+            f"df_S = torch.zeros_like(S) + ({code(dv.pieces['df'], X, 'S')})   # f'(S_t)",
+            f"C = df_S.unsqueeze(-1) * torch.where(mask, {code(drho, R, 'r')}, 0)",
+            "r_self = (Q - K).pow(2).sum(dim=-1)",
+            *roles(
+                dv,
+                "2 * (C.sum(dim=-1, keepdim=True) * Q - causal_apply(C, K))",
+                f"-2 * (df_S * ({code(drho, R, 'r_self')})).unsqueeze(-1) * (Q - K)",
+            ),
+        ]

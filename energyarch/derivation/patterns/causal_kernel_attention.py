@@ -25,14 +25,20 @@ class CausalKernelAttention(Pattern):
 
     def latex(self, c, consts):
         dk = sp.simplify(consts["a"] * c.pieces["dkappa"])
-        return update(r"\sum_{s \le t} \left[%s\right]_{s = \Phi(\mathbf{q}_t)^\top\Phi(\mathbf{k}_s)} \Phi(\mathbf{k}_s)"
-                      % sp.latex(dk), r"\left[%s\right]_{s = s_{tt}} \Phi(\mathbf{q}_t)" % sp.latex(dk), c.term)
+        return update(
+            r"\sum_{s \le t} \left[%s\right]_{s = \Phi(\mathbf{q}_t)^\top\Phi(\mathbf{k}_s)} \Phi(\mathbf{k}_s)"
+            % sp.latex(dk),
+            r"\left[%s\right]_{s = s_{tt}} \Phi(\mathbf{q}_t)" % sp.latex(dk),
+            c.term,
+        )
 
     def grad_lines(self, dv):
         dk = sp.simplify(dv.constants["a"] * dv.pieces["dkappa"])
-        return [*qk_phi_lines(dv, with_derivative=True),
-                "mask = causal_mask(Q.shape[-2], Q.device)          # s ≤ t",
-                "G = torch.where(mask, causal_gram(Phi_q, Phi_k), 0)   # (B, H, N, N), 0 if s > t",
-                f"C = torch.where(mask, {code(dk, S, 'G')}, 0)   # a κ'(G), causal",
-                "s_self = (Phi_q * Phi_k).sum(dim=-1, keepdim=True)",
-                *roles(dv, "causal_apply(C, Phi_k)", f"({code(dk, S, 's_self')}) * Phi_q")]
+        return [
+            *qk_phi_lines(dv, with_derivative=True),
+            "mask = causal_mask(Q.shape[-2], Q.device)          # s ≤ t",
+            "G = torch.where(mask, causal_gram(Phi_q, Phi_k), 0)   # (B, H, N, N), 0 if s > t",
+            f"C = torch.where(mask, {code(dk, S, 'G')}, 0)   # a κ'(G), causal",
+            "s_self = (Phi_q * Phi_k).sum(dim=-1, keepdim=True)",
+            *roles(dv, "causal_apply(C, Phi_k)", f"({code(dk, S, 's_self')}) * Phi_q"),
+        ]

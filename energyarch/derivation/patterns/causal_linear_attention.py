@@ -1,6 +1,6 @@
 """Pattern: causal linear attention. f = a x + f₀, κ = c₀ + c₁ s + c₂ s² ⇒ prefix sums, O(N p²), never N×N::
 
-    ∂E_t/∂q_t = a [c₁ Σ_{s≤t} Φ(k_s) + 2c₂ (Σ_{s≤t} Φ(k_s)Φ(k_s)ᵀ) Φ(q_t)],   ∂E_t/∂k_t = a κ'(s_tt) Φ(q_t)
+∂E_t/∂q_t = a [c₁ Σ_{s≤t} Φ(k_s) + 2c₂ (Σ_{s≤t} Φ(k_s)Φ(k_s)ᵀ) Φ(q_t)],   ∂E_t/∂k_t = a κ'(s_tt) Φ(q_t)
 """
 
 from __future__ import annotations
@@ -32,7 +32,10 @@ class CausalLinearAttention(Pattern):
         if c1 != 0:
             parts.append(lx(a * c1) + r"\sum_{s \le t} \Phi(\mathbf{k}_s)")
         if c2 != 0:
-            parts.append(lx(2 * a * c2) + r"\left(\sum_{s \le t} \Phi(\mathbf{k}_s)\Phi(\mathbf{k}_s)^\top\right)\Phi(\mathbf{q}_t)")
+            parts.append(
+                lx(2 * a * c2)
+                + r"\left(\sum_{s \le t} \Phi(\mathbf{k}_s)\Phi(\mathbf{k}_s)^\top\right)\Phi(\mathbf{q}_t)"
+            )
         own = lx(a) + r"\,\kappa'(\Phi(\mathbf{q}_t)^\top\Phi(\mathbf{k}_t))\,\Phi(\mathbf{q}_t)"
         return update(" + ".join(parts) or "0", own, c.term)
 
@@ -44,11 +47,12 @@ class CausalLinearAttention(Pattern):
         if sp.simplify(c2) != 0:
             q_terms.append(scaled(2 * a * c2, "causal_prefix_outer(Phi_q, Phi_k)"))
         dk = sp.simplify(a * (c1 + 2 * c2 * S))
-        return [*qk_phi_lines(dv, with_derivative=True),
-                "# prefix sums over s ≤ t: O(N p²), no N×N matrix",
-                "s_self = (Phi_q * Phi_k).sum(dim=-1, keepdim=True)",
-                *roles(dv, " + ".join(q_terms) or "torch.zeros_like(Phi_q)",
-                       f"({code(dk, S, 's_self')}) * Phi_q")]
+        return [
+            *qk_phi_lines(dv, with_derivative=True),
+            "# prefix sums over s ≤ t: O(N p²), no N×N matrix",
+            "s_self = (Phi_q * Phi_k).sum(dim=-1, keepdim=True)",
+            *roles(dv, " + ".join(q_terms) or "torch.zeros_like(Phi_q)", f"({code(dk, S, 's_self')}) * Phi_q"),
+        ]
 
     def energy_lines(self, dv):
         c0, c1, c2 = dv.constants["c0"], dv.constants["c1"], dv.constants["c2"]
@@ -57,6 +61,8 @@ class CausalLinearAttention(Pattern):
             S_terms.append(scaled(c1, "(Phi_q * torch.cumsum(Phi_k, dim=-2)).sum(dim=-1)"))
         if sp.simplify(c2) != 0:
             S_terms.append(scaled(c2, "(Phi_q * causal_prefix_outer(Phi_q, Phi_k)).sum(dim=-1)"))
-        return [*qk_phi_lines(dv, with_derivative=False),
-                f"S = {' + '.join(S_terms)}   # (B, H, N): Σ_(s≤t) κ(s_ts) by prefix sums",
-                f"return {code(dv.pieces['f'], X, 'S')} + torch.zeros_like(S)"]
+        return [
+            *qk_phi_lines(dv, with_derivative=False),
+            f"S = {' + '.join(S_terms)}   # (B, H, N): Σ_(s≤t) κ(s_ts) by prefix sums",
+            f"return {code(dv.pieces['f'], X, 'S')} + torch.zeros_like(S)",
+        ]

@@ -35,28 +35,36 @@ class DistanceKernel(Pattern):
     def latex(self, c, consts):
         rr = sp.Symbol(r"\mathbf{R}_h")
         C = sp.latex(self.operator(c).xreplace({R: rr}))
-        return update(r"2 \mathbf{Z}_h \left(\mathbf{C} - \operatorname{diag}(\mathbf{C}\mathbf{1})\right),\quad "
-                      r"\mathbf{C} = %s" % C)
+        return update(
+            r"2 \mathbf{Z}_h \left(\mathbf{C} - \operatorname{diag}(\mathbf{C}\mathbf{1})\right),\quad "
+            r"\mathbf{C} = %s" % C
+        )
 
     def grad_lines(self, dv):
         drho = code(dv.pieces["drho"], R, "r")
         rho = code(dv.pieces["rho"], R, "r")
-        if X not in dv.pieces["df"].free_symbols:   # f linear: f'(S) is the constant a
+        if X not in dv.pieces["df"].free_symbols:  # f linear: f'(S) is the constant a
             C = scaled(2 * dv.pieces["df"], "(" + drho + ")")
             tiled = [f"CZ, C1 = distance_couple(lambda r: {C}, Z)   # C Z and C 1, C = 2a ρ'(r), tile by tile"]
             coupling = [f"C = {C}   # 2a ρ'(r)"]
         else:
             df_S = f"df_S = {code(dv.pieces['df'], X, 'S')}"
-            tiled = [f"S = pair_row_sum(kernel_on_distance(lambda r: {rho}), Z)   # (B, H, N): Σ_j K",
-                     df_S,
-                     f"CZ, C1 = distance_couple(lambda r, df_k, df_j: (df_k + df_j) * ({drho}), Z, df_S)"]
-            coupling = [f"S = ({rho}).sum(dim=-1)   # (B, H, N): Σ_j K",
-                        df_S,
-                        f"C = (df_S.unsqueeze(-1) + df_S.unsqueeze(-2)) * ({drho})   # [f'(S_k) + f'(S_j)] ρ'(r)"]
-        return ["if Z.shape[-2] > self.sdpa_threshold:             # long sequences: tiles of pairs, never N×N",
-                *("    " + ln for ln in tiled),
-                "else:",
-                "    r = sq_distances(Z)                             # (B, H, N, N): ‖z_k − z_j‖²",
-                *("    " + ln for ln in coupling),
-                "    CZ, C1 = C @ Z, C.sum(dim=-1, keepdim=True)",
-                "return 2 * (C1 * Z - CZ)                            # 2 (diag(C1) Z − C Z)"]
+            tiled = [
+                f"S = pair_row_sum(kernel_on_distance(lambda r: {rho}), Z)   # (B, H, N): Σ_j K",
+                df_S,
+                f"CZ, C1 = distance_couple(lambda r, df_k, df_j: (df_k + df_j) * ({drho}), Z, df_S)",
+            ]
+            coupling = [
+                f"S = ({rho}).sum(dim=-1)   # (B, H, N): Σ_j K",
+                df_S,
+                f"C = (df_S.unsqueeze(-1) + df_S.unsqueeze(-2)) * ({drho})   # [f'(S_k) + f'(S_j)] ρ'(r)",
+            ]
+        return [
+            "if Z.shape[-2] > self.sdpa_threshold:             # long sequences: tiles of pairs, never N×N",
+            *("    " + ln for ln in tiled),
+            "else:",
+            "    r = sq_distances(Z)                             # (B, H, N, N): ‖z_k − z_j‖²",
+            *("    " + ln for ln in coupling),
+            "    CZ, C1 = C @ Z, C.sum(dim=-1, keepdim=True)",
+            "return 2 * (C1 * Z - CZ)                            # 2 (diag(C1) Z − C Z)",
+        ]

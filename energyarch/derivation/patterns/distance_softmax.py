@@ -25,8 +25,10 @@ class DistanceSoftmax(Pattern):
     family = "attention"
     kinds = ("distance",)
     order = 10
-    reason = ("f = a·log and ρ = c·exp(b r): ∇_Z E = 2ab[(1 + Pᵀ1) ⊙ Z − (P + Pᵀ) Z], P = softmax(b r) "
-              "(bi-softmax at β = −2b plus a radial term; SDPA when long)")
+    reason = (
+        "f = a·log and ρ = c·exp(b r): ∇_Z E = 2ab[(1 + Pᵀ1) ⊙ Z − (P + Pᵀ) Z], P = softmax(b r) "
+        "(bi-softmax at β = −2b plus a radial term; SDPA when long)"
+    )
 
     def match(self, c: Candidate):
         return log_and_exp(c.pieces["df"], c.pieces["rho"], c.pieces["drho"], R)
@@ -37,9 +39,11 @@ class DistanceSoftmax(Pattern):
     def latex(self, c, consts):
         Z = r"\mathbf{Z}_h"
         coef = sp.simplify(-2 * consts["a"] * consts["b"])
-        return update(r"%s\left[\left(\mathbf{P} + \mathbf{P}^\top\right) %s - %s \operatorname{diag}\left(\mathbf{1} + "
-                      r"\mathbf{P}^\top \mathbf{1}\right)\right],\quad \mathbf{P} = \operatorname{softmax}_{\text{row}}(%s\, "
-                      r"\mathbf{R}_h)" % ("" if coef == 1 else lx(coef) + r"\,", Z, Z, lx(consts["b"])))
+        return update(
+            r"%s\left[\left(\mathbf{P} + \mathbf{P}^\top\right) %s - %s \operatorname{diag}\left(\mathbf{1} + "
+            r"\mathbf{P}^\top \mathbf{1}\right)\right],\quad \mathbf{P} = \operatorname{softmax}_{\text{row}}(%s\, "
+            r"\mathbf{R}_h)" % ("" if coef == 1 else lx(coef) + r"\,", Z, Z, lx(consts["b"]))
+        )
 
     def grad_lines(self, dv):
         a, b = dv.constants["a"], dv.constants["b"]

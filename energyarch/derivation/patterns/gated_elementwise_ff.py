@@ -25,8 +25,10 @@ class GatedElementwiseFF(Pattern):
 
     def latex(self, c, consts):
         dh = sp.latex(c.pieces["dh"].xreplace({X: sp.Symbol(r"\mathbf{U}")}))
-        return (r"-\nabla_{\mathbf{X}} E = \mathbf{D}\left(%s \odot \mathbf{V}\right),\quad \mathbf{U} = "
-                r"\mathbf{D}^\top \mathbf{X},\ \mathbf{V} = \mathbf{W}_v^\top \bar{\mathbf{X}}\ \text{(held fixed)}" % dh)
+        return (
+            r"-\nabla_{\mathbf{X}} E = \mathbf{D}\left(%s \odot \mathbf{V}\right),\quad \mathbf{U} = "
+            r"\mathbf{D}^\top \mathbf{X},\ \mathbf{V} = \mathbf{W}_v^\top \bar{\mathbf{X}}\ \text{(held fixed)}" % dh
+        )
 
     def grad_lines(self, dv):
         return [f"return -({code(dv.pieces['dh'], X, 'U')}) * V      # ∇_U E = −h'(U) ⊙ V"]

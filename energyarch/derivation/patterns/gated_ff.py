@@ -27,9 +27,13 @@ class GatedFF(Pattern):
     def latex(self, c, consts):
         a = consts["a"]
         hsum = r"\mathbf{1}\mathbf{1}^\top %s" % of_U(c.pieces["h"])
-        return update(with_U(("" if a == 1 else lx(a) + r"\,") + r"\left(%s\right) \odot %s" % (hsum, of_U(c.pieces["dh"]))))
+        return update(
+            with_U(("" if a == 1 else lx(a) + r"\,") + r"\left(%s\right) \odot %s" % (hsum, of_U(c.pieces["dh"])))
+        )
 
     def grad_lines(self, dv):
         dh = code(dv.pieces["dh"], X, "U")
-        return [f"Sigma = ({code(dv.pieces['h'], X, 'U')}).sum(dim=-1, keepdim=True)   # Σ_m h(u_m)",
-                f"return {scaled(-dv.constants['a'], 'Sigma * (' + dh + ')')}"]
+        return [
+            f"Sigma = ({code(dv.pieces['h'], X, 'U')}).sum(dim=-1, keepdim=True)   # Σ_m h(u_m)",
+            f"return {scaled(-dv.constants['a'], 'Sigma * (' + dh + ')')}",
+        ]

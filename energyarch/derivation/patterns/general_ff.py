@@ -26,10 +26,13 @@ class GeneralFF(Pattern):
 
     def latex(self, c, consts):
         sigma = sp.Symbol(r"\mathbf{1}^\top " + of_U(c.pieces["h"]))
-        return update(with_U(r"\left[%s\right] \odot %s" % (sp.latex(c.pieces["dg"].xreplace({X: sigma})),
-                                                            of_U(c.pieces["dh"]))))
+        return update(
+            with_U(r"\left[%s\right] \odot %s" % (sp.latex(c.pieces["dg"].xreplace({X: sigma})), of_U(c.pieces["dh"])))
+        )
 
     def grad_lines(self, dv):
         dh = code(dv.pieces["dh"], X, "U")
-        return [f"Sigma = ({code(dv.pieces['h'], X, 'U')}).sum(dim=-1, keepdim=True)   # Σ_m h(u_m)",
-                f"return -({code(dv.pieces['dg'], X, 'Sigma')}) * ({dh})"]
+        return [
+            f"Sigma = ({code(dv.pieces['h'], X, 'U')}).sum(dim=-1, keepdim=True)   # Σ_m h(u_m)",
+            f"return -({code(dv.pieces['dg'], X, 'Sigma')}) * ({dh})",
+        ]

@@ -33,15 +33,17 @@ class InnerProductKernel(Pattern):
         out = "return dPhi * C_Phi" if dv.term.K.phi is not None else "return C_Phi"
         kappa, dkappa = code(dv.pieces["kappa"], S, "G"), code(dv.pieces["dkappa"], S, "G")
         df_S = f"df_S = {code(dv.pieces['df'], X, 'S')}"
-        return [*phi_lines(dv, with_derivative=True),
-                "if Z.shape[-2] > self.sdpa_threshold:             # long sequences: tiles of pairs, never N×N",
-                f"    S = pair_row_sum(kernel_on_gram(lambda G: {kappa}), Phi)   # (B, H, N) Σ_j K",
-                f"    {df_S}",
-                f"    C_Phi = gram_couple(lambda G, df_k, df_j: (df_k + df_j) * ({dkappa}), Phi, df_S)",
-                "else:",
-                "    G = Phi @ Phi.transpose(-1, -2)                 # (B, H, N, N) Gram matrix",
-                f"    S = ({kappa}).sum(dim=-1)   # (B, H, N) Σ_j K",
-                f"    {df_S}",
-                f"    C = (df_S.unsqueeze(-1) + df_S.unsqueeze(-2)) * ({dkappa})",
-                "    C_Phi = C @ Phi",
-                out]
+        return [
+            *phi_lines(dv, with_derivative=True),
+            "if Z.shape[-2] > self.sdpa_threshold:             # long sequences: tiles of pairs, never N×N",
+            f"    S = pair_row_sum(kernel_on_gram(lambda G: {kappa}), Phi)   # (B, H, N) Σ_j K",
+            f"    {df_S}",
+            f"    C_Phi = gram_couple(lambda G, df_k, df_j: (df_k + df_j) * ({dkappa}), Phi, df_S)",
+            "else:",
+            "    G = Phi @ Phi.transpose(-1, -2)                 # (B, H, N, N) Gram matrix",
+            f"    S = ({kappa}).sum(dim=-1)   # (B, H, N) Σ_j K",
+            f"    {df_S}",
+            f"    C = (df_S.unsqueeze(-1) + df_S.unsqueeze(-2)) * ({dkappa})",
+            "    C_Phi = C @ Phi",
+            out,
+        ]

@@ -37,11 +37,13 @@ class KernelAttention(Pattern):
     def grad_lines(self, dv):
         C = code(sp.simplify(2 * dv.constants["a"] * dv.pieces["dkappa"]), S, "G")
         out = "return dPhi * C_Phi" if dv.term.K.phi is not None else "return C_Phi"
-        return [*phi_lines(dv, with_derivative=True),
-                "if Z.shape[-2] > self.sdpa_threshold:             # long sequences: tiles of pairs, never N×N",
-                f"    C_Phi = gram_couple(lambda G: {C}, Phi)   # C Φ, C = 2a κ'(G) one tile at a time",
-                "else:",
-                "    G = Phi @ Phi.transpose(-1, -2)                 # (B, H, N, N) Gram matrix",
-                f"    C = {C}   # coupling 2a κ'(G)",
-                "    C_Phi = C @ Phi",
-                out]
+        return [
+            *phi_lines(dv, with_derivative=True),
+            "if Z.shape[-2] > self.sdpa_threshold:             # long sequences: tiles of pairs, never N×N",
+            f"    C_Phi = gram_couple(lambda G: {C}, Phi)   # C Φ, C = 2a κ'(G) one tile at a time",
+            "else:",
+            "    G = Phi @ Phi.transpose(-1, -2)                 # (B, H, N, N) Gram matrix",
+            f"    C = {C}   # coupling 2a κ'(G)",
+            "    C_Phi = C @ Phi",
+            out,
+        ]

@@ -25,8 +25,10 @@ class QKBiSoftmax(Pattern):
     family = "qk attention"
     kinds = ("inner",)
     order = 10
-    reason = ("f = a·log and κ = c·exp(b s): ∂E/∂Q = a b P K, ∂E/∂K = a b Pᵀ Q, P = softmax(b Q Kᵀ) "
-              "(SDPA passes with a per-key bias when long)")
+    reason = (
+        "f = a·log and κ = c·exp(b s): ∂E/∂Q = a b P K, ∂E/∂K = a b Pᵀ Q, P = softmax(b Q Kᵀ) "
+        "(SDPA passes with a per-key bias when long)"
+    )
 
     def match(self, c: Candidate):
         return log_and_exp(c.pieces["df"], c.pieces["kappa"], c.pieces["dkappa"])
@@ -34,26 +36,33 @@ class QKBiSoftmax(Pattern):
     def latex(self, c, consts):
         ab = sp.simplify(consts["a"] * consts["b"])
         coef = "" if ab == 1 else lx(ab) + r"\,"
-        return update(coef + r"\Phi(\mathbf{K}_h)\, \mathbf{P}_h^\top", coef + r"\Phi(\mathbf{Q}_h)\, \mathbf{P}_h",
-                      c.term) + (r",\quad \mathbf{P}_h = \operatorname{softmax}_{\text{row}}\left(%s\, "
-                                 r"\Phi(\mathbf{Q}_h)^\top \Phi(\mathbf{K}_h)\right)" % lx(consts["b"]))
+        return update(
+            coef + r"\Phi(\mathbf{K}_h)\, \mathbf{P}_h^\top", coef + r"\Phi(\mathbf{Q}_h)\, \mathbf{P}_h", c.term
+        ) + (
+            r",\quad \mathbf{P}_h = \operatorname{softmax}_{\text{row}}\left(%s\, "
+            r"\Phi(\mathbf{Q}_h)^\top \Phi(\mathbf{K}_h)\right)" % lx(consts["b"])
+        )
 
     def grad_lines(self, dv):
         a, b = dv.constants["a"], dv.constants["b"]
-        return [*qk_phi_lines(dv, with_derivative=True),
-                "if Q.shape[-2] > self.sdpa_threshold:             # long sequences: never form N×N",
-                f"    PK, PtQ, L = qk_bisoftmax_sdpa(Phi_q, Phi_k, {code(b)})",
-                "else:",
-                f"    P = torch.softmax({scaled(b, 'Phi_q @ Phi_k.transpose(-1, -2)')}, dim=-1)   # (B, H, N, N)",
-                "    PK = P @ Phi_k                                  # P Φ(K)",
-                "    PtQ = P.transpose(-1, -2) @ Phi_q               # Pᵀ Φ(Q)",
-                *roles(dv, scaled(a * b, "PK"), scaled(a * b, "PtQ"))]
+        return [
+            *qk_phi_lines(dv, with_derivative=True),
+            "if Q.shape[-2] > self.sdpa_threshold:             # long sequences: never form N×N",
+            f"    PK, PtQ, L = qk_bisoftmax_sdpa(Phi_q, Phi_k, {code(b)})",
+            "else:",
+            f"    P = torch.softmax({scaled(b, 'Phi_q @ Phi_k.transpose(-1, -2)')}, dim=-1)   # (B, H, N, N)",
+            "    PK = P @ Phi_k                                  # P Φ(K)",
+            "    PtQ = P.transpose(-1, -2) @ Phi_q               # Pᵀ Φ(Q)",
+            *roles(dv, scaled(a * b, "PK"), scaled(a * b, "PtQ")),
+        ]
 
     def energy_lines(self, dv):
         a, b, c = dv.constants["a"], dv.constants["b"], dv.constants["c"]
-        return [*qk_phi_lines(dv, with_derivative=False),
-                "if Q.shape[-2] > self.sdpa_threshold:",
-                f"    L = qk_softmax_sdpa(Phi_q, Phi_k, {code(b)})[1].squeeze(-1)   # row log-sum-exp, O(N p)",
-                "else:",
-                f"    L = torch.logsumexp({scaled(b, 'Phi_q @ Phi_k.transpose(-1, -2)')}, dim=-1)",
-                f"return {scaled(a, '(L' + log_shift(c) + ')')}   # (B, H, N): a log S_i"]
+        return [
+            *qk_phi_lines(dv, with_derivative=False),
+            "if Q.shape[-2] > self.sdpa_threshold:",
+            f"    L = qk_softmax_sdpa(Phi_q, Phi_k, {code(b)})[1].squeeze(-1)   # row log-sum-exp, O(N p)",
+            "else:",
+            f"    L = torch.logsumexp({scaled(b, 'Phi_q @ Phi_k.transpose(-1, -2)')}, dim=-1)",
+            f"return {scaled(a, '(L' + log_shift(c) + ')')}   # (B, H, N): a log S_i",
+        ]

@@ -1,6 +1,6 @@
 """Pattern: separate queries and keys, any f with an inner-product kernel ⇒ C_ij = f'(S_i) κ'(s_ij)::
 
-    ∂E/∂Q = Φ'(Q) ⊙ (C Φ(K)),   ∂E/∂K = Φ'(K) ⊙ (Cᵀ Φ(Q))        (N×N)
+∂E/∂Q = Φ'(Q) ⊙ (C Φ(K)),   ∂E/∂K = Φ'(K) ⊙ (Cᵀ Φ(Q))        (N×N)
 """
 
 from __future__ import annotations
@@ -26,15 +26,19 @@ class QKInnerProductKernel(Pattern):
         return {}
 
     def latex(self, c, consts):
-        C = sp.latex(c.pieces["df"].xreplace({X: sp.Symbol("S_i")}) * c.pieces["dkappa"].xreplace(
-            {S: sp.Symbol("s_ij")}))
+        C = sp.latex(
+            c.pieces["df"].xreplace({X: sp.Symbol("S_i")}) * c.pieces["dkappa"].xreplace({S: sp.Symbol("s_ij")})
+        )
         return update(r"\Phi(\mathbf{K}_h)\, \mathbf{C}_h^\top", r"\Phi(\mathbf{Q}_h)\, \mathbf{C}_h", c.term) + (
-            r",\quad (\mathbf{C}_h)_{ij} = %s" % C)
+            r",\quad (\mathbf{C}_h)_{ij} = %s" % C
+        )
 
     def grad_lines(self, dv):
-        return [*qk_phi_lines(dv, with_derivative=True),
-                "G = Phi_q @ Phi_k.transpose(-1, -2)                 # (B, H, N, N): s_ij = Φ(q_i)·Φ(k_j)",
-                f"S = ({code(dv.pieces['kappa'], S, 'G')}).sum(dim=-1)   # (B, H, N): S_i",
-                f"df_S = torch.zeros_like(S) + ({code(dv.pieces['df'], X, 'S')})   # f'(S_i)",
-                f"C = df_S.unsqueeze(-1) * ({code(dv.pieces['dkappa'], S, 'G')})   # C_ij = f'(S_i) κ'(s_ij)",
-                *roles(dv, "C @ Phi_k", "C.transpose(-1, -2) @ Phi_q")]
+        return [
+            *qk_phi_lines(dv, with_derivative=True),
+            "G = Phi_q @ Phi_k.transpose(-1, -2)                 # (B, H, N, N): s_ij = Φ(q_i)·Φ(k_j)",
+            f"S = ({code(dv.pieces['kappa'], S, 'G')}).sum(dim=-1)   # (B, H, N): S_i",
+            f"df_S = torch.zeros_like(S) + ({code(dv.pieces['df'], X, 'S')})   # f'(S_i)",
+            f"C = df_S.unsqueeze(-1) * ({code(dv.pieces['dkappa'], S, 'G')})   # C_ij = f'(S_i) κ'(s_ij)",
+            *roles(dv, "C @ Phi_k", "C.transpose(-1, -2) @ Phi_q"),
+        ]

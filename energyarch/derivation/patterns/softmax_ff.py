@@ -39,5 +39,7 @@ class SoftmaxFF(Pattern):
     def energy_lines(self, dv):
         a, b = dv.constants["a"], dv.constants["b"]
         c = sp.simplify(dv.pieces["h"] / sp.exp(b * X))
-        return [f"log_Sigma = torch.logsumexp({scaled(b, 'U')}, dim=-1){log_shift(c)}   # log Σ_m h(u_m), stable",
-                f"return -({scaled(a, 'log_Sigma')}).sum(dim=(-1, -2))"]
+        return [
+            f"log_Sigma = torch.logsumexp({scaled(b, 'U')}, dim=-1){log_shift(c)}   # log Σ_m h(u_m), stable",
+            f"return -({scaled(a, 'log_Sigma')}).sum(dim=(-1, -2))",
+        ]
