@@ -38,7 +38,7 @@ from .attention import (
     full,
     opaque_reason,
 )
-from .checks import TermCheck, finite, module_env
+from .checks import TermCheck, module_env
 from .codegen import code, phi_lines
 from .core import Derivation, Dims, declared_scalar, register_family
 
@@ -174,18 +174,17 @@ class CausalFamily(QueryKeyFamily[CausalAttention]):
                 ((e_after <= e_tokens + tol) & (slope <= tol / t_step) & (~resolvable | (e_after < e_tokens))).all()
             )
         # energy_after reports the summed per-token energies after each token's own small step
-        return TermCheck(
-            name=term.name,
-            pattern=dv.pattern,
-            path=dv.path,
-            grad_max_abs_diff=float((G - G_ref).abs().max()),
-            update_max_abs_diff=float(X1_ref.max()),
-            energy_before=float(e_tokens.sum()),
-            energy_after=float(e_after.sum()),
+        return TermCheck.measured(
+            term,
+            dv,
+            G=G,
+            G_ref=G_ref,
+            X1=X1,
+            X1_diff=X1_ref,
+            e0=e_tokens,
+            e1=e_after,
             step=t_step,
-            grad_scale=float(G_ref.abs().max()),
-            update_scale=float((X1 - X).abs().max()),
-            finite=finite(G, G_ref, X1, e_tokens, e_after),
+            update_scale=X1 - X,
             per_token_descent=descends,
         )
 

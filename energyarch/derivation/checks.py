@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import torch
 from torch import Tensor
@@ -43,6 +43,40 @@ class TermCheck:
     per_token_descent: Optional[bool] = None  # causal terms: every token's own E_t fell under its own step
     stationary: bool = False  # the direction is exactly zero (e.g. a saturated f): nothing can descend
     not_smooth: Optional[str] = None  # why the kernel's derivative is unbounded on the constraint set (or None)
+
+    @classmethod
+    def measured(
+        cls,
+        term: Term,
+        dv: Derivation,
+        *,
+        G: Tensor,
+        G_ref: Tensor,
+        X1: Tensor,
+        X1_diff: Tensor,
+        e0: Tensor,
+        e1: Tensor,
+        step: float,
+        update_scale: Tensor,
+        **extra: Any,
+    ) -> "TermCheck":
+        """The check of ``term`` from what was measured: its gradient ``G`` and the reference ``G_ref``, the update
+        ``X1`` and its distance to the references ``X1_diff``, the energies before and after a step of ``step``, the
+        size of the reference update; ``extra`` sets ``stationary`` or ``per_token_descent``."""
+        return cls(
+            name=term.name,
+            pattern=dv.pattern,
+            path=dv.path,
+            grad_max_abs_diff=float((G - G_ref).abs().max()),
+            update_max_abs_diff=float(X1_diff.max()),
+            energy_before=float(e0.sum()),
+            energy_after=float(e1.sum()),
+            step=step,
+            grad_scale=float(G_ref.abs().max()),
+            update_scale=float(update_scale.abs().max()),
+            finite=finite(G, G_ref, X1, X1_diff, e0, e1),
+            **extra,
+        )
 
     @property
     def grad_rel_diff(self) -> float:
@@ -106,17 +140,16 @@ def gradient_check(
         t = step_size / max(1.0, float(direction.abs().max()))  # at most step_size in any coordinate of X
         e0 = module.energy(X)
         e1 = module.energy(X + t * direction)
-    return TermCheck(
-        name=term.name,
-        pattern=dv.pattern,
-        path=dv.path,
-        grad_max_abs_diff=float((G - G_ref).abs().max()),
-        update_max_abs_diff=float(X1_ref.max()),
-        energy_before=float(e0.sum()),
-        energy_after=float(e1.sum()),
+    return TermCheck.measured(
+        term,
+        dv,
+        G=G,
+        G_ref=G_ref,
+        X1=X1,
+        X1_diff=X1_ref,
+        e0=e0,
+        e1=e1,
         step=t,
-        grad_scale=float(G_ref.abs().max()),
-        update_scale=float((0.1 * dir_ref).abs().max()),
-        finite=finite(G, G_ref, X1, X1_ref, e0, e1),
+        update_scale=0.1 * dir_ref,
         stationary=stationary(direction, t, float(G_ref.abs().max()), e0, e1),
     )

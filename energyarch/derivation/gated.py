@@ -14,7 +14,7 @@ from torch import Tensor
 from ..energy import GatedFeedForward, params_of
 from ..primitives import X
 from . import core
-from .checks import TermCheck, finite, module_env, stationary
+from .checks import TermCheck, module_env, stationary
 from .codegen import code
 from .core import (
     Candidate,
@@ -97,17 +97,16 @@ class GatedFamily(Family[GatedFeedForward]):
             t = step_size / max(1.0, float(direction.abs().max()))
             U1 = module.normalize(module.coords(X + t * direction))
             e0, e1 = module.energy_Z(U, V), module.energy_Z(U1, V)  # the gate held at its value
-        return TermCheck(
-            name=term.name,
-            pattern=dv.pattern,
-            path=dv.path,
-            grad_max_abs_diff=float((G - G_ref).abs().max()),
-            update_max_abs_diff=float(X1_ref.max()),
-            energy_before=float(e0.sum()),
-            energy_after=float(e1.sum()),
+        return TermCheck.measured(
+            term,
+            dv,
+            G=G,
+            G_ref=G_ref,
+            X1=X1,
+            X1_diff=X1_ref,
+            e0=e0,
+            e1=e1,
             step=t,
-            grad_scale=float(G_ref.abs().max()),
-            update_scale=float((X1 - X).abs().max()),
-            finite=finite(G, G_ref, X1, e0, e1),
+            update_scale=X1 - X,
             stationary=stationary(direction, t, float(G_ref.abs().max()), e0, e1),
         )

@@ -33,7 +33,7 @@ from ..primitives import R, S, X
 from . import core
 from .attention import QueryKeyFamily, attention_text, candidate, check_opaque, declared_pieces, full, opaque_reason
 from .causal import causal_dims, qk_phi_lines
-from .checks import TermCheck, finite, module_env, stationary
+from .checks import TermCheck, module_env, stationary
 from .codegen import code
 from .core import Derivation, declared_scalar, register_family
 
@@ -122,18 +122,17 @@ class QKAttentionFamily(QueryKeyFamily[Attention]):
             X1_ref = torch.maximum((X1 - reference(X, 0.1)).abs(), (X1 - (X + 0.1 * dir_ref)).abs())
             t = step_size / max(1.0, float(direction.abs().max()))
             e0, e1 = module.energy(X), module.energy(X + t * direction)
-        return TermCheck(
-            name=term.name,
-            pattern=dv.pattern,
-            path=dv.path,
-            grad_max_abs_diff=float((G - G_ref).abs().max()),
-            update_max_abs_diff=float(X1_ref.max()),
-            energy_before=float(e0.sum()),
-            energy_after=float(e1.sum()),
+        return TermCheck.measured(
+            term,
+            dv,
+            G=G,
+            G_ref=G_ref,
+            X1=X1,
+            X1_diff=X1_ref,
+            e0=e0,
+            e1=e1,
             step=t,
-            grad_scale=float(G_ref.abs().max()),
-            update_scale=float((0.1 * dir_ref).abs().max()),
-            finite=finite(G, G_ref, X1, X1_ref, e0, e1),
+            update_scale=0.1 * dir_ref,
             stationary=stationary(direction, t, float(G_ref.abs().max()), e0, e1),
         )
 
