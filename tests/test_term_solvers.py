@@ -18,6 +18,7 @@ from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 import energyarch as ea  # noqa: E402
+from conftest import TINY_TOML  # noqa: E402
 import energyarch.train  # noqa: E402
 from energyarch.errors import CompileError, ConfigError  # noqa: E402
 from energyarch.models import HyperSET, ModelConfig  # noqa: E402
@@ -190,22 +191,9 @@ def test_verify_solver_runs_the_steps_own_solvers():
 
 # ------------------------------------------------------------------------------------------------ the model config
 
-TERMS_TOML = """
-task = "digits"
-epochs = 1
-batch_size = 16
-limit_train = 32
-limit_test = 16
-diagnostics_samples = 4
-eval_iters = [1, 2]
-progress = false
-
-[model]
-d = 16
-heads = 2
-iters = 2
-time_freq = 8
-solver = "momentum"
+TERMS_TOML = (
+    TINY_TOML
+    + """solver = "momentum"
 solver_params = { momentum = 0.5, max_step = 2.0 }
 
 [[model.terms]]
@@ -221,6 +209,7 @@ h = "relu(x)**2/2"
 solver = "adam"
 solver_params = { beta1 = 0.8 }
 """
+)
 
 
 def test_terms_tables_give_each_term_its_solver_over_the_models():
