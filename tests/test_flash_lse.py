@@ -145,7 +145,7 @@ def test_sphere_norm_matches_rms_norm_with_first_and_second_derivatives():
     derivative (gradgradcheck), torch.func.grad and vmap; low-precision dtypes use F.rms_norm itself."""
     import torch.nn.functional as F
 
-    from energyarch.runtime import sphere_norm
+    from energyarch.sphere import sphere_norm
 
     g = torch.Generator().manual_seed(2)
     z = torch.randn(3, 2, 5, 7, dtype=torch.float64, generator=g).requires_grad_(True)

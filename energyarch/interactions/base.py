@@ -8,14 +8,13 @@ interaction's ``pullback`` maps them to token space — which fixes the value an
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Optional, Protocol
 
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import DeclarationError
+from ..sphere import sphere_norm
 
 INTERACTIONS: dict[str, type["Interaction"]] = {}
 
@@ -76,9 +75,8 @@ def heads_in(X: Tensor, W: Tensor, heads: int) -> Tensor:
 
 
 def sphere(Z_raw: Tensor, radius: float, eps: float) -> Tensor:
-    """RMSNorm without gain, scaled to the sphere of radius R (Eq. 8)."""
-    p = Z_raw.shape[-1]
-    return F.rms_norm(Z_raw, (p,), eps=eps) * (radius / math.sqrt(p))
+    """RMSNorm without gain, scaled to the sphere of radius R (Eq. 8): :func:`energyarch.sphere.sphere_norm`."""
+    return sphere_norm(Z_raw, radius, eps)
 
 
 def check_rank(rank, where: str) -> int:
