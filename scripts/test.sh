@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The project's test command (README): unit tests, the package's doctests, notebooks, strict docs build, then
-# checks of the built site (every internal link and image resolves; every page loads in headless Chromium without a console error and
-# with its mathematics typeset, when Chromium is installed; otherwise that check is skipped with a message).
+# checks of the built site (every internal link and image resolves; every page loads in headless Chromium
+# without a console error and with its mathematics typeset, when Chromium is installed; otherwise that check is skipped with a message).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 python -m pytest -q -p no:cacheprovider tests
