@@ -484,9 +484,6 @@ def make_loaders(
         drop_last=drop_last,
     )
     test = DataLoader(
-        TensorDataset(vx, data.test_y),
-        batch_size=test_batch_size or batch_size,
-        shuffle=False,
-        num_workers=num_workers,
+        TensorDataset(vx, data.test_y), batch_size=test_batch_size or batch_size, shuffle=False, num_workers=num_workers
     )
     return train, test

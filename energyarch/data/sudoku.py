@@ -267,10 +267,7 @@ def _as_random(rng: random.Random | np.random.Generator | int | None) -> random.
 
 
 def generate_puzzle(
-    rng: random.Random | np.random.Generator | int | None,
-    min_givens: int,
-    max_givens: int,
-    minimal: bool = True,
+    rng: random.Random | np.random.Generator | int | None, min_givens: int, max_givens: int, minimal: bool = True
 ) -> tuple[np.ndarray, np.ndarray]:
     """Generate one puzzle with a unique solution; returns ``(quiz, solution)`` as uint8 arrays of shape (81,).
 
