@@ -291,44 +291,11 @@ def test_cli_train_eval_generate_round_trip(tmp_path, capsys):
     sweep = json.loads((out / "eval.json").read_text())["sweep"]
     assert [row["iters"] for row in sweep] == [1, 2] and all(0 < row["bpb"] < 9 for row in sweep)
     capsys.readouterr()
-    assert (
-        main(
-            [
-                "generate",
-                "--checkpoint",
-                str(out),
-                "--prompt",
-                "def f(",
-                "--max-bytes",
-                "20",
-                "--top-k",
-                "5",
-                "--seed",
-                "1",
-            ]
-        )
-        == 0
-    )
+    generate = ["generate", "--checkpoint", str(out), "--prompt", "def f(", "--max-bytes", "20", "--top-k", "5"]
+    assert main([*generate, "--seed", "1"]) == 0
     first = capsys.readouterr().out
     assert first.startswith("def f(")
-    assert (
-        main(
-            [
-                "generate",
-                "--checkpoint",
-                str(out),
-                "--prompt",
-                "def f(",
-                "--max-bytes",
-                "20",
-                "--top-k",
-                "5",
-                "--seed",
-                "1",
-            ]
-        )
-        == 0
-    )
+    assert main([*generate, "--seed", "1"]) == 0
     assert capsys.readouterr().out == first
 
     other = tmp_path / "not-text"  # the same run relabelled as an image task
