@@ -181,6 +181,7 @@ def docstrings(dv: Derivation) -> dict[str, str]:
         "class": f"{dv.pattern} update for term {t.name!r} (why this pattern: REASON).\n\n{sig['rule']}.",
         "grad_Z": f"{sig['grad_doc']}.\n\n{sig['args']}: the constrained coordinates {sig['shape']}.",
         "energy_Z": sig["energy_doc"],
+        "descent_Z": "−∇_Z E, the grad_Z expression without its leading minus (the step then needs no negation).",
     }
 
 
@@ -200,7 +201,8 @@ def check_source(source: str, family: Optional[Family] = None) -> None:
     of names that
     its family's registry entry lists from the modules it lists (:func:`~energyarch.derivation.core.runtime_imports`),
     assignments of string constants, and one class derived from the family's runtime base class whose body
-    holds a docstring, constant class attributes and the methods ``grad_Z`` and ``energy_Z``; inside the methods a
+    holds a docstring, constant class attributes and the methods ``grad_Z`` and ``energy_Z`` (and optionally
+    ``descent_Z``); inside the methods a
     docstring, then only assignments, ``if``, ``return`` and expressions over the arguments, locals, imported names
     and the template's (``math``, ``torch``, ``self``, ``abs``, ``float``). Anything else (another import, a ``for``,
     a dunder attribute, an unknown global, a second expression statement) is a
@@ -291,7 +293,7 @@ def check_source(source: str, family: Optional[Family] = None) -> None:
             continue
         if (
             isinstance(node, ast.FunctionDef)
-            and node.name in ("grad_Z", "energy_Z")
+            and node.name in ("grad_Z", "energy_Z", "descent_Z")
             and not node.decorator_list
             and node.name not in methods
         ):
@@ -299,7 +301,7 @@ def check_source(source: str, family: Optional[Family] = None) -> None:
             _check_method(node, bad, imported, reserved=set(MODULES) | set(allowed))
             continue
         bad(node, f"unexpected {type(node).__name__} in the class body")
-    if methods != {"grad_Z", "energy_Z"}:
+    if not {"grad_Z", "energy_Z"} <= methods:
         bad(cls, "grad_Z and energy_Z must both be defined")
 
 
@@ -551,6 +553,23 @@ def _method_lines(lines: list[str]) -> list[str]:
     return _tidy_comments(_tidy_brackets(_without_aliases(lines)))
 
 
+def descent_lines(grad: list[str]) -> Optional[list[str]]:
+    """The body of ``descent_Z`` (−∇_Z E) when ``grad`` ends in ``return -EXPR``: the same lines returning ``EXPR``,
+    so that the step does not negate an activation-sized tensor (the sign goes on the basis); otherwise None."""
+    if not grad or not grad[-1].startswith("return -"):
+        return None
+    value = ast.parse(grad[-1]).body[0]
+    operand = grad[-1][len("return -") :]
+    if not (
+        isinstance(value, ast.Return)
+        and isinstance(value.value, ast.UnaryOp)
+        and isinstance(value.value.op, ast.USub)
+        and ast.dump(value.value.operand) == ast.dump(ast.parse(operand, mode="eval").body)
+    ):
+        return None
+    return [*grad[:-1], f"return {operand}"]
+
+
 def _with_beta(lines: list[str]) -> list[str]:
     """``beta = self.beta`` first where the body reads ``beta``."""
     return ["beta = self.beta", *lines] if "beta" in _names_read("\n".join(lines)) else lines
@@ -567,6 +586,7 @@ def emit_source(dv: Derivation) -> str:
         pattern = PATTERNS[dv.pattern]
         grad, energy = pattern.grad_lines(dv), pattern.energy_lines(dv) or family.energy_lines(dv)
     grad, energy = _method_lines(grad), _method_lines(energy)
+    descent = descent_lines(grad)
     docs = docstrings(dv)
     constants = {
         "TERM": t.name,
@@ -601,6 +621,16 @@ def emit_source(dv: Derivation) -> str:
         "        " + docstring(docs["energy_Z"], "        "),
         *("        " + ln for ln in _with_beta(energy)),
         "",
+        *(
+            [
+                f"    def descent_Z(self, {sig['args']}):",
+                "        " + docstring(docs["descent_Z"], "        "),
+                *("        " + ln for ln in _with_beta(descent)),
+                "",
+            ]
+            if descent is not None
+            else []
+        ),
     ]
     body = "\n".join(lines)
     return docstring(docs["module"], "") + "\n\n" + module_header(body, family) + body

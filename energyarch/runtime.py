@@ -554,6 +554,10 @@ class TermUpdate(nn.Module):
         W = self._check(X, weight)
         Z_raw = self.coords(X, W)
         Z = self.normalize(Z_raw)
+        descent_Z = getattr(self, "descent_Z", None)  # emitted where ∇_Z E is −EXPR: −∇_Z E without a negation
+        if descent_Z is not None:
+            D = self.constrain(descent_Z(Z), Z, Z_raw)  # (..., H, N, p); every mode's map is linear in G
+            return D.transpose(-2, -3).flatten(-2) @ W.transpose(0, 1)  # (..., N, d)
         G = self.constrain(self.grad_Z(Z), Z, Z_raw)  # (..., H, N, p)
         # −Σ_h G_h W_hᵀ with the sign on W (d × H·p), not on the (..., N, d) result: exact, and one pass less
         return G.transpose(-2, -3).flatten(-2) @ W.neg().transpose(0, 1)  # (..., N, d)

@@ -432,3 +432,33 @@ def test_the_readability_checks_can_fail():
     segment = ast.get_source_segment(source, doc)
     tampered = source.replace(segment, repr(ast.literal_eval(segment)), 1)
     assert tampered != source and "ReLUFFUpdate: no triple-quoted docstring" in _readability_problems(tampered)
+
+
+def _descent_modules():
+    """(name, module) of every catalog entry whose emitted module carries ``descent_Z`` (float64)."""
+    out = []
+    for name, entry in ENTRIES.items():
+        step = ea.compile(entry.term(D), d=D).to(torch.float64)
+        out += [(name, m) for m in step.terms.values() if "descent_Z" in type(m).__dict__]
+    return out
+
+
+def test_descent_Z_is_minus_grad_Z_where_it_is_emitted():
+    """``descent_Z`` (emitted where ∇_Z E is ``-EXPR``, so that the step negates the basis, not an activation) is
+    exactly −grad_Z, and the step through it is the step through grad_Z bit for bit."""
+    found = _descent_modules()
+    assert any(name == "relu-ff" for name, _ in found), [n for n, _ in found]
+    X = torch.randn(2, 6, D, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    for name, module in found:
+        Z = module.normalize(module.coords(X))
+        assert torch.equal(module.descent_Z(Z), -module.grad_Z(Z)), name
+        G = module.constrain(module.grad_Z(Z), Z, module.coords(X))
+        assert torch.equal(module.direction(X), G.transpose(-2, -3).flatten(-2) @ module.weight.neg().T), name
+
+
+def test_a_wrong_descent_Z_fails_verification(monkeypatch):
+    step = ea.compile(ENTRIES["relu-ff"].term(D), d=D)
+    cls = type(step.terms["ff"])
+    monkeypatch.setattr(cls, "descent_Z", lambda self, U: 1.001 * torch.relu(U))
+    report = ea.verify(step, raise_on_fail=False)
+    assert not report.ok and report.terms[0].update_rel_diff > 1e-4

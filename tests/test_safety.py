@@ -225,7 +225,8 @@ def test_hostile_text_in_docstrings_stays_text(tmp_path, monkeypatch, text):
             "class": ast.get_docstring(cls),
             **{fn.name: ast.get_docstring(fn) for fn in cls.body if isinstance(fn, ast.FunctionDef)},
         }
-        assert got == {k: inspect.cleandoc(v) for k, v in wanted.items()}, kind
+        assert {"module", "class", "grad_Z", "energy_Z"} <= set(got) <= set(wanted), kind  # descent_Z: optional
+        assert got == {k: inspect.cleandoc(v) for k, v in wanted.items() if k in got}, kind
         assert source.startswith('"""') and all(ch.isprintable() or ch == "\n" for ch in source), kind
         if kind == "term name":
             assert repr(text) in wanted["class"]
