@@ -105,7 +105,12 @@ FAMILIES: dict[str, tuple[type, dict, tuple]] = {
 }
 _EXPRESSIONS = ("phi", "f", "K", "g", "h")  # phi first: the kernel is built with it
 _INTEGERS = ("heads", "width", "rank")
-_WORDS = {"interaction": tuple(INTERACTIONS), "self_term": SELF_TERMS}
+
+
+def _words(key: str) -> tuple[str, ...]:
+    """The values a word-valued key takes, read from the registry when asked (an interaction registered after this
+    module was imported is accepted too)."""
+    return tuple(INTERACTIONS) if key == "interaction" else SELF_TERMS
 
 
 def _interaction_fields(kind: Optional[str] = None) -> set:
@@ -162,9 +167,9 @@ def _normalize(i: int, table: Mapping[str, Any]) -> dict:
             if not isinstance(value, str):
                 raise ConfigError(f"{where}: {key} = {value!r} must be a string; {keys[key]}")
             out[key] = value
-        elif key in _WORDS:
-            if value not in _WORDS[key]:
-                raise ConfigError(f"{where}: {key} = {value!r}; choose one of {_WORDS[key]}")
+        elif key in ("interaction", "self_term"):
+            if value not in _words(key):
+                raise ConfigError(f"{where}: {key} = {value!r}; choose one of {_words(key)}")
             out[key] = value
         elif key == "params":
             if not isinstance(value, Mapping) or not all(
