@@ -1289,26 +1289,20 @@ def attack_probes() -> list[Probe]:
 # ------------------------------------------------------------------------------------------------------------------
 
 TINY_RUN = [
-    "--set",
-    "limit_train=32",
-    "--set",
-    "limit_test=16",
-    "--set",
-    "batch_size=16",
-    "--set",
-    "epochs=1",
-    "--set",
-    "model.d=16",
-    "--set",
-    "model.heads=2",
-    "--set",
-    "model.iters=2",
-    "--set",
-    "model.time_freq=8",
-    "--set",
-    "diagnostics_samples=4",
-    "--set",
-    "eval_iters=[1, 2]",
+    arg
+    for a in (
+        "limit_train=32",
+        "limit_test=16",
+        "batch_size=16",
+        "epochs=1",
+        "model.d=16",
+        "model.heads=2",
+        "model.iters=2",
+        "model.time_freq=8",
+        "diagnostics_samples=4",
+        "eval_iters=[1, 2]",
+    )
+    for arg in ("--set", a)
 ]
 _TEMPLATES: dict[str, Path] = {}
 

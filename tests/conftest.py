@@ -87,3 +87,23 @@ def run_python(code: str, folder: Path, name: str = "script.py", timeout: float 
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc
+
+
+def set_args(*assignments: str) -> list[str]:
+    """``--set A --set B …`` for the command line."""
+    return [arg for a in assignments for arg in ("--set", a)]
+
+
+#: the ``--set`` overrides of a :func:`quick`-sized run of the packaged ``digits`` config, for the command line
+TINY_SET = set_args(
+    "limit_train=32",
+    "limit_test=16",
+    "batch_size=16",
+    "epochs=1",
+    "model.d=16",
+    "model.heads=2",
+    "model.iters=2",
+    "model.time_freq=8",
+    "diagnostics_samples=4",
+    "eval_iters=[1, 2]",
+)

@@ -28,34 +28,13 @@ from energyarch.cli import main  # noqa: E402
 from energyarch.errors import CheckpointError, ConfigError, EnergyArchError  # noqa: E402
 from energyarch.train.config import TrainConfig  # noqa: E402
 
+from conftest import TINY_SET  # noqa: E402
+
 PROFILE = os.environ.get("HYPOTHESIS_PROFILE", "ci")
 FEW = {"ci": 6, "dev": 150}.get(PROFILE, 6)  # examples of the properties that train or load a run
 MANY = {"ci": 40, "dev": 1000}.get(PROFILE, 40)  # examples of the properties that only parse
 SETTINGS = dict(deadline=None, derandomize=PROFILE == "ci", suppress_health_check=list(HealthCheck))
 TIME_BOUND_S = 20.0  # per input: load a run, one training step (CPU, loaded host)
-
-TINY = [
-    "--set",
-    "limit_train=32",
-    "--set",
-    "limit_test=16",
-    "--set",
-    "batch_size=16",
-    "--set",
-    "epochs=1",
-    "--set",
-    "model.d=16",
-    "--set",
-    "model.heads=2",
-    "--set",
-    "model.iters=2",
-    "--set",
-    "model.time_freq=8",
-    "--set",
-    "diagnostics_samples=4",
-    "--set",
-    "eval_iters=[1, 2]",
-]
 
 
 def snapshot(folder: Path) -> dict:
@@ -68,7 +47,7 @@ def snapshot(folder: Path) -> dict:
 
 
 def train_cli(out: Path, *extra: str) -> int:
-    return main(["train", "--config", "digits", "--out", str(out), "--quiet", "--no-report", *TINY, *extra])
+    return main(["train", "--config", "digits", "--out", str(out), "--quiet", "--no-report", *TINY_SET, *extra])
 
 
 @pytest.fixture(scope="module")
@@ -119,7 +98,7 @@ def test_a_folder_with_run_files_but_no_checkpoint_is_not_advised_to_resume(fini
                 str(run),
                 "--quiet",
                 "--no-report",
-                *TINY,
+                *TINY_SET,
                 "--set",
                 "lr=0.5",
             ]
@@ -133,7 +112,17 @@ def test_a_folder_with_run_files_but_no_checkpoint_is_not_advised_to_resume(fini
 def test_resume_into_a_folder_without_any_run_starts_it(tmp_path):
     assert (
         main(
-            ["train", "--config", "digits", "--resume", "--out", str(tmp_path / "new"), "--quiet", "--no-report", *TINY]
+            [
+                "train",
+                "--config",
+                "digits",
+                "--resume",
+                "--out",
+                str(tmp_path / "new"),
+                "--quiet",
+                "--no-report",
+                *TINY_SET,
+            ]
         )
         == 0
     )

@@ -129,17 +129,34 @@ def gradient_check(
         Z = module.normalize(module.coords(X))
         G = module.grad_Z(Z)
         G_ref = torch.func.grad(lambda Z_: energy(Z_).sum())(Z)
-        direction = module.direction(X)
         if module.mode == "exact":  # the true gradient of E(RMSNorm(X W)) w.r.t. X
             dir_ref = -torch.func.grad(lambda X_: energy(module.normalize(module.coords(X_))).sum())(X)
         else:
             Gc = G_ref if module.mode == "paper" else G_ref - (G_ref * Z).sum(-1, keepdim=True) * Z / module.radius**2
             dir_ref = -(Gc.transpose(-2, -3).flatten(-2) @ module.weight.T)
+    return update_check(term, dv, module, reference, X, G, G_ref, dir_ref, step_size)
+
+
+def update_check(
+    term: Term,
+    dv: Derivation,
+    module,
+    reference,
+    X: Tensor,
+    G: Tensor,
+    G_ref: Tensor,
+    dir_ref: Tensor,
+    step_size: float,
+) -> TermCheck:
+    """The rest of a check once the gradients are in: the update ``module(X, 0.1)`` vs the autodiff module's
+    (``reference``) and vs ``X + 0.1 dir_ref`` (the reference direction), and a step of at most ``step_size`` per
+    coordinate of X along ``module.direction`` lowers ``module.energy``."""
+    with torch.no_grad():
+        direction = module.direction(X)
         X1 = module(X, 0.1)
         X1_ref = torch.maximum((X1 - reference(X, 0.1)).abs(), (X1 - (X + 0.1 * dir_ref)).abs())
         t = step_size / max(1.0, float(direction.abs().max()))  # at most step_size in any coordinate of X
-        e0 = module.energy(X)
-        e1 = module.energy(X + t * direction)
+        e0, e1 = module.energy(X), module.energy(X + t * direction)
     return TermCheck.measured(
         term,
         dv,

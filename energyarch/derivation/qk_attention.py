@@ -33,7 +33,7 @@ from ..primitives import R, S, X
 from . import core
 from .attention import QueryKeyFamily, attention_text, candidate, check_opaque, declared_pieces, full, opaque_reason
 from .causal import causal_dims, qk_phi_lines
-from .checks import TermCheck, module_env, stationary
+from .checks import TermCheck, module_env, update_check
 from .codegen import code
 from .core import Derivation, declared_scalar, register_family
 
@@ -117,24 +117,7 @@ class QKAttentionFamily(QueryKeyFamily[Attention]):
             if module.mode != "paper":
                 R_q, R_k = module.constrain(R_q, Q, Q_raw), module.constrain(R_k, K, K_raw)
             dir_ref = -module.interaction.pullback(module, R_q, R_k, None)
-            direction = module.direction(X)
-            X1 = module(X, 0.1)
-            X1_ref = torch.maximum((X1 - reference(X, 0.1)).abs(), (X1 - (X + 0.1 * dir_ref)).abs())
-            t = step_size / max(1.0, float(direction.abs().max()))
-            e0, e1 = module.energy(X), module.energy(X + t * direction)
-        return TermCheck.measured(
-            term,
-            dv,
-            G=G,
-            G_ref=G_ref,
-            X1=X1,
-            X1_diff=X1_ref,
-            e0=e0,
-            e1=e1,
-            step=t,
-            update_scale=0.1 * dir_ref,
-            stationary=stationary(direction, t, float(G_ref.abs().max()), e0, e1),
-        )
+        return update_check(term, dv, module, reference, X, G, G_ref, dir_ref, step_size)
 
 
 def declared_qk_energy(term: Attention, Q: Tensor, K: Tensor, env: Mapping[str, float]) -> Tensor:
